@@ -1,0 +1,46 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NPM_DIR := tools/cql
+NPM_STAMP := $(NPM_DIR)/node_modules/.installed
+
+.PHONY: demo test check lint typecheck pytest resources cql bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(NPM_STAMP): $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json
+	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NPM_STAMP)
+
+## demo: screen the demo patients shipped with the project (no server needed)
+demo: $(STAMP)
+	$(BIN)/fhir-trial screen-population --demo
+
+## test: lint, type-check and run the whole test suite (installs Python and npm packages itself)
+test: $(STAMP) $(NPM_STAMP)
+	$(BIN)/ruff check fhir_trial tests benchmarks
+	$(BIN)/ruff format --check fhir_trial tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+check: test
+
+resources: $(STAMP)
+	$(BIN)/fhir-trial build-resources
+
+cql: $(STAMP) $(NPM_STAMP)
+	$(BIN)/fhir-trial cql build
+
+bench: $(STAMP) $(NPM_STAMP)
+	$(BIN)/python benchmarks/bench_evaluate.py
+	$(BIN)/python benchmarks/bench_cds.py
+	$(BIN)/python benchmarks/bench_vs_cql.py
+
+clean:
+	rm -rf $(VENV) $(NPM_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

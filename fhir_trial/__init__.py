@@ -1,0 +1,21 @@
+"""fhir-trial: NCT06010472 made computable on FHIR R4.
+
+Public API: :func:`evaluate`, :class:`PatientRecord`, :class:`Settings`, :class:`EligibilityReport`
+and the record builders in :mod:`fhir_trial.sources`.
+"""
+
+from fhir_trial.config import Settings
+from fhir_trial.record import PatientRecord
+from fhir_trial.report import CriterionResult, EligibilityReport
+
+__all__ = ["CriterionResult", "EligibilityReport", "PatientRecord", "Settings", "evaluate"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # evaluate is imported lazily so that `import fhir_trial` stays cheap for the CLI and the app.
+    if name == "evaluate":
+        from fhir_trial.evaluate import evaluate
+
+        return evaluate
+    raise AttributeError(name)

@@ -1,0 +1,27 @@
+"""The one canonical base URL of every resource this project publishes, and the study's identity.
+
+Every ``url`` of a ValueSet, CodeSystem, PlanDefinition, Library, ... is ``f"{BASE}/{Type}/{id}"``.
+Nothing else in the project spells the base out: source files under ``terminology/`` write the
+placeholder ``{{canonical}}`` and the resource builder substitutes it.
+"""
+
+from __future__ import annotations
+
+BASE = "https://fhir-trial.org/fhir"
+PLACEHOLDER = "{{canonical}}"
+
+STUDY_ID = "NCT06010472"
+STUDY_RESOURCE_ID = "nct06010472"
+REGISTRY_URL = "https://clinicaltrials.gov/study/NCT06010472"
+NCT_SYSTEM = "https://clinicaltrials.gov"
+CODESYSTEM_URL = f"{BASE}/CodeSystem/fhir-trial"
+
+
+def canonical(resource_type: str, resource_id: str) -> str:
+    """Return the canonical URL of one of the project's resources."""
+    return f"{BASE}/{resource_type}/{resource_id}"
+
+
+def valueset_url(valueset_id: str) -> str:
+    """Return the canonical URL of one of the project's ValueSets."""
+    return canonical("ValueSet", valueset_id)

@@ -1,0 +1,1 @@
+"""One module per ``fhir-trial`` subcommand, each exposing a click command named ``command``."""

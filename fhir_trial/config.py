@@ -1,0 +1,130 @@
+"""Settings: every window, threshold and limit in one frozen object.
+
+The defaults are the decisions recorded in CRITERIA.md; the README documents them. Values come from
+keyword arguments, else ``FHIR_TRIAL_<FIELD>`` environment variables, else the defaults below. No
+window or threshold is written anywhere else in the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fhir_trial.errors import ConfigurationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESOURCES_DIR = PROJECT_ROOT / "resources"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Screening, service and client settings. Immutable; use :meth:`replace` to derive."""
+
+    # --- screening dates -------------------------------------------------------------------------
+    as_of: dt.date | None = None  # screening date; None means today
+    infusion_date: dt.date | None = None  # planned infusion; None means as_of
+
+    # --- inclusion thresholds and windows (CRITERIA.md) -------------------------------------------
+    min_age: int = 18
+    max_age: int = 65
+    sledai_min_score: int = 8
+    sledai_window_days: int = 90
+    bilag_window_days: int = 90
+    ana_min_titer: int = 80
+    neutrophils_min_10e9_per_l: float = 1.0
+    neutrophils_window_days: int = 30
+    hemoglobin_min_g_per_l: float = 60.0
+    hemoglobin_window_days: int = 30
+    lvef_min_percent: float = 50.0
+    lvef_window_days: int = 180
+    prior_therapy_min_days: int = 182
+    prior_therapy_max_gap_days: int = 30
+    default_supply_days: int = 30
+
+    # --- exclusion windows ---------------------------------------------------------------------------
+    iv_antibiotics_window_days: int = 7
+    herpes_window_days: int = 84
+    pregnancy_test_window_days: int = 30
+    recent_trial_window_days: int = 90
+    b_cell_therapy_window_days: int = 30
+    abnormal_labs_window_days: int = 30
+
+    # --- FHIR client ------------------------------------------------------------------------------
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 20.0
+    max_retries: int = 3
+    max_pages: int = 50
+    max_resources: int = 20000
+    search_concurrency: int = 4
+
+    # --- CDS Hooks service ---------------------------------------------------------------------------
+    cds_deadline_s: float = 1.5
+    cds_cards_for_ineligible: bool = False
+    cds_development_mode: bool = False  # turns JWT verification OFF; never the default
+    cds_trusted_issuers_file: str | None = None
+    max_request_bytes: int = 5 * 1024 * 1024
+    worksheet_token_ttl_s: int = 900
+    secret_key: str | None = None  # signs worksheet links; random per process when unset
+    database_path: str = "var/fhir-trial.sqlite3"
+    public_base_url: str | None = (
+        None  # the service's own external URL (JWT aud); None: from request
+    )
+
+    # --- data ---------------------------------------------------------------------------------------
+    resources_dir: str = str(DEFAULT_RESOURCES_DIR)
+
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    # --- derived ------------------------------------------------------------------------------------
+    def screening_date(self) -> dt.date:
+        """The date the screening is computed for (``as_of`` or today)."""
+        return self.as_of or dt.date.today()
+
+    def infusion_day(self) -> dt.date:
+        """The planned infusion date (``infusion_date`` or the screening date)."""
+        return self.infusion_date or self.screening_date()
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``FHIR_TRIAL_*`` variables, then explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"FHIR_TRIAL_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    """Parse one environment value according to the field's annotated type."""
+    try:
+        if "date" in type_name:
+            return dt.date.fromisoformat(raw)
+        if type_name.startswith("bool"):
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"FHIR_TRIAL_{name.upper()}: cannot read {raw!r} as {type_name}"
+        ) from exc

@@ -1,0 +1,122 @@
+"""What every criterion function receives, and the record filters CRITERIA.md prescribes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_trial.config import Settings
+from fhir_trial.fhirdates import DateSpan, parse_span
+from fhir_trial.record import PatientRecord, Resource
+from fhir_trial.report import Finding
+from fhir_trial.terminology import Terminology, ValueSet
+
+IGNORED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
+FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
+
+
+@dataclass(frozen=True)
+class Context:
+    """The record, the settings and the terminology, plus the two dates all windows hang on."""
+
+    record: PatientRecord
+    settings: Settings
+    terminology: Terminology
+    as_of: dt.date
+    infusion_date: dt.date
+
+    def valueset(self, valueset_id: str) -> ValueSet:
+        """A ValueSet by id (codes come only from the shipped ValueSets)."""
+        return self.terminology.get(valueset_id)
+
+    def days_before(self, days: int, anchor: dt.date | None = None) -> dt.date:
+        """The first day of a window of ``days`` ending at ``anchor`` (default as_of), inclusive."""
+        return (anchor or self.as_of) - dt.timedelta(days=days)
+
+
+def first_code(concept: Mapping[str, Any] | None) -> str:
+    """``code`` of the first coding, or the text: for readable reasons."""
+    if not concept:
+        return "?"
+    for coding in concept.get("coding", []) or []:
+        label = coding.get("display") or coding.get("code")
+        if label:
+            return str(label)
+    return str(concept.get("text") or "?")
+
+
+def _code_of(concept: Mapping[str, Any] | None) -> str | None:
+    for coding in (concept or {}).get("coding", []) or []:
+        if coding.get("code"):
+            return str(coding["code"])
+    return None
+
+
+# ----------------------------------------------------------------------------- Conditions
+def condition_counts(condition: Mapping[str, Any]) -> bool:
+    """False for refuted / entered-in-error Conditions, which are ignored everywhere."""
+    return _code_of(condition.get("verificationStatus")) not in IGNORED_VERIFICATION
+
+
+def condition_is_active(condition: Mapping[str, Any]) -> bool:
+    """clinicalStatus active/recurrence/relapse (an absent clinicalStatus with no abatement counts)."""
+    status = _code_of(condition.get("clinicalStatus"))
+    if status is None:
+        return not any(k.startswith("abatement") for k in condition)
+    return status in ACTIVE_CLINICAL
+
+
+def conditions_in(ctx: Context, valueset_id: str, *, active_only: bool = False) -> list[Resource]:
+    """Conditions coded in a ValueSet, without refuted/entered-in-error ones."""
+    found = ctx.record.with_code("Condition", ctx.valueset(valueset_id))
+    return [c for c in found if condition_counts(c) and (not active_only or condition_is_active(c))]
+
+
+def condition_onset(condition: Mapping[str, Any]) -> DateSpan | None:
+    """onsetDateTime / onsetPeriod.start, else recordedDate."""
+    onset = condition.get("onsetDateTime") or (condition.get("onsetPeriod") or {}).get("start")
+    return parse_span(onset) or parse_span(condition.get("recordedDate"))
+
+
+# ----------------------------------------------------------------------------- Observations
+def observation_counts(observation: Mapping[str, Any]) -> bool:
+    """Final/amended/corrected count; preliminary counts only as needs-review (see callers)."""
+    return observation.get("status") in FINAL_OBSERVATION
+
+
+def observation_time(observation: Mapping[str, Any]) -> DateSpan | None:
+    """effective[x] (dateTime, Period start, instant), else issued."""
+    value = (
+        observation.get("effectiveDateTime")
+        or (observation.get("effectivePeriod") or {}).get("start")
+        or observation.get("effectiveInstant")
+        or observation.get("issued")
+    )
+    return parse_span(value)
+
+
+# ----------------------------------------------------------------------------- absence rules
+def category_unavailable(ctx: Context, *categories: str) -> Finding | None:
+    """Rule 1: a needed category that could not be obtained makes the criterion unknown."""
+    for category in categories:
+        state = ctx.record.state(category)
+        if state != "obtained":
+            why = ctx.record.failed.get(category, "it was not requested")
+            return Finding(
+                "unknown",
+                f"{category} data could not be obtained ({why}); absence rule 1: unknown, never not-met",
+                missing=(f"{category} resources",),
+            )
+    return None
+
+
+def none_found(ctx: Context, resource_type: str, what: str) -> Finding:
+    """Rule 4: a retrieved category with no qualifying record -> not-met, saying how many were seen."""
+    count = ctx.record.count(resource_type)
+    return Finding(
+        "not-met",
+        f"no qualifying record ({what}) in {count} retrieved {resource_type} resources (absence rule 4)",
+    )

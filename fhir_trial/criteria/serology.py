@@ -1,0 +1,19 @@
+"""PLACEHOLDER until implemented: inc-ana, inc-anti-dsdna, inc-anti-sm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fhir_trial.criteria.context import Context
+from fhir_trial.report import Finding
+
+
+def _todo(ctx: Context) -> Finding:
+    return Finding("unknown", "not implemented yet")
+
+
+CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
+    "inc-ana": _todo,
+    "inc-anti-dsdna": _todo,
+    "inc-anti-sm": _todo,
+}

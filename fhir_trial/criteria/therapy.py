@@ -1,0 +1,18 @@
+"""PLACEHOLDER until implemented: inc-prior-therapy, exc-b-cell-therapy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fhir_trial.criteria.context import Context
+from fhir_trial.report import Finding
+
+
+def _todo(ctx: Context) -> Finding:
+    return Finding("unknown", "not implemented yet")
+
+
+CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
+    "inc-prior-therapy": _todo,
+    "exc-b-cell-therapy": _todo,
+}

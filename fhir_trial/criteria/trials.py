@@ -1,0 +1,17 @@
+"""PLACEHOLDER until implemented: exc-recent-trial."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fhir_trial.criteria.context import Context
+from fhir_trial.report import Finding
+
+
+def _todo(ctx: Context) -> Finding:
+    return Finding("unknown", "not implemented yet")
+
+
+CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
+    "exc-recent-trial": _todo,
+}

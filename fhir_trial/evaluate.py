@@ -1,0 +1,157 @@
+"""evaluate(record, settings) -> EligibilityReport: pure, no I/O, no globals beyond loaded ValueSets.
+
+Each clinical-area module under :mod:`fhir_trial.criteria` exports ``CRITERIA_FUNCTIONS``, a mapping
+from criterion id to a function ``(Context) -> Finding``. This module runs them in CRITERIA.md order,
+derives inc-autoantibody from its three parts, and applies the verdict rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from fhir_trial.canonical import STUDY_ID
+from fhir_trial.config import Settings
+from fhir_trial.criteria import (
+    allergy,
+    comorbidity,
+    demographics,
+    diagnosis,
+    disease_activity,
+    infection,
+    labs,
+    reproductive,
+    serology,
+    therapy,
+    trials,
+)
+from fhir_trial.criteria.catalog import CRITERIA
+from fhir_trial.criteria.context import Context
+from fhir_trial.record import PatientRecord
+from fhir_trial.report import CriterionResult, EligibilityReport, Finding, Status, Verdict
+from fhir_trial.terminology import Terminology, load_terminology
+
+CriterionFunction = Callable[[Context], Finding]
+
+DERIVED = "inc-autoantibody"
+AUTOANTIBODY_PARTS = ("inc-ana", "inc-anti-dsdna", "inc-anti-sm")
+
+
+def _registry() -> dict[str, CriterionFunction]:
+    functions: dict[str, CriterionFunction] = {}
+    for module in (
+        demographics,
+        diagnosis,
+        disease_activity,
+        serology,
+        labs,
+        therapy,
+        allergy,
+        infection,
+        comorbidity,
+        reproductive,
+        trials,
+    ):
+        functions.update(module.CRITERIA_FUNCTIONS)
+    expected = {spec.id for spec in CRITERIA} - {DERIVED}
+    if set(functions) != expected:
+        raise RuntimeError(
+            f"criterion functions do not match the catalog: {set(functions) ^ expected}"
+        )
+    return functions
+
+
+FUNCTIONS: Mapping[str, CriterionFunction] = _registry()
+
+
+def derive_autoantibody(parts: Mapping[str, Finding]) -> Finding:
+    """inc-autoantibody from inc-ana, inc-anti-dsdna and inc-anti-sm (CRITERIA.md, Incl 6)."""
+    statuses = {cid: parts[cid].status for cid in AUTOANTIBODY_PARTS}
+    evidence = tuple(dict.fromkeys(e for cid in AUTOANTIBODY_PARTS for e in parts[cid].evidence))
+    met = [cid for cid, s in statuses.items() if s == "met"]
+    if met:
+        return Finding("met", f"qualifying autoantibody: {', '.join(met)} met", evidence)
+    if all(s == "not-met" for s in statuses.values()):
+        return Finding("not-met", "ANA, anti-dsDNA and anti-Smith all below threshold", evidence)
+    if any(s == "needs-review" for s in statuses.values()):
+        review = [cid for cid, s in statuses.items() if s == "needs-review"]
+        return Finding("needs-review", f"needs review: {', '.join(review)}", evidence)
+    missing = tuple(m for cid in AUTOANTIBODY_PARTS for m in parts[cid].missing)
+    return Finding(
+        "unknown", "no readable ANA, anti-dsDNA or anti-Smith result decides it", evidence, missing
+    )
+
+
+def verdict_of(results: tuple[CriterionResult, ...]) -> Verdict:
+    """CRITERIA.md verdict rules; parts of inc-autoantibody do not vote on their own."""
+    voting = [r for r in results if r.part_of is None]
+    if any(r.kind == "inclusion" and r.status == "not-met" for r in voting) or any(
+        r.kind == "exclusion" and r.status == "met" for r in voting
+    ):
+        return "ineligible"
+    fine_inclusion: set[Status] = {"met", "not-applicable"}
+    fine_exclusion: set[Status] = {"not-met", "not-applicable"}
+    if all(
+        r.status in (fine_inclusion if r.kind == "inclusion" else fine_exclusion) for r in voting
+    ):
+        return "eligible"
+    return "potentially-eligible"
+
+
+def evaluate(
+    record: PatientRecord,
+    settings: Settings | None = None,
+    terminology: Terminology | None = None,
+) -> EligibilityReport:
+    """Decide all 29 criteria for one patient record. Pure: reads only its arguments."""
+    settings = settings or Settings()
+    terminology = terminology or load_terminology(settings.resources_dir)
+    as_of = settings.screening_date()
+    ctx = Context(record, settings, terminology, as_of, settings.infusion_date or as_of)
+
+    findings: dict[str, Finding] = {}
+    for spec in CRITERIA:
+        if spec.id == DERIVED:
+            continue
+        findings[spec.id] = _safely(FUNCTIONS[spec.id], ctx)
+    findings[DERIVED] = derive_autoantibody(findings)
+
+    results = tuple(
+        CriterionResult(
+            id=spec.id,
+            kind=spec.kind,
+            ref=spec.ref,
+            status=findings[spec.id].status,
+            reason=findings[spec.id].reason,
+            evidence=findings[spec.id].evidence,
+            missing=findings[spec.id].missing,
+            part_of=spec.part_of,
+        )
+        for spec in CRITERIA
+    )
+    warnings = tuple(record.warnings) + tuple(
+        f"{category} could not be obtained: {why}"
+        for category, why in sorted(record.failed.items())
+    )
+    return EligibilityReport(
+        study=STUDY_ID,
+        patient=record.patient_reference,
+        as_of=as_of.isoformat(),
+        verdict=verdict_of(results),
+        criteria=results,
+        warnings=warnings,
+    )
+
+
+def _safely(function: CriterionFunction, ctx: Context) -> Finding:
+    """Run one criterion; malformed data it cannot read becomes needs-review, never a crash.
+
+    Criterion code is written to handle bad values itself; this is the last line of defence so one
+    unreadable resource cannot take down the whole screening (and never turns into not-met).
+    """
+    try:
+        return function(ctx)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        return Finding(
+            "needs-review",
+            f"the record holds data this criterion could not read ({type(exc).__name__}); review by hand",
+        )

@@ -1,0 +1,191 @@
+"""PatientRecord: one patient's FHIR resources, indexed, plus what could and could not be obtained.
+
+The evaluator sees nothing else. Resources stay plain JSON dicts (no pydantic models on the hot
+path). Every source (REST client, CDS Hooks prefetch, Bundle, Bulk NDJSON) builds one of these and
+says, per data category, whether it was obtained or failed; the absence rules of CRITERIA.md depend
+on that distinction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from fhir_trial.terminology import ValueSet, codings, lookup_keys
+
+Resource = dict[str, Any]
+CategoryState = Literal["obtained", "failed", "not-requested"]
+
+MEDICATION_TYPES: tuple[str, ...] = (
+    "MedicationStatement",
+    "MedicationRequest",
+    "MedicationAdministration",
+    "MedicationDispense",
+)
+
+# The data categories the criteria need, one per resource type searched for the patient.
+CATEGORIES: tuple[str, ...] = (
+    "Patient",
+    "Condition",
+    "Observation",
+    *MEDICATION_TYPES,
+    "AllergyIntolerance",
+    "ResearchSubject",
+    "Consent",
+)
+
+# The element holding the coded concept that criteria select on, per resource type.
+_CODE_ELEMENT: Mapping[str, str] = {
+    "Condition": "code",
+    "Observation": "code",
+    "AllergyIntolerance": "code",
+    "MedicationStatement": "medicationCodeableConcept",
+    "MedicationRequest": "medicationCodeableConcept",
+    "MedicationAdministration": "medicationCodeableConcept",
+    "MedicationDispense": "medicationCodeableConcept",
+    "Medication": "code",
+    "Procedure": "code",
+}
+
+
+class PatientRecord:
+    """A patient's resources indexed by type, by reference and by code, with category states."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[str, list[Resource]] = defaultdict(list)
+        self._by_reference: dict[str, Resource] = {}
+        self._by_code: dict[str, dict[tuple[str, str], list[Resource]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        self._seen: set[int] = set()
+        self.obtained: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ building
+    def add(self, resource: Resource, full_url: str | None = None) -> None:
+        """Add one resource (duplicates by type/id are kept once)."""
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str):
+            return
+        rid = resource.get("id")
+        key = f"{rtype}/{rid}" if rid else None
+        if key and key in self._by_reference:
+            return
+        if id(resource) in self._seen:
+            return
+        self._seen.add(id(resource))
+        self._by_type[rtype].append(resource)
+        if key:
+            self._by_reference[key] = resource
+        if full_url:
+            self._by_reference[full_url] = resource
+            # Absolute server URLs ending in Type/id are also reachable by their relative form.
+            tail = "/".join(full_url.rstrip("/").split("/")[-2:])
+            self._by_reference.setdefault(tail, resource)
+        element = _CODE_ELEMENT.get(rtype)
+        if element:
+            index = self._by_code[rtype]
+            for coding in codings(resource.get(element)):
+                for key_ in lookup_keys(coding.get("system"), coding.get("code")):
+                    index[key_].append(resource)
+
+    def add_all(self, resources: Iterable[Resource]) -> None:
+        """Add many resources."""
+        for resource in resources:
+            self.add(resource)
+
+    def mark_obtained(self, *categories: str) -> None:
+        """Record that these categories were retrieved completely (absence is meaningful)."""
+        for category in categories:
+            self.obtained.add(category)
+            self.failed.pop(category, None)
+
+    def mark_failed(self, category: str, reason: str) -> None:
+        """Record that a category could not be obtained; ``reason`` must hold no PHI or token."""
+        self.failed[category] = reason
+        self.obtained.discard(category)
+
+    # ------------------------------------------------------------------ reading
+    def state(self, category: str) -> CategoryState:
+        """Whether a category was obtained, failed, or never asked for."""
+        if category in self.failed:
+            return "failed"
+        if category in self.obtained:
+            return "obtained"
+        return "not-requested"
+
+    def usable(self, category: str) -> bool:
+        """True when a category was obtained, so that absence of a record means absence."""
+        return self.state(category) == "obtained"
+
+    @property
+    def patient(self) -> Resource | None:
+        """The Patient resource, if any."""
+        patients = self._by_type.get("Patient")
+        return patients[0] if patients else None
+
+    @property
+    def patient_reference(self) -> str:
+        """``Patient/<id>`` (or ``Patient/unknown``)."""
+        patient = self.patient
+        return f"Patient/{patient.get('id', 'unknown')}" if patient else "Patient/unknown"
+
+    def resources(self, resource_type: str) -> list[Resource]:
+        """All resources of one type (a list owned by the record: do not mutate)."""
+        return self._by_type.get(resource_type, [])
+
+    def types(self) -> list[str]:
+        """The resource types present."""
+        return sorted(t for t, items in self._by_type.items() if items)
+
+    def count(self, resource_type: str) -> int:
+        """How many resources of a type the record holds."""
+        return len(self._by_type.get(resource_type, []))
+
+    def with_code(self, resource_type: str, valueset: ValueSet) -> list[Resource]:
+        """Resources of a type whose code element has a coding in the ValueSet (index lookup).
+
+        For medication resources that name their drug by reference (a Medication resource or a
+        contained one), use :meth:`medication_concept` instead; this index only sees inline codes.
+        """
+        index = self._by_code.get(resource_type)
+        if not index:
+            return []
+        found: dict[int, Resource] = {}
+        for key in valueset.codes:
+            for resource in index.get(key, ()):
+                found[id(resource)] = resource
+        return list(found.values())
+
+    def resolve(
+        self, reference: str | None, container: Mapping[str, Any] | None = None
+    ) -> Resource | None:
+        """Resolve a reference: ``#id`` in ``container.contained``, ``Type/id``, urn:uuid or URL."""
+        if not reference:
+            return None
+        if reference.startswith("#"):
+            for contained in (container or {}).get("contained", []) or []:
+                if isinstance(contained, dict) and contained.get("id") == reference[1:]:
+                    return contained
+            return None
+        found = self._by_reference.get(reference)
+        if found is None and "/" in reference and not reference.startswith("urn:"):
+            found = self._by_reference.get("/".join(reference.rstrip("/").split("/")[-2:]))
+        return found
+
+    def medication_concept(self, resource: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The drug of a medication resource: inline CodeableConcept or the referenced Medication's code."""
+        concept = resource.get("medicationCodeableConcept")
+        if concept:
+            return concept
+        ref = (resource.get("medicationReference") or {}).get("reference")
+        medication = self.resolve(ref, resource)
+        if medication is not None:
+            return medication.get("code")
+        return None
+
+    def reference_to(self, resource: Mapping[str, Any]) -> str:
+        """``Type/id`` of a resource, for evidence lists."""
+        return f"{resource.get('resourceType')}/{resource.get('id', 'unknown')}"

@@ -1,0 +1,87 @@
+"""EligibilityReport: the evaluator's answer, and its JSON form exactly as CRITERIA.md shows it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["met", "not-met", "unknown", "needs-review", "not-applicable"]
+Verdict = Literal["eligible", "ineligible", "potentially-eligible"]
+Kind = Literal["inclusion", "exclusion"]
+
+STATUSES: tuple[Status, ...] = ("met", "not-met", "unknown", "needs-review", "not-applicable")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one criterion function decides: status, a readable reason, evidence, what is missing."""
+
+    status: Status
+    reason: str
+    evidence: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    """One criterion's result in a report."""
+
+    id: str
+    kind: Kind
+    ref: str
+    status: Status
+    reason: str
+    evidence: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    part_of: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of CRITERIA.md's output shape."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "ref": self.ref,
+            "status": self.status,
+            "reason": self.reason,
+            "evidence": list(self.evidence),
+            "missing": list(self.missing),
+        }
+        if self.part_of:
+            out["partOf"] = self.part_of
+        return out
+
+
+@dataclass(frozen=True)
+class EligibilityReport:
+    """The whole screening result for one patient."""
+
+    study: str
+    patient: str
+    as_of: str
+    verdict: Verdict
+    criteria: tuple[CriterionResult, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def criterion(self, criterion_id: str) -> CriterionResult:
+        """The result of one criterion by id (KeyError if absent)."""
+        for result in self.criteria:
+            if result.id == criterion_id:
+                return result
+        raise KeyError(criterion_id)
+
+    def statuses(self) -> dict[str, Status]:
+        """``{criterion id: status}`` for every criterion."""
+        return {c.id: c.status for c in self.criteria}
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of CRITERIA.md (plus ``warnings`` when there are any)."""
+        out: dict[str, Any] = {
+            "study": self.study,
+            "patient": self.patient,
+            "asOf": self.as_of,
+            "verdict": self.verdict,
+            "criteria": [c.to_json() for c in self.criteria],
+        }
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out

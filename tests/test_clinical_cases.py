@@ -1,0 +1,33 @@
+"""Runs every clinical case under tests/cases through the evaluator (see clinical_cases.py)."""
+
+from __future__ import annotations
+
+import pytest
+from clinical_cases import ClinicalCase, all_cases
+
+from fhir_trial.evaluate import evaluate
+
+CASES = all_cases()
+
+
+def test_there_are_at_least_100_cases() -> None:
+    assert len(CASES) >= 100, f"only {len(CASES)} clinical cases"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_clinical_case(case: ClinicalCase) -> None:
+    assert case.expect, f"{case.name} expects nothing"
+    report = evaluate(case.record(), case.settings_object())
+    statuses = report.statuses()
+    for key, expected in case.expect.items():
+        actual = report.verdict if key == "verdict" else statuses[key]
+        reason = "" if key == "verdict" else report.criterion(key).reason
+        assert actual == expected, (
+            f"{case.title}: {key} is {actual} ({reason}), expected {expected}"
+        )
+    for cid, words in case.reason_contains.items():
+        reason = report.criterion(cid).reason
+        assert words.lower() in reason.lower(), f"{cid} reason {reason!r} lacks {words!r}"
+    # Every status is explained.
+    for result in report.criteria:
+        assert result.reason, f"{result.id} has no reason"
