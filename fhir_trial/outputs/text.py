@@ -1,0 +1,40 @@
+"""A report as a readable table for a terminal: criterion, status, reason."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+from fhir_trial.report import CriterionResult, EligibilityReport
+
+_STATUS_WIDTH = 14
+_ID_WIDTH = 27
+
+
+def _rows(result: CriterionResult, reason_width: int) -> list[str]:
+    ident = f"  {result.id}" if result.part_of else result.id
+    reason = result.reason
+    if result.missing:
+        reason += f" [missing: {'; '.join(result.missing)}]"
+    lines = textwrap.wrap(reason, reason_width) or [""]
+    first = f"{ident:<{_ID_WIDTH}} {result.status:<{_STATUS_WIDTH}} {lines[0]}"
+    pad = " " * (_ID_WIDTH + _STATUS_WIDTH + 2)
+    return [first, *(pad + line for line in lines[1:])]
+
+
+def report_text(report: EligibilityReport, width: int | None = None) -> str:
+    """The report as a table (wrapped to the terminal width), headed by the verdict."""
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    reason_width = max(30, width - _ID_WIDTH - _STATUS_WIDTH - 2)
+    out = [
+        f"{report.study} screening of {report.patient} as of {report.as_of}: {report.verdict.upper()}",
+        "",
+        f"{'criterion':<{_ID_WIDTH}} {'status':<{_STATUS_WIDTH}} reason",
+        f"{'-' * _ID_WIDTH} {'-' * _STATUS_WIDTH} {'-' * min(reason_width, 40)}",
+    ]
+    for result in report.criteria:
+        out.extend(_rows(result, reason_width))
+    if report.warnings:
+        out.append("")
+        out.extend(f"warning: {w}" for w in report.warnings)
+    return "\n".join(out) + "\n"
