@@ -18,6 +18,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(create_fhir_blueprint(settings), url_prefix="/fhir")
 
+    from fhir_trial.cds_hooks import create_cds_blueprint
+
+    app.register_blueprint(create_cds_blueprint(settings))
+
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify({"status": "ok"})

@@ -5,7 +5,8 @@
     ├── InputError                  what the user gave us is unusable (exit code 2)
     │   ├── NotJsonError
     │   ├── NotFhirError
-    │   └── PatientSelectionError   no Patient, or several and none chosen
+    │   ├── PatientSelectionError   no Patient, or several and none chosen
+    │   └── PatientNotFoundError    the FHIR server has no such Patient
     ├── ResourceValidationError     a FHIR resource failed validation; carries OperationOutcome issues
     └── FhirServerError             talking to a FHIR server failed; carries url and status
         ├── ServerUnreachableError  connection refused, DNS, timeout (exit code 3)
@@ -58,6 +59,10 @@ class PatientSelectionError(InputError):
     def __init__(self, message: str, candidates: list[str] | None = None) -> None:
         super().__init__(message)
         self.candidates = candidates or []
+
+
+class PatientNotFoundError(InputError):
+    """The FHIR server has no Patient with the id asked for (HTTP 404/410 on the read)."""
 
 
 class ResourceValidationError(FhirTrialError):

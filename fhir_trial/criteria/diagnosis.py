@@ -1,17 +1,114 @@
-"""PLACEHOLDER until implemented: inc-sle-diagnosis."""
+"""inc-sle-diagnosis: a previous diagnosis of systemic lupus erythematosus.
+
+SLE is the ``sle`` ValueSet minus drug-induced lupus (``drug-induced-lupus``: it sits under the SLE
+codes in SNOMED CT, and it is an exclusion, exc-skin-disease). Generic or cutaneous-only lupus
+(``lupus-unspecified-or-cutaneous``) needs a person. The protocol asks for SLE "according to the
+1997 ACR criteria": classification criteria cannot be computed from diagnosis codes, and every
+reason says so.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from fhir_trial.criteria.context import Context
+from fhir_trial.criteria.context import (
+    Context,
+    category_unavailable,
+    condition_counts,
+    first_code,
+)
+from fhir_trial.record import Resource
 from fhir_trial.report import Finding
 
+_ACR = "the 1997 ACR classification criteria cannot be verified from diagnosis codes"
+_UNCONFIRMED = frozenset({"unconfirmed", "provisional", "differential"})
 
-def _todo(ctx: Context) -> Finding:
-    return Finding("unknown", "not implemented yet")
+
+def _verification(condition: Mapping[str, Any]) -> str | None:
+    for coding in (condition.get("verificationStatus") or {}).get("coding") or []:
+        if coding.get("code"):
+            return str(coding["code"])
+    return None
+
+
+def _describe(ctx: Context, condition: Resource) -> str:
+    when = (
+        condition.get("onsetDateTime")
+        or (condition.get("onsetPeriod") or {}).get("start")
+        or condition.get("recordedDate")
+    )
+    date = f" since {str(when)[:10]}" if when else ""
+    return f"{first_code(condition.get('code'))} ({ctx.record.reference_to(condition)}{date})"
+
+
+def sle_diagnosis(ctx: Context) -> Finding:
+    """inc-sle-diagnosis: SLE Condition (not drug-induced) -> met; generic/cutaneous -> needs-review."""
+    unavailable = category_unavailable(ctx, "Condition")
+    if unavailable is not None:
+        return unavailable
+    record = ctx.record
+    drug_induced_vs = ctx.valueset("drug-induced-lupus")
+    coded_sle = record.with_code("Condition", ctx.valueset("sle"))
+    drug_induced = [
+        c for c in record.with_code("Condition", drug_induced_vs) if condition_counts(c)
+    ]
+    dropped = [c for c in coded_sle if not condition_counts(c)]
+    sle = [
+        c for c in coded_sle if condition_counts(c) and not drug_induced_vs.matches(c.get("code"))
+    ]
+    notes: list[str] = []
+    if dropped:
+        notes.append(
+            f"ignored as refuted/entered-in-error: {', '.join(_describe(ctx, c) for c in dropped)}"
+        )
+    confirmed = [c for c in sle if _verification(c) not in _UNCONFIRMED]
+    tail = "".join(f"; {n}" for n in notes)
+    if confirmed:
+        return Finding(
+            "met",
+            f"SLE on the problem list: {', '.join(_describe(ctx, c) for c in confirmed)}; {_ACR}"
+            f"{tail}",
+            tuple(record.reference_to(c) for c in confirmed),
+        )
+    if sle:
+        return Finding(
+            "needs-review",
+            f"SLE recorded but not confirmed (verification status "
+            f"{', '.join(sorted({str(_verification(c)) for c in sle}))}): "
+            f"{', '.join(_describe(ctx, c) for c in sle)}; {_ACR}{tail}",
+            tuple(record.reference_to(c) for c in sle),
+        )
+    unspecified = [
+        c
+        for c in record.with_code("Condition", ctx.valueset("lupus-unspecified-or-cutaneous"))
+        if condition_counts(c) and not drug_induced_vs.matches(c.get("code"))
+    ]
+    if unspecified:
+        return Finding(
+            "needs-review",
+            f"only lupus erythematosus without a systemic (SLE) code, or cutaneous lupus, is "
+            f"recorded: {', '.join(_describe(ctx, c) for c in unspecified)}; whether this is SLE "
+            f"by the 1997 ACR criteria cannot be computed from codes and needs a clinician{tail}",
+            tuple(record.reference_to(c) for c in unspecified),
+        )
+    if drug_induced:
+        return Finding(
+            "not-met",
+            f"only drug-induced lupus is recorded: "
+            f"{', '.join(_describe(ctx, c) for c in drug_induced)}; it is not SLE for this study "
+            f"(it is an exclusion, exc-skin-disease); no SLE diagnosis in "
+            f"{record.count('Condition')} retrieved Condition resources (absence rule 3){tail}",
+            tuple(record.reference_to(c) for c in drug_induced),
+        )
+    return Finding(
+        "not-met",
+        f"no SLE diagnosis in {record.count('Condition')} retrieved Condition resources "
+        f"(absence rule 3){tail}",
+        tuple(record.reference_to(c) for c in dropped),
+    )
 
 
 CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
-    "inc-sle-diagnosis": _todo,
+    "inc-sle-diagnosis": sle_diagnosis,
 }

@@ -1,19 +1,256 @@
-"""PLACEHOLDER until implemented: exc-iv-antibiotics, exc-severe-herpes, exc-recent-herpes-zoster."""
+"""Infections: exc-iv-antibiotics (Excl 2), exc-severe-herpes (Excl 6), exc-recent-herpes-zoster (Excl 10).
+
+Windows are inclusive of both edges: "within 7 days before infusion_date" is the days from
+``infusion_date - 7`` to ``infusion_date``. A partial date decides only when the whole span lies on
+one side of a window edge; otherwise the criterion needs review and says why.
+
+exc-iv-antibiotics: a systemic antibacterial given by an intravenous route with exposure in the
+window -> met. A systemic antibacterial in the window with no stated route -> needs-review (the route
+decides). An active infection Condition without IV antibiotics -> needs-review.
+
+exc-recent-herpes-zoster: a herpes simplex / zoster / varicella Condition with onset, recorded or
+abatement date within the window before as_of -> met. Otherwise an antiviral started in the window,
+or such a Condition still recorded as active with older dates (is it current?), -> needs-review.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from fhir_trial.criteria.context import Context
+from fhir_trial.criteria.context import (
+    Context,
+    category_unavailable,
+    condition_is_active,
+    conditions_in,
+    first_code,
+    none_found,
+)
+from fhir_trial.criteria.therapy import history, medication_unknown
+from fhir_trial.fhirdates import DateSpan, parse_span
+from fhir_trial.medications import Period, overlaps
+from fhir_trial.record import Resource
 from fhir_trial.report import Finding
 
 
-def _todo(ctx: Context) -> Finding:
-    return Finding("unknown", "not implemented yet")
+def _ref(ctx: Context, resource: Mapping[str, Any]) -> str:
+    return ctx.record.reference_to(resource)
+
+
+def place_in_window(span: DateSpan, window: Period) -> str:
+    """'inside', 'outside' or 'straddles' for a (possibly partial) date and an inclusive window."""
+    if window[0] <= span.start and span.end <= window[1]:
+        return "inside"
+    if span.end < window[0] or span.start > window[1]:
+        return "outside"
+    return "straddles"
+
+
+def _window_text(days: int, anchor_name: str, window: Period) -> str:
+    return (
+        f"the {days} days before {anchor_name} {window[1].isoformat()} "
+        f"({window[0].isoformat()} to {window[1].isoformat()})"
+    )
+
+
+# ----------------------------------------------------------------------------- exc-iv-antibiotics
+def iv_antibiotics(ctx: Context) -> Finding:
+    """exc-iv-antibiotics: IV systemic antibacterial within the days before the infusion."""
+    days = ctx.settings.iv_antibiotics_window_days
+    window = (ctx.days_before(days, ctx.infusion_date), ctx.infusion_date)
+    window_text = _window_text(days, "the infusion date", window)
+    antibacterials = ctx.valueset("systemic-antibacterials")
+    iv_vs = ctx.valueset("route-intravenous")
+    hist = history(ctx)
+    in_window = [e for e in hist.with_drug(antibacterials) if overlaps(e.possible(), window)]
+
+    iv = [e for e in in_window if e.route_in(iv_vs)]
+    sure = [e for e in iv if (p := e.certain()) is not None and overlaps(p, window)]
+    if sure:
+        return Finding(
+            "met",
+            "intravenous antibiotic within "
+            + window_text
+            + ": "
+            + "; ".join(
+                f"{e.label(antibacterials)} {e.route_label()} {e.describe()} ({e.resource_type})"
+                for e in sure
+            ),
+            tuple(e.reference for e in sure),
+        )
+
+    notes: list[str] = []
+    review: list[str] = []
+    evidence: list[str] = []
+    if iv:
+        review.append(
+            "IV antibiotic with a partial date that may fall within the window: "
+            + "; ".join(f"{e.label(antibacterials)} {e.describe()}" for e in iv)
+        )
+        evidence += [e.reference for e in iv]
+    unrouted = [e for e in in_window if not e.route_stated()]
+    if unrouted:
+        review.append(
+            "systemic antibiotic in the window with no route recorded (IV or not decides): "
+            + "; ".join(
+                f"{e.label(antibacterials)} {e.describe()} ({e.resource_type})" for e in unrouted
+            )
+        )
+        evidence += [e.reference for e in unrouted]
+    other_route = [e for e in in_window if e.route_stated() and not e.route_in(iv_vs)]
+    if other_route:
+        notes.append(
+            "non-IV antibiotic in the window does not count: "
+            + "; ".join(
+                f"{e.label(antibacterials)} {e.route_label()} {e.describe()}" for e in other_route
+            )
+        )
+        evidence += [e.reference for e in other_route]
+
+    infections: list[Resource] = []
+    if ctx.record.usable("Condition"):
+        infections = conditions_in(ctx, "active-infections", active_only=True)
+    if infections:
+        review.append(
+            "active infection without IV antibiotics recorded: "
+            + ", ".join(first_code(c.get("code")) for c in infections)
+            + " (is it treated with IV antibiotics?)"
+        )
+        evidence += [_ref(ctx, c) for c in infections]
+
+    if review:
+        return Finding("needs-review", "; ".join(review + notes), tuple(evidence))
+    found = "; ".join(notes) or f"no IV antibiotic within {window_text}"
+    unknown = medication_unknown(ctx, found, f"antibiotics given in {window_text}")
+    if unknown is None:
+        unknown = category_unavailable(ctx, "Condition")
+    if unknown is not None:
+        return Finding(unknown.status, unknown.reason, tuple(evidence), unknown.missing)
+    count = ctx.record.count("Condition")
+    return Finding(
+        "not-met",
+        f"{found}; no qualifying record (IV antibiotic in the window) in {hist.retrieved} retrieved "
+        f"medication resources and no active infection in {count} retrieved Condition resources "
+        "(absence rule 4)",
+        tuple(evidence),
+    )
+
+
+# ----------------------------------------------------------------------------- exc-severe-herpes
+def severe_herpes(ctx: Context) -> Finding:
+    """exc-severe-herpes: any history of herpetic encephalitis, ocular or disseminated herpes."""
+    unavailable = category_unavailable(ctx, "Condition")
+    if unavailable:
+        return unavailable
+    found = conditions_in(ctx, "severe-herpes")
+    if found:
+        return Finding(
+            "met",
+            "history of severe herpetic infection: " + "; ".join(_condition_text(c) for c in found),
+            tuple(_ref(ctx, c) for c in found),
+        )
+    return none_found(ctx, "Condition", "severe herpetic infection")
+
+
+def _condition_text(condition: Mapping[str, Any]) -> str:
+    onset = condition.get("onsetDateTime") or (condition.get("onsetPeriod") or {}).get("start")
+    when = f" (onset {onset})" if onset else ""
+    return f"{first_code(condition.get('code'))}{when}"
+
+
+# ----------------------------------------------------------------------------- exc-recent-herpes-zoster
+def _condition_dates(condition: Mapping[str, Any]) -> list[tuple[str, DateSpan]]:
+    candidates = (
+        ("onset", condition.get("onsetDateTime")),
+        ("onset", (condition.get("onsetPeriod") or {}).get("start")),
+        ("recorded", condition.get("recordedDate")),
+        ("abatement", condition.get("abatementDateTime")),
+        ("abatement", (condition.get("abatementPeriod") or {}).get("end")),
+        ("abatement", (condition.get("abatementPeriod") or {}).get("start")),
+    )
+    return [(name, span) for name, raw in candidates if (span := parse_span(raw)) is not None]
+
+
+def _span_text(span: DateSpan) -> str:
+    return span.start.isoformat() if span.exact else f"{span.start}..{span.end}"
+
+
+def recent_herpes_zoster(ctx: Context) -> Finding:
+    """exc-recent-herpes-zoster: herpes / zoster / varicella dated within the window before as_of."""
+    days = ctx.settings.herpes_window_days
+    window = (ctx.days_before(days), ctx.as_of)
+    window_text = _window_text(days, "screening", window)
+    met: list[str] = []
+    met_refs: list[str] = []
+    review: list[str] = []
+    evidence: list[str] = []
+    conditions: list[Resource] = []
+    if ctx.record.usable("Condition"):
+        conditions = conditions_in(ctx, "herpes-varicella-infection")
+    for condition in conditions:
+        label = first_code(condition.get("code"))
+        dates = _condition_dates(condition)
+        places = [(name, span, place_in_window(span, window)) for name, span in dates]
+        inside = [(n, s) for n, s, p in places if p == "inside"]
+        if inside:
+            met.append(f"{label}, {inside[0][0]} {_span_text(inside[0][1])}")
+            met_refs.append(_ref(ctx, condition))
+            continue
+        straddles = [(n, s) for n, s, p in places if p == "straddles"]
+        if straddles:
+            review.append(
+                f"{label}: partial {straddles[0][0]} date {_span_text(straddles[0][1])} may or "
+                "may not fall within the window"
+            )
+            evidence.append(_ref(ctx, condition))
+        elif condition_is_active(condition):
+            shown = ", ".join(f"{n} {_span_text(s)}" for n, s in dates) or "no date"
+            review.append(
+                f"{label} is still recorded as active ({shown}): are there signs of infection now?"
+            )
+            evidence.append(_ref(ctx, condition))
+    if met:
+        return Finding(
+            "met",
+            f"herpes or varicella-zoster infection within {window_text}: " + "; ".join(met),
+            tuple(met_refs),
+        )
+
+    antivirals_vs = ctx.valueset("antivirals-herpes")
+    hist = history(ctx)
+    for exposure in hist.with_drug(antivirals_vs):
+        place = place_in_window(exposure.start, window)
+        if place != "outside":
+            certainty = "started" if place == "inside" else "may have started (partial date)"
+            review.append(
+                f"antiviral {exposure.label(antivirals_vs)} {certainty} within the window "
+                f"(taken {exposure.describe()}): was it for herpes or zoster?"
+            )
+            evidence.append(exposure.reference)
+    if review:
+        return Finding("needs-review", "; ".join(review), tuple(evidence))
+
+    unknown = category_unavailable(ctx, "Condition")
+    if unknown is None:
+        unknown = medication_unknown(
+            ctx,
+            f"no herpes or varicella-zoster record within {window_text}",
+            "antivirals started in the window",
+        )
+    if unknown is not None:
+        return unknown
+    older = f" ({len(conditions)} older herpes record(s) outside the window)" if conditions else ""
+    return Finding(
+        "not-met",
+        f"no qualifying record (herpes or varicella-zoster within {window_text}){older} in "
+        f"{ctx.record.count('Condition')} retrieved Condition resources, and no antiviral started "
+        f"in the window in {hist.retrieved} retrieved medication resources (absence rule 4)",
+        tuple(_ref(ctx, c) for c in conditions),
+    )
 
 
 CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
-    "exc-iv-antibiotics": _todo,
-    "exc-severe-herpes": _todo,
-    "exc-recent-herpes-zoster": _todo,
+    "exc-iv-antibiotics": iv_antibiotics,
+    "exc-severe-herpes": severe_herpes,
+    "exc-recent-herpes-zoster": recent_herpes_zoster,
 }

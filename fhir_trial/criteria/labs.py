@@ -1,20 +1,328 @@
-"""PLACEHOLDER until implemented: inc-neutrophils, inc-hemoglobin, inc-lvef, exc-abnormal-labs."""
+"""Laboratory and imaging thresholds: inc-neutrophils, inc-hemoglobin, inc-lvef, exc-abnormal-labs.
+
+The latest result inside the criterion's window decides (CRITERIA.md); no result in the window is
+``unknown`` (absence rule 2). Values are converted with :mod:`fhir_trial.units`; a unit that cannot
+be read makes the criterion ``needs-review`` and the reason names the unit. Percent neutrophils are
+never compared with the absolute threshold.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-from fhir_trial.criteria.context import Context
-from fhir_trial.report import Finding
+from fhir_trial.criteria.context import Context, category_unavailable
+from fhir_trial.observations import (
+    Dated,
+    Quantity,
+    Resource,
+    date_text,
+    describe_quantity,
+    interpretation_in,
+    interpretation_labels,
+    latest,
+    meets_at_least,
+    parse_number,
+    quantity_of,
+    split_by_window,
+)
+from fhir_trial.report import Finding, Status
+from fhir_trial.units import (
+    CELL_COUNT,
+    HEMOGLOBIN_G_PER_MMOL,
+    MASS_CONCENTRATION,
+    PERCENT,
+    Dimension,
+    Normalised,
+    UnitError,
+    normalise,
+)
+
+Verdict = Literal["pass", "fail", "unreadable"]
+_STATUS: dict[Verdict, Status] = {"pass": "met", "fail": "not-met", "unreadable": "needs-review"}
 
 
-def _todo(ctx: Context) -> Finding:
-    return Finding("unknown", "not implemented yet")
+@dataclass(frozen=True)
+class Judgement:
+    """One result judged against a threshold: pass, fail or unreadable, and how it reads."""
+
+    verdict: Verdict
+    text: str
+    narrative: bool = False
+
+
+Judge = Callable[[Resource], Judgement]
+
+
+def reference(resource: Resource) -> str:
+    """``Type/id`` of a resource, for evidence."""
+    return f"{resource.get('resourceType')}/{resource.get('id', 'unknown')}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def latest_in_window(
+    ctx: Context,
+    observations: Iterable[Resource],
+    *,
+    what: str,
+    window_days: int,
+    requirement: str,
+    judge: Judge,
+    missing: str,
+    notes: Sequence[str] = (),
+) -> Finding:
+    """Decide a threshold criterion by the latest result within ``window_days`` before as_of.
+
+    Shared by labs and disease-activity scores. The latest final result decides (``pass`` -> met,
+    ``fail`` -> not-met, ``unreadable`` -> needs-review); a preliminary latest result, or partial
+    dates that leave it unclear which result is the latest or whether it is in the window, ->
+    needs-review; nothing in the window -> unknown (absence rule 2).
+    """
+    unavailable = category_unavailable(ctx, "Observation")
+    if unavailable is not None:
+        return unavailable
+    start = ctx.days_before(window_days)
+    split = split_by_window(observations, start, ctx.as_of)
+    window = f"window {window_days} days, from {start.isoformat()}"
+    extra = list(notes)
+    if split.after:
+        extra.append(f"{_plural(len(split.after), 'result')} dated after {ctx.as_of} ignored")
+    if split.ignored:
+        extra.append(
+            f"{_plural(len(split.ignored), 'result')} with status "
+            f"{'/'.join(sorted({str(o.get('status')) for o in split.ignored}))} ignored"
+        )
+
+    def outcome(item: Dated) -> tuple[Verdict, bool]:
+        return judge(item.resource).verdict, item.preliminary
+
+    usable = [d for d in split.inside if not judge(d.resource).narrative]
+    narrative = [d for d in split.inside if judge(d.resource).narrative]
+    if usable:
+        best, conflicts = latest(usable + split.ambiguous, outcome)
+        if best is not None:
+            judged = judge(best.resource)
+            said = f"{what} {judged.text} on {date_text(best.resource)} ({requirement}, {window})"
+            evidence = tuple(reference(d.resource) for d in [best, *conflicts])
+            if split.undated:
+                extra.append(f"{_plural(len(split.undated), 'undated result')} not considered")
+            tail = "; ".join(extra)
+            tail = f"; {tail}" if tail else ""
+            if conflicts:
+                others = ", ".join(
+                    f"{judge(c.resource).text} on {date_text(c.resource)}" for c in conflicts
+                )
+                return Finding(
+                    "needs-review",
+                    f"partial dates leave unclear which result is the latest: {said} or {others}"
+                    f"{tail}",
+                    evidence,
+                )
+            if best.preliminary:
+                return Finding(
+                    "needs-review",
+                    f"the latest result is preliminary (only final, amended or corrected results "
+                    f"decide): {said}{tail}",
+                    evidence,
+                )
+            return Finding(_STATUS[judged.verdict], f"{said}{tail}", evidence)
+    if split.ambiguous:
+        item = split.ambiguous[0]
+        return Finding(
+            "needs-review",
+            f"{what} {judge(item.resource).text} dated {date_text(item.resource)}: the date is too "
+            f"imprecise to tell whether it falls within the {window_days}-day window "
+            f"(from {start.isoformat()}); {requirement}",
+            tuple(reference(d.resource) for d in split.ambiguous),
+        )
+    parts = [f"no {what} result within the {window_days}-day window (from {start.isoformat()})"]
+    if narrative:
+        parts.append(
+            f"only narrative results without a numeric value in the window "
+            f"({', '.join(judge(d.resource).text for d in narrative)})"
+        )
+    previous = [d for d in split.before if d.span is not None]
+    if previous:
+        last = max(previous, key=lambda d: d.span.start if d.span else start)
+        parts.append(
+            f"the latest earlier result, {judge(last.resource).text} on "
+            f"{date_text(last.resource)}, is outside the window"
+        )
+    if split.undated:
+        parts.append(f"{_plural(len(split.undated), 'result')} without a date cannot be placed")
+    parts.extend(extra)
+    parts.append("absence rule 2: unknown")
+    evidence = tuple(reference(d.resource) for d in [*narrative, *split.undated])
+    return Finding("unknown", "; ".join(parts), evidence, (missing,))
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _quantity_judge(
+    dimension: Dimension,
+    threshold: float,
+    *,
+    grams_per_mmol: float | None = None,
+) -> Judge:
+    """A judge comparing a valueQuantity, converted to ``dimension``, with ``threshold``."""
+
+    def judge(observation: Resource) -> Judgement:
+        quantity = quantity_of(observation)
+        if quantity is None:
+            parsed = parse_number(observation.get("valueString"))
+            text = observation.get("valueString")
+            if parsed is None:
+                shown = (
+                    f"{text.strip()!r}" if isinstance(text, str) and text.strip() else "no value"
+                )
+                return Judgement("unreadable", f"({shown}, no numeric value)", narrative=True)
+            quantity = Quantity(parsed[0], parsed[1], ())
+        return _compare(quantity, dimension, threshold, grams_per_mmol)
+
+    return judge
+
+
+def _compare(
+    quantity: Quantity, dimension: Dimension, threshold: float, grams_per_mmol: float | None
+) -> Judgement:
+    errors: list[UnitError] = []
+    converted: Normalised | None = None
+    for unit in quantity.units or ("",):
+        try:
+            converted = normalise(quantity.value, unit, dimension, grams_per_mmol=grams_per_mmol)
+            break
+        except UnitError as exc:
+            errors.append(exc)
+    if converted is None:
+        problem = errors[-1].message if errors else "no unit"
+        return Judgement("unreadable", f"{describe_quantity(quantity)}: {problem}")
+    shown = f"{quantity.comparator}{converted.describe()}"
+    ok = meets_at_least(converted.value, quantity.comparator, threshold)
+    if ok is None:
+        return Judgement("unreadable", f"{shown} (cannot be compared with the threshold)")
+    return Judgement("pass" if ok else "fail", shown)
+
+
+# --------------------------------------------------------------------------- criteria
+def neutrophils(ctx: Context) -> Finding:
+    """inc-neutrophils: latest absolute neutrophil count in the window >= threshold (10*9/L)."""
+    s = ctx.settings
+    absolute = ctx.record.with_code("Observation", ctx.valueset("neutrophils-absolute"))
+    percent = ctx.record.with_code("Observation", ctx.valueset("neutrophils-percent"))
+    absolute_ids = {id(o) for o in absolute}
+    percent_only = [o for o in percent if id(o) not in absolute_ids]
+    notes = []
+    if percent_only:
+        refs = ", ".join(reference(o) for o in percent_only)
+        notes.append(
+            f"{_plural(len(percent_only), 'percent neutrophil result')} ignored ({refs}): a "
+            "percentage is never compared with the absolute threshold"
+        )
+    threshold = s.neutrophils_min_10e9_per_l
+    return latest_in_window(
+        ctx,
+        absolute,
+        what="absolute neutrophils",
+        window_days=s.neutrophils_window_days,
+        requirement=f">= {threshold:.1f} 10*9/L required",
+        judge=_quantity_judge(CELL_COUNT, threshold),
+        missing=f"absolute neutrophil count within {s.neutrophils_window_days} days",
+        notes=notes,
+    )
+
+
+def hemoglobin(ctx: Context) -> Finding:
+    """inc-hemoglobin: latest hemoglobin in the window >= threshold (g/L; g/dL, mg/dL, mmol/L read)."""
+    s = ctx.settings
+    threshold = s.hemoglobin_min_g_per_l
+    return latest_in_window(
+        ctx,
+        ctx.record.with_code("Observation", ctx.valueset("hemoglobin")),
+        what="hemoglobin",
+        window_days=s.hemoglobin_window_days,
+        requirement=f">= {_number(threshold)} g/L required",
+        judge=_quantity_judge(MASS_CONCENTRATION, threshold, grams_per_mmol=HEMOGLOBIN_G_PER_MMOL),
+        missing=f"hemoglobin within {s.hemoglobin_window_days} days",
+    )
+
+
+def lvef(ctx: Context) -> Finding:
+    """inc-lvef: latest LVEF in the window >= threshold (%; a fraction <= 1 with unit 1 is x100)."""
+    s = ctx.settings
+    threshold = s.lvef_min_percent
+    return latest_in_window(
+        ctx,
+        ctx.record.with_code("Observation", ctx.valueset("lvef")),
+        what="LVEF",
+        window_days=s.lvef_window_days,
+        requirement=f">= {_number(threshold)} % required",
+        judge=_quantity_judge(PERCENT, threshold),
+        missing=f"numeric LVEF (echocardiography) within {s.lvef_window_days} days",
+    )
+
+
+def abnormal_labs(ctx: Context) -> Finding:
+    """exc-abnormal-labs: always needs-review, listing critical (HH/LL/AA) results in the window."""
+    unavailable = category_unavailable(ctx, "Observation")
+    if unavailable is not None:
+        return unavailable
+    days = ctx.settings.abnormal_labs_window_days
+    start = ctx.days_before(days)
+    critical = ctx.valueset("interpretation-critical")
+    flagged = [o for o in ctx.record.resources("Observation") if interpretation_in(o, critical)]
+    split = split_by_window(flagged, start, ctx.as_of)
+    listed = sorted(
+        [*split.inside, *split.ambiguous],
+        key=lambda d: d.span.start if d.span else start,
+        reverse=True,
+    )
+    judgement = "clinical significance of abnormal results is the investigator's judgement"
+    if not listed:
+        return Finding(
+            "needs-review",
+            f"no result flagged critical (HH/LL/AA) within the last {days} days among "
+            f"{ctx.record.count('Observation')} retrieved Observation resources; {judgement}",
+        )
+    items = []
+    for item in listed:
+        obs = item.resource
+        value = quantity_of(obs)
+        shown = describe_quantity(value) if value else str(obs.get("valueString") or "")
+        label = _code_label(obs)
+        flags = "/".join(interpretation_labels(obs))
+        note = " (preliminary)" if item.preliminary else ""
+        note += " (date imprecise)" if item in split.ambiguous else ""
+        items.append(f"{label} {shown} ({flags}) on {date_text(obs)}{note}".replace("  ", " "))
+    return Finding(
+        "needs-review",
+        f"{_plural(len(items), 'critical result')} within the last {days} days: "
+        f"{'; '.join(items)}; {judgement}",
+        tuple(reference(d.resource) for d in listed),
+    )
+
+
+def _code_label(observation: Resource) -> str:
+    code = observation.get("code") or {}
+    for coding in code.get("coding") or []:
+        if coding.get("display"):
+            return str(coding["display"])
+    if code.get("text"):
+        return str(code["text"])
+    for coding in code.get("coding") or []:
+        if coding.get("code"):
+            return str(coding["code"])
+    return "result"
 
 
 CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
-    "inc-neutrophils": _todo,
-    "inc-hemoglobin": _todo,
-    "inc-lvef": _todo,
-    "exc-abnormal-labs": _todo,
+    "inc-neutrophils": neutrophils,
+    "inc-hemoglobin": hemoglobin,
+    "inc-lvef": lvef,
+    "exc-abnormal-labs": abnormal_labs,
 }

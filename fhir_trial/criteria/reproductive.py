@@ -1,17 +1,165 @@
-"""PLACEHOLDER until implemented: exc-pregnancy-lactation."""
+"""exc-pregnancy-lactation: pregnant, breastfeeding, or planning a pregnancy within six months.
+
+Male -> not-applicable. Within the pregnancy-test window: a pregnancy status answered "pregnant",
+a positive hCG, or breastfeeding -> met. An active pregnancy Condition -> met. Anything else ->
+needs-review: a planned pregnancy cannot be computed from the record, so this exclusion is never
+``not-met`` for a patient who may be female.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from fhir_trial.criteria.context import Context
+from fhir_trial.criteria.context import (
+    Context,
+    category_unavailable,
+    conditions_in,
+    first_code,
+)
+from fhir_trial.criteria.labs import reference
+from fhir_trial.observations import (
+    Dated,
+    above_normal,
+    coded_value,
+    date_text,
+    describe_quantity,
+    quantity_of,
+    split_by_window,
+)
 from fhir_trial.report import Finding
 
 
-def _todo(ctx: Context) -> Finding:
-    return Finding("unknown", "not implemented yet")
+def pregnancy_lactation(ctx: Context) -> Finding:
+    """exc-pregnancy-lactation (see the module docstring)."""
+    unavailable = category_unavailable(ctx, "Patient")
+    if unavailable is not None:
+        return unavailable
+    patient = ctx.record.patient or {}
+    if patient.get("gender") == "male":
+        return Finding(
+            "not-applicable",
+            "male patient: pregnancy and lactation do not apply",
+            (ctx.record.patient_reference,),
+        )
+    unavailable = category_unavailable(ctx, "Observation", "Condition")
+    if unavailable is not None:
+        return unavailable
+    days = ctx.settings.pregnancy_test_window_days
+    start = ctx.days_before(days)
+    window = f"within {days} days (from {start.isoformat()})"
+    above = ctx.valueset("interpretation-above-normal")
+    positive = ctx.valueset("positive-result-answers")
+    pregnant_answers = ctx.valueset("pregnant-answers")
+    breastfeeding = ctx.valueset("breastfeeding-status")
+
+    met: list[tuple[Dated, str]] = []
+    review: list[tuple[Dated, str]] = []
+    seen: list[tuple[Dated, str]] = []
+
+    def sort(items: list[Dated], what: str, is_positive: Callable[[Dated], str | None]) -> None:
+        for item in items:
+            found = is_positive(item)
+            said = f"{what} {found or _value_text(item.resource)} on {date_text(item.resource)}"
+            if found is None:
+                seen.append((item, said))
+            elif item.preliminary:
+                review.append((item, f"preliminary {said}"))
+            else:
+                met.append((item, said))
+
+    def status_answer(item: Dated) -> str | None:
+        concept = coded_value(item.resource)
+        return "pregnant" if concept is not None and pregnant_answers.matches(concept) else None
+
+    def hcg_answer(item: Dated) -> str | None:
+        reading = above_normal(item.resource, above, positive)
+        return f"positive ({reading.detail})" if reading.outcome == "positive" else None
+
+    def breastfeeding_answer(item: Dated) -> str | None:
+        obs = item.resource
+        concept = coded_value(obs)
+        if obs.get("valueBoolean") is True:
+            return "yes"
+        if concept is not None and breastfeeding.matches(concept):
+            return first_code(concept)
+        reading = above_normal(obs, above, positive)
+        return "yes" if reading.outcome == "positive" else None
+
+    record = ctx.record
+    groups = (
+        ("pregnancy status", "pregnancy-status", status_answer),
+        ("hCG test", "hcg-tests", hcg_answer),
+        ("breastfeeding status", "breastfeeding-status", breastfeeding_answer),
+    )
+    for what, valueset_id, answer in groups:
+        split = split_by_window(
+            record.with_code("Observation", ctx.valueset(valueset_id)), start, ctx.as_of
+        )
+        sort(split.inside, what, answer)
+        for item in split.ambiguous:
+            if answer(item) is not None:
+                review.append(
+                    (
+                        item,
+                        f"{what} {answer(item)} dated {date_text(item.resource)} "
+                        f"(too imprecise to place {window})",
+                    )
+                )
+        for item in split.before:
+            found = answer(item)
+            if found is not None:
+                seen.append(
+                    (
+                        item,
+                        f"{what} {found} on {date_text(item.resource)} is older than {days} days",
+                    )
+                )
+    conditions = conditions_in(ctx, "pregnancy-findings", active_only=True) + conditions_in(
+        ctx, "breastfeeding-status", active_only=True
+    )
+    if met or conditions:
+        said = [s for _, s in met] + [
+            f"active {first_code(c.get('code'))} ({record.reference_to(c)})" for c in conditions
+        ]
+        return Finding(
+            "met",
+            f"{'; '.join(said)} ({window} for tests and status observations)",
+            tuple(reference(d.resource) for d, _ in met)
+            + tuple(record.reference_to(c) for c in conditions),
+        )
+    planned = "a pregnancy planned within six months cannot be computed from the record"
+    if review:
+        return Finding(
+            "needs-review",
+            f"{'; '.join(s for _, s in review)}; {planned}",
+            tuple(reference(d.resource) for d, _ in review),
+        )
+    found = (
+        "; ".join(s for _, s in seen)
+        if seen
+        else f"no pregnancy, hCG or breastfeeding record {window}"
+    )
+    return Finding(
+        "needs-review",
+        f"{found}; {planned}",
+        tuple(reference(d.resource) for d, _ in seen),
+        (f"pregnancy test within {days} days", "attestation: not lactating, no pregnancy planned"),
+    )
+
+
+def _value_text(observation: Mapping[str, Any]) -> str:
+    """The result as written (coded answer, quantity or text), for reasons."""
+    concept = coded_value(observation)
+    if concept is not None:
+        return first_code(concept)
+    quantity = quantity_of(observation)
+    if quantity is not None:
+        return describe_quantity(quantity)
+    text = observation.get("valueString")
+    return repr(text) if isinstance(text, str) else "without a value"
 
 
 CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
-    "exc-pregnancy-lactation": _todo,
+    "exc-pregnancy-lactation": pregnancy_lactation,
 }

@@ -1,19 +1,202 @@
-"""PLACEHOLDER until implemented: inc-ana, inc-anti-dsdna, inc-anti-sm."""
+"""Autoantibodies: inc-ana, inc-anti-dsdna, inc-anti-sm (the parts of inc-autoantibody).
+
+Any qualifying final result at any time -> ``met``; ``not-met`` only when every result is below
+threshold / normal; results that cannot be read, preliminary ones, or ANA not measured by
+immunofluorescence -> ``needs-review``; no result at all -> ``unknown`` (absence rule 2).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from fhir_trial.criteria.context import Context
+from fhir_trial.criteria.context import Context, category_unavailable
+from fhir_trial.criteria.labs import reference
+from fhir_trial.observations import (
+    Reading,
+    Resource,
+    above_normal,
+    coded_value,
+    date_text,
+    interpretation_in,
+    interpretation_labels,
+    meets_at_least,
+    observation_status,
+    read_titer,
+)
 from fhir_trial.report import Finding
 
+Reader = Callable[[Resource], Reading]
 
-def _todo(ctx: Context) -> Finding:
-    return Finding("unknown", "not implemented yet")
+
+def decide_serology(
+    ctx: Context,
+    what: str,
+    results: Iterable[tuple[Resource, Reading]],
+    *,
+    requirement: str,
+    missing: str,
+    review_positive: Iterable[tuple[Resource, Reading, str]] = (),
+) -> Finding:
+    """Combine per-result readings into a status (see the module docstring).
+
+    ``review_positive`` are extra results that can only ever be reviewed (ANA by another method),
+    each with the reason why.
+    """
+    positives: list[tuple[Resource, Reading]] = []
+    negatives: list[tuple[Resource, Reading]] = []
+    review: list[tuple[Resource, str]] = []
+    ignored = 0
+    for obs, reading in results:
+        status = observation_status(obs)
+        if status == "ignored":
+            ignored += 1
+            continue
+        said = f"{reading.detail} on {date_text(obs)}"
+        if status == "preliminary":
+            review.append((obs, f"preliminary result: {said}"))
+        elif reading.outcome == "positive":
+            positives.append((obs, reading))
+        elif reading.outcome == "negative":
+            negatives.append((obs, reading))
+        else:
+            review.append((obs, f"cannot be read: {said}"))
+    for obs, reading, why in review_positive:
+        if observation_status(obs) == "ignored":
+            ignored += 1
+            continue
+        review.append((obs, f"{why}: {reading.detail} on {date_text(obs)}"))
+    note = f"; {ignored} result(s) with another status (not final) ignored" if ignored else ""
+    if positives:
+        obs, reading = _latest(positives)
+        return Finding(
+            "met",
+            f"{what} {reading.detail} on {date_text(obs)} ({requirement}; any time){note}",
+            tuple(reference(o) for o, _ in positives),
+        )
+    if review:
+        return Finding(
+            "needs-review",
+            f"{what}: {'; '.join(why for _, why in review)}"
+            + (f"; other results not above threshold: {_list(negatives)}" if negatives else "")
+            + note,
+            tuple(reference(o) for o, _ in review) + tuple(reference(o) for o, _ in negatives),
+        )
+    if negatives:
+        return Finding(
+            "not-met",
+            f"every {what} result is below threshold / normal: {_list(negatives)} "
+            f"({requirement}){note}",
+            tuple(reference(o) for o, _ in negatives),
+        )
+    return Finding(
+        "unknown",
+        f"no {what} result in {ctx.record.count('Observation')} retrieved Observation resources"
+        f"{note}; absence rule 2: unknown",
+        missing=(missing,),
+    )
+
+
+def _latest(items: list[tuple[Resource, Reading]]) -> tuple[Resource, Reading]:
+    return max(items, key=lambda pair: date_text(pair[0]))
+
+
+def _list(items: list[tuple[Resource, Reading]]) -> str:
+    return ", ".join(f"{r.detail} on {date_text(o)}" for o, r in items)
+
+
+# --------------------------------------------------------------------------- ANA
+def _ana_titer_reader(ctx: Context) -> Reader:
+    threshold = ctx.settings.ana_min_titer
+    above = ctx.valueset("interpretation-above-normal")
+    positive = ctx.valueset("positive-result-answers")
+
+    def read(obs: Resource) -> Reading:
+        titer = read_titer(obs)
+        if titer is not None:
+            ok = meets_at_least(titer.dilution, titer.comparator, threshold)
+            if ok is True:
+                return Reading("positive", f"titer {titer}")
+            if ok is False:
+                return Reading("negative", f"titer {titer} (below 1:{threshold})")
+            return Reading("unreadable", f"titer {titer} cannot be compared with 1:{threshold}")
+        flagged = interpretation_in(obs, above)
+        concept = coded_value(obs)
+        if flagged is not None or (concept is not None and positive.matches(concept)):
+            return Reading("unreadable", "positive without a titer")
+        general = above_normal(obs, above, positive)
+        if general.outcome == "negative" and interpretation_labels(obs):
+            return Reading("negative", general.detail)
+        return Reading("unreadable", general.detail)
+
+    return read
+
+
+def ana(ctx: Context) -> Finding:
+    """inc-ana: ANA by immunofluorescence with titer >= 1:80 (any time)."""
+    unavailable = category_unavailable(ctx, "Observation")
+    if unavailable is not None:
+        return unavailable
+    threshold = ctx.settings.ana_min_titer
+    read = _ana_titer_reader(ctx)
+    by_if = ctx.record.with_code("Observation", ctx.valueset("ana-immunofluorescence-titer"))
+    if_ids = {id(o) for o in by_if}
+    other = [
+        o
+        for o in ctx.record.with_code("Observation", ctx.valueset("ana-other-method"))
+        if id(o) not in if_ids
+    ]
+    above = ctx.valueset("interpretation-above-normal")
+    positive = ctx.valueset("positive-result-answers")
+    return decide_serology(
+        ctx,
+        "ANA",
+        ((o, read(o)) for o in by_if),
+        requirement=f">= 1:{threshold} by immunofluorescence required",
+        missing="ANA titer by immunofluorescence (LOINC 5048-4)",
+        review_positive=(
+            (
+                o,
+                above_normal(o, above, positive),
+                "ANA not measured as an immunofluorescence titer (the protocol asks for IF)",
+            )
+            for o in other
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- anti-dsDNA, anti-Sm
+def _above_normal_criterion(ctx: Context, valueset_id: str, what: str, missing: str) -> Finding:
+    unavailable = category_unavailable(ctx, "Observation")
+    if unavailable is not None:
+        return unavailable
+    above = ctx.valueset("interpretation-above-normal")
+    positive = ctx.valueset("positive-result-answers")
+    results = ctx.record.with_code("Observation", ctx.valueset(valueset_id))
+    return decide_serology(
+        ctx,
+        what,
+        ((o, above_normal(o, above, positive)) for o in results),
+        requirement="above the normal range of the reporting assay required",
+        missing=missing,
+    )
+
+
+def anti_dsdna(ctx: Context) -> Finding:
+    """inc-anti-dsdna: anti-dsDNA above normal (interpretation, coded answer or own reference range)."""
+    return _above_normal_criterion(
+        ctx, "anti-dsdna", "anti-dsDNA", "anti-dsDNA antibody result with a reference range"
+    )
+
+
+def anti_sm(ctx: Context) -> Finding:
+    """inc-anti-sm: anti-Smith above normal (interpretation, coded answer or own reference range)."""
+    return _above_normal_criterion(
+        ctx, "anti-sm", "anti-Smith", "anti-Smith antibody result with a reference range"
+    )
 
 
 CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
-    "inc-ana": _todo,
-    "inc-anti-dsdna": _todo,
-    "inc-anti-sm": _todo,
+    "inc-ana": ana,
+    "inc-anti-dsdna": anti_dsdna,
+    "inc-anti-sm": anti_sm,
 }

@@ -1,18 +1,330 @@
-"""PLACEHOLDER until implemented: inc-prior-therapy, exc-b-cell-therapy."""
+"""Treatment history: inc-prior-therapy (Incl 12) and exc-b-cell-therapy (Excl 14).
+
+inc-prior-therapy: an oral corticosteroid overlapping an immunosuppressant or a biologic for at
+least ``Settings.prior_therapy_min_days`` days, ending at the screening date. Decisions of this
+project, documented here and in the README:
+
+- Route: an oral-corticosteroid record counts when its route is oral, or when it states no route
+  (maintenance steroids are oral, and Synthea-style requests state none); a stated non-oral route
+  (IV pulses, intramuscular, ...) does not count.
+- Gaps of at most ``Settings.prior_therapy_max_gap_days`` uncovered days between records of the same
+  group (steroids; immunosuppressants and biologics together) are bridged, and bridged days count.
+  Switching from one immunosuppressant or biologic to another is one continuous partner therapy.
+- "Ending at as_of": the last day the two overlap may lie at most ``prior_therapy_max_gap_days``
+  days before ``as_of`` (the same tolerance as a gap between two prescriptions). The duration is
+  counted from the first to the last overlapping day, both included; the trailing days after the
+  last dose are not counted as treatment.
+- Partial dates: met only when the combination holds whichever day a partial date means; when it
+  holds only for some readings, needs-review.
+
+exc-b-cell-therapy: a B-cell targeted drug with exposure in the ``b_cell_therapy_window_days`` days
+before ``as_of`` (window edges included); the reason always names the last dose date. A biologic
+such as belimumab can satisfy inc-prior-therapy and trigger this exclusion at the same time; both
+are reported.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from fhir_trial.criteria.context import Context
+from fhir_trial.medications import (
+    Exposure,
+    MedicationHistory,
+    Period,
+    clip,
+    days_in,
+    intersect,
+    medication_history,
+    merge,
+    overlaps,
+    unavailable_medication_types,
+    unavailable_text,
+)
+from fhir_trial.record import MEDICATION_TYPES
 from fhir_trial.report import Finding
+from fhir_trial.terminology import ValueSet
+
+ALL_TYPES = ", ".join(MEDICATION_TYPES)
 
 
-def _todo(ctx: Context) -> Finding:
-    return Finding("unknown", "not implemented yet")
+def history(ctx: Context) -> MedicationHistory:
+    """The patient's medication exposures for this screening."""
+    return medication_history(ctx.record, ctx.as_of, ctx.settings.default_supply_days)
+
+
+def no_medication_record(ctx: Context, what: str) -> Finding:
+    """Absence rule 4 over the four medication types."""
+    hist = history(ctx)
+    ignored = f", {hist.ignored} of them ignored for their status" if hist.ignored else ""
+    return Finding(
+        "not-met",
+        f"no qualifying record ({what}) in {hist.retrieved} retrieved medication resources "
+        f"({ALL_TYPES}{ignored}) (absence rule 4)",
+    )
+
+
+def medication_unknown(ctx: Context, found: str, need: str) -> Finding | None:
+    """Rule 1 for medication criteria: unknown when a medication type failed to load."""
+    failed = unavailable_medication_types(ctx.record)
+    if not failed:
+        return None
+    return Finding(
+        "unknown",
+        f"{found}; {unavailable_text(ctx.record, failed)} could not be obtained, "
+        "so the answer is unknown, never not-met (absence rule 1)",
+        missing=tuple(f"{t} resources ({need})" for t in failed),
+    )
+
+
+# ----------------------------------------------------------------------------- inc-prior-therapy
+@dataclass(frozen=True)
+class _Combination:
+    """How the oral steroid and partner periods combine for one reading of the dates."""
+
+    steroid: list[Period]
+    partner: list[Period]
+    combined: list[Period]
+    current: Period | None  # the combined period ending close enough to as_of
+    long_enough: bool
+
+
+def _combine(
+    ctx: Context, steroids: Sequence[Exposure], partners: Sequence[Exposure], certain: bool
+) -> _Combination:
+    gap = ctx.settings.prior_therapy_max_gap_days
+
+    def periods(exposures: Sequence[Exposure]) -> list[Period]:
+        found = [p for p in (e.period(certain) for e in exposures) if p is not None]
+        return merge(clip(found, ctx.as_of), gap)
+
+    steroid = periods(steroids)
+    partner = periods(partners)
+    combined = merge(intersect(steroid, partner), gap)
+    current = None
+    if combined and (ctx.as_of - combined[-1][1]).days <= gap:
+        current = combined[-1]
+    long_enough = current is not None and days_in(current) >= ctx.settings.prior_therapy_min_days
+    return _Combination(steroid, partner, combined, current, long_enough)
+
+
+def _names(exposures: Sequence[Exposure], valuesets: Sequence[ValueSet]) -> str:
+    names: dict[str, None] = {}
+    for exposure in exposures:
+        for vs in valuesets:
+            if exposure.matches(vs):
+                names[exposure.label(vs)] = None
+                break
+    return ", ".join(names) or "?"
+
+
+def _within(exposures: Sequence[Exposure], period: Period) -> list[Exposure]:
+    return [e for e in exposures if overlaps(e.possible(), period)]
+
+
+def prior_therapy(ctx: Context) -> Finding:
+    """inc-prior-therapy: oral corticosteroid with an immunosuppressant or biologic, >= 182 days."""
+    settings = ctx.settings
+    hist = history(ctx)
+    ocs_vs, oral_vs = ctx.valueset("oral-corticosteroids"), ctx.valueset("route-oral")
+    partner_vs = (ctx.valueset("immunosuppressants"), ctx.valueset("sle-biologics"))
+    hcq_vs = ctx.valueset("hydroxychloroquine")
+
+    all_steroids = hist.with_drug(ocs_vs)
+    steroids = [e for e in all_steroids if not e.route_stated() or e.route_in(oral_vs)]
+    oral_ids = {id(e) for e in steroids}
+    non_oral = [e for e in all_steroids if id(e) not in oral_ids]
+    partners = [e for e in hist.exposures if any(e.matches(vs) for vs in partner_vs)]
+    hcq = hist.with_drug(hcq_vs)
+    rule = (
+        f"at least {settings.prior_therapy_min_days} days required, ending within "
+        f"{settings.prior_therapy_max_gap_days} days of {ctx.as_of.isoformat()}, gaps of up to "
+        f"{settings.prior_therapy_max_gap_days} days bridged"
+    )
+
+    sure = _combine(ctx, steroids, partners, certain=True)
+    if sure.long_enough and sure.current is not None:
+        period = sure.current
+        used_steroids = _within(steroids, period)
+        used_partners = _within(partners, period)
+        return Finding(
+            "met",
+            f"oral corticosteroid ({_names(used_steroids, [ocs_vs])}) together with "
+            f"{_names(used_partners, partner_vs)} from {period[0].isoformat()} to "
+            f"{period[1].isoformat()}: {days_in(period)} days ({rule})",
+            tuple(e.reference for e in (*used_steroids, *used_partners)),
+        )
+
+    evidence = tuple(e.reference for e in (*steroids, *partners, *non_oral, *hcq))
+    explanation = _why_not(ctx, sure, steroids, partners, non_oral, hcq, ocs_vs, partner_vs)
+    need = f"oral corticosteroid and immunosuppressant/biologic history for the last {settings.prior_therapy_min_days} days"
+    unknown = medication_unknown(ctx, explanation, need)
+    if unknown is not None:
+        return Finding(unknown.status, unknown.reason, evidence, unknown.missing)
+    if hist.usable == 0:
+        ignored = f" ({hist.ignored} ignored for their status)" if hist.ignored else ""
+        return Finding(
+            "unknown",
+            f"no medication record of any type{ignored}: the record cannot show whether the "
+            "patient was treated, so this is unknown rather than not-met",
+            missing=(
+                f"medication history ({ALL_TYPES}) covering the last {settings.prior_therapy_min_days} days",
+            ),
+        )
+    maybe = _combine(ctx, steroids, partners, certain=False)
+    if maybe.long_enough and maybe.current is not None:
+        partial = [e.reference for e in (*steroids, *partners) if e.partial]
+        return Finding(
+            "needs-review",
+            f"{explanation}; with partial dates ({', '.join(partial)}) the combination may have "
+            f"lasted {days_in(maybe.current)} days: a person must check the exact dates ({rule})",
+            evidence,
+        )
+    undated = [
+        u for u in hist.undated if u.matches(ocs_vs) or any(u.matches(vs) for vs in partner_vs)
+    ]
+    if undated:
+        return Finding(
+            "needs-review",
+            f"{explanation}; {len(undated)} relevant record(s) cannot be placed in time ("
+            + "; ".join(f"{u.reference} {u.drug}: {u.why}" for u in undated)
+            + ")",
+            (*evidence, *(u.reference for u in undated)),
+        )
+    return Finding("not-met", f"{explanation} ({rule})", evidence)
+
+
+def _why_not(
+    ctx: Context,
+    combination: _Combination,
+    steroids: Sequence[Exposure],
+    partners: Sequence[Exposure],
+    non_oral: Sequence[Exposure],
+    hcq: Sequence[Exposure],
+    ocs_vs: ValueSet,
+    partner_vs: Sequence[ValueSet],
+) -> str:
+    parts: list[str] = []
+    if not steroids:
+        parts.append("no oral corticosteroid record")
+    if non_oral:
+        groups: dict[tuple[str, str], list[Exposure]] = {}
+        for e in non_oral:
+            key = (e.label(ocs_vs), e.route_label() or "a non-oral route")
+            groups.setdefault(key, []).append(e)
+        for (drug, route), items in groups.items():
+            first_day = min(e.start.start for e in items).isoformat()
+            last_day = max(e.end.end for e in items).isoformat()
+            when = f"on {first_day}" if first_day == last_day else f"from {first_day} to {last_day}"
+            count = f"{len(items)} records " if len(items) > 1 else ""
+            parts.append(
+                f"{drug} by {route} ({count}{when}) does not count: only oral corticosteroids "
+                "count, IV pulses do not"
+            )
+    if not partners:
+        parts.append("no immunosuppressant or biologic record")
+    if hcq:
+        parts.append(
+            f"hydroxychloroquine ({', '.join(e.describe() for e in hcq)}) does not count as an "
+            "immunosuppressant or biologic for this criterion"
+        )
+    if steroids and partners:
+        gap = ctx.settings.prior_therapy_max_gap_days
+        if not combination.combined:
+            parts.append(
+                f"oral corticosteroid ({_names(steroids, [ocs_vs])}) and "
+                f"{_names(partners, partner_vs)} were never taken at the same time"
+            )
+        elif combination.current is None:
+            last = combination.combined[-1]
+            parts.append(
+                f"the last period of combined therapy, {last[0].isoformat()} to "
+                f"{last[1].isoformat()}, ended {(ctx.as_of - last[1]).days} days before "
+                f"{ctx.as_of.isoformat()} (more than {gap} days)"
+            )
+        else:
+            period = combination.current
+            parts.append(
+                f"combined therapy ({_names(_within(steroids, period), [ocs_vs])} with "
+                f"{_names(_within(partners, period), partner_vs)}) from {period[0].isoformat()} "
+                f"to {period[1].isoformat()} lasted only {days_in(period)} days"
+            )
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- exc-b-cell-therapy
+def _last_dose(exposures: Sequence[Exposure], vs: ValueSet, as_of: dt.date) -> str:
+    """'last dose date 2026-11-10 (rituximab, MedicationAdministration 2026-11-10; ...)'."""
+    last = max(exposures, key=lambda e: (min(e.end.end, as_of), e.end.start))
+    if last.end.start >= as_of:
+        day = f"{as_of.isoformat()} (exposure ongoing at screening)"
+    elif last.end.exact:
+        day = last.end.start.isoformat()
+    else:
+        day = f"between {last.end.start.isoformat()} and {min(last.end.end, as_of).isoformat()}"
+    return (
+        f"last dose date {day} ({last.label(vs)}, {last.resource_type} {last.describe()}; "
+        f"{last.basis})"
+    )
+
+
+def b_cell_therapy(ctx: Context) -> Finding:
+    """exc-b-cell-therapy: B-cell targeted drug exposure within the window before as_of."""
+    days = ctx.settings.b_cell_therapy_window_days
+    window = (ctx.days_before(days), ctx.as_of)
+    window_text = f"the {days} days before {ctx.as_of.isoformat()} (from {window[0].isoformat()})"
+    vs = ctx.valueset("b-cell-therapies")
+    hist = history(ctx)
+    exposures = [e for e in hist.with_drug(vs) if e.start.start <= ctx.as_of]
+    undated = hist.undated_with_drug(vs)
+    evidence = tuple(e.reference for e in exposures) + tuple(u.reference for u in undated)
+
+    last_text = _last_dose(exposures, vs, ctx.as_of) if exposures else ""
+    certain = [e for e in exposures if (p := e.certain()) is not None and overlaps(p, window)]
+    if certain:
+        return Finding(
+            "met",
+            f"B-cell targeted therapy within {window_text}: {last_text}",
+            tuple(e.reference for e in certain),
+        )
+    possible = [e for e in exposures if overlaps(e.possible(), window)]
+    if possible:
+        return Finding(
+            "needs-review",
+            f"{last_text}; a partial date leaves open whether it falls within {window_text}",
+            evidence,
+        )
+    found = last_text or (
+        "no dated B-cell targeted therapy record"
+        if undated
+        else "no B-cell targeted therapy record"
+    )
+    unknown = medication_unknown(ctx, found, f"B-cell targeted therapy in {window_text}")
+    if unknown is not None:
+        return Finding(unknown.status, unknown.reason, evidence, unknown.missing)
+    if undated:
+        return Finding(
+            "needs-review",
+            f"{found}; "
+            + "; ".join(f"{u.reference} ({u.drug}) cannot be dated: {u.why}" for u in undated),
+            evidence,
+        )
+    if exposures:
+        latest = max(exposures, key=lambda e: min(e.end.end, ctx.as_of))
+        gap = (ctx.as_of - min(latest.end.end, ctx.as_of)).days
+        at_least = "at least " if not latest.end.exact else ""
+        return Finding(
+            "not-met",
+            f"{last_text}: {at_least}{gap} days before {ctx.as_of.isoformat()}, outside "
+            f"{window_text}",
+            evidence,
+        )
+    return no_medication_record(ctx, "B-cell targeted therapy")
 
 
 CRITERIA_FUNCTIONS: dict[str, Callable[[Context], Finding]] = {
-    "inc-prior-therapy": _todo,
-    "exc-b-cell-therapy": _todo,
+    "inc-prior-therapy": prior_therapy,
+    "exc-b-cell-therapy": b_cell_therapy,
 }

@@ -68,10 +68,10 @@ function ucumService(createUcumService) {
 }
 
 function describe(exc) {
-  const loc = exc.locator;
-  const where = loc ? `${loc.startLine ?? "?"}:${loc.startChar ?? "?"}` : "?";
-  const lib = loc && loc.library ? loc.library.id : "";
-  return `${lib ? lib + " " : ""}${where} ${exc.message}`;
+  // The locator is a Kotlin TrackBack; its toString() is the only stable way to read it.
+  const text = exc.locator ? String(exc.locator) : "";
+  const m = /startLine=(\d+), startChar=(\d+)/.exec(text);
+  return `${m ? `${m[1]}:${m[2]}` : "?"} ${exc.message}`;
 }
 
 async function main() {

@@ -1,0 +1,187 @@
+"""Fetching what prefetch lacked from the CDS client's FHIR server, inside the time budget.
+
+One search per category (a read for the Patient), run in parallel; ``next`` links are followed only
+on the FHIR server's own origin and under its base path, never twice (a server that loops its links
+is cut off), and never past ``Settings.max_pages`` / ``max_resources``. Every HTTP wait is bounded
+by what is left of the :class:`~.deadline.Deadline`; the caller stops waiting when the deadline
+passes whatever the threads are doing. Failures become per-category reasons (no PHI, no token).
+
+HTTP itself goes through :class:`fhir_trial.fhir_http.FhirHttp` (auth header, error mapping,
+429/5xx retries with Retry-After), configured per request so that its timeouts and retry waits fit
+in the remaining budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from fhir_trial.cds_hooks.deadline import Deadline, DeadlineExceeded
+from fhir_trial.cds_hooks.discovery import search_path
+from fhir_trial.cds_hooks.prefetch import bundle_resources, next_link
+from fhir_trial.config import Settings
+from fhir_trial.errors import (
+    AuthenticationError,
+    FhirServerError,
+    NotFhirResponseError,
+    ServerResponseError,
+    ServerUnreachableError,
+)
+from fhir_trial.fhir_http import FhirHttp, origin_of
+
+__all__ = ["CategoryResult", "FhirFetcher", "same_base"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_RESERVE_S = 0.05
+
+
+@dataclass
+class CategoryResult:
+    """The outcome of fetching one category: resources, or why it failed."""
+
+    category: str
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def same_base(url: str, base_url: str) -> bool:
+    """True when ``url`` is on the origin of ``base_url`` and under its path."""
+    if origin_of(url) != origin_of(base_url):
+        return False
+    base_path = urlsplit(base_url).path.rstrip("/")
+    path = urlsplit(url).path
+    return path == base_path or path.startswith(base_path + "/")
+
+
+class FhirFetcher:
+    """Fetches categories for one patient from one FHIR server within a deadline."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        settings: Settings,
+        deadline: Deadline,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.settings = settings
+        self.deadline = deadline
+        self.executor = executor
+
+    def fetch(
+        self, patient_id: str, categories: list[str], next_pages: Mapping[str, str] | None = None
+    ) -> dict[str, CategoryResult]:
+        """Fetch every category (in parallel); wait no longer than the deadline.
+
+        Categories still running when the deadline passes are reported with the error
+        ``"timed out"``; their threads stop at their next deadline check.
+        """
+        jobs: dict[str, Any] = {}
+        for category in categories:
+            jobs[category] = self.executor.submit(
+                self._fetch_category, category, search_path(category, patient_id), False
+            )
+        for category, url in (next_pages or {}).items():
+            jobs[category] = self.executor.submit(self._fetch_category, category, url, True)
+        results: dict[str, CategoryResult] = {}
+        for category, future in jobs.items():
+            try:
+                results[category] = future.result(timeout=self.deadline.remaining())
+            except TimeoutError:
+                results[category] = CategoryResult(category, error="timed out")
+        return results
+
+    # ------------------------------------------------------------------ one category
+    def _fetch_category(self, category: str, first: str, continuing: bool) -> CategoryResult:
+        result = CategoryResult(category)
+        session = requests.Session()
+        try:
+            self._fetch_pages(result, first, continuing, session)
+        except DeadlineExceeded:
+            result.error = "timed out"
+        except AuthenticationError as exc:
+            result.error = f"access refused by the FHIR server (HTTP {exc.status})"
+        except ServerUnreachableError:
+            result.error = "the FHIR server did not answer in time"
+        except NotFhirResponseError:
+            result.error = "the FHIR server did not answer with FHIR JSON"
+        except ServerResponseError as exc:
+            result.error = (
+                f"the FHIR server answered HTTP {exc.status}" if exc.status else exc.message
+            )
+        except FhirServerError as exc:
+            result.error = exc.message
+        finally:
+            session.close()
+        if result.error:
+            result.resources = []
+            log.info("cds fetch %s failed: %s", category, result.error)
+        return result
+
+    def _fetch_pages(
+        self, result: CategoryResult, first: str, continuing: bool, session: requests.Session
+    ) -> None:
+        url: str | None = first
+        seen: set[str] = set()
+        pages = 0
+        while url:
+            absolute = url if urlsplit(url).scheme else f"{self.base_url}/{url.lstrip('/')}"
+            if not same_base(absolute, self.base_url):
+                result.error = "a next link pointed outside the FHIR server; not followed"
+                return
+            if absolute in seen:
+                result.error = "the FHIR server's next links loop; results are incomplete"
+                return
+            seen.add(absolute)
+            pages += 1
+            if pages > self.settings.max_pages:
+                result.error = f"more than {self.settings.max_pages} pages; results are incomplete"
+                return
+            body = self._get(absolute, session)
+            rtype = body.get("resourceType")
+            if rtype == "Bundle":
+                result.resources.extend(bundle_resources(body))
+                url = next_link(body)
+            elif result.category == "Patient" and rtype == "Patient" and not continuing:
+                result.resources.append(body)
+                url = None
+            elif rtype == "OperationOutcome":
+                result.error = "the FHIR server answered with an OperationOutcome"
+                return
+            else:
+                result.error = "the FHIR server answered with an unexpected resource type"
+                return
+            if len(result.resources) > self.settings.max_resources:
+                result.error = (
+                    f"more than {self.settings.max_resources} resources; results are incomplete"
+                )
+                return
+
+    def _get(self, url: str, session: requests.Session) -> dict[str, Any]:
+        wait = self.deadline.timeout(reserve=_RETRY_RESERVE_S)
+        settings = self.settings.replace(
+            connect_timeout_s=min(self.settings.connect_timeout_s, wait),
+            read_timeout_s=min(self.settings.read_timeout_s, wait),
+            max_retries=1 if wait > 0.3 else 0,
+        )
+        http = FhirHttp(
+            self.base_url,
+            token=self.token,
+            settings=settings,
+            session=session,
+            sleep=self.deadline.sleep,
+            backoff_s=0.05,
+            max_retry_after_s=max(0.0, wait / 3),
+        )
+        body = http.get_json(url)
+        self.deadline.check()
+        return body

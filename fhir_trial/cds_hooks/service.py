@@ -1,0 +1,320 @@
+"""The screening behind the hook: request -> PatientRecord -> report -> cards, within the deadline.
+
+:class:`CdsService` holds everything that lives as long as the worker process (issuer allowlist,
+JWT verifier, SQLite stores, thread pools); :mod:`.blueprint` turns HTTP into calls to it. The work
+of one call (prefetch, fetching from the FHIR server, evaluating) runs in a worker thread; the
+request thread waits at most until the deadline and then answers with what it has: the cards, or
+the "could not be completed" outcome. Nothing here logs PHI or tokens: logs carry the hook
+instance id, categories and short reasons only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fhir_trial.canonical import STUDY_ID
+from fhir_trial.cds_hooks.auth import (
+    ClientIdentity,
+    JwksCache,
+    JwtVerifier,
+    ReplayStore,
+    TrustedIssuer,
+    load_trusted_issuers,
+    normalise_base,
+)
+from fhir_trial.cds_hooks.cards import eligibility_card, incomplete_card, ineligible_card
+from fhir_trial.cds_hooks.deadline import Deadline
+from fhir_trial.cds_hooks.discovery import HOOK, SERVICE_ID
+from fhir_trial.cds_hooks.feedback import FeedbackStore
+from fhir_trial.cds_hooks.fetch import FhirFetcher
+from fhir_trial.cds_hooks.prefetch import add_resources, apply_prefetch
+from fhir_trial.cds_hooks.store import Database
+from fhir_trial.cds_hooks.worksheet import WorksheetStore
+from fhir_trial.config import Settings
+from fhir_trial.errors import FhirTrialError
+from fhir_trial.evaluate import evaluate
+from fhir_trial.record import PatientRecord
+from fhir_trial.report import EligibilityReport
+from fhir_trial.terminology import load_terminology
+
+__all__ = ["CdsService", "HookError", "HookRequest", "Outcome", "normalise_patient_id"]
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[PatientRecord, Settings], EligibilityReport]
+
+_PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
+_ANSWER_RESERVE_S = 0.05
+
+
+class HookError(Exception):
+    """A request the service cannot take: ``status`` 400 (malformed/refused) or 412 (no data)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """The parts of a validated hook call that the screening needs."""
+
+    hook_instance: str
+    patient_id: str
+    prefetch: Mapping[str, Any] | None
+    fhir_server: str | None
+    access_token: str | None
+
+
+@dataclass
+class Outcome:
+    """What one screening produced."""
+
+    kind: Literal["report", "no-data", "incomplete"]
+    report: EligibilityReport | None = None
+    reason: str = ""
+    failed_fetches: dict[str, str] = field(default_factory=dict)
+
+
+def normalise_patient_id(raw: Any) -> str | None:
+    """``123`` from ``123``, ``Patient/123`` or ``https://ehr/fhir/Patient/123``; None if unusable."""
+    if not isinstance(raw, str):
+        return None
+    value = raw.strip()
+    if _PATIENT_ID.match(value):
+        return value
+    match = _PATIENT_REF.search(value)
+    return match.group(1) if match else None
+
+
+class CdsService:
+    """The NCT06010472 enrollment service: verification, screening, cards, feedback, worksheet."""
+
+    def __init__(self, settings: Settings, evaluator: Evaluator | None = None) -> None:
+        self.settings = settings
+        self.evaluator: Evaluator = evaluator or evaluate
+        self.issuers: dict[str, TrustedIssuer] = load_trusted_issuers(
+            settings.cds_trusted_issuers_file
+        )
+        self.database = Database(settings.database_path)
+        self.replay_database = Database(settings.database_path, durable=False)
+        self.verifier = JwtVerifier(
+            settings, self.issuers, ReplayStore(self.replay_database), JwksCache()
+        )
+        self.feedback = FeedbackStore(self.database)
+        secret = settings.secret_key
+        if not secret:
+            secret = secrets.token_urlsafe(32)
+            log.warning(
+                "no secret_key configured: worksheet links are signed with a per-process key and "
+                "only work on the worker that made them; set FHIR_TRIAL_SECRET_KEY"
+            )
+        self.worksheets = WorksheetStore(self.database, secret, settings.worksheet_token_ttl_s)
+        self.incomplete_cards = bool(settings.extra.get("cds_incomplete_card", True))
+        self.development = settings.cds_development_mode
+        self._dev_fhir_servers = tuple(settings.extra.get("cds_dev_fhir_servers", ()))
+        self._pipeline = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cds-screen")
+        self._fetchers = ThreadPoolExecutor(
+            max_workers=max(4, settings.search_concurrency * 4), thread_name_prefix="cds-fetch"
+        )
+        if self.development:
+            log.warning(
+                "CDS HOOKS DEVELOPMENT MODE: JWT verification is OFF; any caller is trusted. "
+                "Never run this in production."
+            )
+        elif not self.issuers:
+            log.warning(
+                "no trusted CDS clients configured (cds_trusted_issuers_file): every hook call gets 401"
+            )
+        try:
+            load_terminology(settings.resources_dir)  # warm the cache outside the time budget
+        except FhirTrialError as exc:
+            log.error("terminology not loadable; screenings will not complete: %s", exc.message)
+
+    # ------------------------------------------------------------------ identity
+    def authenticate(
+        self,
+        authorization: str | None,
+        path: str,
+        request_root: str,
+        extra_paths: tuple[str, ...] = (),
+    ) -> ClientIdentity:
+        """Verify the caller (raises :class:`~.auth.AuthError`); development mode trusts anyone."""
+        if self.development:
+            return ClientIdentity(issuer=None, development=True)
+        return self.verifier.verify(authorization, path, request_root, extra_paths)
+
+    def fhir_server_allowed(self, identity: ClientIdentity, url: str) -> bool:
+        """Whether this caller may make us fetch from ``url`` (no server-side request forgery)."""
+        if identity.issuer is not None:
+            return identity.issuer.fhir_server_allowed(url)
+        if not identity.development:
+            return False
+        wanted = normalise_base(url)
+        allowed = {normalise_base(u) for u in self._dev_fhir_servers}
+        for issuer in self.issuers.values():
+            allowed |= {normalise_base(u) for u in issuer.fhir_servers}
+        return wanted is not None and wanted in allowed
+
+    # ------------------------------------------------------------------ parsing
+    def parse_request(self, body: Mapping[str, Any], identity: ClientIdentity) -> HookRequest:
+        """The checks a schema cannot express; raises :class:`HookError` (400)."""
+        if body.get("hook") != HOOK:
+            raise HookError(
+                400,
+                "wrong-hook",
+                f"this service answers the {HOOK} hook, not {str(body.get('hook'))[:40]!r}",
+            )
+        context = body.get("context") or {}
+        patient_id = normalise_patient_id(context.get("patientId"))
+        if patient_id is None:
+            raise HookError(
+                400, "bad-patient-id", "context.patientId must be a FHIR id (or Patient/<id>)"
+            )
+        fhir_server = body.get("fhirServer")
+        token = None
+        if fhir_server is not None:
+            if normalise_base(fhir_server) is None:
+                raise HookError(
+                    400, "bad-fhir-server", "fhirServer must be a plain http(s) base URL"
+                )
+            if not self.fhir_server_allowed(identity, fhir_server):
+                raise HookError(
+                    400,
+                    "fhir-server-not-allowed",
+                    "fhirServer is not on the allowlist for this CDS client",
+                )
+            auth = body.get("fhirAuthorization")
+            if isinstance(auth, Mapping):
+                token = str(auth["access_token"])
+        return HookRequest(
+            hook_instance=str(body["hookInstance"]),
+            patient_id=patient_id,
+            prefetch=body.get("prefetch"),
+            fhir_server=fhir_server,
+            access_token=token,
+        )
+
+    # ------------------------------------------------------------------ the screening
+    def run(self, hook: HookRequest, started: float | None = None) -> Outcome:
+        """Screen within the deadline (measured from ``started``, a ``time.monotonic()`` value)."""
+        budget = max(0.0, self.settings.cds_deadline_s - _ANSWER_RESERVE_S)
+        if started is not None:
+            budget -= time.monotonic() - started
+        deadline = Deadline(budget)
+        future = self._pipeline.submit(self._screen, hook, deadline)
+        try:
+            return future.result(timeout=deadline.remaining())
+        except FutureTimeout:
+            deadline.cancel()
+            log.warning(
+                "cds hook %s: the %.2f s deadline passed before the screening finished",
+                _short(hook.hook_instance),
+                self.settings.cds_deadline_s,
+            )
+            return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
+
+    def _screen(self, hook: HookRequest, deadline: Deadline) -> Outcome:
+        record = PatientRecord()
+        pre = apply_prefetch(record, hook.prefetch, hook.patient_id)
+        failed_fetches: dict[str, str] = {}
+        if pre.to_fetch or pre.next_pages:
+            if hook.fhir_server:
+                fetcher = FhirFetcher(
+                    hook.fhir_server, hook.access_token, self.settings, deadline, self._fetchers
+                )
+                for category, result in fetcher.fetch(
+                    hook.patient_id, pre.to_fetch, pre.next_pages
+                ).items():
+                    if result.error:
+                        record.mark_failed(category, result.error)
+                        failed_fetches[category] = result.error
+                    else:
+                        add_resources(record, result.resources, hook.patient_id, category)
+                        record.mark_obtained(category)
+            else:
+                for category in pre.to_fetch:
+                    record.mark_failed(category, "not in the prefetch, and no fhirServer was given")
+        if failed_fetches:
+            log.warning(
+                "cds hook %s: could not fetch %s",
+                _short(hook.hook_instance),
+                "; ".join(f"{c}: {why}" for c, why in sorted(failed_fetches.items())),
+            )
+        if record.patient is None:
+            why = record.failed.get("Patient", "the Patient could not be obtained")
+            if failed_fetches.get("Patient") == "timed out" or deadline.expired():
+                return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
+            return Outcome("no-data", reason=f"Patient: {why}")
+        if not (record.obtained - {"Patient"}):
+            if any(why == "timed out" for why in failed_fetches.values()) or deadline.expired():
+                return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
+            return Outcome("no-data", reason="none of the patient's clinical data could be obtained")
+        try:
+            report = self.evaluator(record, self.settings)
+        except FhirTrialError as exc:
+            log.error("cds hook %s: evaluation failed: %s", _short(hook.hook_instance), exc.message)
+            return Outcome("incomplete", reason="the screening service is not configured correctly")
+        if failed_fetches:
+            return Outcome(
+                "incomplete",
+                report=report,
+                reason=_fetch_reason(failed_fetches),
+                failed_fetches=failed_fetches,
+            )
+        return Outcome("report", report=report)
+
+    # ------------------------------------------------------------------ cards
+    def cards(self, hook: HookRequest, outcome: Outcome, base_url: str) -> list[dict[str, Any]]:
+        """The cards for an outcome (the 412 case is handled by the caller)."""
+        report = outcome.report
+        if report is not None and report.verdict == "ineligible":
+            return [ineligible_card(report)] if self.settings.cds_cards_for_ineligible else []
+        if outcome.kind == "incomplete" or report is None:
+            return [incomplete_card(outcome.reason)] if self.incomplete_cards else []
+        card_uuid = _uuid()
+        report_json = report.to_json()
+        report_id, token = self.worksheets.save(report_json, card_uuid)
+        url = f"{base_url.rstrip('/')}/cds-services/{SERVICE_ID}/worksheet/{token}"
+        app_context = json.dumps(
+            {
+                "study": STUDY_ID,
+                "patient": f"Patient/{hook.patient_id}",
+                "report": report_id,
+                "worksheetToken": token,
+            },
+            separators=(",", ":"),
+        )
+        return [eligibility_card(report, hook.patient_id, url, app_context, card_uuid)]
+
+    def close(self) -> None:
+        """Stop the thread pools (tests; workers simply exit)."""
+        self._pipeline.shutdown(wait=False, cancel_futures=True)
+        self._fetchers.shutdown(wait=False, cancel_futures=True)
+
+
+def _fetch_reason(failed: Mapping[str, str]) -> str:
+    listed = ", ".join(f"{category} ({why})" for category, why in sorted(failed.items()))
+    return f"some of the record could not be read from the EHR's FHIR server: {listed}"
+
+
+def _short(hook_instance: str) -> str:
+    return hook_instance[:64].replace("\n", " ")
+
+
+def _uuid() -> str:
+    import uuid
+
+    return str(uuid.uuid4())

@@ -1,0 +1,182 @@
+"""``fhir-trial screen-population``: screen many patients and print a feasibility report.
+
+Inputs (one of): ``--bundles`` files or folders of Bundles (further paths may follow as plain
+arguments, so ``--bundles data/*.json`` works), ``--ndjson`` a Bulk Data export folder, ``--demo``
+the demo patients shipped with the package (screened as of their own date unless ``--as-of``).
+
+Output: the feasibility report on stdout (``--format text|json|csv``); with ``--format text``
+also one verdict line per patient (the first 20, or all with ``--demo``). ``--output FILE`` gets
+every patient's full report as JSON lines (the CRITERIA.md shape), written as they are computed.
+Exit codes: 0 done, 2 unusable input (nothing could be screened, bad option).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import IO
+
+import click
+
+from fhir_trial.config import Settings
+from fhir_trial.errors import InputError
+from fhir_trial.population import (
+    Feasibility,
+    Screened,
+    Skipped,
+    screen_bundle_files,
+    screen_ndjson,
+    verdict_line,
+)
+from fhir_trial.record import CATEGORIES
+from fhir_trial.sources.ndjson import NdjsonExport
+
+TEXT_PATIENT_LINES = 20
+
+
+def _parse_date(value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"--as-of must be a date like 2026-11-26, not {value!r}") from None
+
+
+def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> Iterator[Screened]:
+    """Wrap in a tqdm bar on stderr when stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield from items
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="patient", file=sys.stderr, leave=False) as bar:
+        for item in items:
+            bar.update(1)
+            yield item
+
+
+@click.command("screen-population")
+@click.argument("paths", nargs=-1, metavar="[MORE_BUNDLES]...")
+@click.option(
+    "--bundles",
+    multiple=True,
+    metavar="PATH",
+    help="A Bundle file or a folder of *.json Bundles (repeatable; more paths may follow).",
+)
+@click.option("--ndjson", metavar="DIR", help="A Bulk Data export folder (NDJSON files).")
+@click.option("--demo", is_flag=True, help="Screen the demo patients shipped with fhir-trial.")
+@click.option(
+    "--missing",
+    multiple=True,
+    type=click.Choice(list(CATEGORIES)),
+    help="With --ndjson: a data category the export lacks (its criteria become unknown).",
+)
+@click.option("--as-of", metavar="DATE", help="Screening date (default: today; demo: its date).")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json", "csv"]),
+    default="text",
+    show_default=True,
+    help="Form of the feasibility report on stdout.",
+)
+@click.option(
+    "--output",
+    metavar="FILE",
+    help="Write every patient's report to FILE as JSON lines.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes evaluating patients in parallel.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar (it only shows on a terminal).")
+def command(
+    paths: tuple[str, ...],
+    bundles: tuple[str, ...],
+    ndjson: str | None,
+    demo: bool,
+    missing: tuple[str, ...],
+    as_of: str | None,
+    output_format: str,
+    output: str | None,
+    workers: int,
+    no_progress: bool,
+) -> None:
+    """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
+    bundle_inputs = [*bundles, *paths]
+    chosen = sum(bool(x) for x in (bundle_inputs, ndjson, demo))
+    if chosen != 1:
+        raise InputError("give exactly one of --bundles PATH..., --ndjson DIR or --demo")
+    if missing and not ndjson:
+        raise InputError("--missing only applies to --ndjson")
+    as_of_date = _parse_date(as_of)
+    if demo and as_of_date is None:
+        from fhir_trial.demo import DEMO_AS_OF
+
+        as_of_date = DEMO_AS_OF
+    settings = Settings.from_env(as_of=as_of_date)
+    if settings.as_of is None:  # every patient is screened for the same day, even past midnight
+        settings = settings.replace(as_of=dt.date.today())
+
+    feasibility = Feasibility()
+    total: int | None = None
+    with ExitStack() as stack:
+        if ndjson:
+            export = stack.enter_context(NdjsonExport(ndjson, missing))
+            total = export.count_patients()
+            screened = screen_ndjson(export, settings, workers=workers)
+        else:
+            if demo:
+                from fhir_trial.demo import demo_bundle_paths
+
+                demo_paths = demo_bundle_paths()
+                if not demo_paths:
+                    raise InputError("no demo patients are installed (fhir_trial/demo/*.json)")
+                bundle_inputs = [str(p) for p in demo_paths]
+                total = len(demo_paths)
+            screened = screen_bundle_files(
+                bundle_inputs, settings, workers=workers, skipped=feasibility.skipped
+            )
+        sink: IO[str] | None = None
+        if output:
+            try:
+                sink = stack.enter_context(open(output, "w", encoding="utf-8"))
+            except OSError as exc:
+                raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
+        show_lines = output_format == "text"
+        shown = 0
+        for item in _progress(screened, total, enabled=not no_progress):
+            feasibility.add(item.report)
+            if sink is not None:
+                sink.write(json.dumps(item.report.to_json(), ensure_ascii=False) + "\n")
+            if show_lines and (demo or shown < TEXT_PATIENT_LINES):
+                click.echo(verdict_line(item))
+                shown += 1
+        if show_lines and not demo and feasibility.total > shown:
+            click.echo(f"... {feasibility.total - shown} more patients (--output FILE lists all)")
+
+    if feasibility.total == 0:
+        _explain_nothing(feasibility.skipped)
+    if output_format == "json":
+        click.echo(json.dumps(feasibility.to_json(), indent=2))
+    elif output_format == "csv":
+        click.echo(feasibility.to_csv(), nl=False)
+    else:
+        if shown:
+            click.echo()
+        click.echo(feasibility.to_text(), nl=False)
+
+
+def _explain_nothing(skipped: list[Skipped]) -> None:
+    if skipped:
+        first = skipped[0]
+        more = f" (and {len(skipped) - 1} more inputs skipped)" if len(skipped) > 1 else ""
+        raise InputError(f"no patient could be screened: {first.source}: {first.reason}{more}")
+    raise InputError("no patient could be screened: the input holds no Patient")

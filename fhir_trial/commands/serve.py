@@ -1,0 +1,136 @@
+"""``fhir-trial serve``: the HTTP service (CDS Hooks, /fhir, /healthz) under gunicorn.
+
+    fhir-trial serve --host 127.0.0.1 --port 8080 --workers 4 [--development-mode] [--dev-server]
+
+Production runs gunicorn (sync workers, one app per worker). ``--dev-server`` runs Flask's
+built-in server instead, for development only. ``--development-mode`` turns CDS Hooks JWT
+verification OFF (loudly); it is never the default. Settings come from ``FHIR_TRIAL_*``
+environment variables (e.g. ``FHIR_TRIAL_CDS_TRUSTED_ISSUERS_FILE``, ``FHIR_TRIAL_SECRET_KEY``,
+``FHIR_TRIAL_PUBLIC_BASE_URL``, ``FHIR_TRIAL_DATABASE_PATH``) and the options below.
+
+The access log is off by default: worksheet links carry their token in the URL path.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import secrets
+from typing import Any
+
+import click
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from fhir_trial.config import Settings
+
+__all__ = ["GunicornServer", "command", "default_workers"]
+
+
+def default_workers() -> int:
+    """Workers when not given: 2 x CPUs + 1 (gunicorn's advice), at most 9."""
+    return min(9, multiprocessing.cpu_count() * 2 + 1)
+
+
+class GunicornServer(BaseApplication):
+    """gunicorn run programmatically; each worker builds its own app from ``settings``."""
+
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Hand the options to gunicorn."""
+        for key, value in self.options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key.lower(), value)
+
+    def load(self) -> Flask:
+        """Build the app (in the worker, after the fork)."""
+        from fhir_trial.app import create_app
+
+        return create_app(self.settings)
+
+
+def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> dict[str, Any]:
+    """The gunicorn configuration used by ``serve`` (and the benchmark)."""
+    return {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "sync",
+        "timeout": max(30, int(settings.cds_deadline_s * 10)),
+        "graceful_timeout": 10,
+        "keepalive": 2,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "limit_request_line": 8190,
+        "proc_name": "fhir-trial",
+    }
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="gunicorn workers (default 2 x CPUs + 1).",
+)
+@click.option(
+    "--development-mode",
+    is_flag=True,
+    help="Turn CDS Hooks JWT verification OFF. Never in production.",
+)
+@click.option(
+    "--dev-server", is_flag=True, help="Use Flask's development server instead of gunicorn."
+)
+@click.option(
+    "--trusted-issuers",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Trusted CDS clients (JSON).",
+)
+@click.option(
+    "--public-base-url", default=None, help="The service's external URL (JWT aud, card links)."
+)
+def command(
+    host: str,
+    port: int,
+    workers: int | None,
+    development_mode: bool,
+    dev_server: bool,
+    trusted_issuers: str | None,
+    public_base_url: str | None,
+) -> None:
+    """Serve CDS Hooks, the study's FHIR endpoint and /healthz."""
+    settings = Settings.from_env(
+        cds_development_mode=True if development_mode else None,
+        cds_trusted_issuers_file=trusted_issuers,
+        public_base_url=public_base_url,
+    )
+    if not settings.secret_key:
+        # One secret shared by every worker (they fork from this process), so worksheet links work
+        # whichever worker answers. Set FHIR_TRIAL_SECRET_KEY to keep links valid across restarts.
+        settings = settings.replace(secret_key=secrets.token_urlsafe(32))
+    if settings.cds_development_mode:
+        click.echo(
+            "WARNING: development mode: CDS Hooks JWT verification is OFF; anyone can call the "
+            "service. Never use this in production.",
+            err=True,
+        )
+    if dev_server:
+        from fhir_trial.app import create_app
+
+        click.echo(
+            "WARNING: Flask development server; use gunicorn (without --dev-server) in production.",
+            err=True,
+        )
+        create_app(settings).run(
+            host=host, port=port, debug=False, threaded=True, use_reloader=False
+        )
+        return
+    GunicornServer(
+        settings, gunicorn_options(host, port, workers or default_workers(), settings)
+    ).run()

@@ -1,0 +1,96 @@
+"""``fhir-trial validate [FILE...]``: validate FHIR R4 resources (default: all of ``resources/``).
+
+Each file is checked with the fhir.resources R4B model and the official R4 JSON Schema, then the
+set's references and canonicals must resolve (against the files and the resources folder).
+
+Output: an OperationOutcome (``--format json``) or one line per issue, ``severity path: message``.
+Exit codes: 0 no errors (warnings allowed); 6 validation errors; 2 a file that is missing, not JSON
+or not a FHIR resource (one line saying which).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fhir_trial.config import DEFAULT_RESOURCES_DIR
+from fhir_trial.errors import FhirTrialError, InputError, NotFhirError, NotJsonError
+from fhir_trial.validation import operation_outcome, validate_set
+
+
+class ValidationFailed(FhirTrialError):
+    """Validation found at least one error (exit code 6)."""
+
+    exit_code = 6
+
+
+def read_resource(path: Path) -> dict[str, Any]:
+    """A FHIR resource from a JSON file; InputError (exit 2) if it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise NotJsonError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise NotFhirError(f"{path}: not a FHIR resource (no resourceType)")
+    return data
+
+
+def _context(resources_dir: Path, given: set[Path]) -> list[dict[str, Any]]:
+    """Resources of the resources folder that references may point to (unreadable ones skipped)."""
+    out = []
+    for path in sorted(resources_dir.glob("*.json")) if resources_dir.is_dir() else []:
+        if path.resolve() in given:
+            continue
+        try:
+            out.append(read_resource(path))
+        except InputError:
+            continue
+    return out
+
+
+@click.command("validate")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--schema",
+    "schema",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FHIR_TRIAL_FHIR_SCHEMA",
+    default=None,
+    help="R4 fhir.schema.json (default: ../shared/schemas/fhir.schema.json beside the project).",
+)
+@click.option(
+    "--resources-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_RESOURCES_DIR,
+    show_default=True,
+    help="Resources that references may resolve to (and the default files to validate).",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def command(files: tuple[Path, ...], schema: Path | None, resources_dir: Path, fmt: str) -> None:
+    """Validate FHIR R4 resources with fhir.resources (R4B) and the R4 JSON Schema."""
+    paths = list(files) or sorted(resources_dir.glob("*.json"))
+    if not paths:
+        raise InputError(f"nothing to validate: no files given and no *.json in {resources_dir}")
+    resources = [(str(path), read_resource(path)) for path in paths]
+    context = _context(resources_dir, {path.resolve() for path in paths})
+    issues = validate_set(resources, schema_path=schema, context=context)
+    if fmt == "json":
+        outcome = operation_outcome(issues, checked=len(resources))
+        click.echo(json.dumps(outcome, indent=2, ensure_ascii=False))
+    elif issues:
+        for issue in issues:
+            click.echo(issue.line())
+    else:
+        click.echo(f"ok: {len(resources)} resource(s) valid")
+    errors = sum(issue.is_error for issue in issues)
+    if errors:
+        raise ValidationFailed(f"validation found {errors} error(s) in {len(resources)} file(s)")

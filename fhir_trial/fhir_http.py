@@ -1,0 +1,346 @@
+"""The one place where this project speaks HTTP to a FHIR server.
+
+:class:`FhirHttp` sends a request to a FHIR base URL and returns a :class:`FhirResponse` (status,
+headers, parsed JSON body) or raises one of the :mod:`fhir_trial.errors` server errors:
+
+    connection refused, DNS failure, timeout      -> ServerUnreachableError   (exit code 3)
+    401 / 403                                     -> AuthenticationError      (exit code 4)
+    any other 4xx / 5xx                           -> ServerResponseError      (exit code 5)
+                                                     (.outcome = the OperationOutcome, if any)
+    2xx whose body is not FHIR JSON (HTML, ...)   -> NotFhirResponseError     (exit code 5)
+
+Every request carries ``Accept: application/fhir+json``, the bearer token when one is given, and
+the connect/read timeouts of :class:`~fhir_trial.config.Settings`. Answers 429, 500, 502, 503 and
+504 are retried up to ``Settings.max_retries`` times with exponential backoff; a ``Retry-After``
+header (seconds or an HTTP date) replaces the backoff, capped at ``max_retry_after_s``.
+
+Error messages are one line and name the server's origin, the method and the resource type only:
+never the token, never a query string or a resource id (those can identify a patient).
+
+The HTTP transport is a :class:`requests.Session`, injectable so that unit tests need no network::
+
+    http = FhirHttp("https://hapi.example/fhir", token="...", settings=settings)
+    bundle = http.get_json("Observation", {"patient": "123", "code": "http://loinc.org|26499-4"})
+    next_url = ...  # a link from the Bundle
+    if http.same_origin(next_url):
+        page = http.get_json(next_url)
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from fhir_trial.config import Settings
+from fhir_trial.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    NotFhirResponseError,
+    ServerResponseError,
+    ServerUnreachableError,
+)
+
+__all__ = ["FHIR_JSON", "FhirHttp", "FhirResponse", "origin_of"]
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MAX_DIAGNOSTICS = 200
+
+
+@dataclass(frozen=True)
+class FhirResponse:
+    """A successful answer: HTTP status, headers (case-insensitive) and the JSON body.
+
+    ``body`` is the parsed FHIR resource, or ``{}`` when the server sent no body (204, or a
+    ``Prefer: return=minimal`` write).
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: dict[str, Any]
+    url: str = field(default="", repr=False)
+
+    @property
+    def resource_type(self) -> str | None:
+        """The ``resourceType`` of the body, or None for an empty body."""
+        value = self.body.get("resourceType")
+        return value if isinstance(value, str) else None
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """Return ``(scheme, host, port)`` of an absolute URL, default ports made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+class FhirHttp:
+    """HTTP to one FHIR server: auth, timeouts, retries, and errors mapped to fhir_trial.errors.
+
+    ``base_url`` is the FHIR base (``https://host/fhir``); relative paths given to :meth:`request`
+    are resolved against it. ``session`` is the transport (a fresh :class:`requests.Session` by
+    default; pass a fake in unit tests). ``sleep`` is how retries wait (tests pass a recorder).
+    ``backoff_s`` is the first retry delay (doubled each retry) and ``max_retry_after_s`` caps both
+    the backoff and any ``Retry-After`` the server asks for.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        settings: Settings | None = None,
+        session: requests.Session | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        backoff_s: float = 0.5,
+        max_retry_after_s: float = 30.0,
+    ) -> None:
+        parts = urlsplit(base_url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                f"not a usable FHIR base URL (need http(s)://host/...): {base_url!r}"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.settings = settings or Settings()
+        self._token = token or None
+        self._owns_session = session is None
+        self.session = session if session is not None else requests.Session()
+        self._sleep = sleep
+        self.backoff_s = backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        self._origin = origin_of(self.base_url)
+
+    # --- context manager ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the transport if this object created it."""
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> FhirHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"FhirHttp({self.base_url!r}, token={'***' if self._token else None})"
+
+    # --- URLs -----------------------------------------------------------------------------------
+    @property
+    def origin(self) -> str:
+        """``scheme://host[:port]`` of the server, for messages."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+    def same_origin(self, url: str) -> bool:
+        """True when an absolute ``url`` is on this server's scheme, host and port.
+
+        Use it before following any URL the server hands back (Bundle next links, Bulk Data
+        status and file URLs): a link elsewhere must not receive our token.
+        """
+        return origin_of(url) == self._origin
+
+    def resolve(self, url_or_path: str) -> str:
+        """Absolute URL for a path relative to the base (``""`` is the base itself)."""
+        if urlsplit(url_or_path).scheme:
+            return url_or_path
+        path = url_or_path.lstrip("/")
+        return f"{self.base_url}/{path}" if path else self.base_url
+
+    # --- requests -------------------------------------------------------------------------------
+    def get_json(self, url_or_path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """GET and return the body (a FHIR resource); raises like :meth:`request`."""
+        return self.request("GET", url_or_path, params=params).body
+
+    def request(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> FhirResponse:
+        """Send one request (retrying 429/5xx) and return the FHIR answer.
+
+        ``url_or_path`` is relative to the base URL, or absolute on the same origin (an absolute
+        URL elsewhere raises :class:`ServerResponseError` and is not contacted). ``json`` is sent
+        as ``application/fhir+json``.
+        """
+        method = method.upper()
+        url = self.resolve(url_or_path)
+        what = self._describe(method, url)
+        if not self.same_origin(url):
+            raise ServerResponseError(
+                f"{what}: refusing to send a request outside {self.origin}", url=_strip_query(url)
+            )
+        send_headers = {"Accept": FHIR_JSON, "User-Agent": "fhir-trial"}
+        data: bytes | None = None
+        if json is not None:
+            send_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
+            data = _dumps(json)
+        if self._token:
+            send_headers["Authorization"] = f"Bearer {self._token}"
+        send_headers.update(headers or {})
+        timeout = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
+
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                response = self.session.request(
+                    method, url, params=params, data=data, headers=send_headers, timeout=timeout
+                )
+            except requests.exceptions.Timeout as exc:
+                raise ServerUnreachableError(
+                    f"{what}: no answer from {self.origin} within the time limit "
+                    f"(connect {timeout[0]:g}s, read {timeout[1]:g}s)",
+                    url=_strip_query(url),
+                ) from exc
+            except requests.exceptions.ConnectionError as exc:
+                raise ServerUnreachableError(
+                    f"{what}: cannot connect to {self.origin}", url=_strip_query(url)
+                ) from exc
+            except requests.exceptions.RequestException as exc:
+                raise ServerUnreachableError(
+                    f"{what}: request to {self.origin} failed ({type(exc).__name__})",
+                    url=_strip_query(url),
+                ) from exc
+            log.debug("%s -> %s in %.3fs", what, response.status_code, time.monotonic() - started)
+            if response.status_code in RETRY_STATUSES and attempt < self.settings.max_retries:
+                delay = self._retry_delay(attempt, response.headers.get("Retry-After"))
+                response.close()
+                log.info(
+                    "%s -> %s, retry %d in %.1fs", what, response.status_code, attempt + 1, delay
+                )
+                self._sleep(delay)
+                attempt += 1
+                continue
+            return self._answer(response, what, url)
+
+    # --- internals ------------------------------------------------------------------------------
+    def _describe(self, method: str, url: str) -> str:
+        """``GET Observation`` / ``POST [base]``: method and resource type, no ids or queries."""
+        path = urlsplit(url).path
+        base_path = urlsplit(self.base_url).path.rstrip("/")
+        rest = path[len(base_path) :] if path.startswith(base_path) else path
+        first = rest.strip("/").split("/", 1)[0]
+        return f"{method} {first or '[base]'}"
+
+    def _retry_delay(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds to wait before retry number ``attempt + 1``."""
+        delay = self.backoff_s * (2**attempt)
+        asked = parse_retry_after(retry_after)
+        if asked is not None:
+            delay = asked
+        return max(0.0, min(delay, self.max_retry_after_s))
+
+    def _answer(self, response: requests.Response, what: str, url: str) -> FhirResponse:
+        status = response.status_code
+        clean_url = _strip_query(url)
+        body, problem = _parse_body(response)
+        if status in (401, 403):
+            word = "refused our credentials" if status == 401 else "denied access"
+            raise AuthenticationError(
+                f"{what}: {self.origin} {word} (HTTP {status})"
+                + ("" if self._token else "; no token was given"),
+                url=clean_url,
+                status=status,
+                outcome=_outcome(body),
+            )
+        if status >= 400:
+            outcome = _outcome(body)
+            detail = first_diagnostics(outcome) if outcome else None
+            raise ServerResponseError(
+                f"{what}: {self.origin} answered HTTP {status} {response.reason or ''}".rstrip()
+                + (f": {detail}" if detail else ""),
+                url=clean_url,
+                status=status,
+                outcome=outcome,
+            )
+        if status < 200 or status >= 300:
+            raise ServerResponseError(
+                f"{what}: {self.origin} answered HTTP {status}, which is not a FHIR answer",
+                url=clean_url,
+                status=status,
+            )
+        if problem:
+            raise NotFhirResponseError(
+                f"{what}: {self.origin} did not answer with FHIR JSON ({problem})",
+                url=clean_url,
+                status=status,
+            )
+        return FhirResponse(status=status, headers=response.headers, body=body, url=url)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def first_diagnostics(outcome: Mapping[str, Any]) -> str | None:
+    """The first issue's diagnostics (or details.text / code), on one line, shortened."""
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, Mapping):
+            continue
+        details = issue.get("details") if isinstance(issue.get("details"), Mapping) else {}
+        text = issue.get("diagnostics") or (details or {}).get("text") or issue.get("code")
+        if isinstance(text, str) and text.strip():
+            line = " ".join(text.split())
+            if len(line) > _MAX_DIAGNOSTICS:
+                line = line[: _MAX_DIAGNOSTICS - 3] + "..."
+            return line
+    return None
+
+
+def _parse_body(response: requests.Response) -> tuple[dict[str, Any], str | None]:
+    """Parse the body: ``(resource, None)`` or ``({}, why it is not FHIR JSON)``."""
+    content = response.content
+    if not content or not content.strip():
+        return {}, None
+    ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    try:
+        data = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return {}, f"got {ctype or 'a body'} that is not JSON"
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        return {}, "JSON without a resourceType"
+    return data, None
+
+
+def _outcome(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    return dict(body) if body.get("resourceType") == "OperationOutcome" else None
+
+
+def _strip_query(url: str) -> str:
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,470 @@
+"""Medication exposure periods, built from the four medication resource types (CRITERIA.md).
+
+Each usable MedicationStatement, MedicationRequest, MedicationAdministration and MedicationDispense
+becomes one :class:`Exposure`: the drug (its codings, including the ingredients of a referenced or
+contained Medication), the route(s) stated in its dosage, and the days it covers. Days of supply are
+inclusive: a 30-day supply handed over on 1 March covers 1 to 30 March.
+
+How the days are found (CRITERIA.md, "Medication exposure periods"):
+
+- MedicationStatement: ``effectiveDateTime`` is that day; ``effectivePeriod`` start to end; a period
+  with no end runs to ``as_of`` when the status is ``active``, else it is its start day only.
+- MedicationAdministration: ``effectiveDateTime`` is that day; ``effectivePeriod`` start to end (no
+  end: ``as_of`` when ``in-progress``, else the start day).
+- MedicationDispense: ``whenHandedOver`` (else ``whenPrepared``) plus ``daysSupply`` (d, wk, mo);
+  no usable ``daysSupply``: the default supply (``Settings.default_supply_days``).
+- MedicationRequest: the ``dosageInstruction`` timing ``boundsPeriod`` (earliest start to latest
+  end), else ``dispenseRequest.validityPeriod``, else ``authoredOn`` plus ``expectedSupplyDuration``
+  x (1 + ``numberOfRepeatsAllowed``), else ``authoredOn`` to ``as_of`` when ``active``, else
+  ``authoredOn`` plus the default supply. A bounds/validity period without an end runs to ``as_of``
+  when ``active``, else covers the default supply from its start.
+
+Records with status entered-in-error, cancelled, not-taken or draft are ignored. A record whose
+dates cannot be read is kept as :class:`Undated` so a criterion can say so rather than drop it.
+
+Partial dates (``"2025-03"``) are kept as spans: an exposure then has a *certain* period (days it
+covers whichever day is meant) and a *possible* period (days it may cover). Criteria decide on the
+certain period, rule out on the possible one, and ask for review in between.
+
+Interval helpers: :func:`merge` bridges gaps of at most ``max_gap`` uncovered days between periods;
+:func:`intersect` gives the days two sets of periods share.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_trial.fhirdates import DateSpan, parse_span
+from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
+from fhir_trial.terminology import ValueSet, codings
+
+IGNORED_MEDICATION_STATUSES = frozenset({"entered-in-error", "cancelled", "not-taken", "draft"})
+
+Period = tuple[dt.date, dt.date]  # inclusive first and last day
+
+_DAY = dt.timedelta(days=1)
+# UCUM codes and common unit spellings of a duration, in days.
+_DAYS_PER_UNIT: Mapping[str, int] = {
+    "d": 1,
+    "day": 1,
+    "days": 1,
+    "wk": 7,
+    "week": 7,
+    "weeks": 7,
+    "mo": 30,
+    "month": 30,
+    "months": 30,
+}
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DrugRecord:
+    """What every medication record says about the drug, whatever its dates."""
+
+    reference: str
+    resource_type: str
+    drug: str
+    codings: tuple[Mapping[str, Any], ...]
+    routes: tuple[Mapping[str, Any], ...]
+
+    def matching_coding(self, valueset: ValueSet) -> Mapping[str, Any] | None:
+        """The first coding (product or ingredient) that is in the ValueSet, else None."""
+        for coding in self.codings:
+            if valueset.contains(coding.get("system"), coding.get("code")):
+                return coding
+        return None
+
+    def matches(self, valueset: ValueSet) -> bool:
+        """Whether the drug, or one of its ingredients, is in the ValueSet."""
+        return self.matching_coding(valueset) is not None
+
+    def label(self, valueset: ValueSet | None = None) -> str:
+        """A readable drug name: the matching coding's display when there is one."""
+        if valueset is not None:
+            coding = self.matching_coding(valueset)
+            if coding is not None:
+                key = (str(coding.get("system") or ""), str(coding.get("code") or ""))
+                shown = coding.get("display") or valueset.displays.get(key)
+                if shown:
+                    return str(shown)
+        return self.drug
+
+    def route_stated(self) -> bool:
+        """Whether the record says by which route the drug is given."""
+        return bool(self.routes)
+
+    def route_in(self, valueset: ValueSet) -> bool:
+        """Whether a stated route is in the ValueSet (False when no route is stated)."""
+        return any(valueset.matches(route) for route in self.routes)
+
+    def route_label(self) -> str:
+        """The stated route, readable ('' when none is stated)."""
+        for route in self.routes:
+            for coding in codings(route):
+                label = coding.get("display") or coding.get("code")
+                if label:
+                    return str(label)
+            if route.get("text"):
+                return str(route["text"])
+        return ""
+
+
+@dataclass(frozen=True)
+class Exposure(DrugRecord):
+    """A drug record placed in time: first and last day of exposure, each possibly partial."""
+
+    start: DateSpan
+    end: DateSpan
+    basis: str
+
+    @property
+    def partial(self) -> bool:
+        """Whether a partial date makes the period uncertain."""
+        return not (self.start.exact and self.end.exact)
+
+    def certain(self) -> Period | None:
+        """The days covered whichever day a partial date means (None if no day is certain)."""
+        if self.start.end > self.end.start:
+            return None
+        return (self.start.end, self.end.start)
+
+    def possible(self) -> Period:
+        """Every day the record may cover."""
+        return (self.start.start, self.end.end)
+
+    def period(self, certain: bool) -> Period | None:
+        """:meth:`certain` or :meth:`possible`."""
+        return self.certain() if certain else self.possible()
+
+    def describe(self) -> str:
+        """'2025-01-01 to 2025-06-30', or one day, with partial dates written as ranges."""
+        first = _span_text(self.start)
+        last = _span_text(self.end)
+        return first if first == last else f"{first} to {last}"
+
+
+@dataclass(frozen=True)
+class Undated(DrugRecord):
+    """A drug record whose dates could not be read."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class MedicationHistory:
+    """All usable medication records of a patient, as exposures, for one screening date."""
+
+    exposures: tuple[Exposure, ...]
+    undated: tuple[Undated, ...]
+    ignored: int  # records skipped for their status (entered-in-error, cancelled, ...)
+    retrieved: int  # all medication records of the four types, ignored ones included
+
+    @property
+    def usable(self) -> int:
+        """How many records count (placed in time or not)."""
+        return len(self.exposures) + len(self.undated)
+
+    def with_drug(self, valueset: ValueSet) -> list[Exposure]:
+        """Exposures whose drug, or one of its ingredients, is in the ValueSet."""
+        return [e for e in self.exposures if e.matches(valueset)]
+
+    def undated_with_drug(self, valueset: ValueSet) -> list[Undated]:
+        """Undated records whose drug is in the ValueSet."""
+        return [u for u in self.undated if u.matches(valueset)]
+
+
+def _span_text(span: DateSpan) -> str:
+    if span.exact:
+        return span.start.isoformat()
+    return f"{span.start.isoformat()}..{span.end.isoformat()}"
+
+
+# ----------------------------------------------------------------------------- building
+_CACHE: weakref.WeakKeyDictionary[PatientRecord, dict[tuple[Any, ...], MedicationHistory]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def medication_history(
+    record: PatientRecord, as_of: dt.date, default_supply_days: int
+) -> MedicationHistory:
+    """The patient's medication exposures (built once per record, screening date and supply)."""
+    key = (as_of, default_supply_days, *(record.count(t) for t in MEDICATION_TYPES))
+    per_record = _CACHE.setdefault(record, {})
+    found = per_record.get(key)
+    if found is None:
+        found = build_history(record, as_of, default_supply_days)
+        per_record[key] = found
+    return found
+
+
+def build_history(
+    record: PatientRecord, as_of: dt.date, default_supply_days: int
+) -> MedicationHistory:
+    """Build :class:`MedicationHistory` (uncached; see :func:`medication_history`)."""
+    exposures: list[Exposure] = []
+    undated: list[Undated] = []
+    ignored = 0
+    retrieved = 0
+    for rtype in MEDICATION_TYPES:
+        for resource in record.resources(rtype):
+            retrieved += 1
+            if resource.get("status") in IGNORED_MEDICATION_STATUSES:
+                ignored += 1
+                continue
+            drug = _drug_record(record, resource)
+            placed = _place(resource, as_of, default_supply_days)
+            if isinstance(placed, str):
+                undated.append(Undated(**vars(drug), why=placed))
+            else:
+                start, end, basis = placed
+                exposures.append(Exposure(**vars(drug), start=start, end=end, basis=basis))
+    return MedicationHistory(tuple(exposures), tuple(undated), ignored, retrieved)
+
+
+def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
+    concept = record.medication_concept(resource)
+    found: list[Mapping[str, Any]] = list(codings(concept))
+    reference = (resource.get("medicationReference") or {}).get("reference")
+    medication = record.resolve(reference, resource)
+    if medication is not None:
+        for ingredient in medication.get("ingredient", []) or []:
+            if not isinstance(ingredient, dict):
+                continue
+            found.extend(codings(ingredient.get("itemCodeableConcept")))
+            item_ref = (ingredient.get("itemReference") or {}).get("reference")
+            # A contained ingredient Medication lives in the parent's contained list.
+            item = record.resolve(item_ref, medication) or record.resolve(item_ref, resource)
+            if item is not None and item.get("resourceType") == "Medication":
+                found.extend(codings(item.get("code")))
+    drug = _concept_label(concept) or (
+        str((resource.get("medicationReference") or {}).get("display") or "") or "unnamed drug"
+    )
+    return DrugRecord(
+        reference=record.reference_to(resource),
+        resource_type=str(resource.get("resourceType")),
+        drug=drug,
+        codings=tuple(c for c in found if isinstance(c, dict)),
+        routes=tuple(_routes(resource)),
+    )
+
+
+def _concept_label(concept: Mapping[str, Any] | None) -> str:
+    if not concept:
+        return ""
+    for coding in codings(concept):
+        label = coding.get("display") or coding.get("code")
+        if label:
+            return str(label)
+    return str(concept.get("text") or "")
+
+
+def _routes(resource: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    """Route concepts from dosage (Statement), dosageInstruction (Request, Dispense) or dosage
+    (Administration, a single object)."""
+    dosages: Any = resource.get("dosage") or resource.get("dosageInstruction") or []
+    if isinstance(dosages, dict):
+        dosages = [dosages]
+    for dosage in dosages if isinstance(dosages, list) else []:
+        route = dosage.get("route") if isinstance(dosage, dict) else None
+        if isinstance(route, dict):
+            yield route
+
+
+Placed = tuple[DateSpan, DateSpan, str]
+
+
+def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
+    """(first day, last day, how it was derived), or why the record cannot be placed in time."""
+    rtype = resource.get("resourceType")
+    status = resource.get("status")
+    if rtype == "MedicationStatement":
+        return _from_effective(resource, as_of, open_status="active", what="effective")
+    if rtype == "MedicationAdministration":
+        return _from_effective(resource, as_of, open_status="in-progress", what="effective")
+    if rtype == "MedicationDispense":
+        handed = parse_span(resource.get("whenHandedOver")) or parse_span(
+            resource.get("whenPrepared")
+        )
+        if handed is None:
+            return "it has no readable whenHandedOver date"
+        days = _days(resource.get("daysSupply"))
+        if days is not None:
+            return (
+                handed,
+                _shift(handed, days - 1),
+                f"handed over {_span_text(handed)}, {days}-day supply",
+            )
+        return (
+            handed,
+            _shift(handed, supply - 1),
+            f"handed over {_span_text(handed)}, no days supply: default {supply}-day supply",
+        )
+    # MedicationRequest
+    bounds = [
+        ((d.get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
+        for d in resource.get("dosageInstruction", []) or []
+        if isinstance(d, dict)
+    ]
+    placed = _from_periods([b for b in bounds if b], status, as_of, supply, "dosage bounds")
+    if placed is not None:
+        return placed
+    validity = (resource.get("dispenseRequest") or {}).get("validityPeriod")
+    placed = _from_periods([validity] if validity else [], status, as_of, supply, "validity period")
+    if placed is not None:
+        return placed
+    authored = parse_span(resource.get("authoredOn"))
+    if authored is None:
+        return "it has no dosage bounds, validity period or readable authoredOn date"
+    dispense = resource.get("dispenseRequest") or {}
+    duration = _days(dispense.get("expectedSupplyDuration"))
+    if duration is not None:
+        repeats = dispense.get("numberOfRepeatsAllowed")
+        fills = 1 + (repeats if isinstance(repeats, int) and repeats > 0 else 0)
+        total = duration * fills
+        return (
+            authored,
+            _shift(authored, total - 1),
+            f"authored {_span_text(authored)}, {duration}-day supply x {fills} fill(s)",
+        )
+    if status == "active":
+        return _until(authored, as_of, f"authored {_span_text(authored)}, still active")
+    return (
+        authored,
+        _shift(authored, supply - 1),
+        f"authored {_span_text(authored)}, default {supply}-day supply",
+    )
+
+
+def _from_effective(
+    resource: Resource, as_of: dt.date, *, open_status: str, what: str
+) -> Placed | str:
+    moment = parse_span(resource.get("effectiveDateTime"))
+    if moment is not None:
+        return moment, moment, f"{what} {_span_text(moment)}"
+    period = resource.get("effectivePeriod")
+    if isinstance(period, dict):
+        start = parse_span(period.get("start"))
+        end = parse_span(period.get("end"))
+        if start is None and end is not None:
+            start = end
+        if start is not None:
+            if end is not None:
+                if end.end < start.start:
+                    return "its period ends before it starts"
+                return start, end, f"{what} {_span_text(start)} to {_span_text(end)}"
+            if resource.get("status") == open_status:
+                return _until(start, as_of, f"{what} from {_span_text(start)}, {open_status}")
+            return start, start, f"{what} from {_span_text(start)} with no end: start day only"
+    return f"it has no readable {what}[x] date"
+
+
+def _from_periods(
+    periods: Sequence[Mapping[str, Any]], status: Any, as_of: dt.date, supply: int, what: str
+) -> Placed | None:
+    starts = [s for s in (parse_span(p.get("start")) for p in periods) if s is not None]
+    if not starts:
+        return None
+    start = min(starts, key=lambda s: s.start)
+    ends = [parse_span(p.get("end")) for p in periods]
+    if ends and all(e is not None for e in ends):
+        end = max((e for e in ends if e is not None), key=lambda e: e.end)
+        if end.end >= start.start:
+            return start, end, f"{what} {_span_text(start)} to {_span_text(end)}"
+    if status == "active":
+        return _until(start, as_of, f"{what} from {_span_text(start)}, still active")
+    return (
+        start,
+        _shift(start, supply - 1),
+        f"{what} from {_span_text(start)} with no end: default {supply}-day supply",
+    )
+
+
+def _until(start: DateSpan, as_of: dt.date, basis: str) -> Placed:
+    if start.start > as_of:
+        return start, start, basis
+    return start, DateSpan(as_of, as_of), f"{basis} (runs to {as_of.isoformat()})"
+
+
+def _shift(span: DateSpan, days: int) -> DateSpan:
+    delta = dt.timedelta(days=max(days, 0))
+    return DateSpan(span.start + delta, span.end + delta)
+
+
+def _days(quantity: Any) -> int | None:
+    """A Duration/Quantity in whole days (d, wk, mo), or None when it cannot be read."""
+    if not isinstance(quantity, dict):
+        return None
+    value = quantity.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    unit = str(quantity.get("code") or quantity.get("unit") or "d").strip().lower()
+    factor = _DAYS_PER_UNIT.get(unit)
+    if factor is None:
+        return None
+    return max(1, round(value * factor))
+
+
+def unavailable_medication_types(record: PatientRecord) -> list[str]:
+    """The medication resource types that could not be obtained (absence rule 1)."""
+    return [t for t in MEDICATION_TYPES if not record.usable(t)]
+
+
+def unavailable_text(record: PatientRecord, types: Sequence[str]) -> str:
+    """'MedicationRequest (timeout)' etc., for reasons."""
+    return ", ".join(f"{t} ({record.failed.get(t, 'not requested')})" for t in types)
+
+
+# ----------------------------------------------------------------------------- interval arithmetic
+def merge(periods: Iterable[Period], max_gap: int) -> list[Period]:
+    """Merge periods, bridging gaps of at most ``max_gap`` uncovered days (bridged days count)."""
+    ordered = sorted(periods)
+    merged: list[Period] = []
+    for start, end in ordered:
+        if merged and (start - merged[-1][1]).days - 1 <= max_gap:
+            last_start, last_end = merged[-1]
+            merged[-1] = (last_start, max(last_end, end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def intersect(first: Sequence[Period], second: Sequence[Period]) -> list[Period]:
+    """The days shared by two sorted, non-overlapping lists of periods."""
+    out: list[Period] = []
+    i = j = 0
+    while i < len(first) and j < len(second):
+        start = max(first[i][0], second[j][0])
+        end = min(first[i][1], second[j][1])
+        if start <= end:
+            out.append((start, end))
+        if first[i][1] < second[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def clip(periods: Iterable[Period], last_day: dt.date) -> list[Period]:
+    """Periods cut off after ``last_day`` (periods starting later are dropped)."""
+    return [(s, min(e, last_day)) for s, e in periods if s <= last_day]
+
+
+def overlaps(period: Period, window: Period) -> bool:
+    """Whether two inclusive periods share at least one day."""
+    return period[0] <= window[1] and window[0] <= period[1]
+
+
+def days_in(period: Period) -> int:
+    """Number of days in an inclusive period."""
+    return (period[1] - period[0]).days + 1
+
+
+def next_day(day: dt.date) -> dt.date:
+    """The day after."""
+    return day + _DAY

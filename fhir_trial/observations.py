@@ -1,0 +1,462 @@
+"""Reading Observation values the way the criteria need them, shared by labs, scores and serology.
+
+Everything here works on plain FHIR JSON dicts and takes the ValueSets it needs as arguments (no
+ValueSet loading, no copies): it sits on the evaluator's hot path.
+
+- status: final/amended/corrected count, preliminary is kept aside (a person reviews it), the rest
+  (registered, cancelled, entered-in-error, unknown) is ignored;
+- time: effective[x], else issued, as a :class:`~fhir_trial.fhirdates.DateSpan` (partial dates stay
+  intervals) and :func:`place_in_window` says inside / outside / ambiguous;
+- values: :func:`quantity_of` (value, comparator, unit), :func:`read_titer` (``1:160``, ``1/160``,
+  ``160``, ``>=1:160``, valueRatio, valueQuantity ``{titer}``), :func:`above_normal` (interpretation
+  codes, coded positive answers, the result's own ``referenceRange.high``);
+- :func:`meets_at_least` compares a value carrying a comparator (``<0.5``) with a threshold and
+  answers True, False or None (cannot tell).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fhir_trial.fhirdates import DateSpan, parse_span
+from fhir_trial.terminology import UCUM, ValueSet, codings, normalise_system
+
+__all__ = [
+    "Dated",
+    "Quantity",
+    "Reading",
+    "Resource",
+    "Titer",
+    "WindowSplit",
+    "above_normal",
+    "coded_value",
+    "date_text",
+    "describe_quantity",
+    "interpretation_in",
+    "interpretation_labels",
+    "latest",
+    "meets_at_least",
+    "observation_status",
+    "observation_time",
+    "parse_number",
+    "parse_titer",
+    "place_in_window",
+    "quantity_of",
+    "read_titer",
+    "reference_high",
+    "split_by_window",
+]
+
+Resource = Mapping[str, Any]
+Comparator = Literal["", "<", "<=", ">", ">="]
+StatusClass = Literal["final", "preliminary", "ignored"]
+Outcome = Literal["positive", "negative", "unreadable"]
+Placement = Literal["inside", "before", "after", "ambiguous", "undated"]
+
+_FINAL = frozenset({"final", "amended", "corrected"})
+_COMPARATORS: Mapping[str, Comparator] = {
+    "": "",
+    "<": "<",
+    "<=": "<=",
+    "≤": "<=",
+    "=<": "<=",
+    ">": ">",
+    ">=": ">=",
+    "≥": ">=",
+    "=>": ">=",
+    "=": "",
+}
+_TITER_UNITS = frozenset({"{titer}", "titer", "{dilution}", "{titre}", "titre"})
+_NUMBER = re.compile(r"^\s*(?P<cmp><=|>=|=<|=>|≤|≥|<|>|=)?\s*(?P<num>[-+]?\d+(?:\.\d+)?)\s*$")
+_TITER = re.compile(
+    r"^\s*(?P<cmp><=|>=|=<|=>|≤|≥|<|>|=)?\s*(?:1\s*[:/]\s*)?(?P<dil>\d+(?:\.\d+)?)"
+    r"(?:\s*$|[\s,;(]+[A-Za-z(].*$)"
+)
+
+
+# --------------------------------------------------------------------------- status and time
+def observation_status(observation: Resource) -> StatusClass:
+    """``final`` for final/amended/corrected, ``preliminary``, else ``ignored``."""
+    status = observation.get("status")
+    if not isinstance(status, str):
+        return "ignored"
+    if status in _FINAL:
+        return "final"
+    if status == "preliminary":
+        return "preliminary"
+    return "ignored"
+
+
+def observation_time(observation: Resource) -> DateSpan | None:
+    """effective[x] (dateTime, instant, Period start), else issued; None when there is none."""
+    return parse_span(_time_text(observation))
+
+
+def _time_text(observation: Resource) -> str | None:
+    period = observation.get("effectivePeriod")
+    value = (
+        observation.get("effectiveDateTime")
+        or observation.get("effectiveInstant")
+        or (period.get("start") if isinstance(period, Mapping) else None)
+        or observation.get("issued")
+    )
+    return value if isinstance(value, str) else None
+
+
+def date_text(observation: Resource) -> str:
+    """The result's date as written (day precision, or the partial date itself), for reasons."""
+    text = _time_text(observation)
+    if not text:
+        return "an unknown date"
+    return text[:10]
+
+
+def place_in_window(span: DateSpan | None, start: dt.date, end: dt.date) -> Placement:
+    """Where a (possibly partial) date lies against an inclusive window ``start..end``.
+
+    ``inside``/``before``/``after`` only when the whole span is on one side; a span crossing an
+    edge is ``ambiguous``; no date is ``undated``.
+    """
+    if span is None:
+        return "undated"
+    if span.start >= start and span.end <= end:
+        return "inside"
+    if span.end < start:
+        return "before"
+    if span.start > end:
+        return "after"
+    return "ambiguous"
+
+
+@dataclass(frozen=True)
+class Dated:
+    """An Observation with its time span and status class, ready for window decisions."""
+
+    resource: Resource
+    span: DateSpan | None
+    status: StatusClass
+
+    @property
+    def preliminary(self) -> bool:
+        """Whether the result is preliminary."""
+        return self.status == "preliminary"
+
+
+@dataclass
+class WindowSplit:
+    """Observations sorted by where they fall against a window (ignored statuses dropped)."""
+
+    inside: list[Dated]
+    ambiguous: list[Dated]
+    before: list[Dated]
+    after: list[Dated]
+    undated: list[Dated]
+    ignored: list[Resource]
+
+
+def split_by_window(
+    observations: Iterable[Resource], start: dt.date | None, end: dt.date
+) -> WindowSplit:
+    """Split Observations by window; ``start=None`` means "any time up to ``end``"."""
+    split = WindowSplit([], [], [], [], [], [])
+    lower = start or dt.date.min
+    for observation in observations:
+        status = observation_status(observation)
+        if status == "ignored":
+            split.ignored.append(observation)
+            continue
+        span = observation_time(observation)
+        item = Dated(observation, span, status)
+        getattr(split, place_in_window(span, lower, end)).append(item)
+    return split
+
+
+def latest(
+    candidates: Sequence[Dated], outcome: Callable[[Dated], object]
+) -> tuple[Dated | None, list[Dated]]:
+    """The latest candidate, and the others that might be later and would decide differently.
+
+    Candidates are ordered by their span's start. Another candidate whose span ends on or after the
+    latest one's start could in truth be later (partial dates); if its ``outcome`` differs it is a
+    conflict the caller reports as needs-review.
+    """
+    dated = [(c.span, c) for c in candidates if c.span is not None]
+    if not dated:
+        return None, []
+    best_span, best = max(dated, key=lambda pair: (pair[0].start, pair[0].end))
+    decided = outcome(best)
+    conflicts = [
+        c
+        for span, c in dated
+        if c is not best and span.end >= best_span.start and outcome(c) != decided
+    ]
+    return best, conflicts
+
+
+# --------------------------------------------------------------------------- numbers
+def meets_at_least(value: float, comparator: str, threshold: float) -> bool | None:
+    """Whether ``<comparator> value`` is >= ``threshold``: True, False, or None (cannot tell)."""
+    cmp = _COMPARATORS.get(comparator, None)
+    if cmp is None:
+        return None
+    if cmp == "":
+        return value >= threshold
+    if cmp == ">=":
+        return True if value >= threshold else None
+    if cmp == ">":
+        return True if value >= threshold else None
+    if cmp == "<":
+        return False if value <= threshold else None
+    return False if value < threshold else None  # "<="
+
+
+def _exceeds(value: float, comparator: str, limit: float) -> bool | None:
+    """Whether ``<comparator> value`` is strictly above ``limit``: True, False or None."""
+    cmp = _COMPARATORS.get(comparator, None)
+    if cmp is None:
+        return None
+    if cmp == "":
+        return value > limit
+    if cmp == ">":
+        return True if value >= limit else None
+    if cmp == ">=":
+        return True if value > limit else None
+    return False if value <= limit else None  # "<" or "<="
+
+
+def parse_number(text: object) -> tuple[float, Comparator] | None:
+    """A number written as text, with an optional comparator: ``"<10"`` -> (10.0, "<")."""
+    if not isinstance(text, str):
+        return None
+    match = _NUMBER.match(text)
+    if not match:
+        return None
+    return float(match["num"]), _COMPARATORS[match["cmp"] or ""]
+
+
+def _number_text(value: float) -> str:
+    return f"{value:.6g}"
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A numeric result: value, comparator and the unit spellings to try (UCUM code first)."""
+
+    value: float
+    comparator: Comparator
+    units: tuple[str, ...]
+
+    @property
+    def unit(self) -> str:
+        """The unit as the record shows it (human-readable ``unit``, else the code)."""
+        return self.units[-1] if self.units else ""
+
+
+def _quantity(q: object) -> Quantity | None:
+    if not isinstance(q, Mapping):
+        return None
+    value = q.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    comparator = _COMPARATORS.get(str(q.get("comparator") or ""))
+    if comparator is None:
+        return None
+    units: list[str] = []
+    code = q.get("code")
+    if isinstance(code, str) and code and normalise_system(q.get("system")) in ("", UCUM):
+        units.append(code)
+    unit = q.get("unit")
+    if isinstance(unit, str) and unit and unit not in units:
+        units.append(unit)
+    return Quantity(float(value), comparator, tuple(units))
+
+
+def quantity_of(observation: Resource) -> Quantity | None:
+    """valueQuantity (or valueInteger, unitless) as a :class:`Quantity`; None otherwise."""
+    found = _quantity(observation.get("valueQuantity"))
+    if found is not None:
+        return found
+    integer = observation.get("valueInteger")
+    if isinstance(integer, int) and not isinstance(integer, bool):
+        return Quantity(float(integer), "", ())
+    return None
+
+
+def describe_quantity(quantity: Quantity) -> str:
+    """``"<0.5 10*9/L"`` as written in the record."""
+    return f"{quantity.comparator}{_number_text(quantity.value)} {quantity.unit}".strip()
+
+
+# --------------------------------------------------------------------------- codes
+def _interpretations(observation: Resource) -> list[Mapping[str, Any]]:
+    """Observation.interpretation as a list of CodeableConcepts (malformed entries dropped)."""
+    value = observation.get("interpretation")
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [c for c in value if isinstance(c, Mapping) and isinstance(c.get("coding", []), list)]
+
+
+def interpretation_in(observation: Resource, valueset: ValueSet) -> Mapping[str, Any] | None:
+    """The first interpretation coding that is in the ValueSet, else None."""
+    for concept in _interpretations(observation):
+        coding = valueset.matching_coding(concept)
+        if coding is not None:
+            return coding
+    return None
+
+
+def interpretation_labels(observation: Resource) -> list[str]:
+    """The interpretation codes as written (``["H"]``), for reasons."""
+    labels: list[str] = []
+    for concept in _interpretations(observation):
+        for coding in codings(concept):
+            if isinstance(coding, Mapping) and coding.get("code"):
+                labels.append(str(coding["code"]))
+        if not codings(concept) and concept.get("text"):
+            labels.append(str(concept["text"]))
+    return labels
+
+
+def coded_value(observation: Resource) -> Mapping[str, Any] | None:
+    """valueCodeableConcept, if the result is coded."""
+    value = observation.get("valueCodeableConcept")
+    if isinstance(value, Mapping) and isinstance(value.get("coding", []), list):
+        return value
+    return None
+
+
+def _concept_label(concept: Mapping[str, Any]) -> str:
+    for coding in codings(concept):
+        label = coding.get("display") or coding.get("code")
+        if label:
+            return str(label)
+    return str(concept.get("text") or "a coded answer")
+
+
+def reference_high(observation: Resource) -> tuple[float, str] | None:
+    """The result's own ``referenceRange.high`` (value, unit); None when it has none."""
+    ranges = observation.get("referenceRange")
+    for entry in ranges if isinstance(ranges, list) else []:
+        if not isinstance(entry, Mapping):
+            continue
+        high = _quantity(entry.get("high"))
+        if high is not None:
+            return high.value, high.unit
+    return None
+
+
+# --------------------------------------------------------------------------- readings
+@dataclass(frozen=True)
+class Reading:
+    """What one result says for a criterion: positive, negative or unreadable, in words."""
+
+    outcome: Outcome
+    detail: str
+
+
+def above_normal(
+    observation: Resource, above_normal_interpretations: ValueSet, positive_answers: ValueSet
+) -> Reading:
+    """Whether a result is above normal by its interpretation, coded answer or reference range.
+
+    In order: an interpretation in ``above_normal_interpretations`` (H, HH, A, AA, POS) or a coded
+    value in ``positive_answers`` -> positive; a numeric value against the result's own
+    ``referenceRange.high`` (never a fixed cut-off: assays differ) -> positive/negative; any other
+    interpretation (N, L, NEG) -> negative; anything else -> unreadable.
+    """
+    coding = interpretation_in(observation, above_normal_interpretations)
+    if coding is not None:
+        return Reading("positive", f"interpretation {coding.get('code')}")
+    concept = coded_value(observation)
+    if concept is not None and positive_answers.matches(concept):
+        return Reading("positive", f"result {_concept_label(concept)}")
+    number = quantity_of(observation)
+    if number is None:
+        parsed = parse_number(observation.get("valueString"))
+        if parsed is not None:
+            number = Quantity(parsed[0], parsed[1], ())
+    high = reference_high(observation)
+    if number is not None and high is not None:
+        shown = describe_quantity(number)
+        if number.unit and high[1] and number.unit != high[1]:
+            return Reading(
+                "unreadable",
+                f"result {shown} and its reference range ({high[1]}) use different units",
+            )
+        above = _exceeds(number.value, number.comparator, high[0])
+        limit = f"reference range high {_number_text(high[0])}"
+        if above is True:
+            return Reading("positive", f"result {shown} above its {limit}")
+        if above is False:
+            return Reading("negative", f"result {shown} within its {limit}")
+        return Reading("unreadable", f"result {shown} cannot be compared with its {limit}")
+    labels = interpretation_labels(observation)
+    if labels:
+        return Reading("negative", f"interpretation {'/'.join(labels)} (not above normal)")
+    if concept is not None:
+        return Reading(
+            "unreadable", f"coded result {_concept_label(concept)!r} is not a positive answer"
+        )
+    if number is not None:
+        return Reading(
+            "unreadable",
+            f"result {describe_quantity(number)} has no reference range or interpretation "
+            "(no fixed cut-off is used across assays)",
+        )
+    text = observation.get("valueString")
+    if isinstance(text, str) and text.strip():
+        return Reading("unreadable", f"free-text result {text.strip()!r}")
+    return Reading("unreadable", "no value")
+
+
+@dataclass(frozen=True)
+class Titer:
+    """A dilution titer: ``1:160`` is dilution 160; a comparator keeps ``>=1:160`` honest."""
+
+    dilution: float
+    comparator: Comparator
+
+    def __str__(self) -> str:
+        return f"{self.comparator}1:{_number_text(self.dilution)}"
+
+
+def parse_titer(text: object) -> Titer | None:
+    """Read ``"1:160"``, ``"1/160"``, ``"160"``, ``">=1:160"``, ``"<1:40"``, ``"1:160 speckled"``."""
+    if not isinstance(text, str):
+        return None
+    match = _TITER.match(text)
+    if not match:
+        return None
+    dilution = float(match["dil"])
+    if dilution <= 0:
+        return None
+    return Titer(dilution, _COMPARATORS[match["cmp"] or ""])
+
+
+def read_titer(observation: Resource) -> Titer | None:
+    """The titer of a result from valueRatio, valueString, valueQuantity ``{titer}`` or valueInteger."""
+    ratio = observation.get("valueRatio")
+    if isinstance(ratio, Mapping):
+        numerator = _quantity(ratio.get("numerator"))
+        denominator = _quantity(ratio.get("denominator"))
+        if numerator is not None and denominator is not None and numerator.value > 0:
+            comparator = numerator.comparator or denominator.comparator
+            return Titer(denominator.value / numerator.value, comparator)
+        return None
+    if "valueString" in observation:
+        return parse_titer(observation.get("valueString"))
+    quantity = _quantity(observation.get("valueQuantity"))
+    if quantity is not None:
+        if any(u.lower() in _TITER_UNITS for u in quantity.units) and quantity.value > 0:
+            return Titer(quantity.value, quantity.comparator)
+        return None
+    integer = observation.get("valueInteger")
+    if isinstance(integer, int) and not isinstance(integer, bool) and integer > 0:
+        return Titer(float(integer), "")
+    return None

@@ -1,0 +1,94 @@
+"""The computable eligibility PlanDefinition (CPG-on-FHIR ``cpg-computableplandefinition`` style).
+
+One action per criterion, in catalog order: title, protocol wording, the criterion id as ``code``, a
+``patient-view`` named-event trigger and an applicability condition naming the CQL define of the same
+id in the Library (language ``text/cql``, see :data:`EXPRESSION_LANGUAGE`). A last action carries
+the verdict (the ``Verdict`` define) as a dynamic value.
+"""
+
+from __future__ import annotations
+
+from fhir_trial.canonical import STUDY_ID, canonical
+from fhir_trial.criteria.catalog import CRITERIA, CriterionSpec
+from fhir_trial.study.common import JsonDict, canonical_metadata, project_coding
+from fhir_trial.study.research_study import ELIGIBILITY_ID
+
+CPG_PROFILE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computableplandefinition"
+# CPG 1.0 would write "text/cql-identifier", but the R4 ExpressionLanguage codes (enforced as an
+# enum by the official R4 JSON Schema) only know "text/cql". Following the R4-era CDS Hooks
+# PlanDefinitions, the expression is the NAME of a define in the Library (the criterion id).
+EXPRESSION_LANGUAGE = "text/cql"
+TRIGGER = {"type": "named-event", "name": "patient-view"}
+VERDICT_DEFINE = "Verdict"
+
+
+def criterion_action(spec: CriterionSpec) -> JsonDict:
+    """The action of one criterion."""
+    return {
+        "id": spec.id,
+        "prefix": spec.ref,
+        "title": spec.title,
+        "description": spec.protocol_text,
+        "code": [{"coding": [project_coding(spec.id, spec.title)]}],
+        "trigger": [dict(TRIGGER)],
+        "condition": [
+            {
+                "kind": "applicability",
+                "expression": {
+                    "language": EXPRESSION_LANGUAGE,
+                    "expression": spec.id,
+                    "description": (
+                        f"status of {spec.kind} criterion {spec.id} ('met', 'not-met', 'unknown', "
+                        "'needs-review' or 'not-applicable'); the action applies when 'met'"
+                    ),
+                },
+            }
+        ],
+    }
+
+
+def verdict_action() -> JsonDict:
+    """The action that reports the overall verdict."""
+    return {
+        "id": "verdict",
+        "title": "Eligibility verdict",
+        "description": (
+            "eligible, ineligible or potentially-eligible, from the criteria above "
+            "(rules in CRITERIA.md)."
+        ),
+        "trigger": [dict(TRIGGER)],
+        "dynamicValue": [
+            {
+                "path": "action.description",
+                "expression": {"language": EXPRESSION_LANGUAGE, "expression": VERDICT_DEFINE},
+            }
+        ],
+    }
+
+
+def plan_definition() -> JsonDict:
+    """The PlanDefinition resource."""
+    return {
+        "resourceType": "PlanDefinition",
+        "id": ELIGIBILITY_ID,
+        "meta": {"profile": [CPG_PROFILE]},
+        **canonical_metadata("PlanDefinition", ELIGIBILITY_ID),
+        "name": "NCT06010472Eligibility",
+        "title": f"{STUDY_ID} eligibility screening",
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/plan-definition-type",
+                    "code": "eca-rule",
+                    "display": "ECA Rule",
+                }
+            ]
+        },
+        "description": (
+            f"Screens a patient against each eligibility criterion of {STUDY_ID} when the chart is "
+            "opened (patient-view); each action's applicability is the CQL define named by its "
+            "criterion id."
+        ),
+        "library": [canonical("Library", ELIGIBILITY_ID)],
+        "action": [*(criterion_action(spec) for spec in CRITERIA), verdict_action()],
+    }

@@ -1,0 +1,151 @@
+"""ValueSets and the project's CodeSystem, built from the sources under ``terminology/``.
+
+The sources write the placeholder ``{{canonical}}`` wherever the canonical base belongs; this module
+substitutes it and adds the metadata every published resource carries (url, version, status, date,
+publisher, experimental). Whatever sources exist are used; missing ones are reported, not invented,
+except that the CodeSystem always defines the 29 criterion ids (from the criteria catalog).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fhir_trial.canonical import BASE, CODESYSTEM_URL, PLACEHOLDER
+from fhir_trial.criteria.catalog import CRITERIA
+from fhir_trial.errors import ConfigurationError
+from fhir_trial.study.common import RELEASE_DATE, JsonDict, camel_name, canonical_metadata
+
+CODESYSTEM_ID = CODESYSTEM_URL.rsplit("/", 1)[-1]
+CODESYSTEM_SOURCE = "codesystem-fhir-trial.json"
+VALUESET_DIR = "valuesets"
+
+
+def substitute_placeholder(value: Any) -> Any:
+    """Return a copy of a JSON value with ``{{canonical}}`` replaced by the base in every string."""
+    if isinstance(value, str):
+        return value.replace(PLACEHOLDER, BASE)
+    if isinstance(value, list):
+        return [substitute_placeholder(item) for item in value]
+    if isinstance(value, dict):
+        return {key: substitute_placeholder(item) for key, item in value.items()}
+    return value
+
+
+def _read_json(path: Path) -> JsonDict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read terminology source {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"terminology source {path} is not a JSON object")
+    return data
+
+
+def _finish(resource: JsonDict, resource_type: str, resource_id: str) -> JsonDict:
+    """Apply the project metadata; keep the source's own elements otherwise."""
+    out = substitute_placeholder(resource)
+    if out.get("resourceType", resource_type) != resource_type:
+        raise ConfigurationError(
+            f"{resource_type} source {resource_id!r} has resourceType {out.get('resourceType')!r}"
+        )
+    out["resourceType"] = resource_type
+    out["id"] = resource_id
+    out.update(canonical_metadata(resource_type, resource_id))
+    out.setdefault("name", camel_name(resource_id))
+    return out
+
+
+def build_valueset(source: JsonDict, source_name: str) -> JsonDict:
+    """One ValueSet from its source (id from the source, else from the file name)."""
+    valueset_id = str(source.get("id") or Path(source_name).stem)
+    valueset = _finish(source, "ValueSet", valueset_id)
+    expansion = valueset.get("expansion")
+    if expansion is None:
+        computed = _enumerated_expansion(valueset.get("compose", {}))
+        if computed is not None:
+            valueset["expansion"] = computed
+    elif isinstance(expansion, dict):
+        expansion.setdefault("timestamp", RELEASE_DATE)
+        contains = expansion.get("contains")
+        if isinstance(contains, list):
+            expansion.setdefault("total", _count(contains))
+    return valueset
+
+
+def _count(contains: list[Any]) -> int:
+    total = 0
+    for entry in contains:
+        if isinstance(entry, dict):
+            total += 0 if entry.get("abstract") else 1
+            total += _count(entry.get("contains", []))
+    return total
+
+
+def _enumerated_expansion(compose: Any) -> JsonDict | None:
+    """The expansion of a compose that only enumerates concepts (no filters, no excludes)."""
+    if not isinstance(compose, dict) or compose.get("exclude"):
+        return None
+    contains: list[JsonDict] = []
+    for include in compose.get("include", []):
+        if include.get("filter") or include.get("valueSet") or not include.get("concept"):
+            return None
+        for concept in include["concept"]:
+            entry = {"system": include["system"], "code": concept["code"]}
+            if include.get("version"):
+                entry["version"] = include["version"]
+            if concept.get("display"):
+                entry["display"] = concept["display"]
+            contains.append(entry)
+    if not contains:
+        return None
+    return {"timestamp": RELEASE_DATE, "total": len(contains), "contains": contains}
+
+
+def build_codesystem(source: JsonDict | None) -> JsonDict:
+    """The project's CodeSystem; every criterion id is added as a concept if the source lacks it."""
+    base: JsonDict = source or {
+        "resourceType": "CodeSystem",
+        "title": "fhir-trial codes",
+        "description": "Codes defined by the fhir-trial project.",
+    }
+    codesystem = _finish(base, "CodeSystem", CODESYSTEM_ID)
+    if codesystem["url"] != CODESYSTEM_URL:
+        raise ConfigurationError(f"CodeSystem url {codesystem['url']} != {CODESYSTEM_URL}")
+    codesystem.setdefault("content", "complete")
+    codesystem.setdefault("caseSensitive", True)
+    concepts: list[JsonDict] = list(codesystem.get("concept", []))
+    present = _codes(concepts)
+    for spec in CRITERIA:
+        if spec.id not in present:
+            concepts.append(
+                {"code": spec.id, "display": spec.title, "definition": spec.protocol_text}
+            )
+    codesystem["concept"] = concepts
+    codesystem["count"] = len(_codes(concepts))
+    return codesystem
+
+
+def _codes(concepts: list[Any]) -> set[str]:
+    found: set[str] = set()
+    for concept in concepts:
+        if isinstance(concept, dict) and concept.get("code"):
+            found.add(str(concept["code"]))
+            found |= _codes(concept.get("concept", []))
+    return found
+
+
+def load_terminology_sources(terminology_dir: Path) -> tuple[JsonDict, list[JsonDict]]:
+    """The CodeSystem and the ValueSets (sorted by id) built from a ``terminology/`` folder."""
+    cs_path = terminology_dir / CODESYSTEM_SOURCE
+    codesystem = build_codesystem(_read_json(cs_path) if cs_path.is_file() else None)
+    valuesets = [
+        build_valueset(_read_json(path), path.name)
+        for path in sorted((terminology_dir / VALUESET_DIR).glob("*.json"))
+    ]
+    ids = [vs["id"] for vs in valuesets]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigurationError(f"duplicate ValueSet ids in {terminology_dir}: {duplicates}")
+    return codesystem, sorted(valuesets, key=lambda vs: str(vs["id"]))

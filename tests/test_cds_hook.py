@@ -1,0 +1,377 @@
+"""The patient-view hook: spec examples adapted, real-world deviations, prefetch states, cards, errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cds_helpers import (
+    PATIENT_ID,
+    SERVICE_PATH,
+    assert_valid,
+    base_settings,
+    bearer,
+    full_prefetch,
+    hook_request,
+    make_app,
+    patient,
+    sandbox_issuer,
+    sandbox_token,
+    searchset,
+    sle_condition,
+    write_issuers,
+)
+from flask.testing import FlaskClient
+
+from fhir_trial.canonical import REGISTRY_URL
+from fhir_trial.cds_hooks.discovery import PREFETCH_TEMPLATES
+from fhir_trial.record import CATEGORIES
+
+SPEC = "fixtures/cds-hooks/hl7-cds-hooks/spec-examples-v2.0.1"
+OTHER = "fixtures/cds-hooks/other-clients"
+
+
+@pytest.fixture()
+def settings_kw(tmp_path: Path, shared_dir: Path) -> dict[str, Any]:
+    path = write_issuers(tmp_path / "issuers.json", [sandbox_issuer(shared_dir)])
+    return {"cds_trusted_issuers_file": path}
+
+
+@pytest.fixture()
+def client(tmp_path: Path, settings_kw: dict[str, Any]) -> FlaskClient:
+    return make_app(base_settings(tmp_path, **settings_kw)).test_client()
+
+
+def post(client: FlaskClient, shared_dir: Path, body: Any, **kw: Any) -> Any:
+    response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)), **kw)
+    if response.status_code == 200:
+        assert_valid("response", response.get_json())
+    else:
+        assert response.status_code != 500
+    return response
+
+
+def _load(shared_dir: Path, name: str) -> Any:
+    return json.loads((shared_dir / name).read_text())
+
+
+# ------------------------------------------------------------------------------------- discovery
+def test_discovery_lists_the_service_with_generated_prefetch(client: FlaskClient) -> None:
+    response = client.get("/cds-services")
+    assert response.status_code == 200
+    document = response.get_json()
+    assert_valid("discovery", document)
+    (service,) = document["services"]
+    assert service["id"] == "nct06010472-eligibility"
+    assert service["hook"] == "patient-view"
+    assert "NCT06010472" in service["title"]
+    assert service["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+    assert len(service["prefetch"]) == len(CATEGORIES)
+    for template in service["prefetch"].values():
+        assert "{{context.patientId}}" in template
+
+
+def test_our_schemas_accept_the_spec_examples(shared_dir: Path) -> None:
+    assert_valid("discovery", _load(shared_dir, f"{SPEC}/discovery-example_L130.json"))
+    assert_valid("request", _load(shared_dir, f"{SPEC}/example_L198.json"))
+    assert_valid("response", _load(shared_dir, f"{SPEC}/example_L735.json"))
+    assert_valid("response", _load(shared_dir, f"{SPEC}/example_L793.json"))
+    assert_valid("response", _load(shared_dir, f"{SPEC}/http-response_L553.json"))
+    for name in (
+        "example-suggestion-accepted_L862.json",
+        "example-overridden-guidance-with-overridereason_L926.json",
+        "example-overridden-guidance-without-overridereason_L894.json",
+    ):
+        assert_valid("feedback", _load(shared_dir, f"{SPEC}/{name}"))
+
+
+def test_presented_but_bad_jwt_on_discovery_is_401(client: FlaskClient) -> None:
+    assert client.get("/cds-services", headers={"Authorization": "Bearer x.y.z"}).status_code == 401
+
+
+# ------------------------------------------------------------------------------------- spec examples
+def test_spec_example_request_with_its_own_fhir_server_is_refused(client: FlaskClient, shared_dir: Path) -> None:
+    body = _load(shared_dir, f"{SPEC}/example_L198.json")  # fhirServer not on the sandbox's allowlist
+    response = post(client, shared_dir, body)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "fhir-server-not-allowed"
+
+
+def test_spec_example_request_without_server_and_only_a_patient_is_412(
+    client: FlaskClient, shared_dir: Path
+) -> None:
+    body = _load(shared_dir, f"{SPEC}/example_L198.json")
+    del body["fhirServer"], body["fhirAuthorization"]
+    response = post(client, shared_dir, body)
+    assert response.status_code == 412
+    assert "could not be obtained" in response.get_json()["message"]
+
+
+def test_spec_example_request_adapted_to_this_service(client: FlaskClient, shared_dir: Path) -> None:
+    body = _load(shared_dir, f"{SPEC}/example_L198.json")
+    del body["fhirServer"], body["fhirAuthorization"]
+    patient_id = body["context"]["patientId"]
+    body["prefetch"] = full_prefetch(patient_id)
+    response = post(client, shared_dir, body)
+    assert response.status_code == 200
+    (card,) = response.get_json()["cards"]
+    action = card["suggestions"][0]["actions"][0]
+    assert action["resource"]["individual"] == {"reference": f"Patient/{patient_id}"}
+
+
+def test_patient_id_given_as_a_reference_and_odd_hook_instance(client: FlaskClient, shared_dir: Path) -> None:
+    request = _load(shared_dir, f"{OTHER}/clinical-reasoning/ASLPCrdServiceRequest.json")
+    body = hook_request(full_prefetch("123"), hookInstance=request["hookInstance"])
+    body["context"] = {"patientId": request["context"]["patientId"]}  # "Patient/123"
+    assert body["context"]["patientId"] == "Patient/123"
+    response = post(client, shared_dir, body)
+    assert response.status_code == 200
+    (card,) = response.get_json()["cards"]
+    assert card["suggestions"][0]["actions"][0]["resource"]["individual"]["reference"] == "Patient/123"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "clinical-reasoning/ASLPCrdServiceRequest.json",
+        "davinci-crd-test-kit/order_sign_hook_request.json",
+        "davinci-crd-test-kit/appointment_book_hook_request.json",
+        "hapi-fhir/CdsServiceRequestJson.json",
+    ],
+)
+def test_other_clients_requests_for_other_hooks_get_a_clear_400(
+    client: FlaskClient, shared_dir: Path, name: str
+) -> None:
+    body = _load(shared_dir, f"{OTHER}/{name}")
+    response = post(client, shared_dir, body)
+    assert response.status_code == 400
+    error = response.get_json()
+    assert error["error"] in {"wrong-hook", "invalid-request", "fhir-server-not-allowed"}
+    assert error["message"]
+
+
+# ------------------------------------------------------------------------------------- cards
+def test_card_for_a_potentially_eligible_patient(client: FlaskClient, shared_dir: Path) -> None:
+    response = post(client, shared_dir, hook_request(full_prefetch()))
+    assert response.status_code == 200
+    (card,) = response.get_json()["cards"]
+    assert len(card["uuid"]) == 36
+    assert "NCT06010472" in card["summary"] and len(card["summary"]) < 140
+    assert card["indicator"] == "info"
+    detail = card["detail"]
+    assert "**Criteria met (2)**" in detail
+    assert "Patient/pat-1" in detail and "Condition/c1" in detail  # evidence
+    assert "**Needs review (1)**" in detail
+    assert "age 36 \\<on\\> \\*2026\\*" in detail  # reasons are markdown-escaped
+    assert card["source"]["url"] == REGISTRY_URL
+    assert card["source"]["label"] and card["source"]["topic"]["code"] == "NCT06010472"
+    absolute, smart = card["links"]
+    assert absolute == {"label": absolute["label"], "url": REGISTRY_URL, "type": "absolute"}
+    assert smart["type"] == "smart" and smart["url"].startswith("http://localhost/cds-services/")
+    context = json.loads(smart["appContext"])
+    assert context["patient"] == f"Patient/{PATIENT_ID}" and context["worksheetToken"] in smart["url"]
+    (suggestion,) = card["suggestions"]
+    assert card["selectionBehavior"] == "at-most-one"
+    resource = suggestion["actions"][0]["resource"]
+    assert resource["resourceType"] == "ResearchSubject" and resource["status"] == "candidate"
+    assert resource["study"]["identifier"]["value"] == "NCT06010472"
+    assert all(reason["display"] for reason in card["overrideReasons"])
+
+
+def test_unknown_criteria_show_what_would_decide_them(client: FlaskClient, shared_dir: Path) -> None:
+    prefetch = full_prefetch()
+    prefetch["condition"] = searchset()
+    (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
+    assert "**Unknown: data missing (1)**" in card["detail"]
+    assert "would decide it: a Condition coded as SLE" in card["detail"]
+
+
+def test_no_card_for_an_ineligible_patient_by_default(client: FlaskClient, shared_dir: Path) -> None:
+    response = post(client, shared_dir, hook_request(full_prefetch(gender="male")))
+    assert response.get_json() == {"cards": []}
+
+
+def test_ineligible_card_when_configured(tmp_path: Path, settings_kw: dict[str, Any], shared_dir: Path) -> None:
+    client = make_app(base_settings(tmp_path, cds_cards_for_ineligible=True, **settings_kw)).test_client()
+    (card,) = post(client, shared_dir, hook_request(full_prefetch(gender="male"))).get_json()["cards"]
+    assert card["summary"].startswith("Not eligible") and "suggestions" not in card
+
+
+def test_every_card_has_a_fresh_uuid(client: FlaskClient, shared_dir: Path) -> None:
+    uuids = {post(client, shared_dir, hook_request(full_prefetch())).get_json()["cards"][0]["uuid"] for _ in range(3)}
+    assert len(uuids) == 3
+
+
+# ------------------------------------------------------------------------------------- prefetch states
+def test_prefetch_null_makes_the_category_unknown_not_absent(client: FlaskClient, shared_dir: Path) -> None:
+    prefetch = full_prefetch()
+    prefetch["condition"] = None
+    (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
+    assert "Condition could not be obtained" in card["detail"]
+    assert "(null)" in card["detail"]
+    assert "**Unknown: data missing (1)**" in card["detail"]
+
+
+def test_prefetch_operation_outcome_is_a_failure_with_its_reason(client: FlaskClient, shared_dir: Path) -> None:
+    prefetch = full_prefetch()
+    prefetch["observation"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout", "diagnostics": "upstream lab system down"}],
+    }
+    (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
+    assert "Observation could not be obtained" in card["detail"]
+    assert "upstream lab system down" in card["detail"]
+
+
+def test_partial_prefetch_without_fhir_server_evaluates_what_is_there(
+    client: FlaskClient, shared_dir: Path
+) -> None:
+    prefetch = {"patient": patient(), "condition": searchset(sle_condition())}
+    (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
+    assert "Observation could not be obtained: not in the prefetch, and no fhirServer was given" in card["detail"]
+
+
+def test_prefetch_absent_and_no_fhir_server_is_412(client: FlaskClient, shared_dir: Path) -> None:
+    response = post(client, shared_dir, hook_request(None))
+    assert response.status_code == 412
+    assert response.get_json()["error"] == "data-unavailable"
+
+
+def test_prefetch_with_null_patient_is_412(client: FlaskClient, shared_dir: Path) -> None:
+    prefetch = full_prefetch()
+    prefetch["patient"] = None
+    assert post(client, shared_dir, hook_request(prefetch)).status_code == 412
+
+
+def test_resources_of_another_patient_are_ignored(client: FlaskClient, shared_dir: Path) -> None:
+    prefetch = full_prefetch()
+    prefetch["condition"] = searchset(sle_condition("c9", patient_id="someone-else"))
+    (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
+    assert "Condition/c9" not in card["detail"]
+    assert "belong to another patient" in card["detail"]
+
+
+def test_prefetched_patient_must_be_the_patient_in_context(client: FlaskClient, shared_dir: Path) -> None:
+    prefetch = full_prefetch()
+    prefetch["patient"] = patient("someone-else")
+    assert post(client, shared_dir, hook_request(prefetch)).status_code == 412
+
+
+def test_prefetch_templates_match_discovery() -> None:
+    assert set(full_prefetch()) == set(PREFETCH_TEMPLATES)
+
+
+# ------------------------------------------------------------------------------------- malformed
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda b: b.pop("hookInstance"), "invalid-request"),
+        (lambda b: b.pop("context"), "invalid-request"),
+        (lambda b: b["context"].pop("patientId"), "invalid-request"),
+        (lambda b: b["context"].update(patientId="../../etc"), "bad-patient-id"),
+        (lambda b: b["context"].update(patientId=""), "invalid-request"),
+        (lambda b: b.update(hook="order-sign"), "wrong-hook"),
+        (lambda b: b.update(fhirAuthorization={"access_token": "t", "token_type": "Bearer"}), "invalid-request"),
+        (lambda b: b.update(fhirServer="ftp://x"), "invalid-request"),
+        (lambda b: b.update(prefetch={"patient": "Patient/1"}), "invalid-request"),
+        (lambda b: b.update(prefetch=[]), "invalid-request"),
+    ],
+    ids=["no hookInstance", "no context", "no patientId", "bad patientId", "empty patientId", "other hook",
+         "fhirAuthorization without fhirServer", "ftp server", "prefetch string", "prefetch array"],
+)
+def test_malformed_requests_get_400_with_a_message(
+    client: FlaskClient, shared_dir: Path, mutate: Any, code: str
+) -> None:
+    body = hook_request(full_prefetch())
+    mutate(body)
+    response = post(client, shared_dir, body)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == code
+    assert response.get_json()["message"]
+
+
+def test_not_json_bodies(client: FlaskClient, shared_dir: Path) -> None:
+    headers = bearer(sandbox_token(shared_dir))
+    r1 = client.post(SERVICE_PATH, data="{oops", headers=headers, content_type="application/json")
+    r2 = client.post(SERVICE_PATH, data="hello", headers=bearer(sandbox_token(shared_dir)), content_type="text/plain")
+    r3 = client.post(SERVICE_PATH, data="[1]", headers=bearer(sandbox_token(shared_dir)), content_type="application/json")
+    assert [r.status_code for r in (r1, r2, r3)] == [400, 400, 400]
+    assert r3.get_json()["error"] == "not-an-object"
+
+
+def test_request_size_limit(tmp_path: Path, settings_kw: dict[str, Any], shared_dir: Path) -> None:
+    client = make_app(base_settings(tmp_path, max_request_bytes=2000, **settings_kw)).test_client()
+    body = hook_request(full_prefetch())
+    body["extension"] = {"padding": "x" * 5000}
+    response = post(client, shared_dir, body)
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "too-large"
+
+
+def test_unknown_service_is_404(client: FlaskClient, shared_dir: Path) -> None:
+    response = client.post("/cds-services/nope", json=hook_request(full_prefetch()))
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "unknown-service"
+
+
+def test_auth_is_checked_before_the_body_is_read(client: FlaskClient) -> None:
+    assert client.post(SERVICE_PATH, data="{oops", content_type="application/json").status_code == 401
+
+
+# ------------------------------------------------------------------------------------- robustness
+def test_an_evaluator_crash_is_never_a_500(
+    tmp_path: Path, settings_kw: dict[str, Any], shared_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(record: Any, settings: Any) -> Any:
+        raise RuntimeError("bug")
+
+    client = make_app(base_settings(tmp_path, **settings_kw), evaluator=boom).test_client()
+    with caplog.at_level(logging.ERROR):
+        response = post(client, shared_dir, hook_request(full_prefetch()))
+    assert response.status_code == 200
+    (card,) = response.get_json()["cards"]
+    assert "could not be completed" in card["summary"]
+    assert "RuntimeError" in caplog.text
+
+
+def test_cors_preflight_on_every_cds_route(client: FlaskClient) -> None:
+    for path in ("/cds-services", SERVICE_PATH, f"{SERVICE_PATH}/feedback"):
+        response = client.options(
+            path,
+            headers={
+                "Origin": "https://ehr.example.org",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        assert response.status_code == 204, path
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_cors_with_an_origin_allowlist(tmp_path: Path, settings_kw: dict[str, Any]) -> None:
+    settings = base_settings(tmp_path, extra={"cds_cors_origins": ["https://ehr.example.org"]}, **settings_kw)
+    client = make_app(settings).test_client()
+    ok = client.get("/cds-services", headers={"Origin": "https://ehr.example.org"})
+    other = client.get("/cds-services", headers={"Origin": "https://evil.example"})
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://ehr.example.org"
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_with_the_real_evaluator_through_create_app(tmp_path: Path, settings_kw: dict[str, Any], shared_dir: Path) -> None:
+    from fhir_trial.app import create_app
+
+    client = create_app(base_settings(tmp_path, **settings_kw)).test_client()
+    assert client.get("/healthz").status_code == 200
+    prefetch = copy.deepcopy(full_prefetch())
+    response = post(client, shared_dir, hook_request(prefetch))
+    assert response.status_code == 200
+    for card in response.get_json()["cards"]:
+        assert "NCT06010472" in card["summary"]
+    male = post(client, shared_dir, hook_request(full_prefetch(gender="male")))
+    assert male.status_code == 200

@@ -1,0 +1,91 @@
+"""The oracle: the reference CQL engine and the Python evaluator agree on every test patient.
+
+Every clinical case under tests/cases and every Synthea bundle in ../shared/fixtures/synthea/bundles
+goes through both ``fhir_trial.evaluate.evaluate`` and the CQL library (cql/build ELM) run by
+cql-execution in ONE long-lived Node process for the whole test session. Each criterion's status
+and the verdict must be the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_trial.config import Settings
+from fhir_trial.cql.engine import CqlEngine
+from fhir_trial.evaluate import evaluate
+from fhir_trial.record import CATEGORIES, PatientRecord
+from clinical_cases import ClinicalCase, all_cases, case_bundle
+
+CASES = all_cases()
+SYNTHEA_AS_OF = "2026-11-26"
+
+
+@pytest.fixture(scope="session")
+def cql_engine() -> Iterator[CqlEngine]:
+    """One Node process running the reference engine, for the whole session."""
+    engine = CqlEngine().start()
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def _differences(python: dict[str, str], cql: dict[str, str]) -> list[str]:
+    return [f"{k}: python {python[k]} / cql {cql.get(k)}" for k in python if python[k] != cql.get(k)]
+
+
+def _compare(engine: CqlEngine, bundle: dict[str, Any], record: PatientRecord, settings: Settings, failed: list[str]) -> None:
+    report = evaluate(record, settings)
+    result = engine.evaluate(bundle, settings, failed)
+    python = {c.id: c.status for c in report.criteria}
+    python["verdict"] = report.verdict
+    cql = dict(result.statuses)
+    cql["verdict"] = result.verdict
+    assert not _differences(python, cql), "Python and CQL disagree: " + "; ".join(_differences(python, cql))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case_agrees(cql_engine: CqlEngine, case: ClinicalCase) -> None:
+    """Each clinical case: same status per criterion and same verdict on both sides."""
+    _compare(cql_engine, case_bundle(case), case.record(), case.settings_object(), sorted(case.failed))
+
+
+def _synthea_bundles() -> list[Path]:
+    folder = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "synthea" / "bundles"
+    return sorted(folder.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", _synthea_bundles(), ids=lambda p: p.stem.split("_")[0])
+def test_synthea_agrees(cql_engine: CqlEngine, path: Path) -> None:
+    """Each Synthea bundle: same status per criterion and same verdict on both sides."""
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    record = PatientRecord()
+    for entry in bundle.get("entry", []):
+        if isinstance(entry.get("resource"), dict):
+            record.add(entry["resource"], entry.get("fullUrl"))
+    record.mark_obtained(*CATEGORIES)
+    settings = Settings(as_of=dt.date.fromisoformat(SYNTHEA_AS_OF))
+    _compare(cql_engine, bundle, record, settings, [])
+
+
+def test_synthea_bundles_are_there(shared_dir: Path) -> None:
+    """The shared Synthea fixtures exist (the oracle must not pass by running nothing)."""
+    assert _synthea_bundles(), f"no Synthea bundles under {shared_dir}"
+    assert CASES, "no clinical cases under tests/cases"
+
+
+def test_engine_reports_a_bad_bundle(cql_engine: CqlEngine) -> None:
+    """A request that is not a Bundle gives a clear error and the engine keeps running."""
+    from fhir_trial.cql.engine import CqlEngineError
+
+    with pytest.raises(CqlEngineError, match="not a FHIR Bundle"):
+        cql_engine.evaluate({"resourceType": "Patient"})
+    ok = cql_engine.evaluate({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p", "gender": "male"}}]}, Settings(as_of=None))
+    assert ok.statuses["inc-contraception"] == "not-applicable"

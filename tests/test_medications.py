@@ -1,0 +1,348 @@
+"""Medication exposure periods (fhir_trial.medications): the four resource types, drug matching,
+routes, partial dates, and the interval arithmetic inc-prior-therapy relies on.
+
+The drug codes here are made up (system ``urn:test:drugs``): these tests are about how records
+become periods, not about which real drugs are in which ValueSet (the clinical cases cover that).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from fhir_trial.fhirdates import DateSpan
+from fhir_trial.medications import (
+    build_history,
+    clip,
+    days_in,
+    intersect,
+    medication_history,
+    merge,
+    overlaps,
+)
+from fhir_trial.record import MEDICATION_TYPES, PatientRecord
+from fhir_trial.terminology import ValueSet
+
+AS_OF = dt.date(2026, 11, 26)
+SUPPLY = 30
+SYSTEM = "urn:test:drugs"
+ROUTES = "urn:test:routes"
+
+
+def d(text: str) -> dt.date:
+    return dt.date.fromisoformat(text)
+
+
+def valueset(*codes: str, system: str = SYSTEM) -> ValueSet:
+    return ValueSet(
+        id="test",
+        url="urn:test:vs",
+        title="test",
+        codes=frozenset((system, c) for c in codes),
+        displays={},
+    )
+
+
+def concept(code: str, system: str = SYSTEM) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code, "display": f"drug {code}"}]}
+
+
+def record_of(*resources: dict[str, Any]) -> PatientRecord:
+    record = PatientRecord()
+    for i, resource in enumerate(resources):
+        resource.setdefault("id", f"r{i}")
+        record.add(resource)
+    record.mark_obtained(*MEDICATION_TYPES)
+    return record
+
+
+def only_exposure(resource: dict[str, Any]) -> tuple[dt.date, dt.date]:
+    history = build_history(record_of(resource), AS_OF, SUPPLY)
+    assert len(history.exposures) == 1, history
+    found = history.exposures[0].certain()
+    assert found is not None
+    return found
+
+
+# ----------------------------------------------------------------------------- periods per type
+def test_statement_datetime_is_that_day() -> None:
+    resource = {
+        "resourceType": "MedicationStatement",
+        "status": "completed",
+        "medicationCodeableConcept": concept("a"),
+        "effectiveDateTime": "2026-03-04T10:00:00Z",
+    }
+    assert only_exposure(resource) == (d("2026-03-04"), d("2026-03-04"))
+
+
+def test_statement_active_open_period_runs_to_as_of() -> None:
+    resource = {
+        "resourceType": "MedicationStatement",
+        "status": "active",
+        "medicationCodeableConcept": concept("a"),
+        "effectivePeriod": {"start": "2026-01-01"},
+    }
+    assert only_exposure(resource) == (d("2026-01-01"), AS_OF)
+
+
+def test_statement_completed_open_period_is_start_day_only() -> None:
+    resource = {
+        "resourceType": "MedicationStatement",
+        "status": "completed",
+        "medicationCodeableConcept": concept("a"),
+        "effectivePeriod": {"start": "2026-01-01"},
+    }
+    assert only_exposure(resource) == (d("2026-01-01"), d("2026-01-01"))
+
+
+def test_administration_period() -> None:
+    resource = {
+        "resourceType": "MedicationAdministration",
+        "status": "completed",
+        "medicationCodeableConcept": concept("a"),
+        "effectivePeriod": {"start": "2026-02-01T08:00:00Z", "end": "2026-02-03T08:00:00Z"},
+    }
+    assert only_exposure(resource) == (d("2026-02-01"), d("2026-02-03"))
+
+
+@pytest.mark.parametrize(
+    ("supply", "last"),
+    [
+        (
+            {"value": 30, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"},
+            "2026-03-30",
+        ),
+        ({"value": 2, "code": "wk"}, "2026-03-14"),
+        ({"value": 10}, "2026-03-10"),
+        (None, "2026-03-30"),  # default supply
+        ({"value": 5, "code": "furlong"}, "2026-03-30"),  # unreadable unit: default supply
+    ],
+)
+def test_dispense_days_supply(supply: dict[str, Any] | None, last: str) -> None:
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationDispense",
+        "status": "completed",
+        "medicationCodeableConcept": concept("a"),
+        "whenHandedOver": "2026-03-01",
+    }
+    if supply is not None:
+        resource["daysSupply"] = supply
+    assert only_exposure(resource) == (d("2026-03-01"), d(last))
+
+
+def request(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "resourceType": "MedicationRequest",
+        "status": "completed",
+        "intent": "order",
+        "medicationCodeableConcept": concept("a"),
+        "authoredOn": "2026-01-10",
+    }
+    base.update(fields)
+    return base
+
+
+def test_request_bounds_period_comes_first() -> None:
+    resource = request(
+        dosageInstruction=[
+            {"timing": {"repeat": {"boundsPeriod": {"start": "2026-02-01", "end": "2026-04-30"}}}},
+            {"timing": {"repeat": {"boundsPeriod": {"start": "2026-01-15", "end": "2026-03-01"}}}},
+        ],
+        dispenseRequest={"validityPeriod": {"start": "2025-01-01", "end": "2025-02-01"}},
+    )
+    assert only_exposure(resource) == (d("2026-01-15"), d("2026-04-30"))
+
+
+def test_request_validity_period() -> None:
+    resource = request(
+        dispenseRequest={"validityPeriod": {"start": "2026-01-10", "end": "2026-07-09"}}
+    )
+    assert only_exposure(resource) == (d("2026-01-10"), d("2026-07-09"))
+
+
+def test_request_expected_supply_times_fills() -> None:
+    resource = request(
+        dispenseRequest={
+            "numberOfRepeatsAllowed": 2,
+            "expectedSupplyDuration": {"value": 30, "code": "d"},
+        }
+    )
+    # 3 fills of 30 days from 10 January: 90 days, 10 January to 9 April.
+    assert only_exposure(resource) == (d("2026-01-10"), d("2026-04-09"))
+
+
+def test_request_active_runs_to_as_of() -> None:
+    assert only_exposure(request(status="active")) == (d("2026-01-10"), AS_OF)
+
+
+def test_request_default_supply_is_configurable() -> None:
+    assert only_exposure(request()) == (d("2026-01-10"), d("2026-02-08"))
+    history = build_history(record_of(request()), AS_OF, 90)
+    assert history.exposures[0].certain() == (d("2026-01-10"), d("2026-04-09"))
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "not-taken", "draft"])
+def test_ignored_statuses(status: str) -> None:
+    history = build_history(record_of(request(status=status)), AS_OF, SUPPLY)
+    assert history.exposures == ()
+    assert history.ignored == 1
+    assert history.retrieved == 1
+    assert history.usable == 0
+
+
+def test_record_without_dates_is_kept_as_undated() -> None:
+    resource = request()
+    del resource["authoredOn"]
+    history = build_history(record_of(resource), AS_OF, SUPPLY)
+    assert history.exposures == ()
+    assert len(history.undated) == 1
+    assert "authoredOn" in history.undated[0].why
+    assert history.undated_with_drug(valueset("a"))
+
+
+# ----------------------------------------------------------------------------- drugs and routes
+def test_product_and_ingredient_codes_match() -> None:
+    product = request(medicationCodeableConcept=concept("product-x"))
+    history = build_history(record_of(product), AS_OF, SUPPLY)
+    assert history.with_drug(valueset("ingredient-x", "product-x"))
+    assert not history.with_drug(valueset("ingredient-x"))
+
+
+def test_referenced_medication_and_its_ingredients() -> None:
+    medication = {
+        "resourceType": "Medication",
+        "id": "med1",
+        "code": concept("product-y"),
+        "ingredient": [{"itemCodeableConcept": concept("ingredient-y")}],
+    }
+    resource = request(medicationReference={"reference": "Medication/med1"})
+    del resource["medicationCodeableConcept"]
+    history = build_history(record_of(medication, resource), AS_OF, SUPPLY)
+    assert history.with_drug(valueset("product-y"))
+    assert history.with_drug(valueset("ingredient-y"))
+    assert not history.with_drug(valueset("other"))
+
+
+def test_contained_medication_with_ingredient_only() -> None:
+    resource = request(
+        contained=[
+            {
+                "resourceType": "Medication",
+                "id": "m",
+                "code": {"text": "compounded capsule"},
+                "ingredient": [{"itemCodeableConcept": concept("ingredient-z")}],
+            }
+        ],
+        medicationReference={"reference": "#m"},
+    )
+    del resource["medicationCodeableConcept"]
+    history = build_history(record_of(resource), AS_OF, SUPPLY)
+    assert history.with_drug(valueset("ingredient-z"))
+    assert history.exposures[0].drug == "compounded capsule"
+
+
+def test_routes_from_each_dosage_shape() -> None:
+    oral = {"coding": [{"system": ROUTES, "code": "oral", "display": "Oral"}]}
+    oral_vs = valueset("oral", system=ROUTES)
+    statement = {
+        "resourceType": "MedicationStatement",
+        "status": "active",
+        "medicationCodeableConcept": concept("a"),
+        "effectiveDateTime": "2026-01-01",
+        "dosage": [{"route": oral}],
+    }
+    administration = {
+        "resourceType": "MedicationAdministration",
+        "status": "completed",
+        "medicationCodeableConcept": concept("a"),
+        "effectiveDateTime": "2026-01-01",
+        "dosage": {"route": oral},
+    }
+    req = request(dosageInstruction=[{"route": oral}])
+    bare = request()
+    history = build_history(record_of(statement, administration, req, bare), AS_OF, SUPPLY)
+    by_type = {e.reference: e for e in history.exposures}
+    assert by_type["MedicationStatement/r0"].route_in(oral_vs)
+    assert by_type["MedicationAdministration/r1"].route_in(oral_vs)
+    assert by_type["MedicationRequest/r2"].route_in(oral_vs)
+    assert by_type["MedicationRequest/r2"].route_label() == "Oral"
+    assert not by_type["MedicationRequest/r3"].route_stated()
+
+
+# ----------------------------------------------------------------------------- partial dates
+def test_partial_date_gives_certain_and_possible_periods() -> None:
+    resource = {
+        "resourceType": "MedicationDispense",
+        "status": "completed",
+        "medicationCodeableConcept": concept("a"),
+        "whenHandedOver": "2026-03",
+        "daysSupply": {"value": 60, "code": "d"},
+    }
+    exposure = build_history(record_of(resource), AS_OF, SUPPLY).exposures[0]
+    assert exposure.partial
+    assert exposure.start == DateSpan(d("2026-03-01"), d("2026-03-31"))
+    # Handed over some day in March, 60 days: surely covers 31 March .. 29 April.
+    assert exposure.certain() == (d("2026-03-31"), d("2026-04-29"))
+    assert exposure.possible() == (d("2026-03-01"), d("2026-05-29"))
+
+
+def test_partial_single_day_has_no_certain_day() -> None:
+    resource = {
+        "resourceType": "MedicationAdministration",
+        "status": "completed",
+        "medicationCodeableConcept": concept("a"),
+        "effectiveDateTime": "2026-05",
+    }
+    exposure = build_history(record_of(resource), AS_OF, SUPPLY).exposures[0]
+    assert exposure.certain() is None
+    assert exposure.possible() == (d("2026-05-01"), d("2026-05-31"))
+
+
+# ----------------------------------------------------------------------------- interval arithmetic
+def test_merge_bridges_gaps_up_to_the_limit() -> None:
+    first = (d("2026-01-01"), d("2026-01-31"))
+    # 30 uncovered days (1 Feb .. 2 Mar) are bridged ...
+    assert merge([first, (d("2026-03-03"), d("2026-03-31"))], 30) == [
+        (d("2026-01-01"), d("2026-03-31"))
+    ]
+    # ... 31 are not.
+    assert merge([first, (d("2026-03-04"), d("2026-03-31"))], 30) == [
+        first,
+        (d("2026-03-04"), d("2026-03-31")),
+    ]
+
+
+def test_merge_handles_overlap_and_order() -> None:
+    periods = [(d("2026-02-01"), d("2026-02-10")), (d("2026-01-01"), d("2026-03-01"))]
+    assert merge(periods, 0) == [(d("2026-01-01"), d("2026-03-01"))]
+
+
+def test_intersect_and_clip() -> None:
+    a = [(d("2026-01-01"), d("2026-01-31")), (d("2026-03-01"), d("2026-03-31"))]
+    b = [(d("2026-01-20"), d("2026-03-10"))]
+    assert intersect(a, b) == [
+        (d("2026-01-20"), d("2026-01-31")),
+        (d("2026-03-01"), d("2026-03-10")),
+    ]
+    assert intersect(a, []) == []
+    assert clip(a, d("2026-03-05")) == [a[0], (d("2026-03-01"), d("2026-03-05"))]
+    assert clip(a, d("2025-12-31")) == []
+
+
+def test_days_and_overlaps() -> None:
+    assert days_in((d("2026-01-01"), d("2026-01-01"))) == 1
+    assert days_in((d("2026-05-28"), d("2026-11-25"))) == 182
+    assert overlaps((d("2026-01-01"), d("2026-01-05")), (d("2026-01-05"), d("2026-01-09")))
+    assert not overlaps((d("2026-01-01"), d("2026-01-04")), (d("2026-01-05"), d("2026-01-09")))
+
+
+# ----------------------------------------------------------------------------- cache
+def test_history_is_cached_per_record_and_rebuilt_when_records_change() -> None:
+    record = record_of(request())
+    first = medication_history(record, AS_OF, SUPPLY)
+    assert medication_history(record, AS_OF, SUPPLY) is first
+    assert medication_history(record, AS_OF, 60) is not first
+    record.add(request(id="later"))
+    assert len(medication_history(record, AS_OF, SUPPLY).exposures) == 2

@@ -1,0 +1,127 @@
+"""``fhir-trial validate`` and ``fhir-trial build-resources``: outputs and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fhir_trial.cli import main
+from fhir_trial.config import DEFAULT_RESOURCES_DIR
+
+RESOURCES = Path(DEFAULT_RESOURCES_DIR)
+
+
+def _write(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data, encoding="utf-8")
+    return path
+
+
+def test_default_validates_every_resource(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate"]) == 0
+    out = capsys.readouterr().out
+    count = len(list(RESOURCES.glob("*.json")))
+    assert out.strip() == f"ok: {count} resource(s) valid"
+
+
+def test_json_output_is_an_operation_outcome(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--format", "json"]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["severity"] == "information"
+
+
+def test_broken_resource_gives_its_path_and_exit_6(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _write(
+        tmp_path / "bad.json",
+        {"resourceType": "ResearchStudy", "id": "x", "status": "active", "arm": [{"name": 5}]},
+    )
+    assert main(["validate", str(bad)]) == 6
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines and all(line.startswith("error ResearchStudy.arm[0].name: ") for line in lines)
+    assert "validation found 2 error(s)" in captured.err
+
+    assert main(["validate", "--format", "json", str(bad)]) == 6
+    outcome = json.loads(capsys.readouterr().out)
+    assert {tuple(i["expression"]) for i in outcome["issue"]} == {("ResearchStudy.arm[0].name",)}
+    assert all(i["severity"] == "error" for i in outcome["issue"])
+
+
+def test_unresolved_reference_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = {
+        "resourceType": "ResearchStudy",
+        "id": "x",
+        "status": "active",
+        "sponsor": {"reference": "Organization/nowhere"},
+    }
+    assert main(["validate", str(_write(tmp_path / "s.json", study))]) == 6
+    assert "ResearchStudy.sponsor.reference" in capsys.readouterr().out
+
+
+def test_reference_into_the_resources_folder_resolves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = {
+        "resourceType": "ResearchStudy",
+        "id": "x",
+        "status": "active",
+        "sponsor": {"reference": "Organization/changhai-hospital"},
+    }
+    assert main(["validate", str(_write(tmp_path / "s.json", study))]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("this is not json", "not JSON"),
+        ('{"hello": "world"}', "not a FHIR resource"),
+        ("[1, 2]", "not a FHIR resource"),
+    ],
+)
+def test_not_fhir_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, words: str
+) -> None:
+    path = _write(tmp_path / "input.json", content)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert words in err and str(path) in err
+
+
+def test_missing_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tmp_path / "absent.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_missing_schema_is_said_and_models_still_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = RESOURCES / "Organization-changhai-hospital.json"
+    missing = tmp_path / "none.json"
+    assert main(["validate", "--schema", str(missing), str(good)]) == 0
+    assert f"warning: FHIR R4 JSON Schema not found at {missing}" in capsys.readouterr().out
+    bad = _write(tmp_path / "bad.json", {"resourceType": "Organization", "name": 1})
+    assert main(["validate", "--schema", str(missing), str(bad)]) == 6
+    assert "Organization.name" in capsys.readouterr().out
+
+
+def test_build_resources_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "resources"
+    assert main(["build-resources", "--check", "--out", str(out)]) == 1
+    assert "is stale" in capsys.readouterr().err
+    assert main(["build-resources", "--out", str(out)]) == 0
+    assert main(["build-resources", "--check", "--out", str(out)]) == 0
+    first = sorted(out.glob("*.json"))[0]
+    first.write_text(first.read_text(encoding="utf-8") + " ", encoding="utf-8")
+    assert main(["build-resources", "--check", "--out", str(out)]) == 1
+    assert first.name in capsys.readouterr().err
+
+
+def test_the_project_resources_are_current(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build-resources", "--check"]) == 0
+    capsys.readouterr()
