@@ -17,6 +17,7 @@ ValueSet loading, no copies): it sits on the evaluator's hot path.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -260,7 +261,7 @@ def _quantity(q: object) -> Quantity | None:
     if not isinstance(q, Mapping):
         return None
     value = q.get("value")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     comparator = _COMPARATORS.get(str(q.get("comparator") or ""))
     if comparator is None:

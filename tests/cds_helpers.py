@@ -227,7 +227,7 @@ def stub_evaluator(record: PatientRecord, settings: Settings) -> EligibilityRepo
         )
         for cid, ref, status, reason, ev, miss in rows
     )
-    warnings = tuple(
+    warnings = tuple(record.warnings) + tuple(
         f"{c} could not be obtained: {why}" for c, why in sorted(record.failed.items())
     )
     return EligibilityReport(

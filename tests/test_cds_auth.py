@@ -44,7 +44,9 @@ SPEC = "fixtures/cds-hooks/hl7-cds-hooks/spec-examples-v2.0.1"
 
 def _client(tmp_path: Path, issuers: list[dict[str, Any]], **settings: Any) -> FlaskClient:
     path = write_issuers(tmp_path / "issuers.json", issuers)
-    return make_app(base_settings(tmp_path, cds_trusted_issuers_file=path, **settings)).test_client()
+    return make_app(
+        base_settings(tmp_path, cds_trusted_issuers_file=path, **settings)
+    ).test_client()
 
 
 @pytest.fixture()
@@ -81,7 +83,7 @@ def test_the_token_really_is_signed_like_the_sandbox(shared_dir: Path) -> None:
     }
     assert list(json.loads(jwt.utils.base64url_decode(body))) == ["iss", "aud", "exp", "iat", "jti"]
     key = jwt.PyJWK(sandbox_jwks(shared_dir)["keys"][0]).key
-    claims = jwt.decode(token, key, algorithms=["ES384"], audience=SERVICE_URL)
+    claims = jwt.decode(token, key, algorithms=["ES384"], audience=SERVICE_URL, leeway=5)
     assert claims["exp"] - claims["iat"] == 300
 
 
@@ -97,18 +99,28 @@ def test_small_clock_skew_is_tolerated(client: FlaskClient, shared_dir: Path) ->
 
 def test_rs384_with_a_configured_rsa_key(tmp_path: Path) -> None:
     key = new_rsa_key()
-    client = _client(tmp_path, [{"iss": "https://ehr.example", "jwks": {"keys": [rsa_public_jwk(key, "r1")]}}])
+    client = _client(
+        tmp_path, [{"iss": "https://ehr.example", "jwks": {"keys": [rsa_public_jwk(key, "r1")]}}]
+    )
     now = int(time.time())
     token = sign_jws(
         {"alg": "RS384", "typ": "JWT", "kid": "r1"},
-        {"iss": "https://ehr.example", "aud": SERVICE_URL, "exp": now + 60, "iat": now, "jti": "j-rs"},
+        {
+            "iss": "https://ehr.example",
+            "aud": SERVICE_URL,
+            "exp": now + 60,
+            "iat": now,
+            "jti": "j-rs",
+        },
         key,
     )
     assert _call(client, bearer(token)).status_code == 200
 
 
 def test_audience_configured_per_issuer(tmp_path: Path, shared_dir: Path) -> None:
-    client = _client(tmp_path, [sandbox_issuer(shared_dir, audience=["https://cds.example.org/base"])])
+    client = _client(
+        tmp_path, [sandbox_issuer(shared_dir, audience=["https://cds.example.org/base"])]
+    )
     good = sandbox_token(shared_dir, aud=f"https://cds.example.org/base{SERVICE_PATH}")
     assert _call(client, bearer(good)).status_code == 200
     _assert_401(_call(client, bearer(sandbox_token(shared_dir))))  # the local URL is not it
@@ -125,7 +137,9 @@ def test_jku_on_the_allowlist_is_fetched_once_and_cached(tmp_path: Path, shared_
 
 def test_jku_not_on_the_allowlist_is_never_fetched(tmp_path: Path, shared_dir: Path) -> None:
     with jwks_server(sandbox_jwks(shared_dir)) as (url, hits):
-        client = _client(tmp_path, [{"iss": SANDBOX_ISS, "jku": ["https://sandbox.cds-hooks.org/"]}])
+        client = _client(
+            tmp_path, [{"iss": SANDBOX_ISS, "jku": ["https://sandbox.cds-hooks.org/"]}]
+        )
         _assert_401(_call(client, bearer(sandbox_token(shared_dir, header={"jku": url}))))
         assert hits == []
 
@@ -147,7 +161,9 @@ def test_spec_example_jwt_good_signature_but_expired_is_401(
     spec_jwks = json.loads((shared_dir / SPEC / "example_L1058.json").read_text())
     # The signature is good (checked without the time and audience rules) ...
     key = jwt.PyJWK(spec_jwks["keys"][0]).key
-    claims = jwt.decode(token, key, algorithms=["ES384"], options={"verify_exp": False, "verify_aud": False})
+    claims = jwt.decode(
+        token, key, algorithms=["ES384"], options={"verify_exp": False, "verify_aud": False}
+    )
     assert claims["iss"] == "https://fhir-ehr.example.com/"
     # ... and the service, trusting that issuer at the spec's audience, still refuses it: expired.
     client = _client(
@@ -155,7 +171,11 @@ def test_spec_example_jwt_good_signature_but_expired_is_401(
         [{"iss": claims["iss"], "jwks": spec_jwks, "audience": ["https://cds.example.org"]}],
     )
     with caplog.at_level(logging.INFO, logger="fhir_trial.cds_hooks"):
-        response = client.post(SERVICE_PATH, json=hook_request(full_prefetch()), headers={"Authorization": header_value})
+        response = client.post(
+            SERVICE_PATH,
+            json=hook_request(full_prefetch()),
+            headers={"Authorization": header_value},
+        )
     _assert_401(response)
     assert "ExpiredSignatureError" in caplog.text
     assert token not in caplog.text
@@ -163,7 +183,13 @@ def test_spec_example_jwt_good_signature_but_expired_is_401(
 
 def _forged(shared_dir: Path, header: dict[str, Any], key: Any) -> str:
     now = int(time.time())
-    body = {"iss": SANDBOX_ISS, "aud": SERVICE_URL, "exp": now + 300, "iat": now, "jti": f"j-{now}-{id(key)}"}
+    body = {
+        "iss": SANDBOX_ISS,
+        "aud": SERVICE_URL,
+        "exp": now + 300,
+        "iat": now,
+        "jti": f"j-{now}-{id(key)}",
+    }
     return sign_jws(header, body, key)
 
 
@@ -242,11 +268,19 @@ def test_replayed_jti_is_refused_even_by_another_worker(tmp_path: Path, shared_d
 
 def test_rsa_key_too_small_is_refused(tmp_path: Path) -> None:
     key = new_rsa_key(1024)
-    client = _client(tmp_path, [{"iss": "https://ehr.example", "jwks": {"keys": [rsa_public_jwk(key, "r1")]}}])
+    client = _client(
+        tmp_path, [{"iss": "https://ehr.example", "jwks": {"keys": [rsa_public_jwk(key, "r1")]}}]
+    )
     now = int(time.time())
     token = sign_jws(
         {"alg": "RS384", "typ": "JWT", "kid": "r1"},
-        {"iss": "https://ehr.example", "aud": SERVICE_URL, "exp": now + 60, "iat": now, "jti": "j1"},
+        {
+            "iss": "https://ehr.example",
+            "aud": SERVICE_URL,
+            "exp": now + 60,
+            "iat": now,
+            "jti": "j1",
+        },
         key,
     )
     _assert_401(_call(client, bearer(token)))
@@ -257,7 +291,9 @@ def test_no_trusted_issuers_means_401(tmp_path: Path, shared_dir: Path) -> None:
     _assert_401(_call(client, bearer(sandbox_token(shared_dir))))
 
 
-def test_tokens_never_reach_the_log(client: FlaskClient, shared_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_tokens_never_reach_the_log(
+    client: FlaskClient, shared_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     token = sandbox_token(shared_dir, claims={"iss": "https://evil.example"})
     body = hook_request(full_prefetch(), fhirServer="https://ehr.example.org/fhir")
     body["fhirAuthorization"] = {"access_token": "SECRET-FHIR-TOKEN", "token_type": "Bearer"}
@@ -290,18 +326,27 @@ def test_issuer_file_errors_are_one_line(tmp_path: Path, shared_dir: Path) -> No
         bad.write_text("{")
         load_trusted_issuers(str(bad))
     with pytest.raises(ConfigurationError, match="private key"):
-        keypair = json.loads((shared_dir / "fixtures/cds-hooks/sandbox/jwk-keypair.json").read_text())
+        keypair = json.loads(
+            (shared_dir / "fixtures/cds-hooks/sandbox/jwk-keypair.json").read_text()
+        )
         parse_trusted_issuers({"issuers": [{"iss": SANDBOX_ISS, "jwks": keypair}]})
     with pytest.raises(ConfigurationError, match="'iss'"):
         parse_trusted_issuers({"issuers": [{"jwks": {"keys": []}}]})
     with pytest.raises(ConfigurationError, match="jwks"):
         parse_trusted_issuers({"issuers": [{"iss": SANDBOX_ISS}]})
     with pytest.raises(ConfigurationError, match="fhir_servers"):
-        parse_trusted_issuers({"issuers": [{"iss": SANDBOX_ISS, "jku": [SANDBOX_JKU], "fhir_servers": ["ftp://x"]}]})
+        parse_trusted_issuers(
+            {"issuers": [{"iss": SANDBOX_ISS, "jku": [SANDBOX_JKU], "fhir_servers": ["ftp://x"]}]}
+        )
 
 
 def test_ec_public_jwk_helper_round_trips() -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     jwk = ec_public_jwk(key, "k")
     assert jwt.PyJWK(jwk).key.public_numbers() == key.public_key().public_numbers()
-    assert ec_private_key({"d": b64url(key.private_numbers().private_value.to_bytes(48, "big"))}).private_numbers() == key.private_numbers()
+    assert (
+        ec_private_key(
+            {"d": b64url(key.private_numbers().private_value.to_bytes(48, "big"))}
+        ).private_numbers()
+        == key.private_numbers()
+    )

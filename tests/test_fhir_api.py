@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,17 +76,24 @@ def client(tmp_path: Path) -> FlaskClient:
 
 
 @pytest.fixture()
-def project_resources() -> list[dict[str, Any]]:
+def project_dir(tmp_path: Path) -> Path:
+    """A snapshot of the project's real resources/ (built by `fhir-trial build-resources`)."""
     if not any(PROJECT_RESOURCES.glob("*.json")):
         pytest.fail("resources/ is empty: run `fhir-trial build-resources`")
-    return load_resources(PROJECT_RESOURCES)
+    return Path(shutil.copytree(PROJECT_RESOURCES, tmp_path / "project-resources"))
 
 
 @pytest.fixture()
-def project_client() -> FlaskClient:
+def project_resources(project_dir: Path) -> list[dict[str, Any]]:
+    return load_resources(project_dir)
+
+
+@pytest.fixture()
+def project_client(project_dir: Path, tmp_db: str) -> FlaskClient:
     from fhir_trial.app import create_app
 
-    return create_app(Settings(resources_dir=str(PROJECT_RESOURCES))).test_client()
+    settings = Settings(resources_dir=str(project_dir), database_path=tmp_db)
+    return create_app(settings).test_client()
 
 
 def fhir_json(response: TestResponse, status: int = 200) -> dict[str, Any]:

@@ -235,3 +235,34 @@ def test_normal_interpretation_is_negative_and_other_codes_unreadable() -> None:
     assert coded.outcome == "unreadable"
     assert above_normal(obs(valueString="weakly reactive"), ABOVE, POSITIVE).outcome == "unreadable"
     assert above_normal(obs(), ABOVE, POSITIVE).detail == "no value"
+
+
+# --------------------------------------------------------------------------- malformed data
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"interpretation": {"coding": [{"system": SYSTEM, "code": "H"}]}},
+        {"interpretation": ["H"]},
+        {"referenceRange": "x", "valueQuantity": {"value": 45}},
+        {"referenceRange": [{"high": "30"}], "valueQuantity": {"value": 45}},
+        {"valueCodeableConcept": "positive"},
+        {"valueQuantity": {"value": float("nan"), "unit": "IU/mL"}},
+        {"valueQuantity": "45"},
+        {"valueRatio": {"numerator": 1}},
+    ],
+)
+def test_malformed_values_are_read_without_crashing(fields: dict[str, Any]) -> None:
+    observation = obs(**fields)
+    reading = above_normal(observation, ABOVE, POSITIVE)
+    assert reading.outcome in {"positive", "negative", "unreadable"}
+    assert read_titer(observation) is None or read_titer(observation) == Titer(45, "")
+
+
+def test_a_dict_interpretation_is_read_as_one_concept() -> None:
+    observation = obs(interpretation={"coding": [{"system": SYSTEM, "code": "H"}]})
+    assert above_normal(observation, ABOVE, POSITIVE).outcome == "positive"
+
+
+def test_non_string_status_is_ignored() -> None:
+    assert observation_status({"status": ["final"]}) == "ignored"
+    assert quantity_of(obs(valueQuantity={"value": float("inf"), "unit": "%"})) is None

@@ -58,11 +58,11 @@ SAMPLE: list[dict[str, Any]] = [
 
 
 @pytest.fixture()
-def resources_dir() -> Path:
-    """The project's real resources/ (built by `fhir-trial build-resources`)."""
+def resources_dir(tmp_path: Path) -> Path:
+    """A snapshot of the project's real resources/ (built by `fhir-trial build-resources`)."""
     if not any(PROJECT_RESOURCES.glob("*.json")):
         pytest.fail("resources/ is empty: run `fhir-trial build-resources`")
-    return PROJECT_RESOURCES
+    return Path(shutil.copytree(PROJECT_RESOURCES, tmp_path / "project-resources"))
 
 
 @pytest.fixture()

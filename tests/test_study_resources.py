@@ -21,7 +21,12 @@ from fhir_trial.config import DEFAULT_RESOURCES_DIR, PROJECT_ROOT, Settings
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.study import BuildInputs, build_all, library_content, stale_files, write_resources
-from fhir_trial.study.common import EXT_LOOKBACK, EXT_PERIOD_END_ESTIMATED, EXT_TARGET_NUMBER
+from fhir_trial.study.common import (
+    EXT_CODE_VERIFICATION,
+    EXT_LOOKBACK,
+    EXT_PERIOD_END_ESTIMATED,
+    EXT_TARGET_NUMBER,
+)
 from fhir_trial.study.terminology_sources import load_terminology_sources
 from fhir_trial.terminology import valueset_from_resource
 from fhir_trial.validation import reference_issues, validate_set
@@ -177,7 +182,8 @@ def test_study_conditions_are_coded_from_the_valuesets(study: dict[str, Any]) ->
     (coding,) = study["condition"][0]["coding"]
     assert sle.contains(coding["system"], coding["code"])
     for condition in study["condition"]:
-        for coding in condition.get("coding", []):
+        assert condition.get("coding"), f"{condition['text']} is not coded"
+        for coding in condition["coding"]:
             assert any(
                 valueset_from_resource(vs).contains(coding["system"], coding["code"])
                 for vs in valuesets.values()
@@ -273,6 +279,10 @@ def test_library_carries_the_cql_files() -> None:
     for path in cql_files:
         assert attached[path.name]["contentType"] == "text/cql"
         assert base64.b64decode(attached[path.name]["data"]) == path.read_bytes()
+    for path in sorted((PROJECT_ROOT / "cql" / "build").glob("*.json")):
+        assert attached[path.name]["contentType"] == "application/elm+json"
+        elm = json.loads(base64.b64decode(attached[path.name]["data"]))
+        assert elm == json.loads(path.read_text(encoding="utf-8"))
     depends = {a["resource"] for a in lib["relatedArtifact"] if a["type"] == "depends-on"}
     assert CODESYSTEM_URL in depends
 
@@ -280,13 +290,14 @@ def test_library_carries_the_cql_files() -> None:
 def test_library_content_reads_cql_and_elm(tmp_path: Path) -> None:
     (tmp_path / "build").mkdir()
     (tmp_path / "A.cql").write_text("library A version '1'\n", encoding="utf-8")
-    (tmp_path / "build" / "A.json").write_text('{"library": {}}', encoding="utf-8")
+    (tmp_path / "build" / "A.json").write_text('{\n  "library": {"a": 1}\n}', encoding="utf-8")
     content = library_content(tmp_path)
     assert [(c["title"], c["contentType"]) for c in content] == [
         ("A.cql", "text/cql"),
         ("A.json", "application/elm+json"),
     ]
     assert base64.b64decode(content[0]["data"]) == b"library A version '1'\n"
+    assert base64.b64decode(content[1]["data"]) == b'{"library":{"a":1}}'
     assert library_content(tmp_path / "absent") == []
 
 
@@ -395,3 +406,25 @@ def test_every_valueset_has_an_expansion() -> None:
     assert valuesets, "no ValueSets in resources/"
     for valueset in valuesets.values():
         assert _expansion_codes(valueset), f"{valueset['id']} has no expansion"
+
+
+def test_every_valueset_records_verification_status() -> None:
+    valuesets = _valuesets()
+    assert valuesets, "no ValueSets in resources/"
+    for valueset in valuesets.values():
+        concepts = [
+            concept
+            for include in valueset.get("compose", {}).get("include", [])
+            for concept in include.get("concept", [])
+        ]
+        assert concepts, f"{valueset['id']} lists no concepts"
+        for concept in concepts:
+            (verification,) = [
+                e for e in concept.get("extension", []) if e["url"] == EXT_CODE_VERIFICATION
+            ]
+            parts = {e["url"]: e for e in verification["extension"]}
+            where = f"{valueset['id']} {concept['code']}"
+            assert parts["status"]["valueCode"] in ("verified", "unverified"), where
+            if parts["status"]["valueCode"] == "verified":
+                assert parts["source"]["valueString"].strip(), where
+    assert any(r["url"] == EXT_CODE_VERIFICATION for r in _all() if "url" in r)

@@ -26,7 +26,8 @@ def test_default_validates_every_resource(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_json_output_is_an_operation_outcome(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--format", "json"]) == 0
+    study = RESOURCES / "ResearchStudy-nct06010472.json"
+    assert main(["validate", "--format", "json", str(study)]) == 0
     outcome = json.loads(capsys.readouterr().out)
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["severity"] == "information"

@@ -110,8 +110,9 @@ class FhirFetcher:
             result.error = "timed out"
         except AuthenticationError as exc:
             result.error = f"access refused by the FHIR server (HTTP {exc.status})"
-        except ServerUnreachableError:
-            result.error = "the FHIR server did not answer in time"
+        except ServerUnreachableError as exc:
+            timed_out = isinstance(exc.__cause__, requests.exceptions.Timeout)
+            result.error = "timed out" if timed_out else "the FHIR server could not be reached"
         except NotFhirResponseError:
             result.error = "the FHIR server did not answer with FHIR JSON"
         except ServerResponseError as exc:

@@ -121,7 +121,10 @@ class CdsService:
                 "no secret_key configured: worksheet links are signed with a per-process key and "
                 "only work on the worker that made them; set FHIR_TRIAL_SECRET_KEY"
             )
-        self.worksheets = WorksheetStore(self.database, secret, settings.worksheet_token_ttl_s)
+        # Worksheet reports are a short-lived copy of what the card says, not user input: no fsync.
+        self.worksheets = WorksheetStore(
+            self.replay_database, secret, settings.worksheet_token_ttl_s
+        )
         self.incomplete_cards = bool(settings.extra.get("cds_incomplete_card", True))
         self.development = settings.cds_development_mode
         self._dev_fhir_servers = tuple(settings.extra.get("cds_dev_fhir_servers", ()))
@@ -261,7 +264,9 @@ class CdsService:
         if not (record.obtained - {"Patient"}):
             if any(why == "timed out" for why in failed_fetches.values()) or deadline.expired():
                 return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
-            return Outcome("no-data", reason="none of the patient's clinical data could be obtained")
+            return Outcome(
+                "no-data", reason="none of the patient's clinical data could be obtained"
+            )
         try:
             report = self.evaluator(record, self.settings)
         except FhirTrialError as exc:

@@ -43,7 +43,10 @@ def validator(name: str) -> Draft202012Validator:
 
 def first_error(name: str, instance: Any) -> str | None:
     """A one-line description of the most relevant validation error, or None when valid."""
-    error = best_match(validator(name).iter_errors(instance))
+    checker = validator(name)
+    if checker.is_valid(instance):
+        return None
+    error = best_match(checker.iter_errors(instance))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(top level)"

@@ -22,6 +22,8 @@ EXT_PERIOD_END_ESTIMATED = f"{BASE}/StructureDefinition/period-end-estimated"
 EXT_VALUESET = f"{BASE}/StructureDefinition/characteristic-valueset"
 EXT_LOOKBACK = f"{BASE}/StructureDefinition/characteristic-lookback"
 EXT_PROTOCOL_REFERENCE = f"{BASE}/StructureDefinition/protocol-reference"
+# Written by the terminology sources on each ValueSet concept: sub-extensions status and source.
+EXT_CODE_VERIFICATION = f"{BASE}/StructureDefinition/code-verification"
 # Cross-version extension (FHIR R5 ResearchStudy.recruitment.targetNumber used in R4).
 EXT_TARGET_NUMBER = (
     "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.recruitment.targetNumber"

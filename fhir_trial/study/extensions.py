@@ -1,7 +1,9 @@
 """StructureDefinitions of the extensions the project defines, so that their URLs resolve too.
 
 R4 has no element for: an estimated period end, the ValueSets and look-back window of a Group
-characteristic, and the protocol paragraph a criterion comes from. Each is a simple extension.
+characteristic, and the protocol paragraph a criterion comes from (simple extensions); and for the
+verification status of each code listed in a ValueSet (a complex extension with ``status`` and
+``source``, written by the terminology sources).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fhir_trial.study.common import (
+    EXT_CODE_VERIFICATION,
     EXT_LOOKBACK,
     EXT_PERIOD_END_ESTIMATED,
     EXT_PROTOCOL_REFERENCE,
@@ -114,6 +117,88 @@ def structure_definition(spec: ExtensionSpec) -> JsonDict:
     }
 
 
+VERIFICATION_STATUSES = ("verified", "unverified")
+
+
+def code_verification_definition() -> JsonDict:
+    """The complex extension recording whether a ValueSet code was verified, and where."""
+    resource_id = EXT_CODE_VERIFICATION.rsplit("/", 1)[-1]
+    definition = (
+        "Whether this code was seen with this meaning in a public source while the ValueSet was "
+        "written (status: " + " | ".join(VERIFICATION_STATUSES) + "), and the source."
+    )
+    return {
+        "resourceType": "StructureDefinition",
+        "id": resource_id,
+        **canonical_metadata("StructureDefinition", resource_id),
+        "name": camel_name(resource_id),
+        "title": "Code verification",
+        "description": definition,
+        "kind": "complex-type",
+        "abstract": False,
+        "context": [{"type": "element", "expression": "ValueSet.compose.include.concept"}],
+        "type": "Extension",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension",
+        "derivation": "constraint",
+        "differential": {
+            "element": [
+                {
+                    "id": "Extension",
+                    "path": "Extension",
+                    "short": "Code verification",
+                    "definition": definition,
+                    "max": "1",
+                },
+                {
+                    "id": "Extension.extension",
+                    "path": "Extension.extension",
+                    "slicing": {
+                        "discriminator": [{"type": "value", "path": "url"}],
+                        "rules": "closed",
+                    },
+                },
+                {
+                    "id": "Extension.extension:status",
+                    "path": "Extension.extension",
+                    "sliceName": "status",
+                    "min": 1,
+                    "max": "1",
+                },
+                {
+                    "id": "Extension.extension:status.url",
+                    "path": "Extension.extension.url",
+                    "fixedUri": "status",
+                },
+                {
+                    "id": "Extension.extension:status.value[x]",
+                    "path": "Extension.extension.value[x]",
+                    "short": " | ".join(VERIFICATION_STATUSES),
+                    "type": [{"code": "code"}],
+                },
+                {
+                    "id": "Extension.extension:source",
+                    "path": "Extension.extension",
+                    "sliceName": "source",
+                    "max": "1",
+                },
+                {
+                    "id": "Extension.extension:source.url",
+                    "path": "Extension.extension.url",
+                    "fixedUri": "source",
+                },
+                {
+                    "id": "Extension.extension:source.value[x]",
+                    "path": "Extension.extension.value[x]",
+                    "short": "Where the code was seen with this meaning",
+                    "type": [{"code": "string"}],
+                },
+                {"id": "Extension.url", "path": "Extension.url", "fixedUri": EXT_CODE_VERIFICATION},
+                {"id": "Extension.value[x]", "path": "Extension.value[x]", "max": "0"},
+            ]
+        },
+    }
+
+
 def structure_definitions() -> list[JsonDict]:
     """The StructureDefinitions of every project extension."""
-    return [structure_definition(spec) for spec in EXTENSIONS]
+    return [*(structure_definition(spec) for spec in EXTENSIONS), code_verification_definition()]

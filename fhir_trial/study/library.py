@@ -1,13 +1,15 @@
 """The eligibility Library: the CQL source and, once translated, its ELM, as base64 attachments.
 
 :func:`library_content` is the one place that decides what goes into ``Library.content``: every
-``cql/*.cql`` (``text/cql``) and every ``cql/build/*.json`` (``application/elm+json``), sorted by
-file name. The Library stays ``draft`` until ELM exists for every CQL file.
+``cql/*.cql`` (``text/cql``, bytes as they are) and every ``cql/build/*.json``
+(``application/elm+json``, re-serialised without indentation), sorted by file name. The Library
+stays ``draft`` until ELM exists for every CQL file.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Collection
 from pathlib import Path
@@ -23,8 +25,19 @@ _VALUESET_REF = re.compile(r"ValueSet/([A-Za-z0-9][A-Za-z0-9\-.]{0,63})")
 _LIBRARY_DECLARATION = re.compile(r'^\s*library\s+"?([A-Za-z0-9_]+)"?', re.MULTILINE)
 
 
+def _compact_json(data: bytes) -> bytes:
+    """JSON re-serialised without indentation (ELM is large); unparseable input is kept as is."""
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return data
+    return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 def _attachment(path: Path, content_type: str) -> JsonDict:
     data = path.read_bytes()
+    if content_type == ELM_TYPE:
+        data = _compact_json(data)
     return {
         "contentType": content_type,
         "title": path.name,

@@ -28,7 +28,7 @@ SPONSOR_PROTOCOL_ID = "CHEC2023-174"
 # Codes are looked up in the built ValueSets; one missing there leaves the condition as text only.
 CONDITIONS: tuple[tuple[str, str, str | None], ...] = (
     ("Systemic Lupus Erythematosus", "sle", "55464009"),
-    ("Cutaneous Lupus Erythematosus", "lupus-unspecified-or-cutaneous", None),
+    ("Cutaneous Lupus Erythematosus", "lupus-unspecified-or-cutaneous", "7119001"),
     ("Lupus", "lupus-unspecified-or-cutaneous", "200936003"),
 )
 

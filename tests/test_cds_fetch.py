@@ -1,0 +1,293 @@
+"""Fetching what prefetch lacks from a real (local) FHIR server that behaves, or does not."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cds_helpers import (
+    PATIENT_ID,
+    SERVICE_PATH,
+    assert_valid,
+    base_settings,
+    bearer,
+    hook_request,
+    make_app,
+    patient,
+    sandbox_issuer,
+    sandbox_token,
+    searchset,
+    sle_condition,
+    write_issuers,
+)
+from fake_fhir_server import FakeFhirServer
+from flask.testing import FlaskClient
+
+TOKEN = "fhir-access-token"
+
+
+@pytest.fixture()
+def server() -> Iterator[FakeFhirServer]:
+    with FakeFhirServer(token=TOKEN) as running:
+        running.add(patient())
+        running.add(sle_condition())
+        for n in range(3):
+            running.add(
+                {
+                    "resourceType": "Observation",
+                    "id": f"o{n}",
+                    "status": "final",
+                    "subject": {"reference": f"Patient/{PATIENT_ID}"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                }
+            )
+        yield running
+
+
+def _client(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, **settings: Any
+) -> FlaskClient:
+    path = write_issuers(
+        tmp_path / "issuers.json", [sandbox_issuer(shared_dir, fhir_servers=[server.base_url])]
+    )
+    kw: dict[str, Any] = {"cds_trusted_issuers_file": path, "cds_deadline_s": 1.0}
+    kw.update(settings)
+    return make_app(base_settings(tmp_path, **kw)).test_client()
+
+
+def _hook(server: FakeFhirServer, prefetch: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = hook_request(prefetch, fhirServer=server.base_url)
+    body["fhirAuthorization"] = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "user/*.read",
+        "subject": "cds-service",
+    }
+    return body
+
+
+def _post(client: FlaskClient, shared_dir: Path, body: Any) -> Any:
+    response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
+    assert response.status_code != 500
+    if response.status_code == 200:
+        assert_valid("response", response.get_json())
+    return response
+
+
+def _only_card(response: Any) -> dict[str, Any]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    (card,) = response.get_json()["cards"]
+    return card  # type: ignore[no-any-return]
+
+
+def test_prefetch_absent_fetches_every_category_with_the_token(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "Possible candidate" in card["summary"]
+    assert "Condition/c1" in card["detail"] and "Observation/o0" in card["detail"]
+    paths = {r.path.split("/")[0] for r in server.requests}
+    assert {
+        "Patient",
+        "Condition",
+        "Observation",
+        "MedicationRequest",
+        "Consent",
+        "ResearchSubject",
+    } <= paths
+    assert all(r.headers.get("Authorization") == f"Bearer {TOKEN}" for r in server.requests)
+    assert all(
+        r.query.get("patient") == [PATIENT_ID]
+        for r in server.requests
+        if "?" not in r.path and r.query
+    )
+
+
+def test_partial_prefetch_fetches_only_what_is_missing(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    prefetch = {"patient": patient(), "condition": searchset(sle_condition())}
+    _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server, prefetch)))
+    paths = {r.path.split("/")[0] for r in server.requests}
+    assert "Patient" not in paths and "Condition" not in paths
+    assert "Observation" in paths
+
+
+def test_prefetch_next_link_is_continued_on_the_fhir_server(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    for n in range(3, 8):
+        server.add(
+            {
+                "resourceType": "Observation",
+                "id": f"o{n}",
+                "status": "final",
+                "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            }
+        )
+    prefetch = {"patient": patient(), "condition": searchset(sle_condition())}
+    prefetch["observation"] = searchset(
+        next_url=f"{server.base_url}/Observation?patient={PATIENT_ID}&_count=2&_offset=2"
+    )
+    card = _only_card(
+        _post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server, prefetch))
+    )
+    assert "could not" not in card["summary"]
+    assert any(r.query.get("_offset") == ["2"] for r in server.requests)
+
+
+def test_slow_fhir_server_answers_within_the_deadline(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.delay(10.0, times=None, match="Observation")
+    client = _client(tmp_path, shared_dir, server, cds_deadline_s=0.5)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="fhir_trial.cds_hooks"):
+        response = _post(client, shared_dir, _hook(server))
+    elapsed = time.monotonic() - started
+    assert elapsed < 5.0  # the server would have taken 10 s
+    card = _only_card(response)
+    assert "could not be completed" in card["summary"]
+    assert "Observation (timed out)" in card["detail"]
+    assert "timed out" in caplog.text
+    assert PATIENT_ID not in caplog.text and TOKEN not in caplog.text
+
+
+def test_slow_server_without_incomplete_cards_gives_no_card(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.delay(10.0, times=None)
+    client = _client(
+        tmp_path, shared_dir, server, cds_deadline_s=0.4, extra={"cds_incomplete_card": False}
+    )
+    response = _post(client, shared_dir, _hook(server))
+    assert response.status_code == 200
+    assert response.get_json() == {"cards": []}
+
+
+def test_server_500_on_one_category(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.fail(500, times=None, match="Observation")
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "could not be completed" in card["summary"]
+    assert "Observation (the FHIR server answered HTTP 500)" in card["detail"]
+
+
+def test_server_500_everywhere_is_412(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.fail(500, times=None)
+    response = _post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server))
+    assert response.status_code == 412
+
+
+def test_server_429_once_is_retried(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.fail(429, retry_after="0", times=1, match="Condition")
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "could not be completed" not in card["summary"]
+    assert sum(1 for r in server.requests if r.path == "Condition") == 2
+
+
+def test_server_429_forever(tmp_path: Path, shared_dir: Path, server: FakeFhirServer) -> None:
+    server.fail(429, retry_after="30", times=None, match="Condition")
+    client = _client(tmp_path, shared_dir, server, cds_deadline_s=0.8)
+    card = _only_card(_post(client, shared_dir, _hook(server)))
+    assert "could not be completed" in card["summary"]
+    assert "Condition" in card["detail"]
+
+
+def test_server_garbage(tmp_path: Path, shared_dir: Path, server: FakeFhirServer) -> None:
+    server.fail(
+        200,
+        body="<html>please log in</html>",
+        content_type="text/html",
+        times=None,
+        match="Observation",
+    )
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "did not answer with FHIR JSON" in card["detail"]
+
+
+def test_server_garbage_for_the_patient_is_412(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.fail(
+        200, body="not json", content_type="application/fhir+json", times=None, match="Patient"
+    )
+    assert (
+        _post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)).status_code == 412
+    )
+
+
+def test_server_looping_next_links_are_cut_off(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    loop = f"{server.base_url}/Observation?patient={PATIENT_ID}&page=again"
+    server.fail(200, body=searchset(next_url=loop), times=None, match="Observation")
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "next links loop" in card["detail"]
+    assert sum(1 for r in server.requests if r.path == "Observation") == 2
+
+
+def test_next_links_to_another_origin_are_not_followed(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    for n in range(3, 60):
+        server.add(
+            {
+                "resourceType": "Observation",
+                "id": f"o{n}",
+                "status": "final",
+                "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            }
+        )
+    server.next_link_base = "http://127.0.0.2:9/fhir"
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "outside the FHIR server" in card["detail"]
+
+
+def test_fhir_server_refusing_the_token(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    body = _hook(server)
+    body["fhirAuthorization"]["access_token"] = "wrong"
+    response = _post(_client(tmp_path, shared_dir, server), shared_dir, body)
+    assert response.status_code == 412
+    assert "access refused" in response.get_json()["message"]
+
+
+@pytest.mark.parametrize(
+    "suffix", ["x", "/../other", "/sub"], ids=["longer path", "dot-dot", "sub path"]
+)
+def test_fhir_servers_not_on_the_allowlist_are_never_contacted(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, suffix: str
+) -> None:
+    body = _hook(server)
+    body["fhirServer"] = server.base_url + suffix
+    response = _post(_client(tmp_path, shared_dir, server), shared_dir, body)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "fhir-server-not-allowed"
+    assert server.requests == []
+
+
+def test_development_mode_does_not_open_the_server_allowlist(
+    tmp_path: Path, server: FakeFhirServer
+) -> None:
+    client = make_app(base_settings(tmp_path, cds_development_mode=True)).test_client()
+    response = client.post(SERVICE_PATH, json=_hook(server))
+    assert response.status_code == 400
+    assert server.requests == []
+    allowed = make_app(
+        base_settings(
+            tmp_path, cds_development_mode=True, extra={"cds_dev_fhir_servers": [server.base_url]}
+        )
+    ).test_client()
+    assert allowed.post(SERVICE_PATH, json=_hook(server)).status_code == 200

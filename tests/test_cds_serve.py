@@ -1,0 +1,81 @@
+"""``fhir-trial serve`` runs the app under gunicorn on 127.0.0.1 (and stops when told)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from cds_helpers import SERVICE_PATH, full_prefetch, hook_request
+from click.testing import CliRunner
+
+from fhir_trial.commands.serve import command, default_workers, gunicorn_options
+from fhir_trial.config import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_help_lists_the_options() -> None:
+    result = CliRunner().invoke(command, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--host", "--port", "--workers", "--development-mode", "--dev-server"):
+        assert option in result.output
+
+
+def test_gunicorn_options() -> None:
+    options = gunicorn_options("127.0.0.1", 8080, 3, Settings())
+    assert options["bind"] == "127.0.0.1:8080" and options["workers"] == 3
+    assert options["accesslog"] is None  # worksheet tokens travel in URLs
+    assert 1 <= default_workers() <= 9
+
+
+def test_serve_runs_gunicorn_with_workers(tmp_path: Path) -> None:
+    port = _free_port()
+    env = dict(os.environ, FHIR_TRIAL_DATABASE_PATH=str(tmp_path / "db.sqlite3"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fhir_trial",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--development-mode",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the server did not start")
+        response = requests.post(
+            f"{base}{SERVICE_PATH}", json=hook_request(full_prefetch()), timeout=10
+        )
+        assert response.status_code == 200
+        assert response.headers.get("X-Fhir-Trial-Development-Mode")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert "development mode" in stderr.lower()
+    assert "Booting worker" in stderr  # gunicorn, not the Flask development server
