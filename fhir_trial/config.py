@@ -67,6 +67,12 @@ class Settings:
     cds_cards_for_ineligible: bool = False
     cds_development_mode: bool = False  # turns JWT verification OFF; never the default
     cds_trusted_issuers_file: str | None = None
+    cds_incomplete_card: bool = True  # show "screening could not be completed" when data failed
+    cds_dev_fhir_servers: tuple[str, ...] = ()  # fhirServer bases accepted in development mode
+    cds_jwt_leeway_s: float = 30.0  # clock skew tolerated on exp/iat
+    cds_jwt_max_lifetime_s: float = 3600.0  # exp - iat beyond this is refused
+    cds_cors_origins: tuple[str, ...] = ("*",)
+    cds_discovery_requires_jwt: bool = False
     max_request_bytes: int = 5 * 1024 * 1024
     worksheet_token_ttl_s: int = 900
     secret_key: str | None = None  # signs worksheet links; random per process when unset
@@ -119,6 +125,8 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             if raw.lower() in {"0", "false", "no", "off"}:
                 return False
             raise ValueError(raw)
+        if type_name.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
         if type_name.startswith("int"):
             return int(raw)
         if type_name.startswith("float"):

@@ -163,7 +163,7 @@ def test_slow_server_without_incomplete_cards_gives_no_card(
 ) -> None:
     server.delay(10.0, times=None)
     client = _client(
-        tmp_path, shared_dir, server, cds_deadline_s=0.4, extra={"cds_incomplete_card": False}
+        tmp_path, shared_dir, server, cds_deadline_s=0.4, cds_incomplete_card=False
     )
     response = _post(client, shared_dir, _hook(server))
     assert response.status_code == 200
@@ -287,7 +287,7 @@ def test_development_mode_does_not_open_the_server_allowlist(
     assert server.requests == []
     allowed = make_app(
         base_settings(
-            tmp_path, cds_development_mode=True, extra={"cds_dev_fhir_servers": [server.base_url]}
+            tmp_path, cds_development_mode=True, cds_dev_fhir_servers=(server.base_url,)
         )
     ).test_client()
     assert allowed.post(SERVICE_PATH, json=_hook(server)).status_code == 200

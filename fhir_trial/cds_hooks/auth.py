@@ -67,8 +67,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALLOWED_ALGORITHMS: frozenset[str] = frozenset({"ES384", "RS384"})
-DEFAULT_LEEWAY_S = 30.0
-DEFAULT_MAX_LIFETIME_S = 3600.0
 JWKS_MAX_BYTES = 256 * 1024
 JWKS_FETCH_TIMEOUT_S = 2.0
 REFETCH_INTERVAL_S = 60.0
@@ -317,10 +315,8 @@ class JwtVerifier:
         self.issuers = dict(issuers)
         self.replay = replay
         self.jwks_cache = jwks_cache or JwksCache()
-        self.leeway = float(settings.extra.get("cds_jwt_leeway_s", DEFAULT_LEEWAY_S))
-        self.max_lifetime = float(
-            settings.extra.get("cds_jwt_max_lifetime_s", DEFAULT_MAX_LIFETIME_S)
-        )
+        self.leeway = settings.cds_jwt_leeway_s
+        self.max_lifetime = settings.cds_jwt_max_lifetime_s
 
     def expected_audiences(
         self, issuer: TrustedIssuer, path: str, request_root: str, extra_paths: Sequence[str] = ()

@@ -47,8 +47,8 @@ def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None)
     """The CDS Hooks blueprint; ``evaluator`` replaces :func:`fhir_trial.evaluate.evaluate` in tests."""
     service = CdsService(settings, evaluator)
     bp = Blueprint("cds_hooks", __name__)
-    cors_origins = settings.extra.get("cds_cors_origins", "*")
-    discovery_needs_jwt = bool(settings.extra.get("cds_discovery_requires_jwt", False))
+    cors_origins = settings.cds_cors_origins
+    discovery_needs_jwt = settings.cds_discovery_requires_jwt
 
     @bp.record_once
     def _remember(state: Any) -> None:
@@ -64,7 +64,7 @@ def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None)
         if request.endpoint not in CORS_ENDPOINTS:
             return response
         origin = request.headers.get("Origin")
-        if cors_origins == "*":
+        if "*" in cors_origins:
             response.headers["Access-Control-Allow-Origin"] = "*"
         elif origin and origin in cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin

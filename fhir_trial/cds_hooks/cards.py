@@ -6,7 +6,7 @@
   ``candidate``, and override reasons;
 - ineligible: no card by default (``Settings.cds_cards_for_ineligible`` turns on a short one);
 - screening not completed (deadline passed, data unavailable): a card that says so, when
-  configured (``Settings.extra["cds_incomplete_card"]``, default on).
+  configured (``Settings.cds_incomplete_card``, default on).
 
 Every card and suggestion carries a fresh UUID (feedback refers to them).
 """

@@ -125,9 +125,9 @@ class CdsService:
         self.worksheets = WorksheetStore(
             self.replay_database, secret, settings.worksheet_token_ttl_s
         )
-        self.incomplete_cards = bool(settings.extra.get("cds_incomplete_card", True))
+        self.incomplete_cards = settings.cds_incomplete_card
         self.development = settings.cds_development_mode
-        self._dev_fhir_servers = tuple(settings.extra.get("cds_dev_fhir_servers", ()))
+        self._dev_fhir_servers = settings.cds_dev_fhir_servers
         self._pipeline = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cds-screen")
         self._fetchers = ThreadPoolExecutor(
             max_workers=max(4, settings.search_concurrency * 4), thread_name_prefix="cds-fetch"
