@@ -106,15 +106,21 @@ def immunodeficiency(ctx: Context) -> Finding:
 def heart_failure(ctx: Context) -> Finding:
     """exc-heart-failure: latest NYHA class III/IV finding, else heart failure without a class."""
     nyha = ctx.valueset("nyha-class-iii-iv")
+    milder = ctx.valueset("nyha-class-i-ii")  # a later class I/II finding supersedes III/IV
     findings: list[tuple[DateSpan | None, str, Resource]] = []
     if ctx.record.usable("Condition"):
-        for condition in ctx.record.with_code("Condition", nyha):
-            if condition_counts(condition):
-                findings.append((condition_onset(condition), "Condition", condition))
+        for valueset in (nyha, milder):
+            for condition in ctx.record.with_code("Condition", valueset):
+                if condition_counts(condition):
+                    findings.append((condition_onset(condition), "Condition", condition))
     if ctx.record.usable("Observation"):
         for observation in ctx.record.resources("Observation"):
             value = observation.get("valueCodeableConcept")
-            if value and observation.get("status") != "entered-in-error" and nyha.matches(value):
+            if (
+                value
+                and observation.get("status") != "entered-in-error"
+                and (nyha.matches(value) or milder.matches(value))
+            ):
                 findings.append((observation_time(observation), "Observation", observation))
     if findings:
         when, kind, latest = max(
@@ -122,6 +128,13 @@ def heart_failure(ctx: Context) -> Finding:
         )
         day = "undated" if when is None else when.start.isoformat()
         evidence = tuple(_ref(ctx, f[2]) for f in findings)
+        concept = latest.get("code" if kind == "Condition" else "valueCodeableConcept")
+        if milder.matches(concept):
+            return Finding(
+                "not-met",
+                f"latest NYHA class finding is {first_code(concept)} ({day}), not class III/IV",
+                evidence,
+            )
         if kind == "Condition":
             label = first_code(latest.get("code"))
             if condition_is_active(latest):
