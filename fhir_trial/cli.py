@@ -55,7 +55,8 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one clear line and a documented exit code on failure."""
     try:
-        cli.main(args=argv, prog_name="fhir-trial", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(n)'s code instead of raising it.
+        result = cli.main(args=argv, prog_name="fhir-trial", standalone_mode=False)
     except FhirTrialError as exc:
         click.echo(f"error: {exc.message}", err=True)
         return exc.exit_code
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -160,3 +160,11 @@ def test_operation_outcome_is_itself_valid(schema: Path) -> None:
     empty = operation_outcome([], checked=3)
     assert empty["issue"][0]["severity"] == "information"
     assert validate_resource(empty, schema_path=schema) == []
+
+
+def test_schema_validator_is_compiled_once_per_type(schema: Path) -> None:
+    from fhir_trial import validation
+
+    first = validation._type_validator(str(schema), "Patient")
+    assert validation._type_validator(str(schema), "Patient") is first
+    assert validation._type_validator(str(schema), "NotAType") is None
