@@ -71,14 +71,15 @@ class PatientRecord:
             return
         rid = resource.get("id")
         key = f"{rtype}/{rid}" if rid else None
-        if key and key in self._by_reference:
-            return
-        if id(resource) in self._seen:
-            return
-        self._seen.add(id(resource))
-        self._by_type[rtype].append(resource)
         if key:
+            if key in self._by_reference:
+                return
             self._by_reference[key] = resource
+        else:  # no id: the same dict object is still kept once
+            if id(resource) in self._seen:
+                return
+            self._seen.add(id(resource))
+        self._by_type[rtype].append(resource)
         if full_url:
             self._by_reference[full_url] = resource
             # Absolute server URLs ending in Type/id are also reachable by their relative form.
@@ -87,9 +88,16 @@ class PatientRecord:
         element = _CODE_ELEMENT.get(rtype)
         if element:
             index = self._by_code[rtype]
-            for coding in codings(resource.get(element)):
-                for key_ in lookup_keys(coding.get("system"), coding.get("code")):
-                    index[key_].append(resource)
+            concept = resource.get(element)
+            found = concept.get("coding") if type(concept) is dict else None
+            # Plain JSON (the usual case) skips the Mapping checks of codings(); same result.
+            for coding in found if type(found) is list else codings(concept):
+                if type(coding) is not dict and not isinstance(coding, Mapping):
+                    continue
+                code = coding.get("code")
+                if code:
+                    for key_ in lookup_keys(coding.get("system"), code):
+                        index[key_].append(resource)
 
     def add_all(self, resources: Iterable[Resource]) -> None:
         """Add many resources."""

@@ -74,10 +74,12 @@ def lookup_keys(system: str | None, code: str | None) -> list[Code]:
 
 def codings(concept: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     """The codings of a CodeableConcept (empty for None or a concept with text only)."""
-    if not concept:
-        return []
+    if not isinstance(concept, Mapping):
+        return []  # absent, or malformed data (a string where a CodeableConcept belongs)
     found = concept.get("coding")
-    return found if isinstance(found, list) else []
+    if not isinstance(found, list):
+        return []
+    return [c for c in found if isinstance(c, Mapping)]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ Any failure raises :class:`AuthError`; the HTTP layer answers a bare 401 and log
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import sqlite3
@@ -44,6 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+import orjson
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -317,6 +320,7 @@ class JwtVerifier:
         self.jwks_cache = jwks_cache or JwksCache()
         self.leeway = settings.cds_jwt_leeway_s
         self.max_lifetime = settings.cds_jwt_max_lifetime_s
+        self._keys = _PublicKeyCache()
 
     def expected_audiences(
         self, issuer: TrustedIssuer, path: str, request_root: str, extra_paths: Sequence[str] = ()
@@ -335,10 +339,8 @@ class JwtVerifier:
     ) -> ClientIdentity:
         """Verify the bearer JWT of a call to ``path``; raise :class:`AuthError` if it fails."""
         token = _bearer(authorization)
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise AuthError("malformed JWT header") from exc
+        # Peek at header and payload only to pick the key; PyJWT then checks everything itself.
+        header, unverified = _peek(token)
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
             raise AuthError(f"JWT algorithm {str(alg)[:20]!r} is not allowed")
@@ -347,16 +349,12 @@ class JwtVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise AuthError("JWT header has no kid")
-        try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise AuthError("malformed JWT payload") from exc
         iss = unverified.get("iss")
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise AuthError("JWT issuer is not trusted")
         jwk = self._find_key(issuer, kid, header.get("jku"), budget_s)
-        key = _public_key(jwk, alg)
+        key = self._keys.get(jwk, alg)
         audiences = self.expected_audiences(issuer, path, request_root, extra_paths)
         try:
             claims = jwt.decode(
@@ -414,6 +412,48 @@ def _bearer(authorization: str | None) -> str:
     if len(token) > 16384:
         raise AuthError("JWT too long")
     return token
+
+
+def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload of a compact JWS, unverified (raises :class:`AuthError` if malformed)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise AuthError("malformed JWT")
+    decoded: list[dict[str, Any]] = []
+    for part, what in ((parts[0], "header"), (parts[1], "payload")):
+        try:
+            value = orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        except (ValueError, binascii.Error):
+            raise AuthError(f"malformed JWT {what}") from None
+        if not isinstance(value, dict):
+            raise AuthError(f"malformed JWT {what}")
+        decoded.append(value)
+    return decoded[0], decoded[1]
+
+
+class _PublicKeyCache:
+    """Key objects built from JWKs, kept by the JWK's content (parsing a JWK costs per call)."""
+
+    _MAX = 64
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[tuple[str, bytes], Any] = {}
+
+    def get(self, jwk: Mapping[str, Any], alg: str) -> Any:
+        """The checked public key of ``jwk`` for ``alg`` (raises :class:`AuthError`)."""
+        try:
+            cache_key = (alg, orjson.dumps(dict(jwk), option=orjson.OPT_SORT_KEYS))
+        except TypeError as exc:
+            raise AuthError("JWK unusable for the JWT algorithm") from exc
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = _public_key(jwk, alg)
+            with self._lock:
+                if len(self._keys) >= self._MAX:
+                    self._keys.clear()
+                self._keys[cache_key] = key
+        return key
 
 
 def _public_key(jwk: Mapping[str, Any], alg: str) -> Any:

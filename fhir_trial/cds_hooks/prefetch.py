@@ -150,12 +150,13 @@ def _add(
     record: PatientRecord, resources: Iterable[dict[str, Any]], patient_id: str, source: str
 ) -> int:
     dropped = 0
+    ours = f"Patient/{patient_id}"
     for resource in resources:
         if resource.get("resourceType") == "Patient":
             if not _is_our_patient(resource, patient_id):
                 dropped += 1
                 continue
-        elif _belongs_to_someone_else(resource, patient_id):
+        elif _belongs_to_someone_else(resource, ours):
             dropped += 1
             continue
         record.add(resource)
@@ -171,7 +172,16 @@ def _is_our_patient(patient: Mapping[str, Any], patient_id: str) -> bool:
     return rid is None or str(rid) == patient_id
 
 
-def _belongs_to_someone_else(resource: Mapping[str, Any], patient_id: str) -> bool:
-    ours = f"Patient/{patient_id}"
-    refs = [ref for ref in patient_refs(resource) if ref.startswith("Patient/")]
-    return bool(refs) and ours not in refs
+def _belongs_to_someone_else(resource: Mapping[str, Any], ours: str) -> bool:
+    """Whether the resource points at a Patient, but never at ``ours`` (``Patient/<id>``)."""
+    for name in ("subject", "patient"):  # where the patient usually is: decided at once
+        value = resource.get(name)
+        if isinstance(value, dict) and value.get("reference") == ours:
+            return False
+    other = False
+    for ref in patient_refs(resource):
+        if ref == ours:
+            return False
+        if ref.startswith("Patient/"):
+            other = True
+    return other

@@ -11,7 +11,7 @@ from fhir_trial.config import Settings
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import PatientRecord, Resource
 from fhir_trial.report import Finding
-from fhir_trial.terminology import Terminology, ValueSet
+from fhir_trial.terminology import Terminology, ValueSet, codings
 
 IGNORED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
@@ -39,9 +39,9 @@ class Context:
 
 def first_code(concept: Mapping[str, Any] | None) -> str:
     """``code`` of the first coding, or the text: for readable reasons."""
-    if not concept:
+    if not isinstance(concept, Mapping):
         return "?"
-    for coding in concept.get("coding", []) or []:
+    for coding in codings(concept):
         label = coding.get("display") or coding.get("code")
         if label:
             return str(label)
@@ -49,7 +49,7 @@ def first_code(concept: Mapping[str, Any] | None) -> str:
 
 
 def _code_of(concept: Mapping[str, Any] | None) -> str | None:
-    for coding in (concept or {}).get("coding", []) or []:
+    for coding in codings(concept):
         if coding.get("code"):
             return str(coding["code"])
     return None

@@ -35,11 +35,11 @@ def decide_serology(
     *,
     requirement: str,
     missing: str,
-    review_positive: Iterable[tuple[Resource, Reading, str]] = (),
+    review_only: Iterable[tuple[Resource, Reading, str]] = (),
 ) -> Finding:
     """Combine per-result readings into a status (see the module docstring).
 
-    ``review_positive`` are extra results that can only ever be reviewed (ANA by another method),
+    ``review_only`` are extra results that can only ever be reviewed (ANA by another method),
     each with the reason why.
     """
     positives: list[tuple[Resource, Reading]] = []
@@ -60,7 +60,7 @@ def decide_serology(
             negatives.append((obs, reading))
         else:
             review.append((obs, f"cannot be read: {said}"))
-    for obs, reading, why in review_positive:
+    for obs, reading, why in review_only:
         if observation_status(obs) == "ignored":
             ignored += 1
             continue
@@ -153,7 +153,7 @@ def ana(ctx: Context) -> Finding:
         ((o, read(o)) for o in by_if),
         requirement=f">= 1:{threshold} by immunofluorescence required",
         missing="ANA titer by immunofluorescence (LOINC 5048-4)",
-        review_positive=(
+        review_only=(
             (
                 o,
                 above_normal(o, above, positive),

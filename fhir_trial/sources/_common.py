@@ -33,6 +33,8 @@ def normalise_reference(reference: str) -> str:
     """``Type/id`` for relative or absolute literal references; anything else unchanged."""
     if reference.startswith(("urn:", "#")) or "?" in reference:
         return reference
+    if reference.count("/") == 1 and not reference.endswith("\n"):
+        return reference  # already ``Type/id`` (or not a literal reference): the regex keeps it
     match = _LITERAL.match(reference)
     if match is None:
         return reference
