@@ -50,6 +50,7 @@ class Settings:
     iv_antibiotics_window_days: int = 7
     herpes_window_days: int = 84
     pregnancy_test_window_days: int = 30
+    pregnancy_max_days: int = 300  # an "active" pregnancy older than this is stale: needs-review
     recent_trial_window_days: int = 90
     b_cell_therapy_window_days: int = 30
     abnormal_labs_window_days: int = 30

@@ -45,6 +45,7 @@ SOURCE: Mapping[str, Any] = {
 }
 _MAX_SUMMARY = 139
 _MD_SPECIAL = "\\`*_{}[]<>#|~!"
+_MD_ESCAPES = str.maketrans({c: f"\\{c}" for c in _MD_SPECIAL})
 
 
 @lru_cache(maxsize=1)
@@ -56,8 +57,7 @@ def override_reasons() -> tuple[Mapping[str, str], ...]:
 
 def markdown_escape(text: str) -> str:
     """Escape text for GitHub-flavoured markdown (one line)."""
-    flat = " ".join(str(text).split())
-    return "".join(f"\\{c}" if c in _MD_SPECIAL else c for c in flat)
+    return " ".join(str(text).split()).translate(_MD_ESCAPES)
 
 
 def _summary(text: str) -> str:

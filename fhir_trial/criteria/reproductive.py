@@ -1,7 +1,8 @@
 """exc-pregnancy-lactation: pregnant, breastfeeding, or planning a pregnancy within six months.
 
 Male -> not-applicable. Within the pregnancy-test window: a pregnancy status answered "pregnant",
-a positive hCG, or breastfeeding -> met. An active pregnancy Condition -> met. Anything else ->
+a positive hCG, or breastfeeding -> met. An active pregnancy Condition -> met, unless its onset is
+older than ``Settings.pregnancy_max_days`` (a stale entry: needs-review). Anything else ->
 needs-review: a planned pregnancy cannot be computed from the record, so this exclusion is never
 ``not-met`` for a patient who may be female.
 """
@@ -14,6 +15,7 @@ from typing import Any
 from fhir_trial.criteria.context import (
     Context,
     category_unavailable,
+    condition_onset,
     conditions_in,
     first_code,
 )
@@ -27,6 +29,7 @@ from fhir_trial.observations import (
     quantity_of,
     split_by_window,
 )
+from fhir_trial.record import Resource
 from fhir_trial.report import Finding
 
 
@@ -115,9 +118,17 @@ def pregnancy_lactation(ctx: Context) -> Finding:
                         f"{what} {found} on {date_text(item.resource)} is older than {days} days",
                     )
                 )
-    conditions = conditions_in(ctx, "pregnancy-findings", active_only=True) + conditions_in(
-        ctx, "breastfeeding-status", active_only=True
-    )
+    # An "active" pregnancy recorded longer ago than a pregnancy lasts is a stale problem-list entry
+    # (common in exported records): a person must check it rather than the patient being excluded.
+    oldest_current = ctx.days_before(ctx.settings.pregnancy_max_days)
+    stale: list[Resource] = []
+    conditions: list[Resource] = []
+    for condition in conditions_in(ctx, "pregnancy-findings", active_only=True):
+        onset = condition_onset(condition)
+        (stale if onset is not None and onset.end < oldest_current else conditions).append(
+            condition
+        )
+    conditions += conditions_in(ctx, "breastfeeding-status", active_only=True)
     if met or conditions:
         said = [s for _, s in met] + [
             f"active {first_code(c.get('code'))} ({record.reference_to(c)})" for c in conditions
@@ -129,6 +140,19 @@ def pregnancy_lactation(ctx: Context) -> Finding:
             + tuple(record.reference_to(c) for c in conditions),
         )
     planned = "a pregnancy planned within six months cannot be computed from the record"
+    if stale:
+        return Finding(
+            "needs-review",
+            "; ".join(
+                f"{first_code(c.get('code'))} recorded as active since "
+                f"{condition_onset(c).start.isoformat()}"  # type: ignore[union-attr]
+                f", longer than {ctx.settings.pregnancy_max_days} days: is she still pregnant?"
+                for c in stale
+            )
+            + f"; {planned}",
+            tuple(record.reference_to(c) for c in stale)
+            + tuple(reference(d.resource) for d, _ in review),
+        )
     if review:
         return Finding(
             "needs-review",
