@@ -5,8 +5,18 @@ Run: ``.venv/bin/python benchmarks/bench_cds.py [--resources 300] [--workers 4] 
 Starts ``fhir-trial serve`` (gunicorn, sync workers) on a free local port with a trusted-issuers
 file for the public CDS Hooks sandbox (its published key pair in ../shared), then sends
 ``patient-view`` calls carrying the full prefetch of one synthetic patient of a few hundred
-resources, each with a fresh sandbox-signed JWT (minted before timing starts), at concurrency 1
-and 8, and the same number of ``GET /healthz`` calls. Prints p50/p95/p99 latency for each.
+resources (the first synthetic patient the screening answers with a card, so card rendering and
+the worksheet row are part of every call), each with a fresh sandbox-signed JWT (minted before
+timing starts; the server verifies it, as deployed), at concurrency 1 and 8, and the same number
+of ``GET /healthz`` calls, measured the same way in the same run.
+
+Fairness: the load comes from separate client processes (one per concurrent caller, each with its
+own connection, reopened when the sync worker closes it), not from threads sharing the GIL with
+each other; health and hook calls alternate in several rounds so background load on the machine
+hits both alike; warm-up calls are not counted; the run stops itself after about two minutes.
+Besides latency it prints the server's CPU time per call (gunicorn workers, from /proc), which
+hardly depends on other load on the machine.
+
 Without ../shared the tokens cannot be signed and the service runs in development mode (said so).
 Target (issue 4): hook p50 <= 3 x health p50 at concurrency 8. The last line is the verdict.
 """
@@ -17,6 +27,7 @@ import argparse
 import base64
 import http.client
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -24,10 +35,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +53,8 @@ SANDBOX = ROOT.parent / "shared" / "fixtures" / "cds-hooks" / "sandbox"
 SANDBOX_ISS = "https://sandbox.cds-hooks.org"
 TARGET = 3.0
 HOOK_PATH = f"/cds-services/{SERVICE_ID}"
+CONCURRENCIES = (1, 8)
+TIME_LIMIT_S = 110.0
 
 
 def _free_port() -> int:
@@ -111,47 +123,105 @@ def prefetch_for(bundle: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return str(patient["id"]), prefetch
 
 
-def _request(
-    port: int, method: str, path: str, body: bytes | None, headers: dict[str, str]
-) -> tuple[int, float]:
-    started = time.perf_counter()
+def patient_with_card(size: int) -> tuple[int, str, dict[str, Any], str]:
+    """The first synthetic patient (seed) the screening answers with a card: seed, id, prefetch, verdict."""
+    from fhir_trial.cds_hooks.prefetch import apply_prefetch
+    from fhir_trial.config import Settings
+    from fhir_trial.evaluate import evaluate
+    from fhir_trial.record import PatientRecord
+
+    settings = Settings.from_env(as_of=AS_OF)
+    verdict = ""
+    for seed in range(1, 60):
+        patient_id, prefetch = prefetch_for(synthetic_bundle(seed, size))
+        record = PatientRecord()
+        apply_prefetch(record, prefetch, patient_id)
+        verdict = evaluate(record, settings).verdict
+        if verdict != "ineligible":
+            return seed, patient_id, prefetch, verdict
+    patient_id, prefetch = prefetch_for(synthetic_bundle(1, size))
+    return 1, patient_id, prefetch, verdict
+
+
+# ------------------------------------------------------------------------------------ load
+# Set before the client processes fork (they inherit it; nothing large is pickled per call).
+_CALLS: dict[str, Any] = {}
+
+
+def _client(
+    port: int,
+    kind: str,
+    first_token: int,
+    counter: Any,
+    total: int,
+    stop_at: float,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """One concurrent caller: takes call numbers from ``counter`` until ``total``; sends latencies."""
+    body: bytes = _CALLS["body"]
+    tokens: Sequence[str] = _CALLS["tokens"]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read()
-        status = response.status
-    finally:
-        conn.close()
-    return status, time.perf_counter() - started
-
-
-def run_load(count: int, concurrency: int, one: Callable[[int], tuple[int, float]]) -> list[float]:
-    """``count`` calls of ``one(i)`` spread over ``concurrency`` threads; returns latencies."""
     latencies: list[float] = []
-    errors: list[int] = []
-    lock = threading.Lock()
-    counter = iter(range(count))
+    failures: list[int] = []
+    barrier.wait()
+    while time.monotonic() < stop_at:
+        with counter.get_lock():
+            number = counter.value
+            if number >= total:
+                break
+            counter.value += 1
+        if kind == "hook":
+            headers = {"Content-Type": "application/json"}
+            token = tokens[first_token + number] if tokens else ""
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            method, path, payload = "POST", HOOK_PATH, body
+        else:
+            headers, method, path, payload = {}, "GET", "/healthz", None
+        started = time.perf_counter()
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            status = -1
+        latencies.append(time.perf_counter() - started)
+        if status != 200:
+            failures.append(status)
+    conn.close()
+    results.put((latencies, failures))
 
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            status, elapsed = one(i)
-            with lock:
-                latencies.append(elapsed)
-                if status != 200:
-                    errors.append(status)
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise SystemExit(f"{len(errors)} calls failed (statuses {sorted(set(errors))})")
+def run_phase(
+    port: int, kind: str, count: int, concurrency: int, first_token: int, stop_at: float
+) -> list[float]:
+    """``count`` calls of one kind from ``concurrency`` client processes; returns latencies."""
+    ctx = multiprocessing.get_context("fork")
+    counter = ctx.Value("i", 0)
+    barrier = ctx.Barrier(concurrency)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_client,
+            args=(port, kind, first_token, counter, count, stop_at, barrier, results),
+        )
+        for _ in range(concurrency)
+    ]
+    for proc in procs:
+        proc.start()
+    latencies: list[float] = []
+    failures: list[int] = []
+    for _ in procs:
+        got, failed = results.get(timeout=120)
+        latencies += got
+        failures += failed
+    for proc in procs:
+        proc.join()
+    if failures:
+        raise SystemExit(f"{len(failures)} {kind} calls failed (statuses {sorted(set(failures))})")
     return latencies
 
 
@@ -161,21 +231,39 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
     return cuts[49] * 1000, cuts[94] * 1000, cuts[98] * 1000
 
 
+def worker_cpu_seconds(master_pid: int) -> float | None:
+    """User + system CPU of the gunicorn master's children (Linux /proc); None elsewhere."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    try:
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+        for pid in children:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / tick
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--resources", type=int, default=300, help="resources in the patient's record"
     )
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
     parser.add_argument(
         "--requests", type=int, default=200, help="calls per endpoint and concurrency"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="alternating hook/health rounds per concurrency"
+    )
     args = parser.parse_args()
+    per_round = max(1, args.requests // args.rounds)
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     signed = SANDBOX.is_dir()
-    patient_id, prefetch = prefetch_for(synthetic_bundle(1, args.resources))
+    seed, patient_id, prefetch, verdict = patient_with_card(args.resources)
     n_resources = 1 + sum(len(v.get("entry", [])) for k, v in prefetch.items() if k != "patient")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,21 +293,24 @@ def main() -> int:
         else:
             print("../shared not found: development mode (no JWT verification)")
             command.append("--development-mode")
-        server = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        log_path = Path(tmp) / "server.log"
+        with log_path.open("wb") as server_log:
+            server = subprocess.Popen(
+                command,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=server_log,
+                start_new_session=True,
+            )
         try:
             _wait_until_up(port)
+            warm_hooks = 4 * args.workers
+            total_hooks = warm_hooks + per_round * args.rounds * len(CONCURRENCIES)
             signer = SandboxSigner() if signed else None
-            total_hooks = args.requests * 2 + 10
-            tokens = [
-                signer.token(f"{base}{HOOK_PATH}") if signer else "" for _ in range(total_hooks)
-            ]
-            body = json.dumps(
+            _CALLS["tokens"] = (
+                [signer.token(f"{base}{HOOK_PATH}") for _ in range(total_hooks)] if signer else []
+            )
+            _CALLS["body"] = body = json.dumps(
                 {
                     "hookInstance": str(uuid.uuid4()),
                     "hook": "patient-view",
@@ -228,52 +319,83 @@ def main() -> int:
                 },
                 separators=(",", ":"),
             ).encode()
-            used = iter(range(total_hooks))
-
-            def hook(_: int) -> tuple[int, float]:
-                headers = {"Content-Type": "application/json"}
-                token = tokens[next(used)]
-                if token:
-                    headers["Authorization"] = f"Bearer {token}"
-                return _request(port, "POST", HOOK_PATH, body, headers)
-
-            def health(_: int) -> tuple[int, float]:
-                return _request(port, "GET", "/healthz", None, {})
-
-            run_load(10, 2, hook)  # warm every worker
-            run_load(20, 4, health)
+            cards = _cards_in_one_call(port, body, _CALLS["tokens"][0] if signed else "")
+            stop_at = time.monotonic() + TIME_LIMIT_S
+            used = 1
+            run_phase(port, "hook", warm_hooks - 1, args.workers, used, stop_at)  # warm-up
+            used = warm_hooks
+            run_phase(port, "health", 5 * args.workers, args.workers, 0, stop_at)
             print(
-                f"bench_cds: gunicorn {args.workers} sync workers on 127.0.0.1, patient with "
-                f"{n_resources} resources in full prefetch ({len(body) // 1024} KiB), "
-                f"{'sandbox-signed ES384 JWTs' if signed else 'development mode'}, {args.requests} calls each"
+                f"bench_cds: gunicorn {args.workers} sync workers on 127.0.0.1; synthetic patient "
+                f"(seed {seed}, {verdict}, {cards} card(s) per call) with {n_resources} resources "
+                f"in full prefetch ({len(body) // 1024} KiB); "
+                f"{'sandbox-signed ES384 JWTs, verified' if signed else 'development mode'}; "
+                f"{per_round * args.rounds} calls each, {args.rounds} alternating rounds; "
+                f"client: one process per concurrent caller"
             )
             results: dict[tuple[str, int], tuple[float, float, float]] = {}
-            for concurrency in (1, 8):
-                for name, fn in (("hook", hook), ("health", health)):
-                    results[(name, concurrency)] = percentiles(
-                        run_load(args.requests, concurrency, fn)
-                    )
-                    p50, p95, p99 = results[(name, concurrency)]
+            for concurrency in CONCURRENCIES:
+                latencies: dict[str, list[float]] = {"hook": [], "health": []}
+                cpu: dict[str, float] = {"hook": 0.0, "health": 0.0}
+                for _ in range(args.rounds):
+                    for kind in ("hook", "health"):
+                        before = worker_cpu_seconds(server.pid)
+                        got = run_phase(port, kind, per_round, concurrency, used, stop_at)
+                        after = worker_cpu_seconds(server.pid)
+                        if before is not None and after is not None:
+                            cpu[kind] += after - before
+                        if kind == "hook":
+                            used += per_round
+                        latencies[kind] += got
+                if time.monotonic() > stop_at:
+                    print(f"time limit reached: fewer calls than asked at c={concurrency}")
+                for kind in ("hook", "health"):
+                    values = latencies[kind]
+                    results[(kind, concurrency)] = p50, p95, p99 = percentiles(values)
                     print(
-                        f"{name:>6} c={concurrency}: p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  p99 {p99:7.2f} ms"
+                        f"{kind:>6} c={concurrency}: p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  "
+                        f"p99 {p99:7.2f} ms  (server CPU {cpu[kind] / len(values) * 1000:5.2f} ms/call)"
                     )
+        except BaseException:
+            sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+            raise
         finally:
             os.killpg(server.pid, signal.SIGTERM)
-            server.communicate(timeout=30)
+            server.wait(timeout=30)
     ratio = results[("hook", 8)][0] / results[("health", 8)][0]
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     print(f"hook/health p50 ratio at c=8: {ratio:.2f} (target <= {TARGET}): {verdict}")
     return 0 if verdict == "PASS" else 1
 
 
+def _cards_in_one_call(port: int, body: bytes, token: str) -> int:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", HOOK_PATH, body=body, headers=headers)
+        response = conn.getresponse()
+        answer = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise SystemExit(f"the hook answered HTTP {response.status}: {answer[:300]!r}")
+    return len(json.loads(answer)["cards"])
+
+
 def _wait_until_up(port: int) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
-            if _request(port, "GET", "/healthz", None, {})[0] == 200:
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
                 return
         except OSError:
             pass
+        finally:
+            conn.close()
         time.sleep(0.1)
     raise SystemExit("the server did not start within 60 s")
 

@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     py_median = statistics.median(python_times)
     cql_median = statistics.median(cql_times)
     ratio = sum(cql_times) / sum(python_times)
-    print(f"median per patient: python {py_median * 1e3:.2f} ms, cql engine {cql_median * 1e3:.2f} ms")
+    print(
+        f"median per patient: python {py_median * 1e3:.2f} ms, cql engine {cql_median * 1e3:.2f} ms"
+    )
     verdict = "PASS" if ratio >= TARGET else "FAIL"
     print(f"cql-engine/python speed ratio: {ratio:.1f} (target >= {TARGET:g}): {verdict}")
     return 0

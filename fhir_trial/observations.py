@@ -362,12 +362,16 @@ class Reading:
 
 
 def above_normal(
-    observation: Resource, above_normal_interpretations: ValueSet, positive_answers: ValueSet
+    observation: Resource,
+    above_normal_interpretations: ValueSet,
+    positive_answers: ValueSet,
+    negative_answers: ValueSet | None = None,
 ) -> Reading:
     """Whether a result is above normal by its interpretation, coded answer or reference range.
 
     In order: an interpretation in ``above_normal_interpretations`` (H, HH, A, AA, POS) or a coded
-    value in ``positive_answers`` -> positive; a numeric value against the result's own
+    value in ``positive_answers`` -> positive; a coded value in ``negative_answers`` -> negative; a
+    numeric value against the result's own
     ``referenceRange.high`` (never a fixed cut-off: assays differ) -> positive/negative; any other
     interpretation (N, L, NEG) -> negative; anything else -> unreadable.
     """
@@ -377,6 +381,8 @@ def above_normal(
     concept = coded_value(observation)
     if concept is not None and positive_answers.matches(concept):
         return Reading("positive", f"result {_concept_label(concept)}")
+    if concept is not None and negative_answers is not None and negative_answers.matches(concept):
+        return Reading("negative", f"result {_concept_label(concept)}")
     number = quantity_of(observation)
     if number is None:
         parsed = parse_number(observation.get("valueString"))

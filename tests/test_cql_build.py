@@ -61,19 +61,27 @@ def test_build_folder_is_current(fresh: tuple[Translation, Path]) -> None:
     for path in out.glob("*.json"):
         current = BUILD_DIR / path.name
         assert current.is_file(), f"{current} missing: run `fhir-trial cql build`"
-        assert json.loads(current.read_text(encoding="utf-8")) == json.loads(path.read_text(encoding="utf-8")), (
-            f"{current.name} is stale relative to cql/: run `fhir-trial cql build`"
-        )
+        assert json.loads(current.read_text(encoding="utf-8")) == json.loads(
+            path.read_text(encoding="utf-8")
+        ), f"{current.name} is stale relative to cql/: run `fhir-trial cql build`"
 
 
 def test_library_carries_current_cql_and_elm(fresh: tuple[Translation, Path]) -> None:
     """The Library's text/cql attachments equal cql/*.cql and its ELM equals a fresh translation."""
     _, out = fresh
     content = _library().get("content", [])
-    cql = {a["title"]: base64.b64decode(a["data"]) for a in content if a["contentType"] == "text/cql"}
-    elm = {a["title"]: json.loads(base64.b64decode(a["data"])) for a in content if a["contentType"] == "application/elm+json"}
+    cql = {
+        a["title"]: base64.b64decode(a["data"]) for a in content if a["contentType"] == "text/cql"
+    }
+    elm = {
+        a["title"]: json.loads(base64.b64decode(a["data"]))
+        for a in content
+        if a["contentType"] == "application/elm+json"
+    }
     assert cql == {p.name: p.read_bytes() for p in CQL_DIR.glob("*.cql")}, "Library CQL is stale"
-    assert elm == {p.name: json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*.json")}, "Library ELM is stale"
+    assert elm == {p.name: json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*.json")}, (
+        "Library ELM is stale"
+    )
 
 
 def test_one_define_per_criterion_and_verdict() -> None:
@@ -87,7 +95,13 @@ def test_data_requirements_name_project_valuesets() -> None:
     """Data requirements come from the ELM retrieves and point at the project's ValueSets."""
     requirements = data_requirements(main_elm())
     types = {r["type"] for r in requirements}
-    assert {"Patient", "Condition", "Observation", "MedicationRequest", "AllergyIntolerance"} <= types
+    assert {
+        "Patient",
+        "Condition",
+        "Observation",
+        "MedicationRequest",
+        "AllergyIntolerance",
+    } <= types
     urls = {f["valueSet"] for r in requirements for f in r.get("codeFilter", [])}
     assert "https://fhir-trial.org/fhir/ValueSet/sledai-2k-total" in urls
     assert all(url.startswith("https://fhir-trial.org/fhir/ValueSet/") for url in urls)
@@ -97,7 +111,9 @@ def test_translation_errors_are_reported(tmp_path: Path) -> None:
     """A broken library makes translate raise with the translator's message (not a traceback)."""
     project = tmp_path / "project"
     (project / "cql").mkdir(parents=True)
-    (project / "cql" / "Broken.cql").write_text("library Broken version '1'\ndefine X: 1 +\n", encoding="utf-8")
+    (project / "cql" / "Broken.cql").write_text(
+        "library Broken version '1'\ndefine X: 1 +\n", encoding="utf-8"
+    )
     tools = project / "tools" / "cql"
     tools.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "tools" / "cql" / "translate.mjs", tools / "translate.mjs")

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clinical_cases import ClinicalCase, all_cases, case_bundle
 
 from fhir_trial.config import Settings
 from fhir_trial.cql.engine import CqlEngine
 from fhir_trial.evaluate import evaluate
 from fhir_trial.record import CATEGORIES, PatientRecord
-from clinical_cases import ClinicalCase, all_cases, case_bundle
 
 CASES = all_cases()
 SYNTHEA_AS_OF = "2026-11-26"
@@ -37,27 +37,45 @@ def cql_engine() -> Iterator[CqlEngine]:
 
 
 def _differences(python: dict[str, str], cql: dict[str, str]) -> list[str]:
-    return [f"{k}: python {python[k]} / cql {cql.get(k)}" for k in python if python[k] != cql.get(k)]
+    return [
+        f"{k}: python {python[k]} / cql {cql.get(k)}" for k in python if python[k] != cql.get(k)
+    ]
 
 
-def _compare(engine: CqlEngine, bundle: dict[str, Any], record: PatientRecord, settings: Settings, failed: list[str]) -> None:
+def _compare(
+    engine: CqlEngine,
+    bundle: dict[str, Any],
+    record: PatientRecord,
+    settings: Settings,
+    failed: list[str],
+) -> None:
     report = evaluate(record, settings)
     result = engine.evaluate(bundle, settings, failed)
     python = {c.id: c.status for c in report.criteria}
     python["verdict"] = report.verdict
     cql = dict(result.statuses)
     cql["verdict"] = result.verdict
-    assert not _differences(python, cql), "Python and CQL disagree: " + "; ".join(_differences(python, cql))
+    assert not _differences(python, cql), "Python and CQL disagree: " + "; ".join(
+        _differences(python, cql)
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case_agrees(cql_engine: CqlEngine, case: ClinicalCase) -> None:
     """Each clinical case: same status per criterion and same verdict on both sides."""
-    _compare(cql_engine, case_bundle(case), case.record(), case.settings_object(), sorted(case.failed))
+    _compare(
+        cql_engine, case_bundle(case), case.record(), case.settings_object(), sorted(case.failed)
+    )
 
 
 def _synthea_bundles() -> list[Path]:
-    folder = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "synthea" / "bundles"
+    folder = (
+        Path(__file__).resolve().parent.parent.parent
+        / "shared"
+        / "fixtures"
+        / "synthea"
+        / "bundles"
+    )
     return sorted(folder.glob("*.json"))
 
 
@@ -86,6 +104,12 @@ def test_engine_reports_a_bad_bundle(cql_engine: CqlEngine) -> None:
 
     with pytest.raises(CqlEngineError, match="not a FHIR Bundle"):
         cql_engine.evaluate({"resourceType": "Patient"})
-    ok = cql_engine.evaluate({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Patient", "id": "p", "gender": "male"}}]}, Settings(as_of=None))
+    ok = cql_engine.evaluate(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": {"resourceType": "Patient", "id": "p", "gender": "male"}}],
+        },
+        Settings(as_of=None),
+    )
     assert ok.statuses["inc-contraception"] == "not-applicable"

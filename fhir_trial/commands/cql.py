@@ -38,14 +38,18 @@ def build() -> None:
         click.echo(f"warning: {warning}", err=True)
     for line in result.translated:
         click.echo(line)
-    click.get_current_context().invoke(build_resources.command, out_dir=DEFAULT_RESOURCES_DIR, check=False)
+    click.get_current_context().invoke(
+        build_resources.command, out_dir=DEFAULT_RESOURCES_DIR, check=False
+    )
 
 
 def stale_elm(cql_build: Path = BUILD_DIR) -> list[str]:
     """ELM files in ``cql_build`` that differ from a fresh translation (translated to a temp dir)."""
     with tempfile.TemporaryDirectory() as tmp:
         translate(PROJECT_ROOT, out_dir=Path(tmp))
-        fresh = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in Path(tmp).glob("*.json")}
+        fresh = {
+            p.name: json.loads(p.read_text(encoding="utf-8")) for p in Path(tmp).glob("*.json")
+        }
     current = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in cql_build.glob("*.json")}
     names = sorted(set(fresh) | set(current))
     return [name for name in names if fresh.get(name) != current.get(name)]

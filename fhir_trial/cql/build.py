@@ -64,7 +64,12 @@ def translate(
         command += ["--out", str(out_dir)]
     try:
         done = subprocess.run(
-            command, cwd=tools, capture_output=True, text=True, timeout=TRANSLATE_TIMEOUT_S, check=False
+            command,
+            cwd=tools,
+            capture_output=True,
+            text=True,
+            timeout=TRANSLATE_TIMEOUT_S,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ConfigurationError(f"cannot run the CQL translator: {exc}") from exc
@@ -74,7 +79,9 @@ def translate(
     translated = [line for line in lines if line.startswith("translated ")]
     if done.returncode != 0 or errors:
         first = errors[0] if errors else f"translator exit code {done.returncode}"
-        raise CqlTranslationError(f"CQL translation failed: {first.removeprefix('error: ')}", errors)
+        raise CqlTranslationError(
+            f"CQL translation failed: {first.removeprefix('error: ')}", errors
+        )
     return Translation(translated, warnings)
 
 
@@ -102,7 +109,9 @@ def data_requirements(elm: dict[str, Any]) -> list[dict[str, Any]]:
     }
     found: set[tuple[str, str, str]] = set()
     for node in _nodes(elm.get("library", {}).get("statements", {})):
-        if node.get("type") != "Retrieve" or not str(node.get("dataType", "")).startswith(FHIR_TYPE_PREFIX):
+        if node.get("type") != "Retrieve" or not str(node.get("dataType", "")).startswith(
+            FHIR_TYPE_PREFIX
+        ):
             continue
         rtype = node["dataType"][len(FHIR_TYPE_PREFIX) :]
         codes = node.get("codes") or {}
@@ -123,5 +132,7 @@ def main_elm(build_dir: Path = BUILD_DIR, name: str = "NCT06010472Eligibility") 
     try:
         elm: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"no usable ELM at {path}: run `fhir-trial cql build` ({exc})") from exc
+        raise ConfigurationError(
+            f"no usable ELM at {path}: run `fhir-trial cql build` ({exc})"
+        ) from exc
     return elm

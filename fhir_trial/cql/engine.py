@@ -117,7 +117,9 @@ class ExpansionIndex:
             self.expansions[vs.url] = [{"system": s, "code": c} for s, c in sorted(vs.codes)]
             for key in vs.codes:
                 self._members[key].append(vs.url)
-        self._listed = {url: {(c["system"], c["code"]) for c in codes} for url, codes in self.expansions.items()}
+        self._listed = {
+            url: {(c["system"], c["code"]) for c in codes} for url, codes in self.expansions.items()
+        }
 
     def extra_codes(self, bundle: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
         """Record codings that fhir_trial.terminology places in a ValueSet but CQL would not."""
@@ -129,7 +131,10 @@ class ExpansionIndex:
             for url in urls:
                 if (system, code) not in self._listed[url]:
                     extra[url].add((system, code))
-        return {url: [{"system": s, "code": c} for s, c in sorted(codes)] for url, codes in extra.items()}
+        return {
+            url: [{"system": s, "code": c} for s, c in sorted(codes)]
+            for url, codes in extra.items()
+        }
 
 
 class CqlEngine:
@@ -157,12 +162,19 @@ class CqlEngine:
             return self
         script = self.tools_dir / "engine.mjs"
         if not (self.tools_dir / "node_modules" / "cql-execution").is_dir():
-            raise ConfigurationError(f"the CQL toolchain is not installed: run `npm ci` in {self.tools_dir}")
+            raise ConfigurationError(
+                f"the CQL toolchain is not installed: run `npm ci` in {self.tools_dir}"
+            )
         libraries = []
         for path in sorted(self.build_dir.glob("*.json")):
             libraries.append(json.loads(path.read_text(encoding="utf-8")))
-        if not any(lib.get("library", {}).get("identifier", {}).get("id") == LIBRARY_NAME for lib in libraries):
-            raise ConfigurationError(f"no ELM for {LIBRARY_NAME} in {self.build_dir}: run `fhir-trial cql build`")
+        if not any(
+            lib.get("library", {}).get("identifier", {}).get("id") == LIBRARY_NAME
+            for lib in libraries
+        ):
+            raise ConfigurationError(
+                f"no ELM for {LIBRARY_NAME} in {self.build_dir}: run `fhir-trial cql build`"
+            )
         self._index = ExpansionIndex(load_terminology(self.resources_dir))
         try:
             self._process = subprocess.Popen(
@@ -177,7 +189,12 @@ class CqlEngine:
         except OSError as exc:
             raise CqlEngineError(f"cannot start node: {exc}") from exc
         self._call(
-            {"op": "load", "libraries": libraries, "main": LIBRARY_NAME, "valuesets": self._index.expansions}
+            {
+                "op": "load",
+                "libraries": libraries,
+                "main": LIBRARY_NAME,
+                "valuesets": self._index.expansions,
+            }
         )
         return self
 
@@ -225,7 +242,10 @@ class CqlEngine:
         return answer
 
     def evaluate_raw(
-        self, bundle: Mapping[str, Any], settings: Settings | None = None, failed: Iterable[str] = ()
+        self,
+        bundle: Mapping[str, Any],
+        settings: Settings | None = None,
+        failed: Iterable[str] = (),
     ) -> dict[str, Any]:
         """Every define's value for the one patient in ``bundle``."""
         if self._process is None:
@@ -246,7 +266,10 @@ class CqlEngine:
         return results
 
     def evaluate(
-        self, bundle: Mapping[str, Any], settings: Settings | None = None, failed: Iterable[str] = ()
+        self,
+        bundle: Mapping[str, Any],
+        settings: Settings | None = None,
+        failed: Iterable[str] = (),
     ) -> CqlResult:
         """The status of every criterion (null read as ``unknown``) and the verdict."""
         raw = self.evaluate_raw(bundle, settings, failed)

@@ -53,6 +53,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     window = f"within {days} days (from {start.isoformat()})"
     above = ctx.valueset("interpretation-above-normal")
     positive = ctx.valueset("positive-result-answers")
+    negative = ctx.valueset("negative-result-answers")
     pregnant_answers = ctx.valueset("pregnant-answers")
     breastfeeding = ctx.valueset("breastfeeding-status")
 
@@ -76,7 +77,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         return "pregnant" if concept is not None and pregnant_answers.matches(concept) else None
 
     def hcg_answer(item: Dated) -> str | None:
-        reading = above_normal(item.resource, above, positive)
+        reading = above_normal(item.resource, above, positive, negative)
         return f"positive ({reading.detail})" if reading.outcome == "positive" else None
 
     def breastfeeding_answer(item: Dated) -> str | None:
@@ -86,7 +87,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
             return "yes"
         if concept is not None and breastfeeding.matches(concept):
             return first_code(concept)
-        reading = above_normal(obs, above, positive)
+        reading = above_normal(obs, above, positive, negative)
         return "yes" if reading.outcome == "positive" else None
 
     record = ctx.record

@@ -109,6 +109,7 @@ def _ana_titer_reader(ctx: Context) -> Reader:
     threshold = ctx.settings.ana_min_titer
     above = ctx.valueset("interpretation-above-normal")
     positive = ctx.valueset("positive-result-answers")
+    negative = ctx.valueset("negative-result-answers")
 
     def read(obs: Resource) -> Reading:
         titer = read_titer(obs)
@@ -123,7 +124,7 @@ def _ana_titer_reader(ctx: Context) -> Reader:
         concept = coded_value(obs)
         if flagged is not None or (concept is not None and positive.matches(concept)):
             return Reading("unreadable", "positive without a titer")
-        general = above_normal(obs, above, positive)
+        general = above_normal(obs, above, positive, negative)
         if general.outcome == "negative" and interpretation_labels(obs):
             return Reading("negative", general.detail)
         return Reading("unreadable", general.detail)
@@ -147,6 +148,7 @@ def ana(ctx: Context) -> Finding:
     ]
     above = ctx.valueset("interpretation-above-normal")
     positive = ctx.valueset("positive-result-answers")
+    negative = ctx.valueset("negative-result-answers")
     return decide_serology(
         ctx,
         "ANA",
@@ -156,7 +158,7 @@ def ana(ctx: Context) -> Finding:
         review_only=(
             (
                 o,
-                above_normal(o, above, positive),
+                above_normal(o, above, positive, negative),
                 "ANA not measured as an immunofluorescence titer (the protocol asks for IF)",
             )
             for o in other
@@ -171,11 +173,12 @@ def _above_normal_criterion(ctx: Context, valueset_id: str, what: str, missing: 
         return unavailable
     above = ctx.valueset("interpretation-above-normal")
     positive = ctx.valueset("positive-result-answers")
+    negative = ctx.valueset("negative-result-answers")
     results = ctx.record.with_code("Observation", ctx.valueset(valueset_id))
     return decide_serology(
         ctx,
         what,
-        ((o, above_normal(o, above, positive)) for o in results),
+        ((o, above_normal(o, above, positive, negative)) for o in results),
         requirement="above the normal range of the reporting assay required",
         missing=missing,
     )
