@@ -22,8 +22,10 @@ $(NPM_STAMP): $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json
 demo: $(STAMP)
 	$(BIN)/fhir-trial screen-population --demo
 
-## test: lint, type-check and run the whole test suite (installs Python and npm packages itself)
+## test: lint, type-check and run the whole test suite (installs Python and npm packages, and
+## Debian's chromium for the browser test, itself)
 test: $(STAMP) $(NPM_STAMP)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	$(BIN)/ruff check fhir_trial tests benchmarks
 	$(BIN)/ruff format --check fhir_trial tests benchmarks
 	$(BIN)/mypy

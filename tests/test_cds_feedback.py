@@ -185,8 +185,8 @@ def test_worksheet_link_opens_the_read_only_report(client: FlaskClient, shared_d
 
 def test_worksheet_token_tampered_or_missing(client: FlaskClient, shared_dir: Path) -> None:
     url = _worksheet_url(client, shared_dir)
-    assert client.get(url[:-2] + ("AA" if not url.endswith("AA") else "BB")).status_code == 401
-    assert client.get(f"{SERVICE_PATH}/worksheet/nothing").status_code == 401
+    assert client.get(url[:-2] + ("AA" if not url.endswith("AA") else "BB")).status_code == 403
+    assert client.get(f"{SERVICE_PATH}/worksheet/nothing").status_code == 403
 
 
 def test_worksheet_token_from_another_secret_is_refused(
@@ -195,7 +195,7 @@ def test_worksheet_token_from_another_secret_is_refused(
     first = make_app(base_settings(tmp_path, **settings_kw)).test_client()
     url = _worksheet_url(first, shared_dir)
     other = make_app(base_settings(tmp_path, secret_key="another", **settings_kw)).test_client()
-    assert other.get(url).status_code == 401
+    assert other.get(url).status_code == 403
 
 
 def test_worksheet_tokens_expire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

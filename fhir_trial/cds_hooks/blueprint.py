@@ -28,11 +28,15 @@ from werkzeug.exceptions import HTTPException
 from fhir_trial.cds_hooks.auth import AuthError, ClientIdentity
 from fhir_trial.cds_hooks.cards import incomplete_card
 from fhir_trial.cds_hooks.discovery import SERVICE_ID, discovery_document
-from fhir_trial.cds_hooks.service import CdsService, Evaluator, HookError
+from fhir_trial.cds_hooks.service import (
+    CdsService,
+    Evaluator,
+    HookError,
+    settle_startup_objects,
+)
 from fhir_trial.cds_hooks.validation import first_error, request_problem
-from fhir_trial.cds_hooks.worksheet import render_worksheet
+from fhir_trial.cds_hooks.worksheet import worksheet_response
 from fhir_trial.config import Settings
-from fhir_trial.criteria.catalog import BY_ID
 
 __all__ = ["create_cds_blueprint"]
 
@@ -94,6 +98,7 @@ def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None)
     def hook(service_id: str) -> Response:
         if request.method == "OPTIONS":
             return _preflight()
+        settle_startup_objects()
         started = time.monotonic()
         _known(service_id)
         identity = _authenticate(service, request.path)
@@ -133,21 +138,7 @@ def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None)
     @bp.get(f"{DISCOVERY_PATH}/<service_id>/worksheet/<token>")
     def worksheet(service_id: str, token: str) -> Response:
         _known(service_id)
-        report = service.worksheets.load(token)
-        if report is None:
-            response = Response(
-                "This worksheet link is invalid or has expired.\n", 401, mimetype="text/plain"
-            )
-        else:
-            titles = {cid: spec.title for cid, spec in BY_ID.items()}
-            response = Response(render_worksheet(report, titles), 200, mimetype="text/html")
-            response.headers["Content-Security-Policy"] = (
-                "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
-            )
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+        return worksheet_response(service.worksheets, token)
 
     # ------------------------------------------------------------------ errors
     @bp.errorhandler(_Unauthorized)

@@ -14,6 +14,7 @@ Every card and suggestion carries a fresh UUID (feedback refers to them).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -45,7 +46,7 @@ SOURCE: Mapping[str, Any] = {
 }
 _MAX_SUMMARY = 139
 _MD_SPECIAL = "\\`*_{}[]<>#|~!"
-_MD_ESCAPES = str.maketrans({c: f"\\{c}" for c in _MD_SPECIAL})
+_MD_SPECIAL_RE = re.compile("([" + re.escape(_MD_SPECIAL) + "])")
 
 
 @lru_cache(maxsize=1)
@@ -57,7 +58,11 @@ def override_reasons() -> tuple[Mapping[str, str], ...]:
 
 def markdown_escape(text: str) -> str:
     """Escape text for GitHub-flavoured markdown (one line)."""
-    return " ".join(str(text).split()).translate(_MD_ESCAPES)
+    return _MD_SPECIAL_RE.sub(_backslashed, " ".join(str(text).split()))
+
+
+def _backslashed(match: re.Match[str]) -> str:
+    return "\\" + match.group(0)
 
 
 def _summary(text: str) -> str:

@@ -57,6 +57,7 @@ PARAMETER_FIELDS: Mapping[str, str] = {
     "IvAntibioticsWindowDays": "iv_antibiotics_window_days",
     "HerpesWindowDays": "herpes_window_days",
     "PregnancyTestWindowDays": "pregnancy_test_window_days",
+    "PregnancyMaxDays": "pregnancy_max_days",
     "RecentTrialWindowDays": "recent_trial_window_days",
     "BCellTherapyWindowDays": "b_cell_therapy_window_days",
     "AbnormalLabsWindowDays": "abnormal_labs_window_days",

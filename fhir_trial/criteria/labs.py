@@ -275,7 +275,11 @@ def abnormal_labs(ctx: Context) -> Finding:
     days = ctx.settings.abnormal_labs_window_days
     start = ctx.days_before(days)
     critical = ctx.valueset("interpretation-critical")
-    flagged = [o for o in ctx.record.resources("Observation") if interpretation_in(o, critical)]
+    flagged = [
+        o
+        for o in ctx.record.resources("Observation")
+        if o.get("interpretation") and interpretation_in(o, critical)  # none: never flagged
+    ]
     split = split_by_window(flagged, start, ctx.as_of)
     listed = sorted(
         [*split.inside, *split.ambiguous],

@@ -4,6 +4,7 @@
                             search parameters _id, identifier and (for canonical types) url
     GET <Type>/<id>         read (ETag from meta.versionId when present)
     GET <Type>?<params>     searchset Bundle with ``total`` and a self link of the parameters used
+    POST PlanDefinition/$apply, ResearchStudy/<id>/$screen-population: see :mod:`.operations`
 
 Everything answers ``application/fhir+json``. Errors are OperationOutcomes: unknown type or id
 404, unsupported search parameter or modifier 400 (``Prefer: handling=lenient`` ignores them
@@ -25,6 +26,7 @@ from flask import Blueprint, Response, request
 
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError
+from fhir_trial.fhir_api.operations import register_operations, resource_operations
 from fhir_trial.fhir_api.store import ResourceStore
 
 __all__ = ["create_fhir_blueprint", "operation_outcome"]
@@ -90,6 +92,7 @@ def capability_statement(store: ResourceStore, base_url: str, date: str) -> dict
                 "type": rtype,
                 "interaction": [{"code": "read"}, {"code": "search-type"}],
                 "searchParam": params,
+                **resource_operations(store, rtype),
             }
         )
     return {
@@ -108,7 +111,8 @@ def capability_statement(store: ResourceStore, base_url: str, date: str) -> dict
         "rest": [
             {
                 "mode": "server",
-                "documentation": "Read-only access to the study's published resources.",
+                "documentation": "Read-only access to the study's published resources, and "
+                "the screening operations listed under PlanDefinition and ResearchStudy.",
                 "resource": resources,
             }
         ],
@@ -124,6 +128,7 @@ def create_fhir_blueprint(settings: Settings) -> Blueprint:
     store = _load_store(settings)
     loaded_on = dt.date.today().isoformat()
     bp = Blueprint("fhir", __name__)
+    register_operations(bp, settings, store)
 
     def base_url(suffix: str) -> str:
         """The FHIR base URL as the client sees it (``suffix`` is the path after the base)."""
