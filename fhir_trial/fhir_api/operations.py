@@ -65,7 +65,7 @@ from typing import IO, Any
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from fhir_trial.canonical import STUDY_RESOURCE_ID, canonical
+from fhir_trial.canonical import STUDY_RESOURCE_ID
 from fhir_trial.config import Settings
 from fhir_trial.errors import FhirTrialError, InputError, PatientSelectionError
 from fhir_trial.evaluate import evaluate
@@ -91,11 +91,16 @@ __all__ = [
     "screen_population_operation_definition",
 ]
 
+from fhir_trial.study.operation_definition import (
+    POPULATION_DOC,
+    SCREEN_POPULATION_DEFINITION,
+    screen_population_operation_definition,
+)
+
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 APPLY_DEFINITION = "http://hl7.org/fhir/OperationDefinition/PlanDefinition-apply"
-SCREEN_POPULATION_DEFINITION = canonical("OperationDefinition", "ResearchStudy-screen-population")
 PLAN_ID = PLAN_DEFINITION_URL.rsplit("/", 1)[-1]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -128,13 +133,6 @@ APPLY_DOC = (
     "parameters, asOf and infusionDate (valueDate: screening date, default today; planned "
     "infusion, default asOf). Out: a draft CarePlan whose contained RequestGroup, "
     "GuidanceResponse (+ its Parameters) and proposed ResearchSubject carry the result."
-)
-POPULATION_DOC = (
-    "Custom operation (its OperationDefinition is not published on this server). POST a Bundle "
-    "(application/fhir+json) or Bulk NDJSON (application/fhir+ndjson, types mixed in one "
-    "stream); query: asOf, infusionDate, missing (data categories), guidance=true. Answer: a "
-    "Parameters with one 'patient' per patient (verdict, status per criterion) and the "
-    "feasibility counts (per criterion: removes, remaining, patients per status)."
 )
 
 
@@ -186,83 +184,6 @@ def resource_operations(store: ResourceStore, resource_type: str) -> dict[str, A
     return {}
 
 
-def screen_population_operation_definition() -> dict[str, Any]:
-    """The OperationDefinition of ``$screen-population`` (for publishing with the study)."""
-
-    def param(
-        name: str, use: str, type_: str | None, doc: str, *, min_: int = 0, max_: str = "1"
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": name, "use": use, "min": min_, "max": max_}
-        if type_:
-            out["type"] = type_
-        out["documentation"] = doc
-        return out
-
-    return {
-        "resourceType": "OperationDefinition",
-        "id": "ResearchStudy-screen-population",
-        "url": SCREEN_POPULATION_DEFINITION,
-        "name": "ScreenPopulation",
-        "title": "Screen a population against the study's eligibility criteria",
-        "status": "active",
-        "kind": "operation",
-        "description": POPULATION_DOC,
-        "code": "screen-population",
-        "resource": ["ResearchStudy"],
-        "system": False,
-        "type": False,
-        "instance": True,
-        "parameter": [
-            param("asOf", "in", "date", "Screening date (default: today)"),
-            param("infusionDate", "in", "date", "Planned infusion date (default: asOf)"),
-            param("missing", "in", "string", "Data categories known not to be in the data"),
-            param("guidance", "in", "boolean", "Add each patient's GuidanceResponse"),
-            param("patient", "out", None, "One per patient", max_="*")
-            | {
-                "part": [
-                    param("subject", "out", "Reference", "The Patient", min_=1),
-                    param("verdict", "out", "code", "The verdict", min_=1),
-                    param("researchSubjectStatus", "out", "code", "Proposed status", min_=1),
-                    param("criterion", "out", None, "One per criterion", max_="*")
-                    | {
-                        "part": [
-                            param("id", "out", "code", "Criterion id", min_=1),
-                            param("status", "out", "code", "Criterion status", min_=1),
-                        ]
-                    },
-                    param("warning", "out", "string", "Data problems", max_="*"),
-                    param("guidanceResponse", "out", "GuidanceResponse", "With guidance=true"),
-                ]
-            },
-            param("asOf", "out", "date", "The screening date used", min_=1),
-            param("patients", "out", "integer", "Patients screened", min_=1),
-            param("verdict", "out", None, "Patients per verdict", max_="*")
-            | {
-                "part": [
-                    param("code", "out", "code", "The verdict", min_=1),
-                    param("count", "out", "integer", "Patients", min_=1),
-                ]
-            },
-            param("feasibility", "out", None, "One per criterion", max_="*")
-            | {
-                "part": [
-                    param("id", "out", "code", "Criterion id", min_=1),
-                    param("kind", "out", "code", "inclusion or exclusion", min_=1),
-                    param("ref", "out", "string", "Protocol reference", min_=1),
-                    param("partOf", "out", "code", "The criterion this one explains"),
-                    param("removes", "out", "integer", "Patients it rules out"),
-                    param("remaining", "out", "integer", "Patients left after it (funnel)"),
-                    *(
-                        param(status, "out", "integer", f"Patients {status}", min_=1)
-                        for status in STATUSES
-                    ),
-                ]
-            },
-        ],
-    }
-
-
-# --------------------------------------------------------------------------- request bodies
 def _check_encoding() -> None:
     encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding != "identity":

@@ -17,6 +17,7 @@ from fhir_trial.study.criterion_values import CRITERION_VALUES
 from fhir_trial.study.eligibility_group import eligibility_group
 from fhir_trial.study.extensions import structure_definitions
 from fhir_trial.study.library import cql_valueset_ids, library
+from fhir_trial.study.operation_definition import screen_population_operation_definition
 from fhir_trial.study.organization import location, organization
 from fhir_trial.study.plan_definition import plan_definition
 from fhir_trial.study.research_study import research_study
@@ -41,7 +42,8 @@ class BuildResult:
 
 
 def build_all(inputs: BuildInputs | None = None) -> BuildResult:
-    """Build the whole set: study, Group, PlanDefinition, Library, terminology, org, site, extensions."""
+    """Build the whole set: study, Group, PlanDefinition, Library, terminology, org, site, extensions,
+    and the OperationDefinition of the custom $screen-population operation."""
     inputs = inputs or BuildInputs()
     codesystem, valuesets = load_terminology_sources(inputs.terminology_dir)
     by_id = {str(vs["id"]): vs for vs in valuesets}
@@ -57,6 +59,7 @@ def build_all(inputs: BuildInputs | None = None) -> BuildResult:
         codesystem,
         *valuesets,
         *structure_definitions(),
+        screen_population_operation_definition(),
     ]
     return BuildResult(resources, sorted(wanted - by_id.keys()))
 
