@@ -158,13 +158,17 @@ def _client(
     barrier: Any,
     results: Any,
 ) -> None:
-    """One concurrent caller: takes call numbers from ``counter`` until ``total``; sends latencies."""
+    """One concurrent caller: takes call numbers from ``counter`` until ``total``; sends latencies.
+
+    Also sends its own CPU time while calling (so the report can show what the client cost).
+    """
     body: bytes = _CALLS["body"]
     tokens: Sequence[str] = _CALLS["tokens"]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     latencies: list[float] = []
     failures: list[int] = []
     barrier.wait()
+    cpu_started = time.process_time()
     while time.monotonic() < stop_at:
         with counter.get_lock():
             number = counter.value
@@ -192,13 +196,13 @@ def _client(
         if status != 200:
             failures.append(status)
     conn.close()
-    results.put((latencies, failures))
+    results.put((latencies, failures, time.process_time() - cpu_started))
 
 
 def run_phase(
     port: int, kind: str, count: int, concurrency: int, first_token: int, stop_at: float
-) -> list[float]:
-    """``count`` calls of one kind from ``concurrency`` client processes; returns latencies."""
+) -> tuple[list[float], float]:
+    """``count`` calls of one kind from ``concurrency`` client processes: latencies, client CPU."""
     ctx = multiprocessing.get_context("fork")
     counter = ctx.Value("i", 0)
     barrier = ctx.Barrier(concurrency)
@@ -214,15 +218,17 @@ def run_phase(
         proc.start()
     latencies: list[float] = []
     failures: list[int] = []
+    client_cpu = 0.0
     for _ in procs:
-        got, failed = results.get(timeout=120)
+        got, failed, cpu = results.get(timeout=120)
         latencies += got
         failures += failed
+        client_cpu += cpu
     for proc in procs:
         proc.join()
     if failures:
         raise SystemExit(f"{len(failures)} {kind} calls failed (statuses {sorted(set(failures))})")
-    return latencies
+    return latencies, client_cpu
 
 
 def percentiles(values: list[float]) -> tuple[float, float, float]:
@@ -337,13 +343,15 @@ def main() -> int:
             for concurrency in CONCURRENCIES:
                 latencies: dict[str, list[float]] = {"hook": [], "health": []}
                 cpu: dict[str, float] = {"hook": 0.0, "health": 0.0}
+                client_cpu: dict[str, float] = {"hook": 0.0, "health": 0.0}
                 for _ in range(args.rounds):
                     for kind in ("hook", "health"):
                         before = worker_cpu_seconds(server.pid)
-                        got = run_phase(port, kind, per_round, concurrency, used, stop_at)
+                        got, spent = run_phase(port, kind, per_round, concurrency, used, stop_at)
                         after = worker_cpu_seconds(server.pid)
                         if before is not None and after is not None:
                             cpu[kind] += after - before
+                        client_cpu[kind] += spent
                         if kind == "hook":
                             used += per_round
                         latencies[kind] += got
@@ -354,7 +362,8 @@ def main() -> int:
                     results[(kind, concurrency)] = p50, p95, p99 = percentiles(values)
                     print(
                         f"{kind:>6} c={concurrency}: p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  "
-                        f"p99 {p99:7.2f} ms  (server CPU {cpu[kind] / len(values) * 1000:5.2f} ms/call)"
+                        f"p99 {p99:7.2f} ms  (CPU per call: server {cpu[kind] / len(values) * 1000:5.2f} ms, "
+                        f"client {client_cpu[kind] / len(values) * 1000:4.2f} ms)"
                     )
         except BaseException:
             sys.stderr.write(log_path.read_text(errors="replace")[-4000:])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fhir_trial.canonical import valueset_url
 from fhir_trial.config import DEFAULT_RESOURCES_DIR, PROJECT_ROOT
 from fhir_trial.cql.build import (
     BUILD_DIR,
@@ -103,8 +104,9 @@ def test_data_requirements_name_project_valuesets() -> None:
         "AllergyIntolerance",
     } <= types
     urls = {f["valueSet"] for r in requirements for f in r.get("codeFilter", [])}
-    assert "https://fhir-trial.org/fhir/ValueSet/sledai-2k-total" in urls
-    assert all(url.startswith("https://fhir-trial.org/fhir/ValueSet/") for url in urls)
+    assert valueset_url("sledai-2k-total") in urls
+    assert all(url.startswith(valueset_url("")) for url in urls)
+    assert _library()["dataRequirement"] == requirements, "Library dataRequirement is stale"
 
 
 def test_translation_errors_are_reported(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+
 from fhir_trial.canonical import STUDY_ID
 from fhir_trial.cds_hooks.auth import (
     ClientIdentity,

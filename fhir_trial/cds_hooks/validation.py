@@ -102,7 +102,9 @@ def request_problem(body: Mapping[str, Any]) -> str | None:
                 continue
             rtype = value.get("resourceType") if isinstance(value, dict) else None
             if not isinstance(rtype, str) or not rtype:
-                return f"prefetch/{key}: must be null or a FHIR resource (an object with resourceType)"
+                return (
+                    f"prefetch/{key}: must be null or a FHIR resource (an object with resourceType)"
+                )
     if "extension" in body and not isinstance(body["extension"], dict):
         return "extension: must be an object"
     if hook == "patient-view":

@@ -15,6 +15,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from fhir_trial.canonical import CODESYSTEM_URL, STUDY_ID, valueset_url
+from fhir_trial.cql.build import data_requirements, main_elm
 from fhir_trial.study.common import JsonDict, canonical_metadata
 from fhir_trial.study.research_study import ELIGIBILITY_ID
 
@@ -112,6 +113,9 @@ def library(cql_dir: Path, available_valuesets: Collection[str]) -> JsonDict:
             ),
         ],
     }
+    if status == "active":
+        # What data the logic retrieves, read from the ELM (resource types and ValueSet filters).
+        resource["dataRequirement"] = data_requirements(main_elm(cql_dir / "build", LIBRARY_NAME))
     content = library_content(cql_dir)
     if content:
         resource["content"] = content

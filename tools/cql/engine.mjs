@@ -23,6 +23,30 @@ const require = createRequire(import.meta.url);
 const cql = require("cql-execution");
 const cqlfhir = require("cql-exec-fhir");
 
+// cql-exec-fhir gives every element declared as FHIR.Resource (Resource.contained, Bundle entries)
+// the type FHIR.Resource, whatever its resourceType, so `C as FHIR.Medication` on a contained
+// Medication is always null. Re-type such values by their own resourceType, as a FHIR server's
+// data would be typed; everything else is left as the library built it.
+{
+  const modelInfoWrapper = cqlfhir.FHIRWrapper.FHIRv401();
+  const FHIRObject = Object.getPrototypeOf(modelInfoWrapper.wrap({ resourceType: "Basic" })).constructor;
+  const originalGet = FHIRObject.prototype.get;
+  const retype = (value) => {
+    if (Array.isArray(value)) return value.map(retype);
+    if (value instanceof FHIRObject && value._json && typeof value._json.resourceType === "string") {
+      const name = value._typeInfo && value._typeInfo.name;
+      if (name === "Resource" || name === "FHIR.Resource" || name === "DomainResource" || name === "FHIR.DomainResource") {
+        const actual = value._modelInfo.findClass(value._json.resourceType);
+        if (actual) return new FHIRObject(value._json, actual, value._modelInfo);
+      }
+    }
+    return value;
+  };
+  FHIRObject.prototype.get = function get(field) {
+    return retype(originalGet.call(this, field));
+  };
+}
+
 let state = null; // {library, codes: Map<url, Code[]>}
 
 function toCodes(list) {
