@@ -162,9 +162,7 @@ def test_slow_server_without_incomplete_cards_gives_no_card(
     tmp_path: Path, shared_dir: Path, server: FakeFhirServer
 ) -> None:
     server.delay(10.0, times=None)
-    client = _client(
-        tmp_path, shared_dir, server, cds_deadline_s=0.4, cds_incomplete_card=False
-    )
+    client = _client(tmp_path, shared_dir, server, cds_deadline_s=0.4, cds_incomplete_card=False)
     response = _post(client, shared_dir, _hook(server))
     assert response.status_code == 200
     assert response.get_json() == {"cards": []}
@@ -286,8 +284,6 @@ def test_development_mode_does_not_open_the_server_allowlist(
     assert response.status_code == 400
     assert server.requests == []
     allowed = make_app(
-        base_settings(
-            tmp_path, cds_development_mode=True, cds_dev_fhir_servers=(server.base_url,)
-        )
+        base_settings(tmp_path, cds_development_mode=True, cds_dev_fhir_servers=(server.base_url,))
     ).test_client()
     assert allowed.post(SERVICE_PATH, json=_hook(server)).status_code == 200

@@ -418,9 +418,7 @@ def test_cors_preflight_on_every_cds_route(client: FlaskClient) -> None:
 
 
 def test_cors_with_an_origin_allowlist(tmp_path: Path, settings_kw: dict[str, Any]) -> None:
-    settings = base_settings(
-        tmp_path, cds_cors_origins=("https://ehr.example.org",), **settings_kw
-    )
+    settings = base_settings(tmp_path, cds_cors_origins=("https://ehr.example.org",), **settings_kw)
     client = make_app(settings).test_client()
     ok = client.get("/cds-services", headers={"Origin": "https://ehr.example.org"})
     other = client.get("/cds-services", headers={"Origin": "https://evil.example"})
