@@ -51,6 +51,21 @@ CELL_COUNT = Dimension.CELL_COUNT
 MASS_CONCENTRATION = Dimension.MASS_CONCENTRATION
 PERCENT = Dimension.PERCENT
 
+# Values no human blood count, hemoglobin or ejection fraction can take, in the target unit: a
+# result outside these is a data error (a sign slip, a unit mix-up) for a person to check, never
+# evidence for or against a criterion. Deliberately wide: they catch nonsense, not disease.
+POSSIBLE_RANGE: dict[Dimension, tuple[float, float]] = {
+    CELL_COUNT: (0.0, 1000.0),
+    MASS_CONCENTRATION: (0.0, 400.0),
+    PERCENT: (0.0, 100.0),
+}
+
+
+def is_possible(value: float, dimension: Dimension) -> bool:
+    """Whether a converted value lies within what the quantity can physically be."""
+    low, high = POSSIBLE_RANGE[dimension]
+    return low <= value <= high
+
 
 class UnitError(ValueError):
     """A unit that cannot be converted to the unit a criterion compares in."""

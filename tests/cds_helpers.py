@@ -28,7 +28,7 @@ from fhir_trial.canonical import STUDY_ID
 from fhir_trial.cds_hooks import create_cds_blueprint
 from fhir_trial.cds_hooks.validation import validator
 from fhir_trial.config import Settings
-from fhir_trial.record import CATEGORIES, PatientRecord
+from fhir_trial.record import PatientRecord
 from fhir_trial.report import CriterionResult, EligibilityReport, Status
 
 SANDBOX_ISS = "https://sandbox.cds-hooks.org"
@@ -315,14 +315,13 @@ def sle_condition(cid: str = "c1", patient_id: str = PATIENT_ID) -> dict[str, An
 
 def full_prefetch(patient_id: str = PATIENT_ID, gender: str = "female") -> dict[str, Any]:
     """Every prefetch key of the service, filled (empty searchsets except Patient and Condition)."""
-    from fhir_trial.cds_hooks.discovery import prefetch_key
+    from fhir_trial.cds_hooks.discovery import PREFETCH_KEYS
 
     prefetch: dict[str, Any] = {}
-    for category in CATEGORIES:
-        key = prefetch_key(category)
-        if category == "Patient":
+    for key in PREFETCH_KEYS:
+        if key == "patient":
             prefetch[key] = patient(patient_id, gender)
-        elif category == "Condition":
+        elif key == "condition":
             prefetch[key] = searchset(sle_condition(patient_id=patient_id))
         else:
             prefetch[key] = searchset()

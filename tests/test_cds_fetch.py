@@ -27,7 +27,10 @@ from cds_helpers import (
 from fake_fhir_server import FakeFhirServer
 from flask.testing import FlaskClient
 
+from fhir_trial.searches import SEARCHES
+
 TOKEN = "fhir-access-token"
+OBSERVATION_KEYS = [spec.key for spec in SEARCHES if spec.category == "Observation"]
 
 
 @pytest.fixture()
@@ -102,10 +105,15 @@ def test_prefetch_absent_fetches_every_category_with_the_token(
     } <= paths
     assert all(r.headers.get("Authorization") == f"Bearer {TOKEN}" for r in server.requests)
     assert all(
-        r.query.get("patient") == [PATIENT_ID]
+        (r.query.get("patient") or r.query.get("individual")) == [PATIENT_ID]
         for r in server.requests
         if "?" not in r.path and r.query
     )
+    # Observations are asked for by code and by NYHA value, never all of them.
+    observation = [r.query for r in server.requests if r.path == "Observation"]
+    assert len(observation) == len(OBSERVATION_KEYS)
+    assert sum(1 for q in observation if "code" in q) == 2
+    assert sum(1 for q in observation if "value-concept" in q) == 1
 
 
 def test_partial_prefetch_fetches_only_what_is_missing(
@@ -232,7 +240,8 @@ def test_server_looping_next_links_are_cut_off(
     server.fail(200, body=searchset(next_url=loop), times=None, match="Observation")
     card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
     assert "next links loop" in card["detail"]
-    assert sum(1 for r in server.requests if r.path == "Observation") == 2
+    # Each Observation search: its first page, then the looping link once.
+    assert sum(1 for r in server.requests if r.path == "Observation") == 2 * len(OBSERVATION_KEYS)
 
 
 def test_next_links_to_another_origin_are_not_followed(

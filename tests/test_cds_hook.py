@@ -28,9 +28,12 @@ from cds_helpers import (
 from flask.testing import FlaskClient
 
 from fhir_trial.canonical import REGISTRY_URL
-from fhir_trial.cds_hooks.discovery import PREFETCH_TEMPLATES
+from fhir_trial.cds_hooks.discovery import PREFETCH_KEYS
 from fhir_trial.cds_hooks.validation import first_error
+from fhir_trial.config import Settings
 from fhir_trial.record import CATEGORIES
+from fhir_trial.searches import SEARCHES
+from fhir_trial.terminology import load_terminology
 
 SPEC = "fixtures/cds-hooks/hl7-cds-hooks/spec-examples-v2.0.1"
 OTHER = "fixtures/cds-hooks/other-clients"
@@ -70,10 +73,39 @@ def test_discovery_lists_the_service_with_generated_prefetch(client: FlaskClient
     assert service["id"] == "nct06010472-eligibility"
     assert service["hook"] == "patient-view"
     assert "NCT06010472" in service["title"]
-    assert service["prefetch"]["patient"] == "Patient/{{context.patientId}}"
-    assert len(service["prefetch"]) == len(CATEGORIES)
-    for template in service["prefetch"].values():
+    prefetch = service["prefetch"]
+    assert prefetch["patient"] == "Patient/{{context.patientId}}"
+    assert set(prefetch) == set(PREFETCH_KEYS)
+    assert {spec.category for spec in SEARCHES} == set(CATEGORIES)
+    for template in prefetch.values():
         assert "{{context.patientId}}" in template
+    assert prefetch["condition"] == "Condition?patient={{context.patientId}}"
+    assert "minimi" in service["usageRequirements"] or "only" in service["usageRequirements"]
+
+
+def test_observation_templates_ask_only_for_what_the_criteria_read(client: FlaskClient) -> None:
+    prefetch = client.get("/cds-services").get_json()["services"][0]["prefetch"]
+    terminology = load_terminology(Settings().resources_dir)
+    observation = [t for t in prefetch.values() if t.startswith("Observation")]
+    assert len(observation) == 3
+    assert all(t.startswith("Observation?patient={{context.patientId}}&") for t in observation)
+    assert not any(t == "Observation?patient={{context.patientId}}" for t in observation)
+
+    def tokens(template: str, param: str) -> set[str]:
+        query = dict(part.split("=", 1) for part in template.split("?", 1)[1].split("&"))
+        return set(query[param].split(",")) if param in query else set()
+
+    codes = tokens(prefetch["observation"], "code") | tokens(prefetch["observationScores"], "code")
+    for valueset_id in ("hemoglobin", "neutrophils-absolute", "anti-dsdna", "sledai-2k-total"):
+        assert {f"{s}|{c}" for s, c in terminology[valueset_id]} <= codes
+    nyha = tokens(prefetch["observationNyha"], "value-concept")
+    for valueset_id in ("nyha-class-iii-iv", "nyha-class-i-ii"):
+        assert {f"{s}|{c}" for s, c in terminology[valueset_id]} <= nyha
+    # Vital signs and unrelated labs are not asked for: nothing outside the criteria's ValueSets.
+    wanted = {
+        f"{s}|{c}" for spec in SEARCHES for vid in spec.valuesets for s, c in terminology[vid]
+    }
+    assert codes | nyha <= wanted
 
 
 def test_our_schemas_accept_the_spec_examples(shared_dir: Path) -> None:
@@ -299,8 +331,9 @@ def test_prefetched_patient_must_be_the_patient_in_context(
     assert post(client, shared_dir, hook_request(prefetch)).status_code == 412
 
 
-def test_prefetch_templates_match_discovery() -> None:
-    assert set(full_prefetch()) == set(PREFETCH_TEMPLATES)
+def test_prefetch_templates_match_discovery(client: FlaskClient) -> None:
+    prefetch = client.get("/cds-services").get_json()["services"][0]["prefetch"]
+    assert set(full_prefetch()) == set(prefetch)
 
 
 # ------------------------------------------------------------------------------------- malformed

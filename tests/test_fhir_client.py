@@ -19,11 +19,8 @@ from fhir_trial.errors import AuthenticationError, InputError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.fhir_http import FhirHttp
 from fhir_trial.record import CATEGORIES
-from fhir_trial.sources.fhir_client import (
-    OBSERVATION_VALUESETS,
-    FhirClient,
-    PatientNotFoundError,
-)
+from fhir_trial.searches import valueset_ids
+from fhir_trial.sources.fhir_client import FhirClient, PatientNotFoundError
 from fhir_trial.terminology import LOINC, Terminology, ValueSet
 
 BASE = "https://fhir.test/r4"
@@ -41,7 +38,7 @@ def terminology(codes_per_valueset: int = 1) -> Terminology:
             codes=frozenset((LOINC, f"{vid}-{n}") for n in range(codes_per_valueset)),
             displays={},
         )
-        for vid, _param in OBSERVATION_VALUESETS
+        for vid in valueset_ids()
     )
 
 
@@ -158,9 +155,13 @@ def test_searches_cover_every_category_with_portable_forms() -> None:
     assert {s.category for s in plan} == set(CATEGORIES)
     urls = [s.relative_url() for s in plan]
     assert "ResearchSubject?individual=p1&_count=200" in urls
-    obs = next(u for u in urls if u.startswith("Observation?") and "code=" in u)
+    obs = " ".join(u for u in urls if u.startswith("Observation?") and "code=" in u)
     assert f"{LOINC}|hemoglobin-0" in obs and f"{LOINC}|sledai-2k-total-0" in obs
-    assert any("value-concept=" in u and "nyha-class-iii-iv-0" in u for u in urls)
+    assert any(
+        "value-concept=" in u and "nyha-class-iii-iv-0" in u and "nyha-class-i-ii-0" in u
+        for u in urls
+    )
+    assert not any(s.optional for s in plan if "code=" in s.relative_url())
     assert not any(":in=" in u or "_include" in u for u in urls)
 
 
@@ -434,7 +435,8 @@ def test_against_fake_fhir_server(fhir_server: FakeFhirServer, batch: bool) -> N
         for e in r.body.get("entry", [])
         if "code=" in e["request"]["url"]
     ]
-    assert code_searches and all("hemoglobin-0" in c for c in code_searches)
+    assert any("hemoglobin-0" in c for c in code_searches)
+    assert any("sledai-2k-total-0" in c for c in code_searches)
     assert all(record.usable(c) for c in CATEGORIES)
     assert client.batch_supported is batch
     assert any(r.query.get("_offset") for r in fhir_server.requests)  # paging happened

@@ -28,12 +28,7 @@ from werkzeug.exceptions import HTTPException
 from fhir_trial.cds_hooks.auth import AuthError, ClientIdentity
 from fhir_trial.cds_hooks.cards import incomplete_card
 from fhir_trial.cds_hooks.discovery import SERVICE_ID, discovery_document
-from fhir_trial.cds_hooks.service import (
-    CdsService,
-    Evaluator,
-    HookError,
-    settle_startup_objects,
-)
+from fhir_trial.cds_hooks.service import CdsService, Evaluator, HookError
 from fhir_trial.cds_hooks.validation import first_error, request_problem
 from fhir_trial.cds_hooks.worksheet import worksheet_response
 from fhir_trial.config import Settings
@@ -88,7 +83,7 @@ def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None)
         header = request.headers.get("Authorization")
         if header or discovery_needs_jwt:
             _authenticate(service, request.path)
-        return _json(discovery_document())
+        return _json(discovery_document(service.plan))
 
     @bp.route(
         f"{DISCOVERY_PATH}/<service_id>",
@@ -98,7 +93,6 @@ def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None)
     def hook(service_id: str) -> Response:
         if request.method == "OPTIONS":
             return _preflight()
-        settle_startup_objects()
         started = time.monotonic()
         _known(service_id)
         identity = _authenticate(service, request.path)

@@ -1,27 +1,28 @@
 """The one CDS Service this project offers, and its discovery document.
 
-Prefetch templates are generated from the data categories the criteria read
-(:data:`fhir_trial.record.CATEGORIES`): a read of the Patient and one patient search per other
-category, all keyed by ``{{context.patientId}}``. The prefetch key of a category is its resource
-type with a lower-case first letter (``Condition`` -> ``condition``).
+Prefetch templates are the searches of :mod:`fhir_trial.searches`, keyed by
+``{{context.patientId}}``: a read of the Patient, and per data category one or more searches.
+The service asks only for what its criteria need: Observations by the codes the criteria read
+(``observation``, ``observationScores``) and NYHA class findings by value (``observationNyha``),
+instead of every Observation in the chart. Several keys may fill one category (all three above
+fill Observation); the category counts as obtained only when every one of its keys was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fhir_trial.canonical import STUDY_ID
-from fhir_trial.record import CATEGORIES
+from fhir_trial.searches import SEARCHES, PlannedSearch
 
 __all__ = [
     "HOOK",
-    "KEY_TO_CATEGORY",
-    "PREFETCH_TEMPLATES",
+    "PATIENT_TOKEN",
+    "PREFETCH_KEYS",
     "SERVICE_ID",
     "discovery_document",
-    "prefetch_key",
-    "search_path",
+    "prefetch_templates",
 ]
 
 SERVICE_ID = "nct06010472-eligibility"
@@ -31,45 +32,38 @@ DESCRIPTION = (
     f"At chart open, checks the patient's record against the eligibility criteria of {STUDY_ID} "
     "(anti-CD19 CAR-NK cells, KN5501, for moderate-to-severe refractory systemic lupus "
     "erythematosus) and, when the patient may be eligible, suggests referral with the reasons and a "
-    "link to a screening worksheet. Missing data never makes a patient ineligible."
+    "link to a screening worksheet. Missing data never makes a patient ineligible. It asks only for "
+    "the data its criteria need: Observations are requested by the codes the criteria read, not the "
+    "whole chart."
 )
 USAGE = (
     "Send the prefetch keys listed here, or fhirServer (on the allowlist agreed for your issuer) with "
-    "fhirAuthorization granting read access to these resource types. A prefetch value of null marks "
-    "that category as unavailable (its criteria become unknown)."
+    "fhirAuthorization granting read access to these resource types. The templates ask only for "
+    "what the criteria need (code- and value-filtered Observation searches); a prefetch Bundle for "
+    "them may hold just the matching resources. Several keys fill one data category (observation, "
+    "observationScores and observationNyha are all Observations): a key left out is fetched from "
+    "fhirServer with the same query; a value of null marks its whole category as unavailable (its "
+    "criteria become unknown)."
 )
 PATIENT_TOKEN = "{{context.patientId}}"
 
-
-def prefetch_key(category: str) -> str:
-    """The prefetch key of a data category (``MedicationRequest`` -> ``medicationRequest``)."""
-    return category[:1].lower() + category[1:]
+# Every key the service may ask for (a plan that falls back to unfiltered searches asks for fewer).
+PREFETCH_KEYS: tuple[str, ...] = tuple(spec.key for spec in SEARCHES)
 
 
-def search_path(category: str, patient_id: str) -> str:
-    """The relative FHIR request for one category of one patient (read for Patient, else search)."""
-    if category == "Patient":
-        return f"Patient/{patient_id}"
-    return f"{category}?patient={patient_id}"
+def prefetch_templates(plan: Sequence[PlannedSearch]) -> dict[str, str]:
+    """Prefetch key -> template (``Type?param={{context.patientId}}&...``) for a search plan."""
+    return {search.key: search.relative_url(PATIENT_TOKEN) for search in plan}
 
 
-PREFETCH_TEMPLATES: Mapping[str, str] = {
-    prefetch_key(category): search_path(category, PATIENT_TOKEN) for category in CATEGORIES
-}
-KEY_TO_CATEGORY: Mapping[str, str] = {prefetch_key(category): category for category in CATEGORIES}
-
-
-def discovery_document() -> dict[str, Any]:
+def discovery_document(plan: Sequence[PlannedSearch]) -> dict[str, Any]:
     """The body of ``GET /cds-services`` (CDS Hooks 2.0 discovery response)."""
-    return {
-        "services": [
-            {
-                "hook": HOOK,
-                "id": SERVICE_ID,
-                "title": TITLE,
-                "description": DESCRIPTION,
-                "prefetch": dict(PREFETCH_TEMPLATES),
-                "usageRequirements": USAGE,
-            }
-        ]
+    service: Mapping[str, Any] = {
+        "hook": HOOK,
+        "id": SERVICE_ID,
+        "title": TITLE,
+        "description": DESCRIPTION,
+        "prefetch": prefetch_templates(plan),
+        "usageRequirements": USAGE,
     }
+    return {"services": [dict(service)]}

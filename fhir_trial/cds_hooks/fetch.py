@@ -1,6 +1,7 @@
 """Fetching what prefetch lacked from the CDS client's FHIR server, inside the time budget.
 
-One search per category (a read for the Patient), run in parallel; ``next`` links are followed only
+One job per prefetch key that prefetch left open (the key's own query from
+:mod:`fhir_trial.searches`, or the next page of a prefetched Bundle), all run in parallel; ``next`` links are followed only
 on the FHIR server's own origin and under its base path, never twice (a server that loops its links
 is cut off), and never past ``Settings.max_pages`` / ``max_resources``. Every HTTP wait is bounded
 by what is left of the :class:`~.deadline.Deadline`; the caller stops waiting when the deadline
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +25,6 @@ from urllib.parse import urlsplit
 import requests
 
 from fhir_trial.cds_hooks.deadline import Deadline, DeadlineExceeded
-from fhir_trial.cds_hooks.discovery import search_path
 from fhir_trial.cds_hooks.prefetch import bundle_resources, next_link
 from fhir_trial.config import Settings
 from fhir_trial.errors import (
@@ -35,20 +36,30 @@ from fhir_trial.errors import (
 )
 from fhir_trial.fhir_http import FhirHttp, origin_of
 
-__all__ = ["CategoryResult", "FhirFetcher", "same_base"]
+__all__ = ["CategoryResult", "FetchJob", "FhirFetcher", "same_base"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_RESERVE_S = 0.05
 
 
+@dataclass(frozen=True)
+class FetchJob:
+    """One thing to fetch: a relative query (or the next-page URL of a prefetched Bundle)."""
+
+    category: str
+    url: str
+    continuing: bool = False  # True for a next page: only a Bundle is an acceptable answer
+
+
 @dataclass
 class CategoryResult:
-    """The outcome of fetching one category: resources, or why it failed."""
+    """The outcome of one fetch job: resources, or why it failed."""
 
     category: str
     resources: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    key: str = ""
 
 
 def same_base(url: str, base_url: str) -> bool:
@@ -77,35 +88,29 @@ class FhirFetcher:
         self.deadline = deadline
         self.executor = executor
 
-    def fetch(
-        self, patient_id: str, categories: list[str], next_pages: Mapping[str, str] | None = None
-    ) -> dict[str, CategoryResult]:
-        """Fetch every category (in parallel); wait no longer than the deadline.
+    def fetch(self, jobs: Mapping[str, FetchJob]) -> dict[str, CategoryResult]:
+        """Run every job (prefetch key -> job) in parallel; wait no longer than the deadline.
 
-        Categories still running when the deadline passes are reported with the error
-        ``"timed out"``; their threads stop at their next deadline check.
+        Jobs still running when the deadline passes are reported with the error ``"timed out"``;
+        their threads stop at their next deadline check.
         """
-        jobs: dict[str, Any] = {}
-        for category in categories:
-            jobs[category] = self.executor.submit(
-                self._fetch_category, category, search_path(category, patient_id), False
-            )
-        for category, url in (next_pages or {}).items():
-            jobs[category] = self.executor.submit(self._fetch_category, category, url, True)
+        futures = {
+            key: self.executor.submit(self._fetch_category, key, job) for key, job in jobs.items()
+        }
         results: dict[str, CategoryResult] = {}
-        for category, future in jobs.items():
+        for key, future in futures.items():
             try:
-                results[category] = future.result(timeout=self.deadline.remaining())
-            except TimeoutError:
-                results[category] = CategoryResult(category, error="timed out")
+                results[key] = future.result(timeout=self.deadline.remaining())
+            except FutureTimeout:
+                results[key] = CategoryResult(jobs[key].category, error="timed out", key=key)
         return results
 
     # ------------------------------------------------------------------ one category
-    def _fetch_category(self, category: str, first: str, continuing: bool) -> CategoryResult:
-        result = CategoryResult(category)
+    def _fetch_category(self, key: str, job: FetchJob) -> CategoryResult:
+        result = CategoryResult(job.category, key=key)
         session = requests.Session()
         try:
-            self._fetch_pages(result, first, continuing, session)
+            self._fetch_pages(result, job.url, job.continuing, session)
         except DeadlineExceeded:
             result.error = "timed out"
         except AuthenticationError as exc:
@@ -125,7 +130,7 @@ class FhirFetcher:
             session.close()
         if result.error:
             result.resources = []
-            log.info("cds fetch %s failed: %s", category, result.error)
+            log.info("cds fetch %s failed: %s", key, result.error)
         return result
 
     def _fetch_pages(

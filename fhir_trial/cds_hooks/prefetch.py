@@ -1,87 +1,120 @@
 """CDS Hooks prefetch -> PatientRecord.
 
-For each prefetch key the service asked for (see :mod:`.discovery`):
+The service asks only for what its criteria need (see :mod:`fhir_trial.searches`): the prefetch
+templates of code- and value-filtered Observation searches may come back holding just the matching
+resources, and that is complete for those keys. A data category may have several prefetch keys
+(Observation has ``observation``, ``observationScores`` and ``observationNyha``); their resources
+are merged (a resource in two of them is kept once) and the category counts as obtained only when
+every one of its keys was. For each key of the search plan:
 
-- key absent: the client chose not to (or could not) prefetch it -> the service fetches that
-  category from ``fhirServer`` itself (CDS Hooks 2.0, "Prefetch Template");
-- ``null``: the client has no data for it -> the category is marked failed (its criteria become
-  ``unknown``, never ``not-met``: CRITERIA.md absence rule 1);
+- key absent: the client chose not to (or could not) prefetch it -> the service runs the same query
+  on ``fhirServer`` itself (CDS Hooks 2.0, "Prefetch Template");
+- ``null``: the client has no data for it -> its whole category is marked failed (its criteria
+  become ``unknown``, never ``not-met``: CRITERIA.md absence rule 1), and its other keys are not
+  fetched;
 - an OperationOutcome: the client hit an error -> failed, with the outcome's reason;
-- a searchset (or any) Bundle, or a single resource: its resources are added and the category is
-  obtained. A Bundle that still has a ``next`` link is incomplete: the next URL is handed back so the
-  service can continue paging on the client's FHIR server, and the category counts as failed if it
-  cannot.
+- a searchset (or any) Bundle, or a single resource: its resources are added. A Bundle that still
+  has a ``next`` link is incomplete: the next URL is handed back so the service can continue paging
+  on the client's FHIR server, and the category counts as failed if it cannot.
 
-Resources that plainly belong to another patient are dropped (with a warning), so a client that
-mixes patients cannot make the service screen the wrong person. Keys the service never asked for
-are read too, but they never mark a category obtained: only a Patient with the right id is taken
-from them.
+A category with keys still open (absent, or a next page to read) is marked failed with a provisional
+reason until the service has fetched them. Resources that plainly belong to another patient are
+dropped (with a warning), so a client that mixes patients cannot make the service screen the wrong
+person. Keys the service never asked for are read too, but they never mark a category obtained: only
+a Patient with the right id is taken from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_trial.cds_hooks.discovery import KEY_TO_CATEGORY, prefetch_key
-from fhir_trial.record import CATEGORIES, PatientRecord
+from fhir_trial.record import PatientRecord
+from fhir_trial.searches import PlannedSearch
 from fhir_trial.sources._common import patient_refs
 
-__all__ = ["PrefetchResult", "apply_prefetch", "bundle_resources", "next_link", "outcome_reason"]
+__all__ = [
+    "NO_FHIR_SERVER",
+    "PrefetchResult",
+    "add_resources",
+    "apply_prefetch",
+    "bundle_resources",
+    "next_link",
+    "outcome_reason",
+]
 
 _MAX_REASON = 200
+NO_FHIR_SERVER = "not in the prefetch, and no fhirServer was given"
 
 
 @dataclass
 class PrefetchResult:
-    """What prefetch left to do: categories to fetch, and next pages of incomplete Bundles."""
+    """What prefetch left open: searches to run, next pages to read, per category the open keys."""
 
-    to_fetch: list[str] = field(default_factory=list)
-    next_pages: dict[str, str] = field(default_factory=dict)
+    to_fetch: list[PlannedSearch] = field(default_factory=list)
+    next_pages: dict[str, str] = field(default_factory=dict)  # prefetch key -> next page URL
+    pending: dict[str, list[str]] = field(default_factory=dict)  # category -> open keys
+
+    def category_of(self, key: str) -> str:
+        """The category an open key belongs to."""
+        for category, keys in self.pending.items():
+            if key in keys:
+                return category
+        raise KeyError(key)
 
 
 def apply_prefetch(
-    record: PatientRecord, prefetch: Mapping[str, Any] | None, patient_id: str
+    record: PatientRecord,
+    prefetch: Mapping[str, Any] | None,
+    patient_id: str,
+    plan: Sequence[PlannedSearch],
 ) -> PrefetchResult:
     """Add the prefetched resources to ``record``; return what is still missing."""
     prefetch = prefetch or {}
     result = PrefetchResult()
-    for category in CATEGORIES:
-        key = prefetch_key(category)
-        if key not in prefetch:
-            result.to_fetch.append(category)
+    by_category: dict[str, list[PlannedSearch]] = {}
+    for search in plan:
+        by_category.setdefault(search.category, []).append(search)
+    for category, searches in by_category.items():
+        failure: str | None = None
+        absent: list[PlannedSearch] = []
+        paged: dict[str, str] = {}
+        for search in searches:
+            key = search.key
+            if key not in prefetch:
+                absent.append(search)
+                continue
+            value = prefetch[key]
+            why = _unusable(value, key, category, patient_id)
+            if why is not None:
+                failure = failure or why
+                continue
+            if value["resourceType"] == "Bundle":
+                _add(record, bundle_resources(value), patient_id, key)
+                nxt = next_link(value)
+                if nxt:
+                    paged[key] = nxt
+                continue
+            _add(record, [dict(value)], patient_id, key)
+        if failure is not None:
+            record.mark_failed(category, failure)
             continue
-        value = prefetch[key]
-        if value is None:
-            record.mark_failed(category, f"the EHR sent no data for prefetch key '{key}' (null)")
+        if not absent and not paged:
+            record.mark_obtained(category)
             continue
-        if not isinstance(value, Mapping) or not isinstance(value.get("resourceType"), str):
-            record.mark_failed(category, f"prefetch key '{key}' did not hold a FHIR resource")
-            continue
-        rtype = value["resourceType"]
-        if rtype == "OperationOutcome":
-            record.mark_failed(
-                category, f"the EHR could not prefetch '{key}': {outcome_reason(value)}"
-            )
-            continue
-        if rtype == "Bundle":
-            _add(record, bundle_resources(value), patient_id, key)
-            nxt = next_link(value)
-            if nxt:
-                result.next_pages[category] = nxt
-                record.mark_failed(category, f"prefetch '{key}' was only the first page of results")
-            else:
-                record.mark_obtained(category)
-            continue
-        if category == "Patient" and rtype == "Patient" and not _is_our_patient(value, patient_id):
-            record.mark_failed(category, "the prefetched Patient is not the patient in context")
-            continue
-        _add(record, [dict(value)], patient_id, key)
-        record.mark_obtained(category)
+        result.to_fetch.extend(absent)
+        result.next_pages.update(paged)
+        result.pending[category] = [s.key for s in absent] + list(paged)
+        if paged:
+            key = next(iter(paged))
+            record.mark_failed(category, f"prefetch '{key}' was only the first page of results")
+        else:
+            record.mark_failed(category, f"{NO_FHIR_SERVER} (prefetch key '{absent[0].key}')")
 
+    asked = {search.key for search in plan}
     for key, value in prefetch.items():
-        if key in KEY_TO_CATEGORY or not isinstance(value, Mapping):
+        if key in asked or not isinstance(value, Mapping):
             continue
         # A key this service never asked for: take only the patient in context from it.
         if (
@@ -91,9 +124,26 @@ def apply_prefetch(
         ):
             record.add(dict(value))
             record.mark_obtained("Patient")
-            if "Patient" in result.to_fetch:
-                result.to_fetch.remove("Patient")
+            if "Patient" in result.pending:
+                keys = result.pending.pop("Patient")
+                result.to_fetch = [s for s in result.to_fetch if s.key not in keys]
+                for patient_key in keys:
+                    result.next_pages.pop(patient_key, None)
     return result
+
+
+def _unusable(value: Any, key: str, category: str, patient_id: str) -> str | None:
+    """Why a prefetch value fails its category (None: it holds data)."""
+    if value is None:
+        return f"the EHR sent no data for prefetch key '{key}' (null)"
+    if not isinstance(value, Mapping) or not isinstance(value.get("resourceType"), str):
+        return f"prefetch key '{key}' did not hold a FHIR resource"
+    rtype = value["resourceType"]
+    if rtype == "OperationOutcome":
+        return f"the EHR could not prefetch '{key}': {outcome_reason(value)}"
+    if category == "Patient" and rtype == "Patient" and not _is_our_patient(value, patient_id):
+        return "the prefetched Patient is not the patient in context"
+    return None
 
 
 def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -10,9 +10,7 @@ instance id, categories and short reasons only.
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
 import re
 import secrets
 import time
@@ -38,7 +36,7 @@ from fhir_trial.cds_hooks.cards import eligibility_card, incomplete_card, inelig
 from fhir_trial.cds_hooks.deadline import Deadline
 from fhir_trial.cds_hooks.discovery import HOOK, SERVICE_ID
 from fhir_trial.cds_hooks.feedback import FeedbackStore
-from fhir_trial.cds_hooks.fetch import FhirFetcher
+from fhir_trial.cds_hooks.fetch import FetchJob, FhirFetcher
 from fhir_trial.cds_hooks.prefetch import add_resources, apply_prefetch
 from fhir_trial.cds_hooks.store import Database
 from fhir_trial.cds_hooks.worksheet import WorksheetStore
@@ -47,7 +45,8 @@ from fhir_trial.errors import FhirTrialError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import EligibilityReport
-from fhir_trial.terminology import load_terminology
+from fhir_trial.searches import PlannedSearch, plan_searches
+from fhir_trial.terminology import Terminology, load_terminology
 
 __all__ = [
     "CdsService",
@@ -55,7 +54,6 @@ __all__ = [
     "HookRequest",
     "Outcome",
     "normalise_patient_id",
-    "settle_startup_objects",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,7 +63,6 @@ Evaluator = Callable[[PatientRecord, Settings], EligibilityReport]
 _PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
 _ANSWER_RESERVE_S = 0.05
-_settled_pid: int | None = None
 
 
 class HookError(Exception):
@@ -110,22 +107,6 @@ def normalise_patient_id(raw: Any) -> str | None:
     return match.group(1) if match else None
 
 
-def settle_startup_objects() -> None:
-    """Once per process, before its first hook call: ``gc.freeze()`` what start-up allocated.
-
-    The app, terminology and schemas are tens of thousands of long-lived objects; every full
-    collection would walk them again while a hook call parses a few hundred resources (about half
-    a millisecond a call). Frozen, the collector only looks at what requests allocate. Runs in each
-    gunicorn worker after the fork (and once in a test process).
-    """
-    global _settled_pid
-    pid = os.getpid()
-    if _settled_pid != pid:
-        _settled_pid = pid
-        gc.collect()
-        gc.freeze()
-
-
 class CdsService:
     """The NCT06010472 enrollment service: verification, screening, cards, feedback, worksheet."""
 
@@ -168,10 +149,13 @@ class CdsService:
             log.warning(
                 "no trusted CDS clients configured (cds_trusted_issuers_file): every hook call gets 401"
             )
+        terminology: Terminology | None = None
         try:
-            load_terminology(settings.resources_dir)  # warm the cache outside the time budget
+            terminology = load_terminology(settings.resources_dir)  # warm the cache, off the clock
         except FhirTrialError as exc:
             log.error("terminology not loadable; screenings will not complete: %s", exc.message)
+        # What to ask the EHR for (prefetch templates and fetches): fhir_trial.searches.
+        self.plan: tuple[PlannedSearch, ...] = plan_searches(terminology)
 
     # ------------------------------------------------------------------ identity
     def authenticate(
@@ -258,25 +242,29 @@ class CdsService:
 
     def _screen(self, hook: HookRequest, deadline: Deadline) -> Outcome:
         record = PatientRecord()
-        pre = apply_prefetch(record, hook.prefetch, hook.patient_id)
+        pre = apply_prefetch(record, hook.prefetch, hook.patient_id, self.plan)
         failed_fetches: dict[str, str] = {}
-        if pre.to_fetch or pre.next_pages:
-            if hook.fhir_server:
-                fetcher = FhirFetcher(
-                    hook.fhir_server, hook.access_token, self.settings, deadline, self._fetchers
-                )
-                for category, result in fetcher.fetch(
-                    hook.patient_id, pre.to_fetch, pre.next_pages
-                ).items():
-                    if result.error:
-                        record.mark_failed(category, result.error)
-                        failed_fetches[category] = result.error
-                    else:
-                        add_resources(record, result.resources, hook.patient_id, category)
-                        record.mark_obtained(category)
-            else:
-                for category in pre.to_fetch:
-                    record.mark_failed(category, "not in the prefetch, and no fhirServer was given")
+        if pre.pending and hook.fhir_server:
+            jobs = {
+                search.key: FetchJob(search.category, search.relative_url(hook.patient_id))
+                for search in pre.to_fetch
+            }
+            for key, url in pre.next_pages.items():
+                jobs[key] = FetchJob(pre.category_of(key), url, continuing=True)
+            fetcher = FhirFetcher(
+                hook.fhir_server, hook.access_token, self.settings, deadline, self._fetchers
+            )
+            results = fetcher.fetch(jobs)
+            for category, keys in pre.pending.items():
+                errors = [results[key].error for key in keys if results[key].error]
+                for key in keys:
+                    if not results[key].error:  # evidence even when a sibling key failed
+                        add_resources(record, results[key].resources, hook.patient_id, key)
+                if errors:
+                    record.mark_failed(category, str(errors[0]))
+                    failed_fetches[category] = str(errors[0])
+                else:
+                    record.mark_obtained(category)
         if failed_fetches:
             log.warning(
                 "cds hook %s: could not fetch %s",

@@ -53,6 +53,14 @@ def age(ctx: Context) -> Finding:
             (ref,),
             ("Patient.birthDate",),
         )
+    if span.start > ctx.as_of:
+        return Finding(
+            "needs-review",
+            f"birth date {birth} is after the screening date {ctx.as_of.isoformat()}: "
+            "a data error to correct before the age can be judged",
+            (ref,),
+            ("a correct Patient.birthDate",),
+        )
     oldest = completed_years(span.start, ctx.as_of)
     youngest = completed_years(span.end, ctx.as_of)
     on = ctx.as_of.isoformat()

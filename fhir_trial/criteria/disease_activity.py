@@ -20,6 +20,7 @@ from fhir_trial.terminology import ValueSet, codings
 _SCORE_UNITS = frozenset({"", "{score}", "score", "{points}", "points", "1"})
 _BILAG_A_MIN = 1  # organ systems graded A that qualify (protocol: ">= 1 ... Class A")
 _BILAG_B_MIN = 2  # organ systems graded B that qualify (protocol: ">= 2 ... Class B")
+SLEDAI_2K_MAX = 105  # the sum of all 24 SLEDAI-2K item weights: a larger total is a data error
 
 
 # --------------------------------------------------------------------------- SLEDAI-2K
@@ -37,6 +38,8 @@ def _sledai_judge(threshold: int) -> Callable[[Resource], Judgement]:
         shown = f"{comparator}{value:.6g}"
         if unit.lower() not in _SCORE_UNITS:
             return Judgement("unreadable", f"{shown} with unit {unit!r}, not a score")
+        if not 0 <= value <= SLEDAI_2K_MAX:
+            return Judgement("unreadable", f"{shown}, outside the possible 0-{SLEDAI_2K_MAX}")
         ok = meets_at_least(value, comparator, threshold)
         if ok is None:
             return Judgement("unreadable", f"{shown} (cannot be compared with {threshold})")

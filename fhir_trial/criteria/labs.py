@@ -33,9 +33,11 @@ from fhir_trial.units import (
     HEMOGLOBIN_G_PER_MMOL,
     MASS_CONCENTRATION,
     PERCENT,
+    POSSIBLE_RANGE,
     Dimension,
     Normalised,
     UnitError,
+    is_possible,
     normalise,
 )
 
@@ -203,6 +205,12 @@ def _compare(
         problem = errors[-1].message if errors else "no unit"
         return Judgement("unreadable", f"{describe_quantity(quantity)}: {problem}")
     shown = f"{quantity.comparator}{converted.describe()}"
+    if not is_possible(converted.value, dimension):
+        low, high = POSSIBLE_RANGE[dimension]
+        return Judgement(
+            "unreadable",
+            f"{shown}, outside what is possible ({low:g} to {high:g} {dimension.value}): a data error",
+        )
     ok = meets_at_least(converted.value, quantity.comparator, threshold)
     if ok is None:
         return Judgement("unreadable", f"{shown} (cannot be compared with the threshold)")

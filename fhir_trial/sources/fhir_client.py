@@ -1,16 +1,17 @@
 """FhirClient: one patient's record from a FHIR R4 server, in as few round trips as it can.
 
-``fetch_patient_record(patient_id)`` reads the Patient and runs one search per data category of
-:data:`fhir_trial.record.CATEGORIES`, using only portable search forms (no partial dates, no
-``:in``, no ``_include``):
+``fetch_patient_record(patient_id)`` reads the Patient and runs the searches of
+:mod:`fhir_trial.searches` (the same queries the CDS Hooks service publishes as prefetch
+templates), each with ``_count=200``:
 
 ====================  =========================================================================
 Patient               ``Patient/<id>`` (a read)
 Condition             ``Condition?patient=<id>``
-Observation           ``Observation?patient=<id>&code=<system|code,...>`` with the codes of
-                      :data:`OBSERVATION_VALUESETS`, plus a ``value-concept`` search for NYHA class
-                      findings; a plain ``Observation?patient=<id>`` when the code list would make
-                      the URL too long (:data:`MAX_CODE_PARAM_CHARS`)
+Observation           ``Observation?patient=<id>&code=<system|code,...>``, twice (results, and
+                      disease activity scores), plus a ``value-concept`` search for NYHA class
+                      findings (optional: a server that cannot run it only causes a warning);
+                      a plain ``Observation?patient=<id>`` when a code list would make the URL
+                      too long (:data:`fhir_trial.searches.MAX_FILTER_CHARS`)
 Medication*           ``MedicationStatement|Request|Administration|Dispense?patient=<id>``
 AllergyIntolerance    ``AllergyIntolerance?patient=<id>``
 ResearchSubject       ``ResearchSubject?individual=<id>``
@@ -57,42 +58,13 @@ from fhir_trial.errors import (
 )
 from fhir_trial.fhir_http import RETRY_STATUSES, FhirHttp
 from fhir_trial.record import CATEGORIES, MEDICATION_TYPES, PatientRecord
+from fhir_trial.searches import MAX_FILTER_CHARS, plan_searches
 from fhir_trial.terminology import Terminology, load_terminology
 
 Resource = dict[str, Any]
 
-# The Observation ValueSets the criteria need, with the search parameter their codes go in. This is
-# the one list: add a ValueSet here when a criterion starts reading a new kind of Observation.
-OBSERVATION_VALUESETS: tuple[tuple[str, str], ...] = (
-    ("sledai-2k-total", "code"),
-    ("bilag-2004-panel", "code"),
-    ("bilag-2004-organ-systems", "code"),
-    ("ana-immunofluorescence-titer", "code"),
-    ("ana-other-method", "code"),
-    ("anti-dsdna", "code"),
-    ("anti-sm", "code"),
-    ("neutrophils-absolute", "code"),
-    ("neutrophils-percent", "code"),
-    ("hemoglobin", "code"),
-    ("lvef", "code"),
-    ("pregnancy-status", "code"),
-    ("hcg-tests", "code"),
-    ("breastfeeding-status", "code"),
-    ("nyha-class-iii-iv", "value-concept"),
-)
-
-# Search parameter naming the patient, per category searched (Patient itself is a read).
-PATIENT_PARAM: Mapping[str, str] = {
-    "Condition": "patient",
-    "Observation": "patient",
-    **{mtype: "patient" for mtype in MEDICATION_TYPES},
-    "AllergyIntolerance": "patient",
-    "ResearchSubject": "individual",
-    "Consent": "patient",
-}
-
 PAGE_SIZE = 200  # _count asked for on every search
-MAX_CODE_PARAM_CHARS = 1500  # beyond this, Observation is searched without a code filter
+MAX_CODE_PARAM_CHARS = MAX_FILTER_CHARS  # beyond this, a category is searched without a filter
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -123,13 +95,6 @@ class SearchResult:
     warnings: list[str] = field(default_factory=list)
     error: FhirServerError | None = None  # kept to re-raise auth errors in the caller's thread
     incomplete: str | None = None  # set when paging stopped early: the entries are only part
-
-
-def _escape(value: str) -> str:
-    """FHIR search escaping of ``\\``, ``,``, ``|`` and ``$`` in a token part."""
-    for char in ("\\", ",", "|", "$"):
-        value = value.replace(char, "\\" + char)
-    return value
 
 
 def _status_of(text: Any) -> int:
@@ -195,44 +160,23 @@ class FhirClient:
             self._terminology = load_terminology(self.settings.resources_dir)
         return self._terminology
 
-    def observation_searches(self, patient_id: str) -> list[Search]:
-        """The Observation queries: one per search parameter of :data:`OBSERVATION_VALUESETS`."""
-        by_param: dict[str, list[str]] = {}
-        for valueset_id, param in OBSERVATION_VALUESETS:
-            tokens = by_param.setdefault(param, [])
-            for system, code in self.terminology.get(valueset_id):
-                token = f"{_escape(system)}|{_escape(code)}" if system else _escape(code)
-                if token not in tokens:
-                    tokens.append(token)
-        codes = ",".join(by_param.get("code", []))
-        base = (("patient", patient_id), ("_count", str(PAGE_SIZE)))
-        if not codes or len(codes) > MAX_CODE_PARAM_CHARS:
-            return [Search("Observation", "Observation", base, label="Observation (all)")]
-        searches = [Search("Observation", "Observation", (*base, ("code", codes)))]
-        for param, tokens in by_param.items():
-            if param != "code" and tokens:
-                searches.append(
-                    Search(
-                        "Observation",
-                        "Observation",
-                        (*base, (param, ",".join(tokens))),
-                        optional=True,
-                        label=f"Observation by {param}",
-                    )
-                )
-        return searches
-
     def searches(self, patient_id: str) -> list[Search]:
-        """Every query for one patient, Patient read first."""
-        plan = [Search("Patient", f"Patient/{patient_id}", ())]
-        for category in CATEGORIES:
-            if category == "Patient":
+        """Every query for one patient (:func:`fhir_trial.searches.plan_searches`), Patient first."""
+        plan = []
+        for planned in plan_searches(self.terminology, MAX_CODE_PARAM_CHARS):
+            if planned.category == "Patient":
+                plan.append(Search("Patient", planned.relative_url(patient_id), ()))
                 continue
-            if category == "Observation":
-                plan.extend(self.observation_searches(patient_id))
-                continue
-            params = ((PATIENT_PARAM[category], patient_id), ("_count", str(PAGE_SIZE)))
-            plan.append(Search(category, category, params))
+            first, *rest = planned.params(patient_id)
+            plan.append(
+                Search(
+                    planned.category,
+                    planned.resource_type,
+                    (first, ("_count", str(PAGE_SIZE)), *rest),
+                    optional=planned.optional,
+                    label=planned.label,
+                )
+            )
         return plan
 
     # --------------------------------------------------------------------------- fetching

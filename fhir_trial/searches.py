@@ -1,0 +1,245 @@
+"""What to ask a FHIR server for, per data category: the one definition of the service's queries.
+
+Both ways this project reads a patient's chart use it: the REST client
+(:mod:`fhir_trial.sources.fhir_client`) runs these searches itself, and the CDS Hooks service
+(:mod:`fhir_trial.cds_hooks.discovery`) publishes them as prefetch templates for the EHR to run.
+
+Data minimisation: the service asks only for what its criteria read. Observations are most of a
+chart (vital signs, every lab panel ever drawn), and the criteria read a few kinds of them, so
+Observations are searched by code, with the codes of the ValueSets the criteria use (taken from
+:mod:`fhir_trial.terminology`, never listed here), and NYHA class findings by their value
+(``value-concept``). Less protected health information leaves the EHR, and less has to be sent
+and parsed. The other categories are searched whole: conditions and medications are matched
+through code hierarchies (ICD-10 prefixes, ingredient vs. product codes, referenced Medications)
+that a portable token search cannot express, and the rest are small.
+
+=====================  ===================  =================================================
+prefetch key           resource type        filter
+=====================  ===================  =================================================
+``patient``            ``Patient/<id>``     (a read)
+``condition``          Condition            none
+``observation``        Observation          ``code``: serology, blood counts, LVEF, pregnancy
+                                            and lactation
+``observationScores``  Observation          ``code``: SLEDAI-2K total, BILAG-2004 panel and
+                                            organ systems (the project's own CodeSystem)
+``observationNyha``    Observation          ``value-concept``: NYHA class I-IV findings
+``medication...``      the four medication  none
+                       resource types
+``allergyIntolerance`` AllergyIntolerance   none
+``researchSubject``    ResearchSubject      none (``individual=<id>``)
+``consent``            Consent              none
+=====================  ===================  =================================================
+
+The Observation codes are split over two searches so that each query stays well under the URL
+lengths common servers accept. When a filter would still be longer than
+:data:`MAX_FILTER_CHARS` (or its ValueSets are missing), that whole category falls back to one
+unfiltered search: more data, never less. A category is complete only when every one of its
+searches is.
+
+Only portable search forms are used: no partial dates, no ``:in``, no ``_include``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import quote
+
+from fhir_trial.errors import ConfigurationError
+from fhir_trial.record import CATEGORIES, MEDICATION_TYPES
+from fhir_trial.terminology import Terminology
+
+__all__ = [
+    "MAX_FILTER_CHARS",
+    "SEARCHES",
+    "PlannedSearch",
+    "SearchSpec",
+    "escape_token",
+    "plan_searches",
+    "valueset_ids",
+]
+
+MAX_FILTER_CHARS = 1500  # a longer filter value: the category is searched without a filter
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One query of a data category, before its ValueSets are expanded into codes.
+
+    ``patient_param`` is the search parameter naming the patient (None: the Patient read).
+    ``filter_param`` (``code``, ``value-concept``) takes the codes of ``valuesets``. ``optional``
+    searches are extras whose failure the REST client only warns about (not every server supports
+    ``value-concept``); the CDS Hooks service needs every key it asked for.
+    """
+
+    key: str
+    category: str
+    resource_type: str
+    patient_param: str | None
+    filter_param: str | None = None
+    valuesets: tuple[str, ...] = ()
+    optional: bool = False
+    label: str = ""
+
+
+def _whole(category: str, patient_param: str = "patient") -> SearchSpec:
+    return SearchSpec(category[:1].lower() + category[1:], category, category, patient_param)
+
+
+SEARCHES: tuple[SearchSpec, ...] = (
+    SearchSpec("patient", "Patient", "Patient", None),
+    _whole("Condition"),
+    SearchSpec(
+        "observation",
+        "Observation",
+        "Observation",
+        "patient",
+        "code",
+        (
+            "ana-immunofluorescence-titer",
+            "ana-other-method",
+            "anti-dsdna",
+            "anti-sm",
+            "neutrophils-absolute",
+            "neutrophils-percent",
+            "hemoglobin",
+            "lvef",
+            "pregnancy-status",
+            "hcg-tests",
+            "breastfeeding-status",
+        ),
+        label="Observation (results)",
+    ),
+    SearchSpec(
+        "observationScores",
+        "Observation",
+        "Observation",
+        "patient",
+        "code",
+        ("sledai-2k-total", "bilag-2004-panel", "bilag-2004-organ-systems"),
+        label="Observation (disease activity scores)",
+    ),
+    SearchSpec(
+        "observationNyha",
+        "Observation",
+        "Observation",
+        "patient",
+        "value-concept",
+        ("nyha-class-iii-iv", "nyha-class-i-ii"),
+        optional=True,
+        label="Observation by value-concept (NYHA class)",
+    ),
+    *(_whole(mtype) for mtype in MEDICATION_TYPES),
+    _whole("AllergyIntolerance"),
+    _whole("ResearchSubject", "individual"),
+    _whole("Consent"),
+)
+
+
+def escape_token(value: str) -> str:
+    """FHIR search escaping of ``\\``, ``,``, ``|`` and ``$`` in one part of a token."""
+    for char in ("\\", ",", "|", "$"):
+        value = value.replace(char, "\\" + char)
+    return value
+
+
+def valueset_ids() -> list[str]:
+    """Every ValueSet whose codes go into a search filter."""
+    return [vid for spec in SEARCHES for vid in spec.valuesets]
+
+
+@dataclass(frozen=True)
+class PlannedSearch:
+    """A :class:`SearchSpec` with its filter expanded (``filter_value``: ``system|code,...``)."""
+
+    spec: SearchSpec
+    filter_value: str | None = None
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        """The prefetch key."""
+        return self.spec.key
+
+    @property
+    def category(self) -> str:
+        """The data category it fills."""
+        return self.spec.category
+
+    @property
+    def resource_type(self) -> str:
+        """The resource type searched (or read)."""
+        return self.spec.resource_type
+
+    @property
+    def optional(self) -> bool:
+        """See :class:`SearchSpec`."""
+        return self.spec.optional and self.filter_value is not None
+
+    def params(self, patient_id: str) -> tuple[tuple[str, str], ...]:
+        """The search parameters for one patient (empty for the Patient read)."""
+        if self.spec.patient_param is None:
+            return ()
+        params = [(self.spec.patient_param, patient_id)]
+        if self.spec.filter_param and self.filter_value:
+            params.append((self.spec.filter_param, self.filter_value))
+        return tuple(params)
+
+    def relative_url(self, patient_id: str) -> str:
+        """``Patient/<id>`` or ``Type?param=value&...``; ``patient_id`` goes in unquoted.
+
+        So ``{{context.patientId}}`` stays a usable prefetch token; callers pass FHIR ids only.
+        Filter values keep ``|``, ``,``, ``:`` and ``/`` readable (as in the CDS Hooks examples).
+        """
+        if self.spec.patient_param is None:
+            return f"{self.resource_type}/{patient_id}"
+        parts = []
+        for name, value in self.params(patient_id):
+            shown = value if name == self.spec.patient_param else quote(value, safe="|,:/")
+            parts.append(f"{name}={shown}")
+        return f"{self.resource_type}?{'&'.join(parts)}"
+
+
+def _tokens(terminology: Terminology, valuesets: Iterable[str]) -> list[str]:
+    tokens: list[str] = []
+    for valueset_id in valuesets:
+        for system, code in terminology.get(valueset_id):
+            token = f"{escape_token(system)}|{escape_token(code)}" if system else escape_token(code)
+            if token not in tokens:
+                tokens.append(token)
+    return tokens
+
+
+@lru_cache(maxsize=16)
+def plan_searches(
+    terminology: Terminology | None, max_filter_chars: int = MAX_FILTER_CHARS
+) -> tuple[PlannedSearch, ...]:
+    """Every search, filters expanded, in :data:`fhir_trial.record.CATEGORIES` order.
+
+    A category with a filter that is empty, longer than ``max_filter_chars``, or whose ValueSets
+    are not loaded (``terminology`` None or lacking one) becomes one unfiltered search. Cached per
+    terminology object (load_terminology returns one per resources directory).
+    """
+    planned: dict[str, list[PlannedSearch]] = {category: [] for category in CATEGORIES}
+    unfiltered: set[str] = set()
+    for spec in SEARCHES:
+        if spec.filter_param is None:
+            planned[spec.category].append(PlannedSearch(spec, label=spec.label or spec.category))
+            continue
+        try:
+            tokens = _tokens(terminology, spec.valuesets) if terminology is not None else []
+        except ConfigurationError:
+            tokens = []
+        value = ",".join(tokens)
+        if not value or len(value) > max_filter_chars:
+            unfiltered.add(spec.category)
+        planned[spec.category].append(PlannedSearch(spec, value, spec.label or spec.category))
+    result: list[PlannedSearch] = []
+    for category in CATEGORIES:
+        searches = planned[category]
+        if category in unfiltered:
+            first = searches[0].spec
+            searches = [PlannedSearch(first, None, f"{category} (all)")]
+        result.extend(searches)
+    return tuple(result)
