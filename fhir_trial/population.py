@@ -94,6 +94,17 @@ class Feasibility:
         if first:
             self.first_removed_by[first] += 1
 
+    def merge(self, other: Feasibility) -> None:
+        """Add another counter's counts to this one (e.g. one counter per Spark partition)."""
+        self.total += other.total
+        self.as_of = self.as_of or other.as_of
+        self.verdicts.update(other.verdicts)
+        for criterion_id, counter in other.statuses.items():
+            self.statuses.setdefault(criterion_id, Counter()).update(counter)
+        self.removes.update(other.removes)
+        self.first_removed_by.update(other.first_removed_by)
+        self.skipped.extend(other.skipped)
+
     def funnel(self) -> list[tuple[str, int]]:
         """``(criterion id, patients remaining after it)`` for the criteria that vote."""
         remaining = self.total

@@ -7,6 +7,8 @@ the demo patients shipped with the package (screened as of their own date unless
 Output: the feasibility report on stdout (``--format text|json|csv``); with ``--format text``
 also one verdict line per patient (the first 20, or all with ``--demo``). ``--output FILE`` gets
 every patient's full report as JSON lines (the CRITERIA.md shape), written as they are computed.
+``--engine spark`` screens an ``--ndjson`` export on Apache Spark instead (optional extra
+``spark``; ``--spark-master URL``), with the same outputs: see :mod:`fhir_trial.population_spark`.
 Exit codes: 0 done, 2 unusable input (nothing could be screened, bad option).
 """
 
@@ -97,6 +99,14 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
     help="Processes evaluating patients in parallel.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (it only shows on a terminal).")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="Where patients are evaluated; spark (with --ndjson) needs the extra fhir-trial[spark].",
+)
+@click.option("--spark-master", metavar="URL", help="With --engine spark: local[4], spark://...")
 def command(
     paths: tuple[str, ...],
     bundles: tuple[str, ...],
@@ -108,6 +118,8 @@ def command(
     output: str | None,
     workers: int,
     no_progress: bool,
+    engine: str,
+    spark_master: str | None,
 ) -> None:
     """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
     bundle_inputs = [*bundles, *paths]
@@ -124,6 +136,21 @@ def command(
     settings = Settings.from_env(as_of=as_of_date)
     if settings.as_of is None:  # every patient is screened for the same day, even past midnight
         settings = settings.replace(as_of=dt.date.today())
+    if engine == "spark" or spark_master:
+        if not ndjson:
+            raise InputError("--engine spark works with --ndjson DIR (or a folder URI)")
+        from fhir_trial.population_spark import run_screen_population
+
+        run_screen_population(
+            ndjson,
+            missing,
+            settings,
+            output_format=output_format,
+            output=output,
+            master=spark_master,
+            patient_lines=TEXT_PATIENT_LINES,
+        )
+        return
 
     feasibility = Feasibility()
     total: int | None = None

@@ -276,7 +276,10 @@ def lvef(ctx: Context) -> Finding:
 
 
 def abnormal_labs(ctx: Context) -> Finding:
-    """exc-abnormal-labs: always needs-review, listing critical (HH/LL/AA) results in the window."""
+    """exc-abnormal-labs: always needs-review, listing critical (HH/LL/AA) results in the window.
+
+    It can only list what was retrieved; the reason says so (see ``scope`` below).
+    """
     unavailable = category_unavailable(ctx, "Observation")
     if unavailable is not None:
         return unavailable
@@ -295,11 +298,18 @@ def abnormal_labs(ctx: Context) -> Finding:
         reverse=True,
     )
     judgement = "clinical significance of abnormal results is the investigator's judgement"
+    # Sources may retrieve only the kinds of results the criteria read (the CDS Hooks prefetch and
+    # the REST client ask for those codes): never suggest the whole chart was checked.
+    scope = (
+        "the retrieved results may be only the kinds these criteria read, so the chart can hold "
+        "other abnormal results"
+    )
     if not listed:
         return Finding(
             "needs-review",
-            f"no result flagged critical (HH/LL/AA) within the last {days} days among "
-            f"{ctx.record.count('Observation')} retrieved Observation resources; {judgement}",
+            f"no result flagged critical (HH/LL/AA) within the last {days} days among the "
+            f"{ctx.record.count('Observation')} Observation resources retrieved for this "
+            f"screening; {scope}; {judgement}",
         )
     items = []
     for item in listed:
@@ -313,8 +323,9 @@ def abnormal_labs(ctx: Context) -> Finding:
         items.append(f"{label} {shown} ({flags}) on {date_text(obs)}{note}".replace("  ", " "))
     return Finding(
         "needs-review",
-        f"{_plural(len(items), 'critical result')} within the last {days} days: "
-        f"{'; '.join(items)}; {judgement}",
+        f"{_plural(len(items), 'critical result')} within the last {days} days among the "
+        f"Observation resources retrieved for this screening: {'; '.join(items)}; {scope}; "
+        f"{judgement}",
         tuple(reference(d.resource) for d in listed),
     )
 

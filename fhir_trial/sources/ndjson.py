@@ -31,13 +31,13 @@ import json
 import re
 import sqlite3
 import tempfile
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from fhir_trial.errors import InputError
-from fhir_trial.record import CATEGORIES, PatientRecord
+from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.sources._common import KEPT_TYPES, is_known_type, patient_refs
 
 LOG_FILE = "log.ndjson"
@@ -45,7 +45,7 @@ MANIFEST_FILE = "manifest.json"
 MAX_LINE_WARNINGS = 20  # per export; the rest are counted
 
 _CATEGORY_WORD = re.compile(r"\b(" + "|".join(sorted(CATEGORIES, key=len, reverse=True)) + r")\b")
-_PATIENT_IN_TEXT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})")
+PATIENT_IN_TEXT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})")
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _open_text(path: Path) -> IO[str]:
     return path.open("r", encoding="utf-8", errors="replace")
 
 
-def _file_type(path: Path) -> str | None:
+def file_type(path: Path) -> str | None:
     """The resource type a file name announces (``Condition.000.ndjson``, ``1.Condition.ndjson``)."""
     for part in path.name.split("."):
         if is_known_type(part):
@@ -100,7 +100,7 @@ def _categories_named(text: str) -> set[str]:
     return set(_CATEGORY_WORD.findall(text))
 
 
-def _read_outcome(outcome: dict[str, Any], where: str, problems: ExportProblems) -> None:
+def read_outcome(outcome: dict[str, Any], where: str, problems: ExportProblems) -> None:
     """An OperationOutcome the export wrote: error/fatal issues naming a type fail that category."""
     for issue in outcome.get("issue") or []:
         if not isinstance(issue, dict) or issue.get("severity") not in ("error", "fatal"):
@@ -118,7 +118,7 @@ def _read_outcome(outcome: dict[str, Any], where: str, problems: ExportProblems)
             problems.warnings.append(f"{where}: the export reported an error not tied to a type")
 
 
-def _read_log(path: Path, problems: ExportProblems) -> None:
+def read_log(path: Path, problems: ExportProblems) -> None:
     """``log.ndjson``: OperationOutcomes and error events that name a resource type."""
     with _open_text(path) as handle:
         for number, line in enumerate(handle, 1):
@@ -132,7 +132,7 @@ def _read_log(path: Path, problems: ExportProblems) -> None:
             if not isinstance(event, dict):
                 continue
             if event.get("resourceType") == "OperationOutcome":
-                _read_outcome(event, f"{path.name}:{number}", problems)
+                read_outcome(event, f"{path.name}:{number}", problems)
                 continue
             event_id = str(event.get("eventId") or "")
             if "error" not in event_id.lower():
@@ -146,7 +146,7 @@ def _read_log(path: Path, problems: ExportProblems) -> None:
                 problems.warnings.append(f"{path.name}:{number}: the export log reports {event_id}")
 
 
-def _read_manifest(directory: Path, present: set[str], problems: ExportProblems) -> None:
+def read_manifest(directory: Path, present: set[str], problems: ExportProblems) -> None:
     """``manifest.json``: a category listed as output whose file is not in the folder failed."""
     path = directory / MANIFEST_FILE
     if not path.is_file():
@@ -184,7 +184,7 @@ class NdjsonExport:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise InputError(f"{self.directory} is not a folder (expected a Bulk Data export)")
-        self.missing = _check_categories(missing_categories)
+        self.missing = check_categories(missing_categories)
         self.files = data_files(self.directory)
         if not self.files:
             raise InputError(f"{self.directory} holds no .ndjson files")
@@ -211,14 +211,14 @@ class NdjsonExport:
         )
         present: set[str] = set()
         for path in self.files:
-            ftype = _file_type(path)
+            ftype = file_type(path)
             if ftype:
                 present.add(ftype)
             self._index_file(db, path, ftype)
         log = self.directory / LOG_FILE
         if log.is_file():
-            _read_log(log, self.problems)
-        _read_manifest(self.directory, present, self.problems)
+            read_log(log, self.problems)
+        read_manifest(self.directory, present, self.problems)
         db.execute("CREATE INDEX resource_patient ON resource (patient)")
         db.commit()
         self.patient_count = db.execute("SELECT COUNT(*) FROM patient").fetchone()[0]
@@ -245,7 +245,7 @@ class NdjsonExport:
                     continue
                 rtype = resource["resourceType"]
                 if rtype == "OperationOutcome":
-                    _read_outcome(resource, where, self.problems)
+                    read_outcome(resource, where, self.problems)
                     continue
                 if rtype not in KEPT_TYPES:
                     continue
@@ -275,7 +275,7 @@ class NdjsonExport:
         if ftype not in CATEGORIES or ftype == "Patient":
             return  # an unreadable Patient line loses that patient, not others' data
         reason = f"an unreadable line in the export ({where})"
-        named = set(_PATIENT_IN_TEXT.findall(text))
+        named = set(PATIENT_IN_TEXT.findall(text))
         if not named:
             self.problems.failed.setdefault(ftype, reason)
             return
@@ -300,29 +300,23 @@ class NdjsonExport:
     def _record(
         self, db: sqlite3.Connection, patient_id: str, body: str, warnings: list[str]
     ) -> PatientRecord:
-        record = PatientRecord()
-        record.warnings.extend(warnings)
-        record.add(json.loads(body))
-        medication_refs: set[str] = set()
-        for (text,) in db.execute("SELECT body FROM resource WHERE patient = ?", (patient_id,)):
-            resource = json.loads(text)
-            record.add(resource)
-            ref = (resource.get("medicationReference") or {}).get("reference")
-            if isinstance(ref, str) and ref.startswith("Medication/"):
-                medication_refs.add(ref)
-        for ref in sorted(medication_refs):
-            if record.resolve(ref) is None:
-                row = db.execute("SELECT body FROM shared WHERE ref = ?", (ref,)).fetchone()
-                if row:
-                    record.add(json.loads(row[0]))
-        record.mark_obtained(*CATEGORIES)
-        for category, reason in self.problems.failed.items():
-            record.mark_failed(category, reason)
-        for category, reason in self.problems.failed_for.get(patient_id, {}).items():
-            record.mark_failed(category, reason)
-        for category in self.missing:
-            record.mark_failed(category, f"{category} is not in the export (as the caller said)")
-        return record
+        def shared_medication(ref: str) -> Resource | None:
+            row = db.execute("SELECT body FROM shared WHERE ref = ?", (ref,)).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return assemble_record(
+            json.loads(body),
+            (
+                json.loads(text)
+                for (text,) in db.execute(
+                    "SELECT body FROM resource WHERE patient = ?", (patient_id,)
+                )
+            ),
+            shared_medication,
+            failed=[self.problems.failed, self.problems.failed_for.get(patient_id, {})],
+            missing=self.missing,
+            warnings=warnings,
+        )
 
     def count_patients(self) -> int:
         """How many Patients the export holds (indexes the folder on first call)."""
@@ -345,7 +339,7 @@ class NdjsonExport:
         self.close()
 
 
-def _check_categories(categories: Iterable[str]) -> frozenset[str]:
+def check_categories(categories: Iterable[str]) -> frozenset[str]:
     wanted = frozenset(categories)
     unknown = sorted(wanted - set(CATEGORIES))
     if unknown:
@@ -366,3 +360,42 @@ def records_from_ndjson(
     folder that does not exist or holds no NDJSON, or for an unknown category name.
     """
     return iter(NdjsonExport(directory, missing_categories))
+
+
+def assemble_record(
+    patient: Resource,
+    resources: Iterable[Resource],
+    shared_medication: Callable[[str], Resource | None],
+    *,
+    failed: Iterable[Mapping[str, str]] = (),
+    missing: Iterable[str] = (),
+    warnings: Iterable[str] = (),
+) -> PatientRecord:
+    """One patient's record from an export: the rules every NDJSON reader (local or Spark) shares.
+
+    The patient's own resources in export order; then the shared Medications its medication
+    resources point to and that it does not hold itself (``shared_medication(ref)``); every category
+    obtained (an export is complete), then failed by the export's problems (``failed``, applied in
+    order: export-wide, then this patient's) and by the caller's ``missing`` list.
+    """
+    record = PatientRecord()
+    record.warnings.extend(warnings)
+    record.add(patient)
+    medication_refs: set[str] = set()
+    for resource in resources:
+        record.add(resource)
+        ref = (resource.get("medicationReference") or {}).get("reference")
+        if isinstance(ref, str) and ref.startswith("Medication/"):
+            medication_refs.add(ref)
+    for ref in sorted(medication_refs):
+        if record.resolve(ref) is None:
+            medication = shared_medication(ref)
+            if medication is not None:
+                record.add(medication)
+    record.mark_obtained(*CATEGORIES)
+    for problems in failed:
+        for category, reason in problems.items():
+            record.mark_failed(category, reason)
+    for category in missing:
+        record.mark_failed(category, f"{category} is not in the export (as the caller said)")
+    return record
