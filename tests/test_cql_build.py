@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def test_one_define_per_criterion_and_verdict() -> None:
     defines = {d["name"] for d in main_elm()["library"]["statements"]["def"]}
     missing = {spec.id for spec in CRITERIA} | {"Inclusion", "Exclusion", "Verdict"}
     assert missing - defines == set()
+
+
+def test_plan_definition_expressions_name_library_defines() -> None:
+    """Every CQL expression of the PlanDefinition refers to a define that the Library has."""
+    defines = {d["name"] for d in main_elm()["library"]["statements"]["def"]}
+    plan = json.loads(
+        (DEFAULT_RESOURCES_DIR / "PlanDefinition-nct06010472-eligibility.json").read_text()
+    )
+    expressions = [c["expression"] for a in plan["action"] for c in a.get("condition", [])]
+    expressions += [d["expression"] for a in plan["action"] for d in a.get("dynamicValue", [])]
+    assert len(expressions) == len(CRITERIA) + 1
+    for expression in expressions:
+        named = re.findall(r'"([^"]+)"', expression["expression"])
+        assert named == [expression["name"]], expression
+        assert expression["name"] in defines
 
 
 def test_data_requirements_name_project_valuesets() -> None:

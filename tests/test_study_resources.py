@@ -256,9 +256,11 @@ def test_plan_definition_has_an_action_per_criterion(
         assert action["trigger"] == [{"type": "named-event", "name": "patient-view"}]
         (condition,) = action["condition"]
         assert condition["kind"] == "applicability"
-        assert condition["expression"]["expression"] == action["code"][0]["coding"][0]["code"]
+        criterion = action["code"][0]["coding"][0]["code"]
+        assert condition["expression"]["name"] == criterion
+        assert condition["expression"]["expression"] == f"\"{criterion}\" = 'met'"
     assert verdict["title"] == "Eligibility verdict"
-    assert verdict["dynamicValue"][0]["expression"]["expression"] == "Verdict"
+    assert verdict["dynamicValue"][0]["expression"]["expression"] == '"Verdict"'
 
 
 def test_codesystem_defines_every_criterion_id(criteria_md_ids: list[str]) -> None:

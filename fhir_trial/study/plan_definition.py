@@ -2,8 +2,8 @@
 
 One action per criterion, in catalog order: title, protocol wording, the criterion id as ``code``, a
 ``patient-view`` named-event trigger and an applicability condition naming the CQL define of the same
-id in the Library (language ``text/cql``, see :data:`EXPRESSION_LANGUAGE`). A last action carries
-the verdict (the ``Verdict`` define) as a dynamic value.
+id in the Library (``"inc-age" = 'met'`` in ``text/cql``, see :data:`EXPRESSION_LANGUAGE`). A last
+action carries the verdict (the ``Verdict`` define) as a dynamic value.
 """
 
 from __future__ import annotations
@@ -14,12 +14,18 @@ from fhir_trial.study.common import JsonDict, canonical_metadata, project_coding
 from fhir_trial.study.research_study import ELIGIBILITY_ID
 
 CPG_PROFILE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computableplandefinition"
-# CPG 1.0 would write "text/cql-identifier", but the R4 ExpressionLanguage codes (enforced as an
-# enum by the official R4 JSON Schema) only know "text/cql". Following the R4-era CDS Hooks
-# PlanDefinitions, the expression is the NAME of a define in the Library (the criterion id).
+# CPG 1.0 would write "text/cql-identifier" with the bare define name, but the R4 ExpressionLanguage
+# codes (enforced as an enum by the official R4 JSON Schema) only know "text/cql". So each condition
+# is a real CQL Boolean over the Library's define (`"inc-age" = 'met'`: ids hold hyphens and must be
+# quoted), and Expression.name carries the define's identifier for tools that look it up by name.
 EXPRESSION_LANGUAGE = "text/cql"
 TRIGGER = {"type": "named-event", "name": "patient-view"}
 VERDICT_DEFINE = "Verdict"
+
+
+def applicability_expression(define: str) -> str:
+    """The CQL Boolean that holds when a criterion's define says 'met'."""
+    return f"\"{define}\" = 'met'"
 
 
 def criterion_action(spec: CriterionSpec) -> JsonDict:
@@ -36,10 +42,12 @@ def criterion_action(spec: CriterionSpec) -> JsonDict:
                 "kind": "applicability",
                 "expression": {
                     "language": EXPRESSION_LANGUAGE,
-                    "expression": spec.id,
+                    "name": spec.id,
+                    "expression": applicability_expression(spec.id),
                     "description": (
-                        f"status of {spec.kind} criterion {spec.id} ('met', 'not-met', 'unknown', "
-                        "'needs-review' or 'not-applicable'); the action applies when 'met'"
+                        f"define {spec.id} gives the status of {spec.kind} criterion {spec.id} "
+                        "('met', 'not-met', 'unknown', 'needs-review' or 'not-applicable'); the "
+                        "action applies when it is 'met'"
                     ),
                 },
             }
@@ -60,7 +68,11 @@ def verdict_action() -> JsonDict:
         "dynamicValue": [
             {
                 "path": "action.description",
-                "expression": {"language": EXPRESSION_LANGUAGE, "expression": VERDICT_DEFINE},
+                "expression": {
+                    "language": EXPRESSION_LANGUAGE,
+                    "name": VERDICT_DEFINE,
+                    "expression": f'"{VERDICT_DEFINE}"',
+                },
             }
         ],
     }
