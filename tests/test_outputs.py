@@ -84,6 +84,7 @@ def test_text_is_a_table_with_verdict_and_missing_data() -> None:
     assert "POTENTIALLY-ELIGIBLE" in text
     assert "inc-sledai" in text and "unknown" in text
     assert "missing: SLEDAI-2K total score within 90 days" in text
+    assert "[evidence: Observation/o1]" in text
     assert "warning: Observation could not be obtained" in text
 
 

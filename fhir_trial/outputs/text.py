@@ -9,11 +9,16 @@ from fhir_trial.report import CriterionResult, EligibilityReport
 
 _STATUS_WIDTH = 14
 _ID_WIDTH = 27
+_EVIDENCE_SHOWN = 4  # the JSON and FHIR outputs list all of it
 
 
 def _rows(result: CriterionResult, reason_width: int) -> list[str]:
     ident = f"  {result.id}" if result.part_of else result.id
     reason = result.reason
+    if result.evidence:
+        shown = ", ".join(result.evidence[:_EVIDENCE_SHOWN])
+        more = len(result.evidence) - _EVIDENCE_SHOWN
+        reason += f" [evidence: {shown}{f' and {more} more' if more > 0 else ''}]"
     if result.missing:
         reason += f" [missing: {'; '.join(result.missing)}]"
     lines = textwrap.wrap(reason, reason_width) or [""]
