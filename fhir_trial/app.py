@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify
+import logging
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from fhir_trial.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -25,5 +30,28 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify({"status": "ok"})
+
+    from fhir_trial.fhir_api.blueprint import operation_outcome
+
+    # Outside the blueprints' own handlers (unknown paths, the /fhir endpoint): an
+    # OperationOutcome, never Flask's HTML error page or a stack trace.
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 400
+        code = "not-found" if status == 404 else "not-supported" if status == 405 else "invalid"
+        return operation_outcome("error", code, exc.description or exc.name, status=status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        # The type only: exception text can carry request data (PHI) into the log.
+        log.error(
+            "%s %s failed unexpectedly (%s)", request.method, request.path, type(exc).__name__
+        )
+        return operation_outcome(
+            "error",
+            "transient",
+            "the service could not process this request; try again",
+            status=503,
+        )
 
     return app

@@ -332,3 +332,23 @@ def test_over_real_http(live_base: str) -> None:
         assert found["total"] == 1
         assert found["link"][0]["url"].startswith(live_base)
         assert http.same_origin(found["entry"][0]["fullUrl"])
+
+
+def test_unknown_paths_and_unexpected_errors_answer_operation_outcomes(tmp_db: str) -> None:
+    from fhir_trial.app import create_app
+
+    app = create_app(Settings(database_path=tmp_db))
+
+    @app.get("/boom-for-test")
+    def boom() -> str:
+        raise RuntimeError("patient Jane Doe")  # text that must not reach the answer
+
+    client = app.test_client()
+    missing = client.get("/no/such/path")
+    assert missing.status_code == 404
+    assert missing.get_json()["resourceType"] == "OperationOutcome"
+    failed = client.get("/boom-for-test")
+    assert failed.status_code == 503
+    body = failed.get_json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert "Jane" not in failed.get_data(as_text=True)
