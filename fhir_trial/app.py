@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def healthz() -> Response:
         return jsonify({"status": "ok"})
 
-    from fhir_trial.fhir_api.blueprint import operation_outcome
+    from fhir_trial.fhir_api.requests_io import operation_outcome
 
     # Outside the blueprints' own handlers (unknown paths, the /fhir endpoint): an
     # OperationOutcome, never Flask's HTML error page or a stack trace.

@@ -26,16 +26,16 @@ from fhir_trial.config import DEFAULT_RESOURCES_DIR, Settings
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.demo import DEMO_AS_OF, demo_bundle_paths
 from fhir_trial.evaluate import evaluate
-from fhir_trial.fhir_api.operations import (
-    APPLY_DEFINITION,
-    SCREEN_POPULATION_DEFINITION,
-    screen_population_operation_definition,
-)
+from fhir_trial.fhir_api.apply import APPLY_DEFINITION
 from fhir_trial.outputs.fhir import PLAN_DEFINITION_URL, SUBJECT_STATUS
 from fhir_trial.population import Feasibility
 from fhir_trial.report import STATUSES, EligibilityReport
 from fhir_trial.sources.bundle import record_from_bundle, records_from_bundle
 from fhir_trial.sources.ndjson import NdjsonExport
+from fhir_trial.study.operation_definition import (
+    SCREEN_POPULATION_DEFINITION,
+    screen_population_operation_definition,
+)
 from fhir_trial.validation import validate_resource
 
 APPLY = f"/fhir/PlanDefinition/{STUDY_RESOURCE_ID}-eligibility/$apply"

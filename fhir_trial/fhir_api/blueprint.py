@@ -4,7 +4,8 @@
                             search parameters _id, identifier and (for canonical types) url
     GET <Type>/<id>         read (ETag from meta.versionId when present)
     GET <Type>?<params>     searchset Bundle with ``total`` and a self link of the parameters used
-    POST PlanDefinition/$apply, ResearchStudy/<id>/$screen-population: see :mod:`.operations`
+    POST PlanDefinition/$apply, ResearchStudy/<id>/$screen-population: see :mod:`.apply`,
+                            :mod:`.population_operation` (routed by :mod:`.operations`)
 
 Everything answers ``application/fhir+json``. Errors are OperationOutcomes: unknown type or id
 404, unsupported search parameter or modifier 400 (``Prefer: handling=lenient`` ignores them
@@ -14,10 +15,8 @@ instead, as FHIR allows), any write 405, a non-JSON ``_format`` 406.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
-from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlencode
@@ -27,13 +26,13 @@ from flask import Blueprint, Response, request
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.fhir_api.operations import register_operations, resource_operations
+from fhir_trial.fhir_api.requests_io import fhir_response, operation_outcome
 from fhir_trial.fhir_api.store import ResourceStore
 
-__all__ = ["create_fhir_blueprint", "operation_outcome"]
+__all__ = ["create_fhir_blueprint"]
 
 log = logging.getLogger(__name__)
 
-FHIR_JSON = "application/fhir+json; charset=utf-8"
 FHIR_VERSION = "4.0.1"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 JSON_FORMATS = frozenset(
@@ -43,19 +42,6 @@ _TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # Parameters that change nothing about a search result and are always accepted.
 _IGNORED = frozenset({"_format"})
-
-
-def operation_outcome(severity: str, code: str, diagnostics: str, *, status: int) -> Response:
-    """An OperationOutcome response with one issue."""
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
-    }
-    return _fhir_response(body, status)
-
-
-def _fhir_response(body: Mapping[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status=status, content_type=FHIR_JSON)
 
 
 def _software_version() -> str:
@@ -160,7 +146,7 @@ def create_fhir_blueprint(settings: Settings) -> Blueprint:
     def metadata() -> Response:
         if request.method != "GET":
             return read_only(request.method)
-        return check_format() or _fhir_response(
+        return check_format() or fhir_response(
             capability_statement(store, base_url("/metadata"), loaded_on)
         )
 
@@ -207,7 +193,7 @@ def create_fhir_blueprint(settings: Settings) -> Blueprint:
                 for r in found
             ],
         }
-        return _fhir_response(bundle)
+        return fhir_response(bundle)
 
     @bp.route("/<rtype>/<rid>", methods=ALL_METHODS)
     def read(rtype: str, rid: str) -> Response:
@@ -221,7 +207,7 @@ def create_fhir_blueprint(settings: Settings) -> Blueprint:
             return operation_outcome(
                 "error", "not-found", f"{rtype}/{rid} is not known here", status=404
             )
-        resp = _fhir_response(resource)
+        resp = fhir_response(resource)
         version_id = (resource.get("meta") or {}).get("versionId")
         if version_id:
             resp.headers["ETag"] = f'W/"{version_id}"'

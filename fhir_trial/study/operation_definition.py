@@ -1,7 +1,7 @@
 """The OperationDefinition of the custom ``$screen-population`` operation, published with the study.
 
-The operation itself is served by :mod:`fhir_trial.fhir_api.operations`; this module only describes it,
-so the resource builder can publish it without importing the web layer.
+The operation itself is served by :mod:`fhir_trial.fhir_api.population_operation`; this module
+only describes it, so the resource builder can publish it without importing the web layer.
 """
 
 from __future__ import annotations
