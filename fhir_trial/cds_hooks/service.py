@@ -1,8 +1,9 @@
 """The screening behind the hook: request -> PatientRecord -> report -> cards, within the deadline.
 
 :class:`CdsService` holds everything that lives as long as the worker process (issuer allowlist,
-JWT verifier, SQLite stores, thread pools); :mod:`.blueprint` turns HTTP into calls to it. The work
-of one call (prefetch, fetching from the FHIR server, evaluating) runs in a worker thread; the
+JWT verifier, SQLite stores, thread pools); :mod:`.blueprint` turns HTTP into calls to it. When the
+prefetch holds everything, one call is bounded CPU work and runs in the request thread. When data
+must be fetched from the EHR's FHIR server, fetching and evaluating run in a worker thread; the
 request thread waits at most until the deadline and then answers with what it has: the cards, or
 the "could not be completed" outcome. Nothing here logs PHI or tokens: logs carry the hook
 instance id, categories and short reasons only.
@@ -37,7 +38,7 @@ from fhir_trial.cds_hooks.deadline import Deadline
 from fhir_trial.cds_hooks.discovery import HOOK, SERVICE_ID
 from fhir_trial.cds_hooks.feedback import FeedbackStore
 from fhir_trial.cds_hooks.fetch import FetchJob, FhirFetcher
-from fhir_trial.cds_hooks.prefetch import add_resources, apply_prefetch
+from fhir_trial.cds_hooks.prefetch import PrefetchResult, add_resources, apply_prefetch
 from fhir_trial.cds_hooks.store import Database
 from fhir_trial.cds_hooks.worksheet import WorksheetStore
 from fhir_trial.config import Settings
@@ -228,7 +229,16 @@ class CdsService:
         if started is not None:
             budget -= time.monotonic() - started
         deadline = Deadline(budget)
-        future = self._pipeline.submit(self._screen, hook, deadline)
+        record = PatientRecord()
+        pre = apply_prefetch(record, hook.prefetch, hook.patient_id, self.plan)
+        fhir_server = hook.fhir_server
+        if not pre.pending or not fhir_server:
+            # Nothing to fetch: evaluating is bounded CPU work, done here without a thread handoff
+            # (the deadline guards waits on the EHR's FHIR server, and there are none).
+            return self._conclude(hook, record, {}, deadline)
+        future = self._pipeline.submit(
+            self._fetch_and_conclude, hook, fhir_server, record, pre, deadline
+        )
         try:
             return future.result(timeout=deadline.remaining())
         except FutureTimeout:
@@ -240,31 +250,46 @@ class CdsService:
             )
             return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
 
-    def _screen(self, hook: HookRequest, deadline: Deadline) -> Outcome:
-        record = PatientRecord()
-        pre = apply_prefetch(record, hook.prefetch, hook.patient_id, self.plan)
+    def _fetch_and_conclude(
+        self,
+        hook: HookRequest,
+        fhir_server: str,
+        record: PatientRecord,
+        pre: PrefetchResult,
+        deadline: Deadline,
+    ) -> Outcome:
+        """Fetch what the prefetch lacked from ``fhir_server``, then evaluate (worker thread)."""
+        jobs = {
+            search.key: FetchJob(search.category, search.relative_url(hook.patient_id))
+            for search in pre.to_fetch
+        }
+        for key, url in pre.next_pages.items():
+            jobs[key] = FetchJob(pre.category_of(key), url, continuing=True)
+        fetcher = FhirFetcher(
+            fhir_server, hook.access_token, self.settings, deadline, self._fetchers
+        )
+        results = fetcher.fetch(jobs)
         failed_fetches: dict[str, str] = {}
-        if pre.pending and hook.fhir_server:
-            jobs = {
-                search.key: FetchJob(search.category, search.relative_url(hook.patient_id))
-                for search in pre.to_fetch
-            }
-            for key, url in pre.next_pages.items():
-                jobs[key] = FetchJob(pre.category_of(key), url, continuing=True)
-            fetcher = FhirFetcher(
-                hook.fhir_server, hook.access_token, self.settings, deadline, self._fetchers
-            )
-            results = fetcher.fetch(jobs)
-            for category, keys in pre.pending.items():
-                errors = [results[key].error for key in keys if results[key].error]
-                for key in keys:
-                    if not results[key].error:  # evidence even when a sibling key failed
-                        add_resources(record, results[key].resources, hook.patient_id, key)
-                if errors:
-                    record.mark_failed(category, str(errors[0]))
-                    failed_fetches[category] = str(errors[0])
-                else:
-                    record.mark_obtained(category)
+        for category, keys in pre.pending.items():
+            errors = [results[key].error for key in keys if results[key].error]
+            for key in keys:
+                if not results[key].error:  # evidence even when a sibling key failed
+                    add_resources(record, results[key].resources, hook.patient_id, key)
+            if errors:
+                record.mark_failed(category, str(errors[0]))
+                failed_fetches[category] = str(errors[0])
+            else:
+                record.mark_obtained(category)
+        return self._conclude(hook, record, failed_fetches, deadline)
+
+    def _conclude(
+        self,
+        hook: HookRequest,
+        record: PatientRecord,
+        failed_fetches: dict[str, str],
+        deadline: Deadline,
+    ) -> Outcome:
+        """The outcome for a record as complete as it will get: no data, or the evaluated report."""
         if failed_fetches:
             log.warning(
                 "cds hook %s: could not fetch %s",

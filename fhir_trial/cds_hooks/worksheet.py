@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from flask import Response
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -55,6 +56,15 @@ _SALT = "fhir-trial.cds-worksheet"
 _TEMPLATES = Path(__file__).parent / "templates"
 
 Problem = Literal["invalid", "expired"]
+_INSERT = (
+    "INSERT INTO cds_worksheet (report_id, card, created, expires, report_json) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _compact_json(report: Mapping[str, Any]) -> str:
+    """The report as compact JSON text (orjson: several times faster than :func:`json.dumps`)."""
+    return orjson.dumps(report, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 @dataclass(frozen=True)
@@ -77,19 +87,10 @@ class WorksheetStore:
         """Store a report; return ``(report_id, token)``."""
         report_id = str(uuid.uuid4())
         now = time.time()
+        row = (report_id, card_uuid, now, now + self.ttl_s, _compact_json(report))
         conn = self.database.connection()
         conn.execute("DELETE FROM cds_worksheet WHERE expires < ?", (now,))
-        conn.execute(
-            "INSERT INTO cds_worksheet (report_id, card, created, expires, report_json) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (
-                report_id,
-                card_uuid,
-                now,
-                now + self.ttl_s,
-                json.dumps(report, separators=(",", ":")),
-            ),
-        )
+        conn.execute(_INSERT, row)
         token = self._signer.dumps({"r": report_id, "p": str(report.get("patient", ""))})
         return report_id, token
 
