@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import multiprocessing
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -93,6 +94,14 @@ class Feasibility:
                 first = first or result.id
         if first:
             self.first_removed_by[first] += 1
+
+    def render(self, output_format: str) -> str:
+        """The report in one of the CLI's formats: ``text``, ``json`` or ``csv``."""
+        if output_format == "json":
+            return json.dumps(self.to_json(), indent=2) + "\n"
+        if output_format == "csv":
+            return self.to_csv()
+        return self.to_text()
 
     def merge(self, other: Feasibility) -> None:
         """Add another counter's counts to this one (e.g. one counter per Spark partition)."""

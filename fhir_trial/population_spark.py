@@ -58,7 +58,6 @@ from fhir_trial.evaluate import evaluate
 from fhir_trial.population import Feasibility, Screened, verdict_line
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.report import EligibilityReport
-from fhir_trial.sources._common import KEPT_TYPES, patient_refs
 from fhir_trial.sources.ndjson import (
     LOG_FILE,
     MANIFEST_FILE,
@@ -67,6 +66,7 @@ from fhir_trial.sources.ndjson import (
     ExportProblems,
     assemble_record,
     check_categories,
+    classify_line,
     file_type,
     read_log,
     read_manifest,
@@ -184,36 +184,21 @@ def _parse_partition(
         if not text:
             continue
         order = (index, position)
-        try:
-            resource = json.loads(text)
-        except ValueError as exc:
-            yield _bad_item(order, f"not JSON ({exc.__class__.__name__})", text, ftype)
-            continue
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            yield _bad_item(order, "not a FHIR resource (no resourceType)", text, ftype)
-            continue
-        rtype = resource["resourceType"]
-        if rtype == "OperationOutcome":
+        line_kind = classify_line(text)
+        if line_kind.kind == "bad":
+            yield _bad_item(order, line_kind.problem, text, line_kind.blame or ftype)
+        elif line_kind.kind == "outcome":
             yield (_OUTCOME, order, text)
-            continue
-        if rtype not in KEPT_TYPES:
-            continue
-        if rtype == "Patient":
-            rid = resource.get("id")
-            if not isinstance(rid, str) or not rid:
-                yield _bad_item(order, "Patient without id", text, "Patient")
-                continue
-            yield (_PATIENT, rid, order, text)
-            continue
-        owners = sorted({ref[8:] for ref in patient_refs(resource) if ref.startswith("Patient/")})
-        if owners:
-            medication = _medication_reference(resource)
-            for owner in owners:
+        elif line_kind.kind == "patient":
+            yield (_PATIENT, line_kind.key, order, text)
+        elif line_kind.kind == "resource" and line_kind.resource is not None:
+            medication = _medication_reference(line_kind.resource)
+            for owner in line_kind.owners:
                 yield (_RESOURCE, owner, order, text)
                 if medication:
                     yield (_USES, medication, owner)
-        elif rtype == "Medication" and isinstance(resource.get("id"), str):
-            yield (_MEDICATION, f"Medication/{resource['id']}", order, text)
+        elif line_kind.kind == "medication":
+            yield (_MEDICATION, line_kind.key, order, text)
     yield (_LINES, index, count)
 
 
@@ -592,11 +577,6 @@ def run_screen_population(
                     f"... {feasibility.total - shown} more patients (--output FILE lists all)"
                 )
         screening.evaluated.unpersist()
-    if output_format == "json":
-        click.echo(json.dumps(feasibility.to_json(), indent=2))
-    elif output_format == "csv":
-        click.echo(feasibility.to_csv(), nl=False)
-    else:
-        if shown:
-            click.echo()
-        click.echo(feasibility.to_text(), nl=False)
+    if shown and output_format == "text":
+        click.echo()
+    click.echo(feasibility.render(output_format), nl=False)

@@ -191,14 +191,9 @@ def command(
 
     if feasibility.total == 0:
         _explain_nothing(feasibility.skipped)
-    if output_format == "json":
-        click.echo(json.dumps(feasibility.to_json(), indent=2))
-    elif output_format == "csv":
-        click.echo(feasibility.to_csv(), nl=False)
-    else:
-        if shown:
-            click.echo()
-        click.echo(feasibility.to_text(), nl=False)
+    if shown and output_format == "text":
+        click.echo()
+    click.echo(feasibility.render(output_format), nl=False)
 
 
 def _explain_nothing(skipped: list[Skipped]) -> None:

@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from fhir_trial.errors import InputError
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
@@ -166,6 +166,52 @@ def read_manifest(directory: Path, present: set[str], problems: ExportProblems) 
             )
 
 
+@dataclass(frozen=True)
+class ExportLine:
+    """What one NDJSON line of an export is: the rules every reader (local, Spark) shares.
+
+    ``kind``: ``bad`` (with ``problem``; ``blame`` is the category to fail, None meaning the file's
+    own type), ``outcome`` (an OperationOutcome about the export), ``patient`` (``key`` = its id),
+    ``resource`` (``owners`` = the Patient ids it belongs to), ``medication`` (a shared Medication,
+    ``key`` = ``Medication/<id>``) or ``other`` (a type the criteria do not read).
+    """
+
+    kind: Literal["bad", "outcome", "patient", "resource", "medication", "other"]
+    resource: dict[str, Any] | None = None
+    key: str = ""
+    owners: tuple[str, ...] = ()
+    problem: str = ""
+    blame: str | None = None
+
+
+def classify_line(text: str) -> ExportLine:
+    """Parse one non-empty NDJSON line and say what it is (never raises)."""
+    try:
+        resource = json.loads(text)
+    except ValueError as exc:
+        return ExportLine("bad", problem=f"not JSON ({exc.__class__.__name__})")
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return ExportLine("bad", problem="not a FHIR resource (no resourceType)")
+    rtype = resource["resourceType"]
+    if rtype == "OperationOutcome":
+        return ExportLine("outcome", resource)
+    if rtype not in KEPT_TYPES:
+        return ExportLine("other")
+    if rtype == "Patient":
+        rid = resource.get("id")
+        if not isinstance(rid, str) or not rid:
+            return ExportLine("bad", problem="Patient without id", blame="Patient")
+        return ExportLine("patient", resource, key=rid)
+    owners = tuple(
+        sorted({ref[8:] for ref in patient_refs(resource) if ref.startswith("Patient/")})
+    )
+    if owners:
+        return ExportLine("resource", resource, owners=owners)
+    if rtype == "Medication" and isinstance(resource.get("id"), str):
+        return ExportLine("medication", resource, key=f"Medication/{resource['id']}")
+    return ExportLine("other")
+
+
 class NdjsonExport:
     """A Bulk Data export folder; iterate it for one :class:`PatientRecord` per Patient.
 
@@ -233,37 +279,17 @@ class NdjsonExport:
                 if not text:
                     continue
                 where = f"{path.name}:{number}"
-                try:
-                    resource = json.loads(text)
-                except ValueError as exc:
-                    self._bad_line(where, f"not JSON ({exc.__class__.__name__})", text, ftype)
-                    continue
-                if not isinstance(resource, dict) or not isinstance(
-                    resource.get("resourceType"), str
-                ):
-                    self._bad_line(where, "not a FHIR resource (no resourceType)", text, ftype)
-                    continue
-                rtype = resource["resourceType"]
-                if rtype == "OperationOutcome":
-                    read_outcome(resource, where, self.problems)
-                    continue
-                if rtype not in KEPT_TYPES:
-                    continue
-                if rtype == "Patient":
-                    rid = resource.get("id")
-                    if not isinstance(rid, str) or not rid:
-                        self._bad_line(where, "Patient without id", text, "Patient")
-                        continue
-                    db.execute("INSERT OR IGNORE INTO patient VALUES (?, ?)", (rid, text))
-                    continue
-                owners = {ref[8:] for ref in patient_refs(resource) if ref.startswith("Patient/")}
-                if owners:
-                    rows.extend((owner, text) for owner in owners)
-                elif rtype == "Medication" and isinstance(resource.get("id"), str):
-                    db.execute(
-                        "INSERT OR IGNORE INTO shared VALUES (?, ?)",
-                        (f"Medication/{resource['id']}", text),
-                    )
+                parsed = classify_line(text)
+                if parsed.kind == "bad":
+                    self._bad_line(where, parsed.problem, text, parsed.blame or ftype)
+                elif parsed.kind == "outcome" and parsed.resource is not None:
+                    read_outcome(parsed.resource, where, self.problems)
+                elif parsed.kind == "patient":
+                    db.execute("INSERT OR IGNORE INTO patient VALUES (?, ?)", (parsed.key, text))
+                elif parsed.kind == "resource":
+                    rows.extend((owner, text) for owner in parsed.owners)
+                elif parsed.kind == "medication":
+                    db.execute("INSERT OR IGNORE INTO shared VALUES (?, ?)", (parsed.key, text))
                 if len(rows) >= 1000:
                     db.executemany("INSERT INTO resource VALUES (?, ?)", rows)
                     rows.clear()
