@@ -40,7 +40,7 @@ from typing import Any
 
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
-from fhir_trial.terminology import ValueSet, codings
+from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys
 
 IGNORED_MEDICATION_STATUSES = frozenset({"entered-in-error", "cancelled", "not-taken", "draft"})
 
@@ -71,9 +71,14 @@ class DrugRecord:
     drug: str
     codings: tuple[Mapping[str, Any], ...]
     routes: tuple[Mapping[str, Any], ...]
+    # Every ValueSet lookup key of the codings (lookup_keys), so that matches() is one set test:
+    # criteria ask each record about several ValueSets.
+    keys: frozenset[Code]
 
     def matching_coding(self, valueset: ValueSet) -> Mapping[str, Any] | None:
         """The first coding (product or ingredient) that is in the ValueSet, else None."""
+        if not valueset.contains_any(self.keys):
+            return None
         for coding in self.codings:
             if valueset.contains(coding.get("system"), coding.get("code")):
                 return coding
@@ -81,7 +86,7 @@ class DrugRecord:
 
     def matches(self, valueset: ValueSet) -> bool:
         """Whether the drug, or one of its ingredients, is in the ValueSet."""
-        return self.matching_coding(valueset) is not None
+        return valueset.contains_any(self.keys)
 
     def label(self, valueset: ValueSet | None = None) -> str:
         """A readable drug name: the matching coding's display when there is one."""
@@ -245,12 +250,18 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
     drug = _concept_label(concept) or (
         str((resource.get("medicationReference") or {}).get("display") or "") or "unnamed drug"
     )
+    drug_codings = tuple(c for c in found if isinstance(c, dict))
     return DrugRecord(
         reference=record.reference_to(resource),
         resource_type=str(resource.get("resourceType")),
         drug=drug,
-        codings=tuple(c for c in found if isinstance(c, dict)),
+        codings=drug_codings,
         routes=tuple(_routes(resource)),
+        keys=frozenset(
+            key
+            for coding in drug_codings
+            for key in lookup_keys(coding.get("system"), coding.get("code"))
+        ),
     )
 
 

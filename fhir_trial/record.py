@@ -162,7 +162,10 @@ class PatientRecord:
         if not index:
             return []
         found: dict[int, Resource] = {}
-        for key in valueset.codes:
+        codes = valueset.codes
+        # Walk whichever side is smaller: a record's few codes, or a short ValueSet.
+        keys = codes.intersection(index) if len(index) < len(codes) else codes
+        for key in keys:
             for resource in index.get(key, ()):
                 found[id(resource)] = resource
         return list(found.values())

@@ -94,7 +94,16 @@ class ValueSet:
 
     def contains(self, system: str | None, code: str | None) -> bool:
         """Whether a code (or, in a prefix system, one of its ancestors) is in the expansion."""
-        return any(key in self.codes for key in lookup_keys(system, code))
+        if not code:
+            return False
+        canonical = normalise_system(system)
+        if canonical not in PREFIX_SYSTEMS:  # the usual case: one exact key, no list to build
+            return (canonical, code.strip()) in self.codes
+        return not self.codes.isdisjoint(lookup_keys(canonical, code))
+
+    def contains_any(self, keys: frozenset[Code]) -> bool:
+        """Whether any of these lookup keys (see :func:`lookup_keys`) is in the expansion."""
+        return not self.codes.isdisjoint(keys)
 
     def matching_coding(self, concept: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         """The first coding of a CodeableConcept that is a member, else None."""

@@ -2,9 +2,10 @@
 
 One connection per thread and per process (gunicorn workers fork; connections are opened lazily,
 after the fork). WAL mode lets several workers write. ``durable=True`` (the default) uses
-``synchronous=FULL``: a committed row survives a power cut before the HTTP answer is sent (feedback,
-worksheet reports). The JWT replay list uses ``durable=False`` (``NORMAL``): losing the last few
-ids in a power cut only re-opens a replay window that their expiry closes within minutes.
+``synchronous=FULL``: a committed row survives a power cut before the HTTP answer is sent
+(feedback). The JWT replay list and the worksheet reports use ``durable=False`` (``NORMAL``): losing
+the last few ids in a power cut only re-opens a replay window that their expiry closes within
+minutes, and a lost worksheet report is a short-lived copy of what its card already says.
 """
 
 from __future__ import annotations
