@@ -23,6 +23,12 @@ Besides latency it prints the server's CPU time per call (gunicorn workers, from
 depends less on other load than latency does (not entirely: on a shared VM it rises under load),
 and the load average at the start, so a run on a busy machine can be recognised.
 
+Then the floor: the same calls at concurrency 8 to a second server, started by this script, that
+runs the service with screening and cards switched off (``serve_floor``): the JWT is verified and
+its jti recorded, the body read, parsed and checked exactly as deployed, and the answer has no
+cards. Its ratio is what no screening code, however fast, can go below on this machine; it is
+printed for that reason and does not decide the verdict.
+
 Without ../shared the tokens cannot be signed and the service runs in development mode (said so).
 Target (issue 4): hook p50 <= 3 x health p50 at concurrency 8. The last line is the verdict.
 """
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -44,7 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -343,6 +350,9 @@ def worker_cpu_seconds(master_pid: int) -> float | None:
     return total / tick
 
 
+Results = dict[tuple[str, int], tuple[float, float, float]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -355,73 +365,41 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=4, help="alternating hook/health rounds per concurrency"
     )
+    parser.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--trusted-issuers", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_server:
+        serve_floor(args.port, args.workers, args.trusted_issuers)
+        return 0
     per_round = max(1, args.requests // args.rounds)
-
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     signed = SANDBOX.is_dir()
     seed, patient_id, prefetch, verdict, n_record = patient_with_card(args.resources)
     n_prefetch = prefetch_resources(prefetch)
+    signer = SandboxSigner() if signed else None
+
+    def body_for(base: str) -> bytes:
+        return json.dumps(
+            {
+                "hookInstance": str(uuid.uuid4()),
+                "hook": "patient-view",
+                "context": {"userId": "Practitioner/bench", "patientId": patient_id},
+                "prefetch": prefetch,
+            },
+            separators=(",", ":"),
+        ).encode()
 
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(
-            os.environ,
-            FHIR_TRIAL_DATABASE_PATH=str(Path(tmp) / "bench.sqlite3"),
-            FHIR_TRIAL_SECRET_KEY="bench-secret",
-            FHIR_TRIAL_AS_OF=AS_OF.isoformat(),
-        )
-        command = [
-            sys.executable,
-            "-m",
-            "fhir_trial",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-        ]
-        if signed:
-            issuers = Path(tmp) / "issuers.json"
-            jwks = json.loads((SANDBOX / "jwks.json").read_text())
-            issuers.write_text(
-                json.dumps({"issuers": [{"iss": SANDBOX_ISS, "jwks": jwks, "audience": [base]}]})
-            )
-            command += ["--trusted-issuers", str(issuers)]
-        else:
-            print("../shared not found: development mode (no JWT verification)")
-            command.append("--development-mode")
-        log_path = Path(tmp) / "server.log"
-        with log_path.open("wb") as server_log:
-            server = subprocess.Popen(
-                command,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=server_log,
-                start_new_session=True,
-            )
-        try:
-            _wait_until_up(port)
+        # The service as deployed.
+        with serving(Path(tmp) / "service", args.workers, signed) as (server, base):
+            port = int(base.rsplit(":", 1)[1])
             warm_hooks = 4 * args.workers
             total_hooks = warm_hooks + per_round * args.rounds * len(CONCURRENCIES)
-            signer = SandboxSigner() if signed else None
-            _CALLS["tokens"] = (
-                [signer.token(f"{base}{HOOK_PATH}") for _ in range(total_hooks)] if signer else []
-            )
-            _CALLS["body"] = body = json.dumps(
-                {
-                    "hookInstance": str(uuid.uuid4()),
-                    "hook": "patient-view",
-                    "context": {"userId": "Practitioner/bench", "patientId": patient_id},
-                    "prefetch": prefetch,
-                },
-                separators=(",", ":"),
-            ).encode()
+            _CALLS["tokens"] = _mint(signer, base, total_hooks)
+            _CALLS["body"] = body = body_for(base)
             cards = _cards_in_one_call(port, body, _CALLS["tokens"][0] if signed else "")
             stop_at = time.monotonic() + TIME_LIMIT_S
-            used = 1
-            run_phase(port, "hook", warm_hooks - 1, args.workers, used, stop_at)  # warm-up
-            used = warm_hooks
+            run_phase(port, "hook", warm_hooks - 1, args.workers, 1, stop_at)  # warm-up
             run_phase(port, "health", 5 * args.workers, args.workers, 0, stop_at)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             print(
@@ -434,42 +412,150 @@ def main() -> int:
                 f"{per_round * args.rounds} calls each, {args.rounds} alternating rounds; "
                 f"client: one process per concurrent caller"
             )
-            results: dict[tuple[str, int], tuple[float, float, float]] = {}
-            for concurrency in CONCURRENCIES:
-                latencies: dict[str, list[float]] = {"hook": [], "health": []}
-                cpu: dict[str, float] = {"hook": 0.0, "health": 0.0}
-                client_cpu: dict[str, float] = {"hook": 0.0, "health": 0.0}
-                for _ in range(args.rounds):
-                    for kind in ("hook", "health"):
-                        before = worker_cpu_seconds(server.pid)
-                        got, spent = run_phase(port, kind, per_round, concurrency, used, stop_at)
-                        after = worker_cpu_seconds(server.pid)
-                        if before is not None and after is not None:
-                            cpu[kind] += after - before
-                        client_cpu[kind] += spent
-                        if kind == "hook":
-                            used += per_round
-                        latencies[kind] += got
-                if time.monotonic() > stop_at:
-                    print(f"time limit reached: fewer calls than asked at c={concurrency}")
-                for kind in ("hook", "health"):
-                    values = latencies[kind]
-                    results[(kind, concurrency)] = p50, p95, p99 = percentiles(values)
-                    print(
-                        f"{kind:>6} c={concurrency}: p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  "
-                        f"p99 {p99:7.2f} ms  (CPU per call: server {cpu[kind] / len(values) * 1000:5.2f} ms, "
-                        f"client {client_cpu[kind] / len(values) * 1000:4.2f} ms)"
-                    )
-        except BaseException:
-            sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
-            raise
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            results = measure(
+                server, port, CONCURRENCIES, args.rounds, per_round, warm_hooks, stop_at
+            )
+        # The same calls to a server that skips what only the hook does: what no screening
+        # code can go below (JWT verification, reading, parsing and checking the request).
+        with serving(Path(tmp) / "floor", args.workers, signed, floor=True) as (server, base):
+            port = int(base.rsplit(":", 1)[1])
+            _CALLS["tokens"] = _mint(signer, base, 4 * args.workers + per_round * args.rounds)
+            _CALLS["body"] = body_for(base)
+            stop_at = time.monotonic() + TIME_LIMIT_S / 2
+            run_phase(port, "hook", 4 * args.workers, args.workers, 0, stop_at)  # warm-up
+            floor = measure(
+                server, port, (8,), args.rounds, per_round, 4 * args.workers, stop_at, quiet=True
+            )
+    floor_ratio = floor[("hook", 8)][0] / floor[("health", 8)][0]
+    print(
+        f"floor c=8, same calls to a server that verifies the JWT and reads, parses and checks "
+        f"the request but skips screening and cards: hook p50 {floor[('hook', 8)][0]:.2f} ms, "
+        f"health p50 {floor[('health', 8)][0]:.2f} ms, ratio {floor_ratio:.2f}"
+    )
     ratio = results[("hook", 8)][0] / results[("health", 8)][0]
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     print(f"hook/health p50 ratio at c=8: {ratio:.2f} (target <= {TARGET}): {verdict}")
     return 0 if verdict == "PASS" else 1
+
+
+def _mint(signer: SandboxSigner | None, base: str, count: int) -> list[str]:
+    """One token per call (its own jti), minted before timing starts."""
+    return [signer.token(f"{base}{HOOK_PATH}") for _ in range(count)] if signer else []
+
+
+@contextlib.contextmanager
+def serving(
+    workdir: Path, workers: int, signed: bool, *, floor: bool = False
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Run ``fhir-trial serve`` (or the floor server) on a free port; yield it and its base URL."""
+    workdir.mkdir(parents=True)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(
+        os.environ,
+        FHIR_TRIAL_DATABASE_PATH=str(workdir / "bench.sqlite3"),
+        FHIR_TRIAL_SECRET_KEY="bench-secret",
+        FHIR_TRIAL_AS_OF=AS_OF.isoformat(),
+    )
+    if floor:
+        command = [sys.executable, str(Path(__file__).resolve()), "--floor-server"]
+    else:
+        command = [sys.executable, "-m", "fhir_trial", "serve"]
+    command += ["--port", str(port), "--workers", str(workers)]
+    if signed:
+        issuers = workdir / "issuers.json"
+        jwks = json.loads((SANDBOX / "jwks.json").read_text())
+        issuers.write_text(
+            json.dumps({"issuers": [{"iss": SANDBOX_ISS, "jwks": jwks, "audience": [base]}]})
+        )
+        command += ["--trusted-issuers", str(issuers)]
+    elif floor:
+        env["FHIR_TRIAL_CDS_DEVELOPMENT_MODE"] = "true"
+    else:
+        print("../shared not found: development mode (no JWT verification)")
+        command.append("--development-mode")
+    log_path = workdir / "server.log"
+    with log_path.open("wb") as server_log:
+        server = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=server_log, start_new_session=True
+        )
+    try:
+        _wait_until_up(port)
+        yield server, base
+    except BaseException:
+        sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def measure(
+    server: subprocess.Popen[bytes],
+    port: int,
+    concurrencies: Sequence[int],
+    rounds: int,
+    per_round: int,
+    first_token: int,
+    stop_at: float,
+    *,
+    quiet: bool = False,
+) -> Results:
+    """Hook and health calls in alternating rounds per concurrency: p50/p95/p99 of each."""
+    results: Results = {}
+    used = first_token
+    for concurrency in concurrencies:
+        latencies: dict[str, list[float]] = {"hook": [], "health": []}
+        cpu: dict[str, float] = {"hook": 0.0, "health": 0.0}
+        client_cpu: dict[str, float] = {"hook": 0.0, "health": 0.0}
+        for _ in range(rounds):
+            for kind in ("hook", "health"):
+                before = worker_cpu_seconds(server.pid)
+                got, spent = run_phase(port, kind, per_round, concurrency, used, stop_at)
+                after = worker_cpu_seconds(server.pid)
+                if before is not None and after is not None:
+                    cpu[kind] += after - before
+                client_cpu[kind] += spent
+                if kind == "hook":
+                    used += per_round
+                latencies[kind] += got
+        if time.monotonic() > stop_at:
+            print(f"time limit reached: fewer calls than asked at c={concurrency}")
+        for kind in ("hook", "health"):
+            values = latencies[kind]
+            results[(kind, concurrency)] = p50, p95, p99 = percentiles(values)
+            if not quiet:
+                print(
+                    f"{kind:>6} c={concurrency}: p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  "
+                    f"p99 {p99:7.2f} ms  (CPU per call: server "
+                    f"{cpu[kind] / len(values) * 1000:5.2f} ms, "
+                    f"client {client_cpu[kind] / len(values) * 1000:4.2f} ms)"
+                )
+    return results
+
+
+def serve_floor(port: int, workers: int, trusted_issuers: str | None) -> None:
+    """The floor server: ``fhir-trial serve`` whose hook stops after checking the request.
+
+    Authentication (JWT, replay list), reading, parsing and validating the body and the hook
+    request run exactly as deployed; screening (prefetch to record, evaluation) and cards (with
+    the worksheet row) are replaced by "no cards". Only the benchmark starts this.
+    """
+    from fhir_trial.cds_hooks.service import CdsService, HookRequest, Outcome
+    from fhir_trial.commands.serve import GunicornServer, gunicorn_options
+
+    def no_screening(self: CdsService, hook: HookRequest, started: float | None = None) -> Outcome:
+        return Outcome("incomplete", reason="floor measurement")
+
+    def no_cards(
+        self: CdsService, hook: HookRequest, outcome: Outcome, base_url: str
+    ) -> list[dict[str, Any]]:
+        return []
+
+    CdsService.run = no_screening  # type: ignore[method-assign]
+    CdsService.cards = no_cards  # type: ignore[method-assign]
+    settings = Settings.from_env(cds_trusted_issuers_file=trusted_issuers)
+    GunicornServer(settings, gunicorn_options("127.0.0.1", port, workers, settings)).run()
 
 
 def _cards_in_one_call(port: int, body: bytes, token: str) -> int:

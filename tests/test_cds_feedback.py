@@ -206,3 +206,17 @@ def test_worksheet_tokens_expire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 3600)
     assert store.load(token) is None
+
+
+def test_expired_worksheet_reports_are_purged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database(str(tmp_path / "w.sqlite3"))
+    store = WorksheetStore(database, "s", ttl_s=60, purge_every=3)
+    for _ in range(3):
+        store.save({"patient": "Patient/1", "criteria": []}, "card")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # the three have expired
+    store.save({"patient": "Patient/1", "criteria": []}, "card")  # 4th save: purge runs
+    rows = database.connection().execute("SELECT COUNT(*) FROM cds_worksheet").fetchone()[0]
+    assert rows == 1

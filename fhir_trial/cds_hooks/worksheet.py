@@ -78,10 +78,16 @@ class WorksheetLookup:
 class WorksheetStore:
     """Stores reports for the worksheet page and signs / checks the link tokens."""
 
-    def __init__(self, database: Database, secret_key: str, ttl_s: int) -> None:
+    def __init__(
+        self, database: Database, secret_key: str, ttl_s: int, purge_every: int = 100
+    ) -> None:
         self.database = database
         self.ttl_s = ttl_s
         self._signer = URLSafeTimedSerializer(secret_key, salt=_SALT)
+        # Expired reports are purged every ``purge_every`` saves, not on each one: a lookup
+        # refuses an expired row anyway, so the purge only keeps the table small.
+        self._purge_every = purge_every
+        self._saves = 0
 
     def save(self, report: Mapping[str, Any], card_uuid: str | None) -> tuple[str, str]:
         """Store a report; return ``(report_id, token)``."""
@@ -89,7 +95,9 @@ class WorksheetStore:
         now = time.time()
         row = (report_id, card_uuid, now, now + self.ttl_s, _compact_json(report))
         conn = self.database.connection()
-        conn.execute("DELETE FROM cds_worksheet WHERE expires < ?", (now,))
+        self._saves += 1
+        if self._saves % self._purge_every == 1:
+            conn.execute("DELETE FROM cds_worksheet WHERE expires < ?", (now,))
         conn.execute(_INSERT, row)
         token = self._signer.dumps({"r": report_id, "p": str(report.get("patient", ""))})
         return report_id, token

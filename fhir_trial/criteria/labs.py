@@ -87,6 +87,7 @@ def latest_in_window(
     unavailable = category_unavailable(ctx, "Observation")
     if unavailable is not None:
         return unavailable
+    judge = _judged_once(judge)
     start = ctx.days_before(window_days)
     split = split_by_window(observations, start, ctx.as_of)
     window = f"window {window_days} days, from {start.isoformat()}"
@@ -160,6 +161,21 @@ def latest_in_window(
     parts.append("absence rule 2: unknown")
     evidence = tuple(reference(d.resource) for d in [*narrative, *split.undated])
     return Finding("unknown", "; ".join(parts), evidence, (missing,))
+
+
+def _judged_once(judge: Judge) -> Judge:
+    """``judge`` remembering its answer per resource for one decision (it is asked several times:
+    is the result narrative, what does it decide, how does it read)."""
+    seen: dict[int, Judgement] = {}
+
+    def once(resource: Resource) -> Judgement:
+        key = id(resource)
+        found = seen.get(key)
+        if found is None:
+            found = seen[key] = judge(resource)
+        return found
+
+    return once
 
 
 def _number(value: float) -> str:
