@@ -424,7 +424,14 @@ def main() -> int:
             stop_at = time.monotonic() + TIME_LIMIT_S / 2
             run_phase(port, "hook", 4 * args.workers, args.workers, 0, stop_at)  # warm-up
             floor = measure(
-                server, port, (8,), args.rounds, per_round, 4 * args.workers, stop_at, quiet=True
+                server,
+                port,
+                (8,),
+                args.rounds,
+                per_round,
+                4 * args.workers,
+                stop_at,
+                label="floor ",
             )
     floor_ratio = floor[("hook", 8)][0] / floor[("health", 8)][0]
     print(
@@ -499,7 +506,7 @@ def measure(
     first_token: int,
     stop_at: float,
     *,
-    quiet: bool = False,
+    label: str = "",
 ) -> Results:
     """Hook and health calls in alternating rounds per concurrency: p50/p95/p99 of each."""
     results: Results = {}
@@ -524,13 +531,12 @@ def measure(
         for kind in ("hook", "health"):
             values = latencies[kind]
             results[(kind, concurrency)] = p50, p95, p99 = percentiles(values)
-            if not quiet:
-                print(
-                    f"{kind:>6} c={concurrency}: p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  "
-                    f"p99 {p99:7.2f} ms  (CPU per call: server "
-                    f"{cpu[kind] / len(values) * 1000:5.2f} ms, "
-                    f"client {client_cpu[kind] / len(values) * 1000:4.2f} ms)"
-                )
+            print(
+                f"{label}{kind:>6} c={concurrency}: p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  "
+                f"p99 {p99:7.2f} ms  (CPU per call: server "
+                f"{cpu[kind] / len(values) * 1000:5.2f} ms, "
+                f"client {client_cpu[kind] / len(values) * 1000:4.2f} ms)"
+            )
     return results
 
 
