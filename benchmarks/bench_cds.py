@@ -378,25 +378,23 @@ def main() -> int:
     n_prefetch = prefetch_resources(prefetch)
     signer = SandboxSigner() if signed else None
 
-    def body_for(base: str) -> bytes:
-        return json.dumps(
-            {
-                "hookInstance": str(uuid.uuid4()),
-                "hook": "patient-view",
-                "context": {"userId": "Practitioner/bench", "patientId": patient_id},
-                "prefetch": prefetch,
-            },
-            separators=(",", ":"),
-        ).encode()
+    _CALLS["body"] = body = json.dumps(
+        {
+            "hookInstance": str(uuid.uuid4()),
+            "hook": "patient-view",
+            "context": {"userId": "Practitioner/bench", "patientId": patient_id},
+            "prefetch": prefetch,
+        },
+        separators=(",", ":"),
+    ).encode()
 
     with tempfile.TemporaryDirectory() as tmp:
         # The service as deployed.
-        with serving(Path(tmp) / "service", args.workers, signed) as (server, base):
-            port = int(base.rsplit(":", 1)[1])
+        with serving(Path(tmp) / "service", args.workers, signed) as (server, port):
+            base = f"http://127.0.0.1:{port}"
             warm_hooks = 4 * args.workers
             total_hooks = warm_hooks + per_round * args.rounds * len(CONCURRENCIES)
             _CALLS["tokens"] = _mint(signer, base, total_hooks)
-            _CALLS["body"] = body = body_for(base)
             cards = _cards_in_one_call(port, body, _CALLS["tokens"][0] if signed else "")
             stop_at = time.monotonic() + TIME_LIMIT_S
             run_phase(port, "hook", warm_hooks - 1, args.workers, 1, stop_at)  # warm-up
@@ -417,10 +415,9 @@ def main() -> int:
             )
         # The same calls to a server that skips what only the hook does: what no screening
         # code can go below (JWT verification, reading, parsing and checking the request).
-        with serving(Path(tmp) / "floor", args.workers, signed, floor=True) as (server, base):
-            port = int(base.rsplit(":", 1)[1])
+        with serving(Path(tmp) / "floor", args.workers, signed, floor=True) as (server, port):
+            base = f"http://127.0.0.1:{port}"
             _CALLS["tokens"] = _mint(signer, base, 4 * args.workers + per_round * args.rounds)
-            _CALLS["body"] = body_for(base)
             stop_at = time.monotonic() + TIME_LIMIT_S / 2
             run_phase(port, "hook", 4 * args.workers, args.workers, 0, stop_at)  # warm-up
             floor = measure(
@@ -454,8 +451,8 @@ def _mint(signer: SandboxSigner | None, base: str, count: int) -> list[str]:
 @contextlib.contextmanager
 def serving(
     workdir: Path, workers: int, signed: bool, *, floor: bool = False
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Run ``fhir-trial serve`` (or the floor server) on a free port; yield it and its base URL."""
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Run ``fhir-trial serve`` (or the floor server) on a free port; yield it and the port."""
     workdir.mkdir(parents=True)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -489,7 +486,7 @@ def serving(
         )
     try:
         _wait_until_up(port)
-        yield server, base
+        yield server, port
     except BaseException:
         sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
         raise

@@ -50,7 +50,7 @@ import orjson
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fhir_trial.cds_hooks.store import Database
+from fhir_trial.cds_hooks.store import Database, ExpiryPurge
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.fhir_http import origin_of
@@ -285,15 +285,12 @@ class ReplayStore:
 
     def __init__(self, database: Database, purge_every: int = 500) -> None:
         self.database = database
-        self._purge_every = purge_every
-        self._count = 0
+        self._purge = ExpiryPurge("cds_jwt_seen", purge_every)
 
     def first_use(self, iss: str, jti: str, expires: float) -> bool:
         """Record ``(iss, jti)``; False when it was already there (a replay)."""
         conn = self.database.connection()
-        self._count += 1
-        if self._count % self._purge_every == 1:
-            conn.execute("DELETE FROM cds_jwt_seen WHERE expires < ?", (time.time(),))
+        self._purge.on_write(conn, time.time())
         try:
             conn.execute(
                 "INSERT INTO cds_jwt_seen (iss, jti, expires) VALUES (?, ?, ?)", (iss, jti, expires)

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-__all__ = ["Database"]
+__all__ = ["Database", "ExpiryPurge"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cds_jwt_seen (
@@ -94,3 +94,21 @@ class Database:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class ExpiryPurge:
+    """Deletes a table's expired rows (``expires`` before now) on every ``every``-th write.
+
+    Not on each write: readers refuse expired rows anyway, so the purge only keeps the table small.
+    """
+
+    def __init__(self, table: str, every: int) -> None:
+        self._sql = f"DELETE FROM {table} WHERE expires < ?"  # table: a constant of this package
+        self._every = every
+        self._writes = 0
+
+    def on_write(self, conn: sqlite3.Connection, now: float) -> None:
+        """Count one write; purge on the first and then every ``every``-th."""
+        self._writes += 1
+        if self._writes % self._every == 1:
+            conn.execute(self._sql, (now,))

@@ -38,7 +38,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from fhir_trial.canonical import REGISTRY_URL, STUDY_ID
-from fhir_trial.cds_hooks.store import Database
+from fhir_trial.cds_hooks.store import Database, ExpiryPurge
 from fhir_trial.criteria.catalog import BY_ID, CRITERIA
 
 __all__ = [
@@ -84,10 +84,7 @@ class WorksheetStore:
         self.database = database
         self.ttl_s = ttl_s
         self._signer = URLSafeTimedSerializer(secret_key, salt=_SALT)
-        # Expired reports are purged every ``purge_every`` saves, not on each one: a lookup
-        # refuses an expired row anyway, so the purge only keeps the table small.
-        self._purge_every = purge_every
-        self._saves = 0
+        self._purge = ExpiryPurge("cds_worksheet", purge_every)
 
     def save(self, report: Mapping[str, Any], card_uuid: str | None) -> tuple[str, str]:
         """Store a report; return ``(report_id, token)``."""
@@ -95,9 +92,7 @@ class WorksheetStore:
         now = time.time()
         row = (report_id, card_uuid, now, now + self.ttl_s, _compact_json(report))
         conn = self.database.connection()
-        self._saves += 1
-        if self._saves % self._purge_every == 1:
-            conn.execute("DELETE FROM cds_worksheet WHERE expires < ?", (now,))
+        self._purge.on_write(conn, now)
         conn.execute(_INSERT, row)
         token = self._signer.dumps({"r": report_id, "p": str(report.get("patient", ""))})
         return report_id, token
