@@ -24,6 +24,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _children(pid: int) -> list[int]:
+    """The gunicorn master's worker processes (Linux /proc)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _wait_for_workers(pid: int, count: int, without: int | None = None) -> list[int]:
+    """Wait (up to 10 s) until the master has ``count`` workers, none of them ``without``."""
+    for _ in range(100):
+        workers = _children(pid)
+        if len(workers) == count and without not in workers:
+            return workers
+        time.sleep(0.1)
+    raise AssertionError(f"the master did not reach {count} workers")
+
+
+def _summaries(response: dict) -> list[str]:
+    return [card["summary"] for card in response["cards"]]
+
+
 def test_serve_help_lists_the_options() -> None:
     result = CliRunner().invoke(command, ["--help"])
     assert result.exit_code == 0
@@ -35,6 +55,7 @@ def test_gunicorn_options() -> None:
     options = gunicorn_options("127.0.0.1", 8080, 3, Settings())
     assert options["bind"] == "127.0.0.1:8080" and options["workers"] == 3
     assert options["accesslog"] is None  # worksheet tokens travel in URLs
+    assert options["preload_app"] is True  # workers fork from one built app
     assert 1 <= default_workers() <= 9
 
 
@@ -74,6 +95,17 @@ def test_serve_runs_gunicorn_with_workers(tmp_path: Path) -> None:
         )
         assert response.status_code == 200
         assert response.headers.get("X-Fhir-Trial-Development-Mode")
+        # A worker that dies is replaced by a fork of the preloaded master and the service goes on.
+        workers = _wait_for_workers(process.pid, 2)
+        os.kill(workers[0], signal.SIGKILL)
+        assert _summaries(response.json())  # a card, so the comparison below means something
+        assert workers[0] not in _wait_for_workers(process.pid, 2, without=workers[0])
+        for _ in range(4):
+            again = requests.post(
+                f"{base}{SERVICE_PATH}", json=hook_request(full_prefetch()), timeout=10
+            )
+            assert again.status_code == 200
+            assert _summaries(again.json()) == _summaries(response.json())
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         _, stderr = process.communicate(timeout=20)
