@@ -74,7 +74,14 @@ class Settings:
     cds_jwt_max_lifetime_s: float = 3600.0  # exp - iat beyond this is refused
     cds_cors_origins: tuple[str, ...] = ("*",)
     cds_discovery_requires_jwt: bool = False
-    max_request_bytes: int = 5 * 1024 * 1024
+    max_request_bytes: int = 5 * 1024 * 1024  # one patient: hook, feedback, $apply
+    # $screen-population carries a registry, not a patient. NDJSON is spooled to disk (memory
+    # stays flat), a Bundle is parsed in memory (about ten times its size), hence two limits.
+    population_max_ndjson_bytes: int = 1024 * 1024 * 1024
+    population_max_bundle_bytes: int = 64 * 1024 * 1024
+    # gunicorn kills a worker whose request runs longer: a $screen-population upload must be
+    # read and screened within it (about 30 MB/s here). Hook calls have their own deadline.
+    worker_timeout_s: int = 300
     worksheet_token_ttl_s: int = 900
     secret_key: str | None = None  # signs worksheet links; random per process when unset
     database_path: str = "var/fhir-trial.sqlite3"

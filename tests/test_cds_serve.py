@@ -56,6 +56,8 @@ def test_gunicorn_options() -> None:
     assert options["bind"] == "127.0.0.1:8080" and options["workers"] == 3
     assert options["accesslog"] is None  # worksheet tokens travel in URLs
     assert options["preload_app"] is True  # workers fork from one built app
+    assert options["timeout"] == 300  # long enough to screen a large population upload
+    assert gunicorn_options("127.0.0.1", 8080, 3, Settings(worker_timeout_s=900))["timeout"] == 900
     assert 1 <= default_workers() <= 9
 
 

@@ -749,20 +749,38 @@ def test_population_bad_input(
 
 
 def test_population_method_study_and_size(tmp_path: Path) -> None:
-    client = create_app(settings_for(tmp_path, max_request_bytes=3000)).test_client()
+    settings = settings_for(
+        tmp_path, population_max_ndjson_bytes=3000, population_max_bundle_bytes=2000
+    )
+    client = create_app(settings).test_client()
     response = client.get(SCREEN)
     outcome(response, 405)
     assert response.headers["Allow"] == "POST"
     outcome(client.post("/fhir/ResearchStudy/other/$screen-population", json=DEMO), 404)
     big = ndjson_lines(demo_bundles())
     assert "3000 bytes" in outcome(client.post(SCREEN, data=big, content_type=NDJSON), 413)[0]
-    assert "3000 bytes" in outcome(client.post(SCREEN, json=merged_bundle(demo_bundles())), 413)[0]
+    assert "2000 bytes" in outcome(client.post(SCREEN, json=merged_bundle(demo_bundles())), 413)[0]
+
+
+def test_population_uploads_have_their_own_limit(tmp_path: Path) -> None:
+    """A registry upload is not held to the one-patient limit of the hook and $apply."""
+    client = create_app(settings_for(tmp_path, max_request_bytes=3000)).test_client()
+    big = ndjson_lines(demo_bundles())
+    assert len(big) > 3000
+    response = client.post(SCREEN, data=big, content_type=NDJSON)
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    patients, _ = population(response.get_json())
+    assert len(patients) == len(demo_bundles())
+    bundle = merged_bundle(demo_bundles())
+    assert client.post(SCREEN, json=bundle).status_code == 200
+    body = apply_body(load(demo_bundles()[0]))
+    assert "3000 bytes" in outcome(client.post(APPLY, json=body), 413)[0]
 
 
 # ------------------------------------------------------------------------------ real HTTP
 @pytest.fixture()
 def live(tmp_path: Path) -> Iterator[str]:
-    settings = settings_for(tmp_path, max_request_bytes=64 * 1024 * 1024)
+    settings = settings_for(tmp_path)  # default limits: a 10 MB export must go through
     with serve_wsgi(create_app(settings)) as root:
         yield f"{root}/fhir"
 
@@ -804,7 +822,8 @@ def test_over_real_http(live: str, tmp_path: Path, shared_dir: Path, schema: Pat
 
 
 def test_chunked_upload_over_the_limit_is_413_over_real_http(tmp_path: Path) -> None:
-    with serve_wsgi(create_app(settings_for(tmp_path, max_request_bytes=4096))) as root:
+    settings = settings_for(tmp_path, population_max_ndjson_bytes=4096)
+    with serve_wsgi(create_app(settings)) as root:
         chunks = (b'{"resourceType": "Observation", "status": "final"}\n' for _ in range(500))
         response = requests.post(
             f"{root}/fhir/ResearchStudy/{STUDY_RESOURCE_ID}/$screen-population",

@@ -71,7 +71,7 @@ def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> 
         "bind": f"{host}:{port}",
         "workers": workers,
         "worker_class": "sync",
-        "timeout": max(30, int(settings.cds_deadline_s * 10)),
+        "timeout": max(30, settings.worker_timeout_s, int(settings.cds_deadline_s * 10)),
         "graceful_timeout": 10,
         "keepalive": 2,
         "accesslog": None,
@@ -95,6 +95,13 @@ def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> 
     help="gunicorn workers (default 2 x CPUs + 1).",
 )
 @click.option(
+    "--timeout",
+    type=click.IntRange(30, 3600),
+    default=None,
+    help="Seconds a request may run before gunicorn replaces its worker (default 300; "
+    "a $screen-population upload must be screened within it).",
+)
+@click.option(
     "--development-mode",
     is_flag=True,
     help="Turn CDS Hooks JWT verification OFF. Never in production.",
@@ -115,6 +122,7 @@ def command(
     host: str,
     port: int,
     workers: int | None,
+    timeout: int | None,
     development_mode: bool,
     dev_server: bool,
     trusted_issuers: str | None,
@@ -125,6 +133,7 @@ def command(
         cds_development_mode=True if development_mode else None,
         cds_trusted_issuers_file=trusted_issuers,
         public_base_url=public_base_url,
+        worker_timeout_s=timeout,
     )
     if not settings.secret_key:
         # One secret shared by every worker (they fork from this process), so worksheet links work

@@ -19,7 +19,8 @@ count per status, as ``fhir-trial screen-population`` prints them).
 
 Errors (:class:`~fhir_trial.fhir_api.requests_io.OperationError`): 400 bad query parameters,
 input that is not JSON / not FHIR / holds no Patient; 404 another ResearchStudy; 413 a body
-larger than ``settings.max_request_bytes``; 415 an unsupported content type or encoding.
+larger than ``settings.population_max_ndjson_bytes`` (NDJSON) or
+``settings.population_max_bundle_bytes`` (Bundle); 415 an unsupported content type or encoding.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _categories(raw: str | None) -> list[str]:
 
 
 def _bundle_population(settings: Settings, missing: list[str]) -> _Population:
-    bundle = read_json_body(settings.max_request_bytes)
+    bundle = read_json_body(settings.population_max_bundle_bytes)
     if bundle["resourceType"] != "Bundle":
         raise OperationError(
             400,
@@ -163,7 +164,7 @@ def _ndjson_population(settings: Settings, missing: list[str]) -> _Population:
         shutil.rmtree(folder, ignore_errors=True)
 
     try:
-        _spool_ndjson(settings.max_request_bytes, folder)
+        _spool_ndjson(settings.population_max_ndjson_bytes, folder)
         if not any(folder.iterdir()):
             raise OperationError(400, "required", "the NDJSON body holds no lines")
         export = NdjsonExport(folder, missing)

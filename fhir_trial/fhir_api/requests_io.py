@@ -91,6 +91,8 @@ def copy_body(limit: int, write: Callable[[bytes], Any]) -> int:
     )
     if request.content_length is not None and request.content_length > limit:
         raise too_large
+    # This operation's own limit, not the app-wide one (which is sized for one patient).
+    request.max_content_length = limit
     total = 0
     try:
         stream = request.stream
