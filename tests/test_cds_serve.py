@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import requests
-from cds_helpers import SERVICE_PATH, full_prefetch, hook_request
+from cds_helpers import SERVICE_PATH, full_prefetch, hook_request, patient, sle_condition
 from click.testing import CliRunner
+from fake_fhir_server import FakeFhirServer
 
 from fhir_trial.commands.serve import command, default_workers, gunicorn_options
 from fhir_trial.config import Settings
@@ -22,6 +23,29 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _serve(port: int, env: dict[str, str], *options: str) -> subprocess.Popen[str]:
+    """``fhir-trial serve`` with two workers, in its own process group."""
+    command_line = ["serve", "--port", str(port), "--workers", "2", *options]
+    return subprocess.Popen(
+        [sys.executable, "-m", "fhir_trial", *command_line],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_until_up(base: str) -> None:
+    for _ in range(300):
+        try:
+            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise AssertionError("the server did not start")
 
 
 def _children(pid: int) -> list[int]:
@@ -64,34 +88,10 @@ def test_gunicorn_options() -> None:
 def test_serve_runs_gunicorn_with_workers(tmp_path: Path) -> None:
     port = _free_port()
     env = dict(os.environ, FHIR_TRIAL_DATABASE_PATH=str(tmp_path / "db.sqlite3"))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fhir_trial",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--development-mode",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = _serve(port, env, "--development-mode")
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("the server did not start")
+        _wait_until_up(base)
         response = requests.post(
             f"{base}{SERVICE_PATH}", json=hook_request(full_prefetch()), timeout=10
         )
@@ -113,3 +113,44 @@ def test_serve_runs_gunicorn_with_workers(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=20)
     assert "development mode" in stderr.lower()
     assert "Booting worker" in stderr  # gunicorn, not the Flask development server
+
+
+def test_forked_workers_fetch_from_fhir_server_within_the_deadline(tmp_path: Path) -> None:
+    """Fetching runs on thread pools built before the fork: it must work, and keep its deadline."""
+    with FakeFhirServer() as fhir:
+        fhir.add(patient())
+        fhir.add(sle_condition())
+        port = _free_port()
+        env = dict(
+            os.environ,
+            FHIR_TRIAL_DATABASE_PATH=str(tmp_path / "db.sqlite3"),
+            FHIR_TRIAL_CDS_DEVELOPMENT_MODE="1",
+            FHIR_TRIAL_CDS_DEV_FHIR_SERVERS=fhir.base_url,
+            FHIR_TRIAL_CDS_DEADLINE_S="1.0",
+        )
+        process = _serve(port, env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_until_up(base)
+            call = hook_request(None, fhirServer=fhir.base_url)
+            for _ in range(4):  # both workers, most likely
+                fetched = requests.post(f"{base}{SERVICE_PATH}", json=call, timeout=10)
+                assert fetched.status_code == 200, fetched.text[:300]
+                prefetched = requests.post(
+                    f"{base}{SERVICE_PATH}", json=hook_request(full_prefetch()), timeout=10
+                )
+                assert _summaries(fetched.json()) == _summaries(prefetched.json())
+                assert _summaries(fetched.json())
+            fetched_paths = {r.path for r in fhir.requests}
+            assert {"Patient/pat-1", "Condition"} <= fetched_paths  # fetched, not prefetched
+
+            fhir.delay(5.0, times=None)  # every answer now comes far too late
+            started = time.monotonic()
+            late = requests.post(f"{base}{SERVICE_PATH}", json=call, timeout=10)
+            elapsed = time.monotonic() - started
+            assert late.status_code == 200 and elapsed < 3.0
+            cards = late.json()["cards"]
+            assert len(cards) == 1 and "could not be completed" in cards[0]["summary"].lower()
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.communicate(timeout=20)
