@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,7 +12,14 @@ import time
 from pathlib import Path
 
 import requests
-from cds_helpers import SERVICE_PATH, full_prefetch, hook_request, patient, sle_condition
+from cds_helpers import (
+    PATIENT_ID,
+    SERVICE_PATH,
+    full_prefetch,
+    hook_request,
+    patient,
+    sle_condition,
+)
 from click.testing import CliRunner
 from fake_fhir_server import FakeFhirServer
 
@@ -113,6 +121,9 @@ def test_serve_runs_gunicorn_with_workers(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=20)
     assert "development mode" in stderr.lower()
     assert "Booting worker" in stderr  # gunicorn, not the Flask development server
+    # The app's own INFO lines reach gunicorn's error log, in its format.
+    assert re.search(r"\[INFO\] cds hook [0-9a-f-]{36}: report, 1 card\(s\) in \d+ ms", stderr)
+    assert PATIENT_ID not in stderr
 
 
 def test_forked_workers_fetch_from_fhir_server_within_the_deadline(tmp_path: Path) -> None:

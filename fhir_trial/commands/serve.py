@@ -14,6 +14,7 @@ The access log is off by default: worksheet links carry their token in the URL p
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import secrets
 from typing import Any
@@ -24,7 +25,7 @@ from gunicorn.app.base import BaseApplication
 
 from fhir_trial.config import Settings
 
-__all__ = ["GunicornServer", "command", "default_workers"]
+__all__ = ["GunicornServer", "command", "default_workers", "log_through_gunicorn"]
 
 
 def default_workers() -> int:
@@ -59,10 +60,25 @@ class GunicornServer(BaseApplication):
         """
         from fhir_trial.app import create_app
 
+        log_through_gunicorn()
         app = create_app(self.settings)
         gc.collect()
         gc.freeze()
         return app
+
+
+def log_through_gunicorn() -> None:
+    """Send the package's log records to gunicorn's error log, at its level and in its format.
+
+    Otherwise they reach only Python's last-resort handler: warnings without time or process,
+    and none of the INFO lines an operator reads (hook outcomes and timings, why a call got 401,
+    which FHIR fetch failed). None of them carries a token or PHI.
+    """
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    package_log = logging.getLogger("fhir_trial")
+    package_log.handlers = list(gunicorn_log.handlers)
+    package_log.setLevel(gunicorn_log.level)
+    package_log.propagate = False
 
 
 def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> dict[str, Any]:
