@@ -430,3 +430,58 @@ def test_every_valueset_records_verification_status() -> None:
             if parts["status"]["valueCode"] == "verified":
                 assert parts["source"]["valueString"].strip(), where
     assert any(r["url"] == EXT_CODE_VERIFICATION for r in _all() if "url" in r)
+
+
+# The labels VERIFICATION.md uses for each code system.
+_VERIFICATION_LABELS = {
+    "http://snomed.info/sct": "SNOMED CT",
+    "http://loinc.org": "LOINC",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
+    "http://hl7.org/fhir/sid/icd-10": "ICD-10 (WHO)",
+    "http://www.whocc.no/atc": "ATC",
+}
+
+
+def _verification_rows() -> dict[tuple[str, str, str], str]:
+    """``(valueset, system label, code) -> 'yes' | 'NO'`` from terminology/VERIFICATION.md."""
+    rows: dict[tuple[str, str, str], str] = {}
+    section = ""
+    text = (PROJECT_ROOT / "terminology" / "VERIFICATION.md").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+            continue
+        cells = [cell.strip() for cell in line.split("|")]
+        if not section or len(cells) < 7 or cells[4] not in ("yes", "NO", "yes (range)"):
+            continue
+        for code in cells[1].removeprefix("EXCLUDE ").split(","):
+            rows[(section, cells[2], code.strip())] = "NO" if cells[4] == "NO" else "yes"
+    return rows
+
+
+def test_verification_table_matches_every_valueset_concept() -> None:
+    """Each listed code of the main code systems has its row, with the same verdict, and no more."""
+    rows = _verification_rows()
+    seen: set[tuple[str, str, str]] = set()
+    for path in sorted((PROJECT_ROOT / "terminology" / "valuesets").glob("*.json")):
+        source = json.loads(path.read_text(encoding="utf-8"))
+        for part in ("include", "exclude"):
+            for block in source["compose"].get(part, []):
+                label = _VERIFICATION_LABELS.get(block.get("system", ""))
+                if label is None:
+                    continue
+                for concept in block.get("concept", []):
+                    key = (path.stem, label, concept["code"])
+                    status = [
+                        part["valueCode"]
+                        for ext in concept.get("extension", [])
+                        for part in ext.get("extension", [])
+                        if part["url"] == "status"
+                    ]
+                    assert key in rows, f"VERIFICATION.md has no row for {key}"
+                    expected = "yes" if status == ["verified"] else "NO"
+                    assert rows[key] == expected, f"{key}: table says {rows[key]}, source {status}"
+                    seen.add(key)
+    extra = {key for key in rows if key[1] in _VERIFICATION_LABELS.values()} - seen
+    assert not extra, f"rows for codes no ValueSet lists: {sorted(extra)[:5]}"
