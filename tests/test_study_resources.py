@@ -410,6 +410,12 @@ def test_every_valueset_has_an_expansion() -> None:
         assert _expansion_codes(valueset), f"{valueset['id']} has no expansion"
 
 
+def _verification_parts(concept: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The parts (status, source) of a concept's one code-verification extension, by url."""
+    (verification,) = [e for e in concept.get("extension", []) if e["url"] == EXT_CODE_VERIFICATION]
+    return {e["url"]: e for e in verification["extension"]}
+
+
 def test_every_valueset_records_verification_status() -> None:
     valuesets = _valuesets()
     assert valuesets, "no ValueSets in resources/"
@@ -421,10 +427,7 @@ def test_every_valueset_records_verification_status() -> None:
         ]
         assert concepts, f"{valueset['id']} lists no concepts"
         for concept in concepts:
-            (verification,) = [
-                e for e in concept.get("extension", []) if e["url"] == EXT_CODE_VERIFICATION
-            ]
-            parts = {e["url"]: e for e in verification["extension"]}
+            parts = _verification_parts(concept)
             where = f"{valueset['id']} {concept['code']}"
             assert parts["status"]["valueCode"] in ("verified", "unverified"), where
             if parts["status"]["valueCode"] == "verified":
@@ -464,24 +467,18 @@ def test_verification_table_matches_every_valueset_concept() -> None:
     """Each listed code of the main code systems has its row, with the same verdict, and no more."""
     rows = _verification_rows()
     seen: set[tuple[str, str, str]] = set()
-    for path in sorted((PROJECT_ROOT / "terminology" / "valuesets").glob("*.json")):
-        source = json.loads(path.read_text(encoding="utf-8"))
-        for part in ("include", "exclude"):
-            for block in source["compose"].get(part, []):
-                label = _VERIFICATION_LABELS.get(block.get("system", ""))
-                if label is None:
-                    continue
-                for concept in block.get("concept", []):
-                    key = (path.stem, label, concept["code"])
-                    status = [
-                        part["valueCode"]
-                        for ext in concept.get("extension", [])
-                        for part in ext.get("extension", [])
-                        if part["url"] == "status"
-                    ]
-                    assert key in rows, f"VERIFICATION.md has no row for {key}"
-                    expected = "yes" if status == ["verified"] else "NO"
-                    assert rows[key] == expected, f"{key}: table says {rows[key]}, source {status}"
-                    seen.add(key)
+    for vs_id, valueset in _valuesets().items():
+        compose = valueset["compose"]
+        for block in compose.get("include", []) + compose.get("exclude", []):
+            label = _VERIFICATION_LABELS.get(block.get("system", ""))
+            if label is None:
+                continue
+            for concept in block.get("concept", []):
+                key = (vs_id, label, concept["code"])
+                status = _verification_parts(concept)["status"]["valueCode"]
+                assert key in rows, f"VERIFICATION.md has no row for {key}"
+                expected = "yes" if status == "verified" else "NO"
+                assert rows[key] == expected, f"{key}: table says {rows[key]}, source {status}"
+                seen.add(key)
     extra = {key for key in rows if key[1] in _VERIFICATION_LABELS.values()} - seen
     assert not extra, f"rows for codes no ValueSet lists: {sorted(extra)[:5]}"
