@@ -47,6 +47,7 @@ from fhir_trial.errors import (
     ServerResponseError,
     ServerUnreachableError,
 )
+from fhir_trial.json_input import parse_json
 
 __all__ = ["FHIR_JSON", "FhirHttp", "FhirResponse", "origin_of"]
 
@@ -326,7 +327,7 @@ def _parse_body(response: requests.Response) -> tuple[dict[str, Any], str | None
         return {}, None
     ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
     try:
-        data = json.loads(content)
+        data = parse_json(content)
     except (ValueError, UnicodeDecodeError):
         return {}, f"got {ctype or 'a body'} that is not JSON"
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):

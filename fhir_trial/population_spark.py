@@ -55,6 +55,7 @@ import click
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError, InputError
 from fhir_trial.evaluate import evaluate
+from fhir_trial.json_input import parse_json
 from fhir_trial.population import Feasibility, Screened, verdict_line
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.report import EligibilityReport
@@ -285,9 +286,9 @@ def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRe
     for _, order, ftype in sorted(bad):
         failed_for.setdefault(ftype, f"an unreadable line in the export ({shared.place(order)})")
     return assemble_record(
-        json.loads(min(patients)[2]),
-        (json.loads(text) for _, _, text in sorted(resources)),
-        lambda ref: json.loads(medications[ref]) if ref in medications else None,
+        parse_json(min(patients)[2]),
+        (parse_json(text) for _, _, text in sorted(resources)),
+        lambda ref: parse_json(medications[ref]) if ref in medications else None,
         failed=[shared.failed, failed_for],
         missing=shared.missing,
         warnings=shared.warnings,
@@ -408,7 +409,7 @@ def _export_problems(
                 payload, f"an unreadable line in the export ({place(order)})"
             )
         else:
-            read_outcome(json.loads(payload), place(order), problems)
+            read_outcome(parse_json(payload), place(order), problems)
     problems.unreadable_lines = sum(part.bad_total for part in facts)
 
     # log.ndjson and manifest.json are small: copy them here and read them as the local reader.

@@ -96,8 +96,21 @@ class PatientRecord:
                     continue
                 code = coding.get("code")
                 if code:
-                    for key_ in lookup_keys(coding.get("system"), code):
+                    keys = lookup_keys(coding.get("system"), code)
+                    if not keys:
+                        self._note_unusable_code(rtype)
+                    for key_ in keys:
                         index[key_].append(resource)
+
+    def _note_unusable_code(self, rtype: str) -> None:
+        # Said once per resource type: the reviewer learns that some codes could not be matched
+        # (so an exclusion coded that way cannot have been seen), without one line per resource.
+        warning = (
+            f"{rtype} codings whose code is not text were ignored: they match no ValueSet, "
+            "so what they record was not seen"
+        )
+        if warning not in self.warnings:
+            self.warnings.append(warning)
 
     def add_all(self, resources: Iterable[Resource]) -> None:
         """Add many resources."""

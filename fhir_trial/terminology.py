@@ -45,25 +45,40 @@ PREFIX_SYSTEMS = frozenset({ICD10, ICD10CM, ATC})
 Code = tuple[str, str]  # (system, code)
 
 
-def normalise_system(system: str | None) -> str:
-    """Return the canonical FHIR URI for a code system spelling ('' when absent)."""
-    if not system:
+def normalise_system(system: object) -> str:
+    """Return the canonical FHIR URI for a code system spelling ('' when absent or not text)."""
+    if not system or type(system) is not str:
         return ""
     return _SYSTEM_ALIASES.get(system, system)
 
 
-def lookup_keys(system: str | None, code: str | None) -> list[Code]:
+def code_text(code: object) -> str | None:
+    """A coding's code as matchable text, or None when it has none.
+
+    Strings are stripped. Whole numbers are written out: some exports send SNOMED CT or RxNorm
+    codes as JSON numbers, and ``55464009`` means the same code either way. Anything else (an
+    object, a list, a fraction, a boolean) is a malformed coding that matches nothing.
+    """
+    if type(code) is str:
+        return code.strip() or None
+    if type(code) is int:  # not bool: True is not a code
+        return str(code)
+    return None
+
+
+def lookup_keys(system: object, code: object) -> list[Code]:
     """Keys under which a record code can be found: itself, plus its ancestors in prefix systems.
 
     ``M32.14`` gives ``M32.14``, ``M32.1`` and ``M32``; ``J01CA04`` gives ``J01CA04`` ... ``J``.
+    A code that is not text (see :func:`code_text`) has no keys.
     """
-    if not code:
+    text = code_text(code)
+    if text is None:
         return []
     sys = normalise_system(system)
-    code = code.strip()
-    keys = [(sys, code)]
+    keys = [(sys, text)]
     if sys in PREFIX_SYSTEMS:
-        bare = code.replace(".", "")
+        bare = text.replace(".", "")
         for length in range(len(bare) - 1, 0, -1):
             head = bare[:length]
             if sys != ATC and length > 3:
@@ -92,13 +107,14 @@ class ValueSet:
     codes: frozenset[Code]
     displays: Mapping[Code, str]
 
-    def contains(self, system: str | None, code: str | None) -> bool:
+    def contains(self, system: object, code: object) -> bool:
         """Whether a code (or, in a prefix system, one of its ancestors) is in the expansion."""
-        if not code:
+        text = code_text(code)
+        if text is None:
             return False
         canonical = normalise_system(system)
         if canonical not in PREFIX_SYSTEMS:  # the usual case: one exact key, no list to build
-            return (canonical, code.strip()) in self.codes
+            return (canonical, text) in self.codes
         return not self.codes.isdisjoint(lookup_keys(canonical, code))
 
     def contains_any(self, keys: frozenset[Code]) -> bool:

@@ -296,3 +296,20 @@ def test_development_mode_does_not_open_the_server_allowlist(
         base_settings(tmp_path, cds_development_mode=True, cds_dev_fhir_servers=(server.base_url,))
     ).test_client()
     assert allowed.post(SERVICE_PATH, json=_hook(server)).status_code == 200
+
+
+def test_server_bundle_that_cannot_be_read_makes_its_category_unknown(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    # A searchset whose entry is not a list must not read as "no Observations".
+    server.fail(
+        200,
+        body='{"resourceType": "Bundle", "type": "searchset", "entry": 3}',
+        content_type="application/fhir+json",
+        times=None,
+        match="Observation",
+    )
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "could not be completed" in card["summary"]
+    assert "Observation (the FHIR server sent a Bundle that cannot be read" in card["detail"]
+    assert "('entry' is not a list)" in card["detail"]

@@ -292,6 +292,28 @@ def test_prefetch_operation_outcome_is_a_failure_with_its_reason(
     assert "upstream lab system down" in card["detail"]
 
 
+@pytest.mark.parametrize(
+    ("bundle", "says"),
+    [
+        ({"resourceType": "Bundle", "type": "searchset", "entry": 2.5}, "'entry' is not a list"),
+        ({"resourceType": "Bundle", "type": "searchset", "link": True}, "'link' is not a list"),
+        (
+            {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": "x"}, 7]},
+            "2 entries are not a FHIR resource",
+        ),
+    ],
+)
+def test_prefetch_bundle_that_cannot_be_read_makes_its_category_unknown(
+    client: FlaskClient, shared_dir: Path, bundle: dict[str, Any], says: str
+) -> None:
+    # Reading around a broken entry would make absence look meaningful (an exclusion unseen).
+    prefetch = full_prefetch()
+    prefetch["condition"] = bundle
+    (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
+    assert "Condition could not be obtained" in card["detail"]
+    assert f"prefetch key 'condition' held a Bundle that cannot be read: {says}" in card["detail"]
+
+
 def test_partial_prefetch_without_fhir_server_evaluates_what_is_there(
     client: FlaskClient, shared_dir: Path
 ) -> None:

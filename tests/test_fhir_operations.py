@@ -563,8 +563,11 @@ def test_apply_type_level_needs_url(client: FlaskClient) -> None:
         (b"[" * 100_000, "application/json", 400, "nested too deeply"),
         (b"", "application/fhir+json", 400, "empty"),
         (b"<Parameters/>", "application/fhir+xml", 415, "application/fhir+json"),
+        # A lone UTF-16 surrogate is no character: it could not be written back out as UTF-8.
+        (b'{"resourceType": "Parameters", "id": "\\ud800"}', "application/json", 400, "not JSON"),
+        (b'{"resourceType": "Parameters", "x": NaN}', "application/fhir+json", 400, "not JSON"),
     ],
-    ids=["broken", "binary", "array", "deep", "empty", "xml"],
+    ids=["broken", "binary", "array", "deep", "empty", "xml", "lone-surrogate", "nan"],
 )
 def test_apply_bad_bodies(
     client: FlaskClient, data: bytes, content_type: str, status: int, says: str
@@ -638,14 +641,18 @@ def test_population_demo_ndjson_with_guidance(
     assert list(own_temp_dir.iterdir()) == []  # spooled upload and index are gone
 
 
+@pytest.mark.parametrize(
+    "tail", [b", ", b', "id": "\\udc00"}'], ids=["truncated", "lone-surrogate"]
+)
 def test_population_ndjson_unreadable_line_makes_its_category_unknown(
-    client: FlaskClient,
+    client: FlaskClient, tail: bytes
 ) -> None:
     paths = demo_bundles()[:1]
     good = ndjson_lines(paths)
     patient = load(paths[0])["entry"][0]["resource"]
     ref = f"Patient/{patient['id']}"
-    broken = b'{"resourceType": "Condition", "subject": {"reference": "' + ref.encode() + b'"}, \n'
+    broken = b'{"resourceType": "Condition", "subject": {"reference": "' + ref.encode() + b'"}'
+    broken += tail + b"\n"
     url = f"{SCREEN}?asOf={DEMO_AS_OF}"
     clean, _ = population(fhir_json(client.post(url, data=good, content_type=NDJSON)))
     spoiled, _ = population(fhir_json(client.post(url, data=broken + good, content_type=NDJSON)))
@@ -653,6 +660,22 @@ def test_population_ndjson_unreadable_line_makes_its_category_unknown(
     assert spoiled[ref]["criteria"]["exc-malignancy"] == "unknown"
     assert any("Condition could not be obtained" in w for w in spoiled[ref]["warnings"])
     assert not clean[ref]["warnings"]
+
+
+def test_codes_that_are_not_text_are_ignored_with_a_warning(client: FlaskClient) -> None:
+    bundle = json.loads(json.dumps(DEMO))
+    spoiled = 0
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Condition":
+            for coding in entry["resource"]["code"]["coding"]:
+                coding["code"] = {"value": coding["code"]}
+                spoiled += 1
+    assert spoiled
+    results = results_of(fhir_json(client.post(APPLY, json=apply_body(bundle))))
+    assert results["verdict"] in {"eligible", "potentially-eligible", "ineligible"}
+    patients, _ = population(fhir_json(client.post(f"{SCREEN}?asOf={DEMO_AS_OF}", json=bundle)))
+    (entry,) = patients.values()
+    assert "Condition codings whose code is not text were ignored" in " ".join(entry["warnings"])
 
 
 def test_population_missing_category(client: FlaskClient, settings: Settings) -> None:

@@ -54,6 +54,18 @@ def test_read_json_file_binary(tmp_path: Path) -> None:
         read_json_file(path)
 
 
+@pytest.mark.parametrize(
+    "content",
+    ['{"resourceType": "Bundle", "id": "\\ud800"}', '{"resourceType": "Bundle", "total": NaN}'],
+    ids=["lone-surrogate", "nan"],
+)
+def test_read_json_file_refuses_what_is_not_strict_json(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "x.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(NotJsonError, match=r"x\.json is not JSON \(line 1"):
+        read_json_file(path)
+
+
 @pytest.mark.parametrize("content", ["[1, 2]", '{"hello": "world"}', '"text"'])
 def test_read_json_file_json_but_not_fhir(tmp_path: Path, content: str) -> None:
     path = tmp_path / "x.json"

@@ -223,3 +223,20 @@ def test_shared_bulk_export(shared_dir: Path) -> None:
         # No Observation file: obtained-but-empty unless the caller says it is missing.
         assert record.usable("Observation") and record.count("Observation") == 0
         assert record.warnings == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"resourceType": "Condition", "id": "\\udc00", "subject": {"reference": "Patient/a"}}',
+        '{"resourceType": "Condition", "id": "n", "subject": {"reference": "Patient/a"}, "x": NaN}',
+    ],
+    ids=["lone-surrogate", "nan"],
+)
+def test_lines_that_are_not_strict_json_are_bad_lines(export: Path, line: str) -> None:
+    # The standard library would accept both, and the surrogate then broke the upload's index.
+    write_ndjson(export / "Condition.002.ndjson", [line])
+    records = by_patient(export)
+    assert records["Patient/a"].state("Condition") == "failed"
+    assert "Condition.002.ndjson:1" in records["Patient/a"].failed["Condition"]
+    assert records["Patient/b"].usable("Condition")

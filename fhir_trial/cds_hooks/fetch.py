@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from fhir_trial.cds_hooks.deadline import Deadline, DeadlineExceeded
-from fhir_trial.cds_hooks.prefetch import bundle_resources, next_link
+from fhir_trial.cds_hooks.prefetch import bundle_problem, bundle_resources, next_link
 from fhir_trial.config import Settings
 from fhir_trial.errors import (
     AuthenticationError,
@@ -155,6 +155,10 @@ class FhirFetcher:
             body = self._get(absolute, session)
             rtype = body.get("resourceType")
             if rtype == "Bundle":
+                problem = bundle_problem(body)
+                if problem:
+                    result.error = f"the FHIR server sent a Bundle that cannot be read ({problem})"
+                    return
                 result.resources.extend(bundle_resources(body))
                 url = next_link(body)
             elif result.category == "Patient" and rtype == "Patient" and not continuing:

@@ -39,6 +39,7 @@ __all__ = [
     "PrefetchResult",
     "add_resources",
     "apply_prefetch",
+    "bundle_problem",
     "bundle_resources",
     "next_link",
     "outcome_reason",
@@ -143,13 +144,47 @@ def _unusable(value: Any, key: str, category: str, patient_id: str) -> str | Non
         return f"the EHR could not prefetch '{key}': {outcome_reason(value)}"
     if category == "Patient" and rtype == "Patient" and not _is_our_patient(value, patient_id):
         return "the prefetched Patient is not the patient in context"
+    if rtype == "Bundle":
+        problem = bundle_problem(value)
+        if problem:
+            return f"prefetch key '{key}' held a Bundle that cannot be read: {problem}"
+    return None
+
+
+def bundle_problem(bundle: Mapping[str, Any]) -> str | None:
+    """Why a search Bundle cannot be read in full (None: it can).
+
+    Reading past a broken entry would make absence look meaningful, so a Bundle with one is not
+    used at all: its category becomes unknown, as an unreadable NDJSON line makes its own.
+    """
+    entries = bundle.get("entry")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        return "'entry' is not a list"
+    links = bundle.get("link")
+    if links is not None and not isinstance(links, list):
+        return "'link' is not a list"
+    broken = sum(
+        1
+        for entry in entries
+        if not isinstance(entry, Mapping)
+        or not isinstance(entry.get("resource"), Mapping)
+        or not isinstance(entry["resource"].get("resourceType"), str)
+    )
+    if broken:
+        return f"{broken} entr{'y is' if broken == 1 else 'ies are'} not a FHIR resource"
     return None
 
 
 def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The resources of a Bundle's entries, without search outcomes (OperationOutcome entries)."""
+    """The resources of a Bundle's entries, without search outcomes (OperationOutcome entries).
+
+    Entries that are not resources are passed over; :func:`bundle_problem` says whether any are.
+    """
     found: list[dict[str, Any]] = []
-    for entry in bundle.get("entry") or []:
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, Mapping):
             continue
         resource = entry.get("resource")
@@ -163,7 +198,8 @@ def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:
     """The Bundle's ``next`` link URL, if any."""
-    for link in bundle.get("link") or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, Mapping) and link.get("relation") == "next":
             url = link.get("url")
             if isinstance(url, str) and url:

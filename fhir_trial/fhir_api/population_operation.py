@@ -168,12 +168,7 @@ def _ndjson_population(settings: Settings, missing: list[str]) -> _Population:
         if not any(folder.iterdir()):
             raise OperationError(400, "required", "the NDJSON body holds no lines")
         export = NdjsonExport(folder, missing)
-        try:
-            count = export.count_patients()
-        except RecursionError:
-            raise OperationError(
-                400, "structure", "an NDJSON line is JSON nested too deeply"
-            ) from None
+        count = export.count_patients()  # a line nested too deeply is one unreadable line
         if count == 0:
             problems = export.problems.summary()
             detail = f" (first problem: {problems[0]})" if problems else ""

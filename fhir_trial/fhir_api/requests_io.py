@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from fhir_trial.config import Settings
 from fhir_trial.errors import FhirTrialError
+from fhir_trial.json_input import JsonSyntaxError, parse_json
 
 __all__ = [
     "FHIR_JSON",
@@ -130,17 +131,9 @@ def read_json_body(limit: int) -> dict[str, Any]:
 def parse_resource(raw: bytes, what: str) -> dict[str, Any]:
     """JSON bytes -> a FHIR resource dict; :class:`OperationError` 400 with a one-line reason."""
     try:
-        data = json.loads(raw)
-    except UnicodeDecodeError:
-        raise OperationError(400, "structure", f"{what} is not JSON (not UTF-8 text)") from None
-    except json.JSONDecodeError as exc:
-        raise OperationError(
-            400,
-            "structure",
-            f"{what} is not JSON (line {exc.lineno} column {exc.colno}: {exc.msg})",
-        ) from None
-    except RecursionError:
-        raise OperationError(400, "structure", f"{what} is JSON nested too deeply") from None
+        data = parse_json(raw)
+    except JsonSyntaxError as exc:
+        raise OperationError(400, "structure", f"{what} {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise OperationError(
             400, "structure", f"{what} is JSON but not a FHIR resource (no resourceType)"

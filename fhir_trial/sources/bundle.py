@@ -14,7 +14,6 @@ obtained, so a Condition that is not in the Bundle is absent, not unknown.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_trial.errors import InputError, NotFhirError, NotJsonError, PatientSelectionError
+from fhir_trial.json_input import JsonSyntaxError, parse_json
 from fhir_trial.record import CATEGORIES, PatientRecord
 from fhir_trial.sources._common import is_known_type, is_patient_reference, patient_refs
 
@@ -42,13 +42,9 @@ def read_json_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(raw)
-    except UnicodeDecodeError:
-        raise NotJsonError(f"{path} is not JSON (not UTF-8 text)") from None
-    except json.JSONDecodeError as exc:
-        raise NotJsonError(
-            f"{path} is not JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
-        ) from None
+        data = parse_json(raw)
+    except JsonSyntaxError as exc:
+        raise NotJsonError(f"{path} {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise NotFhirError(f"{path} is JSON but not a FHIR resource (no resourceType)")
     return data

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from fhir_trial.errors import InputError
+from fhir_trial.json_input import JsonSyntaxError, parse_json
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.sources._common import KEPT_TYPES, is_known_type, patient_refs
 
@@ -125,7 +126,7 @@ def read_log(path: Path, problems: ExportProblems) -> None:
             if not line.strip():
                 continue
             try:
-                event = json.loads(line)
+                event = parse_json(line)
             except ValueError:
                 problems.warnings.append(f"{path.name}:{number}: not JSON, ignored")
                 continue
@@ -187,9 +188,9 @@ class ExportLine:
 def classify_line(text: str) -> ExportLine:
     """Parse one non-empty NDJSON line and say what it is (never raises)."""
     try:
-        resource = json.loads(text)
-    except ValueError as exc:
-        return ExportLine("bad", problem=f"not JSON ({exc.__class__.__name__})")
+        resource = parse_json(text)
+    except JsonSyntaxError as exc:
+        return ExportLine("bad", problem=str(exc).removeprefix("is "))
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         return ExportLine("bad", problem="not a FHIR resource (no resourceType)")
     rtype = resource["resourceType"]
@@ -328,12 +329,12 @@ class NdjsonExport:
     ) -> PatientRecord:
         def shared_medication(ref: str) -> Resource | None:
             row = db.execute("SELECT body FROM shared WHERE ref = ?", (ref,)).fetchone()
-            return json.loads(row[0]) if row else None
+            return parse_json(row[0]) if row else None
 
         return assemble_record(
-            json.loads(body),
+            parse_json(body),
             (
-                json.loads(text)
+                parse_json(text)
                 for (text,) in db.execute(
                     "SELECT body FROM resource WHERE patient = ?", (patient_id,)
                 )
