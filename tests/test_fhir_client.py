@@ -279,6 +279,34 @@ def test_batch_entry_throttled_is_retried_alone() -> None:
 
 
 # ------------------------------------------------------------------------------ paging
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize(
+    ("entries", "says"),
+    [
+        ("oops", "'entry' is not a list"),
+        ([{"resource": 7}, {}], "2 entries are not a FHIR resource"),
+    ],
+    ids=["entry-not-a-list", "entries-without-resources"],
+)
+def test_search_bundle_that_cannot_be_read_makes_its_category_unknown(
+    batch: bool, entries: Any, says: str, tmp_path: Path
+) -> None:
+    # Passing over broken entries would make "no Condition" look like a finding.
+    server = Server(batch=batch)
+    server.special["Condition"] = (
+        200,
+        {"resourceType": "Bundle", "type": "searchset", "entry": entries},
+        {},
+    )
+    client, _ = client_for(server)
+    record = client.fetch_patient_record("p1")
+    assert record.state("Condition") == "failed"
+    assert f"a search Bundle that cannot be read ({says})" in record.failed["Condition"]
+    assert record.usable("Observation")
+    report = evaluate(record, evaluation_settings(tmp_path))
+    assert report.criterion("inc-sle-diagnosis").status == "unknown"
+
+
 def paged(pages: dict[str, dict[str, Any]], first: dict[str, Any]) -> Handler:
     """Condition search answers ``first``; a GET of an exact URL in ``pages`` answers that page."""
     server = Server(batch=False)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from fhir_trial.cds_hooks.deadline import Deadline, DeadlineExceeded
-from fhir_trial.cds_hooks.prefetch import bundle_problem, bundle_resources, next_link
+from fhir_trial.cds_hooks.prefetch import bundle_resources, next_link
 from fhir_trial.config import Settings
 from fhir_trial.errors import (
     AuthenticationError,
@@ -35,6 +35,7 @@ from fhir_trial.errors import (
     ServerUnreachableError,
 )
 from fhir_trial.fhir_http import FhirHttp, origin_of
+from fhir_trial.sources._common import bundle_problem
 
 __all__ = ["CategoryResult", "FetchJob", "FhirFetcher", "same_base"]
 

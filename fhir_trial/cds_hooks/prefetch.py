@@ -32,14 +32,13 @@ from typing import Any
 
 from fhir_trial.record import PatientRecord
 from fhir_trial.searches import PlannedSearch
-from fhir_trial.sources._common import patient_refs
+from fhir_trial.sources._common import bundle_problem, patient_refs
 
 __all__ = [
     "NO_FHIR_SERVER",
     "PrefetchResult",
     "add_resources",
     "apply_prefetch",
-    "bundle_problem",
     "bundle_resources",
     "next_link",
     "outcome_reason",
@@ -151,36 +150,10 @@ def _unusable(value: Any, key: str, category: str, patient_id: str) -> str | Non
     return None
 
 
-def bundle_problem(bundle: Mapping[str, Any]) -> str | None:
-    """Why a search Bundle cannot be read in full (None: it can).
-
-    Reading past a broken entry would make absence look meaningful, so a Bundle with one is not
-    used at all: its category becomes unknown, as an unreadable NDJSON line makes its own.
-    """
-    entries = bundle.get("entry")
-    if entries is None:
-        entries = []
-    if not isinstance(entries, list):
-        return "'entry' is not a list"
-    links = bundle.get("link")
-    if links is not None and not isinstance(links, list):
-        return "'link' is not a list"
-    broken = sum(
-        1
-        for entry in entries
-        if not isinstance(entry, Mapping)
-        or not isinstance(entry.get("resource"), Mapping)
-        or not isinstance(entry["resource"].get("resourceType"), str)
-    )
-    if broken:
-        return f"{broken} entr{'y is' if broken == 1 else 'ies are'} not a FHIR resource"
-    return None
-
-
 def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The resources of a Bundle's entries, without search outcomes (OperationOutcome entries).
 
-    Entries that are not resources are passed over; :func:`bundle_problem` says whether any are.
+    Entries that are not resources are passed over; ``bundle_problem`` says whether any are.
     """
     found: list[dict[str, Any]] = []
     entries = bundle.get("entry")

@@ -93,3 +93,29 @@ def is_known_type(resource_type: Any) -> bool:
         return False
     names = _known_type_names()
     return not names or resource_type.lower() in names
+
+
+def bundle_problem(bundle: Mapping[str, Any]) -> str | None:
+    """Why a search Bundle cannot be read in full (None: it can).
+
+    Reading past a broken entry would make absence look meaningful, so a Bundle with one is not
+    used at all: its category becomes unknown, as an unreadable NDJSON line makes its own.
+    """
+    entries = bundle.get("entry")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        return "'entry' is not a list"
+    links = bundle.get("link")
+    if links is not None and not isinstance(links, list):
+        return "'link' is not a list"
+    broken = sum(
+        1
+        for entry in entries
+        if not isinstance(entry, Mapping)
+        or not isinstance(entry.get("resource"), Mapping)
+        or not isinstance(entry["resource"].get("resourceType"), str)
+    )
+    if broken:
+        return f"{broken} entr{'y is' if broken == 1 else 'ies are'} not a FHIR resource"
+    return None
