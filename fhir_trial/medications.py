@@ -38,6 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_trial.elements import child, objects
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
 from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys
@@ -219,7 +220,8 @@ def build_history(
     for rtype in MEDICATION_TYPES:
         for resource in record.resources(rtype):
             retrieved += 1
-            if resource.get("status") in IGNORED_MEDICATION_STATUSES:
+            status = resource.get("status")
+            if isinstance(status, str) and status in IGNORED_MEDICATION_STATUSES:
                 ignored += 1
                 continue
             drug = _drug_record(record, resource)
@@ -235,20 +237,20 @@ def build_history(
 def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
     concept = record.medication_concept(resource)
     found: list[Mapping[str, Any]] = list(codings(concept))
-    reference = (resource.get("medicationReference") or {}).get("reference")
+    reference = child(resource.get("medicationReference"), "reference")
     medication = record.resolve(reference, resource)
     if medication is not None:
         for ingredient in medication.get("ingredient", []) or []:
             if not isinstance(ingredient, dict):
                 continue
             found.extend(codings(ingredient.get("itemCodeableConcept")))
-            item_ref = (ingredient.get("itemReference") or {}).get("reference")
+            item_ref = child(ingredient.get("itemReference"), "reference")
             # A contained ingredient Medication lives in the parent's contained list.
             item = record.resolve(item_ref, medication) or record.resolve(item_ref, resource)
             if item is not None and item.get("resourceType") == "Medication":
                 found.extend(codings(item.get("code")))
     drug = _concept_label(concept) or (
-        str((resource.get("medicationReference") or {}).get("display") or "") or "unnamed drug"
+        str(child(resource.get("medicationReference"), "display") or "") or "unnamed drug"
     )
     drug_codings = tuple(c for c in found if isinstance(c, dict))
     return DrugRecord(
@@ -265,14 +267,12 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
     )
 
 
-def _concept_label(concept: Mapping[str, Any] | None) -> str:
-    if not concept:
-        return ""
+def _concept_label(concept: object) -> str:
     for coding in codings(concept):
         label = coding.get("display") or coding.get("code")
         if label:
             return str(label)
-    return str(concept.get("text") or "")
+    return str(child(concept, "text") or "")
 
 
 def _routes(resource: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
@@ -318,14 +318,13 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
         )
     # MedicationRequest
     bounds = [
-        ((d.get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
-        for d in resource.get("dosageInstruction", []) or []
-        if isinstance(d, dict)
+        child(child(child(d, "timing"), "repeat"), "boundsPeriod")
+        for d in objects(resource.get("dosageInstruction"))
     ]
     placed = _from_periods([b for b in bounds if b], status, as_of, supply, "dosage bounds")
     if placed is not None:
         return placed
-    validity = (resource.get("dispenseRequest") or {}).get("validityPeriod")
+    validity = child(resource.get("dispenseRequest"), "validityPeriod")
     placed = _from_periods([validity] if validity else [], status, as_of, supply, "validity period")
     if placed is not None:
         return placed
@@ -376,8 +375,9 @@ def _from_effective(
 
 
 def _from_periods(
-    periods: Sequence[Mapping[str, Any]], status: Any, as_of: dt.date, supply: int, what: str
+    candidates: Sequence[Any], status: Any, as_of: dt.date, supply: int, what: str
 ) -> Placed | None:
+    periods = [p for p in candidates if isinstance(p, dict)]  # a damaged one is no period
     starts = [s for s in (parse_span(p.get("start")) for p in periods) if s is not None]
     if not starts:
         return None

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+from fhir_trial.elements import child, objects
 from fhir_trial.terminology import ValueSet, codings, lookup_keys
 
 Resource = dict[str, Any]
@@ -190,8 +191,8 @@ class PatientRecord:
         if not reference:
             return None
         if reference.startswith("#"):
-            for contained in (container or {}).get("contained", []) or []:
-                if isinstance(contained, dict) and contained.get("id") == reference[1:]:
+            for contained in objects(child(container, "contained")):
+                if contained.get("id") == reference[1:]:
                     return contained
             return None
         found = self._by_reference.get(reference)
@@ -204,7 +205,7 @@ class PatientRecord:
         concept = resource.get("medicationCodeableConcept")
         if concept:
             return concept
-        ref = (resource.get("medicationReference") or {}).get("reference")
+        ref = child(resource.get("medicationReference"), "reference")
         medication = self.resolve(ref, resource)
         if medication is not None:
             return medication.get("code")

@@ -87,7 +87,7 @@ def lookup_keys(system: object, code: object) -> list[Code]:
     return keys
 
 
-def codings(concept: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+def codings(concept: object) -> list[Mapping[str, Any]]:
     """The codings of a CodeableConcept (empty for None or a concept with text only)."""
     if not isinstance(concept, Mapping):
         return []  # absent, or malformed data (a string where a CodeableConcept belongs)

@@ -5,7 +5,9 @@ a $apply Parameters), damages it with a seeded random walk (drops keys and list 
 values of the wrong type where data belongs) and sends it. Whatever the damage, the answer must be
 a 2xx or a 4xx with its error body, and nothing may reach the app's "failed unexpectedly" handler
 (which answers 503 and logs an ERROR). A hook answer of 200 must still match the response schema.
-The seeds are fixed so a failure can be replayed; the damage menu holds what real exports get
+The same damage applied to every demo patient must be read by the criteria themselves: none may
+fall back to the evaluator's last line of defence (a whole criterion set to needs-review because
+one element had the wrong type). The seeds are fixed so a failure can be replayed; the damage menu holds what real exports get
 wrong: numbers for strings, objects for lists, impossible dates, empty values.
 """
 
@@ -29,7 +31,10 @@ from fhir_trial.app import create_app
 from fhir_trial.canonical import STUDY_RESOURCE_ID
 from fhir_trial.cds_hooks.discovery import SERVICE_ID
 from fhir_trial.demo import demo_bundle_paths
+from fhir_trial.errors import FhirTrialError
+from fhir_trial.evaluate import evaluate
 from fhir_trial.searches import SEARCHES
+from fhir_trial.sources.bundle import record_from_bundle
 
 CASES_PER_ROUTE = 60
 DAMAGE_RATES = (0.005, 0.03)
@@ -191,3 +196,24 @@ def test_damaged_requests_get_an_answer_not_a_failure(
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
     # The damage must leave some requests whole enough to be screened, or nothing was tested.
     assert statuses.get(200, 0) >= CASES_PER_ROUTE // 4, statuses
+
+
+def test_damaged_records_are_read_by_each_criterion_not_its_fallback(tmp_path: Path) -> None:
+    settings = base_settings(tmp_path)
+    paths = demo_bundle_paths()
+    assert paths
+    screened = 0
+    for path in paths:
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+        for rate in DAMAGE_RATES:
+            for seed in range(20):
+                damaged = damage(bundle, random.Random(seed), rate)
+                try:
+                    record = record_from_bundle(damaged)
+                except FhirTrialError:
+                    continue  # refused as a whole (no Patient left, say): a clear error
+                report = evaluate(record, settings)
+                screened += 1
+                fallen = [r.id for r in report.criteria if "could not read (" in r.reason]
+                assert not fallen, f"{path.name}, seed {seed}, rate {rate}: {fallen}"
+    assert screened >= len(paths) * 20

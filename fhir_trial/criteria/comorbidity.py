@@ -42,6 +42,7 @@ from fhir_trial.criteria.context import (
 from fhir_trial.fhirdates import DateSpan
 from fhir_trial.record import Resource
 from fhir_trial.report import Finding
+from fhir_trial.terminology import codings
 
 MAX_LISTED = 12  # how many conditions a reason names before saying "and N more"
 
@@ -51,7 +52,7 @@ def _ref(ctx: Context, resource: Mapping[str, Any]) -> str:
 
 
 def _status(condition: Mapping[str, Any]) -> str:
-    for coding in (condition.get("clinicalStatus") or {}).get("coding", []) or []:
+    for coding in codings(condition.get("clinicalStatus")):
         if coding.get("code"):
             return str(coding["code"])
     return "no clinical status"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_trial.config import Settings
+from fhir_trial.elements import child
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import PatientRecord, Resource
 from fhir_trial.report import Finding
@@ -77,7 +78,7 @@ def conditions_in(ctx: Context, valueset_id: str, *, active_only: bool = False) 
 
 def condition_onset(condition: Mapping[str, Any]) -> DateSpan | None:
     """onsetDateTime / onsetPeriod.start, else recordedDate."""
-    onset = condition.get("onsetDateTime") or (condition.get("onsetPeriod") or {}).get("start")
+    onset = condition.get("onsetDateTime") or child(condition.get("onsetPeriod"), "start")
     return parse_span(onset) or parse_span(condition.get("recordedDate"))
 
 
@@ -91,7 +92,7 @@ def observation_time(observation: Mapping[str, Any]) -> DateSpan | None:
     """effective[x] (dateTime, Period start, instant), else issued."""
     value = (
         observation.get("effectiveDateTime")
-        or (observation.get("effectivePeriod") or {}).get("start")
+        or child(observation.get("effectivePeriod"), "start")
         or observation.get("effectiveInstant")
         or observation.get("issued")
     )

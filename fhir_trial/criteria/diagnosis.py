@@ -18,15 +18,17 @@ from fhir_trial.criteria.context import (
     condition_counts,
     first_code,
 )
+from fhir_trial.elements import child
 from fhir_trial.record import Resource
 from fhir_trial.report import Finding
+from fhir_trial.terminology import codings
 
 _ACR = "the 1997 ACR classification criteria cannot be verified from diagnosis codes"
 _UNCONFIRMED = frozenset({"unconfirmed", "provisional", "differential"})
 
 
 def _verification(condition: Mapping[str, Any]) -> str | None:
-    for coding in (condition.get("verificationStatus") or {}).get("coding") or []:
+    for coding in codings(condition.get("verificationStatus")):
         if coding.get("code"):
             return str(coding["code"])
     return None
@@ -35,7 +37,7 @@ def _verification(condition: Mapping[str, Any]) -> str | None:
 def _describe(ctx: Context, condition: Resource) -> str:
     when = (
         condition.get("onsetDateTime")
-        or (condition.get("onsetPeriod") or {}).get("start")
+        or child(condition.get("onsetPeriod"), "start")
         or condition.get("recordedDate")
     )
     date = f" since {str(when)[:10]}" if when else ""

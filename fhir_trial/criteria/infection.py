@@ -27,6 +27,7 @@ from fhir_trial.criteria.context import (
     none_found,
 )
 from fhir_trial.criteria.therapy import history, medication_unknown
+from fhir_trial.elements import child
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.medications import Period, overlaps
 from fhir_trial.record import Resource
@@ -153,7 +154,7 @@ def severe_herpes(ctx: Context) -> Finding:
 
 
 def _condition_text(condition: Mapping[str, Any]) -> str:
-    onset = condition.get("onsetDateTime") or (condition.get("onsetPeriod") or {}).get("start")
+    onset = condition.get("onsetDateTime") or child(condition.get("onsetPeriod"), "start")
     when = f" (onset {onset})" if onset else ""
     return f"{first_code(condition.get('code'))}{when}"
 
@@ -162,11 +163,11 @@ def _condition_text(condition: Mapping[str, Any]) -> str:
 def _condition_dates(condition: Mapping[str, Any]) -> list[tuple[str, DateSpan]]:
     candidates = (
         ("onset", condition.get("onsetDateTime")),
-        ("onset", (condition.get("onsetPeriod") or {}).get("start")),
+        ("onset", child(condition.get("onsetPeriod"), "start")),
         ("recorded", condition.get("recordedDate")),
         ("abatement", condition.get("abatementDateTime")),
-        ("abatement", (condition.get("abatementPeriod") or {}).get("end")),
-        ("abatement", (condition.get("abatementPeriod") or {}).get("start")),
+        ("abatement", child(condition.get("abatementPeriod"), "end")),
+        ("abatement", child(condition.get("abatementPeriod"), "start")),
     )
     return [(name, span) for name, raw in candidates if (span := parse_span(raw)) is not None]
 

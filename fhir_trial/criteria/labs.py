@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fhir_trial.criteria.context import Context, category_unavailable
+from fhir_trial.elements import child
 from fhir_trial.observations import (
     Dated,
     Quantity,
@@ -28,6 +29,7 @@ from fhir_trial.observations import (
     split_by_window,
 )
 from fhir_trial.report import Finding, Status
+from fhir_trial.terminology import codings
 from fhir_trial.units import (
     CELL_COUNT,
     HEMOGLOBIN_G_PER_MMOL,
@@ -347,13 +349,14 @@ def abnormal_labs(ctx: Context) -> Finding:
 
 
 def _code_label(observation: Resource) -> str:
-    code = observation.get("code") or {}
-    for coding in code.get("coding") or []:
+    code = observation.get("code")
+    for coding in codings(code):
         if coding.get("display"):
             return str(coding["display"])
-    if code.get("text"):
-        return str(code["text"])
-    for coding in code.get("coding") or []:
+    text = child(code, "text")
+    if text:
+        return str(text)
+    for coding in codings(code):
         if coding.get("code"):
             return str(coding["code"])
     return "result"

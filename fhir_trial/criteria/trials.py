@@ -21,6 +21,7 @@ from typing import Any
 
 from fhir_trial.canonical import STUDY_ID, STUDY_RESOURCE_ID
 from fhir_trial.criteria.context import Context, category_unavailable, none_found
+from fhir_trial.elements import child, objects
 from fhir_trial.fhirdates import period_span
 from fhir_trial.report import Finding
 
@@ -34,24 +35,24 @@ def _identifier_is_ours(identifier: Any) -> bool:
 
 def is_this_study(ctx: Context, subject: Mapping[str, Any]) -> bool:
     """Whether a ResearchSubject belongs to NCT06010472 itself."""
-    study = subject.get("study") or {}
-    reference = str(study.get("reference") or "")
+    study = subject.get("study")
+    reference = str(child(study, "reference") or "")
     if reference.rstrip("/").lower().endswith(f"researchstudy/{STUDY_RESOURCE_ID}"):
         return True
-    if _identifier_is_ours(study.get("identifier")):
+    if _identifier_is_ours(child(study, "identifier")):
         return True
     resolved = ctx.record.resolve(reference or None, subject)
     return bool(resolved) and any(
-        _identifier_is_ours(i) for i in (resolved or {}).get("identifier", []) or []
+        _identifier_is_ours(i) for i in objects(child(resolved, "identifier"))
     )
 
 
 def _study_label(subject: Mapping[str, Any]) -> str:
-    study = subject.get("study") or {}
+    study = subject.get("study")
     return str(
-        study.get("display")
-        or (study.get("identifier") or {}).get("value")
-        or study.get("reference")
+        child(study, "display")
+        or child(child(study, "identifier"), "value")
+        or child(study, "reference")
         or "an unnamed study"
     )
 
@@ -76,8 +77,8 @@ def _overlap(subject: Mapping[str, Any], window: tuple[dt.date, dt.date]) -> str
 
 
 def _period_text(subject: Mapping[str, Any]) -> str:
-    period = subject.get("period") or {}
-    if not period:
+    period = subject.get("period")
+    if not isinstance(period, dict) or not period:
         return "no period recorded"
     return f"{period.get('start', '?')} to {period.get('end', 'ongoing')}"
 
@@ -106,6 +107,13 @@ def recent_trial(ctx: Context) -> Finding:
         if is_this_study(ctx, subject):
             continue
         status = subject.get("status")
+        if not isinstance(status, str):  # damaged: it may be a current enrolment
+            review.append(
+                f"{_study_label(subject)}, status unreadable, {_period_text(subject)}: "
+                "was the patient on that study within the window?"
+            )
+            review_refs.append(ctx.record.reference_to(subject))
+            continue
         if status not in ON_STUDY and status not in AFTER_TREATMENT:
             continue
         overlap = _overlap(subject, window)

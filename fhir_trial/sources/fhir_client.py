@@ -47,6 +47,7 @@ from urllib.parse import urlencode
 import requests
 
 from fhir_trial.config import Settings
+from fhir_trial.elements import child
 from fhir_trial.errors import (
     AuthenticationError,
     FhirServerError,
@@ -369,7 +370,7 @@ class FhirClient:
         wanted: list[str] = []
         for mtype in MEDICATION_TYPES:
             for resource in record.resources(mtype):
-                ref = (resource.get("medicationReference") or {}).get("reference")
+                ref = child(resource.get("medicationReference"), "reference")
                 if not isinstance(ref, str) or ref.startswith("#") or ref.startswith("urn:"):
                     continue
                 if record.resolve(ref, resource) is None and ref not in wanted:

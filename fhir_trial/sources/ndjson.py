@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from fhir_trial.elements import child
 from fhir_trial.errors import InputError
 from fhir_trial.json_input import JsonSyntaxError, parse_json
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
@@ -411,7 +412,7 @@ def assemble_record(
     medication_refs: set[str] = set()
     for resource in resources:
         record.add(resource)
-        ref = (resource.get("medicationReference") or {}).get("reference")
+        ref = child(resource.get("medicationReference"), "reference")
         if isinstance(ref, str) and ref.startswith("Medication/"):
             medication_refs.add(ref)
     for ref in sorted(medication_refs):
