@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import requests
 
 from fhir_trial.config import Settings
+from fhir_trial.elements import child, objects
 from fhir_trial.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -307,11 +308,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def first_diagnostics(outcome: Mapping[str, Any]) -> str | None:
     """The first issue's diagnostics (or details.text / code), on one line, shortened."""
-    for issue in outcome.get("issue") or []:
-        if not isinstance(issue, Mapping):
-            continue
-        details = issue.get("details") if isinstance(issue.get("details"), Mapping) else {}
-        text = issue.get("diagnostics") or (details or {}).get("text") or issue.get("code")
+    for issue in objects(outcome.get("issue")):
+        text = issue.get("diagnostics") or child(issue.get("details"), "text") or issue.get("code")
         if isinstance(text, str) and text.strip():
             line = " ".join(text.split())
             if len(line) > _MAX_DIAGNOSTICS:

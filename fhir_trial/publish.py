@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 
 from fhir_trial.canonical import BASE
 from fhir_trial.config import Settings
+from fhir_trial.elements import child, objects
 from fhir_trial.errors import InputError, NotFhirResponseError
 from fhir_trial.fhir_http import FhirHttp
 
@@ -160,10 +161,9 @@ def _status_code(status: str) -> int | None:
 def _no_change(outcome: Any) -> bool:
     if not isinstance(outcome, Mapping):
         return False
-    for issue in outcome.get("issue") or []:
-        details = issue.get("details") if isinstance(issue, Mapping) else None
-        for coding in (details or {}).get("coding") or []:
-            if isinstance(coding, Mapping) and str(coding.get("code", "")).endswith("_NO_CHANGE"):
+    for issue in objects(outcome.get("issue")):
+        for coding in objects(child(issue.get("details"), "coding")):
+            if str(coding.get("code", "")).endswith("_NO_CHANGE"):
                 return True
     return False
 

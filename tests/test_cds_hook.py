@@ -314,6 +314,16 @@ def test_prefetch_bundle_that_cannot_be_read_makes_its_category_unknown(
     assert f"prefetch key 'condition' held a Bundle that cannot be read: {says}" in card["detail"]
 
 
+def test_prefetch_operation_outcome_with_damaged_issues_still_fails_its_category(
+    client: FlaskClient, shared_dir: Path
+) -> None:
+    prefetch = full_prefetch()
+    prefetch["observation"] = {"resourceType": "OperationOutcome", "issue": 5}
+    (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
+    assert "Observation could not be obtained" in card["detail"]
+    assert "no reason given" in card["detail"]
+
+
 def test_partial_prefetch_without_fhir_server_evaluates_what_is_there(
     client: FlaskClient, shared_dir: Path
 ) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir_trial.elements import objects
 from fhir_trial.record import PatientRecord
 from fhir_trial.searches import PlannedSearch
 from fhir_trial.sources._common import bundle_problem, patient_refs
@@ -183,9 +184,7 @@ def next_link(bundle: Mapping[str, Any]) -> str | None:
 def outcome_reason(outcome: Mapping[str, Any]) -> str:
     """A short, one-line reason from an OperationOutcome (issue code and text)."""
     parts: list[str] = []
-    for issue in outcome.get("issue") or []:
-        if not isinstance(issue, Mapping):
-            continue
+    for issue in objects(outcome.get("issue")):
         details = issue.get("details")
         text = issue.get("diagnostics") or (
             details.get("text") if isinstance(details, Mapping) else None

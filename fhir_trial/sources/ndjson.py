@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from fhir_trial.elements import child
+from fhir_trial.elements import child, objects
 from fhir_trial.errors import InputError
 from fhir_trial.json_input import JsonSyntaxError, parse_json
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
@@ -104,13 +104,12 @@ def _categories_named(text: str) -> set[str]:
 
 def read_outcome(outcome: dict[str, Any], where: str, problems: ExportProblems) -> None:
     """An OperationOutcome the export wrote: error/fatal issues naming a type fail that category."""
-    for issue in outcome.get("issue") or []:
-        if not isinstance(issue, dict) or issue.get("severity") not in ("error", "fatal"):
+    for issue in objects(outcome.get("issue")):
+        if issue.get("severity") not in ("error", "fatal"):
             continue
-        details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
         texts = [
             str(issue.get("diagnostics") or ""),
-            str((details or {}).get("text") or ""),
+            str(child(issue.get("details"), "text") or ""),
             " ".join(str(e) for e in issue.get("expression") or []),
         ]
         named = _categories_named(" ".join(texts))
