@@ -72,8 +72,9 @@ def lookup_keys(system: object, code: object) -> list[Code]:
     ``M32.14`` gives ``M32.14``, ``M32.1`` and ``M32``; ``J01CA04`` gives ``J01CA04`` ... ``J``.
     A code that is not text (see :func:`code_text`) has no keys.
     """
-    text = code_text(code)
-    if text is None:
+    # The usual case (a string) inline: this runs for every coding of every resource.
+    text = code.strip() if type(code) is str else code_text(code)
+    if not text:
         return []
     sys = normalise_system(system)
     keys = [(sys, text)]
@@ -109,8 +110,8 @@ class ValueSet:
 
     def contains(self, system: object, code: object) -> bool:
         """Whether a code (or, in a prefix system, one of its ancestors) is in the expansion."""
-        text = code_text(code)
-        if text is None:
+        text = code.strip() if type(code) is str else code_text(code)
+        if not text:
             return False
         canonical = normalise_system(system)
         if canonical not in PREFIX_SYSTEMS:  # the usual case: one exact key, no list to build

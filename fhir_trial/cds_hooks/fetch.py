@@ -35,7 +35,6 @@ from fhir_trial.errors import (
     ServerUnreachableError,
 )
 from fhir_trial.fhir_http import FhirHttp, origin_of
-from fhir_trial.sources._common import bundle_problem
 
 __all__ = ["CategoryResult", "FetchJob", "FhirFetcher", "same_base"]
 
@@ -156,11 +155,11 @@ class FhirFetcher:
             body = self._get(absolute, session)
             rtype = body.get("resourceType")
             if rtype == "Bundle":
-                problem = bundle_problem(body)
+                resources, problem = bundle_resources(body)
                 if problem:
                     result.error = f"the FHIR server sent a Bundle that cannot be read ({problem})"
                     return
-                result.resources.extend(bundle_resources(body))
+                result.resources.extend(resources)
                 url = next_link(body)
             elif result.category == "Patient" and rtype == "Patient" and not continuing:
                 result.resources.append(body)

@@ -33,7 +33,7 @@ from typing import Any
 from fhir_trial.elements import objects
 from fhir_trial.record import PatientRecord
 from fhir_trial.searches import PlannedSearch
-from fhir_trial.sources._common import bundle_problem, patient_refs
+from fhir_trial.sources._common import patient_refs, search_bundle_entries
 
 __all__ = [
     "NO_FHIR_SERVER",
@@ -92,7 +92,13 @@ def apply_prefetch(
                 failure = failure or why
                 continue
             if value["resourceType"] == "Bundle":
-                _add(record, bundle_resources(value), patient_id, key)
+                resources, problem = bundle_resources(value)
+                if problem:
+                    failure = failure or (
+                        f"prefetch key '{key}' held a Bundle that cannot be read: {problem}"
+                    )
+                    continue
+                _add(record, resources, patient_id, key)
                 nxt = next_link(value)
                 if nxt:
                     paged[key] = nxt
@@ -144,30 +150,15 @@ def _unusable(value: Any, key: str, category: str, patient_id: str) -> str | Non
         return f"the EHR could not prefetch '{key}': {outcome_reason(value)}"
     if category == "Patient" and rtype == "Patient" and not _is_our_patient(value, patient_id):
         return "the prefetched Patient is not the patient in context"
-    if rtype == "Bundle":
-        problem = bundle_problem(value)
-        if problem:
-            return f"prefetch key '{key}' held a Bundle that cannot be read: {problem}"
     return None
 
 
-def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The resources of a Bundle's entries, without search outcomes (OperationOutcome entries).
-
-    Entries that are not resources are passed over; ``bundle_problem`` says whether any are.
-    """
-    found: list[dict[str, Any]] = []
-    entries = bundle.get("entry")
-    for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, Mapping):
-            continue
-        resource = entry.get("resource")
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            continue
-        if resource["resourceType"] == "OperationOutcome":
-            continue
-        found.append(resource)
-    return found
+def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """The resources of a search Bundle without search outcomes (OperationOutcome entries), or
+    ``([], why)`` when the Bundle cannot be read (see ``search_bundle_entries``)."""
+    entries, problem = search_bundle_entries(bundle)
+    resources = [entry["resource"] for entry in entries]
+    return [r for r in resources if r["resourceType"] != "OperationOutcome"], problem
 
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:

@@ -95,27 +95,29 @@ def is_known_type(resource_type: Any) -> bool:
     return not names or resource_type.lower() in names
 
 
-def bundle_problem(bundle: Mapping[str, Any]) -> str | None:
-    """Why a search Bundle cannot be read in full (None: it can).
+def search_bundle_entries(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """The entries of a search Bundle that hold a resource, or ``([], why)`` when it cannot be read.
 
     Reading past a broken entry would make absence look meaningful, so a Bundle with one is not
-    used at all: its category becomes unknown, as an unreadable NDJSON line makes its own.
+    used at all: its category becomes unknown, as an unreadable NDJSON line makes its own. One pass,
+    plain type checks: this runs on every prefetched and fetched page at chart open.
     """
     entries = bundle.get("entry")
     if entries is None:
         entries = []
-    if not isinstance(entries, list):
-        return "'entry' is not a list"
+    elif type(entries) is not list:
+        return [], "'entry' is not a list"
     links = bundle.get("link")
-    if links is not None and not isinstance(links, list):
-        return "'link' is not a list"
-    broken = sum(
-        1
-        for entry in entries
-        if not isinstance(entry, Mapping)
-        or not isinstance(entry.get("resource"), Mapping)
-        or not isinstance(entry["resource"].get("resourceType"), str)
-    )
+    if links is not None and type(links) is not list:
+        return [], "'link' is not a list"
+    readable: list[dict[str, Any]] = []
+    broken = 0
+    for entry in entries:
+        resource = entry.get("resource") if type(entry) is dict else None
+        if type(resource) is dict and type(resource.get("resourceType")) is str:
+            readable.append(entry)
+        else:
+            broken += 1
     if broken:
-        return f"{broken} entr{'y is' if broken == 1 else 'ies are'} not a FHIR resource"
-    return None
+        return [], f"{broken} entr{'y is' if broken == 1 else 'ies are'} not a FHIR resource"
+    return readable, None

@@ -60,7 +60,7 @@ from fhir_trial.errors import (
 from fhir_trial.fhir_http import RETRY_STATUSES, FhirHttp
 from fhir_trial.record import CATEGORIES, MEDICATION_TYPES, PatientRecord
 from fhir_trial.searches import MAX_FILTER_CHARS, plan_searches
-from fhir_trial.sources._common import bundle_problem
+from fhir_trial.sources._common import search_bundle_entries
 from fhir_trial.terminology import Terminology, load_terminology
 
 Resource = dict[str, Any]
@@ -281,7 +281,7 @@ class FhirClient:
                 result.failure = "the server's answer was not a search Bundle"
                 result.error = NotFhirResponseError("not a Bundle")
                 return
-            problem = bundle_problem(page)
+            entries, problem = search_bundle_entries(page)
             if problem:
                 result.failure = f"the server sent a search Bundle that cannot be read ({problem})"
                 result.error = NotFhirResponseError("a Bundle that cannot be read")
@@ -289,7 +289,7 @@ class FhirClient:
             pages += 1
             for link in _links(page, "self"):
                 seen.add(link)
-            for entry in page.get("entry") or []:
+            for entry in entries:
                 search_info = entry.get("search")
                 if isinstance(search_info, dict) and search_info.get("mode") == "outcome":
                     continue
