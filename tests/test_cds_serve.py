@@ -137,7 +137,7 @@ def test_forked_workers_fetch_from_fhir_server_within_the_deadline(tmp_path: Pat
             FHIR_TRIAL_DATABASE_PATH=str(tmp_path / "db.sqlite3"),
             FHIR_TRIAL_CDS_DEVELOPMENT_MODE="1",
             FHIR_TRIAL_CDS_DEV_FHIR_SERVERS=fhir.base_url,
-            FHIR_TRIAL_CDS_DEADLINE_S="1.0",
+            FHIR_TRIAL_CDS_DEADLINE_S="2.5",  # not less: loaded CI machines
         )
         process = _serve(port, env)
         base = f"http://127.0.0.1:{port}"
@@ -155,11 +155,11 @@ def test_forked_workers_fetch_from_fhir_server_within_the_deadline(tmp_path: Pat
             fetched_paths = {r.path for r in fhir.requests}
             assert {"Patient/pat-1", "Condition"} <= fetched_paths  # fetched, not prefetched
 
-            fhir.delay(5.0, times=None)  # every answer now comes far too late
+            fhir.delay(8.0, times=None)  # every answer now comes far too late
             started = time.monotonic()
-            late = requests.post(f"{base}{SERVICE_PATH}", json=call, timeout=10)
+            late = requests.post(f"{base}{SERVICE_PATH}", json=call, timeout=15)
             elapsed = time.monotonic() - started
-            assert late.status_code == 200 and elapsed < 3.0
+            assert late.status_code == 200 and elapsed < 5.0
             cards = late.json()["cards"]
             assert len(cards) == 1 and "could not be completed" in cards[0]["summary"].lower()
         finally:
