@@ -14,6 +14,7 @@ wrong: numbers for strings, objects for lists, impossible dates, empty values.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import random
@@ -89,6 +90,7 @@ def damage(value: Any, rng: random.Random, rate: float) -> Any:
     return value
 
 
+@functools.cache  # read once: damage() copies what it changes, so sharing is safe
 def _demo_resources() -> list[dict[str, Any]]:
     paths = demo_bundle_paths()
     if not paths:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_trial.elements import objects
+from fhir_trial.elements import child, objects
 from fhir_trial.record import PatientRecord
 from fhir_trial.searches import PlannedSearch
 from fhir_trial.sources._common import patient_refs, search_bundle_entries
@@ -163,9 +163,8 @@ def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], s
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:
     """The Bundle's ``next`` link URL, if any."""
-    links = bundle.get("link")
-    for link in links if isinstance(links, list) else []:
-        if isinstance(link, Mapping) and link.get("relation") == "next":
+    for link in objects(bundle.get("link")):
+        if link.get("relation") == "next":
             url = link.get("url")
             if isinstance(url, str) and url:
                 return url
@@ -176,10 +175,7 @@ def outcome_reason(outcome: Mapping[str, Any]) -> str:
     """A short, one-line reason from an OperationOutcome (issue code and text)."""
     parts: list[str] = []
     for issue in objects(outcome.get("issue")):
-        details = issue.get("details")
-        text = issue.get("diagnostics") or (
-            details.get("text") if isinstance(details, Mapping) else None
-        )
+        text = issue.get("diagnostics") or child(issue.get("details"), "text")
         code = issue.get("code")
         piece = " ".join(str(p) for p in (code, text) if isinstance(p, str) and p.strip())
         if piece:
