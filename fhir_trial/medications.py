@@ -19,8 +19,9 @@ How the days are found (CRITERIA.md, "Medication exposure periods"):
   ``authoredOn`` plus the default supply. A bounds/validity period without an end runs to ``as_of``
   when ``active``, else covers the default supply from its start.
 
-Records with status entered-in-error, cancelled, not-taken or draft are ignored. A record whose
-dates cannot be read is kept as :class:`Undated` so a criterion can say so rather than drop it.
+Records with status entered-in-error, not-taken, cancelled, draft, not-done (Administration) or
+declined (Dispense) are ignored. A record whose dates cannot be read is kept as :class:`Undated`
+so a criterion can say so rather than drop it.
 
 Partial dates (``"2025-03"``) are kept as spans: an exposure then has a *certain* period (days it
 covers whichever day is meant) and a *possible* period (days it may cover). Criteria decide on the
@@ -36,14 +37,21 @@ import datetime as dt
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_trial.elements import child, objects
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
-from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys
+from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys, name_candidate
 
-IGNORED_MEDICATION_STATUSES = frozenset({"entered-in-error", "cancelled", "not-taken", "draft"})
+# Statuses that mean the record is void or the drug was not given (CRITERIA.md, "Medication
+# exposure periods"). FHIR R4 names them per resource type: every type has entered-in-error;
+# MedicationStatement not-taken; MedicationRequest cancelled, draft; MedicationAdministration
+# not-done; MedicationDispense cancelled, declined. No value means exposure in another type, so one
+# set serves all four (and a value misused on another type is still read as "not given").
+IGNORED_MEDICATION_STATUSES = frozenset(
+    {"entered-in-error", "not-taken", "cancelled", "draft", "not-done", "declined"}
+)
 
 Period = tuple[dt.date, dt.date]  # inclusive first and last day
 
@@ -75,27 +83,48 @@ class DrugRecord:
     # Every ValueSet lookup key of the codings (lookup_keys), so that matches() is one set test:
     # criteria ask each record about several ValueSets.
     keys: frozenset[Code]
+    # The RxNorm codings that may match by ingredient name, as (code, display, coding), found once
+    # per record (terminology.name_candidate): most records have none, so most checks are free.
+    named: tuple[tuple[str, str, Mapping[str, Any]], ...]
 
     def matching_coding(self, valueset: ValueSet) -> Mapping[str, Any] | None:
-        """The first coding (product or ingredient) that is in the ValueSet, else None."""
-        if not valueset.contains_any(self.keys):
+        """The first coding (product or ingredient) that is in the ValueSet, else None.
+
+        A listed code comes first; else an RxNorm product whose name names a listed ingredient.
+        """
+        if valueset.contains_any(self.keys):
+            for coding in self.codings:
+                if valueset.contains(coding.get("system"), coding.get("code")):
+                    return coding
+        return self._named_coding(valueset)
+
+    def _named_coding(self, valueset: ValueSet) -> Mapping[str, Any] | None:
+        """The first RxNorm coding matched by ingredient name (ValueSet.coding_ingredient)."""
+        if not self.named or not valueset.ingredient_names:
             return None
-        for coding in self.codings:
-            if valueset.contains(coding.get("system"), coding.get("code")):
+        for code, display, coding in self.named:
+            if valueset.candidate_ingredient(code, display):
                 return coding
         return None
 
     def matches(self, valueset: ValueSet) -> bool:
-        """Whether the drug, or one of its ingredients, is in the ValueSet."""
-        return valueset.contains_any(self.keys)
+        """Whether the drug, or one of its ingredients, is in the ValueSet (by code or by name)."""
+        return valueset.contains_any(self.keys) or self._named_coding(valueset) is not None
 
     def label(self, valueset: ValueSet | None = None) -> str:
-        """A readable drug name: the matching coding's display when there is one."""
+        """A readable drug name: the matching coding's display when there is one.
+
+        A product matched by ingredient name says so, for a person to check.
+        """
         if valueset is not None:
             coding = self.matching_coding(valueset)
             if coding is not None:
                 key = (str(coding.get("system") or ""), str(coding.get("code") or ""))
                 shown = coding.get("display") or valueset.displays.get(key)
+                if not valueset.contains_any(self.keys):
+                    ingredient = valueset.coding_ingredient(coding)
+                    if ingredient:
+                        return f"{shown} (matched by ingredient name: {ingredient})"
                 if shown:
                     return str(shown)
         return self.drug
@@ -107,6 +136,25 @@ class DrugRecord:
     def route_in(self, valueset: ValueSet) -> bool:
         """Whether a stated route is in the ValueSet (False when no route is stated)."""
         return any(valueset.matches(route) for route in self.routes)
+
+    def route_unreadable(self, known: Sequence[ValueSet]) -> bool:
+        """Whether a route is stated but the screening cannot place it: no stated route is in any
+        of the ``known`` route ValueSets (text only, or a code none of them lists). Such a route
+        is not evidence of "another route"; criteria treat it as unknown, never as non-oral/non-IV.
+        """
+        return self.route_stated() and not any(self.route_in(vs) for vs in known)
+
+    def route_unreadable_text(self) -> str:
+        """Why the stated route cannot be placed, for reasons: "route 'IV' (text only)" or
+        "route 'X' (code S|C, in no route ValueSet of this screening)"."""
+        coded = [
+            c for route in self.routes for c in codings(route) if c.get("system") or c.get("code")
+        ]
+        label = self.route_label() or "?"
+        if not coded:
+            return f"route '{label}' (text only, no code)"
+        shown = ", ".join(f"{c.get('system') or '?'}|{c.get('code') or '?'}" for c in coded)
+        return f"route '{label}' (code {shown}, in no route ValueSet of this screening)"
 
     def route_label(self) -> str:
         """The stated route, readable ('' when none is stated)."""
@@ -127,6 +175,9 @@ class Exposure(DrugRecord):
     start: DateSpan
     end: DateSpan
     basis: str
+    # Still running at as_of with no end (an active order, an in-progress infusion): the period
+    # stops at as_of only because nothing later is known.
+    open_ended: bool = False
 
     @property
     def partial(self) -> bool:
@@ -229,8 +280,15 @@ def build_history(
             if isinstance(placed, str):
                 undated.append(Undated(**vars(drug), why=placed))
             else:
-                start, end, basis = placed
-                exposures.append(Exposure(**vars(drug), start=start, end=end, basis=basis))
+                exposures.append(
+                    Exposure(
+                        **vars(drug),
+                        start=placed.start,
+                        end=placed.end,
+                        basis=placed.basis,
+                        open_ended=placed.open_ended,
+                    )
+                )
     return MedicationHistory(tuple(exposures), tuple(undated), ignored, retrieved)
 
 
@@ -264,6 +322,11 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
             for coding in drug_codings
             for key in lookup_keys(coding.get("system"), coding.get("code"))
         ),
+        named=tuple(
+            (*candidate, coding)
+            for coding in drug_codings
+            if (candidate := name_candidate(coding)) is not None
+        ),
     )
 
 
@@ -287,7 +350,14 @@ def _routes(resource: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
             yield route
 
 
-Placed = tuple[DateSpan, DateSpan, str]
+class Placed(NamedTuple):
+    """First day, last day, how they were derived, and whether the record is still running at
+    ``as_of`` with no end (its exposure was cut at the screening date, it may continue after)."""
+
+    start: DateSpan
+    end: DateSpan
+    basis: str
+    open_ended: bool = False
 
 
 def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
@@ -306,12 +376,12 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
             return "it has no readable whenHandedOver date"
         days = _days(resource.get("daysSupply"))
         if days is not None:
-            return (
+            return Placed(
                 handed,
                 _shift(handed, days - 1),
                 f"handed over {_span_text(handed)}, {days}-day supply",
             )
-        return (
+        return Placed(
             handed,
             _shift(handed, supply - 1),
             f"handed over {_span_text(handed)}, no days supply: default {supply}-day supply",
@@ -337,14 +407,14 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
         repeats = dispense.get("numberOfRepeatsAllowed")
         fills = 1 + (repeats if isinstance(repeats, int) and repeats > 0 else 0)
         total = duration * fills
-        return (
+        return Placed(
             authored,
             _shift(authored, total - 1),
             f"authored {_span_text(authored)}, {duration}-day supply x {fills} fill(s)",
         )
     if status == "active":
         return _until(authored, as_of, f"authored {_span_text(authored)}, still active")
-    return (
+    return Placed(
         authored,
         _shift(authored, supply - 1),
         f"authored {_span_text(authored)}, default {supply}-day supply",
@@ -356,7 +426,7 @@ def _from_effective(
 ) -> Placed | str:
     moment = parse_span(resource.get("effectiveDateTime"))
     if moment is not None:
-        return moment, moment, f"{what} {_span_text(moment)}"
+        return Placed(moment, moment, f"{what} {_span_text(moment)}")
     period = resource.get("effectivePeriod")
     if isinstance(period, dict):
         start = parse_span(period.get("start"))
@@ -367,10 +437,12 @@ def _from_effective(
             if end is not None:
                 if end.end < start.start:
                     return "its period ends before it starts"
-                return start, end, f"{what} {_span_text(start)} to {_span_text(end)}"
+                return Placed(start, end, f"{what} {_span_text(start)} to {_span_text(end)}")
             if resource.get("status") == open_status:
                 return _until(start, as_of, f"{what} from {_span_text(start)}, {open_status}")
-            return start, start, f"{what} from {_span_text(start)} with no end: start day only"
+            return Placed(
+                start, start, f"{what} from {_span_text(start)} with no end: start day only"
+            )
     return f"it has no readable {what}[x] date"
 
 
@@ -386,10 +458,10 @@ def _from_periods(
     if ends and all(e is not None for e in ends):
         end = max((e for e in ends if e is not None), key=lambda e: e.end)
         if end.end >= start.start:
-            return start, end, f"{what} {_span_text(start)} to {_span_text(end)}"
+            return Placed(start, end, f"{what} {_span_text(start)} to {_span_text(end)}")
     if status == "active":
         return _until(start, as_of, f"{what} from {_span_text(start)}, still active")
-    return (
+    return Placed(
         start,
         _shift(start, supply - 1),
         f"{what} from {_span_text(start)} with no end: default {supply}-day supply",
@@ -398,8 +470,8 @@ def _from_periods(
 
 def _until(start: DateSpan, as_of: dt.date, basis: str) -> Placed:
     if start.start > as_of:
-        return start, start, basis
-    return start, DateSpan(as_of, as_of), f"{basis} (runs to {as_of.isoformat()})"
+        return Placed(start, start, basis)
+    return Placed(start, DateSpan(as_of, as_of), f"{basis} (runs to {as_of.isoformat()})", True)
 
 
 def _shift(span: DateSpan, days: int) -> DateSpan:

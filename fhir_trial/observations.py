@@ -40,6 +40,7 @@ __all__ = [
     "describe_quantity",
     "interpretation_in",
     "interpretation_labels",
+    "interpretations",
     "latest",
     "meets_at_least",
     "observation_status",
@@ -51,6 +52,7 @@ __all__ = [
     "read_titer",
     "reference_high",
     "split_by_window",
+    "unrecognised_interpretations",
 ]
 
 Resource = Mapping[str, Any]
@@ -300,7 +302,7 @@ def describe_quantity(quantity: Quantity) -> str:
 
 
 # --------------------------------------------------------------------------- codes
-def _interpretations(observation: Resource) -> list[Mapping[str, Any]]:
+def interpretations(observation: Resource) -> list[Mapping[str, Any]]:
     """Observation.interpretation as a list of CodeableConcepts (malformed entries dropped)."""
     value = observation.get("interpretation")
     if isinstance(value, Mapping):
@@ -312,7 +314,7 @@ def _interpretations(observation: Resource) -> list[Mapping[str, Any]]:
 
 def interpretation_in(observation: Resource, valueset: ValueSet) -> Mapping[str, Any] | None:
     """The first interpretation coding that is in the ValueSet, else None."""
-    for concept in _interpretations(observation):
+    for concept in interpretations(observation):
         coding = valueset.matching_coding(concept)
         if coding is not None:
             return coding
@@ -322,12 +324,20 @@ def interpretation_in(observation: Resource, valueset: ValueSet) -> Mapping[str,
 def interpretation_labels(observation: Resource) -> list[str]:
     """The interpretation codes as written (``["H"]``), for reasons."""
     labels: list[str] = []
-    for concept in _interpretations(observation):
-        for coding in codings(concept):
-            if isinstance(coding, Mapping) and coding.get("code"):
-                labels.append(str(coding["code"]))
-        if not codings(concept) and concept.get("text"):
-            labels.append(str(concept["text"]))
+    for concept in interpretations(observation):
+        labels.extend(_concept_labels(concept))
+    return labels
+
+
+def _concept_labels(concept: Mapping[str, Any]) -> list[str]:
+    """An interpretation's codes as written, else its text (a text-only flag still says something)."""
+    labels = [
+        str(coding["code"])
+        for coding in codings(concept)
+        if isinstance(coding, Mapping) and coding.get("code")
+    ]
+    if not labels and concept.get("text"):
+        labels.append(str(concept["text"]))
     return labels
 
 
@@ -373,15 +383,71 @@ def above_normal(
     above_normal_interpretations: ValueSet,
     positive_answers: ValueSet,
     negative_answers: ValueSet | None = None,
+    normal_interpretations: ValueSet | None = None,
 ) -> Reading:
     """Whether a result is above normal by its interpretation, coded answer or reference range.
 
     In order: an interpretation in ``above_normal_interpretations`` (H, HH, A, AA, POS) or a coded
     value in ``positive_answers`` -> positive; a coded value in ``negative_answers`` -> negative; a
     numeric value against the result's own
-    ``referenceRange.high`` (never a fixed cut-off: assays differ) -> positive/negative; any other
-    interpretation (N, L, NEG) -> negative; anything else -> unreadable.
+    ``referenceRange.high`` (never a fixed cut-off: assays differ) -> positive/negative; an
+    interpretation in ``normal_interpretations`` (N, L, NEG, ND, NR) -> negative; anything else ->
+    unreadable. A result is never negative while it carries an interpretation that is in neither
+    set (IND, E, DET, ``>``, text only, a code without a system): a flag nobody can read is not
+    evidence of normal (CRITERIA.md: results that cannot be read -> needs-review). Without
+    ``normal_interpretations`` no interpretation reads as normal.
     """
+    reading = _above_normal(
+        observation,
+        above_normal_interpretations,
+        positive_answers,
+        negative_answers,
+        normal_interpretations,
+    )
+    if reading.outcome != "negative":
+        return reading
+    unknown = unrecognised_interpretations(
+        observation, above_normal_interpretations, normal_interpretations
+    )
+    if unknown:
+        return Reading(
+            "unreadable",
+            f"{reading.detail}, but flagged {_flag_list(unknown)}, an interpretation not known to "
+            "mean normal",
+        )
+    return reading
+
+
+def _flag_list(labels: Sequence[str]) -> str:
+    return "/".join(repr(label) for label in labels)
+
+
+def unrecognised_interpretations(observation: Resource, *valuesets: ValueSet | None) -> list[str]:
+    """Labels of the interpretations that are in none of ``valuesets`` (empty entries skipped)."""
+    labels: list[str] = []
+    for concept in interpretations(observation):
+        if any(vs is not None and vs.matches(concept) for vs in valuesets):
+            continue
+        # Say why a familiar-looking code was not read: without its system, "H" is not a code.
+        systemless = {
+            str(c.get("code"))
+            for c in codings(concept)
+            if isinstance(c, Mapping) and c.get("code") and not c.get("system")
+        }
+        labels.extend(
+            f"{label} (no code system)" if label in systemless else label
+            for label in _concept_labels(concept)
+        )
+    return labels
+
+
+def _above_normal(
+    observation: Resource,
+    above_normal_interpretations: ValueSet,
+    positive_answers: ValueSet,
+    negative_answers: ValueSet | None,
+    normal_interpretations: ValueSet | None,
+) -> Reading:
     coding = interpretation_in(observation, above_normal_interpretations)
     if coding is not None:
         return Reading("positive", f"interpretation {coding.get('code')}")
@@ -412,6 +478,13 @@ def above_normal(
         return Reading("unreadable", f"result {shown} cannot be compared with its {limit}")
     labels = interpretation_labels(observation)
     if labels:
+        unknown = unrecognised_interpretations(observation, normal_interpretations)
+        if unknown:
+            return Reading(
+                "unreadable",
+                f"interpretation {_flag_list(unknown)} is not a recognised normal or above-normal "
+                "flag",
+            )
         return Reading("negative", f"interpretation {'/'.join(labels)} (not above normal)")
     if concept is not None:
         return Reading(

@@ -60,6 +60,8 @@ class PatientRecord:
             lambda: defaultdict(list)
         )
         self._seen: set[int] = set()
+        # Insertion order of every resource kept, so that lookups answer in record order.
+        self._position: dict[int, int] = {}
         self.obtained: set[str] = set()
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -81,6 +83,7 @@ class PatientRecord:
                 return
             self._seen.add(id(resource))
         self._by_type[rtype].append(resource)
+        self._position[id(resource)] = len(self._position)
         if full_url:
             self._by_reference[full_url] = resource
             # Absolute server URLs ending in Type/id are also reachable by their relative form.
@@ -182,7 +185,12 @@ class PatientRecord:
         for key in keys:
             for resource in index.get(key, ()):
                 found[id(resource)] = resource
-        return list(found.values())
+        if len(found) < 2:
+            return list(found.values())
+        # Set iteration order depends on string hashing, which differs between processes: sort,
+        # so reasons and evidence list the same resources in the same order everywhere.
+        position = self._position
+        return sorted(found.values(), key=lambda resource: position[id(resource)])
 
     def resolve(
         self, reference: str | None, container: Mapping[str, Any] | None = None

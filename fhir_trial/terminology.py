@@ -4,17 +4,28 @@ The project's ValueSets (``resources/ValueSet-*.json``) ship their expansions, s
 server is needed at run time. ICD-10, ICD-10-CM and ATC are hierarchical by code prefix: a record
 code matches a ValueSet that lists any of its ancestors (``M32.14`` matches ``M32.1``; ``J01CA04``
 matches ``J01``). SNOMED CT and the rest match exactly what the expansion lists.
+
+RxNorm products by ingredient name. A ValueSet lists ingredients and some product codes, but no list
+of products is complete and there is no RxNorm service at run time. RxNorm product names (SCD/SBD
+displays: "Methotrexate 2.5 MG Oral Tablet", "hyaluronidase / rituximab ...") spell out their
+ingredients, so an RxNorm coding whose code is not listed counts as a listed ingredient when its
+display names it as a whole word, in any case. The names are the ValueSet's own: designations with
+use ``ingredient-name`` (project CodeSystem) on its RxNorm entries: first the ingredient's own name
+(the display of an ingredient entry), then any synonym recorded there (ciclosporin, cyclosporine). Whole words keep prednisolone,
+prednisone and methylprednisolone apart. Criteria label such a match so that a person can check it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fhir_trial.canonical import CODESYSTEM_URL
 from fhir_trial.errors import ConfigurationError
 
 SNOMED = "http://snomed.info/sct"
@@ -39,10 +50,21 @@ _SYSTEM_ALIASES: Mapping[str, str] = {
     "urn:oid:2.16.840.1.113883.6.3": ICD10,
     "urn:oid:2.16.840.1.113883.6.73": ATC,
     "http://www.whocc.no/atc/": ATC,
+    # DSTU2/STU3 spellings of the HL7 interpretation code systems (renamed in R4), still emitted
+    # by exporters converting older feeds.
+    "http://hl7.org/fhir/v2/0078": "http://terminology.hl7.org/CodeSystem/v2-0078",
+    "http://hl7.org/fhir/v3/ObservationInterpretation": (
+        "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+    ),
 }
 PREFIX_SYSTEMS = frozenset({ICD10, ICD10CM, ATC})
 
 Code = tuple[str, str]  # (system, code)
+
+# Designation use marking a ValueSet entry's ingredient name(s), matched in RxNorm product names.
+INGREDIENT_NAME_USE = "ingredient-name"
+# Product names remembered per ValueSet (a long-running service sees an open-ended set of them).
+_MAX_CACHED_DISPLAYS = 4096
 
 
 def normalise_system(system: object) -> str:
@@ -70,6 +92,8 @@ def lookup_keys(system: object, code: object) -> list[Code]:
     """Keys under which a record code can be found: itself, plus its ancestors in prefix systems.
 
     ``M32.14`` gives ``M32.14``, ``M32.1`` and ``M32``; ``J01CA04`` gives ``J01CA04`` ... ``J``.
+    An ICD-10 code written without its dot also gives its dotted form (``D090`` gives ``D09.0``,
+    ``D09`` ...), so it matches a ValueSet that lists the code itself, not only its parents.
     A code that is not text (see :func:`code_text`) has no keys.
     """
     # The usual case (a string) inline: this runs for every coding of every resource.
@@ -80,12 +104,30 @@ def lookup_keys(system: object, code: object) -> list[Code]:
     keys = [(sys, text)]
     if sys in PREFIX_SYSTEMS:
         bare = text.replace(".", "")
+        if sys != ATC and len(bare) > 3:
+            dotted = f"{bare[:3]}.{bare[3:]}"
+            if dotted != text:  # written without (or with a misplaced) dot
+                keys.append((sys, dotted))
         for length in range(len(bare) - 1, 0, -1):
             head = bare[:length]
             if sys != ATC and length > 3:
                 head = f"{head[:3]}.{head[3:]}"
             keys.append((sys, head))
     return keys
+
+
+def name_candidate(coding: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(code, display) of an RxNorm coding that may match by ingredient name, else None.
+
+    It needs a code as well as a display: the CQL side can only add codes to an expansion.
+    """
+    if normalise_system(coding.get("system")) != RXNORM:
+        return None
+    code = code_text(coding.get("code"))
+    display = coding.get("display")
+    if code is None or type(display) is not str:
+        return None
+    return code, display
 
 
 def codings(concept: object) -> list[Mapping[str, Any]]:
@@ -107,6 +149,54 @@ class ValueSet:
     title: str
     codes: frozenset[Code]
     displays: Mapping[Code, str]
+    # Lower-case ingredient name -> the listed ingredient's own name ("ciclosporin" -> "cyclosporine").
+    ingredient_names: Mapping[str, str] = field(default_factory=dict)
+    _name_pattern: re.Pattern[str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _by_display: dict[str, str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.ingredient_names:
+            # Longest first, so that "rituximab-abbs" wins over "rituximab"; no letter or digit may
+            # touch a name, so "prednisolone" is not found inside "methylprednisolone".
+            names = sorted(self.ingredient_names, key=len, reverse=True)
+            alternatives = "|".join(r"\s+".join(map(re.escape, n.split())) for n in names)
+            pattern = re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
+            object.__setattr__(self, "_name_pattern", pattern)
+
+    def ingredient_named(self, display: object) -> str | None:
+        """The listed ingredient that a product name names (whole word, any case), else None."""
+        if self._name_pattern is None or type(display) is not str:
+            return None
+        if display in self._by_display:
+            return self._by_display[display]
+        found = self._name_pattern.search(display)
+        ingredient = (
+            self.ingredient_names.get(" ".join(found.group(0).lower().split())) if found else None
+        )
+        if len(self._by_display) < _MAX_CACHED_DISPLAYS:
+            self._by_display[display] = ingredient
+        return ingredient
+
+    def coding_ingredient(self, coding: Mapping[str, Any]) -> str | None:
+        """For an RxNorm coding that is not listed, the listed ingredient its display names.
+
+        None for a listed coding (it matches by code), a coding of another system, or one without
+        a code or a display (see :func:`name_candidate`).
+        """
+        if self._name_pattern is None:
+            return None
+        candidate = name_candidate(coding)
+        return self.candidate_ingredient(*candidate) if candidate else None
+
+    def candidate_ingredient(self, code: str, display: str) -> str | None:
+        """:meth:`coding_ingredient` for a :func:`name_candidate` found beforehand."""
+        if self._name_pattern is None or (RXNORM, code) in self.codes:
+            return None
+        return self.ingredient_named(display)
 
     def contains(self, system: object, code: object) -> bool:
         """Whether a code (or, in a prefix system, one of its ancestors) is in the expansion."""
@@ -123,10 +213,19 @@ class ValueSet:
         return not self.codes.isdisjoint(keys)
 
     def matching_coding(self, concept: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-        """The first coding of a CodeableConcept that is a member, else None."""
-        for coding in codings(concept):
+        """The first coding of a CodeableConcept that is a member, else None.
+
+        A member by code comes first; else an RxNorm product named after a listed ingredient
+        (see :meth:`coding_ingredient`).
+        """
+        found = codings(concept)
+        for coding in found:
             if self.contains(coding.get("system"), coding.get("code")):
                 return coding
+        if self._name_pattern is not None:
+            for coding in found:
+                if self.coding_ingredient(coding):
+                    return coding
         return None
 
     def matches(self, concept: Mapping[str, Any] | None) -> bool:
@@ -164,6 +263,7 @@ def valueset_from_resource(resource: Mapping[str, Any]) -> ValueSet:
     """Read the shipped expansion of a ValueSet resource."""
     codes: set[Code] = set()
     displays: dict[Code, str] = {}
+    names: dict[str, str] = {}
 
     def walk(entries: Iterable[Mapping[str, Any]]) -> None:
         for entry in entries:
@@ -172,6 +272,11 @@ def valueset_from_resource(resource: Mapping[str, Any]) -> ValueSet:
                 codes.add(key)
                 if entry.get("display"):
                     displays[key] = str(entry["display"])
+                if key[0] == RXNORM:
+                    # The first name is the ingredient's own; the others are its synonyms.
+                    recorded = ingredient_names(entry)
+                    for name in recorded:
+                        names.setdefault(name.lower(), recorded[0])
             walk(entry.get("contains", []))
 
     walk(resource.get("expansion", {}).get("contains", []))
@@ -181,7 +286,27 @@ def valueset_from_resource(resource: Mapping[str, Any]) -> ValueSet:
         title=str(resource.get("title") or resource.get("name") or resource.get("id", "")),
         codes=frozenset(codes),
         displays=displays,
+        ingredient_names=names,
     )
+
+
+def ingredient_names(entry: Mapping[str, Any]) -> list[str]:
+    """The ingredient names an expansion entry records (designations with use ingredient-name)."""
+    found: list[str] = []
+    for designation in entry.get("designation", []) or []:
+        if not isinstance(designation, Mapping):
+            continue
+        use = designation.get("use")
+        value = designation.get("value")
+        if (
+            isinstance(use, Mapping)
+            and use.get("system") == CODESYSTEM_URL
+            and use.get("code") == INGREDIENT_NAME_USE
+            and isinstance(value, str)
+            and value.split()
+        ):
+            found.append(" ".join(value.split()))
+    return found
 
 
 @lru_cache(maxsize=8)

@@ -23,7 +23,7 @@ from fhir_trial.medications import (
     overlaps,
 )
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord
-from fhir_trial.terminology import ValueSet
+from fhir_trial.terminology import RXNORM, ValueSet
 
 AS_OF = dt.date(2026, 11, 26)
 SUPPLY = 30
@@ -192,6 +192,68 @@ def test_ignored_statuses(status: str) -> None:
     assert history.usable == 0
 
 
+def _of_type(rtype: str, status: str) -> dict[str, Any]:
+    """A dated record of the given medication type and status."""
+    dates = {
+        "MedicationStatement": {"effectiveDateTime": "2026-11-20"},
+        "MedicationAdministration": {"effectiveDateTime": "2026-11-20"},
+        "MedicationDispense": {"whenHandedOver": "2026-11-20"},
+        "MedicationRequest": {"authoredOn": "2026-11-20"},
+    }[rtype]
+    return {"resourceType": rtype, "status": status, "medicationCodeableConcept": concept("a")} | (
+        dates
+    )
+
+
+@pytest.mark.parametrize(
+    ("rtype", "status"),
+    [
+        ("MedicationStatement", "not-taken"),
+        ("MedicationStatement", "entered-in-error"),
+        ("MedicationRequest", "cancelled"),
+        ("MedicationRequest", "draft"),
+        ("MedicationRequest", "entered-in-error"),
+        ("MedicationAdministration", "not-done"),
+        ("MedicationAdministration", "entered-in-error"),
+        ("MedicationDispense", "declined"),
+        ("MedicationDispense", "cancelled"),
+        ("MedicationDispense", "entered-in-error"),
+    ],
+)
+def test_not_given_statuses_of_each_type_are_ignored(rtype: str, status: str) -> None:
+    history = build_history(record_of(_of_type(rtype, status)), AS_OF, SUPPLY)
+    assert history.exposures == ()
+    assert history.ignored == 1
+
+
+@pytest.mark.parametrize(
+    ("rtype", "status"),
+    [
+        ("MedicationStatement", "active"),
+        ("MedicationStatement", "completed"),
+        ("MedicationRequest", "completed"),
+        ("MedicationAdministration", "completed"),
+        ("MedicationAdministration", "in-progress"),
+        ("MedicationDispense", "completed"),
+    ],
+)
+def test_given_statuses_count(rtype: str, status: str) -> None:
+    history = build_history(record_of(_of_type(rtype, status)), AS_OF, SUPPLY)
+    assert len(history.exposures) == 1
+    assert history.ignored == 0
+
+
+def test_open_ended_only_when_running_to_as_of() -> None:
+    active = request(status="active")
+    finished = request(status="completed")
+    future = request(status="active", authoredOn="2026-12-01")
+    history = build_history(record_of(active, finished, future), AS_OF, SUPPLY)
+    by_ref = {e.reference: e for e in history.exposures}
+    assert by_ref["MedicationRequest/r0"].open_ended
+    assert not by_ref["MedicationRequest/r1"].open_ended
+    assert not by_ref["MedicationRequest/r2"].open_ended  # starts after as_of: not cut there
+
+
 def test_record_without_dates_is_kept_as_undated() -> None:
     resource = request()
     del resource["authoredOn"]
@@ -208,6 +270,66 @@ def test_product_and_ingredient_codes_match() -> None:
     history = build_history(record_of(product), AS_OF, SUPPLY)
     assert history.with_drug(valueset("ingredient-x", "product-x"))
     assert not history.with_drug(valueset("ingredient-x"))
+
+
+def _rxnorm(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": RXNORM, "code": code, "display": display}]}
+
+
+# Made-up RxNorm codes: only the displays (RxNorm-style product names) matter here.
+METHOTREXATE = ValueSet(
+    id="mtx",
+    url="urn:test:mtx",
+    title="mtx",
+    codes=frozenset({(RXNORM, "1001"), (RXNORM, "1002")}),
+    displays={(RXNORM, "1001"): "methotrexate", (RXNORM, "1002"): "Methotrexate 10 MG Oral Tablet"},
+    ingredient_names={"methotrexate": "methotrexate"},
+)
+
+
+def test_an_unlisted_product_matches_by_ingredient_name_and_its_label_says_so() -> None:
+    product = request(medicationCodeableConcept=_rxnorm("2001", "Methotrexate 2.5 MG Oral Tablet"))
+    history = build_history(record_of(product), AS_OF, SUPPLY)
+    (exposure,) = history.with_drug(METHOTREXATE)
+    assert exposure.label(METHOTREXATE) == (
+        "Methotrexate 2.5 MG Oral Tablet (matched by ingredient name: methotrexate)"
+    )
+    assert not history.with_drug(valueset("other"))
+
+
+def test_a_listed_product_code_matches_by_code_and_is_labelled_plainly() -> None:
+    product = request(medicationCodeableConcept=_rxnorm("1002", "Methotrexate 10 MG Oral Tablet"))
+    (exposure,) = build_history(record_of(product), AS_OF, SUPPLY).with_drug(METHOTREXATE)
+    assert exposure.label(METHOTREXATE) == "Methotrexate 10 MG Oral Tablet"
+
+
+def test_a_contained_ingredient_named_in_a_product_name_matches() -> None:
+    resource = request(
+        contained=[
+            {
+                "resourceType": "Medication",
+                "id": "m",
+                "code": _rxnorm("2002", "0.4 ML methotrexate 25 MG/ML Prefilled Syringe"),
+            }
+        ],
+        medicationReference={"reference": "#m"},
+    )
+    del resource["medicationCodeableConcept"]
+    assert build_history(record_of(resource), AS_OF, SUPPLY).with_drug(METHOTREXATE)
+
+
+@pytest.mark.parametrize(
+    "drug",
+    [
+        _rxnorm("2003", "Aspirin 81 MG Oral Tablet"),
+        {"coding": [{"system": SYSTEM, "code": "x", "display": "Methotrexate 2.5 MG Oral Tablet"}]},
+        {"text": "Methotrexate 2.5 MG Oral Tablet"},  # no coding: nothing to match
+    ],
+)
+def test_no_name_match_without_an_rxnorm_coding_naming_the_ingredient(drug: Any) -> None:
+    history = build_history(record_of(request(medicationCodeableConcept=drug)), AS_OF, SUPPLY)
+    assert not history.with_drug(METHOTREXATE)
+    assert not history.undated_with_drug(METHOTREXATE)
 
 
 def test_referenced_medication_and_its_ingredients() -> None:
@@ -269,6 +391,25 @@ def test_routes_from_each_dosage_shape() -> None:
     assert by_type["MedicationRequest/r2"].route_in(oral_vs)
     assert by_type["MedicationRequest/r2"].route_label() == "Oral"
     assert not by_type["MedicationRequest/r3"].route_stated()
+
+
+def test_unreadable_routes() -> None:
+    oral_vs = valueset("oral", system=ROUTES)
+    iv_vs = valueset("iv", system=ROUTES)
+    known = (oral_vs, iv_vs)
+    coded_iv = request(dosageInstruction=[{"route": concept("iv", ROUTES)}])
+    text_only = request(dosageInstruction=[{"route": {"text": "by mouth"}}])
+    unlisted = request(dosageInstruction=[{"route": concept("im", ROUTES)}])
+    bare = request()
+    history = build_history(record_of(coded_iv, text_only, unlisted, bare), AS_OF, SUPPLY)
+    e = {x.reference: x for x in history.exposures}
+    assert not e["MedicationRequest/r0"].route_unreadable(known)
+    assert e["MedicationRequest/r1"].route_unreadable(known)
+    assert "text only" in e["MedicationRequest/r1"].route_unreadable_text()
+    assert "'by mouth'" in e["MedicationRequest/r1"].route_unreadable_text()
+    assert e["MedicationRequest/r2"].route_unreadable(known)
+    assert f"{ROUTES}|im" in e["MedicationRequest/r2"].route_unreadable_text()
+    assert not e["MedicationRequest/r3"].route_unreadable(known)  # no route: not "unreadable"
 
 
 # ----------------------------------------------------------------------------- partial dates

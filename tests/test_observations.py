@@ -23,6 +23,7 @@ from fhir_trial.observations import (
     read_titer,
     reference_high,
     split_by_window,
+    unrecognised_interpretations,
 )
 from fhir_trial.terminology import ValueSet
 
@@ -32,6 +33,9 @@ ABOVE = ValueSet(
     "above", "urn:test:above", "above", frozenset({(SYSTEM, "H"), (SYSTEM, "POS")}), {}
 )
 POSITIVE = ValueSet("pos", "urn:test:pos", "pos", frozenset({(SYSTEM, "positive")}), {})
+NORMAL = ValueSet(
+    "normal", "urn:test:normal", "normal", frozenset({(SYSTEM, "N"), (SYSTEM, "NEG")}), {}
+)
 
 
 def concept(code: str) -> dict[str, Any]:
@@ -230,11 +234,56 @@ def test_no_fixed_cut_off_without_a_reference_range() -> None:
 
 
 def test_normal_interpretation_is_negative_and_other_codes_unreadable() -> None:
-    assert above_normal(obs(interpretation=[concept("N")]), ABOVE, POSITIVE).outcome == "negative"
+    flagged_normal = obs(interpretation=[concept("N")])
+    assert above_normal(flagged_normal, ABOVE, POSITIVE, None, NORMAL).outcome == "negative"
+    # Without a set of normal flags, no flag can say "normal".
+    assert above_normal(flagged_normal, ABOVE, POSITIVE).outcome == "unreadable"
     coded = above_normal(obs(valueCodeableConcept=concept("equivocal")), ABOVE, POSITIVE)
     assert coded.outcome == "unreadable"
     assert above_normal(obs(valueString="weakly reactive"), ABOVE, POSITIVE).outcome == "unreadable"
     assert above_normal(obs(), ABOVE, POSITIVE).detail == "no value"
+
+
+@pytest.mark.parametrize(
+    ("interpretation", "shown"),
+    [
+        ([concept("IND")], "'IND'"),
+        ([concept(">")], "'>'"),
+        ([{"text": "Positive"}], "'Positive'"),
+        ([{"coding": [{"code": "H"}]}], "'H (no code system)'"),
+        ([concept("N"), concept("E")], "'E'"),
+    ],
+)
+def test_unrecognised_interpretation_is_unreadable_never_negative(
+    interpretation: list[dict[str, Any]], shown: str
+) -> None:
+    reading = above_normal(obs(interpretation=interpretation), ABOVE, POSITIVE, None, NORMAL)
+    assert reading.outcome == "unreadable"
+    assert shown in reading.detail
+
+
+def test_within_range_but_unrecognised_flag_is_unreadable() -> None:
+    observation = obs(
+        valueQuantity={"value": 20, "unit": "IU/mL"},
+        referenceRange=[{"high": {"value": 30, "unit": "IU/mL"}}],
+        interpretation=[concept("IND")],
+    )
+    reading = above_normal(observation, ABOVE, POSITIVE, None, NORMAL)
+    assert reading.outcome == "unreadable"
+    assert "within its reference range high 30" in reading.detail and "'IND'" in reading.detail
+    normal = {**observation, "interpretation": [concept("N")]}
+    assert above_normal(normal, ABOVE, POSITIVE, None, NORMAL).outcome == "negative"
+
+
+def test_above_normal_flag_wins_over_other_flags() -> None:
+    observation = obs(interpretation=[concept("IND"), concept("H")])
+    assert above_normal(observation, ABOVE, POSITIVE, None, NORMAL).outcome == "positive"
+
+
+def test_empty_interpretation_entries_are_not_flags() -> None:
+    observation = obs(interpretation=[{}, concept("NEG")])
+    assert above_normal(observation, ABOVE, POSITIVE, None, NORMAL).outcome == "negative"
+    assert unrecognised_interpretations(obs(interpretation=[{}]), NORMAL) == []
 
 
 # --------------------------------------------------------------------------- malformed data

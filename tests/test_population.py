@@ -77,6 +77,7 @@ VALUESET_IDS = (
     "pregnancy-findings",
     "hcg-tests",
     "breastfeeding-status",
+    "yes-answers",
     "skin-disease-exclusion",
     "research-consent-scope",
 )

@@ -13,7 +13,9 @@ ValueSet that lists one of its ancestors (M32.14 against M32.1) and reads alias 
 for SNOMED CT) as the canonical one. CQL ValueSet membership is exact, so for every patient the
 client computes, with fhir_trial.terminology itself, which of the Bundle's own codings belong to
 which ValueSet that way but are not literally listed, and sends them as per-request additions to
-those expansions (``extraCodes``). The shared expansions stay untouched.
+those expansions (``extraCodes``). The same goes for RxNorm products matched by ingredient name
+(an unlisted RxNorm code whose display names a listed ingredient; see fhir_trial.terminology).
+The shared expansions stay untouched.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from typing import Any
 from fhir_trial.config import PROJECT_ROOT, Settings
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.errors import ConfigurationError, FhirTrialError
-from fhir_trial.terminology import Terminology, load_terminology, lookup_keys, normalise_system
+from fhir_trial.terminology import (
+    Terminology,
+    ValueSet,
+    load_terminology,
+    lookup_keys,
+    normalise_system,
+)
 
 LIBRARY_NAME = "NCT06010472Eligibility"
 TOOLS_DIR = PROJECT_ROOT / "tools" / "cql"
@@ -92,8 +100,8 @@ def parameters_for(settings: Settings, failed: Iterable[str] = ()) -> dict[str, 
     return values
 
 
-def _codings(node: Any) -> Iterator[tuple[str, str]]:
-    """Every (system, code) pair anywhere in a JSON tree (Coding-shaped objects)."""
+def _codings(node: Any) -> Iterator[tuple[str, str, str]]:
+    """Every (system, code, display) anywhere in a JSON tree (Coding-shaped objects; '' if absent)."""
     stack = [node]
     while stack:
         item = stack.pop()
@@ -101,7 +109,12 @@ def _codings(node: Any) -> Iterator[tuple[str, str]]:
             code = item.get("code")
             if isinstance(code, str) and ("system" in item or "display" in item):
                 system = item.get("system")
-                yield (system if isinstance(system, str) else "", code)
+                display = item.get("display")
+                yield (
+                    system if isinstance(system, str) else "",
+                    code,
+                    display if isinstance(display, str) else "",
+                )
             stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
         elif isinstance(item, list):
             stack.extend(v for v in item if isinstance(v, (dict, list)))
@@ -113,11 +126,15 @@ class ExpansionIndex:
     def __init__(self, terminology: Terminology) -> None:
         self.expansions: dict[str, list[dict[str, str]]] = {}
         self._members: dict[tuple[str, str], list[str]] = defaultdict(list)
+        # ValueSets that match RxNorm products by ingredient name (ValueSet.coding_ingredient).
+        self._named: list[ValueSet] = []
         for vs_id in terminology.ids():
             vs = terminology.get(vs_id)
             self.expansions[vs.url] = [{"system": s, "code": c} for s, c in sorted(vs.codes)]
             for key in vs.codes:
                 self._members[key].append(vs.url)
+            if vs.ingredient_names:
+                self._named.append(vs)
         self._listed = {
             url: {(c["system"], c["code"]) for c in codes} for url, codes in self.expansions.items()
         }
@@ -125,7 +142,12 @@ class ExpansionIndex:
     def extra_codes(self, bundle: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
         """Record codings that fhir_trial.terminology places in a ValueSet but CQL would not."""
         extra: dict[str, set[tuple[str, str]]] = defaultdict(set)
-        for system, code in set(_codings(bundle)):
+        for system, code, display in set(_codings(bundle)):
+            if display:
+                coding = {"system": system, "code": code, "display": display}
+                for vs in self._named:
+                    if vs.coding_ingredient(coding):
+                        extra[vs.url].add((system, code))
             if system == normalise_system(system) and (system, code) in self._members:
                 continue  # listed literally: CQL finds it alone
             urls = {url for key in lookup_keys(system, code) for url in self._members.get(key, ())}

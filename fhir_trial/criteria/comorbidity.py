@@ -6,30 +6,42 @@ of" criteria (immunodeficiency, CNS disease, malignancy) count a Condition whate
 status; "active" criteria (skin disease) need clinicalStatus active/recurrence/relapse.
 
 - exc-immunodeficiency: immunodeficiency disorders, HIV, AIDS -> met. "Patient immunosuppressed"
-  (``immunosuppressed-state``) is expected in treated lupus -> needs-review, never met; it is checked
-  first, so a code present in both ValueSets still only asks for review.
-- exc-heart-failure: the latest NYHA class III/IV finding (a Condition so coded, or a final
-  Observation whose value is one) -> met; if that latest finding is a Condition no longer active, or
-  a preliminary Observation -> needs-review. Heart failure without a class finding -> needs-review.
-  Limitation: only classes III and IV have a ValueSet, so a later class I/II finding is not seen.
+  (``immunosuppressed-state``) is expected in treated lupus -> needs-review, never met: a coding
+  present in both ValueSets only asks for review, but a Condition that also carries a disease coding
+  outside ``immunosuppressed-state`` (HIV B20 next to "immunocompromised") is met: the disease decides.
+- exc-heart-failure: the latest NYHA class finding decides (a Condition so coded, or an Observation
+  whose value is one; Observations follow the status rule: cancelled / entered-in-error ignored).
+  Class III/IV -> met; class I/II -> not-met; a latest finding that is a Condition no longer active,
+  or a preliminary Observation -> needs-review; partial dates that leave unclear whether a III/IV or
+  a I/II finding is the latest -> needs-review. Heart failure without a class finding -> needs-review.
 - exc-cns-disease: epilepsy / seizure disorder -> met; other nervous-system disorders and
   neuropsychiatric lupus -> needs-review.
 - exc-malignancy: a malignancy other than the carve-outs -> met (any clinical status: history); a
   carve-out (non-melanoma skin, cervix, superficial bladder, breast) active -> met, not active ->
-  needs-review, because whether it was "cured" is for a person to say.
-- exc-skin-disease: active psoriasis, dermatomyositis, systemic sclerosis, drug-induced lupus ... -> met.
+  needs-review, because whether it was "cured" is for a person to say; a carve-out without
+  clinicalStatus -> needs-review too (is it still active?).
+- exc-skin-disease: active psoriasis, dermatomyositis, systemic sclerosis, drug-induced lupus ... -> met;
+  such a Condition without clinicalStatus (and no abatement) -> needs-review, never met.
+- Safety net for exc-malignancy, exc-immunodeficiency and exc-cns-disease: the shipped expansions
+  list only the SNOMED CT descendants found in public code lists, so a Condition coded outside the
+  criterion's ValueSets whose coding display or text names the disease (malignant, carcinoma,
+  lymphoma, ...; HIV, immunodeficiency, ...; epilepsy) -> needs-review ("code not in the ValueSet,
+  display suggests ..."), never met. Qualified mentions (benign, in situ, screening for, fear of,
+  family history, ...) do not count; a personal "history of" does, as these are history criteria.
 - exc-major-comorbidity and exc-investigator-judgement: always needs-review, with the active
   Conditions (for the former, those that are not lupus) as evidence.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fhir_trial.criteria.context import (
     Context,
     category_unavailable,
+    condition_activity,
     condition_counts,
     condition_is_active,
     condition_onset,
@@ -42,9 +54,29 @@ from fhir_trial.criteria.context import (
 from fhir_trial.fhirdates import DateSpan
 from fhir_trial.record import Resource
 from fhir_trial.report import Finding
-from fhir_trial.terminology import codings
+from fhir_trial.terminology import ValueSet, codings
 
 MAX_LISTED = 12  # how many conditions a reason names before saying "and N more"
+
+# Display safety net (see the module docstring). Patterns run on the lowercased label with runs of
+# whitespace collapsed; no leading word boundary where a prefix is common (adenocarcinoma,
+# osteosarcoma); cql/NCT06010472.cql ("Label Suggests") uses the same patterns, so keep them
+# to the regex syntax Python and JavaScript share.
+MALIGNANCY_WORDS = (
+    r"(\bmalignan|carcinoma|lymphoma|leuka?emi|melanoma|sarcoma|myeloma|\bcancer|\bneoplasm"
+    r"|\bmetasta)"
+)
+IMMUNODEFICIENCY_WORDS = (
+    r"(\bhiv\b|human immunodeficiency virus|immunodeficien|immune deficiency|agammaglobulin"
+    r"|hypogammaglobulin)"
+)
+EPILEPSY_WORDS = r"(epilep|seizure disorder)"
+# Mentions that do not state the disease in the patient.
+NOT_A_DIAGNOSIS = (
+    r"\b(in situ|benign|family history|screening|fear of|risk of|at risk|exposure to|exposed to"
+    r"|contact with|prophylaxis|pre-exposure|negative|ruled out|rule out|no evidence|not detected"
+    r"|premalignant|pre-malignant|non-malignant|nonmalignant|non-epileptic|nonepileptic)\b"
+)
 
 
 def _ref(ctx: Context, resource: Mapping[str, Any]) -> str:
@@ -58,14 +90,18 @@ def _status(condition: Mapping[str, Any]) -> str:
     return "no clinical status"
 
 
-def _describe(condition: Mapping[str, Any]) -> str:
+def _status_and_onset(condition: Mapping[str, Any]) -> str:
     onset = condition_onset(condition)
     when = ""
     if onset is not None:
         when = (
             f", since {onset.start.isoformat()}" if onset.exact else f", since {onset.start.year}"
         )
-    return f"{first_code(condition.get('code'))} ({_status(condition)}{when})"
+    return f"{_status(condition)}{when}"
+
+
+def _describe(condition: Mapping[str, Any]) -> str:
+    return f"{first_code(condition.get('code'))} ({_status_and_onset(condition)})"
 
 
 def _listing(conditions: Sequence[Mapping[str, Any]]) -> str:
@@ -78,32 +114,177 @@ def _unique(conditions: Sequence[Resource]) -> list[Resource]:
     return list({id(c): c for c in conditions}.values())
 
 
+def label_text(label: str) -> str:
+    """A coding display or code text made ready for the safety-net patterns.
+
+    "AIDS" is spelt out before lowercasing (lowercase "aids" is also hearing or walking aids), and
+    "triple-negative" (a breast cancer type) loses the "negative" that otherwise qualifies a mention.
+    """
+    text = re.sub(r"\bAIDS\b", "acquired immunodeficiency syndrome", label).lower()
+    text = re.sub(r"\s+", " ", text)
+    return re.sub(r"triple[- ]negative", "triple", text)
+
+
+def suggesting_label(condition: Mapping[str, Any], words: str) -> str | None:
+    """The first coding display or code text that names the disease in ``words``, else None."""
+    concept = condition.get("code")
+    labels = [c.get("display") for c in codings(concept)]
+    if isinstance(concept, Mapping):
+        labels.append(concept.get("text"))
+    for label in labels:
+        if not isinstance(label, str):
+            continue
+        text = label_text(label)
+        if re.search(words, text) and not re.search(NOT_A_DIAGNOSIS, text):
+            return label
+    return None
+
+
+def _uncoded_suggestions(
+    ctx: Context, words: str, valuesets: Sequence[ValueSet]
+) -> list[tuple[Resource, str]]:
+    """Counting Conditions coded in none of ``valuesets`` whose label names the disease."""
+    found = []
+    for condition in ctx.record.resources("Condition"):
+        if not condition_counts(condition):
+            continue
+        if any(vs.matches(condition.get("code")) for vs in valuesets):
+            continue
+        label = suggesting_label(condition, words)
+        if label is not None:
+            found.append((condition, label))
+    return found
+
+
+def _suggestion_text(found: Sequence[tuple[Resource, str]], what: str) -> str:
+    names = "; ".join(f"{label!r} ({_status_and_onset(c)})" for c, label in found[:MAX_LISTED])
+    more = len(found) - MAX_LISTED
+    return (
+        f"code not in the ValueSet, display suggests {what}: {names}"
+        + (f"; and {more} more" if more > 0 else "")
+        + " (the shipped expansion lists only verified codes; a person must check the diagnosis)"
+    )
+
+
 # ----------------------------------------------------------------------------- exc-immunodeficiency
 def immunodeficiency(ctx: Context) -> Finding:
     """exc-immunodeficiency: congenital or acquired immunodeficiency disease."""
     unavailable = category_unavailable(ctx, "Condition")
     if unavailable:
         return unavailable
+    suppressed_vs = ctx.valueset("immunosuppressed-state")
+    disease_vs = ctx.valueset("immunodeficiency")
     suppressed = conditions_in(ctx, "immunosuppressed-state")
-    suppressed_ids = {id(c) for c in suppressed}
-    disease = [c for c in conditions_in(ctx, "immunodeficiency") if id(c) not in suppressed_ids]
+    # A coding in both ValueSets only asks for review; any other disease coding decides.
+    disease = [
+        c
+        for c in conditions_in(ctx, "immunodeficiency")
+        if _has_coding_in_only(c, disease_vs, suppressed_vs)
+    ]
     if disease:
         return Finding(
             "met",
             f"immunodeficiency disease: {_listing(disease)}",
             tuple(_ref(ctx, c) for c in disease),
         )
+    reasons: list[str] = []
+    evidence: list[Resource] = []
     if suppressed:
-        return Finding(
-            "needs-review",
+        reasons.append(
             f"recorded as immunosuppressed ({_listing(suppressed)}): expected under lupus "
-            "treatment and not itself an immunodeficiency disease; a person must judge",
-            tuple(_ref(ctx, c) for c in suppressed),
+            "treatment and not itself an immunodeficiency disease; a person must judge"
         )
+        evidence += suppressed
+    uncoded = _uncoded_suggestions(ctx, IMMUNODEFICIENCY_WORDS, (disease_vs, suppressed_vs))
+    if uncoded:
+        reasons.append(_suggestion_text(uncoded, "HIV or an immunodeficiency"))
+        evidence += [c for c, _ in uncoded]
+    if reasons:
+        return Finding("needs-review", "; ".join(reasons), tuple(_ref(ctx, c) for c in evidence))
     return none_found(ctx, "Condition", "immunodeficiency disease")
 
 
+def _has_coding_in_only(condition: Mapping[str, Any], member: ValueSet, but_not: ValueSet) -> bool:
+    """Whether one coding of the Condition is in ``member`` and not in ``but_not``."""
+    return any(
+        member.contains(c.get("system"), c.get("code"))
+        and not but_not.contains(c.get("system"), c.get("code"))
+        for c in codings(condition.get("code"))
+    )
+
+
 # ----------------------------------------------------------------------------- exc-heart-failure
+NyhaFinding = tuple[DateSpan | None, str, Resource]
+
+
+def _span_text(span: DateSpan | None) -> str:
+    """A finding's date for reasons; a partial date shows the days it may mean."""
+    if span is None:
+        return "undated"
+    if span.exact:
+        return span.start.isoformat()
+    return f"dated between {span.start.isoformat()} and {span.end.isoformat()}"
+
+
+def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet) -> Finding:
+    """The latest NYHA class finding decides; partial dates that leave it unclear need review.
+
+    The latest is the finding whose date starts last (undated ones count as oldest); another
+    finding of the other severity whose date may be as late (a partial date reaching past the
+    latest one's start) makes the order unclear -> needs-review, as for latest lab results.
+    """
+
+    def concept(finding: NyhaFinding) -> Any:
+        return finding[2].get("code" if finding[1] == "Condition" else "valueCodeableConcept")
+
+    def key(finding: NyhaFinding) -> tuple[int, int]:
+        span = finding[0]
+        return (span.start.toordinal(), span.end.toordinal()) if span is not None else (0, 0)
+
+    when, kind, latest = max(findings, key=key)
+    day = _span_text(when)
+    evidence = tuple(_ref(ctx, f[2]) for f in findings)
+    is_milder = milder.matches(concept((when, kind, latest)))
+    label = first_code(concept((when, kind, latest)))
+    unclear = [
+        f
+        for f in findings
+        if f[2] is not latest
+        and key(f)[1] >= key((when, kind, latest))[0]
+        and milder.matches(concept(f)) != is_milder
+    ]
+    if unclear:
+        others = ", ".join(f"{first_code(concept(f))} ({_span_text(f[0])})" for f in unclear)
+        return Finding(
+            "needs-review",
+            f"the dates (same day, or partial) leave unclear which NYHA class finding is the "
+            f"latest: {label} ({day}) or {others}",
+            evidence,
+        )
+    if kind == "Observation" and not observation_counts(latest):
+        return Finding(
+            "needs-review",
+            f"latest NYHA class finding {label} ({day}) has status {latest.get('status')}, "
+            "not final: only final, amended or corrected results decide",
+            evidence,
+        )
+    if is_milder:
+        return Finding(
+            "not-met",
+            f"latest NYHA class finding is {label} ({day}), not class III/IV",
+            evidence,
+        )
+    if kind == "Condition" and not condition_is_active(latest):
+        return Finding(
+            "needs-review",
+            f"latest NYHA class finding {label} ({day}) is recorded as {_status(latest)}: "
+            "is the heart failure still class III/IV?",
+            evidence,
+        )
+    verb = "recorded" if kind == "Condition" else "observed"
+    return Finding("met", f"NYHA {label} {verb} {day} (latest class finding)", evidence)
+
+
 def heart_failure(ctx: Context) -> Finding:
     """exc-heart-failure: latest NYHA class III/IV finding, else heart failure without a class."""
     nyha = ctx.valueset("nyha-class-iii-iv")
@@ -117,46 +298,18 @@ def heart_failure(ctx: Context) -> Finding:
     if ctx.record.usable("Observation"):
         for observation in ctx.record.resources("Observation"):
             value = observation.get("valueCodeableConcept")
+            # Observation status rule: final/amended/corrected count, preliminary needs review,
+            # anything else (cancelled, entered-in-error, registered, unknown) is ignored.
             if (
                 value
-                and observation.get("status") != "entered-in-error"
+                and (observation_counts(observation) or observation.get("status") == "preliminary")
                 and (nyha.matches(value) or milder.matches(value))
             ):
                 findings.append((observation_time(observation), "Observation", observation))
+    # A finding dated wholly after the screening date is a data error, never the latest finding.
+    findings = [f for f in findings if f[0] is None or f[0].start <= ctx.as_of]
     if findings:
-        when, kind, latest = max(
-            findings, key=lambda f: f[0].end.toordinal() if f[0] is not None else 0
-        )
-        day = "undated" if when is None else when.start.isoformat()
-        evidence = tuple(_ref(ctx, f[2]) for f in findings)
-        concept = latest.get("code" if kind == "Condition" else "valueCodeableConcept")
-        if milder.matches(concept):
-            return Finding(
-                "not-met",
-                f"latest NYHA class finding is {first_code(concept)} ({day}), not class III/IV",
-                evidence,
-            )
-        if kind == "Condition":
-            label = first_code(latest.get("code"))
-            if condition_is_active(latest):
-                return Finding(
-                    "met", f"NYHA {label} recorded {day} (latest class finding)", evidence
-                )
-            return Finding(
-                "needs-review",
-                f"latest NYHA class finding {label} ({day}) is recorded as {_status(latest)}: "
-                "is the heart failure still class III/IV?",
-                evidence,
-            )
-        label = first_code(latest.get("valueCodeableConcept"))
-        if observation_counts(latest):
-            return Finding("met", f"NYHA {label} observed {day} (latest class finding)", evidence)
-        return Finding(
-            "needs-review",
-            f"latest NYHA class finding {label} ({day}) has status {latest.get('status')}, "
-            "not final",
-            evidence,
-        )
+        return _latest_nyha(ctx, findings, milder)
 
     unavailable = category_unavailable(ctx, "Condition")
     if unavailable:
@@ -196,14 +349,23 @@ def cns_disease(ctx: Context) -> Finding:
             f"history of epilepsy: {_listing(epilepsy)}",
             tuple(_ref(ctx, c) for c in epilepsy),
         )
+    reasons: list[str] = []
+    evidence: list[Resource] = []
     other = conditions_in(ctx, "cns-disorders")
     if other:
-        return Finding(
-            "needs-review",
+        reasons.append(
             f"central nervous system disease other than epilepsy: {_listing(other)}; whether it "
-            "excludes the patient is for the investigator",
-            tuple(_ref(ctx, c) for c in other),
+            "excludes the patient is for the investigator"
         )
+        evidence += other
+    uncoded = _uncoded_suggestions(
+        ctx, EPILEPSY_WORDS, (ctx.valueset("epilepsy"), ctx.valueset("cns-disorders"))
+    )
+    if uncoded:
+        reasons.append(_suggestion_text(uncoded, "epilepsy"))
+        evidence += [c for c, _ in uncoded]
+    if reasons:
+        return Finding("needs-review", "; ".join(reasons), tuple(_ref(ctx, c) for c in evidence))
     return none_found(ctx, "Condition", "epilepsy or other CNS disease")
 
 
@@ -213,16 +375,18 @@ def malignancy(ctx: Context) -> Finding:
     unavailable = category_unavailable(ctx, "Condition")
     if unavailable:
         return unavailable
+    malignancy_vs = ctx.valueset("malignancy")
     carve_out_vs = ctx.valueset("malignancy-carve-outs")
     found = _unique(conditions_in(ctx, "malignancy") + conditions_in(ctx, "malignancy-carve-outs"))
     met: list[Resource] = []
-    review: list[Resource] = []
+    ended: list[Resource] = []
+    unrecorded: list[Resource] = []
     for condition in found:
-        carve_out = carve_out_vs.matches(condition.get("code"))
-        if not carve_out or condition_is_active(condition):
+        activity = condition_activity(condition)
+        if not carve_out_vs.matches(condition.get("code")) or activity == "active":
             met.append(condition)
         else:
-            review.append(condition)
+            (unrecorded if activity == "unrecorded" else ended).append(condition)
     if met:
         return Finding(
             "met",
@@ -230,13 +394,23 @@ def malignancy(ctx: Context) -> Finding:
             "carve-outs count while active)",
             tuple(_ref(ctx, c) for c in met),
         )
-    if review:
-        return Finding(
-            "needs-review",
-            f"malignancy of a carve-out type no longer active: {_listing(review)}; whether it was "
-            "cured (e.g. by surgical excision) needs a person",
-            tuple(_ref(ctx, c) for c in review),
+    reasons: list[str] = []
+    if ended:
+        reasons.append(
+            f"malignancy of a carve-out type no longer active: {_listing(ended)}; whether it was "
+            "cured (e.g. by surgical excision) needs a person"
         )
+    if unrecorded:
+        reasons.append(
+            f"malignancy of a carve-out type whose clinical status is not recorded: "
+            f"{_listing(unrecorded)}; whether it is still active (met) or was cured needs a person"
+        )
+    uncoded = _uncoded_suggestions(ctx, MALIGNANCY_WORDS, (malignancy_vs, carve_out_vs))
+    if uncoded:
+        reasons.append(_suggestion_text(uncoded, "a malignancy"))
+    if reasons:
+        evidence = ended + unrecorded + [c for c, _ in uncoded]
+        return Finding("needs-review", "; ".join(reasons), tuple(_ref(ctx, c) for c in evidence))
     return none_found(ctx, "Condition", "malignant neoplasm")
 
 
@@ -255,6 +429,14 @@ def skin_disease(ctx: Context) -> Finding:
             "met",
             f"active skin disease that may interfere with SLE assessment: {_listing(active)}",
             tuple(_ref(ctx, c) for c in active),
+        )
+    unrecorded = [c for c in found if condition_activity(c) == "unrecorded"]
+    if unrecorded:
+        return Finding(
+            "needs-review",
+            f"skin disease that may interfere with SLE assessment, clinical status not recorded: "
+            f"{_listing(unrecorded)}; whether it is active now needs a person",
+            tuple(_ref(ctx, c) for c in unrecorded),
         )
     finding = none_found(
         ctx,
@@ -279,7 +461,7 @@ def _active_conditions(ctx: Context, exclude_lupus: bool) -> list[Resource]:
     return [
         c
         for c in ctx.record.resources("Condition")
-        if condition_counts(c) and condition_is_active(c) and id(c) not in lupus_ids
+        if condition_counts(c) and condition_activity(c) != "inactive" and id(c) not in lupus_ids
     ]
 
 

@@ -62,18 +62,37 @@ def condition_counts(condition: Mapping[str, Any]) -> bool:
     return _code_of(condition.get("verificationStatus")) not in IGNORED_VERIFICATION
 
 
-def condition_is_active(condition: Mapping[str, Any]) -> bool:
-    """clinicalStatus active/recurrence/relapse (an absent clinicalStatus with no abatement counts)."""
+def condition_activity(condition: Mapping[str, Any]) -> str:
+    """'active', 'inactive' or 'unrecorded': what the record says about a Condition being current.
+
+    clinicalStatus active/recurrence/relapse is 'active'; any other status is 'inactive'. Without a
+    clinicalStatus, an abatement[x] still says the condition ended (FHIR invariant con-4 allows an
+    abatement only with an inactive status), so 'inactive'; with neither, the record does not say:
+    'unrecorded'. "Active" criteria never read 'unrecorded' as active: it needs review (README).
+    """
     status = _code_of(condition.get("clinicalStatus"))
     if status is None:
-        return not any(k.startswith("abatement") for k in condition)
-    return status in ACTIVE_CLINICAL
+        return "inactive" if any(k.startswith("abatement") for k in condition) else "unrecorded"
+    return "active" if status in ACTIVE_CLINICAL else "inactive"
+
+
+def condition_is_active(condition: Mapping[str, Any]) -> bool:
+    """clinicalStatus active/recurrence/relapse (a Condition without clinicalStatus is not)."""
+    return condition_activity(condition) == "active"
 
 
 def conditions_in(ctx: Context, valueset_id: str, *, active_only: bool = False) -> list[Resource]:
-    """Conditions coded in a ValueSet, without refuted/entered-in-error ones."""
+    """Conditions coded in a ValueSet, without refuted/entered-in-error ones.
+
+    ``active_only`` drops the Conditions known to be inactive; one without clinicalStatus is kept
+    (it may be current), so a caller that decides ``met`` on it checks :func:`condition_activity`.
+    """
     found = ctx.record.with_code("Condition", ctx.valueset(valueset_id))
-    return [c for c in found if condition_counts(c) and (not active_only or condition_is_active(c))]
+    return [
+        c
+        for c in found
+        if condition_counts(c) and (not active_only or condition_activity(c) != "inactive")
+    ]
 
 
 def condition_onset(condition: Mapping[str, Any]) -> DateSpan | None:

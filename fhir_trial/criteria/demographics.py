@@ -103,6 +103,30 @@ def _names_study(consent: Mapping[str, Any]) -> bool:
     )
 
 
+def _denying_provisions(
+    provision: Mapping[str, Any], inherited: str | None
+) -> Iterator[Mapping[str, Any]]:
+    """Nested provisions (at any depth) whose type is deny; an untyped one keeps its parent's type."""
+    nested = provision.get("provision")
+    for child_provision in nested if isinstance(nested, list) else []:
+        if not isinstance(child_provision, Mapping):
+            continue
+        kind = child_provision.get("type") or inherited
+        if kind == "deny":
+            yield child_provision
+        yield from _denying_provisions(child_provision, kind)
+
+
+def _denies_study(provision: Mapping[str, Any]) -> bool:
+    """Whether a nested deny provision names this study (its own elements, not its exceptions)."""
+    needle = STUDY_ID.lower()
+    for deny in _denying_provisions(provision, provision.get("type")):
+        own = {k: v for k, v in deny.items() if k != "provision"}
+        if any(needle in text.lower() for text in _strings(own)):
+            return True
+    return False
+
+
 def _consent_problem(ctx: Context, consent: Mapping[str, Any]) -> str | None:
     """Why a research Consent does not count, or None when it is an active consent to this study."""
     if consent.get("status") != "active":
@@ -112,6 +136,8 @@ def _consent_problem(ctx: Context, consent: Mapping[str, Any]) -> str | None:
         provision = {}
     if provision.get("type") == "deny":
         return "its provision denies consent"
+    if _denies_study(provision):
+        return f"a nested provision denies consent for this study ({STUDY_ID})"
     period = provision.get("period")
     if not isinstance(period, Mapping):
         period = {}
@@ -146,9 +172,13 @@ def consent(ctx: Context) -> Finding:
     research = [c for c in consents if scope.matches(_scope(c))]
     for item in research:
         if _consent_problem(ctx, item) is None:
+            signed = item.get("dateTime")
+            when = (
+                f"dated {signed[:10]}" if isinstance(signed, str) and signed else "without a date"
+            )
             return Finding(
                 "met",
-                f"active research Consent naming {STUDY_ID} dated {str(item.get('dateTime') or 'without a date')[:10]}",
+                f"active research Consent naming {STUDY_ID} {when}",
                 (ctx.record.reference_to(item),),
             )
     signing = "the signed informed consent form must be checked by the study team"

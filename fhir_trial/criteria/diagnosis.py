@@ -89,8 +89,10 @@ def sle_diagnosis(ctx: Context) -> Finding:
     if unspecified:
         return Finding(
             "needs-review",
-            f"only lupus erythematosus without a systemic (SLE) code, or cutaneous lupus, is "
-            f"recorded: {', '.join(_describe(ctx, c) for c in unspecified)}; whether this is SLE "
+            f"only lupus erythematosus without a specific systemic (SLE) code (e.g. the bare "
+            f"ICD-10 category M32, which also covers drug-induced lupus M32.0), or cutaneous "
+            f"lupus, is recorded: {', '.join(_describe(ctx, c) for c in unspecified)}; whether "
+            f"this is SLE "
             f"by the 1997 ACR criteria cannot be computed from codes and needs a clinician{tail}",
             tuple(record.reference_to(c) for c in unspecified),
         )

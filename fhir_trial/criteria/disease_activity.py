@@ -12,8 +12,14 @@ from typing import Any
 
 from fhir_trial.canonical import CODESYSTEM_URL
 from fhir_trial.criteria.context import Context
-from fhir_trial.criteria.labs import Judgement, latest_in_window
-from fhir_trial.observations import Resource, meets_at_least, parse_number, quantity_of
+from fhir_trial.criteria.labs import Judgement, latest_in_window, text_judgement
+from fhir_trial.observations import (
+    Resource,
+    meets_at_least,
+    observation_status,
+    parse_number,
+    quantity_of,
+)
 from fhir_trial.report import Finding
 from fhir_trial.terminology import ValueSet, codings
 
@@ -30,7 +36,7 @@ def _sledai_judge(threshold: int) -> Callable[[Resource], Judgement]:
         if quantity is None:
             parsed = parse_number(obs.get("valueString"))
             if parsed is None:
-                return Judgement("unreadable", "(no numeric score)", narrative=True)
+                return text_judgement(obs.get("valueString"), "no numeric score")
             value, comparator = parsed
             unit = ""
         else:
@@ -88,6 +94,42 @@ def _grade(item: Mapping[str, Any], grades: ValueSet) -> str | None:
     return None
 
 
+def _bilag_members(
+    ctx: Context, panel: Resource, organs: ValueSet, grades: ValueSet
+) -> tuple[list[Resource], list[str], list[str]]:
+    """The panel's final organ-system members, why others are pending, and which were ignored.
+
+    Members follow the Observation status rule: final/amended/corrected count, preliminary ones
+    need review, others (entered-in-error, cancelled, ...) are ignored. A member the record does
+    not hold cannot be read: it might carry the grade that decides.
+    """
+    final: list[Resource] = []
+    pending: list[str] = []
+    ignored: list[str] = []
+    members = panel.get("hasMember")
+    for member in members if isinstance(members, list) else []:
+        ref = member.get("reference") if isinstance(member, Mapping) else None
+        resolved = ctx.record.resolve(ref, panel) if isinstance(ref, str) else None
+        if resolved is None:
+            pending.append(f"member {ref or '(no reference)'} is not in the record")
+            continue
+        if not (_concept(resolved.get("code")) and organs.matches(resolved.get("code"))):
+            continue
+        status = observation_status(resolved)
+        if status == "final":
+            final.append(resolved)
+        elif status == "ignored":
+            organ = _label(resolved.get("code"))
+            ignored.append(f"member {organ} with status {resolved.get('status')} ignored")
+        else:
+            grade = _grade(resolved, grades)
+            pending.append(
+                f"preliminary organ-system result: {_label(resolved.get('code'))} "
+                f"{grade or 'ungraded'} (only final results decide)"
+            )
+    return final, pending, ignored
+
+
 def _bilag_judge(ctx: Context) -> Callable[[Resource], Judgement]:
     organs = ctx.valueset("bilag-2004-organ-systems")
     grades = ctx.valueset("bilag-2004-grades")
@@ -99,16 +141,8 @@ def _bilag_judge(ctx: Context) -> Callable[[Resource], Judgement]:
             for c in (components if isinstance(components, list) else [])
             if isinstance(c, Mapping) and _concept(c.get("code")) and organs.matches(c.get("code"))
         ]
-        members = panel.get("hasMember")
-        for member in members if isinstance(members, list) else []:
-            ref = member.get("reference") if isinstance(member, Mapping) else None
-            resolved = ctx.record.resolve(ref, panel) if isinstance(ref, str) else None
-            if (
-                resolved is not None
-                and _concept(resolved.get("code"))
-                and organs.matches(resolved.get("code"))
-            ):
-                items.append(resolved)
+        members, pending, ignored = _bilag_members(ctx, panel, organs, grades)
+        items.extend(members)
         graded: dict[str, str] = {}
         unreadable: list[str] = []
         for item in items:
@@ -124,8 +158,12 @@ def _bilag_judge(ctx: Context) -> Callable[[Resource], Judgement]:
         rest = len(graded) - count_a - count_b
         summary = f"{count_a} A, {count_b} B" + (f" ({listed})" if listed else "")
         summary += f", {rest} organ system(s) graded C-E" if rest else ""
+        summary += "".join(f"; {note}" for note in ignored)
         if count_a >= _BILAG_A_MIN or count_b >= _BILAG_B_MIN:
             return Judgement("pass", summary)
+        if pending:
+            # Final grades alone do not qualify; the pending ones might.
+            return Judgement("unreadable", f"{summary}; {'; '.join(pending)}")
         if unreadable or not graded:
             what = ", ".join(unreadable) if unreadable else "no organ-system component"
             return Judgement("unreadable", f"{summary}; unreadable grade: {what}")

@@ -5,23 +5,29 @@ Windows are inclusive of both edges: "within 7 days before infusion_date" is the
 one side of a window edge; otherwise the criterion needs review and says why.
 
 exc-iv-antibiotics: a systemic antibacterial given by an intravenous route with exposure in the
-window -> met. A systemic antibacterial in the window with no stated route -> needs-review (the route
-decides). An active infection Condition without IV antibiotics -> needs-review.
+window -> met. A systemic antibacterial in the window with no stated route, or with a route the
+screening cannot place (text only, or a code in neither ``route-oral`` nor ``route-intravenous``)
+-> needs-review (the route decides); only a route in ``route-oral`` is a stated non-IV route. An IV
+(or unrouted) antibiotic still running at ``as_of`` with no end while the window lies after
+``as_of`` (infusion_date later than the screening) -> needs-review: it may run into the window. An
+active infection Condition without IV antibiotics -> needs-review.
 
 exc-recent-herpes-zoster: a herpes simplex / zoster / varicella Condition with onset, recorded or
-abatement date within the window before as_of -> met. Otherwise an antiviral started in the window,
-or such a Condition still recorded as active with older dates (is it current?), -> needs-review.
+abatement date within the window before as_of -> met (an onsetPeriod counts by its start and its
+end: one that runs into the window is recent). Otherwise an antiviral started in the window, or such
+a Condition still recorded as active (or without clinicalStatus) with older dates (is it current?),
+-> needs-review.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fhir_trial.criteria.context import (
     Context,
     category_unavailable,
-    condition_is_active,
+    condition_activity,
     conditions_in,
     first_code,
     none_found,
@@ -29,9 +35,10 @@ from fhir_trial.criteria.context import (
 from fhir_trial.criteria.therapy import history, medication_unknown
 from fhir_trial.elements import child
 from fhir_trial.fhirdates import DateSpan, parse_span
-from fhir_trial.medications import Period, overlaps
+from fhir_trial.medications import Exposure, Period, overlaps
 from fhir_trial.record import Resource
 from fhir_trial.report import Finding
+from fhir_trial.terminology import ValueSet
 
 
 def _ref(ctx: Context, resource: Mapping[str, Any]) -> str:
@@ -62,8 +69,10 @@ def iv_antibiotics(ctx: Context) -> Finding:
     window_text = _window_text(days, "the infusion date", window)
     antibacterials = ctx.valueset("systemic-antibacterials")
     iv_vs = ctx.valueset("route-intravenous")
+    known_routes = (ctx.valueset("route-oral"), iv_vs)
     hist = history(ctx)
-    in_window = [e for e in hist.with_drug(antibacterials) if overlaps(e.possible(), window)]
+    antibiotics = hist.with_drug(antibacterials)
+    in_window = [e for e in antibiotics if overlaps(e.possible(), window)]
 
     iv = [e for e in in_window if e.route_in(iv_vs)]
     sure = [e for e in iv if (p := e.certain()) is not None and overlaps(p, window)]
@@ -98,7 +107,34 @@ def iv_antibiotics(ctx: Context) -> Finding:
             )
         )
         evidence += [e.reference for e in unrouted]
-    other_route = [e for e in in_window if e.route_stated() and not e.route_in(iv_vs)]
+    unread = [e for e in in_window if e.route_unreadable(known_routes)]
+    if unread:
+        review.append(
+            "systemic antibiotic in the window whose route the screening cannot place (it reads "
+            "coded routes only; IV or not decides): "
+            + "; ".join(
+                f"{e.label(antibacterials)} {e.route_unreadable_text()} {e.describe()} "
+                f"({e.resource_type})"
+                for e in unread
+            )
+        )
+        evidence += [e.reference for e in unread]
+    running = _running_into_window(ctx, antibiotics, window, iv_vs, known_routes)
+    if running:
+        review.append(
+            f"antibiotic order or course still running at screening ({ctx.as_of.isoformat()}) "
+            f"with no end date, by IV or an unknown route; the window lies after the screening "
+            "date, so the record cannot show whether it stops before the infusion (confirm it "
+            "has ended): "
+            + "; ".join(
+                f"{e.label(antibacterials)} {e.route_label() or 'no route recorded'} "
+                f"({e.resource_type}, {e.basis})"
+                for e in running
+            )
+        )
+        evidence += [e.reference for e in running]
+    # Only a readable non-IV route (oral) rules a record out; see `unread` above.
+    other_route = [e for e in in_window if e.route_in(known_routes[0]) and not e.route_in(iv_vs)]
     if other_route:
         notes.append(
             "non-IV antibiotic in the window does not count: "
@@ -128,13 +164,37 @@ def iv_antibiotics(ctx: Context) -> Finding:
     if unknown is not None:
         return Finding(unknown.status, unknown.reason, tuple(evidence), unknown.missing)
     count = ctx.record.count("Condition")
+    ignored = f" ({hist.ignored} ignored for their status)" if hist.ignored else ""
     return Finding(
         "not-met",
         f"{found}; no qualifying record (IV antibiotic in the window) in {hist.retrieved} retrieved "
-        f"medication resources and no active infection in {count} retrieved Condition resources "
-        "(absence rule 4)",
+        f"medication resources{ignored} and no active infection in {count} retrieved Condition "
+        "resources (absence rule 4)",
         tuple(evidence),
     )
+
+
+def _running_into_window(
+    ctx: Context,
+    antibiotics: Sequence[Exposure],
+    window: Period,
+    iv_vs: ValueSet,
+    known_routes: Sequence[ValueSet],
+) -> list[Exposure]:
+    """Antibiotics by IV, no route or an unplaceable route that are still running at ``as_of``
+    with no end (an active order, an in-progress infusion) while the window starts after
+    ``as_of``: their exposure stops at the screening date only because nothing later is known,
+    so they may well reach the window. Decision (README): needs-review, not met (the order may
+    end before the infusion) and not a confident not-met."""
+    if window[0] <= ctx.as_of:
+        return []
+    return [
+        e
+        for e in antibiotics
+        if e.open_ended
+        and not overlaps(e.possible(), window)
+        and (e.route_in(iv_vs) or not e.route_stated() or e.route_unreadable(known_routes))
+    ]
 
 
 # ----------------------------------------------------------------------------- exc-severe-herpes
@@ -164,6 +224,8 @@ def _condition_dates(condition: Mapping[str, Any]) -> list[tuple[str, DateSpan]]
     candidates = (
         ("onset", condition.get("onsetDateTime")),
         ("onset", child(condition.get("onsetPeriod"), "start")),
+        # an onset period that runs into the window: the infection was present in it
+        ("onset period end", child(condition.get("onsetPeriod"), "end")),
         ("recorded", condition.get("recordedDate")),
         ("abatement", condition.get("abatementDateTime")),
         ("abatement", child(condition.get("abatementPeriod"), "end")),
@@ -204,11 +266,12 @@ def recent_herpes_zoster(ctx: Context) -> Finding:
                 "may not fall within the window"
             )
             evidence.append(_ref(ctx, condition))
-        elif condition_is_active(condition):
+        elif (activity := condition_activity(condition)) != "inactive":
             shown = ", ".join(f"{n} {_span_text(s)}" for n, s in dates) or "no date"
-            review.append(
-                f"{label} is still recorded as active ({shown}): are there signs of infection now?"
+            said = (
+                "is still recorded as active" if activity == "active" else "has no clinical status"
             )
+            review.append(f"{label} {said} ({shown}): are there signs of infection now?")
             evidence.append(_ref(ctx, condition))
     if met:
         return Finding(

@@ -8,6 +8,7 @@ never compared with the absolute threshold.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,7 +22,7 @@ from fhir_trial.observations import (
     date_text,
     describe_quantity,
     interpretation_in,
-    interpretation_labels,
+    interpretations,
     latest,
     meets_at_least,
     parse_number,
@@ -29,7 +30,7 @@ from fhir_trial.observations import (
     split_by_window,
 )
 from fhir_trial.report import Finding, Status
-from fhir_trial.terminology import codings
+from fhir_trial.terminology import ValueSet, codings
 from fhir_trial.units import (
     CELL_COUNT,
     HEMOGLOBIN_G_PER_MMOL,
@@ -49,11 +50,33 @@ _STATUS: dict[Verdict, Status] = {"pass": "met", "fail": "not-met", "unreadable"
 
 @dataclass(frozen=True)
 class Judgement:
-    """One result judged against a threshold: pass, fail or unreadable, and how it reads."""
+    """One result judged against a threshold: pass, fail or unreadable, and how it reads.
+
+    ``narrative``: the result holds no number at all (a narrative echo, a coded text, no value).
+    A window holding only such results is still "no measurement" (absence rule 2); a text that
+    holds a number ("55%", "6 points") is a measurement nobody could read and needs review.
+    """
 
     verdict: Verdict
     text: str
     narrative: bool = False
+
+
+_DIGIT = re.compile(r"[0-9]")
+
+
+def text_judgement(text: object, missing: str) -> Judgement:
+    """The judgement of a result without a structured number: its text, or ``missing``.
+
+    A text holding a digit is unreadable (not narrative): it may be the measurement itself,
+    written in a form that cannot be read safely.
+    """
+    if isinstance(text, str) and _DIGIT.search(text):
+        return Judgement(
+            "unreadable", f"(text {text.strip()!r}: a number written as text cannot be read safely)"
+        )
+    shown = f"{text.strip()!r}" if isinstance(text, str) and text.strip() else None
+    return Judgement("unreadable", f"({shown}, {missing})" if shown else f"({missing})", True)
 
 
 Judge = Callable[[Resource], Judgement]
@@ -112,11 +135,24 @@ def latest_in_window(
         if best is not None:
             judged = judge(best.resource)
             said = f"{what} {judged.text} on {date_text(best.resource)} ({requirement}, {window})"
-            evidence = tuple(reference(d.resource) for d in [best, *conflicts])
+            # A result without a number that may be as recent as the deciding one: the latest
+            # result decides, so an unreadable later one must not be skipped for an older number.
+            later_text = [d for d in narrative if _may_be_on_or_after(d, best)]
+            evidence = tuple(reference(d.resource) for d in [best, *conflicts, *later_text])
             if split.undated:
                 extra.append(f"{_plural(len(split.undated), 'undated result')} not considered")
             tail = "; ".join(extra)
             tail = f"; {tail}" if tail else ""
+            if later_text:
+                others = ", ".join(
+                    f"{judge(d.resource).text} on {date_text(d.resource)}" for d in later_text
+                )
+                return Finding(
+                    "needs-review",
+                    f"the latest {what} result cannot be read: {others}; the earlier {said} does "
+                    f"not decide (the latest result decides){tail}",
+                    evidence,
+                )
             if conflicts:
                 others = ", ".join(
                     f"{judge(c.resource).text} on {date_text(c.resource)}" for c in conflicts
@@ -165,6 +201,11 @@ def latest_in_window(
     return Finding("unknown", "; ".join(parts), evidence, (missing,))
 
 
+def _may_be_on_or_after(item: Dated, best: Dated) -> bool:
+    """Whether ``item`` may be dated on or after ``best`` (partial dates: may, not must)."""
+    return item.span is not None and best.span is not None and item.span.end >= best.span.start
+
+
 def _judged_once(judge: Judge) -> Judge:
     """``judge`` remembering its answer per resource for one decision (it is asked several times:
     is the result narrative, what does it decide, how does it read)."""
@@ -196,12 +237,8 @@ def _quantity_judge(
         quantity = quantity_of(observation)
         if quantity is None:
             parsed = parse_number(observation.get("valueString"))
-            text = observation.get("valueString")
             if parsed is None:
-                shown = (
-                    f"{text.strip()!r}" if isinstance(text, str) and text.strip() else "no value"
-                )
-                return Judgement("unreadable", f"({shown}, no numeric value)", narrative=True)
+                return text_judgement(observation.get("valueString"), "no numeric value")
             quantity = Quantity(parsed[0], parsed[1], ())
         return _compare(quantity, dimension, threshold, grams_per_mmol)
 
@@ -304,11 +341,12 @@ def abnormal_labs(ctx: Context) -> Finding:
     days = ctx.settings.abnormal_labs_window_days
     start = ctx.days_before(days)
     critical = ctx.valueset("interpretation-critical")
-    flagged = [
-        o
+    flags = {
+        id(o): flag
         for o in ctx.record.resources("Observation")
-        if o.get("interpretation") and interpretation_in(o, critical)  # none: never flagged
-    ]
+        if o.get("interpretation") and (flag := critical_flag(o, critical)) is not None
+    }
+    flagged = [o for o in ctx.record.resources("Observation") if id(o) in flags]
     split = split_by_window(flagged, start, ctx.as_of)
     listed = sorted(
         [*split.inside, *split.ambiguous],
@@ -325,7 +363,8 @@ def abnormal_labs(ctx: Context) -> Finding:
     if not listed:
         return Finding(
             "needs-review",
-            f"no result flagged critical (HH/LL/AA) within the last {days} days among the "
+            f"no result with a critical interpretation (coded HH/LL/AA, or the word critical or "
+            f"panic in its text) within the last {days} days among the "
             f"{ctx.record.count('Observation')} Observation resources retrieved for this "
             f"screening; {scope}; {judgement}",
         )
@@ -335,10 +374,11 @@ def abnormal_labs(ctx: Context) -> Finding:
         value = quantity_of(obs)
         shown = describe_quantity(value) if value else str(obs.get("valueString") or "")
         label = _code_label(obs)
-        flags = "/".join(interpretation_labels(obs))
         note = " (preliminary)" if item.preliminary else ""
         note += " (date imprecise)" if item in split.ambiguous else ""
-        items.append(f"{label} {shown} ({flags}) on {date_text(obs)}{note}".replace("  ", " "))
+        items.append(
+            f"{label} {shown} ({flags[id(obs)]}) on {date_text(obs)}{note}".replace("  ", " ")
+        )
     return Finding(
         "needs-review",
         f"{_plural(len(items), 'critical result')} within the last {days} days among the "
@@ -346,6 +386,32 @@ def abnormal_labs(ctx: Context) -> Finding:
         f"{judgement}",
         tuple(reference(d.resource) for d in listed),
     )
+
+
+_CRITICAL_WORDS = ("critical", "panic")
+_CRITICAL_CODES = frozenset({"HH", "LL", "AA"})
+
+
+def critical_flag(observation: Resource, critical: ValueSet) -> str | None:
+    """How a result is flagged critical, for listing; None when it is not.
+
+    A coded flag in ``critical`` (v3 or v2 HH/LL/AA) is the usual case. Listing is for review
+    only, so flags a lab wrote less formally count too: an interpretation whose text or display
+    says "critical" or "panic", or HH/LL/AA without a code system.
+    """
+    coding = interpretation_in(observation, critical)
+    if coding is not None:
+        return str(coding.get("code"))
+    for concept in interpretations(observation):
+        words = [concept.get("text"), *(c.get("display") for c in codings(concept))]
+        for word in words:
+            if isinstance(word, str) and any(k in word.lower() for k in _CRITICAL_WORDS):
+                return f"interpretation {word.strip()!r}"
+        for c in codings(concept):
+            code = str(c.get("code") or "").strip()
+            if not c.get("system") and code in _CRITICAL_CODES:
+                return f"{code}, no code system"
+    return None
 
 
 def _code_label(observation: Resource) -> str:

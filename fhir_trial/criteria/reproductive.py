@@ -15,6 +15,7 @@ from typing import Any
 from fhir_trial.criteria.context import (
     Context,
     category_unavailable,
+    condition_activity,
     condition_onset,
     conditions_in,
     first_code,
@@ -56,6 +57,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     negative = ctx.valueset("negative-result-answers")
     pregnant_answers = ctx.valueset("pregnant-answers")
     breastfeeding = ctx.valueset("breastfeeding-status")
+    yes_answers = ctx.valueset("yes-answers")
 
     met: list[tuple[Dated, str]] = []
     review: list[tuple[Dated, str]] = []
@@ -87,6 +89,8 @@ def pregnancy_lactation(ctx: Context) -> Finding:
             return "yes"
         if concept is not None and breastfeeding.matches(concept):
             return first_code(concept)
+        if concept is not None and yes_answers.matches(concept):  # 63895-7 answered "Yes"
+            return "yes"
         reading = above_normal(obs, above, positive, negative)
         return "yes" if reading.outcome == "positive" else None
 
@@ -124,12 +128,20 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     oldest_current = ctx.days_before(ctx.settings.pregnancy_max_days)
     stale: list[Resource] = []
     conditions: list[Resource] = []
+    # Without clinicalStatus a pregnancy or breastfeeding Condition is not known to be current.
+    unrecorded: list[Resource] = []
     for condition in conditions_in(ctx, "pregnancy-findings", active_only=True):
         onset = condition_onset(condition)
-        (stale if onset is not None and onset.end < oldest_current else conditions).append(
+        if condition_activity(condition) == "unrecorded":
+            unrecorded.append(condition)
+        elif onset is not None and onset.end < oldest_current:
+            stale.append(condition)
+        else:
+            conditions.append(condition)
+    for condition in conditions_in(ctx, "breastfeeding-status", active_only=True):
+        (unrecorded if condition_activity(condition) == "unrecorded" else conditions).append(
             condition
         )
-    conditions += conditions_in(ctx, "breastfeeding-status", active_only=True)
     if met or conditions:
         said = [s for _, s in met] + [
             f"active {first_code(c.get('code'))} ({record.reference_to(c)})" for c in conditions
@@ -141,6 +153,21 @@ def pregnancy_lactation(ctx: Context) -> Finding:
             + tuple(record.reference_to(c) for c in conditions),
         )
     planned = "a pregnancy planned within six months cannot be computed from the record"
+    if unrecorded:
+        return Finding(
+            "needs-review",
+            "; ".join(
+                [
+                    f"{first_code(c.get('code'))} ({record.reference_to(c)}) is recorded without a "
+                    "clinical status: is it current?"
+                    for c in unrecorded
+                ]
+                + [s for _, s in review]
+            )
+            + f"; {planned}",
+            tuple(record.reference_to(c) for c in unrecorded + stale)
+            + tuple(reference(d.resource) for d, _ in review),
+        )
     if stale:
         return Finding(
             "needs-review",

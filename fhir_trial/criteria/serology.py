@@ -108,6 +108,7 @@ def _list(items: list[tuple[Resource, Reading]]) -> str:
 def _ana_titer_reader(ctx: Context) -> Reader:
     threshold = ctx.settings.ana_min_titer
     above = ctx.valueset("interpretation-above-normal")
+    normal = ctx.valueset("interpretation-not-above-normal")
     positive = ctx.valueset("positive-result-answers")
     negative = ctx.valueset("negative-result-answers")
 
@@ -124,7 +125,9 @@ def _ana_titer_reader(ctx: Context) -> Reader:
         concept = coded_value(obs)
         if flagged is not None or (concept is not None and positive.matches(concept)):
             return Reading("unreadable", "positive without a titer")
-        general = above_normal(obs, above, positive, negative)
+        general = above_normal(obs, above, positive, negative, normal)
+        # Without a titer, only a normal flag (N, NEG, ...) says the ANA is negative: a coded
+        # "negative" answer or a range alone does not tell the IF titer.
         if general.outcome == "negative" and interpretation_labels(obs):
             return Reading("negative", general.detail)
         return Reading("unreadable", general.detail)
@@ -147,6 +150,7 @@ def ana(ctx: Context) -> Finding:
         if id(o) not in if_ids
     ]
     above = ctx.valueset("interpretation-above-normal")
+    normal = ctx.valueset("interpretation-not-above-normal")
     positive = ctx.valueset("positive-result-answers")
     negative = ctx.valueset("negative-result-answers")
     return decide_serology(
@@ -158,7 +162,7 @@ def ana(ctx: Context) -> Finding:
         review_only=(
             (
                 o,
-                above_normal(o, above, positive, negative),
+                above_normal(o, above, positive, negative, normal),
                 "ANA not measured as an immunofluorescence titer (the protocol asks for IF)",
             )
             for o in other
@@ -172,13 +176,14 @@ def _above_normal_criterion(ctx: Context, valueset_id: str, what: str, missing: 
     if unavailable is not None:
         return unavailable
     above = ctx.valueset("interpretation-above-normal")
+    normal = ctx.valueset("interpretation-not-above-normal")
     positive = ctx.valueset("positive-result-answers")
     negative = ctx.valueset("negative-result-answers")
     results = ctx.record.with_code("Observation", ctx.valueset(valueset_id))
     return decide_serology(
         ctx,
         what,
-        ((o, above_normal(o, above, positive, negative)) for o in results),
+        ((o, above_normal(o, above, positive, negative, normal)) for o in results),
         requirement="above the normal range of the reporting assay required",
         missing=missing,
     )

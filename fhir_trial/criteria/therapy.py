@@ -4,9 +4,12 @@ inc-prior-therapy: an oral corticosteroid overlapping an immunosuppressant or a 
 least ``Settings.prior_therapy_min_days`` days, ending at the screening date. Decisions of this
 project, documented here and in the README:
 
-- Route: an oral-corticosteroid record counts when its route is oral, or when it states no route
-  (maintenance steroids are oral, and Synthea-style requests state none); a stated non-oral route
-  (IV pulses, intramuscular, ...) does not count.
+- Route: an oral-corticosteroid record counts when its route is oral (``route-oral``), or when it
+  states no route (maintenance steroids are oral, and Synthea-style requests state none); a stated
+  intravenous route (``route-intravenous``: IV pulses) does not count. A stated route the screening
+  cannot place (text only, or a code in neither route ValueSet, e.g. an unlisted intramuscular
+  code) is not read as "another route": the record is weighed as possibly oral, and when the
+  answer depends on it the criterion needs review (a person confirms the route), never met.
 - Gaps of at most ``Settings.prior_therapy_max_gap_days`` uncovered days between records of the same
   group (steroids; immunosuppressants and biologics together) are bridged, and bridged days count.
   Switching from one immunosuppressant or biologic to another is one continuous partner therapy.
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 
 from fhir_trial.criteria.context import Context
 from fhir_trial.medications import (
+    DrugRecord,
     Exposure,
     MedicationHistory,
     Period,
@@ -132,10 +136,14 @@ def prior_therapy(ctx: Context) -> Finding:
     partner_vs = (ctx.valueset("immunosuppressants"), ctx.valueset("sle-biologics"))
     hcq_vs = ctx.valueset("hydroxychloroquine")
 
+    known_routes = (oral_vs, ctx.valueset("route-intravenous"))
     all_steroids = hist.with_drug(ocs_vs)
     steroids = [e for e in all_steroids if not e.route_stated() or e.route_in(oral_vs)]
-    oral_ids = {id(e) for e in steroids}
-    non_oral = [e for e in all_steroids if id(e) not in oral_ids]
+    # A route the screening cannot place (text only, an unlisted code) is not a stated non-oral
+    # route: such a steroid may count, but only after a person confirms the route.
+    unread = [e for e in all_steroids if e.route_unreadable(known_routes)]
+    maybe_oral = [e for e in all_steroids if _maybe_oral(e, oral_vs, known_routes)]
+    non_oral = [e for e in all_steroids if not _maybe_oral(e, oral_vs, known_routes)]
     partners = [e for e in hist.exposures if any(e.matches(vs) for vs in partner_vs)]
     hcq = hist.with_drug(hcq_vs)
     rule = (
@@ -157,8 +165,10 @@ def prior_therapy(ctx: Context) -> Finding:
             tuple(e.reference for e in (*used_steroids, *used_partners)),
         )
 
-    evidence = tuple(e.reference for e in (*steroids, *partners, *non_oral, *hcq))
-    explanation = _why_not(ctx, sure, steroids, partners, non_oral, hcq, ocs_vs, partner_vs)
+    evidence = tuple(e.reference for e in (*maybe_oral, *partners, *non_oral, *hcq))
+    if_oral = _combine(ctx, maybe_oral, partners, certain=True)
+    found = _Found(maybe_oral, unread, partners, non_oral, hcq)
+    explanation = _why_not(ctx, if_oral, found, ocs_vs, partner_vs)
     need = f"oral corticosteroid and immunosuppressant/biologic history for the last {settings.prior_therapy_min_days} days"
     unknown = medication_unknown(ctx, explanation, need)
     if unknown is not None:
@@ -173,9 +183,20 @@ def prior_therapy(ctx: Context) -> Finding:
                 f"medication history ({ALL_TYPES}) covering the last {settings.prior_therapy_min_days} days",
             ),
         )
-    maybe = _combine(ctx, steroids, partners, certain=False)
+    if if_oral.long_enough and if_oral.current is not None:
+        period = if_oral.current
+        return Finding(
+            "needs-review",
+            f"{explanation}; counting it as oral, oral corticosteroid "
+            f"({_names(_within(maybe_oral, period), [ocs_vs])}) together with "
+            f"{_names(_within(partners, period), partner_vs)} from {period[0].isoformat()} to "
+            f"{period[1].isoformat()}: {days_in(period)} days: a person must confirm the route "
+            f"was oral ({rule})",
+            evidence,
+        )
+    maybe = _combine(ctx, maybe_oral, partners, certain=False)
     if maybe.long_enough and maybe.current is not None:
-        partial = [e.reference for e in (*steroids, *partners) if e.partial]
+        partial = [e.reference for e in (*maybe_oral, *partners) if e.partial]
         return Finding(
             "needs-review",
             f"{explanation}; with partial dates ({', '.join(partial)}) the combination may have "
@@ -183,7 +204,10 @@ def prior_therapy(ctx: Context) -> Finding:
             evidence,
         )
     undated = [
-        u for u in hist.undated if u.matches(ocs_vs) or any(u.matches(vs) for vs in partner_vs)
+        u
+        for u in hist.undated
+        if (u.matches(ocs_vs) and _maybe_oral(u, oral_vs, known_routes))
+        or any(u.matches(vs) for vs in partner_vs)
     ]
     if undated:
         return Finding(
@@ -196,33 +220,57 @@ def prior_therapy(ctx: Context) -> Finding:
     return Finding("not-met", f"{explanation} ({rule})", evidence)
 
 
+@dataclass(frozen=True)
+class _Found:
+    """The records inc-prior-therapy weighed, by role."""
+
+    steroids: Sequence[Exposure]  # oral, no route, or a route the screening cannot place
+    unread: Sequence[Exposure]  # of those, the ones whose stated route cannot be placed
+    partners: Sequence[Exposure]
+    non_oral: Sequence[Exposure]  # a stated, readable route that is not oral (IV)
+    hcq: Sequence[Exposure]
+
+
+def _maybe_oral(record: DrugRecord, oral_vs: ValueSet, known: Sequence[ValueSet]) -> bool:
+    """A steroid record that may be oral: no route (counts as oral, README), an oral route, or a
+    route the screening cannot place (counts only after review)."""
+    return not record.route_stated() or record.route_in(oral_vs) or record.route_unreadable(known)
+
+
+def _when(items: Sequence[Exposure]) -> str:
+    first_day = min(e.start.start for e in items).isoformat()
+    last_day = max(e.end.end for e in items).isoformat()
+    return f"on {first_day}" if first_day == last_day else f"from {first_day} to {last_day}"
+
+
 def _why_not(
     ctx: Context,
     combination: _Combination,
-    steroids: Sequence[Exposure],
-    partners: Sequence[Exposure],
-    non_oral: Sequence[Exposure],
-    hcq: Sequence[Exposure],
+    found: _Found,
     ocs_vs: ValueSet,
     partner_vs: Sequence[ValueSet],
 ) -> str:
+    steroids, partners, hcq = found.steroids, found.partners, found.hcq
     parts: list[str] = []
     if not steroids:
         parts.append("no oral corticosteroid record")
-    if non_oral:
+    if found.non_oral:
         groups: dict[tuple[str, str], list[Exposure]] = {}
-        for e in non_oral:
+        for e in found.non_oral:
             key = (e.label(ocs_vs), e.route_label() or "a non-oral route")
             groups.setdefault(key, []).append(e)
         for (drug, route), items in groups.items():
-            first_day = min(e.start.start for e in items).isoformat()
-            last_day = max(e.end.end for e in items).isoformat()
-            when = f"on {first_day}" if first_day == last_day else f"from {first_day} to {last_day}"
             count = f"{len(items)} records " if len(items) > 1 else ""
             parts.append(
-                f"{drug} by {route} ({count}{when}) does not count: only oral corticosteroids "
-                "count, IV pulses do not"
+                f"{drug} by {route} ({count}{_when(items)}) does not count: only oral "
+                "corticosteroids count, IV pulses do not"
             )
+    for e in found.unread:
+        parts.append(
+            f"{e.label(ocs_vs)} with {e.route_unreadable_text()} ({_when([e])}): the screening "
+            "reads coded routes only and cannot tell whether this one is oral, so the record is "
+            "weighed as possibly oral, not as a non-oral route"
+        )
     if not partners:
         parts.append("no immunosuppressant or biologic record")
     if hcq:
@@ -237,6 +285,8 @@ def _why_not(
                 f"oral corticosteroid ({_names(steroids, [ocs_vs])}) and "
                 f"{_names(partners, partner_vs)} were never taken at the same time"
             )
+        elif combination.long_enough:
+            pass  # the caller states the combination
         elif combination.current is None:
             last = combination.combined[-1]
             parts.append(

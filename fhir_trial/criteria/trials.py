@@ -6,8 +6,9 @@ on-study-observation and a period overlapping the ``recent_trial_window_days`` d
 (edges included) -> met. A period with no end is ongoing; no period at all is read as "now", since the
 status describes the present.
 
-Decisions beyond the table: a subject in follow-up or off-study whose period still overlaps the
-window -> needs-review (trial treatment may have been received in the window); a partial date that
+Decisions beyond the table: a subject in follow-up, off-study or withdrawn whose period still
+overlaps the window -> needs-review (trial treatment may have been received in the window before
+the subject left); a partial date that
 may or may not overlap -> needs-review. No ResearchSubject at all -> unknown ("no ResearchSubject
 data": absence in most EHRs says nothing); ResearchSubject data that could not be obtained ->
 unknown (rule 1); ResearchSubjects present but none qualifying -> not-met (rule 4).
@@ -26,7 +27,9 @@ from fhir_trial.fhirdates import period_span
 from fhir_trial.report import Finding
 
 ON_STUDY = frozenset({"on-study", "on-study-intervention", "on-study-observation"})
-AFTER_TREATMENT = frozenset({"follow-up", "off-study"})
+# Statuses after (or instead of finishing) treatment: the period may still cover treatment in the
+# window. "withdrawn" belongs here: a subject who withdrew last month was treated until then.
+AFTER_TREATMENT = frozenset({"follow-up", "off-study", "withdrawn"})
 
 
 def _identifier_is_ours(identifier: Any) -> bool:

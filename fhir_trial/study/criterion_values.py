@@ -77,11 +77,21 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
         _at_least(lambda s: s.ana_min_titer, "{titer}", "titer (1:N)"),
     ),
     "inc-anti-dsdna": CriterionValue(
-        ("anti-dsdna", "interpretation-above-normal", "positive-result-answers"),
+        (
+            "anti-dsdna",
+            "interpretation-above-normal",
+            "interpretation-not-above-normal",
+            "positive-result-answers",
+        ),
         _concept("above the normal range of the reporting laboratory"),
     ),
     "inc-anti-sm": CriterionValue(
-        ("anti-sm", "interpretation-above-normal", "positive-result-answers"),
+        (
+            "anti-sm",
+            "interpretation-above-normal",
+            "interpretation-not-above-normal",
+            "positive-result-answers",
+        ),
         _concept("above the normal range of the reporting laboratory"),
     ),
     "inc-neutrophils": CriterionValue(
@@ -146,6 +156,7 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
             "pregnancy-findings",
             "hcg-tests",
             "breastfeeding-status",
+            "yes-answers",
         ),
         _concept("pregnant, breastfeeding, or planning a pregnancy within six months"),
         lambda s: s.pregnancy_test_window_days,

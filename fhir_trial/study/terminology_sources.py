@@ -97,6 +97,8 @@ def _enumerated_expansion(compose: Any) -> JsonDict | None:
                 entry["version"] = include["version"]
             if concept.get("display"):
                 entry["display"] = concept["display"]
+            if concept.get("designation"):  # ingredient names (fhir_trial.terminology)
+                entry["designation"] = concept["designation"]
             contains.append(entry)
     if not contains:
         return None
