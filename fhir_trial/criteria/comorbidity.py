@@ -34,6 +34,7 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -132,12 +133,17 @@ def suggesting_label(condition: Mapping[str, Any], words: str) -> str | None:
     if isinstance(concept, Mapping):
         labels.append(concept.get("text"))
     for label in labels:
-        if not isinstance(label, str):
-            continue
-        text = label_text(label)
-        if re.search(words, text) and not re.search(NOT_A_DIAGNOSIS, text):
+        if isinstance(label, str) and _label_suggests(label, words):
             return label
     return None
+
+
+@functools.lru_cache(maxsize=8192)
+def _label_suggests(label: str, words: str) -> bool:
+    # Cached: the same displays recur across a registry's patients, and every Condition is
+    # checked by three criteria.
+    text = label_text(label)
+    return bool(re.search(words, text)) and not re.search(NOT_A_DIAGNOSIS, text)
 
 
 def _uncoded_suggestions(
@@ -146,12 +152,10 @@ def _uncoded_suggestions(
     """Counting Conditions coded in none of ``valuesets`` whose label names the disease."""
     found = []
     for condition in ctx.record.resources("Condition"):
-        if not condition_counts(condition):
+        label = suggesting_label(condition, words)  # first: most labels name no such disease
+        if label is None or not condition_counts(condition):
             continue
-        if any(vs.matches(condition.get("code")) for vs in valuesets):
-            continue
-        label = suggesting_label(condition, words)
-        if label is not None:
+        if not any(vs.matches(condition.get("code")) for vs in valuesets):
             found.append((condition, label))
     return found
 
