@@ -21,6 +21,7 @@ from fhir_trial.observations import (
     interpretation_labels,
     meets_at_least,
     observation_status,
+    observation_time,
     read_titer,
 )
 from fhir_trial.report import Finding
@@ -46,10 +47,14 @@ def decide_serology(
     negatives: list[tuple[Resource, Reading]] = []
     review: list[tuple[Resource, str]] = []
     ignored = 0
+    later = 0
     for obs, reading in results:
         status = observation_status(obs)
         if status == "ignored":
             ignored += 1
+            continue
+        if _after_screening(ctx, obs):
+            later += 1
             continue
         said = f"{reading.detail} on {date_text(obs)}"
         if status == "preliminary":
@@ -64,8 +69,13 @@ def decide_serology(
         if observation_status(obs) == "ignored":
             ignored += 1
             continue
+        if _after_screening(ctx, obs):
+            later += 1
+            continue
         review.append((obs, f"{why}: {reading.detail} on {date_text(obs)}"))
     note = f"; {ignored} result(s) with another status (not final) ignored" if ignored else ""
+    if later:
+        note += f"; {later} result(s) dated after the screening date ({ctx.as_of}) ignored"
     if positives:
         obs, reading = _latest(positives)
         return Finding(
@@ -94,6 +104,13 @@ def decide_serology(
         f"{note}; absence rule 2: unknown",
         missing=(missing,),
     )
+
+
+def _after_screening(ctx: Context, observation: Resource) -> bool:
+    """Dated wholly after as_of: "any time" means up to the screening date (a back-dated screening
+    must not use results that did not exist yet). Undated results still count."""
+    span = observation_time(observation)
+    return span is not None and span.start > ctx.as_of
 
 
 def _latest(items: list[tuple[Resource, Reading]]) -> tuple[Resource, Reading]:
