@@ -37,6 +37,7 @@ from fhir_trial.terminology import (
     ValueSet,
     load_terminology,
     lookup_keys,
+    name_candidate,
     normalise_system,
 )
 
@@ -143,10 +144,14 @@ class ExpansionIndex:
         """Record codings that fhir_trial.terminology places in a ValueSet but CQL would not."""
         extra: dict[str, set[tuple[str, str]]] = defaultdict(set)
         for system, code, display in set(_codings(bundle)):
-            if display:
-                coding = {"system": system, "code": code, "display": display}
+            candidate = (
+                name_candidate({"system": system, "code": code, "display": display})
+                if display
+                else None
+            )
+            if candidate is not None:
                 for vs in self._named:
-                    if vs.coding_ingredient(coding):
+                    if vs.candidate_ingredient(*candidate):
                         extra[vs.url].add((system, code))
             if system == normalise_system(system) and (system, code) in self._members:
                 continue  # listed literally: CQL finds it alone

@@ -245,16 +245,17 @@ def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet
         span = finding[0]
         return (span.start.toordinal(), span.end.toordinal()) if span is not None else (0, 0)
 
-    when, kind, latest = max(findings, key=key)
+    newest = max(findings, key=key)
+    when, kind, latest = newest
     day = _span_text(when)
     evidence = tuple(_ref(ctx, f[2]) for f in findings)
-    is_milder = milder.matches(concept((when, kind, latest)))
-    label = first_code(concept((when, kind, latest)))
+    is_milder = milder.matches(concept(newest))
+    label = first_code(concept(newest))
     unclear = [
         f
         for f in findings
         if f[2] is not latest
-        and key(f)[1] >= key((when, kind, latest))[0]
+        and key(f)[1] >= key(newest)[0]
         and milder.matches(concept(f)) != is_milder
     ]
     if unclear:

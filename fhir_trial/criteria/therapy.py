@@ -142,8 +142,10 @@ def prior_therapy(ctx: Context) -> Finding:
     # A route the screening cannot place (text only, an unlisted code) is not a stated non-oral
     # route: such a steroid may count, but only after a person confirms the route.
     unread = [e for e in all_steroids if e.route_unreadable(known_routes)]
-    maybe_oral = [e for e in all_steroids if _maybe_oral(e, oral_vs, known_routes)]
-    non_oral = [e for e in all_steroids if not _maybe_oral(e, oral_vs, known_routes)]
+    maybe_oral: list[Exposure] = []  # the oral or unrouted ones plus `unread`
+    non_oral: list[Exposure] = []
+    for e in all_steroids:
+        (maybe_oral if _maybe_oral(e, oral_vs, known_routes) else non_oral).append(e)
     partners = [e for e in hist.exposures if any(e.matches(vs) for vs in partner_vs)]
     hcq = hist.with_drug(hcq_vs)
     rule = (
@@ -166,7 +168,8 @@ def prior_therapy(ctx: Context) -> Finding:
         )
 
     evidence = tuple(e.reference for e in (*maybe_oral, *partners, *non_oral, *hcq))
-    if_oral = _combine(ctx, maybe_oral, partners, certain=True)
+    # Without unplaceable routes the "possibly oral" steroids are the oral ones: same combination.
+    if_oral = _combine(ctx, maybe_oral, partners, certain=True) if unread else sure
     found = _Found(maybe_oral, unread, partners, non_oral, hcq)
     explanation = _why_not(ctx, if_oral, found, ocs_vs, partner_vs)
     need = f"oral corticosteroid and immunosuppressant/biologic history for the last {settings.prior_therapy_min_days} days"
