@@ -34,6 +34,7 @@ Interval helpers: :func:`merge` bridges gaps of at most ``max_gap`` uncovered da
 from __future__ import annotations
 
 import datetime as dt
+import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ class DrugRecord:
     # The RxNorm codings that may match by ingredient name, as (code, display, coding), found once
     # per record (terminology.name_candidate): most records have none, so most checks are free.
     named: tuple[tuple[str, str, Mapping[str, Any]], ...]
+    # The words of the drug's names or stated route that say it is for local use ("Topical",
+    # "Ophthalmic", ...; :func:`local_use_word`), or "" when none does.
+    local_use: str
 
     def matching_coding(self, valueset: ValueSet) -> Mapping[str, Any] | None:
         """The first coding (product or ingredient) that is in the ValueSet, else None.
@@ -294,29 +298,33 @@ def build_history(
 
 def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
     concept = record.medication_concept(resource)
-    found: list[Mapping[str, Any]] = list(codings(concept))
+    # The drug's concept, then its ingredients' (inline, or a referenced Medication's code).
+    concepts: list[object] = [concept]
     reference = child(resource.get("medicationReference"), "reference")
     medication = record.resolve(reference, resource)
-    if medication is not None:
-        for ingredient in medication.get("ingredient", []) or []:
-            if not isinstance(ingredient, dict):
-                continue
-            found.extend(codings(ingredient.get("itemCodeableConcept")))
-            item_ref = child(ingredient.get("itemReference"), "reference")
-            # A contained ingredient Medication lives in the parent's contained list.
-            item = record.resolve(item_ref, medication) or record.resolve(item_ref, resource)
-            if item is not None and item.get("resourceType") == "Medication":
-                found.extend(codings(item.get("code")))
+    for ingredient in _ingredients(medication):
+        concepts.append(ingredient.get("itemCodeableConcept"))
+        item_ref = child(ingredient.get("itemReference"), "reference")
+        # A contained ingredient Medication lives in the parent's contained list.
+        item = (medication and record.resolve(item_ref, medication)) or record.resolve(
+            item_ref, resource
+        )
+        if item is not None and item.get("resourceType") == "Medication":
+            concepts.append(item.get("code"))
     drug = _concept_label(concept) or (
         str(child(resource.get("medicationReference"), "display") or "") or "unnamed drug"
     )
-    drug_codings = tuple(c for c in found if isinstance(c, dict))
+    drug_codings = tuple(c for found in concepts for c in codings(found) if isinstance(c, dict))
+    routes = tuple(_routes(resource))
+    names = [c.get("display") for c in drug_codings] + [child(c, "text") for c in concepts]
+    names += [c.get("display") for r in routes for c in codings(r)]
+    names += [r.get("text") for r in routes]
     return DrugRecord(
         reference=record.reference_to(resource),
         resource_type=str(resource.get("resourceType")),
         drug=drug,
         codings=drug_codings,
-        routes=tuple(_routes(resource)),
+        routes=routes,
         keys=frozenset(
             key
             for coding in drug_codings
@@ -327,7 +335,32 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
             for coding in drug_codings
             if (candidate := name_candidate(coding)) is not None
         ),
+        local_use=local_use_word(names),
     )
+
+
+def _ingredients(medication: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    found = medication.get("ingredient") if medication is not None else None
+    return [i for i in found if isinstance(i, dict)] if isinstance(found, list) else []
+
+
+# RxNorm clinical drug names end in a standard dose form ("... Topical Cream", "... Ophthalmic
+# Emulsion", "... Metered Dose Inhaler"), and route codes are displayed as "Topical route",
+# "Cutaneous use", "Ocular use": these words mean a drug applied where it acts, not a systemic
+# treatment. Transdermal is systemic and is not listed.
+_LOCAL_USE = re.compile(
+    r"\b(topical|cutaneous|ophthalmic|ocular|otic|auricular|nasal|intranasal|inhal\w*|rectal|"
+    r"enema|vaginal|oromucosal|mouthwash|ointment|cream|lotion|shampoo)\b",
+    re.IGNORECASE,
+)
+
+
+def local_use_word(names: Iterable[object]) -> str:
+    """The first word in ``names`` (drug names, route labels) that marks local use, or ""."""
+    for name in names:
+        if isinstance(name, str) and (found := _LOCAL_USE.search(name)):
+            return found.group(1)
+    return ""
 
 
 def _concept_label(concept: object) -> str:

@@ -10,6 +10,10 @@ project, documented here and in the README:
   cannot place (text only, or a code in neither route ValueSet, e.g. an unlisted intramuscular
   code) is not read as "another route": the record is weighed as possibly oral, and when the
   answer depends on it the criterion needs review (a person confirms the route), never met.
+- Local use: a steroid, immunosuppressant or biologic whose drug name or stated route names a
+  local dose form or route (RxNorm "... Topical Ointment", "... Ophthalmic Suspension", "...
+  Inhalation Suspension"; "Topical route") is not systemic therapy and does not count: cyclosporine
+  eye drops or tacrolimus ointment are not an immunosuppressant regimen. The reason lists them.
 - Gaps of at most ``Settings.prior_therapy_max_gap_days`` uncovered days between records of the same
   group (steroids; immunosuppressants and biologics together) are bridged, and bridged days count.
   Switching from one immunosuppressant or biologic to another is one continuous partner therapy.
@@ -137,7 +141,10 @@ def prior_therapy(ctx: Context) -> Finding:
     hcq_vs = ctx.valueset("hydroxychloroquine")
 
     known_routes = (oral_vs, ctx.valueset("route-intravenous"))
-    all_steroids = hist.with_drug(ocs_vs)
+    # A drug for local use (a cream, eye drops, an inhaler) is not systemic therapy: not counted.
+    relevant = [e for e in hist.exposures if e.matches(ocs_vs) or _is_partner(e, partner_vs)]
+    local = [e for e in relevant if e.local_use]
+    all_steroids = [e for e in hist.with_drug(ocs_vs) if not e.local_use]
     steroids = [e for e in all_steroids if not e.route_stated() or e.route_in(oral_vs)]
     # A route the screening cannot place (text only, an unlisted code) is not a stated non-oral
     # route: such a steroid may count, but only after a person confirms the route.
@@ -146,7 +153,7 @@ def prior_therapy(ctx: Context) -> Finding:
     non_oral: list[Exposure] = []
     for e in all_steroids:
         (maybe_oral if _maybe_oral(e, oral_vs, known_routes) else non_oral).append(e)
-    partners = [e for e in hist.exposures if any(e.matches(vs) for vs in partner_vs)]
+    partners = [e for e in hist.exposures if _is_partner(e, partner_vs) and not e.local_use]
     hcq = hist.with_drug(hcq_vs)
     rule = (
         f"at least {settings.prior_therapy_min_days} days required, ending within "
@@ -167,10 +174,10 @@ def prior_therapy(ctx: Context) -> Finding:
             tuple(e.reference for e in (*used_steroids, *used_partners)),
         )
 
-    evidence = tuple(e.reference for e in (*maybe_oral, *partners, *non_oral, *hcq))
+    evidence = tuple(e.reference for e in (*maybe_oral, *partners, *non_oral, *hcq, *local))
     # Without unplaceable routes the "possibly oral" steroids are the oral ones: same combination.
     if_oral = _combine(ctx, maybe_oral, partners, certain=True) if unread else sure
-    found = _Found(maybe_oral, unread, partners, non_oral, hcq)
+    found = _Found(maybe_oral, unread, partners, non_oral, hcq, local)
     explanation = _why_not(ctx, if_oral, found, ocs_vs, partner_vs)
     need = f"oral corticosteroid and immunosuppressant/biologic history for the last {settings.prior_therapy_min_days} days"
     unknown = medication_unknown(ctx, explanation, need)
@@ -209,8 +216,11 @@ def prior_therapy(ctx: Context) -> Finding:
     undated = [
         u
         for u in hist.undated
-        if (u.matches(ocs_vs) and _maybe_oral(u, oral_vs, known_routes))
-        or any(u.matches(vs) for vs in partner_vs)
+        if not u.local_use
+        and (
+            (u.matches(ocs_vs) and _maybe_oral(u, oral_vs, known_routes))
+            or _is_partner(u, partner_vs)
+        )
     ]
     if undated:
         return Finding(
@@ -232,6 +242,12 @@ class _Found:
     partners: Sequence[Exposure]
     non_oral: Sequence[Exposure]  # a stated, readable route that is not oral (IV)
     hcq: Sequence[Exposure]
+    local: Sequence[Exposure]  # steroids and partners for local use (not systemic therapy)
+
+
+def _is_partner(record: DrugRecord, partner_vs: Sequence[ValueSet]) -> bool:
+    """An immunosuppressant or a biologic."""
+    return any(record.matches(vs) for vs in partner_vs)
 
 
 def _maybe_oral(record: DrugRecord, oral_vs: ValueSet, known: Sequence[ValueSet]) -> bool:
@@ -273,6 +289,12 @@ def _why_not(
             f"{e.label(ocs_vs)} with {e.route_unreadable_text()} ({_when([e])}): the screening "
             "reads coded routes only and cannot tell whether this one is oral, so the record is "
             "weighed as possibly oral, not as a non-oral route"
+        )
+    for e in found.local:
+        parts.append(
+            f"{e.label(ocs_vs) if e.matches(ocs_vs) else _names([e], partner_vs)} "
+            f"({_when([e])}) is for local use ('{e.local_use}') and does not count as systemic "
+            "therapy"
         )
     if not partners:
         parts.append("no immunosuppressant or biologic record")
