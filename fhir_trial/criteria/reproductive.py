@@ -2,14 +2,16 @@
 
 Male -> not-applicable. Within the pregnancy-test window: a pregnancy status answered "pregnant",
 a positive hCG, or breastfeeding -> met. An active pregnancy Condition -> met, unless its onset is
-older than ``Settings.pregnancy_max_days`` (a stale entry: needs-review). Anything else ->
+older than ``Settings.pregnancy_max_days`` (a stale entry: needs-review). A positive hCG followed
+by a later final negative one in the window is needs-review (a false positive, or a pregnancy that
+has ended: a person decides which result stands). Anything else ->
 needs-review: a planned pregnancy cannot be computed from the record, so this exclusion is never
 ``not-met`` for a patient who may be female.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fhir_trial.criteria.context import (
@@ -67,10 +69,20 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         for item in items:
             found = is_positive(item)
             said = f"{what} {found or _value_text(item.resource)} on {date_text(item.resource)}"
+            later = _later_negative(item, items, hcg_negative) if what == "hCG test" else None
             if found is None:
                 seen.append((item, said))
             elif item.preliminary:
                 review.append((item, f"preliminary {said}"))
+            elif later is not None:
+                # A positive test contradicted by a later negative one (a false positive, or a
+                # pregnancy that has ended): a person decides which stands, not the screening.
+                review.append(
+                    (
+                        item,
+                        f"{said}, but a later hCG test on {date_text(later.resource)} was negative",
+                    )
+                )
             else:
                 met.append((item, said))
 
@@ -81,6 +93,9 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     def hcg_answer(item: Dated) -> str | None:
         reading = above_normal(item.resource, above, positive, negative)
         return f"positive ({reading.detail})" if reading.outcome == "positive" else None
+
+    def hcg_negative(item: Dated) -> bool:
+        return above_normal(item.resource, above, positive, negative).outcome == "negative"
 
     def breastfeeding_answer(item: Dated) -> str | None:
         obs = item.resource
@@ -198,6 +213,23 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         tuple(reference(d.resource) for d, _ in seen),
         (f"pregnancy test within {days} days", "attestation: not lactating, no pregnancy planned"),
     )
+
+
+def _later_negative(
+    item: Dated, items: Sequence[Dated], is_negative: Callable[[Dated], bool]
+) -> Dated | None:
+    """A final result dated on a later day than ``item`` that reads negative, else None."""
+    if item.span is None:
+        return None
+    for other in items:
+        if (
+            other.span is not None
+            and other.span.start > item.span.end
+            and not other.preliminary
+            and is_negative(other)
+        ):
+            return other
+    return None
 
 
 def _value_text(observation: Mapping[str, Any]) -> str:
