@@ -13,7 +13,8 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
   whose value is one; Observations follow the status rule: cancelled / entered-in-error ignored).
   Class III/IV -> met; class I/II -> not-met; a latest finding that is a Condition no longer active,
   or a preliminary Observation -> needs-review; partial dates that leave unclear whether a III/IV or
-  a I/II finding is the latest -> needs-review. Heart failure without a class finding -> needs-review.
+  a I/II finding is the latest, or an undated III/IV finding next to a dated I/II latest one ->
+  needs-review. Heart failure without a class finding -> needs-review.
 - exc-cns-disease: epilepsy / seizure disorder -> met; other nervous-system disorders and
   neuropsychiatric lupus -> needs-review.
 - exc-malignancy: a malignancy other than the carve-outs -> met (any clinical status: history); a
@@ -235,7 +236,8 @@ def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet
 
     The latest is the finding whose date starts last (undated ones count as oldest); another
     finding of the other severity whose date may be as late (a partial date reaching past the
-    latest one's start) makes the order unclear -> needs-review, as for latest lab results.
+    latest one's start) makes the order unclear -> needs-review, as for latest lab results. A
+    dated class I/II latest finding with an undated class III/IV one -> needs-review too.
     """
 
     def concept(finding: NyhaFinding) -> Any:
@@ -264,6 +266,19 @@ def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet
             "needs-review",
             f"the dates (same day, or partial) leave unclear which NYHA class finding is the "
             f"latest: {label} ({day}) or {others}",
+            evidence,
+        )
+    # An undated class III/IV finding sorts as the oldest, but nothing says it is older than a
+    # dated class I/II one: the milder finding must not rule the exclusion out on its own.
+    undated_severe = [f for f in findings if f[0] is None and not milder.matches(concept(f))]
+    if is_milder and when is not None and undated_severe:
+        names = ", ".join(
+            f"{first_code(concept(f))} ({_ref(ctx, f[2])}, undated)" for f in undated_severe
+        )
+        return Finding(
+            "needs-review",
+            f"the latest dated NYHA class finding is {label} ({day}), but a class III/IV finding "
+            f"has no date: {names}; whether it came before or after needs a person",
             evidence,
         )
     if kind == "Observation" and not observation_counts(latest):
