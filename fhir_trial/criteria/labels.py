@@ -6,7 +6,9 @@ of a criterion's ValueSets whose coding display or code text names the disease i
 read as absence: the criteria that use this net (exc-malignancy, exc-immunodeficiency,
 exc-cns-disease) send it to needs-review ("code not in the ValueSet, display suggests ..."), never
 to met. Qualified mentions (benign, in situ, screening for, fear of, family history, negative,
-...) do not count; a personal "history of" does, as these are history criteria.
+...) do not count; a personal "history of" does, as these are history criteria. inc-sle-diagnosis
+uses it the other way round: lupus recorded only in words is needs-review, not the not-met of
+absence rule 3 (its own qualifiers also leave out drug-induced lupus).
 
 Patterns run on the lowercased label with runs of whitespace collapsed (:func:`label_text`); no
 leading word boundary where a prefix is common (adenocarcinoma, osteosarcoma).
@@ -40,6 +42,14 @@ NOT_A_DIAGNOSIS = (
     r"|contact with|prophylaxis|pre-exposure|negative|ruled out|rule out|no evidence|not detected"
     r"|premalignant|pre-malignant|non-malignant|nonmalignant|non-epileptic|nonepileptic)\b"
 )
+# Lupus for inc-sle-diagnosis. "Lupus" followed by anticoagulant or inhibitor (a laboratory
+# finding of antiphospholipid antibodies), pernio (sarcoidosis), vulgaris (cutaneous tuberculosis)
+# or "-like" names no lupus erythematosus; another "lupus" in the same label still counts
+# ("SLE with lupus anticoagulant"). "SLE" is the usual abbreviation.
+LUPUS_WORDS = r"(\blupus\b(?![- ](anticoagulant|inhibitor|pernio|vulgaris|like\b))|\bsle\b)"
+# Drug-induced lupus is not SLE (it is an exclusion, exc-skin-disease): a label naming it does not
+# suggest the target diagnosis, any more than the qualified mentions above.
+NOT_SLE = r"(" + NOT_A_DIAGNOSIS + r"|\bdrug[- ]induced\b)"
 
 
 def label_text(label: str) -> str:
@@ -53,29 +63,38 @@ def label_text(label: str) -> str:
     return re.sub(r"triple[- ]negative", "triple", text)
 
 
-def suggesting_label(condition: Mapping[str, Any], words: str) -> str | None:
-    """The first coding display or code text that names the disease in ``words``, else None."""
+def suggesting_label(
+    condition: Mapping[str, Any], words: str, qualifiers: str = NOT_A_DIAGNOSIS
+) -> str | None:
+    """The first coding display or code text that names the disease in ``words``, else None.
+
+    A label that also matches ``qualifiers`` (a mention that does not state the disease in the
+    patient) does not count.
+    """
     concept = condition.get("code")
     labels = [c.get("display") for c in codings(concept)]
     if isinstance(concept, Mapping):
         labels.append(concept.get("text"))
     for label in labels:
-        if isinstance(label, str) and label_suggests(label, words):
+        if isinstance(label, str) and label_suggests(label, words, qualifiers):
             return label
     return None
 
 
 @functools.lru_cache(maxsize=8192)
-def label_suggests(label: str, words: str) -> bool:
-    """Whether one label names the disease in ``words`` and is not a qualified mention."""
+def label_suggests(label: str, words: str, qualifiers: str = NOT_A_DIAGNOSIS) -> bool:
+    """Whether one label names the disease in ``words`` without a qualifier in ``qualifiers``."""
     # Cached: the same displays recur across a registry's patients, and every Condition is
     # checked by several criteria.
     text = label_text(label)
-    return bool(re.search(words, text)) and not re.search(NOT_A_DIAGNOSIS, text)
+    return bool(re.search(words, text)) and not re.search(qualifiers, text)
 
 
 def uncoded_suggestions(
-    ctx: Context, words: str, valuesets: Sequence[ValueSet]
+    ctx: Context,
+    words: str,
+    valuesets: Sequence[ValueSet],
+    qualifiers: str = NOT_A_DIAGNOSIS,
 ) -> list[tuple[Resource, str]]:
     """Counting Conditions coded in none of ``valuesets`` whose label names the disease.
 
@@ -86,7 +105,7 @@ def uncoded_suggestions(
     found = []
     for condition in ctx.record.resources("Condition"):
         # The label first: most labels name no such disease.
-        label = suggesting_label(condition, words)
+        label = suggesting_label(condition, words, qualifiers)
         if label is None or not condition_counts(condition):
             continue
         if not any(vs.matches(condition.get("code")) for vs in valuesets):
