@@ -19,9 +19,11 @@ How the days are found (CRITERIA.md, "Medication exposure periods"):
   ``authoredOn`` plus the default supply. A bounds/validity period without an end runs to ``as_of``
   when ``active``, else covers the default supply from its start.
 
-Records with status entered-in-error, not-taken, cancelled, draft, not-done (Administration) or
-declined (Dispense) are ignored. A record whose dates cannot be read is kept as :class:`Undated`
-so a criterion can say so rather than drop it.
+Records whose status says the drug was not (or not yet) given are ignored: entered-in-error,
+not-taken and intended (Statement: a plan to take it in the future), cancelled and draft
+(Request), not-done (Administration), declined and preparation (Dispense: not handed over yet). A
+record whose dates cannot be read is kept as :class:`Undated` so a criterion can say so rather
+than drop it.
 
 Partial dates (``"2025-03"``) are kept as spans: an exposure then has a *certain* period (days it
 covers whichever day is meant) and a *possible* period (days it may cover). Criteria decide on the
@@ -47,11 +49,22 @@ from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys, name_ca
 
 # Statuses that mean the record is void or the drug was not given (CRITERIA.md, "Medication
 # exposure periods"). FHIR R4 names them per resource type: every type has entered-in-error;
-# MedicationStatement not-taken; MedicationRequest cancelled, draft; MedicationAdministration
-# not-done; MedicationDispense cancelled, declined. No value means exposure in another type, so one
-# set serves all four (and a value misused on another type is still read as "not given").
+# MedicationStatement not-taken, and intended ("may be taken in the future": a plan, which would
+# otherwise read as exposure on its effective dates); MedicationRequest cancelled, draft;
+# MedicationAdministration not-done; MedicationDispense cancelled, declined, and preparation (not
+# handed over yet). No value means exposure in another type, so one set serves all four (and a
+# value misused on another type is still read as "not given").
 IGNORED_MEDICATION_STATUSES = frozenset(
-    {"entered-in-error", "not-taken", "cancelled", "draft", "not-done", "declined"}
+    {
+        "entered-in-error",
+        "not-taken",
+        "intended",
+        "cancelled",
+        "draft",
+        "not-done",
+        "declined",
+        "preparation",
+    }
 )
 
 Period = tuple[dt.date, dt.date]  # inclusive first and last day

@@ -209,6 +209,7 @@ def _of_type(rtype: str, status: str) -> dict[str, Any]:
     ("rtype", "status"),
     [
         ("MedicationStatement", "not-taken"),
+        ("MedicationStatement", "intended"),
         ("MedicationStatement", "entered-in-error"),
         ("MedicationRequest", "cancelled"),
         ("MedicationRequest", "draft"),
@@ -217,6 +218,7 @@ def _of_type(rtype: str, status: str) -> dict[str, Any]:
         ("MedicationAdministration", "entered-in-error"),
         ("MedicationDispense", "declined"),
         ("MedicationDispense", "cancelled"),
+        ("MedicationDispense", "preparation"),
         ("MedicationDispense", "entered-in-error"),
     ],
 )

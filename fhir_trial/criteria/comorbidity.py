@@ -13,7 +13,8 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
   whose value is one; Observations follow the status rule: cancelled / entered-in-error ignored).
   Class III/IV -> met; class I/II -> not-met; a latest finding that is a Condition no longer active,
   or a preliminary Observation -> needs-review; partial dates that leave unclear whether a III/IV or
-  a I/II finding is the latest -> needs-review. Heart failure without a class finding -> needs-review.
+  a I/II finding is the latest, or an undated III/IV finding next to a dated I/II latest one ->
+  needs-review. Heart failure without a class finding -> needs-review.
 - exc-cns-disease: epilepsy / seizure disorder -> met; other nervous-system disorders and
   neuropsychiatric lupus -> needs-review.
 - exc-malignancy: a malignancy other than the carve-outs -> met (any clinical status: history); a
@@ -22,20 +23,19 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
   clinicalStatus -> needs-review too (is it still active?).
 - exc-skin-disease: active psoriasis, dermatomyositis, systemic sclerosis, drug-induced lupus ... -> met;
   such a Condition without clinicalStatus (and no abatement) -> needs-review, never met.
-- Safety net for exc-malignancy, exc-immunodeficiency and exc-cns-disease: the shipped expansions
-  list only the SNOMED CT descendants found in public code lists, so a Condition coded outside the
-  criterion's ValueSets whose coding display or text names the disease (malignant, carcinoma,
-  lymphoma, ...; HIV, immunodeficiency, ...; epilepsy) -> needs-review ("code not in the ValueSet,
-  display suggests ..."), never met. Qualified mentions (benign, in situ, screening for, fear of,
-  family history, ...) do not count; a personal "history of" does, as these are history criteria.
+- Safety net for exc-malignancy, exc-immunodeficiency and exc-cns-disease
+  (:mod:`fhir_trial.criteria.labels`): the shipped expansions list only the SNOMED CT descendants
+  found in public code lists, so a Condition coded outside the criterion's ValueSets (or with text
+  only) whose coding display or text names the disease (malignant, carcinoma, lymphoma, ...; HIV,
+  immunodeficiency, ...; epilepsy) -> needs-review ("code not in the ValueSet, display suggests
+  ..."), never met. Qualified mentions (benign, in situ, screening for, fear of, family history,
+  ...) do not count; a personal "history of" does, as these are history criteria.
 - exc-major-comorbidity and exc-investigator-judgement: always needs-review, with the active
   Conditions (for the former, those that are not lupus) as evidence.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,32 +52,18 @@ from fhir_trial.criteria.context import (
     observation_counts,
     observation_time,
 )
+from fhir_trial.criteria.labels import (
+    EPILEPSY_WORDS,
+    IMMUNODEFICIENCY_WORDS,
+    MALIGNANCY_WORDS,
+    uncoded_suggestions,
+)
 from fhir_trial.fhirdates import DateSpan
 from fhir_trial.record import Resource
 from fhir_trial.report import Finding
 from fhir_trial.terminology import ValueSet, codings
 
 MAX_LISTED = 12  # how many conditions a reason names before saying "and N more"
-
-# Display safety net (see the module docstring). Patterns run on the lowercased label with runs of
-# whitespace collapsed; no leading word boundary where a prefix is common (adenocarcinoma,
-# osteosarcoma); cql/NCT06010472.cql ("Label Suggests") uses the same patterns, so keep them
-# to the regex syntax Python and JavaScript share.
-MALIGNANCY_WORDS = (
-    r"(\bmalignan|carcinoma|lymphoma|leuka?emi|melanoma|sarcoma|myeloma|\bcancer|\bneoplasm"
-    r"|\bmetasta)"
-)
-IMMUNODEFICIENCY_WORDS = (
-    r"(\bhiv\b|human immunodeficiency virus|immunodeficien|immune deficiency|agammaglobulin"
-    r"|hypogammaglobulin)"
-)
-EPILEPSY_WORDS = r"(epilep|seizure disorder)"
-# Mentions that do not state the disease in the patient.
-NOT_A_DIAGNOSIS = (
-    r"\b(in situ|benign|family history|screening|fear of|risk of|at risk|exposure to|exposed to"
-    r"|contact with|prophylaxis|pre-exposure|negative|ruled out|rule out|no evidence|not detected"
-    r"|premalignant|pre-malignant|non-malignant|nonmalignant|non-epileptic|nonepileptic)\b"
-)
 
 
 def _ref(ctx: Context, resource: Mapping[str, Any]) -> str:
@@ -113,51 +99,6 @@ def _listing(conditions: Sequence[Mapping[str, Any]]) -> str:
 
 def _unique(conditions: Sequence[Resource]) -> list[Resource]:
     return list({id(c): c for c in conditions}.values())
-
-
-def label_text(label: str) -> str:
-    """A coding display or code text made ready for the safety-net patterns.
-
-    "AIDS" is spelt out before lowercasing (lowercase "aids" is also hearing or walking aids), and
-    "triple-negative" (a breast cancer type) loses the "negative" that otherwise qualifies a mention.
-    """
-    text = re.sub(r"\bAIDS\b", "acquired immunodeficiency syndrome", label).lower()
-    text = re.sub(r"\s+", " ", text)
-    return re.sub(r"triple[- ]negative", "triple", text)
-
-
-def suggesting_label(condition: Mapping[str, Any], words: str) -> str | None:
-    """The first coding display or code text that names the disease in ``words``, else None."""
-    concept = condition.get("code")
-    labels = [c.get("display") for c in codings(concept)]
-    if isinstance(concept, Mapping):
-        labels.append(concept.get("text"))
-    for label in labels:
-        if isinstance(label, str) and _label_suggests(label, words):
-            return label
-    return None
-
-
-@functools.lru_cache(maxsize=8192)
-def _label_suggests(label: str, words: str) -> bool:
-    # Cached: the same displays recur across a registry's patients, and every Condition is
-    # checked by three criteria.
-    text = label_text(label)
-    return bool(re.search(words, text)) and not re.search(NOT_A_DIAGNOSIS, text)
-
-
-def _uncoded_suggestions(
-    ctx: Context, words: str, valuesets: Sequence[ValueSet]
-) -> list[tuple[Resource, str]]:
-    """Counting Conditions coded in none of ``valuesets`` whose label names the disease."""
-    found = []
-    for condition in ctx.record.resources("Condition"):
-        label = suggesting_label(condition, words)  # first: most labels name no such disease
-        if label is None or not condition_counts(condition):
-            continue
-        if not any(vs.matches(condition.get("code")) for vs in valuesets):
-            found.append((condition, label))
-    return found
 
 
 def _suggestion_text(found: Sequence[tuple[Resource, str]], what: str) -> str:
@@ -199,7 +140,7 @@ def immunodeficiency(ctx: Context) -> Finding:
             "treatment and not itself an immunodeficiency disease; a person must judge"
         )
         evidence += suppressed
-    uncoded = _uncoded_suggestions(ctx, IMMUNODEFICIENCY_WORDS, (disease_vs, suppressed_vs))
+    uncoded = uncoded_suggestions(ctx, IMMUNODEFICIENCY_WORDS, (disease_vs, suppressed_vs))
     if uncoded:
         reasons.append(_suggestion_text(uncoded, "HIV or an immunodeficiency"))
         evidence += [c for c, _ in uncoded]
@@ -235,7 +176,8 @@ def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet
 
     The latest is the finding whose date starts last (undated ones count as oldest); another
     finding of the other severity whose date may be as late (a partial date reaching past the
-    latest one's start) makes the order unclear -> needs-review, as for latest lab results.
+    latest one's start) makes the order unclear -> needs-review, as for latest lab results. A
+    dated class I/II latest finding with an undated class III/IV one -> needs-review too.
     """
 
     def concept(finding: NyhaFinding) -> Any:
@@ -264,6 +206,19 @@ def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet
             "needs-review",
             f"the dates (same day, or partial) leave unclear which NYHA class finding is the "
             f"latest: {label} ({day}) or {others}",
+            evidence,
+        )
+    # An undated class III/IV finding sorts as the oldest, but nothing says it is older than a
+    # dated class I/II one: the milder finding must not rule the exclusion out on its own.
+    undated_severe = [f for f in findings if f[0] is None and not milder.matches(concept(f))]
+    if is_milder and when is not None and undated_severe:
+        names = ", ".join(
+            f"{first_code(concept(f))} ({_ref(ctx, f[2])}, undated)" for f in undated_severe
+        )
+        return Finding(
+            "needs-review",
+            f"the latest dated NYHA class finding is {label} ({day}), but a class III/IV finding "
+            f"has no date: {names}; whether it came before or after needs a person",
             evidence,
         )
     if kind == "Observation" and not observation_counts(latest):
@@ -363,7 +318,7 @@ def cns_disease(ctx: Context) -> Finding:
             "excludes the patient is for the investigator"
         )
         evidence += other
-    uncoded = _uncoded_suggestions(
+    uncoded = uncoded_suggestions(
         ctx, EPILEPSY_WORDS, (ctx.valueset("epilepsy"), ctx.valueset("cns-disorders"))
     )
     if uncoded:
@@ -410,7 +365,7 @@ def malignancy(ctx: Context) -> Finding:
             f"malignancy of a carve-out type whose clinical status is not recorded: "
             f"{_listing(unrecorded)}; whether it is still active (met) or was cured needs a person"
         )
-    uncoded = _uncoded_suggestions(ctx, MALIGNANCY_WORDS, (malignancy_vs, carve_out_vs))
+    uncoded = uncoded_suggestions(ctx, MALIGNANCY_WORDS, (malignancy_vs, carve_out_vs))
     if uncoded:
         reasons.append(_suggestion_text(uncoded, "a malignancy"))
     if reasons:

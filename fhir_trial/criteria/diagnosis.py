@@ -5,6 +5,13 @@ codes in SNOMED CT, and it is an exclusion, exc-skin-disease). Generic or cutane
 (``lupus-unspecified-or-cutaneous``) needs a person. The protocol asks for SLE "according to the
 1997 ACR criteria": classification criteria cannot be computed from diagnosis codes, and every
 reason says so.
+
+Lupus recorded only in words (a Condition with ``code.text`` and no coding, or codings in none of
+the three lupus ValueSets whose display or text names lupus) needs a person too, rather than the
+not-met of absence rule 3: the diagnosis is there, in a form the screening cannot read. The words
+come from the shared display safety net (:mod:`fhir_trial.criteria.labels`); "lupus
+anticoagulant", "family history of lupus", "drug-induced lupus" and other qualified mentions do
+not count, and a coded qualifying SLE decides before any of this is looked at.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from fhir_trial.criteria.context import (
     condition_counts,
     first_code,
 )
+from fhir_trial.criteria.labels import LUPUS_WORDS, NOT_SLE, uncoded_suggestions
 from fhir_trial.elements import child
 from fhir_trial.record import Resource
 from fhir_trial.report import Finding
@@ -34,14 +42,19 @@ def _verification(condition: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _describe(ctx: Context, condition: Resource) -> str:
+def _where(ctx: Context, condition: Resource) -> str:
+    """The Condition's reference and, when recorded, since when."""
     when = (
         condition.get("onsetDateTime")
         or child(condition.get("onsetPeriod"), "start")
         or condition.get("recordedDate")
     )
     date = f" since {str(when)[:10]}" if when else ""
-    return f"{first_code(condition.get('code'))} ({ctx.record.reference_to(condition)}{date})"
+    return f"{ctx.record.reference_to(condition)}{date}"
+
+
+def _describe(ctx: Context, condition: Resource) -> str:
+    return f"{first_code(condition.get('code'))} ({_where(ctx, condition)})"
 
 
 def sle_diagnosis(ctx: Context) -> Finding:
@@ -95,6 +108,21 @@ def sle_diagnosis(ctx: Context) -> Finding:
             f"this is SLE "
             f"by the 1997 ACR criteria cannot be computed from codes and needs a clinician{tail}",
             tuple(record.reference_to(c) for c in unspecified),
+        )
+    in_words = uncoded_suggestions(
+        ctx,
+        LUPUS_WORDS,
+        (ctx.valueset("sle"), ctx.valueset("lupus-unspecified-or-cutaneous"), drug_induced_vs),
+        NOT_SLE,
+    )
+    if in_words:
+        named = ", ".join(f"{label!r} ({_where(ctx, c)})" for c, label in in_words)
+        return Finding(
+            "needs-review",
+            f"lupus is recorded in words but not with a code the screening can read (text only, "
+            f"or a code outside the SLE ValueSets): {named}; a person must check whether this is "
+            f"SLE; {_ACR}{tail}",
+            tuple(record.reference_to(c) for c, _ in in_words),
         )
     if drug_induced:
         return Finding(

@@ -1,0 +1,113 @@
+"""Display safety net: Conditions whose words name a disease the screening cannot read as a code.
+
+The shipped expansions list only the codes verified in public sources (no terminology server), and
+some records carry no code at all (``code.text`` only) or a local code. A Condition coded in none
+of a criterion's ValueSets whose coding display or code text names the disease is therefore never
+read as absence: the criteria that use this net (exc-malignancy, exc-immunodeficiency,
+exc-cns-disease) send it to needs-review ("code not in the ValueSet, display suggests ..."), never
+to met. Qualified mentions (benign, in situ, screening for, fear of, family history, negative,
+...) do not count; a personal "history of" does, as these are history criteria. inc-sle-diagnosis
+uses it the other way round: lupus recorded only in words is needs-review, not the not-met of
+absence rule 3 (its own qualifiers also leave out drug-induced lupus).
+
+Patterns run on the lowercased label with runs of whitespace collapsed (:func:`label_text`); no
+leading word boundary where a prefix is common (adenocarcinoma, osteosarcoma).
+cql/NCT06010472.cql ("Label Suggests") uses the same patterns, so keep them to the regex syntax
+Python and JavaScript share.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fhir_trial.criteria.context import Context, condition_counts
+from fhir_trial.record import Resource
+from fhir_trial.terminology import ValueSet, codings
+
+MALIGNANCY_WORDS = (
+    r"(\bmalignan|carcinoma|lymphoma|leuka?emi|melanoma|sarcoma|myeloma|\bcancer|\bneoplasm"
+    r"|\bmetasta)"
+)
+IMMUNODEFICIENCY_WORDS = (
+    r"(\bhiv\b|human immunodeficiency virus|immunodeficien|immune deficiency|agammaglobulin"
+    r"|hypogammaglobulin)"
+)
+EPILEPSY_WORDS = r"(epilep|seizure disorder)"
+# Mentions that do not state the disease in the patient.
+NOT_A_DIAGNOSIS = (
+    r"\b(in situ|benign|family history|screening|fear of|risk of|at risk|exposure to|exposed to"
+    r"|contact with|prophylaxis|pre-exposure|negative|ruled out|rule out|no evidence|not detected"
+    r"|premalignant|pre-malignant|non-malignant|nonmalignant|non-epileptic|nonepileptic)\b"
+)
+# Lupus for inc-sle-diagnosis. "Lupus" followed by anticoagulant or inhibitor (a laboratory
+# finding of antiphospholipid antibodies), pernio (sarcoidosis), vulgaris (cutaneous tuberculosis)
+# or "-like" names no lupus erythematosus; another "lupus" in the same label still counts
+# ("SLE with lupus anticoagulant"). "SLE" is the usual abbreviation.
+LUPUS_WORDS = r"(\blupus\b(?![- ](anticoagulant|inhibitor|pernio|vulgaris|like\b))|\bsle\b)"
+# Drug-induced lupus is not SLE (it is an exclusion, exc-skin-disease): a label naming it does not
+# suggest the target diagnosis, any more than the qualified mentions above.
+NOT_SLE = r"(" + NOT_A_DIAGNOSIS + r"|\bdrug[- ]induced\b)"
+
+
+def label_text(label: str) -> str:
+    """A coding display or code text made ready for the safety-net patterns.
+
+    "AIDS" is spelt out before lowercasing (lowercase "aids" is also hearing or walking aids), and
+    "triple-negative" (a breast cancer type) loses the "negative" that otherwise qualifies a mention.
+    """
+    text = re.sub(r"\bAIDS\b", "acquired immunodeficiency syndrome", label).lower()
+    text = re.sub(r"\s+", " ", text)
+    return re.sub(r"triple[- ]negative", "triple", text)
+
+
+def suggesting_label(
+    condition: Mapping[str, Any], words: str, qualifiers: str = NOT_A_DIAGNOSIS
+) -> str | None:
+    """The first coding display or code text that names the disease in ``words``, else None.
+
+    A label that also matches ``qualifiers`` (a mention that does not state the disease in the
+    patient) does not count.
+    """
+    concept = condition.get("code")
+    labels = [c.get("display") for c in codings(concept)]
+    if isinstance(concept, Mapping):
+        labels.append(concept.get("text"))
+    for label in labels:
+        if isinstance(label, str) and label_suggests(label, words, qualifiers):
+            return label
+    return None
+
+
+@functools.lru_cache(maxsize=8192)
+def label_suggests(label: str, words: str, qualifiers: str = NOT_A_DIAGNOSIS) -> bool:
+    """Whether one label names the disease in ``words`` without a qualifier in ``qualifiers``."""
+    # Cached: the same displays recur across a registry's patients, and every Condition is
+    # checked by several criteria.
+    text = label_text(label)
+    return bool(re.search(words, text)) and not re.search(qualifiers, text)
+
+
+def uncoded_suggestions(
+    ctx: Context,
+    words: str,
+    valuesets: Sequence[ValueSet],
+    qualifiers: str = NOT_A_DIAGNOSIS,
+) -> list[tuple[Resource, str]]:
+    """Counting Conditions coded in none of ``valuesets`` whose label names the disease.
+
+    Each comes with the label that names it. Refuted and entered-in-error Conditions are left out
+    (they are ignored everywhere); a Condition with no coding at all (text only) is in none of the
+    ValueSets, so its text is read like any display.
+    """
+    found = []
+    for condition in ctx.record.resources("Condition"):
+        # The label first: most labels name no such disease.
+        label = suggesting_label(condition, words, qualifiers)
+        if label is None or not condition_counts(condition):
+            continue
+        if not any(vs.matches(condition.get("code")) for vs in valuesets):
+            found.append((condition, label))
+    return found
