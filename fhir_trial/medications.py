@@ -415,9 +415,11 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
     if rtype == "MedicationAdministration":
         return _from_effective(resource, as_of, open_status="in-progress", what="effective")
     if rtype == "MedicationDispense":
-        handed = parse_span(resource.get("whenHandedOver")) or parse_span(
-            resource.get("whenPrepared")
-        )
+        handed = parse_span(resource.get("whenHandedOver"))
+        # Without a hand-over date the preparation date stands in; the reason says which it was.
+        verb = "handed over"
+        if handed is None:
+            handed, verb = parse_span(resource.get("whenPrepared")), "prepared"
         if handed is None:
             return "it has no readable whenHandedOver date"
         days = _days(resource.get("daysSupply"))
@@ -425,12 +427,12 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
             return Placed(
                 handed,
                 _shift(handed, days - 1),
-                f"handed over {_span_text(handed)}, {days}-day supply",
+                f"{verb} {_span_text(handed)}, {days}-day supply",
             )
         return Placed(
             handed,
             _shift(handed, supply - 1),
-            f"handed over {_span_text(handed)}, no days supply: default {supply}-day supply",
+            f"{verb} {_span_text(handed)}, no days supply: default {supply}-day supply",
         )
     # MedicationRequest
     bounds = [

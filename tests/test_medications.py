@@ -132,6 +132,25 @@ def test_dispense_days_supply(supply: dict[str, Any] | None, last: str) -> None:
     assert only_exposure(resource) == (d("2026-03-01"), d(last))
 
 
+@pytest.mark.parametrize(
+    ("dates", "basis"),
+    [
+        ({"whenHandedOver": "2026-03-01"}, "handed over 2026-03-01, 30-day supply"),
+        ({"whenPrepared": "2026-03-01"}, "prepared 2026-03-01, 30-day supply"),
+    ],
+)
+def test_dispense_basis_names_the_date_used(dates: dict[str, str], basis: str) -> None:
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationDispense",
+        "status": "completed",
+        "medicationCodeableConcept": concept("a"),
+        "daysSupply": {"value": 30, "unit": "d"},
+        **dates,
+    }
+    history = build_history(record_of(resource), AS_OF, SUPPLY)
+    assert [e.basis for e in history.exposures] == [basis]
+
+
 def request(**fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "resourceType": "MedicationRequest",
