@@ -21,7 +21,8 @@ How the days are found (CRITERIA.md, "Medication exposure periods"):
 
 Records whose status says the drug was not (or not yet) given are ignored: entered-in-error,
 not-taken and intended (Statement: a plan to take it in the future), cancelled and draft
-(Request), not-done (Administration), declined and preparation (Dispense: not handed over yet). A
+(Request), not-done (Administration), declined and preparation (Dispense: not handed over yet);
+so are MedicationRequests whose intent is proposal or option (no order was given). A
 record whose dates cannot be read is kept as :class:`Undated` so a criterion can say so rather
 than drop it.
 
@@ -54,6 +55,10 @@ from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys, name_ca
 # MedicationAdministration not-done; MedicationDispense cancelled, declined, and preparation (not
 # handed over yet). No value means exposure in another type, so one set serves all four (and a
 # value misused on another type is still read as "not given").
+# MedicationRequest intents that are no order: a proposal (a suggestion, e.g. from decision
+# support, by someone who may not prescribe) and an option (one choice in a protocol). "plan" still
+# counts: EHRs record medications a patient takes under it.
+NOT_ORDERED_INTENTS = frozenset({"proposal", "option"})
 IGNORED_MEDICATION_STATUSES = frozenset(
     {
         "entered-in-error",
@@ -235,7 +240,7 @@ class MedicationHistory:
 
     exposures: tuple[Exposure, ...]
     undated: tuple[Undated, ...]
-    ignored: int  # records skipped for their status (entered-in-error, cancelled, ...)
+    ignored: int  # records skipped for their status (entered-in-error, ...) or intent (proposal)
     retrieved: int  # all medication records of the four types, ignored ones included
 
     @property
@@ -288,8 +293,12 @@ def build_history(
     for rtype in MEDICATION_TYPES:
         for resource in record.resources(rtype):
             retrieved += 1
-            status = resource.get("status")
-            if isinstance(status, str) and status in IGNORED_MEDICATION_STATUSES:
+            status, intent = resource.get("status"), resource.get("intent")
+            if (isinstance(status, str) and status in IGNORED_MEDICATION_STATUSES) or (
+                rtype == "MedicationRequest"
+                and isinstance(intent, str)
+                and intent in NOT_ORDERED_INTENTS
+            ):
                 ignored += 1
                 continue
             drug = _drug_record(record, resource)

@@ -164,7 +164,7 @@ def iv_antibiotics(ctx: Context) -> Finding:
     if unknown is not None:
         return Finding(unknown.status, unknown.reason, tuple(evidence), unknown.missing)
     count = ctx.record.count("Condition")
-    ignored = f" ({hist.ignored} ignored for their status)" if hist.ignored else ""
+    ignored = f" ({hist.ignored} ignored for their status or intent)" if hist.ignored else ""
     return Finding(
         "not-met",
         f"{found}; no qualifying record (IV antibiotic in the window) in {hist.retrieved} retrieved "

@@ -66,7 +66,7 @@ def history(ctx: Context) -> MedicationHistory:
 def no_medication_record(ctx: Context, what: str) -> Finding:
     """Absence rule 4 over the four medication types."""
     hist = history(ctx)
-    ignored = f", {hist.ignored} of them ignored for their status" if hist.ignored else ""
+    ignored = f", {hist.ignored} of them ignored for their status or intent" if hist.ignored else ""
     return Finding(
         "not-met",
         f"no qualifying record ({what}) in {hist.retrieved} retrieved medication resources "
@@ -184,7 +184,7 @@ def prior_therapy(ctx: Context) -> Finding:
     if unknown is not None:
         return Finding(unknown.status, unknown.reason, evidence, unknown.missing)
     if hist.usable == 0:
-        ignored = f" ({hist.ignored} ignored for their status)" if hist.ignored else ""
+        ignored = f" ({hist.ignored} ignored for their status or intent)" if hist.ignored else ""
         return Finding(
             "unknown",
             f"no medication record of any type{ignored}: the record cannot show whether the "
