@@ -324,15 +324,14 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
     concepts: list[object] = [concept]
     reference = child(resource.get("medicationReference"), "reference")
     medication = record.resolve(reference, resource)
-    for ingredient in _ingredients(medication):
-        concepts.append(ingredient.get("itemCodeableConcept"))
-        item_ref = child(ingredient.get("itemReference"), "reference")
-        # A contained ingredient Medication lives in the parent's contained list.
-        item = (medication and record.resolve(item_ref, medication)) or record.resolve(
-            item_ref, resource
-        )
-        if item is not None and item.get("resourceType") == "Medication":
-            concepts.append(item.get("code"))
+    if medication is not None:
+        for ingredient in _ingredients(medication):
+            concepts.append(ingredient.get("itemCodeableConcept"))
+            item_ref = child(ingredient.get("itemReference"), "reference")
+            # A contained ingredient Medication lives in the parent's contained list.
+            item = record.resolve(item_ref, medication) or record.resolve(item_ref, resource)
+            if item is not None and item.get("resourceType") == "Medication":
+                concepts.append(item.get("code"))
     drug = _concept_label(concept) or (
         str(child(resource.get("medicationReference"), "display") or "") or "unnamed drug"
     )
@@ -361,8 +360,8 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
     )
 
 
-def _ingredients(medication: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
-    found = medication.get("ingredient") if medication is not None else None
+def _ingredients(medication: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    found = medication.get("ingredient")
     return [i for i in found if isinstance(i, dict)] if isinstance(found, list) else []
 
 

@@ -65,26 +65,29 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     review: list[tuple[Dated, str]] = []
     seen: list[tuple[Dated, str]] = []
 
-    def sort(items: list[Dated], what: str, is_positive: Callable[[Dated], str | None]) -> None:
+    def sort(
+        items: list[Dated],
+        what: str,
+        is_positive: Callable[[Dated], str | None],
+        is_negative: Callable[[Dated], bool] | None,
+    ) -> None:
         for item in items:
             found = is_positive(item)
             said = f"{what} {found or _value_text(item.resource)} on {date_text(item.resource)}"
-            later = _later_negative(item, items, hcg_negative) if what == "hCG test" else None
             if found is None:
                 seen.append((item, said))
-            elif item.preliminary:
+                continue
+            if item.preliminary:
                 review.append((item, f"preliminary {said}"))
-            elif later is not None:
+                continue
+            later = _later_negative(item, items, is_negative) if is_negative else None
+            if later is None:
+                met.append((item, said))
+            else:
                 # A positive test contradicted by a later negative one (a false positive, or a
                 # pregnancy that has ended): a person decides which stands, not the screening.
-                review.append(
-                    (
-                        item,
-                        f"{said}, but a later hCG test on {date_text(later.resource)} was negative",
-                    )
-                )
-            else:
-                met.append((item, said))
+                negative_on = date_text(later.resource)
+                review.append((item, f"{said}, but a later {what} on {negative_on} was negative"))
 
     def status_answer(item: Dated) -> str | None:
         concept = coded_value(item.resource)
@@ -110,16 +113,19 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         return "yes" if reading.outcome == "positive" else None
 
     record = ctx.record
-    groups = (
-        ("pregnancy status", "pregnancy-status", status_answer),
-        ("hCG test", "hcg-tests", hcg_answer),
-        ("breastfeeding status", "breastfeeding-status", breastfeeding_answer),
+    # (what, ValueSet, positive answer, negative answer that a later result may contradict with)
+    groups: tuple[
+        tuple[str, str, Callable[[Dated], str | None], Callable[[Dated], bool] | None], ...
+    ] = (
+        ("pregnancy status", "pregnancy-status", status_answer, None),
+        ("hCG test", "hcg-tests", hcg_answer, hcg_negative),
+        ("breastfeeding status", "breastfeeding-status", breastfeeding_answer, None),
     )
-    for what, valueset_id, answer in groups:
+    for what, valueset_id, answer, contradicts in groups:
         split = split_by_window(
             record.with_code("Observation", ctx.valueset(valueset_id)), start, ctx.as_of
         )
-        sort(split.inside, what, answer)
+        sort(split.inside, what, answer, contradicts)
         for item in split.ambiguous:
             if answer(item) is not None:
                 review.append(

@@ -142,8 +142,11 @@ def prior_therapy(ctx: Context) -> Finding:
 
     known_routes = (oral_vs, ctx.valueset("route-intravenous"))
     # A drug for local use (a cream, eye drops, an inhaler) is not systemic therapy: not counted.
-    relevant = [e for e in hist.exposures if e.matches(ocs_vs) or _is_partner(e, partner_vs)]
-    local = [e for e in relevant if e.local_use]
+    local = [
+        e
+        for e in hist.exposures
+        if e.local_use and (e.matches(ocs_vs) or _is_partner(e, partner_vs))
+    ]
     all_steroids = [e for e in hist.with_drug(ocs_vs) if not e.local_use]
     steroids = [e for e in all_steroids if not e.route_stated() or e.route_in(oral_vs)]
     # A route the screening cannot place (text only, an unlisted code) is not a stated non-oral
