@@ -23,7 +23,8 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
   clinicalStatus -> needs-review too (is it still active?).
 - exc-skin-disease: active psoriasis, dermatomyositis, systemic sclerosis, drug-induced lupus ... -> met;
   such a Condition without clinicalStatus (and no abatement) -> needs-review, never met.
-- Safety net for exc-malignancy, exc-immunodeficiency and exc-cns-disease
+- Safety net for exc-malignancy, exc-immunodeficiency, exc-cns-disease and exc-skin-disease (for
+  the last, only Conditions not recorded as inactive)
   (:mod:`fhir_trial.criteria.labels`): the shipped expansions list only the SNOMED CT descendants
   found in public code lists, so a Condition coded outside the criterion's ValueSets (or with text
   only) whose coding display or text names the disease (malignant, carcinoma, lymphoma, ...; HIV,
@@ -31,7 +32,7 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
   ..."), never met. Qualified mentions (benign, in situ, screening for, fear of, family history,
   ...) do not count; a personal "history of" does, as these are history criteria.
 - exc-major-comorbidity and exc-investigator-judgement: always needs-review, with the active
-  Conditions (for the former, those that are not lupus) as evidence.
+  Conditions (for the former, those that are not lupus, coded or in words) as evidence.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ from fhir_trial.criteria.context import (
 from fhir_trial.criteria.labels import (
     EPILEPSY_WORDS,
     IMMUNODEFICIENCY_WORDS,
+    LUPUS_WORDS,
     MALIGNANCY_WORDS,
+    NOT_SLE,
+    SKIN_DISEASE_WORDS,
+    suggesting_label,
     uncoded_suggestions,
 )
 from fhir_trial.fhirdates import DateSpan
@@ -177,7 +182,7 @@ def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet
     The latest is the finding whose date starts last (undated ones count as oldest); another
     finding of the other severity whose date may be as late (a partial date reaching past the
     latest one's start) makes the order unclear -> needs-review, as for latest lab results. A
-    dated class I/II latest finding with an undated class III/IV one -> needs-review too.
+    dated latest finding beside an undated one of the other severity -> needs-review too.
     """
 
     def concept(finding: NyhaFinding) -> Any:
@@ -208,17 +213,21 @@ def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet
             f"latest: {label} ({day}) or {others}",
             evidence,
         )
-    # An undated class III/IV finding sorts as the oldest, but nothing says it is older than a
-    # dated class I/II one: the milder finding must not rule the exclusion out on its own.
-    undated_severe = [f for f in findings if f[0] is None and not milder.matches(concept(f))]
-    if is_milder and when is not None and undated_severe:
+    # An undated finding sorts as the oldest, but nothing says it is older than the dated latest
+    # one: a dated class I/II finding must not rule the exclusion out beside an undated III/IV,
+    # nor a dated III/IV exclude the patient beside an undated I/II (it may be the improvement).
+    undated_other = [
+        f for f in findings if f[0] is None and milder.matches(concept(f)) != is_milder
+    ]
+    if when is not None and undated_other:
         names = ", ".join(
-            f"{first_code(concept(f))} ({_ref(ctx, f[2])}, undated)" for f in undated_severe
+            f"{first_code(concept(f))} ({_ref(ctx, f[2])}, undated)" for f in undated_other
         )
+        other_class = "III/IV" if is_milder else "I/II"
         return Finding(
             "needs-review",
-            f"the latest dated NYHA class finding is {label} ({day}), but a class III/IV finding "
-            f"has no date: {names}; whether it came before or after needs a person",
+            f"the latest dated NYHA class finding is {label} ({day}), but a class {other_class} "
+            f"finding has no date: {names}; whether it came before or after needs a person",
             evidence,
         )
     if kind == "Observation" and not observation_counts(latest):
@@ -380,6 +389,10 @@ def skin_disease(ctx: Context) -> Finding:
     unavailable = category_unavailable(ctx, "Condition")
     if unavailable:
         return unavailable
+    skin_vs, drug_induced_vs = (
+        ctx.valueset("skin-disease-exclusion"),
+        ctx.valueset("drug-induced-lupus"),
+    )
     found = _unique(
         conditions_in(ctx, "skin-disease-exclusion") + conditions_in(ctx, "drug-induced-lupus")
     )
@@ -390,14 +403,27 @@ def skin_disease(ctx: Context) -> Finding:
             f"active skin disease that may interfere with SLE assessment: {_listing(active)}",
             tuple(_ref(ctx, c) for c in active),
         )
+    reasons: list[str] = []
+    evidence: list[Resource] = []
     unrecorded = [c for c in found if condition_activity(c) == "unrecorded"]
     if unrecorded:
-        return Finding(
-            "needs-review",
+        reasons.append(
             f"skin disease that may interfere with SLE assessment, clinical status not recorded: "
-            f"{_listing(unrecorded)}; whether it is active now needs a person",
-            tuple(_ref(ctx, c) for c in unrecorded),
+            f"{_listing(unrecorded)}; whether it is active now needs a person"
         )
+        evidence += unrecorded
+    # Psoriasis written only in words (or under a local code) is not absence; one recorded as no
+    # longer active is as irrelevant as a coded one would be.
+    uncoded = [
+        (c, label)
+        for c, label in uncoded_suggestions(ctx, SKIN_DISEASE_WORDS, (skin_vs, drug_induced_vs))
+        if condition_activity(c) != "inactive"
+    ]
+    if uncoded:
+        reasons.append(_suggestion_text(uncoded, "a skin disease named by the protocol"))
+        evidence += [c for c, _ in uncoded]
+    if reasons:
+        return Finding("needs-review", "; ".join(reasons), tuple(_ref(ctx, c) for c in evidence))
     finding = none_found(
         ctx,
         "Condition",
@@ -418,6 +444,12 @@ def _active_conditions(ctx: Context, exclude_lupus: bool) -> list[Resource]:
     if exclude_lupus:
         for vs_id in ("sle", "lupus-unspecified-or-cutaneous"):
             lupus_ids.update(id(c) for c in ctx.record.with_code("Condition", ctx.valueset(vs_id)))
+        # Lupus written only in words is still the lupus the protocol excepts, not a comorbidity.
+        lupus_ids.update(
+            id(c)
+            for c in ctx.record.resources("Condition")
+            if suggesting_label(c, LUPUS_WORDS, NOT_SLE) is not None
+        )
     return [
         c
         for c in ctx.record.resources("Condition")

@@ -4,11 +4,12 @@ The shipped expansions list only the codes verified in public sources (no termin
 some records carry no code at all (``code.text`` only) or a local code. A Condition coded in none
 of a criterion's ValueSets whose coding display or code text names the disease is therefore never
 read as absence: the criteria that use this net (exc-malignancy, exc-immunodeficiency,
-exc-cns-disease) send it to needs-review ("code not in the ValueSet, display suggests ..."), never
-to met. Qualified mentions (benign, in situ, screening for, fear of, family history, negative,
+exc-cns-disease, and exc-skin-disease for Conditions that may be active) send it to needs-review
+("code not in the ValueSet, display suggests ..."), never to met. Qualified mentions (benign, in situ, screening for, fear of, family history, negative,
 ...) do not count; a personal "history of" does, as these are history criteria. inc-sle-diagnosis
 uses it the other way round: lupus recorded only in words is needs-review, not the not-met of
-absence rule 3 (its own qualifiers also leave out drug-induced lupus).
+absence rule 3 (its own qualifiers also leave out drug-induced lupus), and exc-major-comorbidity
+does not list such a Condition among the conditions "other than lupus".
 
 Patterns run on the lowercased label with runs of whitespace collapsed (:func:`label_text`); no
 leading word boundary where a prefix is common (adenocarcinoma, osteosarcoma).
@@ -36,6 +37,11 @@ IMMUNODEFICIENCY_WORDS = (
     r"|hypogammaglobulin)"
 )
 EPILEPSY_WORDS = r"(epilep|seizure disorder)"
+# exc-skin-disease: the diseases the protocol names (psoriasis, dermatomyositis, systemic
+# sclerosis, drug-induced lupus); "scleroderma" is the common name of systemic sclerosis.
+SKIN_DISEASE_WORDS = (
+    r"(psoria|dermatomyositis|systemic sclerosis|scleroderma|drug[- ]induced lupus)"
+)
 # Mentions that do not state the disease in the patient.
 NOT_A_DIAGNOSIS = (
     r"\b(in situ|benign|family history|screening|fear of|risk of|at risk|exposure to|exposed to"
