@@ -74,6 +74,7 @@ VALUESET_IDS = (
     "herpes-varicella-infection",
     "pregnancy-status",
     "pregnant-answers",
+    "not-pregnant-answers",
     "pregnancy-findings",
     "hcg-tests",
     "breastfeeding-status",

@@ -153,6 +153,7 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
         (
             "pregnancy-status",
             "pregnant-answers",
+            "not-pregnant-answers",
             "pregnancy-findings",
             "hcg-tests",
             "breastfeeding-status",
