@@ -21,8 +21,9 @@ How the days are found (CRITERIA.md, "Medication exposure periods"):
 
 Records whose status says the drug was not (or not yet) given are ignored: entered-in-error,
 not-taken and intended (Statement: a plan to take it in the future), cancelled and draft
-(Request), not-done (Administration), declined and preparation (Dispense: not handed over yet);
-so are MedicationRequests whose intent is proposal or option (no order was given). A
+(Request), not-done (Administration), declined, preparation and in-progress (Dispense: not handed
+over yet; an Administration in-progress is an infusion running now and counts); so are
+MedicationRequests whose intent is proposal or option (no order was given). A
 record whose dates cannot be read is kept as :class:`Undated` so a criterion can say so rather
 than drop it.
 
@@ -54,7 +55,8 @@ from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys, name_ca
 # otherwise read as exposure on its effective dates); MedicationRequest cancelled, draft;
 # MedicationAdministration not-done; MedicationDispense cancelled, declined, and preparation (not
 # handed over yet). No value means exposure in another type, so one set serves all four (and a
-# value misused on another type is still read as "not given").
+# value misused on another type is still read as "not given"); in-progress is the exception
+# (IGNORED_STATUSES_BY_TYPE below).
 # MedicationRequest intents that are no order: a proposal (a suggestion, e.g. from decision
 # support, by someone who may not prescribe) and an option (one choice in a protocol). "plan" still
 # counts: EHRs record medications a patient takes under it.
@@ -71,6 +73,13 @@ IGNORED_MEDICATION_STATUSES = frozenset(
         "preparation",
     }
 )
+# Statuses that mean "not given" for one resource type only. A MedicationDispense in-progress is
+# being prepared or is waiting for pickup: not handed over, like preparation. The same code on a
+# MedicationAdministration means the drug is being given now (a running infusion), which is
+# exposure, so it cannot join the shared set above.
+IGNORED_STATUSES_BY_TYPE: Mapping[str, frozenset[str]] = {
+    "MedicationDispense": frozenset({"in-progress"}),
+}
 
 Period = tuple[dt.date, dt.date]  # inclusive first and last day
 
@@ -294,7 +303,13 @@ def build_history(
         for resource in record.resources(rtype):
             retrieved += 1
             status, intent = resource.get("status"), resource.get("intent")
-            if (isinstance(status, str) and status in IGNORED_MEDICATION_STATUSES) or (
+            if (
+                isinstance(status, str)
+                and (
+                    status in IGNORED_MEDICATION_STATUSES
+                    or status in IGNORED_STATUSES_BY_TYPE.get(rtype, frozenset())
+                )
+            ) or (
                 rtype == "MedicationRequest"
                 and isinstance(intent, str)
                 and intent in NOT_ORDERED_INTENTS
