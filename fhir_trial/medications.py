@@ -47,7 +47,15 @@ from typing import Any, NamedTuple
 from fhir_trial.elements import child, objects
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
-from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys, name_candidate
+from fhir_trial.terminology import (
+    Code,
+    ValueSet,
+    code_text,
+    codings,
+    lookup_keys,
+    name_candidate,
+    normalise_system,
+)
 
 # Statuses that mean the record is void or the drug was not given (CRITERIA.md, "Medication
 # exposure periods"). FHIR R4 names them per resource type: every type has entered-in-error;
@@ -159,6 +167,24 @@ class DrugRecord:
                 if shown:
                     return str(shown)
         return self.drug
+
+    def local_use_in(self, local_routes: ValueSet) -> str:
+        """What says the drug is for local use, or "" when nothing does: the word of its names or
+        stated route (:attr:`local_use`), else the label of a stated route coded in
+        ``local_routes`` (its display, the ValueSet's display, or the bare code). A route sent
+        only as a code has no word to find, so the code must decide.
+        """
+        if self.local_use:
+            return self.local_use
+        for route in self.routes:
+            coding = local_routes.matching_coding(route)
+            if coding is not None:
+                code = code_text(coding.get("code")) or ""
+                shown = coding.get("display") or local_routes.displays.get(
+                    (normalise_system(coding.get("system")), code)
+                )
+                return str(shown or code)
+        return ""
 
     def route_stated(self) -> bool:
         """Whether the record says by which route the drug is given."""

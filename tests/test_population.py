@@ -56,6 +56,7 @@ VALUESET_IDS = (
     "hydroxychloroquine",
     "route-oral",
     "route-intravenous",
+    "route-local",
     "trial-medication-allergens",
     "anaphylaxis-reactions",
     "systemic-antibacterials",

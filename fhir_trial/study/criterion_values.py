@@ -111,6 +111,7 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
         (
             "oral-corticosteroids",
             "route-oral",
+            "route-local",
             "immunosuppressants",
             "sle-biologics",
             "hydroxychloroquine",
