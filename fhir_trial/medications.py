@@ -21,8 +21,9 @@ How the days are found (CRITERIA.md, "Medication exposure periods"):
 
 Records whose status says the drug was not (or not yet) given are ignored: entered-in-error,
 not-taken and intended (Statement: a plan to take it in the future), cancelled and draft
-(Request), not-done (Administration), declined and preparation (Dispense: not handed over yet);
-so are MedicationRequests whose intent is proposal or option (no order was given). A
+(Request), not-done (Administration), declined, preparation and in-progress (Dispense: not handed
+over yet; an Administration in-progress is an infusion running now and counts); so are
+MedicationRequests whose intent is proposal or option (no order was given). A
 record whose dates cannot be read is kept as :class:`Undated` so a criterion can say so rather
 than drop it.
 
@@ -46,7 +47,15 @@ from typing import Any, NamedTuple
 from fhir_trial.elements import child, objects
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
-from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys, name_candidate
+from fhir_trial.terminology import (
+    Code,
+    ValueSet,
+    code_text,
+    codings,
+    lookup_keys,
+    name_candidate,
+    normalise_system,
+)
 
 # Statuses that mean the record is void or the drug was not given (CRITERIA.md, "Medication
 # exposure periods"). FHIR R4 names them per resource type: every type has entered-in-error;
@@ -54,7 +63,8 @@ from fhir_trial.terminology import Code, ValueSet, codings, lookup_keys, name_ca
 # otherwise read as exposure on its effective dates); MedicationRequest cancelled, draft;
 # MedicationAdministration not-done; MedicationDispense cancelled, declined, and preparation (not
 # handed over yet). No value means exposure in another type, so one set serves all four (and a
-# value misused on another type is still read as "not given").
+# value misused on another type is still read as "not given"); in-progress is the exception
+# (IGNORED_STATUSES_BY_TYPE below).
 # MedicationRequest intents that are no order: a proposal (a suggestion, e.g. from decision
 # support, by someone who may not prescribe) and an option (one choice in a protocol). "plan" still
 # counts: EHRs record medications a patient takes under it.
@@ -71,6 +81,13 @@ IGNORED_MEDICATION_STATUSES = frozenset(
         "preparation",
     }
 )
+# Statuses that mean "not given" for one resource type only. A MedicationDispense in-progress is
+# being prepared or is waiting for pickup: not handed over, like preparation. The same code on a
+# MedicationAdministration means the drug is being given now (a running infusion), which is
+# exposure, so it cannot join the shared set above.
+IGNORED_STATUSES_BY_TYPE: Mapping[str, frozenset[str]] = {
+    "MedicationDispense": frozenset({"in-progress"}),
+}
 
 Period = tuple[dt.date, dt.date]  # inclusive first and last day
 
@@ -150,6 +167,24 @@ class DrugRecord:
                 if shown:
                     return str(shown)
         return self.drug
+
+    def local_use_in(self, local_routes: ValueSet) -> str:
+        """What says the drug is for local use, or "" when nothing does: the word of its names or
+        stated route (:attr:`local_use`), else the label of a stated route coded in
+        ``local_routes`` (its display, the ValueSet's display, or the bare code). A route sent
+        only as a code has no word to find, so the code must decide.
+        """
+        if self.local_use:
+            return self.local_use
+        for route in self.routes:
+            coding = local_routes.matching_coding(route)
+            if coding is not None:
+                code = code_text(coding.get("code")) or ""
+                shown = coding.get("display") or local_routes.displays.get(
+                    (normalise_system(coding.get("system")), code)
+                )
+                return str(shown or code)
+        return ""
 
     def route_stated(self) -> bool:
         """Whether the record says by which route the drug is given."""
@@ -294,7 +329,13 @@ def build_history(
         for resource in record.resources(rtype):
             retrieved += 1
             status, intent = resource.get("status"), resource.get("intent")
-            if (isinstance(status, str) and status in IGNORED_MEDICATION_STATUSES) or (
+            if (
+                isinstance(status, str)
+                and (
+                    status in IGNORED_MEDICATION_STATUSES
+                    or status in IGNORED_STATUSES_BY_TYPE.get(rtype, frozenset())
+                )
+            ) or (
                 rtype == "MedicationRequest"
                 and isinstance(intent, str)
                 and intent in NOT_ORDERED_INTENTS

@@ -3,8 +3,9 @@
 Male -> not-applicable. Within the pregnancy-test window: a pregnancy status answered "pregnant",
 a positive hCG, or breastfeeding -> met. An active pregnancy Condition -> met, unless its onset is
 older than ``Settings.pregnancy_max_days`` (a stale entry: needs-review). A positive hCG followed
-by a later final negative one in the window is needs-review (a false positive, or a pregnancy that
-has ended: a person decides which result stands). Anything else ->
+by a later final negative one in the window, or a "pregnant" status answer followed by a later
+final "not pregnant" one (``not-pregnant-answers``), is needs-review (a false positive or a wrong
+answer, or a pregnancy that has ended: a person decides which result stands). Anything else ->
 needs-review: a planned pregnancy cannot be computed from the record, so this exclusion is never
 ``not-met`` for a patient who may be female.
 """
@@ -58,6 +59,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     positive = ctx.valueset("positive-result-answers")
     negative = ctx.valueset("negative-result-answers")
     pregnant_answers = ctx.valueset("pregnant-answers")
+    not_pregnant_answers = ctx.valueset("not-pregnant-answers")
     breastfeeding = ctx.valueset("breastfeeding-status")
     yes_answers = ctx.valueset("yes-answers")
 
@@ -70,6 +72,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         what: str,
         is_positive: Callable[[Dated], str | None],
         is_negative: Callable[[Dated], bool] | None,
+        negative_said: str,
     ) -> None:
         for item in items:
             found = is_positive(item)
@@ -84,14 +87,20 @@ def pregnancy_lactation(ctx: Context) -> Finding:
             if later is None:
                 met.append((item, said))
             else:
-                # A positive test contradicted by a later negative one (a false positive, or a
-                # pregnancy that has ended): a person decides which stands, not the screening.
+                # A positive result contradicted by a later negative one (a false positive or a
+                # wrong answer, or a pregnancy that has ended): a person decides which stands.
                 negative_on = date_text(later.resource)
-                review.append((item, f"{said}, but a later {what} on {negative_on} was negative"))
+                review.append(
+                    (item, f"{said}, but a later {what} on {negative_on} {negative_said}")
+                )
 
     def status_answer(item: Dated) -> str | None:
         concept = coded_value(item.resource)
         return "pregnant" if concept is not None and pregnant_answers.matches(concept) else None
+
+    def status_negative(item: Dated) -> bool:
+        concept = coded_value(item.resource)
+        return concept is not None and not_pregnant_answers.matches(concept)
 
     def hcg_answer(item: Dated) -> str | None:
         reading = above_normal(item.resource, above, positive, negative)
@@ -113,19 +122,26 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         return "yes" if reading.outcome == "positive" else None
 
     record = ctx.record
-    # (what, ValueSet, positive answer, negative answer that a later result may contradict with)
+    # (what, ValueSet, positive answer, negative answer that a later result may contradict with,
+    # how the reason words that later result)
     groups: tuple[
-        tuple[str, str, Callable[[Dated], str | None], Callable[[Dated], bool] | None], ...
+        tuple[str, str, Callable[[Dated], str | None], Callable[[Dated], bool] | None, str], ...
     ] = (
-        ("pregnancy status", "pregnancy-status", status_answer, None),
-        ("hCG test", "hcg-tests", hcg_answer, hcg_negative),
-        ("breastfeeding status", "breastfeeding-status", breastfeeding_answer, None),
+        (
+            "pregnancy status",
+            "pregnancy-status",
+            status_answer,
+            status_negative,
+            "said not pregnant",
+        ),
+        ("hCG test", "hcg-tests", hcg_answer, hcg_negative, "was negative"),
+        ("breastfeeding status", "breastfeeding-status", breastfeeding_answer, None, ""),
     )
-    for what, valueset_id, answer, contradicts in groups:
+    for what, valueset_id, answer, contradicts, contradiction in groups:
         split = split_by_window(
             record.with_code("Observation", ctx.valueset(valueset_id)), start, ctx.as_of
         )
-        sort(split.inside, what, answer, contradicts)
+        sort(split.inside, what, answer, contradicts, contradiction)
         for item in split.ambiguous:
             if answer(item) is not None:
                 review.append(

@@ -12,7 +12,8 @@ project, documented here and in the README:
   answer depends on it the criterion needs review (a person confirms the route), never met.
 - Local use: a steroid, immunosuppressant or biologic whose drug name or stated route names a
   local dose form or route (RxNorm "... Topical Ointment", "... Ophthalmic Suspension", "...
-  Inhalation Suspension"; "Topical route") is not systemic therapy and does not count: cyclosporine
+  Inhalation Suspension"; "Topical route"), or whose stated route is coded in ``route-local``
+  (also a bare code with no display), is not systemic therapy and does not count: cyclosporine
   eye drops or tacrolimus ointment are not an immunosuppressant regimen. The reason lists them.
 - Gaps of at most ``Settings.prior_therapy_max_gap_days`` uncovered days between records of the same
   group (steroids; immunosuppressants and biologics together) are bridged, and bridged days count.
@@ -141,13 +142,17 @@ def prior_therapy(ctx: Context) -> Finding:
     hcq_vs = ctx.valueset("hydroxychloroquine")
 
     known_routes = (oral_vs, ctx.valueset("route-intravenous"))
+    local_vs = ctx.valueset("route-local")
     # A drug for local use (a cream, eye drops, an inhaler) is not systemic therapy: not counted.
+    # Each is kept with what says so (a word, or a coded route), for the reason.
     local = [
-        e
+        (e, why)
         for e in hist.exposures
-        if e.local_use and (e.matches(ocs_vs) or _is_partner(e, partner_vs))
+        if (e.matches(ocs_vs) or _is_partner(e, partner_vs)) and (why := e.local_use_in(local_vs))
     ]
-    all_steroids = [e for e in hist.with_drug(ocs_vs) if not e.local_use]
+    # By identity: a resource without an id has the same reference as any other such resource.
+    local_ids = {id(e) for e, _ in local}
+    all_steroids = [e for e in hist.with_drug(ocs_vs) if id(e) not in local_ids]
     steroids = [e for e in all_steroids if not e.route_stated() or e.route_in(oral_vs)]
     # A route the screening cannot place (text only, an unlisted code) is not a stated non-oral
     # route: such a steroid may count, but only after a person confirms the route.
@@ -156,7 +161,7 @@ def prior_therapy(ctx: Context) -> Finding:
     non_oral: list[Exposure] = []
     for e in all_steroids:
         (maybe_oral if _maybe_oral(e, oral_vs, known_routes) else non_oral).append(e)
-    partners = [e for e in hist.exposures if _is_partner(e, partner_vs) and not e.local_use]
+    partners = [e for e in hist.exposures if _is_partner(e, partner_vs) and id(e) not in local_ids]
     hcq = hist.with_drug(hcq_vs)
     rule = (
         f"at least {settings.prior_therapy_min_days} days required, ending within "
@@ -177,7 +182,9 @@ def prior_therapy(ctx: Context) -> Finding:
             tuple(e.reference for e in (*used_steroids, *used_partners)),
         )
 
-    evidence = tuple(e.reference for e in (*maybe_oral, *partners, *non_oral, *hcq, *local))
+    evidence = tuple(e.reference for e in (*maybe_oral, *partners, *non_oral, *hcq)) + tuple(
+        e.reference for e, _ in local
+    )
     # Without unplaceable routes the "possibly oral" steroids are the oral ones: same combination.
     if_oral = _combine(ctx, maybe_oral, partners, certain=True) if unread else sure
     found = _Found(maybe_oral, unread, partners, non_oral, hcq, local)
@@ -219,7 +226,7 @@ def prior_therapy(ctx: Context) -> Finding:
     undated = [
         u
         for u in hist.undated
-        if not u.local_use
+        if not u.local_use_in(local_vs)
         and (
             (u.matches(ocs_vs) and _maybe_oral(u, oral_vs, known_routes))
             or _is_partner(u, partner_vs)
@@ -245,7 +252,8 @@ class _Found:
     partners: Sequence[Exposure]
     non_oral: Sequence[Exposure]  # a stated, readable route that is not oral (IV)
     hcq: Sequence[Exposure]
-    local: Sequence[Exposure]  # steroids and partners for local use (not systemic therapy)
+    # steroids and partners for local use (not systemic therapy), with what says so
+    local: Sequence[tuple[Exposure, str]]
 
 
 def _is_partner(record: DrugRecord, partner_vs: Sequence[ValueSet]) -> bool:
@@ -293,10 +301,10 @@ def _why_not(
             "reads coded routes only and cannot tell whether this one is oral, so the record is "
             "weighed as possibly oral, not as a non-oral route"
         )
-    for e in found.local:
+    for e, why in found.local:
         parts.append(
             f"{e.label(ocs_vs) if e.matches(ocs_vs) else _names([e], partner_vs)} "
-            f"({_when([e])}) is for local use ('{e.local_use}') and does not count as systemic "
+            f"({_when([e])}) is for local use ('{why}') and does not count as systemic "
             "therapy"
         )
     if not partners:

@@ -111,6 +111,7 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
         (
             "oral-corticosteroids",
             "route-oral",
+            "route-local",
             "immunosuppressants",
             "sle-biologics",
             "hydroxychloroquine",
@@ -153,6 +154,7 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
         (
             "pregnancy-status",
             "pregnant-answers",
+            "not-pregnant-answers",
             "pregnancy-findings",
             "hcg-tests",
             "breastfeeding-status",
