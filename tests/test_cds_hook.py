@@ -199,6 +199,42 @@ def test_other_clients_requests_for_other_hooks_get_a_clear_400(
 
 
 # ------------------------------------------------------------------------------------- cards
+def test_card_lists_inclusions_met_apart_from_exclusions_ruled_out() -> None:
+    """An exclusion that does not apply is never listed under a "met" heading (met = applies)."""
+    from fhir_trial.cds_hooks.cards import eligibility_card
+    from fhir_trial.report import CriterionResult, EligibilityReport
+
+    def result(cid: str, kind: str, status: str) -> CriterionResult:
+        return CriterionResult(
+            id=cid,
+            kind=kind,
+            ref="x",
+            status=status,
+            reason=f"reason {cid}",  # type: ignore[arg-type]
+        )
+
+    report = EligibilityReport(
+        study="NCT06010472",
+        patient="Patient/p",
+        as_of="2026-11-26",
+        verdict="potentially-eligible",
+        criteria=(
+            result("inc-age", "inclusion", "met"),
+            result("inc-sledai", "inclusion", "unknown"),
+            result("exc-immunodeficiency", "exclusion", "not-met"),
+            result("exc-malignancy", "exclusion", "not-met"),
+        ),
+    )
+    card = eligibility_card(report, "p", None, None)
+    detail = card["detail"]
+    included, _, rest = detail.partition("**Exclusions ruled out (2)**")
+    assert "**Inclusion criteria met (1)**" in included and "reason inc-age" in included
+    assert "reason exc-immunodeficiency" not in included
+    assert "reason exc-immunodeficiency" in rest and "reason exc-malignancy" in rest
+    assert "1 inclusion met, 2 exclusions ruled out, 1 to check" in card["summary"]
+    assert len(card["summary"]) < 140
+
+
 def test_card_for_a_potentially_eligible_patient(client: FlaskClient, shared_dir: Path) -> None:
     response = post(client, shared_dir, hook_request(full_prefetch()))
     assert response.status_code == 200
@@ -207,7 +243,7 @@ def test_card_for_a_potentially_eligible_patient(client: FlaskClient, shared_dir
     assert "NCT06010472" in card["summary"] and len(card["summary"]) < 140
     assert card["indicator"] == "info"
     detail = card["detail"]
-    assert "**Criteria met (2)**" in detail
+    assert "**Inclusion criteria met (2)**" in detail
     assert "Patient/pat-1" in detail and "Condition/c1" in detail  # evidence
     assert "**Needs review (1)**" in detail
     assert "age 36 \\<on\\> \\*2026\\*" in detail  # reasons are markdown-escaped

@@ -1,7 +1,8 @@
 """Cards for the enrollment suggestion (CDS Hooks 2.0 "Card Attributes").
 
-- potentially eligible / eligible: an ``info`` card naming the study, with the criteria met, unknown
-  and needing review (and their evidence) in the markdown detail, a link to the registry record, a
+- potentially eligible / eligible: an ``info`` card naming the study, with the inclusion criteria
+  met, the exclusions ruled out, and the criteria unknown and needing review (and their evidence)
+  in the markdown detail, a link to the registry record, a
   SMART link to the screening worksheet, a suggestion that creates a ResearchSubject with status
   ``candidate``, and override reasons;
 - ineligible: no card by default (``Settings.cds_cards_for_ineligible`` turns on a short one);
@@ -72,6 +73,10 @@ def _escaped_title(criterion_id: str) -> str:
     return markdown_escape(spec.title if spec else criterion_id)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _summary(text: str) -> str:
     return text if len(text) <= _MAX_SUMMARY else text[: _MAX_SUMMARY - 1] + "…"
 
@@ -99,22 +104,28 @@ def _section(
     return ["", f"**{title} ({len(items)})**", "", *(_line(r, with_missing) for r in items)]
 
 
+def _inclusions_met(voting: Iterable[CriterionResult]) -> list[CriterionResult]:
+    return [r for r in voting if r.kind == "inclusion" and r.status == "met"]
+
+
+def _exclusions_ruled_out(voting: Iterable[CriterionResult]) -> list[CriterionResult]:
+    return [r for r in voting if r.kind == "exclusion" and r.status == "not-met"]
+
+
 def _detail(report: EligibilityReport) -> str:
     voting = [r for r in report.criteria if r.part_of is None]
     parts = [r for r in report.criteria if r.part_of is not None]
-    favourable = [
-        r
-        for r in voting
-        if (r.kind == "inclusion" and r.status == "met")
-        or (r.kind == "exclusion" and r.status == "not-met")
-    ]
     lines = [
         f"Automated pre-screening for **{STUDY_ID}** (anti-CD19 CAR-NK cells, KN5501, for moderate-to-"
         f"severe refractory systemic lupus erythematosus) as of {markdown_escape(report.as_of)}: "
         f"**{markdown_escape(report.verdict.replace('-', ' '))}**. A study coordinator confirms "
         "eligibility; missing data never counts against the patient.",
     ]
-    lines += _section("Criteria met", favourable)
+    # Favourable criteria in two lists: under one "criteria met" heading an exclusion's title
+    # ("Immunodeficiency disease") reads as if the patient had it, since an exclusion that is
+    # "met" applies to the patient.
+    lines += _section("Inclusion criteria met", _inclusions_met(voting))
+    lines += _section("Exclusions ruled out", _exclusions_ruled_out(voting))
     lines += _section("Unknown: data missing", (r for r in voting if r.status == "unknown"), True)
     lines += _section("Needs review", (r for r in voting if r.status == "needs-review"))
     lines += _section(
@@ -162,17 +173,16 @@ def eligibility_card(
 ) -> dict[str, Any]:
     """The card for a potentially eligible (or eligible) patient."""
     voting = [r for r in report.criteria if r.part_of is None]
-    met = sum(
-        1
-        for r in voting
-        if (r.kind == "inclusion" and r.status == "met")
-        or (r.kind == "exclusion" and r.status == "not-met")
-    )
+    met = len(_inclusions_met(voting))
+    ruled_out = len(_exclusions_ruled_out(voting))
     open_items = sum(1 for r in voting if r.status in ("unknown", "needs-review"))
     if report.verdict == "eligible":
         summary = f"Meets the automated criteria for {STUDY_SHORT}: consider referral"
     else:
-        summary = f"Possible candidate for {STUDY_SHORT}: {met} criteria met, {open_items} to check"
+        summary = (
+            f"Possible candidate for {STUDY_SHORT}: {_count(met, 'inclusion')} met, "
+            f"{_count(ruled_out, 'exclusion')} ruled out, {open_items} to check"
+        )
     links: list[dict[str, Any]] = [
         {"label": f"{STUDY_ID} on ClinicalTrials.gov", "url": REGISTRY_URL, "type": "absolute"}
     ]
