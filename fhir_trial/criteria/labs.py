@@ -273,6 +273,9 @@ def _compare(
 
 
 # --------------------------------------------------------------------------- criteria
+PERCENT_REFS_LISTED = 3
+
+
 def neutrophils(ctx: Context) -> Finding:
     """inc-neutrophils: latest absolute neutrophil count in the window >= threshold (10*9/L)."""
     s = ctx.settings
@@ -282,7 +285,12 @@ def neutrophils(ctx: Context) -> Finding:
     percent_only = [o for o in percent if id(o) not in absolute_ids]
     notes = []
     if percent_only:
-        refs = ", ".join(reference(o) for o in percent_only)
+        # A few references say which results are meant; all of them would bury the reason (a
+        # Synthea-style record holds one with every blood count).
+        shown = PERCENT_REFS_LISTED
+        refs = ", ".join(reference(o) for o in percent_only[:shown])
+        if len(percent_only) > shown:
+            refs += f" and {len(percent_only) - shown} more"
         notes.append(
             f"{_plural(len(percent_only), 'percent neutrophil result')} ignored ({refs}): a "
             "percentage is never compared with the absolute threshold"
