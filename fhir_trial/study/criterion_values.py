@@ -159,6 +159,7 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
             "hcg-tests",
             "breastfeeding-status",
             "yes-answers",
+            "no-answers",
         ),
         _concept("pregnant, breastfeeding, or planning a pregnancy within six months"),
         lambda s: s.pregnancy_test_window_days,
