@@ -35,6 +35,7 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ATC = "http://www.whocc.no/atc"
 UCUM = "http://unitsofmeasure.org"
+EDQM = "http://standardterms.edqm.eu"
 
 # Spellings of the same code systems seen in real data, mapped to the FHIR canonical URI.
 _SYSTEM_ALIASES: Mapping[str, str] = {
@@ -50,6 +51,9 @@ _SYSTEM_ALIASES: Mapping[str, str] = {
     "urn:oid:2.16.840.1.113883.6.3": ICD10,
     "urn:oid:2.16.840.1.113883.6.73": ATC,
     "http://www.whocc.no/atc/": ATC,
+    # EDQM Standard Terms by their OID, as European IGs send routes and dose forms (Swiss CH Core
+    # and CH EMED examples, IHE Medication Prescription and Dispense, HL7 Europe's EDQM CodeSystem).
+    "urn:oid:0.4.0.127.0.16.1.1.2.1": EDQM,
     # DSTU2/STU3 spellings of the HL7 interpretation code systems (renamed in R4), still emitted
     # by exporters converting older feeds.
     "http://hl7.org/fhir/v2/0078": "http://terminology.hl7.org/CodeSystem/v2-0078",

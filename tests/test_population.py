@@ -80,6 +80,7 @@ VALUESET_IDS = (
     "hcg-tests",
     "breastfeeding-status",
     "yes-answers",
+    "no-answers",
     "skin-disease-exclusion",
     "research-consent-scope",
 )

@@ -6,11 +6,13 @@ one side of a window edge; otherwise the criterion needs review and says why.
 
 exc-iv-antibiotics: a systemic antibacterial given by an intravenous route with exposure in the
 window -> met. A systemic antibacterial in the window with no stated route, or with a route the
-screening cannot place (text only, or a code in neither ``route-oral`` nor ``route-intravenous``)
--> needs-review (the route decides); only a route in ``route-oral`` is a stated non-IV route. An IV
-(or unrouted) antibiotic still running at ``as_of`` with no end while the window lies after
-``as_of`` (infusion_date later than the screening) -> needs-review: it may run into the window. An
-active infection Condition without IV antibiotics -> needs-review.
+screening cannot place (text only, or a code in none of ``route-oral``, ``route-intravenous`` and
+``route-local``) -> needs-review (the route decides). Known non-IV routes: a route in
+``route-oral``, and local use (a route in ``route-local``, also a bare code without display, or a
+local dose-form or route word in the drug's names or route: eye drops, an ointment), unless an IV
+route is stated as well. An IV (or unrouted) antibiotic still running at ``as_of`` with no end
+while the window lies after ``as_of`` (infusion_date later than the screening) -> needs-review: it
+may run into the window. An active infection Condition without IV antibiotics -> needs-review.
 
 exc-recent-herpes-zoster: a herpes simplex / zoster / varicella Condition with onset, recorded or
 abatement date within the window before as_of -> met (an onsetPeriod counts by its start and its
@@ -69,10 +71,19 @@ def iv_antibiotics(ctx: Context) -> Finding:
     window_text = _window_text(days, "the infusion date", window)
     antibacterials = ctx.valueset("systemic-antibacterials")
     iv_vs = ctx.valueset("route-intravenous")
-    known_routes = (ctx.valueset("route-oral"), iv_vs)
+    local_vs = ctx.valueset("route-local")
+    known_routes = (ctx.valueset("route-oral"), iv_vs, local_vs)
     hist = history(ctx)
     antibiotics = hist.with_drug(antibacterials)
     in_window = [e for e in antibiotics if overlaps(e.possible(), window)]
+    # Local use (eye drops, an ointment, ear drops; by a route-local code or a local word) is a
+    # known non-IV route, like oral: the record needs no person to read its route. A stated IV
+    # route still wins. Keyed by identity: records without an id share a reference.
+    local = {
+        id(e): why
+        for e in antibiotics
+        if not e.route_in(iv_vs) and (why := e.local_use_in(local_vs))
+    }
 
     iv = [e for e in in_window if e.route_in(iv_vs)]
     sure = [e for e in iv if (p := e.certain()) is not None and overlaps(p, window)]
@@ -98,7 +109,7 @@ def iv_antibiotics(ctx: Context) -> Finding:
             + "; ".join(f"{e.label(antibacterials)} {e.describe()}" for e in iv)
         )
         evidence += [e.reference for e in iv]
-    unrouted = [e for e in in_window if not e.route_stated()]
+    unrouted = [e for e in in_window if not e.route_stated() and id(e) not in local]
     if unrouted:
         review.append(
             "systemic antibiotic in the window with no route recorded (IV or not decides): "
@@ -107,7 +118,7 @@ def iv_antibiotics(ctx: Context) -> Finding:
             )
         )
         evidence += [e.reference for e in unrouted]
-    unread = [e for e in in_window if e.route_unreadable(known_routes)]
+    unread = [e for e in in_window if e.route_unreadable(known_routes) and id(e) not in local]
     if unread:
         review.append(
             "systemic antibiotic in the window whose route the screening cannot place (it reads "
@@ -119,7 +130,11 @@ def iv_antibiotics(ctx: Context) -> Finding:
             )
         )
         evidence += [e.reference for e in unread]
-    running = _running_into_window(ctx, antibiotics, window, iv_vs, known_routes)
+    running = [
+        e
+        for e in _running_into_window(ctx, antibiotics, window, iv_vs, known_routes)
+        if id(e) not in local
+    ]
     if running:
         review.append(
             f"antibiotic order or course still running at screening ({ctx.as_of.isoformat()}) "
@@ -133,16 +148,25 @@ def iv_antibiotics(ctx: Context) -> Finding:
             )
         )
         evidence += [e.reference for e in running]
-    # Only a readable non-IV route (oral) rules a record out; see `unread` above.
-    other_route = [e for e in in_window if e.route_in(known_routes[0]) and not e.route_in(iv_vs)]
-    if other_route:
+    # Only a known non-IV route (oral, or local use) rules a record out; see `unread` above.
+    oral = [
+        e
+        for e in in_window
+        if e.route_in(known_routes[0]) and not e.route_in(iv_vs) and id(e) not in local
+    ]
+    topical = [e for e in in_window if id(e) in local]
+    if oral or topical:
         notes.append(
             "non-IV antibiotic in the window does not count: "
             + "; ".join(
-                f"{e.label(antibacterials)} {e.route_label()} {e.describe()}" for e in other_route
+                [f"{e.label(antibacterials)} {e.route_label()} {e.describe()}" for e in oral]
+                + [
+                    f"{e.label(antibacterials)} for local use ('{local[id(e)]}') {e.describe()}"
+                    for e in topical
+                ]
             )
         )
-        evidence += [e.reference for e in other_route]
+        evidence += [e.reference for e in (*oral, *topical)]
 
     infections: list[Resource] = []
     if ctx.record.usable("Condition"):

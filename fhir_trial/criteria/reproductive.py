@@ -3,9 +3,10 @@
 Male -> not-applicable. Within the pregnancy-test window: a pregnancy status answered "pregnant",
 a positive hCG, or breastfeeding -> met. An active pregnancy Condition -> met, unless its onset is
 older than ``Settings.pregnancy_max_days`` (a stale entry: needs-review). A positive hCG followed
-by a later final negative one in the window, or a "pregnant" status answer followed by a later
-final "not pregnant" one (``not-pregnant-answers``), is needs-review (a false positive or a wrong
-answer, or a pregnancy that has ended: a person decides which result stands). Anything else ->
+by a later final negative one in the window, a "pregnant" status answer followed by a later final
+"not pregnant" one (``not-pregnant-answers``), or a breastfeeding "yes" followed by a later final
+"no" (``no-answers``, or valueBoolean false), is needs-review (a false positive or a wrong answer,
+or a pregnancy or breastfeeding that has ended: a person decides which result stands). Anything else ->
 needs-review: a planned pregnancy cannot be computed from the record, so this exclusion is never
 ``not-met`` for a patient who may be female.
 """
@@ -62,6 +63,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     not_pregnant_answers = ctx.valueset("not-pregnant-answers")
     breastfeeding = ctx.valueset("breastfeeding-status")
     yes_answers = ctx.valueset("yes-answers")
+    no_answers = ctx.valueset("no-answers")
 
     met: list[tuple[Dated, str]] = []
     review: list[tuple[Dated, str]] = []
@@ -71,7 +73,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         items: list[Dated],
         what: str,
         is_positive: Callable[[Dated], str | None],
-        is_negative: Callable[[Dated], bool] | None,
+        is_negative: Callable[[Dated], bool],
         negative_said: str,
     ) -> None:
         for item in items:
@@ -83,12 +85,13 @@ def pregnancy_lactation(ctx: Context) -> Finding:
             if item.preliminary:
                 review.append((item, f"preliminary {said}"))
                 continue
-            later = _later_negative(item, items, is_negative) if is_negative else None
+            later = _later_negative(item, items, is_negative)
             if later is None:
                 met.append((item, said))
             else:
                 # A positive result contradicted by a later negative one (a false positive or a
-                # wrong answer, or a pregnancy that has ended): a person decides which stands.
+                # wrong answer, or a pregnancy or breastfeeding that has ended): a person decides
+                # which stands.
                 negative_on = date_text(later.resource)
                 review.append(
                     (item, f"{said}, but a later {what} on {negative_on} {negative_said}")
@@ -121,11 +124,19 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         reading = above_normal(obs, above, positive, negative)
         return "yes" if reading.outcome == "positive" else None
 
+    def breastfeeding_negative(item: Dated) -> bool:
+        # Only an explicit "no" contradicts an earlier "yes"; an unreadable answer does not.
+        obs = item.resource
+        if obs.get("valueBoolean") is False:
+            return True
+        concept = coded_value(obs)
+        return concept is not None and no_answers.matches(concept)
+
     record = ctx.record
     # (what, ValueSet, positive answer, negative answer that a later result may contradict with,
     # how the reason words that later result)
     groups: tuple[
-        tuple[str, str, Callable[[Dated], str | None], Callable[[Dated], bool] | None, str], ...
+        tuple[str, str, Callable[[Dated], str | None], Callable[[Dated], bool], str], ...
     ] = (
         (
             "pregnancy status",
@@ -135,7 +146,13 @@ def pregnancy_lactation(ctx: Context) -> Finding:
             "said not pregnant",
         ),
         ("hCG test", "hcg-tests", hcg_answer, hcg_negative, "was negative"),
-        ("breastfeeding status", "breastfeeding-status", breastfeeding_answer, None, ""),
+        (
+            "breastfeeding status",
+            "breastfeeding-status",
+            breastfeeding_answer,
+            breastfeeding_negative,
+            "answered no",
+        ),
     )
     for what, valueset_id, answer, contradicts, contradiction in groups:
         split = split_by_window(

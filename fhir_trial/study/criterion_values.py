@@ -123,7 +123,7 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
         _concept("allergy to a trial medication, or a severe allergic reaction"),
     ),
     "exc-iv-antibiotics": CriterionValue(
-        ("systemic-antibacterials", "route-intravenous", "active-infections"),
+        ("systemic-antibacterials", "route-intravenous", "route-local", "active-infections"),
         _concept("intravenous systemic antibacterial for an active infection"),
         lambda s: s.iv_antibiotics_window_days,
     ),
@@ -159,6 +159,7 @@ CRITERION_VALUES: dict[str, CriterionValue] = {
             "hcg-tests",
             "breastfeeding-status",
             "yes-answers",
+            "no-answers",
         ),
         _concept("pregnant, breastfeeding, or planning a pregnancy within six months"),
         lambda s: s.pregnancy_test_window_days,
