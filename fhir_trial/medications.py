@@ -186,6 +186,15 @@ class DrugRecord:
                 return str(shown or code)
         return ""
 
+    @property
+    def identified(self) -> bool:
+        """Whether the record names its drug by a code: inline, or through a Medication (its code
+        or an ingredient's) that the record holds. A drug given only in words, or by a reference
+        to a Medication the record does not hold (a CDS Hooks prefetch or a search without the
+        Medication resources), matches no ValueSet: it is a drug the screening cannot identify,
+        which criteria must not read as "not that drug" (:func:`unidentified_text`)."""
+        return bool(self.keys)
+
     def route_stated(self) -> bool:
         """Whether the record says by which route the drug is given."""
         return bool(self.routes)
@@ -291,6 +300,26 @@ class MedicationHistory:
         """Undated records whose drug is in the ValueSet."""
         return [u for u in self.undated if u.matches(valueset)]
 
+    @property
+    def unidentified(self) -> list[Exposure]:
+        """Dated records whose drug cannot be identified (:attr:`DrugRecord.identified`)."""
+        return [e for e in self.exposures if not e.identified]
+
+    @property
+    def undated_unidentified(self) -> list[Undated]:
+        """Undated records whose drug cannot be identified."""
+        return [u for u in self.undated if not u.identified]
+
+
+def unidentified_text(records: Sequence[DrugRecord]) -> str:
+    """What each record says of a drug it does not identify by code, for reasons:
+    "MedicationAdministration/a ('rituximab 100 mg', 2026-11-16)"."""
+    parts = []
+    for record in records:
+        when = record.describe() if isinstance(record, Exposure) else "undated"
+        parts.append(f"{record.reference} ('{record.drug}', {when})")
+    return "; ".join(parts)
+
 
 def _span_text(span: DateSpan) -> str:
     if span.exact:
@@ -376,6 +405,9 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
     drug = _concept_label(concept) or (
         str(child(resource.get("medicationReference"), "display") or "") or "unnamed drug"
     )
+    if reference and medication is None:
+        # Said in the name, so every reason naming the drug shows why it could not be identified.
+        drug = f"{drug} ({reference}: not in the record)"
     drug_codings = tuple(c for found in concepts for c in codings(found) if isinstance(c, dict))
     routes = tuple(_routes(resource))
     names = [c.get("display") for c in drug_codings] + [child(c, "text") for c in concepts]

@@ -13,6 +13,9 @@ local dose-form or route word in the drug's names or route: eye drops, an ointme
 route is stated as well. An IV (or unrouted) antibiotic still running at ``as_of`` with no end
 while the window lies after ``as_of`` (infusion_date later than the screening) -> needs-review: it
 may run into the window. An active infection Condition without IV antibiotics -> needs-review.
+A drug the record does not identify by code (words only, a Medication not in the record) in the
+window, by IV or an unknown route, -> needs-review (it may be an antibiotic); started in the herpes
+window, it may be an antiviral -> needs-review.
 
 exc-recent-herpes-zoster: a herpes simplex / zoster / varicella Condition with onset, recorded or
 abatement date within the window before as_of -> met (an onsetPeriod counts by its start and its
@@ -37,7 +40,7 @@ from fhir_trial.criteria.context import (
 from fhir_trial.criteria.therapy import history, medication_unknown
 from fhir_trial.elements import child
 from fhir_trial.fhirdates import DateSpan, parse_span
-from fhir_trial.medications import Exposure, Period, overlaps
+from fhir_trial.medications import Exposure, Period, overlaps, unidentified_text
 from fhir_trial.record import Resource
 from fhir_trial.report import Finding
 from fhir_trial.terminology import ValueSet
@@ -148,6 +151,27 @@ def iv_antibiotics(ctx: Context) -> Finding:
             )
         )
         evidence += [e.reference for e in running]
+    # A drug the record does not identify by code (words only, a Medication not in the record)
+    # in the window may be an antibiotic: unless its route is known not to be IV, a person reads
+    # it, as for an antibiotic without a route.
+    unnamed = [
+        e
+        for e in hist.unidentified
+        if overlaps(e.possible(), window)
+        and (
+            e.route_in(iv_vs)
+            or (
+                not e.local_use_in(local_vs)
+                and (not e.route_stated() or e.route_unreadable(known_routes))
+            )
+        )
+    ]
+    if unnamed:
+        review.append(
+            "medication in the window whose drug the screening cannot identify (no code it can "
+            f"read), by IV or an unknown route: {unidentified_text(unnamed)}: is it an antibiotic?"
+        )
+        evidence += [e.reference for e in unnamed]
     # Only a known non-IV route (oral, or local use) rules a record out; see `unread` above.
     oral = [
         e
@@ -315,6 +339,15 @@ def recent_herpes_zoster(ctx: Context) -> Finding:
                 f"(taken {exposure.describe()}): was it for herpes or zoster?"
             )
             evidence.append(exposure.reference)
+    # A drug the record does not identify by code started in the window may be an antiviral.
+    unnamed = [e for e in hist.unidentified if place_in_window(e.start, window) != "outside"]
+    if unnamed:
+        review.append(
+            "medication started within the window whose drug the screening cannot identify "
+            f"(no code it can read): {unidentified_text(unnamed)}: is it an antiviral for herpes "
+            "or zoster?"
+        )
+        evidence += [e.reference for e in unnamed]
     if review:
         return Finding("needs-review", "; ".join(review), tuple(evidence))
 

@@ -24,9 +24,13 @@ project, documented here and in the README:
   last dose are not counted as treatment.
 - Partial dates: met only when the combination holds whichever day a partial date means; when it
   holds only for some readings, needs-review.
+- A drug the record does not identify by code (words only, a Medication not in the record) is
+  never "not that drug": when counting it as the steroid or as the partner gives the combination,
+  needs-review.
 
 exc-b-cell-therapy: a B-cell targeted drug with exposure in the ``b_cell_therapy_window_days`` days
-before ``as_of`` (window edges included); the reason always names the last dose date. A biologic
+before ``as_of`` (window edges included); the reason always names the last dose date. A drug
+the record does not identify by code, in the window or undated, -> needs-review. A biologic
 such as belimumab can satisfy inc-prior-therapy and trigger this exclusion at the same time; both
 are reported.
 """
@@ -51,6 +55,7 @@ from fhir_trial.medications import (
     overlaps,
     unavailable_medication_types,
     unavailable_text,
+    unidentified_text,
 )
 from fhir_trial.record import MEDICATION_TYPES
 from fhir_trial.report import Finding
@@ -223,6 +228,36 @@ def prior_therapy(ctx: Context) -> Finding:
             f"lasted {days_in(maybe.current)} days: a person must check the exact dates ({rule})",
             evidence,
         )
+    # Drugs the record does not identify by code (words only, a Medication not in the record)
+    # may be the steroid (when maybe oral) or the partner: if counting them so gives the
+    # combination, a person reads them (never not-met, never met). One record cannot be both,
+    # so both sides take them only when there are several.
+    unnamed = [e for e in hist.unidentified if not e.local_use_in(local_vs)]
+    if unnamed:
+        unnamed_oral = [e for e in unnamed if _maybe_oral(e, oral_vs, known_routes)]
+        sides = [
+            ([*maybe_oral, *unnamed_oral], partners),
+            (maybe_oral, [*partners, *unnamed]),
+        ]
+        if len(unnamed) > 1:
+            sides.append(([*maybe_oral, *unnamed_oral], [*partners, *unnamed]))
+        alt = next(
+            (
+                combo
+                for side_steroids, side_partners in sides
+                if (combo := _combine(ctx, side_steroids, side_partners, certain=False)).long_enough
+            ),
+            None,
+        )
+        if alt is not None and alt.current is not None:
+            return Finding(
+                "needs-review",
+                f"{explanation}; {len(unnamed)} medication record(s) whose drug the screening "
+                f"cannot identify (no code it can read: {unidentified_text(unnamed)}) would give "
+                f"{days_in(alt.current)} days of combined therapy if they were an oral "
+                f"corticosteroid or an immunosuppressant/biologic: a person must read them ({rule})",
+                (*evidence, *(e.reference for e in unnamed)),
+            )
     undated = [
         u
         for u in hist.undated
@@ -230,6 +265,7 @@ def prior_therapy(ctx: Context) -> Finding:
         and (
             (u.matches(ocs_vs) and _maybe_oral(u, oral_vs, known_routes))
             or _is_partner(u, partner_vs)
+            or not u.identified
         )
     ]
     if undated:
@@ -390,12 +426,28 @@ def b_cell_therapy(ctx: Context) -> Finding:
     unknown = medication_unknown(ctx, found, f"B-cell targeted therapy in {window_text}")
     if unknown is not None:
         return Finding(unknown.status, unknown.reason, evidence, unknown.missing)
-    if undated:
+    # A drug the record does not identify by code (words only, a Medication not in the record)
+    # given in the window, or undated, may be a B-cell therapy: a person reads it.
+    unnamed = [
+        *(
+            e
+            for e in hist.unidentified
+            if e.start.start <= ctx.as_of and overlaps(e.possible(), window)
+        ),
+        *hist.undated_unidentified,
+    ]
+    if undated or unnamed:
+        parts = [f"{u.reference} ({u.drug}) cannot be dated: {u.why}" for u in undated]
+        if unnamed:
+            parts.append(
+                f"{len(unnamed)} medication record(s) in the window or undated whose drug "
+                f"the screening cannot identify (no code it can read): {unidentified_text(unnamed)}"
+                ": is it a B-cell targeted therapy?"
+            )
         return Finding(
             "needs-review",
-            f"{found}; "
-            + "; ".join(f"{u.reference} ({u.drug}) cannot be dated: {u.why}" for u in undated),
-            evidence,
+            f"{found}; " + "; ".join(parts),
+            (*evidence, *(u.reference for u in unnamed)),
         )
     if exposures:
         latest = max(exposures, key=lambda e: min(e.end.end, ctx.as_of))
