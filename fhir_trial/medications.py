@@ -16,6 +16,7 @@ How the days are found (CRITERIA.md, "Medication exposure periods"):
 - MedicationRequest: the ``dosageInstruction`` timing ``boundsPeriod`` (earliest start to latest
   end), else ``dispenseRequest.validityPeriod``, else ``authoredOn`` plus ``expectedSupplyDuration``
   x (1 + ``numberOfRepeatsAllowed``), else ``authoredOn`` to ``as_of`` when ``active``, else
+  ``authoredOn`` plus the timing ``boundsDuration`` (the course's stated length), else
   ``authoredOn`` plus the default supply. A bounds/validity period without an end runs to ``as_of``
   when ``active``, else covers the default supply from its start.
 
@@ -543,6 +544,16 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
         )
     if status == "active":
         return _until(authored, as_of, f"authored {_span_text(authored)}, still active")
+    # A finished order that states how long the course lasts (timing boundsDuration: "5 days")
+    # says more than the default supply, which would stretch a short IV course into a window it
+    # ended before.
+    course = _bounds_days(resource)
+    if course is not None:
+        return Placed(
+            authored,
+            _shift(authored, course - 1),
+            f"authored {_span_text(authored)}, {course}-day course (dosage bounds duration)",
+        )
     return Placed(
         authored,
         _shift(authored, supply - 1),
@@ -606,6 +617,16 @@ def _until(start: DateSpan, as_of: dt.date, basis: str) -> Placed:
 def _shift(span: DateSpan, days: int) -> DateSpan:
     delta = dt.timedelta(days=max(days, 0))
     return DateSpan(span.start + delta, span.end + delta)
+
+
+def _bounds_days(resource: Resource) -> int | None:
+    """The longest ``dosageInstruction`` timing ``boundsDuration`` in days, or None."""
+    found = [
+        days
+        for d in objects(resource.get("dosageInstruction"))
+        if (days := _days(child(child(child(d, "timing"), "repeat"), "boundsDuration"))) is not None
+    ]
+    return max(found, default=None)
 
 
 def _days(quantity: Any) -> int | None:
