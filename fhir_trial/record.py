@@ -208,6 +208,23 @@ class PatientRecord:
             found = self._by_reference.get("/".join(reference.rstrip("/").split("/")[-2:]))
         return found
 
+    def unresolved_medication_references(self) -> list[str]:
+        """Literal references from medication resources to Medications the record does not hold.
+
+        Each once, in record order. Contained (``#id``) and ``urn:`` references are left out: no
+        server can be asked for them. Without the Medication a drug cannot be identified, so the
+        readers of a FHIR server fetch these before screening.
+        """
+        wanted: list[str] = []
+        for rtype in MEDICATION_TYPES:
+            for resource in self.resources(rtype):
+                ref = child(resource.get("medicationReference"), "reference")
+                if not isinstance(ref, str) or ref.startswith(("#", "urn:")):
+                    continue
+                if self.resolve(ref, resource) is None and ref not in wanted:
+                    wanted.append(ref)
+        return wanted
+
     def medication_concept(self, resource: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The drug of a medication resource: inline CodeableConcept or the referenced Medication's code."""
         concept = resource.get("medicationCodeableConcept")

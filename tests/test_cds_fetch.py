@@ -315,3 +315,120 @@ def test_server_bundle_that_cannot_be_read_makes_its_category_unknown(
     assert "could not be completed" in card["summary"]
     assert "Observation (the FHIR server sent a Bundle that cannot be read" in card["detail"]
     assert "('entry' is not a list)" in card["detail"]
+
+
+# ------------------------------------------------------------------- referenced Medications
+RITUXIMAB_ORDER = {
+    "resourceType": "MedicationRequest",
+    "id": "mr-rtx",
+    "status": "active",
+    "intent": "order",
+    "subject": {"reference": f"Patient/{PATIENT_ID}"},
+    "medicationReference": {"reference": "Medication/rtx"},
+    "authoredOn": "2026-11-16",
+}
+RITUXIMAB = {
+    "resourceType": "Medication",
+    "id": "rtx",
+    "code": {
+        "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "121191"}],
+        "text": "rituximab",
+    },
+}
+
+
+def _prefetch_with(order: dict[str, Any]) -> dict[str, Any]:
+    from cds_helpers import full_prefetch
+
+    prefetch = full_prefetch()
+    prefetch["medicationRequest"] = searchset(order)
+    return prefetch
+
+
+def _screening_client(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, reports: list[Any]
+) -> FlaskClient:
+    """The service with the real evaluator, keeping each report for the test to read."""
+    from fhir_trial.evaluate import evaluate
+
+    def screen(record: Any, settings: Any) -> Any:
+        reports.append(evaluate(record, settings))
+        return reports[-1]
+
+    path = write_issuers(
+        tmp_path / "issuers.json", [sandbox_issuer(shared_dir, fhir_servers=[server.base_url])]
+    )
+    settings = base_settings(tmp_path, cds_trusted_issuers_file=path, cds_deadline_s=10.0)
+    return make_app(settings, evaluator=screen).test_client()
+
+
+def _status(report: Any, criterion: str) -> str:
+    return next(r.status for r in report.criteria if r.id == criterion)
+
+
+def test_a_referenced_medication_missing_from_prefetch_is_read_from_the_fhir_server(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.add(RITUXIMAB)
+    reports: list[Any] = []
+    client = _screening_client(tmp_path, shared_dir, server, reports)
+    response = _post(client, shared_dir, _hook(server, _prefetch_with(RITUXIMAB_ORDER)))
+    assert response.status_code == 200
+    # Complete prefetch: the only request is the Medication read, with the EHR's token.
+    (read,) = server.requests
+    assert read.method == "GET" and read.path == "Medication/rtx"
+    assert read.headers.get("Authorization") == f"Bearer {TOKEN}"
+    # Identified as rituximab ten days ago: excluded, so no card by default.
+    assert _status(reports[0], "exc-b-cell-therapy") == "met"
+    assert response.get_json()["cards"] == []
+
+
+def test_a_referenced_medication_the_server_cannot_give_is_reviewed_not_read_as_absent(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    reports: list[Any] = []  # the server does not hold Medication/rtx: 404
+    client = _screening_client(tmp_path, shared_dir, server, reports)
+    response = _post(client, shared_dir, _hook(server, _prefetch_with(RITUXIMAB_ORDER)))
+    assert response.status_code == 200
+    assert [r.path for r in server.requests] == ["Medication/rtx"]
+    (report,) = reports
+    assert _status(report, "exc-b-cell-therapy") == "needs-review"
+    assert any("1 referenced Medication resources could not be read" in w for w in report.warnings)
+
+
+def test_medications_referenced_on_another_server_are_not_fetched(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    elsewhere = dict(
+        RITUXIMAB_ORDER,
+        medicationReference={"reference": "https://elsewhere.example.org/fhir/Medication/rtx"},
+    )
+    server.add(RITUXIMAB)
+    reports: list[Any] = []
+    client = _screening_client(tmp_path, shared_dir, server, reports)
+    response = _post(client, shared_dir, _hook(server, _prefetch_with(elsewhere)))
+    assert response.status_code == 200
+    assert server.requests == []  # and no other server runs: nothing else could be asked
+    (report,) = reports
+    assert _status(report, "exc-b-cell-therapy") == "needs-review"
+    assert any("could not be read" in w for w in report.warnings)
+
+
+def test_a_slow_medication_read_is_cut_off_at_the_deadline(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.add(RITUXIMAB)
+    server.delay(10.0, times=None, match="Medication")
+    client = _client(tmp_path, shared_dir, server, cds_deadline_s=0.5)
+    started = time.monotonic()
+    response = _post(client, shared_dir, _hook(server, _prefetch_with(RITUXIMAB_ORDER)))
+    assert time.monotonic() - started < 5.0  # the server would have taken 10 s
+    # The medication reads stop short of the deadline so the rest of the screening can answer:
+    # the unread drug stays unidentified (the criteria review it) and the card says so. On a
+    # machine too slow for that reserve the answer is the "could not be completed" card instead;
+    # either is safe, a hang or an error is not.
+    card = _only_card(response)
+    assert (
+        "1 referenced Medication resources could not be read" in card["detail"]
+        or "could not be completed" in card["summary"]
+    )

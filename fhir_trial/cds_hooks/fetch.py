@@ -1,7 +1,9 @@
 """Fetching what prefetch lacked from the CDS client's FHIR server, inside the time budget.
 
 One job per prefetch key that prefetch left open (the key's own query from
-:mod:`fhir_trial.searches`, or the next page of a prefetched Bundle), all run in parallel; ``next`` links are followed only
+:mod:`fhir_trial.searches`, or the next page of a prefetched Bundle), all run in parallel, then one
+read per Medication that the medication resources reference and the record lacks (prefetch
+templates cannot ask for them portably, and without them the drugs cannot be identified); ``next`` links are followed only
 on the FHIR server's own origin and under its base path, never twice (a server that loops its links
 is cut off), and never past ``Settings.max_pages`` / ``max_resources``. Every HTTP wait is bounded
 by what is left of the :class:`~.deadline.Deadline`; the caller stops waiting when the deadline
@@ -15,7 +17,8 @@ in the remaining budget.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -41,6 +44,11 @@ __all__ = ["CategoryResult", "FetchJob", "FhirFetcher", "same_base"]
 log = logging.getLogger(__name__)
 
 _RETRY_RESERVE_S = 0.05
+# Referenced Medications read per hook call at most: a long medication history can reference
+# many, and the time budget is for the chart-open answer (those left unread leave their drugs
+# unidentified, which the criteria review rather than read as absence).
+MAX_MEDICATION_READS = 100
+_EVALUATION_RESERVE_S = 0.15
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,43 @@ class FhirFetcher:
                 results[key] = CategoryResult(jobs[key].category, error="timed out", key=key)
         return results
 
+    def read_medications(self, references: Sequence[str]) -> tuple[list[dict[str, Any]], int]:
+        """Read referenced Medications in parallel; wait no longer than the deadline.
+
+        Returns the Medications read and how many references could not be read (another server,
+        an error, not a Medication, too many, or no answer in time). Only references on the FHIR
+        server's own base are followed, like ``next`` links.
+        """
+        on_base = [ref for ref in references if same_base(self._absolute(ref), self.base_url)]
+        wanted = on_base[:MAX_MEDICATION_READS]
+        futures = [self.executor.submit(self._read_medication, ref) for ref in wanted]
+        # Stop waiting a little before the deadline: the screening of everything else still has
+        # to run, and its answer is worth more than one more drug name.
+        stop_at = time.monotonic() + max(0.0, self.deadline.remaining() - _EVALUATION_RESERVE_S)
+        read: list[dict[str, Any]] = []
+        for future in futures:
+            try:
+                medication = future.result(timeout=max(0.0, stop_at - time.monotonic()))
+            except FutureTimeout:
+                break  # out of time: the rest count as not read
+            if medication is not None:
+                read.append(medication)
+        return read, len(references) - len(read)
+
+    def _absolute(self, url: str) -> str:
+        return url if urlsplit(url).scheme else f"{self.base_url}/{url.lstrip('/')}"
+
+    def _read_medication(self, reference: str) -> dict[str, Any] | None:
+        session = requests.Session()
+        try:
+            body = self._get(self._absolute(reference), session)
+        except (DeadlineExceeded, FhirServerError) as exc:
+            log.info("cds fetch of a referenced Medication failed (%s)", type(exc).__name__)
+            return None
+        finally:
+            session.close()
+        return body if body.get("resourceType") == "Medication" else None
+
     # ------------------------------------------------------------------ one category
     def _fetch_category(self, key: str, job: FetchJob) -> CategoryResult:
         result = CategoryResult(job.category, key=key)
@@ -140,7 +185,7 @@ class FhirFetcher:
         seen: set[str] = set()
         pages = 0
         while url:
-            absolute = url if urlsplit(url).scheme else f"{self.base_url}/{url.lstrip('/')}"
+            absolute = self._absolute(url)
             if not same_base(absolute, self.base_url):
                 result.error = "a next link pointed outside the FHIR server; not followed"
                 return

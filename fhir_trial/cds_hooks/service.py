@@ -232,7 +232,7 @@ class CdsService:
         record = PatientRecord()
         pre = apply_prefetch(record, hook.prefetch, hook.patient_id, self.plan)
         fhir_server = hook.fhir_server
-        if not pre.pending or not fhir_server:
+        if not fhir_server or not (pre.pending or record.unresolved_medication_references()):
             # Nothing to fetch: evaluating is bounded CPU work, done here without a thread handoff
             # (the deadline guards waits on the EHR's FHIR server, and there are none).
             return self._conclude(hook, record, {}, deadline)
@@ -280,6 +280,19 @@ class CdsService:
                 failed_fetches[category] = str(errors[0])
             else:
                 record.mark_obtained(category)
+        # After the categories: the medication resources just fetched may reference more.
+        references = record.unresolved_medication_references()
+        if references and not deadline.expired():
+            medications, lost = fetcher.read_medications(references)
+            for medication in medications:
+                record.add(medication)
+            if lost:
+                # Not a failed category: the records are there, their drugs stay unidentified
+                # (and the criteria review them rather than read them as absence).
+                record.warnings.append(
+                    f"{lost} referenced Medication resources could not be read from the EHR's "
+                    "FHIR server"
+                )
         return self._conclude(hook, record, failed_fetches, deadline)
 
     def _conclude(

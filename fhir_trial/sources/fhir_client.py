@@ -47,7 +47,6 @@ from urllib.parse import urlencode
 import requests
 
 from fhir_trial.config import Settings
-from fhir_trial.elements import child
 from fhir_trial.errors import (
     AuthenticationError,
     FhirServerError,
@@ -58,7 +57,7 @@ from fhir_trial.errors import (
     ServerUnreachableError,
 )
 from fhir_trial.fhir_http import RETRY_STATUSES, FhirHttp
-from fhir_trial.record import CATEGORIES, MEDICATION_TYPES, PatientRecord
+from fhir_trial.record import CATEGORIES, PatientRecord
 from fhir_trial.searches import MAX_FILTER_CHARS, plan_searches
 from fhir_trial.sources._common import search_bundle_entries
 from fhir_trial.terminology import Terminology, load_terminology
@@ -367,14 +366,7 @@ class FhirClient:
 
     def _resolve_medications(self, record: PatientRecord) -> None:
         """Read the Medications that medication resources reference and the record lacks."""
-        wanted: list[str] = []
-        for mtype in MEDICATION_TYPES:
-            for resource in record.resources(mtype):
-                ref = child(resource.get("medicationReference"), "reference")
-                if not isinstance(ref, str) or ref.startswith("#") or ref.startswith("urn:"):
-                    continue
-                if record.resolve(ref, resource) is None and ref not in wanted:
-                    wanted.append(ref)
+        wanted = record.unresolved_medication_references()
         readable = [ref for ref in wanted if self.http.same_origin(self.http.resolve(ref))]
         if not readable:
             if wanted:
