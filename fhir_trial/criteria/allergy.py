@@ -5,6 +5,9 @@
   -> met; when its criticality is low and no reaction is severe or anaphylactic -> needs-review.
 - Any allergy with criticality high, a severe reaction, or an anaphylaxis manifestation
   (``anaphylaxis-reactions``) -> met ("history of severe allergic reactions").
+- An allergy that names a trial medication only in words (code text, the display of a local
+  allergen code, a reaction substance so written) and is in none of the ValueSets -> needs-review,
+  never met: free-text allergy entries are common, and "no qualifying record" would hide one.
 - Records whose verificationStatus is refuted or entered-in-error are ignored. A resolved or
   inactive allergy still counts as history.
 - AllergyIntolerance data that could not be obtained -> unknown (rule 1); none qualifying in the
@@ -23,6 +26,7 @@ from fhir_trial.criteria.context import (
     first_code,
     none_found,
 )
+from fhir_trial.criteria.labels import TRIAL_DRUG_WORDS, label_suggests
 from fhir_trial.report import Finding
 from fhir_trial.terminology import ValueSet, codings
 
@@ -65,6 +69,23 @@ def _is_trial_drug(allergy: Mapping[str, Any], trial: ValueSet) -> bool:
     )
 
 
+def _label_naming_trial_drug(allergy: Mapping[str, Any]) -> str | None:
+    """The first display or text of the allergy's code or reaction substances naming a trial drug."""
+    concepts = [allergy.get("code")] + [
+        reaction.get("substance")
+        for reaction in allergy.get("reaction", []) or []
+        if isinstance(reaction, dict)
+    ]
+    for concept in concepts:
+        labels = [coding.get("display") for coding in codings(concept)]
+        if isinstance(concept, Mapping):
+            labels.append(concept.get("text"))
+        for label in labels:
+            if isinstance(label, str) and label_suggests(label, TRIAL_DRUG_WORDS):
+                return label
+    return None
+
+
 def drug_allergy(ctx: Context) -> Finding:
     """exc-drug-allergy: allergy to a trial medication, or any severe allergy."""
     unavailable = category_unavailable(ctx, "AllergyIntolerance")
@@ -100,6 +121,13 @@ def drug_allergy(ctx: Context) -> Finding:
         elif signs:
             met.append(f"severe allergy to {label} ({', '.join(signs)})")
             met_refs.append(ref)
+        elif (named := _label_naming_trial_drug(allergy)) is not None:
+            review.append(
+                f"allergy recorded as {named!r}, which names a trial medication, but not with a "
+                "code the screening can read: a person confirms whether it is an allergy to "
+                "cyclophosphamide, fludarabine or obinutuzumab"
+            )
+            review_refs.append(ref)
     if met:
         return Finding("met", "; ".join(met), tuple(met_refs))
     if review:

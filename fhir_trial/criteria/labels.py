@@ -42,6 +42,9 @@ EPILEPSY_WORDS = r"(epilep|seizure disorder)"
 SKIN_DISEASE_WORDS = (
     r"(psoria|dermatomyositis|systemic sclerosis|scleroderma|drug[- ]induced lupus)"
 )
+# exc-drug-allergy: the trial medications by name, generic or brand (Cytoxan/Endoxan,
+# Fludara, Gazyva), as free-text allergy entries and local allergen codes name them.
+TRIAL_DRUG_WORDS = r"\b(cyclophosphamide|cytoxan|endoxan|fludara|obinutuzumab|gazyva)"
 # Mentions that do not state the disease in the patient.
 NOT_A_DIAGNOSIS = (
     r"\b(in situ|benign|family history|screening|fear of|risk of|at risk|exposure to|exposed to"
