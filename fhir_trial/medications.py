@@ -8,7 +8,9 @@ inclusive: a 30-day supply handed over on 1 March covers 1 to 30 March.
 How the days are found (CRITERIA.md, "Medication exposure periods"):
 
 - MedicationStatement: ``effectiveDateTime`` is that day; ``effectivePeriod`` start to end; a period
-  with no end runs to ``as_of`` when the status is ``active``, else it is its start day only.
+  with no end runs to ``as_of`` when the status is ``active``; otherwise (completed, stopped, ...)
+  its start day is certain and it may have lasted until ``dateAsserted`` (when earlier than
+  ``as_of``) or ``as_of``: criteria decide on the start day and review what the rest could change.
 - MedicationAdministration: ``effectiveDateTime`` is that day; ``effectivePeriod`` start to end (no
   end: ``as_of`` when ``in-progress``, else the start day).
 - MedicationDispense: ``whenHandedOver`` (else ``whenPrepared``) plus ``daysSupply`` (d, wk, mo);
@@ -493,7 +495,13 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
     rtype = resource.get("resourceType")
     status = resource.get("status")
     if rtype == "MedicationStatement":
-        return _from_effective(resource, as_of, open_status="active", what="effective")
+        return _from_effective(
+            resource,
+            as_of,
+            open_status="active",
+            what="effective",
+            unknown_end_until=_asserted_by(resource, as_of),
+        )
     if rtype == "MedicationAdministration":
         return _from_effective(resource, as_of, open_status="in-progress", what="effective")
     if rtype == "MedicationDispense":
@@ -561,8 +569,20 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
     )
 
 
+def _asserted_by(statement: Resource, as_of: dt.date) -> dt.date:
+    """The last day a finished statement's course may have lasted: when it was asserted, if that
+    was before the screening date (the course had ended by then), else the screening date."""
+    asserted = parse_span(statement.get("dateAsserted"))
+    return asserted.end if asserted is not None and asserted.end < as_of else as_of
+
+
 def _from_effective(
-    resource: Resource, as_of: dt.date, *, open_status: str, what: str
+    resource: Resource,
+    as_of: dt.date,
+    *,
+    open_status: str,
+    what: str,
+    unknown_end_until: dt.date | None = None,
 ) -> Placed | str:
     moment = parse_span(resource.get("effectiveDateTime"))
     if moment is not None:
@@ -580,6 +600,15 @@ def _from_effective(
                 return Placed(start, end, f"{what} {_span_text(start)} to {_span_text(end)}")
             if resource.get("status") == open_status:
                 return _until(start, as_of, f"{what} from {_span_text(start)}, {open_status}")
+            if unknown_end_until is not None and unknown_end_until > start.end:
+                # A finished statement with an open period ended on a day the record does not
+                # give: its start day is certain, any day up to ``unknown_end_until`` possible.
+                return Placed(
+                    start,
+                    DateSpan(start.start, unknown_end_until),
+                    f"{what} from {_span_text(start)} with no end: the start day is certain, it "
+                    f"may have lasted until {unknown_end_until.isoformat()}",
+                )
             return Placed(
                 start, start, f"{what} from {_span_text(start)} with no end: start day only"
             )
