@@ -53,6 +53,7 @@ __all__ = [
     "reference_high",
     "split_by_window",
     "unrecognised_interpretations",
+    "value_beside_absent_reason",
 ]
 
 Resource = Mapping[str, Any]
@@ -369,6 +370,21 @@ def reference_high(observation: Resource) -> tuple[float, str] | None:
     return None
 
 
+def value_beside_absent_reason(observation: Resource) -> str | None:
+    """Why a value sent together with a dataAbsentReason cannot be used; None otherwise.
+
+    FHIR allows a value or a dataAbsentReason, never both (obs-6). Interfaces that send both
+    often fill the value with a placeholder (0, "<1:40") while saying no result was obtained: the
+    value must not decide a criterion either way.
+    """
+    reason = observation.get("dataAbsentReason")
+    if not isinstance(reason, Mapping) or not any(k.startswith("value") for k in observation):
+        return None
+    labels = _concept_labels(reason) if isinstance(reason.get("coding", []), list) else []
+    said = f" {labels[0]!r}" if labels else ""
+    return f"a value sent together with dataAbsentReason{said} (no result was obtained)"
+
+
 # --------------------------------------------------------------------------- readings
 @dataclass(frozen=True)
 class Reading:
@@ -395,8 +411,12 @@ def above_normal(
     unreadable. A result is never negative while it carries an interpretation that is in neither
     set (IND, E, DET, ``>``, text only, a code without a system): a flag nobody can read is not
     evidence of normal (CRITERIA.md: results that cannot be read -> needs-review). Without
-    ``normal_interpretations`` no interpretation reads as normal.
+    ``normal_interpretations`` no interpretation reads as normal. A value beside a
+    dataAbsentReason is unreadable (see :func:`value_beside_absent_reason`).
     """
+    absent = value_beside_absent_reason(observation)
+    if absent is not None:
+        return Reading("unreadable", absent)
     reading = _above_normal(
         observation,
         above_normal_interpretations,

@@ -28,6 +28,7 @@ from fhir_trial.observations import (
     parse_number,
     quantity_of,
     split_by_window,
+    value_beside_absent_reason,
 )
 from fhir_trial.report import Finding, Status
 from fhir_trial.terminology import ValueSet, codings
@@ -235,11 +236,14 @@ def _quantity_judge(
 
     def judge(observation: Resource) -> Judgement:
         quantity = quantity_of(observation)
+        absent = value_beside_absent_reason(observation)
         if quantity is None:
             parsed = parse_number(observation.get("valueString"))
             if parsed is None:
                 return text_judgement(observation.get("valueString"), "no numeric value")
             quantity = Quantity(parsed[0], parsed[1], ())
+        if absent is not None:
+            return Judgement("unreadable", f"{describe_quantity(quantity)}: {absent}")
         return _compare(quantity, dimension, threshold, grams_per_mmol)
 
     return judge

@@ -23,6 +23,7 @@ from fhir_trial.observations import (
     observation_status,
     observation_time,
     read_titer,
+    value_beside_absent_reason,
 )
 from fhir_trial.report import Finding
 
@@ -130,6 +131,9 @@ def _ana_titer_reader(ctx: Context) -> Reader:
     negative = ctx.valueset("negative-result-answers")
 
     def read(obs: Resource) -> Reading:
+        absent = value_beside_absent_reason(obs)
+        if absent is not None:
+            return Reading("unreadable", absent)
         titer = read_titer(obs)
         if titer is not None:
             ok = meets_at_least(titer.dilution, titer.comparator, threshold)
