@@ -53,10 +53,12 @@ PERCENT = Dimension.PERCENT
 
 # Values no human blood count, hemoglobin or ejection fraction can take, in the target unit: a
 # result outside these is a data error (a sign slip, a unit mix-up) for a person to check, never
-# evidence for or against a criterion. Deliberately wide: they catch nonsense, not disease.
+# evidence for or against a criterion. Deliberately wide: they catch nonsense, not disease. The
+# hemoglobin floor catches the commonest mix-up, a g/dL value sent with unit g/L (11.5 "g/L"):
+# below 20 g/L (2 g/dL) is not a value a patient attending screening has.
 POSSIBLE_RANGE: dict[Dimension, tuple[float, float]] = {
     CELL_COUNT: (0.0, 1000.0),
-    MASS_CONCENTRATION: (0.0, 400.0),
+    MASS_CONCENTRATION: (20.0, 400.0),
     PERCENT: (0.0, 100.0),
 }
 
