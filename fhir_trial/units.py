@@ -33,6 +33,7 @@ __all__ = [
     "UnitError",
     "canonical_spelling",
     "normalise",
+    "reads_like_fraction",
 ]
 
 HEMOGLOBIN_G_PER_MMOL = 16.11
@@ -67,6 +68,12 @@ def is_possible(value: float, dimension: Dimension) -> bool:
     """Whether a converted value lies within what the quantity can physically be."""
     low, high = POSSIBLE_RANGE[dimension]
     return low <= value <= high
+
+
+def reads_like_fraction(value: float, dimension: Dimension) -> bool:
+    """Whether a percentage is at most 1: an ejection fraction that low is not a measurement, but
+    a fraction (0.55) sent with the unit % is common; either way a person must read it."""
+    return dimension is Dimension.PERCENT and value <= 1
 
 
 class UnitError(ValueError):

@@ -43,6 +43,7 @@ from fhir_trial.units import (
     UnitError,
     is_possible,
     normalise,
+    reads_like_fraction,
 )
 
 Verdict = Literal["pass", "fail", "unreadable"]
@@ -264,6 +265,12 @@ def _compare(
         problem = errors[-1].message if errors else "no unit"
         return Judgement("unreadable", f"{describe_quantity(quantity)}: {problem}")
     shown = f"{quantity.comparator}{converted.describe()}"
+    if reads_like_fraction(converted.value, dimension):
+        return Judgement(
+            "unreadable",
+            f"{shown}: a percentage of at most 1 is most likely a fraction (0.55 = 55 %) sent with "
+            "the unit %, and otherwise not a measurement: a data error",
+        )
     if not is_possible(converted.value, dimension):
         low, high = POSSIBLE_RANGE[dimension]
         return Judgement(
