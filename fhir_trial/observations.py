@@ -79,8 +79,11 @@ _TITER_UNITS = frozenset({"{titer}", "titer", "{dilution}", "{titre}", "titre"})
 _NUMBER = re.compile(r"^\s*(?P<cmp><=|>=|=<|=>|≤|≥|<|>|=)?\s*(?P<num>[-+]?\d+(?:\.\d+)?)\s*$")
 _TITER = re.compile(
     r"^\s*(?P<cmp><=|>=|=<|=>|≤|≥|<|>|=)?\s*(?:1\s*[:/]\s*)?(?P<dil>\d+(?:\.\d+)?)"
-    r"(?:\s*$|[\s,;(]+[A-Za-z(].*$)"
+    r"(?P<rest>\s*$|[\s,;(]+[A-Za-z(].*$)"
 )
+# An ICAP pattern code ("AC-4", "AC-4,5") may follow the titer; any other number there may be a
+# second titer ("1:40 homogeneous, 1:640 speckled"), and the ANA titer is not simply the first one.
+_ICAP_CODE = re.compile(r"AC-?\d+(?:\s*[,/]\s*\d+)*", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- status and time
@@ -538,10 +541,10 @@ def parse_titer(text: object) -> Titer | None:
     if not isinstance(text, str):
         return None
     match = _TITER.match(text)
-    if not match:
+    if not match or re.search(r"\d", _ICAP_CODE.sub("", match["rest"])):
         return None
     dilution = float(match["dil"])
-    if dilution <= 0:
+    if dilution < 1:  # a titer is 1:N with N >= 1
         return None
     return Titer(dilution, _COMPARATORS[match["cmp"] or ""])
 
@@ -552,7 +555,13 @@ def read_titer(observation: Resource) -> Titer | None:
     if isinstance(ratio, Mapping):
         numerator = _quantity(ratio.get("numerator"))
         denominator = _quantity(ratio.get("denominator"))
-        if numerator is not None and denominator is not None and numerator.value > 0:
+        # 160/1 is not a titer: a dilution below 1:1 is a ratio written the wrong way round.
+        if (
+            numerator is not None
+            and denominator is not None
+            and numerator.value > 0
+            and denominator.value >= numerator.value
+        ):
             comparator = numerator.comparator or denominator.comparator
             return Titer(denominator.value / numerator.value, comparator)
         return None
@@ -560,10 +569,10 @@ def read_titer(observation: Resource) -> Titer | None:
         return parse_titer(observation.get("valueString"))
     quantity = _quantity(observation.get("valueQuantity"))
     if quantity is not None:
-        if any(u.lower() in _TITER_UNITS for u in quantity.units) and quantity.value > 0:
+        if any(u.lower() in _TITER_UNITS for u in quantity.units) and quantity.value >= 1:
             return Titer(quantity.value, quantity.comparator)
         return None
     integer = observation.get("valueInteger")
-    if isinstance(integer, int) and not isinstance(integer, bool) and integer > 0:
+    if isinstance(integer, int) and not isinstance(integer, bool) and integer >= 1:
         return Titer(float(integer), "")
     return None
