@@ -388,6 +388,17 @@ def value_beside_absent_reason(observation: Resource) -> str | None:
     return f"a value sent together with dataAbsentReason{said} (no result was obtained)"
 
 
+def _reference_highs(observation: Resource) -> set[float]:
+    """Every distinct ``referenceRange.high`` value of the result."""
+    ranges = observation.get("referenceRange")
+    highs = (
+        _quantity(entry.get("high"))
+        for entry in (ranges if isinstance(ranges, list) else [])
+        if isinstance(entry, Mapping)
+    )
+    return {h.value for h in highs if h is not None}
+
+
 # --------------------------------------------------------------------------- readings
 @dataclass(frozen=True)
 class Reading:
@@ -487,6 +498,15 @@ def _above_normal(
     high = reference_high(observation)
     if number is not None and high is not None:
         shown = describe_quantity(number)
+        limits = _reference_highs(observation)
+        if len(limits) > 1:
+            # Which range is the normal one (borderline, age band, ...) cannot be told.
+            listed = ", ".join(_number_text(v) for v in sorted(limits))
+            return Reading(
+                "unreadable",
+                f"result {shown} has several reference ranges with different upper limits "
+                f"({listed})",
+            )
         if number.unit and high[1] and number.unit != high[1]:
             return Reading(
                 "unreadable",
