@@ -53,6 +53,7 @@ __all__ = [
     "reference_high",
     "split_by_window",
     "unrecognised_interpretations",
+    "value_beside_absent_reason",
 ]
 
 Resource = Mapping[str, Any]
@@ -78,8 +79,11 @@ _TITER_UNITS = frozenset({"{titer}", "titer", "{dilution}", "{titre}", "titre"})
 _NUMBER = re.compile(r"^\s*(?P<cmp><=|>=|=<|=>|≤|≥|<|>|=)?\s*(?P<num>[-+]?\d+(?:\.\d+)?)\s*$")
 _TITER = re.compile(
     r"^\s*(?P<cmp><=|>=|=<|=>|≤|≥|<|>|=)?\s*(?:1\s*[:/]\s*)?(?P<dil>\d+(?:\.\d+)?)"
-    r"(?:\s*$|[\s,;(]+[A-Za-z(].*$)"
+    r"(?P<rest>\s*$|[\s,;(]+[A-Za-z(].*$)"
 )
+# An ICAP pattern code ("AC-4", "AC-4,5") may follow the titer; any other number there may be a
+# second titer ("1:40 homogeneous, 1:640 speckled"), and the ANA titer is not simply the first one.
+_ICAP_CODE = re.compile(r"AC-?\d+(?:\s*[,/]\s*\d+)*", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- status and time
@@ -369,6 +373,32 @@ def reference_high(observation: Resource) -> tuple[float, str] | None:
     return None
 
 
+def value_beside_absent_reason(observation: Resource) -> str | None:
+    """Why a value sent together with a dataAbsentReason cannot be used; None otherwise.
+
+    FHIR allows a value or a dataAbsentReason, never both (obs-6). Interfaces that send both
+    often fill the value with a placeholder (0, "<1:40") while saying no result was obtained: the
+    value must not decide a criterion either way.
+    """
+    reason = observation.get("dataAbsentReason")
+    if not isinstance(reason, Mapping) or not any(k.startswith("value") for k in observation):
+        return None
+    labels = _concept_labels(reason) if isinstance(reason.get("coding", []), list) else []
+    said = f" {labels[0]!r}" if labels else ""
+    return f"a value sent together with dataAbsentReason{said} (no result was obtained)"
+
+
+def _reference_highs(observation: Resource) -> set[float]:
+    """Every distinct ``referenceRange.high`` value of the result."""
+    ranges = observation.get("referenceRange")
+    highs = (
+        _quantity(entry.get("high"))
+        for entry in (ranges if isinstance(ranges, list) else [])
+        if isinstance(entry, Mapping)
+    )
+    return {h.value for h in highs if h is not None}
+
+
 # --------------------------------------------------------------------------- readings
 @dataclass(frozen=True)
 class Reading:
@@ -395,8 +425,12 @@ def above_normal(
     unreadable. A result is never negative while it carries an interpretation that is in neither
     set (IND, E, DET, ``>``, text only, a code without a system): a flag nobody can read is not
     evidence of normal (CRITERIA.md: results that cannot be read -> needs-review). Without
-    ``normal_interpretations`` no interpretation reads as normal.
+    ``normal_interpretations`` no interpretation reads as normal. A value beside a
+    dataAbsentReason is unreadable (see :func:`value_beside_absent_reason`).
     """
+    absent = value_beside_absent_reason(observation)
+    if absent is not None:
+        return Reading("unreadable", absent)
     reading = _above_normal(
         observation,
         above_normal_interpretations,
@@ -464,6 +498,15 @@ def _above_normal(
     high = reference_high(observation)
     if number is not None and high is not None:
         shown = describe_quantity(number)
+        limits = _reference_highs(observation)
+        if len(limits) > 1:
+            # Which range is the normal one (borderline, age band, ...) cannot be told.
+            listed = ", ".join(_number_text(v) for v in sorted(limits))
+            return Reading(
+                "unreadable",
+                f"result {shown} has several reference ranges with different upper limits "
+                f"({listed})",
+            )
         if number.unit and high[1] and number.unit != high[1]:
             return Reading(
                 "unreadable",
@@ -518,10 +561,10 @@ def parse_titer(text: object) -> Titer | None:
     if not isinstance(text, str):
         return None
     match = _TITER.match(text)
-    if not match:
+    if not match or re.search(r"\d", _ICAP_CODE.sub("", match["rest"])):
         return None
     dilution = float(match["dil"])
-    if dilution <= 0:
+    if dilution < 1:  # a titer is 1:N with N >= 1
         return None
     return Titer(dilution, _COMPARATORS[match["cmp"] or ""])
 
@@ -532,7 +575,13 @@ def read_titer(observation: Resource) -> Titer | None:
     if isinstance(ratio, Mapping):
         numerator = _quantity(ratio.get("numerator"))
         denominator = _quantity(ratio.get("denominator"))
-        if numerator is not None and denominator is not None and numerator.value > 0:
+        # 160/1 is not a titer: a dilution below 1:1 is a ratio written the wrong way round.
+        if (
+            numerator is not None
+            and denominator is not None
+            and numerator.value > 0
+            and denominator.value >= numerator.value
+        ):
             comparator = numerator.comparator or denominator.comparator
             return Titer(denominator.value / numerator.value, comparator)
         return None
@@ -540,10 +589,10 @@ def read_titer(observation: Resource) -> Titer | None:
         return parse_titer(observation.get("valueString"))
     quantity = _quantity(observation.get("valueQuantity"))
     if quantity is not None:
-        if any(u.lower() in _TITER_UNITS for u in quantity.units) and quantity.value > 0:
+        if any(u.lower() in _TITER_UNITS for u in quantity.units) and quantity.value >= 1:
             return Titer(quantity.value, quantity.comparator)
         return None
     integer = observation.get("valueInteger")
-    if isinstance(integer, int) and not isinstance(integer, bool) and integer > 0:
+    if isinstance(integer, int) and not isinstance(integer, bool) and integer >= 1:
         return Titer(float(integer), "")
     return None

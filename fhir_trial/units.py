@@ -33,6 +33,7 @@ __all__ = [
     "UnitError",
     "canonical_spelling",
     "normalise",
+    "reads_like_fraction",
 ]
 
 HEMOGLOBIN_G_PER_MMOL = 16.11
@@ -53,10 +54,12 @@ PERCENT = Dimension.PERCENT
 
 # Values no human blood count, hemoglobin or ejection fraction can take, in the target unit: a
 # result outside these is a data error (a sign slip, a unit mix-up) for a person to check, never
-# evidence for or against a criterion. Deliberately wide: they catch nonsense, not disease.
+# evidence for or against a criterion. Deliberately wide: they catch nonsense, not disease. The
+# hemoglobin floor catches the commonest mix-up, a g/dL value sent with unit g/L (11.5 "g/L"):
+# below 20 g/L (2 g/dL) is not a value a patient attending screening has.
 POSSIBLE_RANGE: dict[Dimension, tuple[float, float]] = {
     CELL_COUNT: (0.0, 1000.0),
-    MASS_CONCENTRATION: (0.0, 400.0),
+    MASS_CONCENTRATION: (20.0, 400.0),
     PERCENT: (0.0, 100.0),
 }
 
@@ -65,6 +68,12 @@ def is_possible(value: float, dimension: Dimension) -> bool:
     """Whether a converted value lies within what the quantity can physically be."""
     low, high = POSSIBLE_RANGE[dimension]
     return low <= value <= high
+
+
+def reads_like_fraction(value: float, dimension: Dimension) -> bool:
+    """Whether a percentage is at most 1: an ejection fraction that low is not a measurement, but
+    a fraction (0.55) sent with the unit % is common; either way a person must read it."""
+    return dimension is Dimension.PERCENT and value <= 1
 
 
 class UnitError(ValueError):

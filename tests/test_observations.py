@@ -174,6 +174,9 @@ def test_quantity_prefers_the_ucum_code_and_keeps_the_unit() -> None:
         ("<1:40", Titer(40, "<")),
         ("1:80", Titer(80, "")),
         ("1:320 speckled", Titer(320, "")),
+        ("1:160 speckled (AC-4,5)", Titer(160, "")),
+        ("1:40 homogeneous, 1:640 speckled", None),
+        ("1:0.5", None),
         (" 1 : 640 ", Titer(640, "")),
         ("negative", None),
         ("1:", None),
@@ -195,6 +198,8 @@ def test_read_titer_from_every_shape() -> None:
     )
     assert read_titer(obs(valueQuantity={"value": 12, "unit": "IU/mL"})) is None
     assert read_titer(obs(valueInteger=640)) == Titer(640, "")
+    swapped = {"numerator": {"value": 160}, "denominator": {"value": 1}}
+    assert read_titer(obs(valueRatio=swapped)) is None
     assert str(Titer(160, ">=")) == ">=1:160"
 
 

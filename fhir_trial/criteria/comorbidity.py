@@ -37,6 +37,8 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -64,6 +66,7 @@ from fhir_trial.criteria.labels import (
     uncoded_suggestions,
 )
 from fhir_trial.fhirdates import DateSpan
+from fhir_trial.observations import observation_status
 from fhir_trial.record import Resource
 from fhir_trial.report import Finding
 from fhir_trial.terminology import ValueSet, codings
@@ -176,7 +179,47 @@ def _span_text(span: DateSpan | None) -> str:
     return f"dated between {span.start.isoformat()} and {span.end.isoformat()}"
 
 
-def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet) -> Finding:
+UnreadNyha = tuple[DateSpan | None, Resource]
+_NYHA_WORDS = re.compile(r"\bnyha\b|new york heart association", re.IGNORECASE)
+
+
+def _names_nyha(observation: Mapping[str, Any]) -> bool:
+    """Whether an Observation's code says it is a NYHA class assessment (text or display)."""
+    code = observation.get("code")
+    words = [code.get("text") if isinstance(code, Mapping) else None]
+    words += [c.get("display") for c in codings(code)]
+    return any(isinstance(w, str) and _NYHA_WORDS.search(w) for w in words)
+
+
+def _unread_value(observation: Mapping[str, Any]) -> str:
+    """The value of a NYHA assessment whose class is not a SNOMED class finding, as written."""
+    concept = observation.get("valueCodeableConcept")
+    if isinstance(concept, Mapping):
+        for coding in codings(concept):
+            label = coding.get("display") or coding.get("code")
+            if label:
+                return repr(str(label))
+        if concept.get("text"):
+            return repr(str(concept["text"]))
+    text = observation.get("valueString")
+    return repr(text) if isinstance(text, str) else "no value"
+
+
+def _unread_listing(unread: Sequence[UnreadNyha]) -> str:
+    return ", ".join(f"{_unread_value(u[1])} ({_span_text(u[0])})" for u in unread)
+
+
+def _key_start(finding: NyhaFinding) -> dt.date:
+    """A finding's earliest possible day (undated: the oldest possible)."""
+    return finding[0].start if finding[0] is not None else dt.date.min
+
+
+def _latest_nyha(
+    ctx: Context,
+    findings: Sequence[NyhaFinding],
+    milder: ValueSet,
+    unread: Sequence[UnreadNyha] = (),
+) -> Finding:
     """The latest NYHA class finding decides; partial dates that leave it unclear need review.
 
     The latest is the finding whose date starts last (undated ones count as oldest); another
@@ -230,6 +273,16 @@ def _latest_nyha(ctx: Context, findings: Sequence[NyhaFinding], milder: ValueSet
             f"finding has no date: {names}; whether it came before or after needs a person",
             evidence,
         )
+    # A NYHA assessment whose class cannot be read (a LOINC answer, text) that may be as late as the
+    # latest coded finding may be the class that decides: a person reads it.
+    later_unread = [u for u in unread if u[0] is None or u[0].end >= _key_start(newest)]
+    if later_unread:
+        return Finding(
+            "needs-review",
+            f"the latest coded NYHA class finding is {label} ({day}), but a NYHA assessment that "
+            f"may be as recent cannot be read: {_unread_listing(later_unread)}",
+            evidence + tuple(_ref(ctx, u[1]) for u in later_unread),
+        )
     if kind == "Observation" and not observation_counts(latest):
         return Finding(
             "needs-review",
@@ -259,6 +312,9 @@ def heart_failure(ctx: Context) -> Finding:
     nyha = ctx.valueset("nyha-class-iii-iv")
     milder = ctx.valueset("nyha-class-i-ii")  # a later class I/II finding supersedes III/IV
     findings: list[tuple[DateSpan | None, str, Resource]] = []
+    # NYHA assessments whose value is not a SNOMED class finding (a LOINC answer, text only): the
+    # class may be III/IV, so they are never passed over as "no qualifying record".
+    unread: list[UnreadNyha] = []
     if ctx.record.usable("Condition"):
         for valueset in (nyha, milder):
             for condition in ctx.record.with_code("Condition", valueset):
@@ -275,14 +331,30 @@ def heart_failure(ctx: Context) -> Finding:
                 and (nyha.matches(value) or milder.matches(value))
             ):
                 findings.append((observation_time(observation), "Observation", observation))
+            elif (
+                observation_status(observation) != "ignored"  # damaged status: not a crash
+                and not (
+                    isinstance(value, Mapping) and (nyha.matches(value) or milder.matches(value))
+                )
+                and _names_nyha(observation)
+            ):
+                unread.append((observation_time(observation), observation))
     # A finding dated wholly after the screening date is a data error, never the latest finding.
     findings = [f for f in findings if f[0] is None or f[0].start <= ctx.as_of]
+    unread = [u for u in unread if u[0] is None or u[0].start <= ctx.as_of]
     if findings:
-        return _latest_nyha(ctx, findings, milder)
+        return _latest_nyha(ctx, findings, milder, unread)
 
     unavailable = category_unavailable(ctx, "Condition")
     if unavailable:
         return unavailable
+    if unread:
+        return Finding(
+            "needs-review",
+            f"a NYHA assessment whose class cannot be read (not a SNOMED CT class finding): "
+            f"{_unread_listing(unread)}; class III/IV excludes",
+            tuple(_ref(ctx, u[1]) for u in unread),
+        )
     failing = conditions_in(ctx, "heart-failure")
     if failing:
         return Finding(

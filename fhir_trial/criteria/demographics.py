@@ -35,6 +35,11 @@ def _patient_or_finding(ctx: Context) -> Resource | Finding:
 
 
 # --------------------------------------------------------------------------- inc-age
+# Older than anyone has been documented to live: such a birth date is a placeholder some systems
+# write for an unknown date of birth (1900-01-01), not an age that makes the patient ineligible.
+MAX_PLAUSIBLE_AGE = 120
+
+
 def age(ctx: Context) -> Finding:
     """inc-age: completed years at as_of within [min_age, max_age]; partial dates unknown only if ambiguous."""
     patient = _patient_or_finding(ctx)
@@ -63,6 +68,15 @@ def age(ctx: Context) -> Finding:
         )
     oldest = completed_years(span.start, ctx.as_of)
     youngest = completed_years(span.end, ctx.as_of)
+    if youngest > MAX_PLAUSIBLE_AGE:
+        return Finding(
+            "needs-review",
+            f"birth date {birth} makes the patient at least {youngest} on "
+            f"{ctx.as_of.isoformat()}: most likely a placeholder for an unknown date of birth "
+            "(1900-01-01 is common), to correct before the age can be judged",
+            (ref,),
+            ("a correct Patient.birthDate",),
+        )
     on = ctx.as_of.isoformat()
     if span.exact:
         said = f"age {oldest} on {on} (born {birth}; {required})"

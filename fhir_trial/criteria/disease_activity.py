@@ -19,6 +19,7 @@ from fhir_trial.observations import (
     observation_status,
     parse_number,
     quantity_of,
+    value_beside_absent_reason,
 )
 from fhir_trial.report import Finding
 from fhir_trial.terminology import ValueSet, codings
@@ -42,6 +43,9 @@ def _sledai_judge(threshold: int) -> Callable[[Resource], Judgement]:
         else:
             value, comparator, unit = quantity.value, quantity.comparator, quantity.unit
         shown = f"{comparator}{value:.6g}"
+        absent = value_beside_absent_reason(obs)
+        if absent is not None:
+            return Judgement("unreadable", f"{shown}: {absent}")
         if unit.lower() not in _SCORE_UNITS:
             return Judgement("unreadable", f"{shown} with unit {unit!r}, not a score")
         if not 0 <= value <= SLEDAI_2K_MAX:

@@ -28,6 +28,7 @@ from fhir_trial.observations import (
     parse_number,
     quantity_of,
     split_by_window,
+    value_beside_absent_reason,
 )
 from fhir_trial.report import Finding, Status
 from fhir_trial.terminology import ValueSet, codings
@@ -42,6 +43,7 @@ from fhir_trial.units import (
     UnitError,
     is_possible,
     normalise,
+    reads_like_fraction,
 )
 
 Verdict = Literal["pass", "fail", "unreadable"]
@@ -235,11 +237,14 @@ def _quantity_judge(
 
     def judge(observation: Resource) -> Judgement:
         quantity = quantity_of(observation)
+        absent = value_beside_absent_reason(observation)
         if quantity is None:
             parsed = parse_number(observation.get("valueString"))
             if parsed is None:
                 return text_judgement(observation.get("valueString"), "no numeric value")
             quantity = Quantity(parsed[0], parsed[1], ())
+        if absent is not None:
+            return Judgement("unreadable", f"{describe_quantity(quantity)}: {absent}")
         return _compare(quantity, dimension, threshold, grams_per_mmol)
 
     return judge
@@ -260,6 +265,12 @@ def _compare(
         problem = errors[-1].message if errors else "no unit"
         return Judgement("unreadable", f"{describe_quantity(quantity)}: {problem}")
     shown = f"{quantity.comparator}{converted.describe()}"
+    if reads_like_fraction(converted.value, dimension):
+        return Judgement(
+            "unreadable",
+            f"{shown}: a percentage of at most 1 is most likely a fraction (0.55 = 55 %) sent with "
+            "the unit %, and otherwise not a measurement: a data error",
+        )
     if not is_possible(converted.value, dimension):
         low, high = POSSIBLE_RANGE[dimension]
         return Judgement(

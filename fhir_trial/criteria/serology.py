@@ -7,7 +7,8 @@ immunofluorescence -> ``needs-review``; no result at all -> ``unknown`` (absence
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from fhir_trial.criteria.context import Context, category_unavailable
 from fhir_trial.criteria.labs import reference
@@ -23,6 +24,7 @@ from fhir_trial.observations import (
     observation_status,
     observation_time,
     read_titer,
+    value_beside_absent_reason,
 )
 from fhir_trial.report import Finding
 
@@ -130,7 +132,13 @@ def _ana_titer_reader(ctx: Context) -> Reader:
     negative = ctx.valueset("negative-result-answers")
 
     def read(obs: Resource) -> Reading:
+        absent = value_beside_absent_reason(obs)
+        if absent is not None:
+            return Reading("unreadable", absent)
         titer = read_titer(obs)
+        ratio = obs.get("valueRatio")
+        if titer is None and isinstance(ratio, Mapping):
+            return Reading("unreadable", f"ratio {_ratio_text(ratio)} is not a titer 1:N")
         if titer is not None:
             ok = meets_at_least(titer.dilution, titer.comparator, threshold)
             if ok is True:
@@ -150,6 +158,16 @@ def _ana_titer_reader(ctx: Context) -> Reader:
         return Reading("unreadable", general.detail)
 
     return read
+
+
+def _ratio_text(ratio: Mapping[str, Any]) -> str:
+    """``160:1`` as written in a valueRatio, for reasons (``?`` for a missing side)."""
+    sides = []
+    for side in ("numerator", "denominator"):
+        part = ratio.get(side)
+        value = part.get("value") if isinstance(part, Mapping) else None
+        sides.append(f"{value:g}" if isinstance(value, (int, float)) else "?")
+    return ":".join(sides)
 
 
 def ana(ctx: Context) -> Finding:
