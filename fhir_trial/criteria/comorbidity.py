@@ -38,6 +38,7 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -183,12 +184,33 @@ UnreadNyha = tuple[DateSpan | None, Resource]
 _NYHA_WORDS = re.compile(r"\bnyha\b|new york heart association", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=4096)
+def _label_names_nyha(label: str) -> bool:
+    # Cached: every Observation of a chart is asked, and the same few labels recur.
+    return _NYHA_WORDS.search(label) is not None
+
+
 def _names_nyha(observation: Mapping[str, Any]) -> bool:
     """Whether an Observation's code says it is a NYHA class assessment (text or display)."""
     code = observation.get("code")
-    words = [code.get("text") if isinstance(code, Mapping) else None]
-    words += [c.get("display") for c in codings(code)]
-    return any(isinstance(w, str) and _NYHA_WORDS.search(w) for w in words)
+    if type(code) is dict:  # plain JSON, the usual case: no Mapping checks or generators
+        text = code.get("text")
+        if type(text) is str and _label_names_nyha(text):
+            return True
+        found = code.get("coding")
+        if type(found) is list:
+            for coding in found:
+                if type(coding) is not dict:
+                    break  # damaged: the careful path below
+                display = coding.get("display")
+                if type(display) is str and _label_names_nyha(display):
+                    return True
+            else:
+                return False
+    if not isinstance(code, Mapping):
+        return False
+    labels = [code.get("text")] + [c.get("display") for c in codings(code)]
+    return any(isinstance(label, str) and _label_names_nyha(label) for label in labels)
 
 
 def _unread_value(observation: Mapping[str, Any]) -> str:
@@ -332,11 +354,11 @@ def heart_failure(ctx: Context) -> Finding:
             ):
                 findings.append((observation_time(observation), "Observation", observation))
             elif (
-                observation_status(observation) != "ignored"  # damaged status: not a crash
+                _names_nyha(observation)  # first: most Observations are no NYHA assessment
+                and observation_status(observation) != "ignored"  # damaged status: not a crash
                 and not (
                     isinstance(value, Mapping) and (nyha.matches(value) or milder.matches(value))
                 )
-                and _names_nyha(observation)
             ):
                 unread.append((observation_time(observation), observation))
     # A finding dated wholly after the screening date is a data error, never the latest finding.
