@@ -84,12 +84,14 @@ IGNORED_MEDICATION_STATUSES = frozenset(
         "preparation",
     }
 )
-# Statuses that mean "not given" for one resource type only. A MedicationDispense in-progress is
-# being prepared or is waiting for pickup: not handed over, like preparation. The same code on a
+# The ignored statuses per resource type: the shared set, and for MedicationDispense in-progress
+# too (being prepared or waiting for pickup: not handed over, like preparation). The same code on a
 # MedicationAdministration means the drug is being given now (a running infusion), which is
 # exposure, so it cannot join the shared set above.
 IGNORED_STATUSES_BY_TYPE: Mapping[str, frozenset[str]] = {
-    "MedicationDispense": frozenset({"in-progress"}),
+    rtype: IGNORED_MEDICATION_STATUSES
+    | (frozenset({"in-progress"}) if rtype == "MedicationDispense" else frozenset())
+    for rtype in MEDICATION_TYPES
 }
 
 Period = tuple[dt.date, dt.date]  # inclusive first and last day
@@ -361,13 +363,7 @@ def build_history(
         for resource in record.resources(rtype):
             retrieved += 1
             status, intent = resource.get("status"), resource.get("intent")
-            if (
-                isinstance(status, str)
-                and (
-                    status in IGNORED_MEDICATION_STATUSES
-                    or status in IGNORED_STATUSES_BY_TYPE.get(rtype, frozenset())
-                )
-            ) or (
+            if (isinstance(status, str) and status in IGNORED_STATUSES_BY_TYPE[rtype]) or (
                 rtype == "MedicationRequest"
                 and isinstance(intent, str)
                 and intent in NOT_ORDERED_INTENTS
@@ -514,14 +510,10 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
             return "it has no readable whenHandedOver date"
         days = _days(resource.get("daysSupply"))
         if days is not None:
-            return Placed(
-                handed,
-                _shift(handed, days - 1),
-                f"{verb} {_span_text(handed)}, {days}-day supply",
-            )
-        return Placed(
+            return _covering(handed, days, f"{verb} {_span_text(handed)}, {days}-day supply")
+        return _covering(
             handed,
-            _shift(handed, supply - 1),
+            supply,
             f"{verb} {_span_text(handed)}, no days supply: default {supply}-day supply",
         )
     # MedicationRequest
@@ -545,9 +537,9 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
         repeats = dispense.get("numberOfRepeatsAllowed")
         fills = 1 + (repeats if isinstance(repeats, int) and repeats > 0 else 0)
         total = duration * fills
-        return Placed(
+        return _covering(
             authored,
-            _shift(authored, total - 1),
+            total,
             f"authored {_span_text(authored)}, {duration}-day supply x {fills} fill(s)",
         )
     if status == "active":
@@ -557,15 +549,13 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
     # ended before.
     course = _bounds_days(resource)
     if course is not None:
-        return Placed(
+        return _covering(
             authored,
-            _shift(authored, course - 1),
+            course,
             f"authored {_span_text(authored)}, {course}-day course (dosage bounds duration)",
         )
-    return Placed(
-        authored,
-        _shift(authored, supply - 1),
-        f"authored {_span_text(authored)}, default {supply}-day supply",
+    return _covering(
+        authored, supply, f"authored {_span_text(authored)}, default {supply}-day supply"
     )
 
 
@@ -630,9 +620,9 @@ def _from_periods(
             return Placed(start, end, f"{what} {_span_text(start)} to {_span_text(end)}")
     if status == "active":
         return _until(start, as_of, f"{what} from {_span_text(start)}, still active")
-    return Placed(
+    return _covering(
         start,
-        _shift(start, supply - 1),
+        supply,
         f"{what} from {_span_text(start)} with no end: default {supply}-day supply",
     )
 
@@ -641,6 +631,11 @@ def _until(start: DateSpan, as_of: dt.date, basis: str) -> Placed:
     if start.start > as_of:
         return Placed(start, start, basis)
     return Placed(start, DateSpan(as_of, as_of), f"{basis} (runs to {as_of.isoformat()})", True)
+
+
+def _covering(start: DateSpan, days: int, basis: str) -> Placed:
+    """``days`` inclusive days from ``start`` (a supply, a course)."""
+    return Placed(start, _shift(start, days - 1), basis)
 
 
 def _shift(span: DateSpan, days: int) -> DateSpan:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -361,16 +361,20 @@ def _concept_label(concept: Mapping[str, Any]) -> str:
     return str(concept.get("text") or "a coded answer")
 
 
-def reference_high(observation: Resource) -> tuple[float, str] | None:
-    """The result's own ``referenceRange.high`` (value, unit); None when it has none."""
+def _range_highs(observation: Resource) -> Iterator[Quantity]:
+    """The readable ``referenceRange.high`` quantities of the result, in order."""
     ranges = observation.get("referenceRange")
     for entry in ranges if isinstance(ranges, list) else []:
-        if not isinstance(entry, Mapping):
-            continue
-        high = _quantity(entry.get("high"))
-        if high is not None:
-            return high.value, high.unit
-    return None
+        if isinstance(entry, Mapping):
+            high = _quantity(entry.get("high"))
+            if high is not None:
+                yield high
+
+
+def reference_high(observation: Resource) -> tuple[float, str] | None:
+    """The result's own ``referenceRange.high`` (value, unit); None when it has none."""
+    high = next(_range_highs(observation), None)
+    return (high.value, high.unit) if high is not None else None
 
 
 def value_beside_absent_reason(observation: Resource) -> str | None:
@@ -390,13 +394,7 @@ def value_beside_absent_reason(observation: Resource) -> str | None:
 
 def _reference_highs(observation: Resource) -> set[float]:
     """Every distinct ``referenceRange.high`` value of the result."""
-    ranges = observation.get("referenceRange")
-    highs = (
-        _quantity(entry.get("high"))
-        for entry in (ranges if isinstance(ranges, list) else [])
-        if isinstance(entry, Mapping)
-    )
-    return {h.value for h in highs if h is not None}
+    return {high.value for high in _range_highs(observation)}
 
 
 # --------------------------------------------------------------------------- readings

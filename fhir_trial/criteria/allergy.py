@@ -26,7 +26,7 @@ from fhir_trial.criteria.context import (
     first_code,
     none_found,
 )
-from fhir_trial.criteria.labels import TRIAL_DRUG_WORDS, label_suggests
+from fhir_trial.criteria.labels import TRIAL_DRUG_WORDS, naming_label
 from fhir_trial.report import Finding
 from fhir_trial.terminology import ValueSet, codings
 
@@ -77,12 +77,9 @@ def _label_naming_trial_drug(allergy: Mapping[str, Any]) -> str | None:
         if isinstance(reaction, dict)
     ]
     for concept in concepts:
-        labels = [coding.get("display") for coding in codings(concept)]
-        if isinstance(concept, Mapping):
-            labels.append(concept.get("text"))
-        for label in labels:
-            if isinstance(label, str) and label_suggests(label, TRIAL_DRUG_WORDS):
-                return label
+        label = naming_label(concept, TRIAL_DRUG_WORDS)
+        if label is not None:
+            return label
     return None
 
 

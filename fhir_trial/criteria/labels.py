@@ -80,7 +80,11 @@ def suggesting_label(
     A label that also matches ``qualifiers`` (a mention that does not state the disease in the
     patient) does not count.
     """
-    concept = condition.get("code")
+    return naming_label(condition.get("code"), words, qualifiers)
+
+
+def naming_label(concept: Any, words: str, qualifiers: str = NOT_A_DIAGNOSIS) -> str | None:
+    """The first coding display or text of a CodeableConcept that names ``words`` (unqualified)."""
     labels = [c.get("display") for c in codings(concept)]
     if isinstance(concept, Mapping):
         labels.append(concept.get("text"))
