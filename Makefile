@@ -2,15 +2,22 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 NPM_DIR := tools/cql
 NPM_STAMP := $(NPM_DIR)/node_modules/.installed
 
 .PHONY: demo test check lint typecheck pytest resources cql bench clean
 
-$(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# Running needs only the package and its run-time dependencies; the test toolchain (pytest, ruff,
+# mypy, pyspark, ...) is installed on top for `make test`.
+$(RUN_STAMP): setup.cfg setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -19,7 +26,7 @@ $(NPM_STAMP): $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json
 	touch $(NPM_STAMP)
 
 ## demo: screen the demo patients shipped with the project (no server needed)
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/fhir-trial screen-population --demo
 
 ## test: lint, type-check and run the whole test suite (installs Python and npm packages, and

@@ -18,7 +18,12 @@ from typing import Any
 from fhir_trial.errors import ConfigurationError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESOURCES_DIR = PROJECT_ROOT / "resources"
+# Installed from the wheel, the top-level data folders (resources/, terminology/, cql/) travel
+# inside the package (setup.py copies them to fhir_trial/_data); in a checkout they are read where
+# they are.
+_PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
+DATA_ROOT = _PACKAGED_DATA if (_PACKAGED_DATA / "resources").is_dir() else PROJECT_ROOT
+DEFAULT_RESOURCES_DIR = DATA_ROOT / "resources"
 
 
 @dataclass(frozen=True)

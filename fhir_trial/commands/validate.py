@@ -86,11 +86,12 @@ def command(files: tuple[Path, ...], schema: Path | None, resources_dir: Path, f
     if fmt == "json":
         outcome = operation_outcome(issues, checked=len(resources))
         click.echo(json.dumps(outcome, indent=2, ensure_ascii=False))
-    elif issues:
+    errors = sum(issue.is_error for issue in issues)
+    if fmt == "text":
         for issue in issues:
             click.echo(issue.line())
-    else:
-        click.echo(f"ok: {len(resources)} resource(s) valid")
-    errors = sum(issue.is_error for issue in issues)
+        if not errors:  # with errors, the exit message below sums them up
+            others = f" ({len(issues)} warning(s) above)" if issues else ""
+            click.echo(f"ok: {len(resources)} resource(s) valid{others}")
     if errors:
         raise ValidationFailed(f"validation found {errors} error(s) in {len(resources)} file(s)")

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fhir_trial.config import PROJECT_ROOT, Settings
+from fhir_trial.config import DATA_ROOT, Settings
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.study.common import JsonDict
 from fhir_trial.study.criterion_values import CRITERION_VALUES
@@ -28,8 +28,8 @@ from fhir_trial.study.terminology_sources import load_terminology_sources
 class BuildInputs:
     """Where the builder reads its sources."""
 
-    terminology_dir: Path = PROJECT_ROOT / "terminology"
-    cql_dir: Path = PROJECT_ROOT / "cql"
+    terminology_dir: Path = DATA_ROOT / "terminology"
+    cql_dir: Path = DATA_ROOT / "cql"
     settings: Settings = field(default_factory=Settings)
 
 

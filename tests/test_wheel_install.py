@@ -1,0 +1,168 @@
+"""The package works installed from its wheel, in a fresh virtual environment away from the checkout.
+
+A user runs ``pip install fhir-trial``: no ``resources/``, ``terminology/`` or ``cql/`` folder of a
+checkout is anywhere near. The test builds the wheel from this checkout, installs it (with its
+dependencies from the package index) into a new virtual environment under a temporary folder, and
+runs ``screen``, ``validate``, ``build-resources --check`` and ``serve`` from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import venv
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "FHIR_TRIAL_"))}
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The ``bin`` folder of a fresh virtual environment holding the wheel."""
+    root = tmp_path_factory.mktemp("wheel")
+    wheels = root / "dist"
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", str(CHECKOUT), "--no-deps", "-q", "-w", str(wheels)],
+        cwd=root,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("fhir_trial-*.whl")
+    venv.EnvBuilder(with_pip=True).create(root / "env")
+    bin_dir = root / "env" / "bin"
+    done = _run([str(bin_dir / "pip"), "install", "-q", str(wheel)], cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    yield bin_dir
+
+
+def test_the_wheel_carries_resources_terminology_and_cql() -> None:
+    """Package data: every published resource, every terminology source and the CQL with its ELM."""
+    out = CHECKOUT / "build" / "wheel-content-test"
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", str(CHECKOUT), "--no-deps", "-q", "-w", str(out)],
+        cwd=CHECKOUT,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = out.glob("fhir_trial-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in (CHECKOUT / "resources").glob("*.json"):
+        assert f"fhir_trial/_data/resources/{path.name}" in names
+    for path in (CHECKOUT / "terminology" / "valuesets").glob("*.json"):
+        assert f"fhir_trial/_data/terminology/valuesets/{path.name}" in names
+    assert "fhir_trial/_data/cql/NCT06010472.cql" in names
+    assert "fhir_trial/_data/cql/build/NCT06010472Eligibility.json" in names
+    wheel.unlink()
+
+
+def test_screen_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """`screen --bundle` reads the packaged ValueSets: a 17-year-old is ineligible by inc-age."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": "teen",
+                    "gender": "female",
+                    "birthDate": "2009-06-15",
+                }
+            }
+        ],
+    }
+    path = tmp_path / "teen.json"
+    path.write_text(json.dumps(bundle), encoding="utf-8")
+    result = _run(
+        [
+            str(installed / "fhir-trial"),
+            "screen",
+            "--bundle",
+            str(path),
+            "--as-of",
+            "2026-11-26",
+            "--format",
+            "json",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "ineligible"
+    statuses = {c["id"]: c["status"] for c in report["criteria"]}
+    assert statuses["inc-age"] == "not-met"
+    assert len(statuses) == 29
+
+
+def test_validate_and_build_check_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """`validate` finds the packaged resources; `build-resources --check` finds them up to date."""
+    validated = _run([str(installed / "fhir-trial"), "validate"], cwd=tmp_path)
+    assert validated.returncode == 0, validated.stdout[-2000:] + validated.stderr[-2000:]
+    assert "resource(s) valid" in validated.stdout
+    checked = _run([str(installed / "fhir-trial"), "build-resources", "--check"], cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """`serve` (gunicorn) answers /fhir/ResearchStudy with the packaged study."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "FHIR_TRIAL_"))}
+    env["FHIR_TRIAL_STORE_PATH"] = str(tmp_path / "store.sqlite3")
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [
+            str(installed / "fhir-trial"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        body = None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/fhir/ResearchStudy", timeout=5
+                ) as response:
+                    body = json.loads(response.read())
+            except OSError:
+                if server.poll() is not None:
+                    break
+                time.sleep(0.3)
+        assert body is not None, (tmp_path / "serve.log").read_text(errors="replace")[-2000:]
+        assert body["resourceType"] == "Bundle"
+        ids = [e["resource"]["id"] for e in body["entry"]]
+        assert "nct06010472" in ids
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
