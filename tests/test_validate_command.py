@@ -126,3 +126,52 @@ def test_build_resources_check(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_the_project_resources_are_current(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["build-resources", "--check"]) == 0
     capsys.readouterr()
+
+
+def test_ndjson_lines_are_validated_and_named_by_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    patient = {"resourceType": "Patient", "id": "p"}
+    link = [{"other": {"reference": "Patient/p"}, "type": "seealso"}]
+    good = {"resourceType": "Patient", "id": "q", "link": link}
+    bad = {"resourceType": "Patient", "id": "r", "birthDate": "1990-13-45"}
+    lines = [json.dumps(patient), "", json.dumps(good), json.dumps(bad)]
+    path = _write(tmp_path / "Patient.000.ndjson", "\n".join(lines) + "\n")
+    assert main(["validate", str(path)]) == 6
+    out = capsys.readouterr().out
+    assert f"({path}:4)" in out and f"({path}:3)" not in out
+    path.write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
+    assert main(["validate", str(path)]) == 0
+    assert "ok: 2 resource(s) valid" in capsys.readouterr().out
+    path.write_text(json.dumps(patient) + "\n{not json\n", encoding="utf-8")
+    assert main(["validate", str(path)]) == 2
+    assert f"{path}:2: not JSON" in capsys.readouterr().err
+
+
+# --- real-world records: Synthea as served by SMART, Blaze and a Bulk Data export ---------------
+NDJSON_SAMPLE = 150  # lines validated per NDJSON file; the rest is context references resolve to
+
+
+def test_synthea_fixtures_validate_without_errors(shared_dir: Path) -> None:
+    """Transaction and batch Bundles (urn:uuid, conditional references, contained Coverage) and
+    bulk NDJSON (references across files) hold no error. A sample keeps this under ~15 s; the
+    whole folders pass too (`fhir-trial validate ../shared/fixtures/synthea/*/*.json`)."""
+    from fhir_trial.commands.validate import read_inputs
+    from fhir_trial.validation import validate_set
+
+    folder = shared_dir / "fixtures" / "synthea"
+    bundles = sorted((folder / "bundles").glob("*.json"), key=lambda p: p.stat().st_size)
+    blaze = sorted((folder / "blaze").glob("*.json"), key=lambda p: p.stat().st_size)
+    ndjson = sorted((folder / "bulk-ndjson-10-patients").glob("[A-Z]*.ndjson"))
+    assert len(bundles) == 13 and len(blaze) == 7 and len(ndjson) == 13
+    # the two smallest patient Bundles; Blaze's smallest transaction and both batch Bundles
+    chosen = bundles[:2] + blaze[:1] + [p for p in blaze if p.name.startswith("0-")]
+    for path in chosen:
+        issues = validate_set(read_inputs(path))
+        assert [i.line() for i in issues if i.is_error] == [], path.name
+    lines = [pair for path in ndjson for pair in read_inputs(path)]
+    sample = [pair for pair in lines if int(pair[0].rsplit(":", 1)[1]) <= NDJSON_SAMPLE]
+    context = [resource for _source, resource in lines]
+    issues = validate_set(sample, context=context)
+    assert [i.line() for i in issues if i.is_error] == []
+    assert {source.rsplit(":", 1)[0] for source, _r in sample} == {str(p) for p in ndjson}

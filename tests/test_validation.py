@@ -168,3 +168,133 @@ def test_schema_validator_is_compiled_once_per_type(schema: Path) -> None:
     first = validation._type_validator(str(schema), "Patient")
     assert validation._type_validator(str(schema), "Patient") is first
     assert validation._type_validator(str(schema), "NotAType") is None
+
+
+# --- false errors that must not be raised, true errors that must stay ---------------------------
+def _encounter(**changes: Any) -> dict[str, Any]:
+    encounter: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": "e",
+        "status": "finished",
+        "class": {"code": "AMB"},
+    }
+    encounter.update(changes)
+    return encounter
+
+
+def _coverage(cid: str = "coverage") -> dict[str, Any]:
+    return {
+        "resourceType": "Coverage",
+        "id": cid,
+        "status": "active",
+        "beneficiary": {"reference": "#"},
+        "payor": [{"display": "NO_INSURANCE"}],
+    }
+
+
+def test_contained_resources_resolve_and_are_validated_in_their_container(schema: Path) -> None:
+    # Synthea's Claims: references to "#coverage" inside every entry of a Bundle.
+    encounter = _encounter(contained=[_coverage()], reasonReference=[{"reference": "#coverage"}])
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": encounter}]}
+    assert validate_set([("b", bundle)], schema_path=schema) == []
+    # ... and a contained resource is still validated, with its path
+    broken = _encounter(contained=[{**_coverage(), "status": 5}])
+    issues = validate_set([("e", broken)], schema_path=schema)
+    assert {i.expression for i in issues} == {"Encounter.contained[0].status"}
+    assert len(issues) == 2  # the model and the schema
+    missing = _encounter(reasonReference=[{"reference": "#nowhere"}])
+    (issue,) = reference_issues([("e", missing)])
+    assert "#nowhere" in issue.message
+
+
+def test_bundle_entries_are_validated_one_by_one_with_their_paths(schema: Path) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": _study()},
+            {"resource": _study(arm=[{"name": 5}])},
+            {"resource": {"resourceType": "NotAType", "id": "x"}},
+        ],
+    }
+    issues = schema_issues(bundle, schema)
+    assert [i.expression for i in issues] == [
+        "Bundle.entry[1].resource.arm[0].name",
+        "Bundle.entry[2].resource.resourceType",
+    ]
+    model = model_issues({**bundle, "entry": bundle["entry"][:2]})
+    assert [i.expression for i in model] == ["Bundle.entry[1].resource.arm[0].name"]
+    (unknown,) = model_issues(bundle)  # fhir.resources stops at the unknown type; no crash
+    assert "NotAType" in unknown.message
+
+
+def _transaction(*entries: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": url,
+                "resource": resource,
+                "request": {"method": "POST", "url": resource["resourceType"]},
+            }
+            for url, resource in entries
+        ],
+    }
+
+
+PATIENT_URN = "urn:uuid:0b8a1b6e-5d7e-4d38-9b8b-6f1c2a3d4e5f"
+
+
+def test_transaction_references_by_urn_conditional_and_to_the_server() -> None:
+    encounter = _encounter(
+        subject={"reference": PATIENT_URN},
+        participant=[{"individual": {"reference": "Practitioner?identifier=http://x|9"}}],
+        serviceProvider={"reference": "Organization/on-the-server"},
+        location=[{"location": {"reference": "https://other.example/fhir/Location/1"}}],
+    )
+    bundle = _transaction((PATIENT_URN, {"resourceType": "Patient"}), ("urn:uuid:e", encounter))
+    assert reference_issues([("t", bundle)]) == []
+    # a urn: that no entry carries is a broken transaction
+    broken = _encounter(subject={"reference": "urn:uuid:not-in-the-bundle"})
+    (issue,) = reference_issues([("t", _transaction(("urn:uuid:e", broken)))])
+    assert issue.expression == "Bundle.entry[0].resource.subject.reference"
+    assert "fullUrl" in issue.message
+
+
+def test_collection_references_resolve_by_full_url_or_fail() -> None:
+    patient = {"resourceType": "Patient", "id": "p"}
+    good = _encounter(subject={"reference": "Patient/p"})
+    base = "http://hospital.example/fhir"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": f"{base}/Patient/p", "resource": patient},
+            {"fullUrl": f"{base}/Encounter/e", "resource": good},
+            {"resource": _encounter(id="x", subject={"reference": f"{base}/Patient/p"})},
+            {"resource": _encounter(id="y", subject={"reference": "Patient/absent"})},
+        ],
+    }
+    (issue,) = reference_issues([("c", bundle)])
+    assert issue.expression == "Bundle.entry[3].resource.subject.reference"
+
+
+def test_project_extensions_are_known_and_unknown_ones_fail() -> None:
+    from fhir_trial.canonical import BASE
+
+    known = f"{BASE}/StructureDefinition/code-verification"
+    study = _study(extension=[{"url": known, "valueString": "x"}])
+    assert reference_issues([("s", study)]) == []
+    unknown = _study(
+        status="active",
+        arm=[{"name": "A", "extension": [{"url": f"{BASE}/StructureDefinition/made-up"}]}],
+    )
+    (issue,) = reference_issues([("s", unknown)])
+    assert issue.expression == "ResearchStudy.arm[0].extension[0].url"
+    assert "no StructureDefinition of the project" in issue.message
+    other = _study(extension=[{"url": f"{BASE}/extension/not-a-definition"}])
+    assert len(reference_issues([("s", other)])) == 1
+    # other publishers' extensions are not ours to check
+    us_core = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+    assert reference_issues([("s", _study(extension=[{"url": us_core}]))]) == []

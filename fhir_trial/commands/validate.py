@@ -3,6 +3,10 @@
 Each file is checked with the fhir.resources R4B model and the official R4 JSON Schema, then the
 set's references and canonicals must resolve (against the files and the resources folder).
 
+A ``.ndjson`` file (FHIR Bulk Data) holds one resource per line; its issues name ``file:line``.
+Bundles are validated entry by entry; their references resolve by ``fullUrl`` (see
+:func:`fhir_trial.validation.reference_issues` for what counts as resolved).
+
 Output: an OperationOutcome (``--format json``) or one line per issue, ``severity path: message``.
 Exit codes: 0 no errors (warnings allowed); 6 validation errors; 2 a file that is missing, not JSON
 or not a FHIR resource (one line saying which).
@@ -44,6 +48,40 @@ def read_resource(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_ndjson(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(file:line, resource)`` for every non-blank line; InputError (exit 2) names a bad line."""
+    try:
+        handle = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    out = []
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    data = json.loads(line)
+                except ValueError as exc:
+                    raise NotJsonError(f"{where}: not JSON ({exc})") from None
+                if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+                    raise NotFhirError(f"{where}: not a FHIR resource (no resourceType)")
+                out.append((where, data))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    return out
+
+
+def read_inputs(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(source, resource)`` pairs of a ``.json`` (one resource) or ``.ndjson`` file."""
+    if path.suffix.lower() == ".ndjson":
+        return read_ndjson(path)
+    return [(str(path), read_resource(path))]
+
+
 def _context(resources_dir: Path, given: set[Path]) -> list[dict[str, Any]]:
     """Resources of the resources folder that references may point to (unreadable ones skipped)."""
     out = []
@@ -76,11 +114,15 @@ def _context(resources_dir: Path, given: set[Path]) -> list[dict[str, Any]]:
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def command(files: tuple[Path, ...], schema: Path | None, resources_dir: Path, fmt: str) -> None:
-    """Validate FHIR R4 resources with fhir.resources (R4B) and the R4 JSON Schema."""
+    """Validate FHIR R4 resources with fhir.resources (R4B) and the R4 JSON Schema.
+
+    FILES are .json resources (Bundles included) or .ndjson files (one resource per line);
+    without FILES, every resource of --resources-dir is validated.
+    """
     paths = list(files) or sorted(resources_dir.glob("*.json"))
     if not paths:
         raise InputError(f"nothing to validate: no files given and no *.json in {resources_dir}")
-    resources = [(str(path), read_resource(path)) for path in paths]
+    resources = [pair for path in paths for pair in read_inputs(path)]
     context = _context(resources_dir, {path.resolve() for path in paths})
     issues = validate_set(resources, schema_path=schema, context=context)
     if fmt == "json":
@@ -94,4 +136,4 @@ def command(files: tuple[Path, ...], schema: Path | None, resources_dir: Path, f
             others = f" ({len(issues)} warning(s) above)" if issues else ""
             click.echo(f"ok: {len(resources)} resource(s) valid{others}")
     if errors:
-        raise ValidationFailed(f"validation found {errors} error(s) in {len(resources)} file(s)")
+        raise ValidationFailed(f"validation found {errors} error(s) in {len(paths)} file(s)")
