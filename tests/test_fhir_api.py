@@ -131,10 +131,28 @@ def test_capability_statement_claims_exactly_what_is_served(
     assert {r["type"] for r in rest["resource"]} == served
     for entry in rest["resource"]:
         assert [i["code"] for i in entry["interaction"]] == ["read", "search-type"]
+        assert "_search" in entry["interaction"][1]["documentation"]
         names = {p["name"] for p in entry["searchParam"]}
         with_url = all("url" in r for r in project_resources if r["resourceType"] == entry["type"])
         assert names == ({"_id", "identifier", "url"} if with_url else {"_id", "identifier"})
-    assert set(rest) == {"mode", "documentation", "resource"}  # no security, operations, ...
+    assert set(rest) == {"mode", "documentation", "resource", "searchParam"}  # no security, ...
+    assert {p["name"] for p in rest["searchParam"]} == {
+        "_count",
+        "_offset",
+        "_summary",
+        "_elements",
+        "_sort",
+    }
+    operations = {r["type"]: r.get("operation", []) for r in rest["resource"]}
+    (expand,) = operations["ValueSet"]
+    assert expand["name"] == "expand"
+    assert expand["definition"] == "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"
+    # every operation claimed is answered (not 404/405) and every result parameter is accepted
+    assert project_client.get("/fhir/ValueSet/$expand").status_code == 400  # needs a url
+    for param in rest["searchParam"]:
+        value = {"_summary": "true", "_elements": "url", "_sort": "_id"}.get(param["name"], "1")
+        response = project_client.get("/fhir/ValueSet", query_string={param["name"]: value})
+        assert response.status_code == 200, param
 
 
 def test_every_resource_is_readable_and_found_by_its_url_and_identifiers(
@@ -253,15 +271,21 @@ def test_unknown_id_is_404(client: FlaskClient) -> None:
     "query",
     [
         "name=x",
-        "_count=10",
+        "_count=ten",
+        "_count=-1",
+        "_offset=x",
         "url:below=https://fhir-trial.org",
         "identifier:of-type=x",
-        "_summary=count",
+        "_summary=everything",
+        "_sort=publisher",
+        "_sort=url,-_id",
+        "_summary=true&_elements=url",
+        "_count=1&_count=2",
     ],
 )
 def test_unsupported_search_parameter_is_400(client: FlaskClient, query: str) -> None:
     message = outcome(client.get(f"/fhir/ValueSet?{query}"), 400)
-    assert query.split("=")[0] in message
+    assert query.split("&")[-1].split("=")[0] in message
 
 
 def test_url_is_not_a_parameter_of_types_without_url(client: FlaskClient) -> None:
@@ -270,11 +294,11 @@ def test_url_is_not_a_parameter_of_types_without_url(client: FlaskClient) -> Non
 
 def test_lenient_handling_ignores_unknown_parameters(client: FlaskClient) -> None:
     response = client.get(
-        "/fhir/ValueSet?_id=vs-a&_count=5", headers={"Prefer": "handling=lenient"}
+        "/fhir/ValueSet?_id=vs-a&name=5", headers={"Prefer": "handling=lenient"}
     )
     bundle = fhir_json(response)
     assert ids(bundle) == ["vs-a"]
-    assert "_count" not in bundle["link"][0]["url"]
+    assert "name" not in bundle["link"][0]["url"]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])

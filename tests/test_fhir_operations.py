@@ -308,7 +308,7 @@ def test_capability_statement_lists_the_operations(client: FlaskClient) -> None:
     assert screen_op["name"] == "screen-population"
     assert screen_op["definition"] == SCREEN_POPULATION_DEFINITION
     others = [t for t, r in entries.items() if "operation" in r]
-    assert sorted(others) == ["PlanDefinition", "ResearchStudy"]
+    assert sorted(others) == ["PlanDefinition", "ResearchStudy", "ValueSet"]
 
 
 def test_without_the_study_resources_nothing_is_claimed_or_served(tmp_path: Path) -> None:
