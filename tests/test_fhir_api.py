@@ -293,9 +293,7 @@ def test_url_is_not_a_parameter_of_types_without_url(client: FlaskClient) -> Non
 
 
 def test_lenient_handling_ignores_unknown_parameters(client: FlaskClient) -> None:
-    response = client.get(
-        "/fhir/ValueSet?_id=vs-a&name=5", headers={"Prefer": "handling=lenient"}
-    )
+    response = client.get("/fhir/ValueSet?_id=vs-a&name=5", headers={"Prefer": "handling=lenient"})
     bundle = fhir_json(response)
     assert ids(bundle) == ["vs-a"]
     assert "name" not in bundle["link"][0]["url"]
@@ -376,3 +374,265 @@ def test_unknown_paths_and_unexpected_errors_answer_operation_outcomes(tmp_db: s
     body = failed.get_json()
     assert body["resourceType"] == "OperationOutcome"
     assert "Jane" not in failed.get_data(as_text=True)
+
+
+# --- what FHIR clients send: paging, subsets, POST _search, HEAD, Accept --------------------------
+SUBSETTED_TAG = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+
+
+def _links(bundle: dict[str, Any]) -> dict[str, str]:
+    return {link["relation"]: link["url"] for link in bundle["link"]}
+
+
+def test_count_pages_with_links_that_walk_the_whole_set(project_client: FlaskClient) -> None:
+    everything = ids(fhir_json(project_client.get("/fhir/ValueSet")))
+    assert len(everything) > 20
+    url: str | None = "/fhir/ValueSet?_count=7"
+    seen: list[str] = []
+    while url:
+        bundle = fhir_json(project_client.get(url))
+        assert bundle["total"] == len(everything)
+        page = [e["resource"]["id"] for e in bundle.get("entry", [])]
+        assert 0 < len(page) <= 7
+        seen += page
+        links = _links(bundle)
+        assert links["first"] == "http://localhost/fhir/ValueSet?_count=7"
+        assert "_offset=" in links["last"]
+        if seen[:7] != page:
+            assert "previous" in links
+        url = links.get("next")
+    assert seen == everything
+    last = fhir_json(project_client.get(_links(bundle)["last"]))
+    assert [e["resource"]["id"] for e in last["entry"]] == page
+
+
+def test_count_zero_and_summary_count_give_the_total_only(client: FlaskClient) -> None:
+    for query in ("_count=0", "_summary=count"):
+        bundle = fhir_json(client.get(f"/fhir/ValueSet?{query}"))
+        assert bundle["total"] == 2 and "entry" not in bundle
+        assert [link["relation"] for link in bundle["link"]] == ["self"]
+
+
+def _tagged(resource: dict[str, Any]) -> bool:
+    tags = resource.get("meta", {}).get("tag", [])
+    return {"system": SUBSETTED_TAG, "code": "SUBSETTED", "display": "subsetted"} in tags
+
+
+def test_summary_modes(project_client: FlaskClient) -> None:
+    url = "/fhir/ValueSet?_id=sle"
+    whole = fhir_json(project_client.get(url))["entry"][0]["resource"]
+    assert "expansion" in whole and not _tagged(whole)
+    summary = fhir_json(project_client.get(f"{url}&_summary=true"))["entry"][0]["resource"]
+    assert _tagged(summary)
+    assert {"url", "version", "status", "name"} <= set(summary)
+    assert not {"expansion", "compose", "text"} & set(summary)
+    text = fhir_json(project_client.get(f"{url}&_summary=text"))["entry"][0]["resource"]
+    assert set(text) == {"resourceType", "id", "meta", "status"} and _tagged(text)  # no text here
+    data = fhir_json(project_client.get(f"{url}&_summary=data"))["entry"][0]["resource"]
+    assert "expansion" in data and _tagged(data)
+    full = fhir_json(project_client.get(f"{url}&_summary=false"))["entry"][0]["resource"]
+    assert full == whole
+    # reads take _summary too; the stored resource is never changed
+    read = fhir_json(project_client.get("/fhir/ValueSet/sle?_summary=true"))
+    assert read == summary
+    assert not _tagged(fhir_json(project_client.get("/fhir/ValueSet/sle")))
+
+
+def test_elements_keeps_the_mandatory_ones(project_client: FlaskClient) -> None:
+    bundle = fhir_json(project_client.get("/fhir/Library?_elements=url,version,Library.name"))
+    (entry,) = bundle["entry"]
+    resource = entry["resource"]
+    # Library.status and Library.type are mandatory (1..1): kept though not asked for
+    assert set(resource) == {
+        "resourceType",
+        "id",
+        "meta",
+        "url",
+        "version",
+        "name",
+        "status",
+        "type",
+    }
+    assert _tagged(resource)
+    assert "_elements=url%2Cversion%2CLibrary.name" in _links(bundle)["self"]
+
+
+def test_summary_text_and_data_on_a_resource_with_narrative(tmp_path: Path) -> None:
+    narrative = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'}
+    study = {**SAMPLE[2], "text": narrative, "title": "T", "description": "long"}
+    app_client = make_app(write_resources(tmp_path / "r", [study])).test_client()
+    text = fhir_json(app_client.get("/fhir/ResearchStudy/study?_summary=text"))
+    assert set(text) == {"resourceType", "id", "meta", "text", "status"} and _tagged(text)
+    data = fhir_json(app_client.get("/fhir/ResearchStudy/study?_summary=data"))
+    assert "text" not in data and data["description"] == "long" and _tagged(data)
+    summary = fhir_json(app_client.get("/fhir/ResearchStudy/study?_summary=true"))
+    assert summary["title"] == "T" and "description" not in summary and "text" not in summary
+
+
+def test_sort(client: FlaskClient) -> None:
+    assert ids(fhir_json(client.get("/fhir/ValueSet?_sort=-_id"))) == ["vs-b", "vs-a"]
+    assert ids(fhir_json(client.get("/fhir/ValueSet?_sort=version"))) == ["vs-a", "vs-b"]
+
+
+def test_post_search_gives_the_same_results_as_get(project_client: FlaskClient) -> None:
+    query = {"_count": "3", "_offset": "3", "_summary": "true", "_sort": "-url"}
+    got = fhir_json(project_client.get("/fhir/ValueSet", query_string=query))
+    posted = fhir_json(project_client.post("/fhir/ValueSet/_search", data=query))
+    assert posted == got
+    # parameters split between the URL and the body are both used
+    split = project_client.post("/fhir/ValueSet/_search?_count=3", data={"_id": "sle,lvef"})
+    assert ids(fhir_json(split)) == ["lvef", "sle"]
+    bad = project_client.post("/fhir/ValueSet/_search", json={"_id": "sle"})
+    outcome(bad, 415)
+    outcome(project_client.post("/fhir/ValueSet/_search", data={"name": "x"}), 400)
+    outcome(project_client.get("/fhir/ValueSet/_search"), 405)
+    outcome(project_client.post("/fhir/Patient/_search", data={"_id": "1"}), 404)
+
+
+def test_head_answers_headers_without_a_body(client: FlaskClient) -> None:
+    for path in ("/fhir/ValueSet/vs-a", "/fhir/ValueSet?_id=vs-a", "/fhir/metadata"):
+        response = client.head(path)
+        assert response.status_code == 200, path
+        assert response.mimetype == "application/fhir+json"
+        assert response.get_data() == b""
+        assert int(response.headers["Content-Length"]) == len(client.get(path).get_data())
+    assert client.head("/fhir/ValueSet/vs-a").headers["ETag"] == 'W/"3"'
+    assert client.head("/fhir/ValueSet/nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/fhir+xml", "application/xml", "application/fhir+xml;q=1.0, text/turtle"],
+)
+def test_accept_without_json_is_406(client: FlaskClient, accept: str) -> None:
+    for path in ("/fhir/ValueSet/vs-a", "/fhir/ValueSet", "/fhir/metadata"):
+        assert "JSON" in outcome(client.get(path, headers={"Accept": accept}), 406)
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/fhir+json",
+        "application/json",
+        "application/fhir+xml;q=0.9, application/fhir+json",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    ],
+)
+def test_accept_with_json_is_served(client: FlaskClient, accept: str) -> None:
+    assert fhir_json(client.get("/fhir/ValueSet/vs-a", headers={"Accept": accept}))["id"] == "vs-a"
+
+
+# --- ValueSet/$expand ------------------------------------------------------------------------------
+def _codes(expansion: dict[str, Any]) -> list[str]:
+    return [c["code"] for c in expansion.get("expansion", {}).get("contains", [])]
+
+
+def test_expand_by_id_and_by_url(project_client: FlaskClient) -> None:
+    shipped = fhir_json(project_client.get("/fhir/ValueSet/sle"))
+    by_id = fhir_json(project_client.get("/fhir/ValueSet/sle/$expand"))
+    assert by_id["resourceType"] == "ValueSet" and by_id["url"] == shipped["url"]
+    assert _codes(by_id) == [c["code"] for c in shipped["expansion"]["contains"]]
+    assert by_id["expansion"]["total"] == len(shipped["expansion"]["contains"])
+    url = shipped["url"]
+    by_url = fhir_json(project_client.get("/fhir/ValueSet/$expand", query_string={"url": url}))
+    assert by_url == by_id
+    versioned = {"url": url, "valueSetVersion": shipped["version"]}
+    assert fhir_json(project_client.get("/fhir/ValueSet/$expand", query_string=versioned)) == by_id
+    assert (
+        fhir_json(project_client.get(f"/fhir/ValueSet/$expand?url={url}|{shipped['version']}"))
+        == by_id
+    )
+
+
+def test_expand_filter_and_paging(project_client: FlaskClient) -> None:
+    shipped = fhir_json(project_client.get("/fhir/ValueSet/sle"))["expansion"]["contains"]
+    wanted = [c["code"] for c in shipped if "remission" in c.get("display", "").lower()]
+    assert wanted
+    found = fhir_json(project_client.get("/fhir/ValueSet/sle/$expand?filter=REMISSION"))
+    assert _codes(found) == wanted
+    assert found["expansion"]["total"] == len(wanted)
+    assert found["expansion"]["parameter"] == [{"name": "filter", "valueString": "REMISSION"}]
+    code = shipped[3]["code"]
+    assert code in _codes(
+        fhir_json(project_client.get(f"/fhir/ValueSet/sle/$expand?filter={code}"))
+    )
+    page = fhir_json(project_client.get("/fhir/ValueSet/sle/$expand?offset=5&count=4"))
+    assert _codes(page) == [c["code"] for c in shipped[5:9]]
+    assert (page["expansion"]["offset"], page["expansion"]["total"]) == (5, len(shipped))
+    total_only = fhir_json(project_client.get("/fhir/ValueSet/sle/$expand?count=0"))
+    assert (
+        total_only["expansion"]["total"] == len(shipped)
+        and "contains" not in total_only["expansion"]
+    )
+    # the store is not changed by an expansion
+    assert fhir_json(project_client.get("/fhir/ValueSet/sle"))["expansion"]["contains"] == shipped
+
+
+def test_expand_by_post_parameters(project_client: FlaskClient) -> None:
+    url = fhir_json(project_client.get("/fhir/ValueSet/sle"))["url"]
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "url", "valueUri": url},
+            {"name": "filter", "valueString": "lupus"},
+            {"name": "count", "valueInteger": 2},
+            {"name": "includeDesignations", "valueBoolean": True},
+        ],
+    }
+    posted = fhir_json(project_client.post("/fhir/ValueSet/$expand", json=body))
+    got = fhir_json(project_client.get(f"/fhir/ValueSet/$expand?url={url}&filter=lupus&count=2"))
+    assert posted == got and len(_codes(posted)) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "words"),
+    [
+        ("/fhir/ValueSet/$expand", 400, "needs a url"),
+        ("/fhir/ValueSet/$expand?url=https://nowhere.example/ValueSet/x", 404, "no ValueSet"),
+        ("/fhir/ValueSet/absent/$expand", 404, "ValueSet/absent"),
+        ("/fhir/ValueSet/sle/$expand?count=-1", 400, "count"),
+        ("/fhir/ValueSet/sle/$expand?offset=two", 400, "offset"),
+        ("/fhir/ValueSet/sle/$expand?bogus=1", 400, "bogus"),
+        ("/fhir/ValueSet/sle/$expand?url=https://other.example/ValueSet/y", 400, "canonical"),
+        ("/fhir/ValueSet/sle/$expand?filter=a&filter=b", 400, "repeated"),
+    ],
+)
+def test_expand_errors(project_client: FlaskClient, path: str, status: int, words: str) -> None:
+    assert words in outcome(project_client.get(path), status)
+
+
+def test_expand_refuses_bad_post_bodies_and_writes(project_client: FlaskClient) -> None:
+    outcome(project_client.post("/fhir/ValueSet/$expand", json={"resourceType": "ValueSet"}), 400)
+    inline = {"resourceType": "Parameters", "parameter": [{"name": "valueSet", "resource": {}}]}
+    outcome(project_client.post("/fhir/ValueSet/$expand", json=inline), 400)
+    outcome(project_client.put("/fhir/ValueSet/sle/$expand", json={}), 405)
+    outcome(
+        project_client.get(
+            "/fhir/ValueSet/sle/$expand", headers={"Accept": "application/fhir+xml"}
+        ),
+        406,
+    )
+
+
+def test_expand_is_fast_on_thousands_of_codes(tmp_path: Path) -> None:
+    import time
+
+    contains = [
+        {"system": "http://snomed.info/sct", "code": str(100000 + i), "display": f"Finding {i}"}
+        for i in range(20000)
+    ]
+    big = {
+        "resourceType": "ValueSet",
+        "id": "big",
+        "url": f"{BASE}/ValueSet/big",
+        "status": "active",
+        "expansion": {"timestamp": "2026-01-01", "total": len(contains), "contains": contains},
+    }
+    app_client = make_app(write_resources(tmp_path / "r", [big])).test_client()
+    started = time.perf_counter()
+    for _ in range(20):
+        found = fhir_json(app_client.get("/fhir/ValueSet/big/$expand?filter=ing 1999&count=5"))
+    elapsed = (time.perf_counter() - started) / 20
+    assert found["expansion"]["total"] == 11  # 1999, 19990..19999
+    assert _codes(found) == ["101999", "119990", "119991", "119992", "119993"]
+    assert elapsed < 0.05, f"{elapsed:.3f} s per filtered page"

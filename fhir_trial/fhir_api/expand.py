@@ -154,16 +154,24 @@ class ExpansionIndex:
         end = None if wanted.count is None else wanted.offset + wanted.count
         page = codes[wanted.offset : end]
         shipped = resource.get("expansion") or {}
-        expansion: dict[str, Any] = {key: shipped[key] for key in ("identifier",) if key in shipped}
-        expansion["timestamp"] = shipped.get("timestamp") or dt.datetime.now(dt.UTC).isoformat()
+        whole = not wanted.filter and not wanted.offset and wanted.count is None
+        # The shipped identifier names the whole expansion, not a filtered page of it.
+        expansion: dict[str, Any] = (
+            {"identifier": shipped["identifier"]} if whole and "identifier" in shipped else {}
+        )
+        expansion["timestamp"] = (
+            shipped.get("timestamp") or dt.datetime.now(dt.timezone.utc).isoformat()
+        )
         expansion["total"] = len(codes)
         if wanted.offset or wanted.count is not None:
             expansion["offset"] = wanted.offset
-        used = [("filter", {"valueString": wanted.filter}) if wanted.filter else None]
-        used.append(("offset", {"valueInteger": wanted.offset}) if wanted.offset else None)
+        parameters: list[dict[str, Any]] = []
+        if wanted.filter:
+            parameters.append({"name": "filter", "valueString": wanted.filter})
+        if wanted.offset:
+            parameters.append({"name": "offset", "valueInteger": wanted.offset})
         if wanted.count is not None:
-            used.append(("count", {"valueInteger": wanted.count}))
-        parameters = [{"name": name, **value} for name, value in filter(None, used)]
+            parameters.append({"name": "count", "valueInteger": wanted.count})
         if parameters:
             expansion["parameter"] = parameters
         if page:
