@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -379,6 +379,8 @@ class _Pool:
 def reference_issues(
     resources: Sequence[tuple[str, Mapping[str, Any]]],
     context: Iterable[Mapping[str, Any]] = (),
+    *,
+    exported: Collection[str] = (),
 ) -> list[Issue]:
     """Unresolved references, project canonicals and project extensions in ``(source, resource)``.
 
@@ -392,6 +394,9 @@ def reference_issues(
     - a canonical under the project's base (of a type in :data:`CANONICAL_TYPES`) must be the
       ``url`` of some resource, and an extension under the project's base must be defined by one
       of its StructureDefinitions (``resources/StructureDefinition-*.json``).
+
+    ``exported`` names the sources that are a server's export (Bulk Data NDJSON): a ``Type/id``
+    they reference and the set lacks is a warning there, as an export may leave types out.
     """
     pool_resources = [*(resource for _source, resource in resources), *context]
     members = [m for r in pool_resources for m in _members(r, str(r.get("resourceType")))]
@@ -403,11 +408,13 @@ def reference_issues(
     issues: list[Issue] = []
     for source, resource in resources:
         for member in _members(resource, str(resource.get("resourceType", "Resource"))):
-            issues.extend(_member_issues(member, pool, source))
+            issues.extend(_member_issues(member, pool, source, source in exported))
     return issues
 
 
-def _member_issues(member: _Member, pool: _Pool, source: str) -> Iterator[Issue]:
+def _member_issues(
+    member: _Member, pool: _Pool, source: str, exported: bool = False
+) -> Iterator[Issue]:
     contained = {
         f"#{c.get('id')}" for c in member.resource.get("contained", []) or [] if isinstance(c, dict)
     }
@@ -418,7 +425,10 @@ def _member_issues(member: _Member, pool: _Pool, source: str) -> Iterator[Issue]
             problem = _unknown_extension(text, pool)
         else:
             problem = _unresolved_canonical(text, path == f"{member.path}.url", pool)
-        if problem:
+        if problem and exported and key == "reference" and not text.startswith(("#", "urn:")):
+            problem += " (the export may have left its type out: check it on the server)"
+            yield Issue("warning", "not-found", problem, path, source)
+        elif problem:
             yield Issue("error", "not-found", problem, path, source)
 
 
@@ -488,8 +498,12 @@ def validate_set(
     schema_path: str | os.PathLike[str] | None = None,
     context: Iterable[Mapping[str, Any]] = (),
     check_references: bool = True,
+    exported: Collection[str] = (),
 ) -> list[Issue]:
-    """Validate ``(source, resource)`` pairs one by one, then their references as a set."""
+    """Validate ``(source, resource)`` pairs one by one, then their references as a set.
+
+    ``exported``: sources from a server's export (see :func:`reference_issues`).
+    """
     path = schema_path_from(schema_path)
     unavailable = schema_unavailable(path)
     issues: list[Issue] = [unavailable] if unavailable else []
@@ -497,5 +511,5 @@ def validate_set(
         found = model_issues(resource) + schema_issues(resource, path)
         issues.extend(issue.with_source(source) for issue in found)
     if check_references:
-        issues.extend(reference_issues(resources, context))
+        issues.extend(reference_issues(resources, context, exported=exported))
     return issues

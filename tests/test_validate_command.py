@@ -143,6 +143,23 @@ def test_ndjson_lines_are_validated_and_named_by_line(
     path.write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
     assert main(["validate", str(path)]) == 0
     assert "ok: 2 resource(s) valid" in capsys.readouterr().out
+    # a reference to a type the export left out is a warning in NDJSON, an error in JSON
+    encounter = {
+        "resourceType": "Encounter",
+        "id": "e",
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "subject": {"reference": "Patient/p"},
+        "participant": [{"individual": {"reference": "Practitioner/not-exported"}}],
+    }
+    exported = _write(tmp_path / "Encounter.000.ndjson", json.dumps(encounter) + "\n")
+    assert main(["validate", str(exported), str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("warning Encounter.participant[0].individual.reference: ")
+    assert f"({exported}:1)" in out and "ok: 3 resource(s) valid (1 warning(s) above)" in out
+    alone = _write(tmp_path / "encounter.json", encounter)
+    assert main(["validate", str(alone), str(path)]) == 6
+    capsys.readouterr()
     path.write_text(json.dumps(patient) + "\n{not json\n", encoding="utf-8")
     assert main(["validate", str(path)]) == 2
     assert f"{path}:2: not JSON" in capsys.readouterr().err

@@ -4,7 +4,8 @@ Each file is checked with the fhir.resources R4B model and the official R4 JSON 
 set's references and canonicals must resolve (against the files and the resources folder).
 
 A ``.ndjson`` file (FHIR Bulk Data) holds one resource per line; its issues name ``file:line``.
-Bundles are validated entry by entry; their references resolve by ``fullUrl`` (see
+References from NDJSON to resources that none of the files holds are warnings (an export may
+leave types out). Bundles are validated entry by entry; their references resolve by ``fullUrl`` (see
 :func:`fhir_trial.validation.reference_issues` for what counts as resolved).
 
 Output: an OperationOutcome (``--format json``) or one line per issue, ``severity path: message``.
@@ -122,9 +123,15 @@ def command(files: tuple[Path, ...], schema: Path | None, resources_dir: Path, f
     paths = list(files) or sorted(resources_dir.glob("*.json"))
     if not paths:
         raise InputError(f"nothing to validate: no files given and no *.json in {resources_dir}")
-    resources = [pair for path in paths for pair in read_inputs(path)]
+    resources: list[tuple[str, dict[str, Any]]] = []
+    exported: set[str] = set()  # NDJSON: a server's Bulk Data export (see reference_issues)
+    for path in paths:
+        pairs = read_inputs(path)
+        resources += pairs
+        if path.suffix.lower() == ".ndjson":
+            exported.update(source for source, _resource in pairs)
     context = _context(resources_dir, {path.resolve() for path in paths})
-    issues = validate_set(resources, schema_path=schema, context=context)
+    issues = validate_set(resources, schema_path=schema, context=context, exported=exported)
     if fmt == "json":
         outcome = operation_outcome(issues, checked=len(resources))
         click.echo(json.dumps(outcome, indent=2, ensure_ascii=False))
