@@ -636,3 +636,22 @@ def test_expand_is_fast_on_thousands_of_codes(tmp_path: Path) -> None:
     assert found["expansion"]["total"] == 11  # 1999, 19990..19999
     assert _codes(found) == ["101999", "119990", "119991", "119992", "119993"]
     assert elapsed < 0.05, f"{elapsed:.3f} s per filtered page"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/fhir/metadata",
+        "/fhir/ValueSet/sle/$expand?filter=lupus&offset=1&count=3",
+        "/fhir/ValueSet?_summary=true&_count=5&_offset=5",
+        "/fhir/ValueSet?_summary=text",
+        "/fhir/Library?_elements=url",
+        "/fhir/ResearchStudy?_summary=true",
+        "/fhir/ValueSet?_count=0",
+    ],
+)
+def test_answers_are_valid_fhir(project_client: FlaskClient, path: str, shared_dir: Path) -> None:
+    from fhir_trial.validation import validate_resource
+
+    schema = shared_dir / "schemas" / "fhir.schema.json"
+    assert validate_resource(fhir_json(project_client.get(path)), schema_path=schema) == []

@@ -298,3 +298,18 @@ def test_project_extensions_are_known_and_unknown_ones_fail() -> None:
     # other publishers' extensions are not ours to check
     us_core = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
     assert reference_issues([("s", _study(extension=[{"url": us_core}]))]) == []
+
+
+def test_fhir_version_4_0_1_is_not_an_error(schema: Path) -> None:
+    # The published R4 schema's FHIRVersion enum lacks 4.0.1 (R4 itself); other values still fail.
+    cap = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-01-01",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+    }
+    assert validate_resource(cap, schema_path=schema) == []
+    (issue,) = schema_issues({**cap, "fhirVersion": "9.9.9"}, schema)
+    assert issue.expression == "CapabilityStatement.fhirVersion"
