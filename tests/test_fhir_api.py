@@ -346,6 +346,12 @@ def test_over_real_http(live_base: str) -> None:
         assert response.status_code == 200
         assert response.headers["Content-Type"].startswith("application/fhir+json")
         assert response.json()["fhirVersion"] == "4.0.1"
+        head = session.head(f"{live_base}/ValueSet?_id=vs-a", timeout=5)
+        assert head.status_code == 200 and head.content == b""
+        posted = session.post(f"{live_base}/ValueSet/_search", data={"_id": "vs-b"}, timeout=5)
+        assert [e["resource"]["id"] for e in posted.json()["entry"]] == ["vs-b"]
+        xml = session.get(f"{live_base}/metadata", headers={"Accept": "application/fhir+xml"})
+        assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"
         missing = session.get(f"{live_base}/ValueSet/nope", timeout=5)
         assert missing.status_code == 404
         assert missing.json()["resourceType"] == "OperationOutcome"
