@@ -350,7 +350,7 @@ def heart_failure(ctx: Context) -> Finding:
             # anything else (cancelled, entered-in-error, registered, unknown) is ignored.
             if (
                 value
-                and (observation_counts(observation) or observation.get("status") == "preliminary")
+                and observation_status(observation) != "ignored"  # final or preliminary
                 and (nyha.matches(value) or milder.matches(value))
             ):
                 findings.append((observation_time(observation), "Observation", observation))
