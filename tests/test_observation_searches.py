@@ -321,3 +321,29 @@ def test_prefetch_with_a_split_key_missing_or_null_is_not_complete() -> None:
     record = PatientRecord()
     apply_prefetch(record, complete, "p1", plan)
     assert record.usable("Observation")
+
+
+def test_server_ignoring_combo_code_sends_everything_and_reads_the_same(
+    component_server: FakeFhirServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lenient server that does not know combo-code ignores it and answers every Observation
+    # of the patient: more data, read the same way.
+    import fake_fhir_server
+
+    fields = dict(fake_fhir_server._COMPONENT_TOKEN_FIELDS)
+    del fields["combo-code"]
+    monkeypatch.setattr(fake_fhir_server, "_COMPONENT_TOKEN_FIELDS", fields)
+    component_server.add(
+        {
+            "resourceType": "Observation",
+            "id": "bp",
+            "status": "final",
+            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "code": {"coding": [{"system": LOINC, "code": "85354-9"}]},
+        }
+    )
+    with FhirClient(component_server.base_url) as client:
+        record = client.fetch_patient_record(PATIENT_ID)
+    assert record.usable("Observation")
+    assert "bp" in [o["id"] for o in record.resources("Observation")]
+    assert _statuses(record)["inc-lvef"] == "not-met"
