@@ -63,3 +63,22 @@ def test_components_are_not_resources_of_the_record() -> None:
     assert len(record.component_results()) == 1
     assert len(record.observation_results()) == 2
     assert record.resolve("Observation/cbc") is record.resources("Observation")[0]
+
+
+def test_a_panel_and_its_component_are_one_piece_of_evidence() -> None:
+    import datetime as dt
+    from pathlib import Path
+
+    from clinical_cases import load_case
+
+    from fhir_trial.evaluate import evaluate
+
+    case = load_case(
+        Path(__file__).parent
+        / "cases/inc-lvef/own-value-and-component-disagree-same-day-needs-review.yaml"
+    )
+    report = evaluate(case.record(), Settings(as_of=dt.date(2026, 11, 26)))
+    result = report.criterion("inc-lvef")
+    assert result.status == "needs-review"
+    assert result.evidence == ("Observation/observation-1",)
+    assert "a component of Observation/observation-1" in result.reason

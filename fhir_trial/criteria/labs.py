@@ -140,7 +140,10 @@ def latest_in_window(
             # A result without a number that may be as recent as the deciding one: the latest
             # result decides, so an unreadable later one must not be skipped for an older number.
             later_text = [d for d in narrative if _may_be_on_or_after(d, best)]
-            evidence = tuple(reference(d.resource) for d in [best, *conflicts, *later_text])
+            # A panel and its component (or two components) name the same resource: once.
+            evidence = tuple(
+                dict.fromkeys(reference(d.resource) for d in [best, *conflicts, *later_text])
+            )
             if split.undated:
                 extra.append(f"{_plural(len(split.undated), 'undated result')} not considered")
             tail = "; ".join(extra)
@@ -405,7 +408,7 @@ def abnormal_labs(ctx: Context) -> Finding:
         f"{_plural(len(items), 'critical result')} within the last {days} days among the "
         f"Observation resources retrieved for this screening: {'; '.join(items)}; {scope}; "
         f"{judgement}",
-        tuple(reference(d.resource) for d in listed),
+        tuple(dict.fromkeys(reference(d.resource) for d in listed)),
     )
 
 
