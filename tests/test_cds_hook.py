@@ -87,7 +87,7 @@ def test_observation_templates_ask_only_for_what_the_criteria_read(client: Flask
     prefetch = client.get("/cds-services").get_json()["services"][0]["prefetch"]
     terminology = load_terminology(Settings().resources_dir)
     observation = [t for t in prefetch.values() if t.startswith("Observation")]
-    assert len(observation) == 3
+    assert len(observation) == 4
     assert all(t.startswith("Observation?patient={{context.patientId}}&") for t in observation)
     assert not any(t == "Observation?patient={{context.patientId}}" for t in observation)
 
@@ -95,10 +95,14 @@ def test_observation_templates_ask_only_for_what_the_criteria_read(client: Flask
         query = dict(part.split("=", 1) for part in template.split("?", 1)[1].split("&"))
         return set(query[param].split(",")) if param in query else set()
 
-    codes = tokens(prefetch["observation"], "code") | tokens(prefetch["observationScores"], "code")
+    # combo-code: the Observation's code or a component's code (values inside panels).
+    codes = tokens(prefetch["observation"], "combo-code") | tokens(
+        prefetch["observationScores"], "combo-code"
+    )
     for valueset_id in ("hemoglobin", "neutrophils-absolute", "anti-dsdna", "sledai-2k-total"):
         assert {f"{s}|{c}" for s, c in terminology[valueset_id]} <= codes
     nyha = tokens(prefetch["observationNyha"], "value-concept")
+    assert nyha == tokens(prefetch["observationNyhaParts"], "component-value-concept")
     for valueset_id in ("nyha-class-iii-iv", "nyha-class-i-ii"):
         assert {f"{s}|{c}" for s, c in terminology[valueset_id]} <= nyha
     # Vital signs and unrelated labs are not asked for: nothing outside the criteria's ValueSets.

@@ -230,11 +230,12 @@ def test_absent_keys_are_pending_with_their_own_queries(terminology: Terminology
     assert set(result.pending["Observation"]) == set(OBSERVATION_KEYS)
     assert result.next_pages == {"observationScores": "https://ehr.test/fhir/Observation?page=2"}
     urls = {s.key: s.relative_url(PATIENT_ID) for s in result.to_fetch}
-    assert set(urls) == {"observation", "observationNyha"} | {
+    assert set(urls) == {"observation", "observationNyha", "observationNyhaParts"} | {
         s.key for s in plan if s.category not in ("Patient", "Condition", "Observation")
     }
-    assert "code=" in urls["observation"] and f"{LOINC}|" in urls["observation"]
+    assert "combo-code=" in urls["observation"] and f"{LOINC}|" in urls["observation"]
     assert "value-concept=" in urls["observationNyha"]
+    assert "component-value-concept=" in urls["observationNyhaParts"]
     # Until fetched, nothing with open keys counts as obtained.
     assert record.state("Observation") == "failed"
     assert record.usable("Patient") and record.usable("Condition")

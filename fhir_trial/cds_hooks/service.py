@@ -156,7 +156,9 @@ class CdsService:
         except FhirTrialError as exc:
             log.error("terminology not loadable; screenings will not complete: %s", exc.message)
         # What to ask the EHR for (prefetch templates and fetches): fhir_trial.searches.
-        self.plan: tuple[PlannedSearch, ...] = plan_searches(terminology)
+        self.plan: tuple[PlannedSearch, ...] = plan_searches(
+            terminology, settings.max_search_query_chars
+        )
 
     # ------------------------------------------------------------------ identity
     def authenticate(
