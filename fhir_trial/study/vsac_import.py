@@ -179,7 +179,8 @@ def herpes(system: str, code: str, display: str) -> list[str] | str:
 _PREGNANT = _words(
     r"pregnan|trimester|gestation|fetus|fetal|antepartum|placent|amnio|chorio|twin|triplet|"
     r"quadruplet|quintuplet|multiple gestation|supervision|ectopic|molar|hydatidiform|miscarriage|"
-    r"abortion|preterm labor|maternal care|oligohydramnios|polyhydramnios|eclampsia|hyperemesis"
+    r"abortion|preterm labor|maternal care|oligohydramnios|polyhydramnios|eclampsia|hyperemesis|"
+    r"antenatal|false labor|rupture of membranes"
 )
 _NOT_PREGNANT_NOW = _words(
     r"puerper|postpartum|after delivery|following (delivery|childbirth)|^history of"
