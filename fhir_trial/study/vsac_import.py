@@ -54,7 +54,11 @@ def lupus(system: str, code: str, display: str) -> list[str] | str:
     """Lupus (117.12.1010): SLE; drug-induced lupus apart; generic and cutaneous LE reviewed."""
     if "drug-induced" in display.lower() or code == "M32.0":
         return ["drug-induced-lupus"]
-    if code in ("200936003", "239886003", "239888002"):  # lupus erythematosus, limited, panniculitis
+    if code in (
+        "200936003",
+        "239886003",
+        "239888002",
+    ):  # lupus erythematosus, limited, panniculitis
         return ["lupus-unspecified-or-cutaneous"]
     return ["sle"]
 
@@ -97,14 +101,10 @@ def cancer(system: str, code: str, display: str) -> list[str] | str:
         if code.startswith(("C44", "C50", "C53", "C67")):
             return ["malignancy-carve-outs"]
         return ["malignancy"]
-    if not _SECONDARY.search(display) and not _NOT_CARVE_OUT_KIND.search(display):
-        if (
-            _SKIN_CARVE_OUT.search(display)
-            or _CERVIX.search(display)
-            or _BLADDER.search(display)
-            or _BREAST.search(display)
-        ):
-            return ["malignancy-carve-outs"]
+    primary_carcinoma = not _SECONDARY.search(display) and not _NOT_CARVE_OUT_KIND.search(display)
+    organs = (_SKIN_CARVE_OUT, _CERVIX, _BLADDER, _BREAST)
+    if primary_carcinoma and any(organ.search(display) for organ in organs):
+        return ["malignancy-carve-outs"]
     return ["malignancy"]
 
 
@@ -370,7 +370,9 @@ def import_valueset(valueset: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
             "licence": SOURCE_LICENCE,
         },
         "placement": (plan.rule.__doc__ or "").strip(),
-        "targets": {key: sorted(value, key=lambda e: (e[0], e[1])) for key, value in targets.items()},
+        "targets": {
+            key: sorted(value, key=lambda e: (e[0], e[1])) for key, value in targets.items()
+        },
         "leftOut": dict(sorted(left_out.items())),
     }
 
