@@ -111,6 +111,11 @@ INGREDIENT_NAME_USE = "ingredient-name"
 _MAX_CACHED_DISPLAYS = 4096
 
 
+# Spellings already normalised (aliases first); grows with the systems records bring, up to a bound.
+_NORMALISED: dict[str, str] = dict(_SYSTEM_ALIASES)
+_MAX_NORMALISED = 4096
+
+
 def normalise_system(system: object) -> str:
     """Return the canonical FHIR URI for a code system spelling ('' when absent or not text).
 
@@ -118,13 +123,14 @@ def normalise_system(system: object) -> str:
     """
     if not system or type(system) is not str:
         return ""
-    known = _SYSTEM_ALIASES.get(system)
-    if known is not None:
-        return known
-    return _other_system(system)
+    known = _NORMALISED.get(system)  # one dict lookup for every spelling seen before
+    if known is None:
+        known = _other_system(system)
+        if len(_NORMALISED) < _MAX_NORMALISED:  # records may bring open-ended local systems
+            _NORMALISED[system] = known
+    return known
 
 
-@lru_cache(maxsize=1024)
 def _other_system(system: str) -> str:
     """An ICD-10 edition's canonical URI for a spelling not in the alias table, else itself."""
     edition = _ICD10_EDITIONS.get(system) or _ICD10_EDITIONS.get(system.rstrip("/"))
