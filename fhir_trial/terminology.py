@@ -69,8 +69,8 @@ PREFIX_SYSTEMS = frozenset({ICD10, ICD10CM, ATC})
 # ICD-10-CM keeps its own canonical URI, since the project lists its codes separately.
 # Sources: terminology/VERIFICATION.md ("ICD-10 editions").
 # ICD-10-GM 2004-2020, one OID per yearly version in the DIMDI/BfArM arc 1.2.276.0.76.5.
-_ICD10_GM_OID_ARCS = (302, 304, 311, 318, 330, 356, 384, 388, 409, 413, 417, 424, 430, 463)
-_ICD10_GM_OID_ARCS += (471, 477, 486)
+_ICD10_GM_OID_ARCS: tuple[int, ...] = (302, 304, 311, 318, 330, 356, 384, 388, 409, 413, 417)
+_ICD10_GM_OID_ARCS += (424, 430, 463, 471, 477, 486)
 _ICD10_EDITIONS: Mapping[str, str] = {
     # WHO ICD-10 and its HL7 OID arc (2.16.840.1.113883.6.3.x are language/national variants).
     "urn:oid:2.16.840.1.113883.6.3": ICD10,
