@@ -63,6 +63,46 @@ _SYSTEM_ALIASES: Mapping[str, str] = {
 }
 PREFIX_SYSTEMS = frozenset({ICD10, ICD10CM, ATC})
 
+# National editions of ICD-10 share WHO ICD-10's categories (three characters) and mostly its
+# four-character subcategories, adding digits or letters below them: their codes are read as WHO
+# ICD-10 and so match by category prefix (a German M32.1 or a Japanese M321 matches WHO M32.1).
+# ICD-10-CM keeps its own canonical URI, since the project lists its codes separately.
+# Sources: terminology/VERIFICATION.md ("ICD-10 editions").
+# ICD-10-GM 2004-2020, one OID per yearly version in the DIMDI/BfArM arc 1.2.276.0.76.5.
+_ICD10_GM_OID_ARCS: tuple[int, ...] = (302, 304, 311, 318, 330, 356, 384, 388, 409, 413, 417)
+_ICD10_GM_OID_ARCS += (424, 430, 463, 471, 477, 486)
+_ICD10_EDITIONS: Mapping[str, str] = {
+    # WHO ICD-10 and its HL7 OID arc (2.16.840.1.113883.6.3.x are language/national variants).
+    "urn:oid:2.16.840.1.113883.6.3": ICD10,
+    "http://hl7.org/fhir/sid/icd-10-cm": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    # ICD-10-GM (Germany): HL7 Germany basis profile URI, its older DIMDI spelling, and the
+    # per-year OIDs of the DIMDI/BfArM classification arc (ICD-10-GM 2004-2020).
+    "http://fhir.de/CodeSystem/bfarm/icd-10-gm": ICD10,
+    "http://fhir.de/CodeSystem/dimdi/icd-10-gm": ICD10,
+    **{f"urn:oid:1.2.276.0.76.5.{arc}": ICD10 for arc in _ICD10_GM_OID_ARCS},
+    # ICD-10-CA (Canada, CIHI): HL7 terminology URI and OID.
+    "http://hl7.org/fhir/sid/icd-10-ca": ICD10,
+    "urn:oid:2.16.840.1.113883.6.94": ICD10,
+    # Japan: MHLW ICD-10 (2013) and the JP Core ICD-10 CodeSystem.
+    "http://www.mhlw.go.jp/toukei/sippei/2013/ICD10-JP": ICD10,
+    "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/ICD10-2013-full": ICD10,
+}
+# Any other system URI or OID that names an ICD-10 edition (ICD-10-AM, the Chinese national
+# clinical edition, a hospital's own "icd10" URI, ...). Procedure classifications (ICD-10-PCS)
+# and ICD-O are not diagnoses (http://www.cms.gov/Medicare/Coding/ICD10 is ICD-10-PCS); ICD-10-CM
+# spellings keep their own canonical URI.
+_ICD10_NAMED = re.compile(r"icd[-_ ]?10(?![0-9])", re.IGNORECASE)
+_NOT_ICD10_DIAGNOSES = re.compile(
+    r"pcs|icd[-_ ]?o\b|procedure|\bachi\b|\bops\b|cms\.gov/medicare/coding/icd10", re.IGNORECASE
+)
+_ICD10CM_NAMED = re.compile(r"icd[-_ ]?10[-_ ]?cm(?![a-z])", re.IGNORECASE)
+_ICD10_OID_ARC = "urn:oid:2.16.840.1.113883.6.3."
+# Marks written after an ICD-10 code: dagger and asterisk (etiology/manifestation: M32.1†,
+# M32.1+, N08.5*), the ICD-10-GM secondary-code mark "!" and the Diagnosesicherheit letters are
+# not part of the code (the letters come in an extension, handled with the Condition).
+_ICD_MARKS = "†‡+*!#"
+
 Code = tuple[str, str]  # (system, code)
 
 # Designation use marking a ValueSet entry's ingredient name(s), matched in RxNorm product names.
@@ -71,11 +111,50 @@ INGREDIENT_NAME_USE = "ingredient-name"
 _MAX_CACHED_DISPLAYS = 4096
 
 
+# Spellings already normalised (aliases first); grows with the systems records bring, up to a bound.
+_NORMALISED: dict[str, str] = dict(_SYSTEM_ALIASES)
+_MAX_NORMALISED = 4096
+
+
 def normalise_system(system: object) -> str:
-    """Return the canonical FHIR URI for a code system spelling ('' when absent or not text)."""
+    """Return the canonical FHIR URI for a code system spelling ('' when absent or not text).
+
+    Every ICD-10 edition other than ICD-10-CM reads as WHO ICD-10 (see ``_ICD10_EDITIONS``).
+    """
     if not system or type(system) is not str:
         return ""
-    return _SYSTEM_ALIASES.get(system, system)
+    known = _NORMALISED.get(system)  # one dict lookup for every spelling seen before
+    if known is None:
+        known = _other_system(system)
+        if len(_NORMALISED) < _MAX_NORMALISED:  # records may bring open-ended local systems
+            _NORMALISED[system] = known
+    return known
+
+
+def _other_system(system: str) -> str:
+    """An ICD-10 edition's canonical URI for a spelling not in the alias table, else itself."""
+    edition = _ICD10_EDITIONS.get(system) or _ICD10_EDITIONS.get(system.rstrip("/"))
+    if edition is not None:
+        return edition
+    if system.startswith(_ICD10_OID_ARC):
+        return ICD10
+    if _ICD10_NAMED.search(system) and not _NOT_ICD10_DIAGNOSES.search(system):
+        return ICD10CM if _ICD10CM_NAMED.search(system) else ICD10
+    return system
+
+
+def icd10_code_forms(text: str) -> list[str]:
+    """The ICD-10 codes written in a code string, without dagger/asterisk or edition marks.
+
+    ``M32.1†`` and ``M32.1+`` give ``M32.1``; ``M32.1† N08.5*`` gives both codes (a dagger code
+    and its manifestation code written together); a plain code gives itself.
+    """
+    found = []
+    for token in text.replace("†", "† ").split():
+        cleaned = token.strip(_ICD_MARKS + "-").rstrip(".").upper()
+        if cleaned and cleaned not in found:
+            found.append(cleaned)
+    return found
 
 
 def code_text(code: object) -> str | None:
@@ -107,17 +186,26 @@ def lookup_keys(system: object, code: object) -> list[Code]:
     sys = normalise_system(system)
     keys = [(sys, text)]
     if sys in PREFIX_SYSTEMS:
-        bare = text.replace(".", "")
-        if sys != ATC and len(bare) > 3:
-            dotted = f"{bare[:3]}.{bare[3:]}"
-            if dotted != text:  # written without (or with a misplaced) dot
-                keys.append((sys, dotted))
-        for length in range(len(bare) - 1, 0, -1):
-            head = bare[:length]
-            if sys != ATC and length > 3:
-                head = f"{head[:3]}.{head[3:]}"
-            keys.append((sys, head))
+        forms = [text.upper()] if sys == ATC else icd10_code_forms(text)
+        for form in forms:
+            _add_prefix_keys(keys, sys, form)
     return keys
+
+
+def _add_prefix_keys(keys: list[Code], sys: str, text: str) -> None:
+    """Append a prefix-system code (if new) and all its ancestors to ``keys``."""
+    if (sys, text) not in keys:
+        keys.append((sys, text))
+    bare = text.replace(".", "")
+    if sys != ATC and len(bare) > 3:
+        dotted = f"{bare[:3]}.{bare[3:]}"
+        if dotted != text:  # written without (or with a misplaced) dot
+            keys.append((sys, dotted))
+    for length in range(len(bare) - 1, 0, -1):
+        head = bare[:length]
+        if sys != ATC and length > 3:
+            head = f"{head[:3]}.{head[3:]}"
+        keys.append((sys, head))
 
 
 def name_candidate(coding: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -45,11 +45,13 @@ SKIN_DISEASE_WORDS = (
 # exc-drug-allergy: the trial medications by name, generic or brand (Cytoxan/Endoxan,
 # Fludara, Gazyva), as free-text allergy entries and local allergen codes name them.
 TRIAL_DRUG_WORDS = r"\b(cyclophosphamide|cytoxan|endoxan|fludara|obinutuzumab|gazyva)"
-# Mentions that do not state the disease in the patient.
+# Mentions that do not state the disease in the patient (a neoplasm of uncertain or unspecified
+# behaviour is not a malignancy: ICD-10 D37-D48).
 NOT_A_DIAGNOSIS = (
     r"\b(in situ|benign|family history|screening|fear of|risk of|at risk|exposure to|exposed to"
     r"|contact with|prophylaxis|pre-exposure|negative|ruled out|rule out|no evidence|not detected"
-    r"|premalignant|pre-malignant|non-malignant|nonmalignant|non-epileptic|nonepileptic)\b"
+    r"|premalignant|pre-malignant|non-malignant|nonmalignant|non-epileptic|nonepileptic"
+    r"|uncertain behaviou?r|unspecified behaviou?r)\b"
 )
 # Lupus for inc-sle-diagnosis. "Lupus" followed by anticoagulant or inhibitor (a laboratory
 # finding of antiphospholipid antibodies), pernio (sarcoidosis), vulgaris (cutaneous tuberculosis)

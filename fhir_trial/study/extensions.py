@@ -136,7 +136,11 @@ def code_verification_definition() -> JsonDict:
         "description": definition,
         "kind": "complex-type",
         "abstract": False,
-        "context": [{"type": "element", "expression": "ValueSet.compose.include.concept"}],
+        # On an include: the source of every concept it lists (imported VSAC parts).
+        "context": [
+            {"type": "element", "expression": "ValueSet.compose.include.concept"},
+            {"type": "element", "expression": "ValueSet.compose.include"},
+        ],
         "type": "Extension",
         "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension",
         "derivation": "constraint",

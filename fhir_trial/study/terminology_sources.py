@@ -15,11 +15,18 @@ from typing import Any
 from fhir_trial.canonical import BASE, CODESYSTEM_URL, PLACEHOLDER
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.errors import ConfigurationError
-from fhir_trial.study.common import RELEASE_DATE, JsonDict, camel_name, canonical_metadata
+from fhir_trial.study.common import (
+    EXT_CODE_VERIFICATION,
+    RELEASE_DATE,
+    JsonDict,
+    camel_name,
+    canonical_metadata,
+)
 
 CODESYSTEM_ID = CODESYSTEM_URL.rsplit("/", 1)[-1]
 CODESYSTEM_SOURCE = "codesystem-fhir-trial.json"
 VALUESET_DIR = "valuesets"
+VSAC_DIR = "vsac"  # written by fhir_trial.study.vsac_import (``fhir-trial import-vsac``)
 
 
 def substitute_placeholder(value: Any) -> Any:
@@ -150,4 +157,91 @@ def load_terminology_sources(terminology_dir: Path) -> tuple[JsonDict, list[Json
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigurationError(f"duplicate ValueSet ids in {terminology_dir}: {duplicates}")
+    merge_vsac_imports(valuesets, load_vsac_imports(terminology_dir))
     return codesystem, sorted(valuesets, key=lambda vs: str(vs["id"]))
+
+
+def load_vsac_imports(terminology_dir: Path) -> list[JsonDict]:
+    """The imported VSAC value sets (``terminology/vsac/<OID>.json``), by OID; none is fine."""
+    return [_read_json(path) for path in sorted((terminology_dir / VSAC_DIR).glob("*.json"))]
+
+
+def merge_vsac_imports(valuesets: list[JsonDict], imports: list[JsonDict]) -> None:
+    """Add each imported VSAC part to the ValueSets it serves, recording its source.
+
+    Per VSAC value set and code system, the target gets one ``compose.include`` that lists the
+    codes and names the VSAC value set (FHIR: the listed codes, as members of that value set),
+    with a code-verification extension giving OID, version, repository, path and commit; the
+    expansion gets the codes it did not list yet; the description names every source.
+    """
+    by_id = {str(vs["id"]): vs for vs in valuesets}
+    parts: dict[str, list[tuple[JsonDict, list[list[str]]]]] = {}
+    for record in imports:
+        for target, entries in record.get("targets", {}).items():
+            if target not in by_id:
+                raise ConfigurationError(
+                    f"VSAC import {record.get('oid')} names an unknown ValueSet {target!r}"
+                )
+            parts.setdefault(target, []).append((record, entries))
+    for target, found in parts.items():
+        _merge_parts(by_id[target], found)
+
+
+def _vsac_source(record: JsonDict) -> str:
+    source = record.get("source", {})
+    return (
+        f"VSAC value set '{record.get('title')}' {record.get('oid')} version "
+        f"{record.get('version')} ({record.get('url')}), expansion from the public repository "
+        f"github.com/{source.get('repository')} {source.get('path')} at commit "
+        f"{source.get('commit')}; placed by fhir_trial.study.vsac_import: {record.get('placement')}"
+    )
+
+
+def _merge_parts(valueset: JsonDict, parts: list[tuple[JsonDict, list[list[str]]]]) -> None:
+    compose = valueset.setdefault("compose", {})
+    includes: list[JsonDict] = compose.setdefault("include", [])
+    expansion = valueset.setdefault("expansion", {"timestamp": RELEASE_DATE, "contains": []})
+    contains: list[JsonDict] = expansion.setdefault("contains", [])
+    listed = {(str(e.get("system")), str(e.get("code"))) for e in _flat(contains)}
+    summary = []
+    for record, entries in parts:
+        verification = {
+            "url": EXT_CODE_VERIFICATION,
+            "extension": [
+                {"url": "status", "valueCode": "verified"},
+                {"url": "source", "valueString": _vsac_source(record)},
+            ],
+        }
+        url = f"{record.get('url')}|{record.get('version')}"
+        for system in sorted({e[0] for e in entries}):
+            includes.append(
+                {
+                    "extension": [verification],
+                    "system": system,
+                    "valueSet": [url],
+                    "concept": [{"code": e[1]} for e in entries if e[0] == system],
+                }
+            )
+        for system, code, display in entries:
+            if (system, code) not in listed:
+                listed.add((system, code))
+                contains.append({"system": system, "code": code, "display": display})
+        summary.append(f"{record.get('title')} ({record.get('oid')}, {len(entries)} codes)")
+    expansion["total"] = _count(contains)
+    valueset["description"] = (
+        str(valueset.get("description", "")).rstrip()
+        + " Imported from published VSAC expansions (each compose include naming a VSAC value "
+        "set lists the codes taken from it, with OID, version, repository path and commit; the "
+        "protocol's carve-outs were subtracted, see terminology/vsac/): "
+        + "; ".join(summary)
+        + ". The other includes are the project's own verified codes."
+    )
+
+
+def _flat(contains: list[Any]) -> list[JsonDict]:
+    out: list[JsonDict] = []
+    for entry in contains:
+        if isinstance(entry, dict):
+            out.append(entry)
+            out.extend(_flat(entry.get("contains", [])))
+    return out
