@@ -14,7 +14,7 @@ A :class:`SimulatedServer` is a transport for :class:`fhir_trial.fhir_http.FhirH
                     OperationOutcome, reports an update that changes nothing with HAPI's
                     ``SUCCESSFUL_UPDATE_NO_CHANGE`` outcome
 
-Both follow the FHIR R4 conditional update rules: 0 matches create, 1 updates (an id in the body
+Both answer ``batch`` Bundles of searches, and follow the FHIR R4 conditional update rules: 0 matches create, 1 updates (an id in the body
 must be the matched one, else 400), more are refused with 412. Searches: ``url``, ``version``,
 ``identifier`` (``system|value``), ``_count``. ``server.refuse(type, diagnostics)`` makes every
 write of a resource type fail; ``server.transaction_answer`` replaces the answer to transactions
@@ -128,8 +128,9 @@ class SimulatedServer:
         path = parts.path[len(urlsplit(BASE).path) :].strip("/")
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         query.update({str(k): str(v) for k, v in (params or {}).items()})
-        self.requests.append((method, path + (f"?{parts.query}" if parts.query else "")))
         body = json.loads(data) if data else None
+        kind = f"({body.get('type')})" if isinstance(body, dict) and path == "" else ""
+        self.requests.append((method, path + kind + (f"?{parts.query}" if parts.query else "")))
         try:
             if method == "GET" and path == "metadata":
                 return _response(200, self._capabilities())
@@ -144,11 +145,26 @@ class SimulatedServer:
                 if self.transaction_answer is not None:
                     return _response(200, self.transaction_answer)
                 return self._transaction(body)
+            if method == "POST" and path == "" and body and body.get("type") == "batch":
+                return _response(200, self._batch(body))
             raise EntryError(400, f"unsupported: {method} {path}")
         except EntryError as exc:
             return _response(exc.status, exc.outcome())
 
     # --- internals ------------------------------------------------------------------------------
+    def _batch(self, bundle: JsonDict) -> JsonDict:
+        """GET entries only (what publish sends): each answered as its own request."""
+        entries = []
+        recorded = len(self.requests)
+        for entry in bundle.get("entry", []):
+            request = entry["request"]
+            answer = self.request(request["method"], f"{BASE}/{request['url']}")
+            entries.append(
+                {"resource": answer.json(), "response": {"status": str(answer.status_code)}}
+            )
+        del self.requests[recorded:]  # the batch is one request
+        return {"resourceType": "Bundle", "type": "batch-response", "entry": entries}
+
     def _capabilities(self) -> JsonDict:
         return {
             "resourceType": "CapabilityStatement",

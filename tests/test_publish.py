@@ -202,7 +202,8 @@ def test_medplum_like_publish_twice(
     assert (code, err) == (0, ""), err
     assert set(outcome_of(out).values()) == {"unchanged"}
     assert_one_copy_each_and_references_resolve(server, local)
-    assert all(method == "GET" for method, _ in server.requests)  # nothing written
+    # nothing written: the CapabilityStatement, one batch of lookups, one batch of read-backs
+    assert server.requests == [("GET", "metadata"), ("POST", "(batch)"), ("POST", "(batch)")]
 
 
 def test_hapi_like_publish_twice_keeps_client_ids(
