@@ -84,6 +84,7 @@ class SimulatedServer:
     requests: list[tuple[str, str]] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     transaction_answer: JsonDict | str | None = None  # answer transactions with this instead
+    batch: bool = True  # False: a batch is refused (400), as by servers without batch support
     _numbers: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
     # --- test helpers ---------------------------------------------------------------------------
@@ -145,7 +146,13 @@ class SimulatedServer:
                 if self.transaction_answer is not None:
                     return _response(200, self.transaction_answer)
                 return self._transaction(body)
-            if method == "POST" and path == "" and body and body.get("type") == "batch":
+            if (
+                method == "POST"
+                and path == ""
+                and body
+                and body.get("type") == "batch"
+                and self.batch
+            ):
                 return _response(200, self._batch(body))
             raise EntryError(400, f"unsupported: {method} {path}")
         except EntryError as exc:

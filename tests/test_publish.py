@@ -244,6 +244,24 @@ def test_hapi_like_with_server_ids(
     assert len(server.resources()) == len(SAMPLE)
 
 
+def test_a_server_without_batch_is_searched_one_key_at_a_time(
+    use_server: Callable[[SimulatedServer], None],
+    sample_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = hapi_like()
+    server.batch = False
+    use_server(server)
+    assert publish_sim(capsys, sample_dir)[0] == 0
+    server.requests.clear()
+    code, out, _ = publish_sim(capsys, sample_dir)
+    assert code == 0
+    assert set(outcome_of(out).values()) == {"unchanged"}
+    searches = [path for method, path in server.requests if method == "GET" and "?" in path]
+    assert len(searches) == 2 * len(SAMPLE)  # looked up and read back, one by one
+    assert len(server.resources()) == len(SAMPLE)
+
+
 def test_client_ids_refused_by_a_medplum_like_server_are_reported(
     use_server: Callable[[SimulatedServer], None],
     sample_dir: Path,
