@@ -12,7 +12,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from fhir_trial.canonical import CODESYSTEM_URL, STUDY_RESOURCE_ID, canonical
+from fhir_trial.canonical import CODESYSTEM_URL, NCT_SYSTEM, STUDY_ID, STUDY_RESOURCE_ID, canonical
 from fhir_trial.report import CriterionResult, EligibilityReport
 
 PLAN_DEFINITION_URL = canonical("PlanDefinition", f"{STUDY_RESOURCE_ID}-eligibility")
@@ -93,7 +93,8 @@ def report_research_subject(report: EligibilityReport) -> dict[str, Any]:
         "resourceType": "ResearchSubject",
         "id": f"{STUDY_RESOURCE_ID}-{report.patient.split('/')[-1]}",
         "status": SUBJECT_STATUS[report.verdict],
-        "study": {"reference": f"ResearchStudy/{STUDY_RESOURCE_ID}"},
+        # By identifier: servers that assign their own ids hold the study under another id.
+        "study": {"identifier": {"system": NCT_SYSTEM, "value": STUDY_ID}, "display": STUDY_ID},
         "individual": {"reference": report.patient},
     }
 
