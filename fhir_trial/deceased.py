@@ -43,6 +43,14 @@ _FHIR_DATE_TIME = re.compile(
 
 State = Literal["alive", "deceased", "unclear"]
 
+# SNOMED CT 419099009 |Dead (finding)|: the value of C-CDA's Deceased Observation (verified in
+# terminology/VERIFICATION.md); it names the reason in FHIR outputs and the Group's characteristic.
+DEAD_CODING: Mapping[str, str] = {
+    "system": "http://snomed.info/sct",
+    "code": "419099009",
+    "display": "Dead",
+}
+
 
 @dataclass(frozen=True)
 class VitalStatus:

@@ -6,6 +6,8 @@
   SMART link to the screening worksheet, a suggestion that creates a ResearchSubject with status
   ``candidate``, and override reasons;
 - ineligible: no card by default (``Settings.cds_cards_for_ineligible`` turns on a short one);
+- deceased on the screening date: never a card, whatever the settings (CRITERIA.md; the service
+  returns an empty ``cards`` list before any card is built);
 - screening not completed (deadline passed, data unavailable): a card that says so, when
   configured (``Settings.cds_incomplete_card``, default on).
 
