@@ -29,10 +29,12 @@ from typing import Any, Literal
 
 from fhir_trial.fhirdates import DateSpan, parse_span
 
-# FHIR dateTime, read leniently where real exports are (seconds and the zone are optional; FHIR
-# requires both with a time): ranges are checked by fhirdates.parse_span.
+# FHIR dateTime, read leniently where real exports are and where the CQL engine (cql-exec-fhir)
+# reads them too: minutes, seconds and the zone are optional (FHIR requires them with a time).
+# Ranges are checked by fhirdates.parse_span. Forms the engine cannot read either (an offset
+# without its colon, "+0800"; "20261114") are unclear, not guessed.
 _DATE_TIME = re.compile(
-    r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"^\d{4}(-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 # The strict FHIR R4 dateTime (the value may go into a valueDateTime as written).
 _FHIR_DATE_TIME = re.compile(

@@ -301,6 +301,15 @@ def test_cds_deceased_with_only_the_patient_fetches_nothing(
     assert _hook(real_client(), shared_dir, body) == {"cards": []}
 
 
+def test_cds_unreadable_death_date_card_says_check_first(
+    real_client: Any, shared_dir: Path
+) -> None:
+    prefetch = _dead_prefetch(deceasedDateTime="2026-13-45")
+    (card,) = _hook(real_client(), shared_dir, hook_request(prefetch))["cards"]
+    assert "**Check first:** whether the patient was alive" in card["detail"]
+    assert "deceasedDateTime '2026-13-45' is not a readable date" in card["detail"]
+
+
 def test_cds_death_after_the_screening_date_still_gets_a_card(
     real_client: Any, shared_dir: Path
 ) -> None:

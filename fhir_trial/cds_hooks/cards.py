@@ -123,6 +123,9 @@ def _detail(report: EligibilityReport) -> str:
         f"**{markdown_escape(report.verdict.replace('-', ' '))}**. A study coordinator confirms "
         "eligibility; missing data never counts against the patient.",
     ]
+    if report.reason and report.deceased is None:
+        # Whether the patient is alive could not be read: a person checks that before anything.
+        lines += ["", f"**Check first:** {markdown_escape(report.reason)}."]
     # Favourable criteria in two lists: under one "criteria met" heading an exclusion's title
     # ("Immunodeficiency disease") reads as if the patient had it, since an exclusion that is
     # "met" applies to the patient.
