@@ -13,6 +13,13 @@ Feasibility counts, per criterion of CRITERIA.md (in its order):
 
 inc-ana, inc-anti-dsdna and inc-anti-sm only explain inc-autoantibody (``partOf``): they never rule
 anyone out on their own, so they have status counts but no ``removes``/``remaining``.
+
+Deceased patients (CRITERIA.md, "Real-world records") are a step of the funnel before the first
+criterion: ``deceased`` counts the patients deceased on the screening date, and every per-criterion
+count (``removes``, ``remaining``, the statuses) is over the living patients only, so the funnel
+starts at ``patients - deceased``. Deceased patients count in the verdicts as ``ineligible``, never
+as eligible or potentially eligible. The text and CSV forms show the step as a first row
+``deceased``; the JSON form as the top-level ``deceased`` and ``living`` counts.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from fhir_trial.sources.bundle import read_json_file, records_from_bundle
 from fhir_trial.sources.ndjson import NdjsonExport
 
 VERDICTS: tuple[Verdict, ...] = ("eligible", "potentially-eligible", "ineligible")
+DECEASED_STEP = "deceased"  # the funnel's first step, before the criteria
 WINDOW_PER_WORKER = 4  # records in flight per worker process
 
 T = TypeVar("T")
@@ -80,12 +88,21 @@ class Feasibility:
     removes: Counter[str] = field(default_factory=Counter)
     first_removed_by: Counter[str] = field(default_factory=Counter)
     skipped: list[Skipped] = field(default_factory=list)
+    deceased: int = 0
+
+    @property
+    def living(self) -> int:
+        """Patients alive on the screening date: where the criteria's funnel starts."""
+        return self.total - self.deceased
 
     def add(self, report: EligibilityReport) -> None:
-        """Count one patient's report."""
+        """Count one patient's report (a deceased patient only in the deceased step and verdicts)."""
         self.total += 1
         self.as_of = self.as_of or report.as_of
         self.verdicts[report.verdict] += 1
+        if report.deceased is not None:
+            self.deceased += 1
+            return
         first: str | None = None
         for result in report.criteria:
             self.statuses.setdefault(result.id, Counter())[result.status] += 1
@@ -106,6 +123,7 @@ class Feasibility:
     def merge(self, other: Feasibility) -> None:
         """Add another counter's counts to this one (e.g. one counter per Spark partition)."""
         self.total += other.total
+        self.deceased += other.deceased
         self.as_of = self.as_of or other.as_of
         self.verdicts.update(other.verdicts)
         for criterion_id, counter in other.statuses.items():
@@ -115,8 +133,11 @@ class Feasibility:
         self.skipped.extend(other.skipped)
 
     def funnel(self) -> list[tuple[str, int]]:
-        """``(criterion id, patients remaining after it)`` for the criteria that vote."""
-        remaining = self.total
+        """``(criterion id, patients remaining after it)`` for the criteria that vote.
+
+        The deceased step comes before (:attr:`living` is where the criteria start).
+        """
+        remaining = self.living
         out = []
         for spec in CRITERIA:
             if spec.part_of is not None:
@@ -149,17 +170,23 @@ class Feasibility:
         return {
             "asOf": self.as_of,
             "patients": self.total,
+            "deceased": self.deceased,
+            "living": self.living,
             "verdicts": {verdict: self.verdicts[verdict] for verdict in VERDICTS},
             "criteria": self.rows(),
             "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
         }
 
     def to_csv(self) -> str:
-        """The criterion rows as CSV (verdict counts are in the text and JSON forms)."""
+        """The funnel as CSV: the deceased step, then the criterion rows (verdicts: text and JSON)."""
         out = io.StringIO()
         columns = ["id", "kind", "ref", "partOf", "removes", "remaining", *STATUSES]
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
+        writer.writerow(
+            {k: "" for k in columns}
+            | {"id": DECEASED_STEP, "removes": self.deceased, "remaining": self.living}
+        )
         for row in self.rows():
             writer.writerow({k: "" if row[k] is None else row[k] for k in columns})
         return out.getvalue()
@@ -177,6 +204,7 @@ class Feasibility:
                 f"{'met':>4}{'not':>5}{'unk':>5}{'rev':>5}{'n/a':>5}"
             )
             lines += ["", header, "  " + "-" * (len(header) - 2)]
+            lines.append(f"  {DECEASED_STEP:<27}{self.deceased:>8}{self.living:>6}")
             for row in self.rows():
                 name = ("  " if row["partOf"] else "") + row["id"]
                 removes = "" if row["removes"] is None else str(row["removes"])
@@ -188,6 +216,8 @@ class Feasibility:
             lines += [
                 "",
                 "  removes: patients the criterion rules out; left: still in after it (funnel);",
+                "  deceased: patients who died on or before the screening date, counted before",
+                "  the criteria (every count below is over living patients);",
                 "  met / not(-met) / unk(nown) / rev(iew needed) / n/a: patients per status.",
             ]
         for skipped in self.skipped:
@@ -203,7 +233,9 @@ def verdict_line(screened: Screened) -> str:
         who = f"{screened.source} ({report.patient})"
     voting = [c for c in report.criteria if c.part_of is None]
     out = [c.id for c in voting if rules_out(c.kind, c.status)]
-    if out:
+    if report.deceased is not None:
+        detail = report.reason or "deceased"
+    elif out:
         detail = "ruled out by " + ", ".join(out)
     else:
         open_items = Counter(c.status for c in voting if c.status in ("unknown", "needs-review"))
@@ -211,6 +243,8 @@ def verdict_line(screened: Screened) -> str:
         if open_items["needs-review"]:
             parts.append(f"{open_items['needs-review']} to review")
         detail = ", ".join(parts) or "all criteria decided"
+        if report.reason:  # a vital status that cannot be read: a person checks first
+            detail += f"; {report.reason}"
     return f"{report.verdict:<21}{who}: {detail}"
 
 

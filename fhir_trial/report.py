@@ -61,6 +61,12 @@ class EligibilityReport:
     verdict: Verdict
     criteria: tuple[CriterionResult, ...]
     warnings: tuple[str, ...] = field(default=())
+    # The death date as recorded, or True (deceasedBoolean only): set when the patient was
+    # deceased on the screening date (the verdict is then ineligible whatever the criteria say).
+    deceased: str | bool | None = None
+    # The top-level reason: why the verdict does not follow from the criteria alone (deceased,
+    # or a vital status that cannot be read). None when the criteria decide on their own.
+    reason: str | None = None
 
     def criterion(self, criterion_id: str) -> CriterionResult:
         """The result of one criterion by id (KeyError if absent)."""
@@ -74,14 +80,18 @@ class EligibilityReport:
         return {c.id: c.status for c in self.criteria}
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON shape of CRITERIA.md (plus ``warnings`` when there are any)."""
+        """The JSON shape of CRITERIA.md: ``reason`` and ``deceased`` when set, ``warnings`` if any."""
         out: dict[str, Any] = {
             "study": self.study,
             "patient": self.patient,
             "asOf": self.as_of,
             "verdict": self.verdict,
-            "criteria": [c.to_json() for c in self.criteria],
         }
+        if self.reason:
+            out["reason"] = self.reason
+        if self.deceased is not None:
+            out["deceased"] = self.deceased
+        out["criteria"] = [c.to_json() for c in self.criteria]
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out

@@ -166,7 +166,8 @@ def test_feasibility_counts_removals_funnel_and_statuses() -> None:
     assert ana["removes"] is None and ana["partOf"] == "inc-autoantibody"
 
     rows = list(csv.DictReader(io.StringIO(feasibility.to_csv())))
-    assert len(rows) == len(CRITERIA)
+    assert len(rows) == len(CRITERIA) + 1  # the deceased step first
+    assert (rows[0]["id"], rows[0]["removes"], rows[0]["remaining"]) == ("deceased", "0", "4")
     age = next(row for row in rows if row["id"] == "inc-age")
     assert (age["removes"], age["remaining"], age["met"], age["not-met"]) == ("1", "3", "3", "1")
 
@@ -316,7 +317,8 @@ def test_cli_ndjson_csv_with_missing_category(
     )
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 29
+    assert len(rows) == 30  # the deceased step, then the 29 criteria
+    assert rows[0]["id"] == "deceased"
     for line in out_file.read_text(encoding="utf-8").splitlines():
         warnings = json.loads(line).get("warnings", [])
         assert any("Observation could not be obtained" in w for w in warnings)

@@ -85,6 +85,7 @@ def test_synthea_export_same_as_local_path(spark: SparkSession, shared_dir: Path
     got, feasibility = spark_path(spark, folder, settings)
 
     assert len(got) == expected_feasibility.total == 13
+    assert expected_feasibility.deceased == 3  # the deceased step is compared too
     assert sorted(got) == sorted(expected)
     for patient, report in expected.items():
         assert got[patient]["verdict"] == report["verdict"], patient

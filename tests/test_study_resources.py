@@ -201,9 +201,17 @@ def test_group_has_every_criterion_in_order(
     group: dict[str, Any], criteria_md_ids: list[str]
 ) -> None:
     assert (group["type"], group["actual"]) == ("person", False)
-    codes = [c["code"]["coding"][0]["code"] for c in group["characteristic"]]
+    deceased, *criteria = group["characteristic"]
+    # Before the criteria: patients deceased on the screening date are excluded.
+    assert deceased["code"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "419099009",
+        "display": "Dead",
+    }
+    assert (deceased["valueBoolean"], deceased["exclude"]) == (True, True)
+    codes = [c["code"]["coding"][0]["code"] for c in criteria]
     assert codes == criteria_md_ids
-    for characteristic in group["characteristic"]:
+    for characteristic in criteria:
         coding = characteristic["code"]["coding"][0]
         assert coding["system"] == CODESYSTEM_URL
         assert characteristic["exclude"] is coding["code"].startswith("exc-")
@@ -249,7 +257,9 @@ def test_plan_definition_has_an_action_per_criterion(
     ]
     assert plan["type"]["coding"][0]["code"] == "eca-rule"
     assert plan["library"] == [canonical("Library", "nct06010472-eligibility")]
-    *criteria_actions, verdict = plan["action"]
+    alive, *criteria_actions, verdict = plan["action"]
+    assert alive["id"] == "alive-at-screening"
+    assert alive["condition"][0]["expression"]["expression"] == 'not "Deceased"'
     assert [a["code"][0]["coding"][0]["code"] for a in criteria_actions] == criteria_md_ids
     for action in criteria_actions:
         assert action["title"] and action["description"]

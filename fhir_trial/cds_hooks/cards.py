@@ -6,6 +6,8 @@
   SMART link to the screening worksheet, a suggestion that creates a ResearchSubject with status
   ``candidate``, and override reasons;
 - ineligible: no card by default (``Settings.cds_cards_for_ineligible`` turns on a short one);
+- deceased on the screening date: never a card, whatever the settings (CRITERIA.md; the service
+  returns an empty ``cards`` list before any card is built);
 - screening not completed (deadline passed, data unavailable): a card that says so, when
   configured (``Settings.cds_incomplete_card``, default on).
 
@@ -121,6 +123,9 @@ def _detail(report: EligibilityReport) -> str:
         f"**{markdown_escape(report.verdict.replace('-', ' '))}**. A study coordinator confirms "
         "eligibility; missing data never counts against the patient.",
     ]
+    if report.reason and report.deceased is None:
+        # Whether the patient is alive could not be read: a person checks that before anything.
+        lines += ["", f"**Check first:** {markdown_escape(report.reason)}."]
     # Favourable criteria in two lists: under one "criteria met" heading an exclusion's title
     # ("Immunodeficiency disease") reads as if the patient had it, since an exclusion that is
     # "met" applies to the patient.

@@ -81,11 +81,16 @@ class CqlEngineError(FhirTrialError):
 
 @dataclass(frozen=True)
 class CqlResult:
-    """One patient's results from the CQL library: a status per criterion and the verdict."""
+    """One patient's results from the CQL library: a status per criterion and the verdict.
+
+    ``deceased``: the library's ``Deceased`` define (deceased on the screening date, which makes
+    the verdict ineligible whatever the criteria say).
+    """
 
     statuses: Mapping[str, str]
     verdict: str
     raw: Mapping[str, Any]
+    deceased: bool = False
 
 
 def parameters_for(settings: Settings, failed: Iterable[str] = ()) -> dict[str, Any]:
@@ -308,4 +313,9 @@ class CqlEngine:
             if status not in STATUSES:
                 raise CqlEngineError(f"CQL define {spec.id!r} returned {value!r}, not a status")
             statuses[spec.id] = status
-        return CqlResult(statuses=statuses, verdict=str(raw.get("Verdict")), raw=raw)
+        return CqlResult(
+            statuses=statuses,
+            verdict=str(raw.get("Verdict")),
+            raw=raw,
+            deceased=raw.get("Deceased") is True,
+        )
