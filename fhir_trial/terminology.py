@@ -109,25 +109,51 @@ def has_letter(text: object) -> bool:
     return type(text) is str and _LETTER.search(text) is not None
 
 
-def name_pattern(names: Iterable[str]) -> re.Pattern[str] | None:
-    """One pattern finding any of these (folded) names, longest first; None for no names.
+_WORD = re.compile(f"[{_LATIN_EDGE}]+")
 
-    Latin names match as whole words (no Latin letter or digit may touch them; words may be
-    separated by spaces or a hyphen); names with Chinese or Japanese characters match anywhere.
-    """
-    alternatives = []
-    for name in sorted(set(names), key=lambda n: (-len(n), n)):
-        words = re.split(r"[\s\-]+", name)
-        body = r"[\s\-]+".join(re.escape(w) for w in words if w)
-        if not body:
-            continue
-        if _CJK.search(name):
-            alternatives.append(body)
-        else:
-            alternatives.append(f"(?<![{_LATIN_EDGE}]){body}(?![{_LATIN_EDGE}])")
-    if not alternatives:
-        return None
-    return re.compile("|".join(alternatives))
+
+@dataclass(frozen=True)
+class NameIndex:
+    """Finds names in a label: Latin names as whole words (a dictionary of word sequences, so a
+    long list costs no more than a short one), names with Chinese or Japanese characters as
+    substrings. The leftmost name wins, and at one place the longest (泼尼松龙 before 泼尼松,
+    "rituximab-abbs" before "rituximab")."""
+
+    words: Mapping[tuple[str, ...], str]  # name as folded words -> its key
+    longest: int  # most words in one Latin name
+    cjk: tuple[str, ...]  # CJK names (folded), longest first
+
+    @classmethod
+    def of(cls, keys: Iterable[str]) -> NameIndex:
+        """The index of these name keys (:func:`_name_key` forms)."""
+        words: dict[tuple[str, ...], str] = {}
+        cjk: list[str] = []
+        for key in keys:
+            if _CJK.search(key):
+                cjk.append(key)
+            elif parts := tuple(_WORD.findall(key)):
+                words.setdefault(parts, key)
+        longest = max((len(w) for w in words), default=0)
+        return cls(words, longest, tuple(sorted(set(cjk), key=lambda n: (-len(n), n))))
+
+    def find(self, folded: str) -> str | None:
+        """The key of the leftmost (then longest) name in a folded label, else None."""
+        best: tuple[int, int, str] | None = None  # (position, -length, key)
+        if self.cjk and _CJK.search(folded):
+            for name in self.cjk:
+                at = folded.find(name)
+                if at >= 0 and (best is None or (at, -len(name)) < best[:2]):
+                    best = (at, -len(name), name)
+        if self.words:
+            tokens = list(_WORD.finditer(folded))
+            for i, token in enumerate(tokens):
+                if best is not None and token.start() >= best[0]:
+                    break
+                for n in range(min(self.longest, len(tokens) - i), 0, -1):
+                    key = self.words.get(tuple(t.group(0) for t in tokens[i : i + n]))
+                    if key is not None:
+                        return key
+        return best[2] if best is not None else None
 
 
 def normalise_system(system: object) -> str:
@@ -215,9 +241,7 @@ class ValueSet:
     # Ingredient name (any case; folded when read) -> the listed ingredient's own name
     # ("ciclosporin" -> "cyclosporine", "泼尼松" -> "prednisone").
     ingredient_names: Mapping[str, str] = field(default_factory=dict)
-    _name_pattern: re.Pattern[str] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
+    _name_pattern: NameIndex | None = field(default=None, init=False, repr=False, compare=False)
     _by_display: dict[str, str | None] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -229,7 +253,7 @@ class ValueSet:
             # Longest first, so that "rituximab-abbs" wins over "rituximab" and 泼尼松龙 over 泼尼松.
             folded = {_name_key(name): own for name, own in self.ingredient_names.items()}
             object.__setattr__(self, "_folded", folded)
-            object.__setattr__(self, "_name_pattern", name_pattern(folded))
+            object.__setattr__(self, "_name_pattern", NameIndex.of(folded))
 
     def ingredient_named(self, display: object) -> str | None:
         """The listed ingredient that a name or product name names, else None (see the module
@@ -238,8 +262,8 @@ class ValueSet:
             return None
         if display in self._by_display:
             return self._by_display[display]
-        found = self._name_pattern.search(fold(display))
-        ingredient = self._folded.get(_name_key(found.group(0))) if found else None
+        found = self._name_pattern.find(fold(display))
+        ingredient = self._folded.get(found) if found is not None else None
         if len(self._by_display) < _MAX_CACHED_DISPLAYS:
             self._by_display[display] = ingredient
         return ingredient

@@ -149,7 +149,7 @@ class ExpansionIndex:
         known = set(terminology.ids())
         self._drug_valuesets = [terminology.get(i) for i in DRUG_VALUESETS if i in known]
 
-    def extra_codes(self, bundle: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    def extra_codes(self, bundle: Mapping[str, Any]) -> dict[str, list[dict[str, str | None]]]:
         """Record codings that fhir_trial.terminology places in a ValueSet but CQL would not."""
         extra: dict[str, set[tuple[str, str]]] = defaultdict(set)
         for system, code, display in set(_codings(bundle)):
@@ -170,8 +170,9 @@ class ExpansionIndex:
                     extra[url].add((system, code))
         for url, named in self._named_drugs(bundle):
             extra[url].add(named)
+        # A coding without a system reaches the CQL engine with a null system, not "".
         return {
-            url: [{"system": s, "code": c} for s, c in sorted(codes)]
+            url: [{"system": s or None, "code": c} for s, c in sorted(codes)]
             for url, codes in extra.items()
         }
 
