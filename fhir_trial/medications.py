@@ -44,7 +44,7 @@ import datetime as dt
 import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from fhir_trial.elements import child, objects
@@ -142,6 +142,9 @@ class DrugRecord:
     # What the record calls its drug: the displays of its codings and the text of its concepts
     # (inline, the Medication's code, its ingredients), each once, for the names safety net.
     names: tuple[str, ...]
+    # Whether the record itself names its drug (a display or text with a letter in it); names
+    # taken from other records sharing its code (drug_records) do not count for this.
+    has_name: bool
     # The words of the drug's names or stated route that say it is for local use ("Topical",
     # "Ophthalmic", ...; :func:`local_use_word`), or "" when none does.
     local_use: str
@@ -215,9 +218,12 @@ class DrugRecord:
         "not that drug" (:func:`unidentified_text`)."""
         if not self.keys:
             return False
-        if any(has_letter(name) for name in self.names):
+        if self.has_name:
             return True
-        return any(vs.contains_any(self.keys) for vs in known)
+        return any(
+            vs.contains_any(self.keys) or (vs.id in DRUG_VALUESETS and self.named_as(vs))
+            for vs in known
+        )
 
     def route_stated(self) -> bool:
         """Whether the record says by which route the drug is given."""
@@ -346,7 +352,7 @@ def unidentified_text(records: Sequence[DrugRecord]) -> str:
 
 def _bare_code_note(record: DrugRecord) -> str:
     """For a record whose codes carry no name: its first code with its system, said so."""
-    if not record.keys or any(has_letter(n) for n in record.names):
+    if not record.keys or record.has_name:
         return ""
     coding = next((c for c in record.codings if code_text(c.get("code"))), None)
     if coding is None:
@@ -388,6 +394,7 @@ def build_history(
     undated: list[Undated] = []
     ignored = 0
     retrieved = 0
+    drugs = drug_records(record)
     for rtype in MEDICATION_TYPES:
         for resource in record.resources(rtype):
             retrieved += 1
@@ -399,7 +406,7 @@ def build_history(
             ):
                 ignored += 1
                 continue
-            drug = _drug_record(record, resource)
+            drug = drugs[id(resource)]
             placed = _place(resource, as_of, default_supply_days)
             if isinstance(placed, str):
                 undated.append(Undated(**vars(drug), why=placed))
@@ -416,10 +423,39 @@ def build_history(
     return MedicationHistory(tuple(exposures), tuple(undated), ignored, retrieved)
 
 
-def drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
-    """What one medication record says about its drug (codes, names, routes), whatever its
-    status and dates (also used by fhir_trial.cql.engine for the CQL side's name matches)."""
-    return _drug_record(record, resource)
+def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
+    """What every medication record of the patient says about its drug, by ``id(resource)``
+    (whatever its status and dates; also used by fhir_trial.cql.engine for the CQL side's name
+    matches).
+
+    A code means the same drug throughout one patient's record: a hospital code named "泼尼松片"
+    on the order and sent bare on the administrations names them all. So each record's names
+    are its own followed by those of every other record sharing one of its codes (the CQL side
+    adds a name-matched code to the ValueSet for the whole patient, which reads the same).
+    """
+    found: dict[int, DrugRecord] = {}
+    named: dict[Code, list[str]] = {}
+    for rtype in MEDICATION_TYPES:
+        for resource in record.resources(rtype):
+            drug = _drug_record(record, resource)
+            found[id(resource)] = drug
+            for key in _exact_keys(drug):
+                named.setdefault(key, []).extend(drug.names)
+    for rid, drug in found.items():
+        names = tuple(
+            dict.fromkeys((*drug.names, *(n for k in _exact_keys(drug) for n in named[k])))
+        )
+        if names != drug.names:
+            found[rid] = replace(drug, names=names)
+    return found
+
+
+def _exact_keys(drug: DrugRecord) -> list[Code]:
+    return [
+        (normalise_system(c.get("system")), text)
+        for c in drug.codings
+        if (text := code_text(c.get("code"))) is not None
+    ]
 
 
 def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
@@ -458,7 +494,10 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
             for coding in drug_codings
             for key in lookup_keys(coding.get("system"), coding.get("code"))
         ),
-        names=tuple(dict.fromkeys(n for n in drug_names if type(n) is str and n.strip())),
+        names=(
+            names_ := tuple(dict.fromkeys(n for n in drug_names if type(n) is str and n.strip()))
+        ),
+        has_name=any(has_letter(n) for n in names_),
         local_use=local_use_word(names),
     )
 

@@ -37,8 +37,8 @@ from typing import Any
 from fhir_trial.config import PROJECT_ROOT, Settings
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.errors import ConfigurationError, FhirTrialError
-from fhir_trial.medications import DRUG_VALUESETS, drug_record
-from fhir_trial.record import MEDICATION_TYPES, PatientRecord
+from fhir_trial.medications import DRUG_VALUESETS, drug_records
+from fhir_trial.record import PatientRecord
 from fhir_trial.terminology import (
     Terminology,
     ValueSet,
@@ -184,11 +184,8 @@ class ExpansionIndex:
             resource = entry.get("resource") if isinstance(entry, Mapping) else None
             if isinstance(resource, dict):
                 record.add(resource, entry.get("fullUrl"))
-        for rtype in MEDICATION_TYPES:
-            for resource in record.resources(rtype):
-                drug = drug_record(record, resource)
-                if not drug.names or not drug.keys:
-                    continue
+        for drug in drug_records(record).values():
+            if drug.names and drug.keys:
                 for vs in self._drug_valuesets:
                     if drug.named_as(vs) is None:
                         continue
