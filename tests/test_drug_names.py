@@ -131,3 +131,37 @@ def test_the_cql_library_uses_the_same_letters_and_local_use_words() -> None:
 def test_a_name_needs_a_letter() -> None:
     assert has_letter("泼尼松") and has_letter("Prednisolon") and has_letter("x1")
     assert not has_letter("12345") and not has_letter("  ") and not has_letter(None)
+
+
+def test_names_go_on_the_ingredient_entry_else_on_its_atc_class_entry() -> None:
+    from fhir_trial.study.terminology_sources import add_drug_names
+    from fhir_trial.terminology import EXT_INGREDIENT_NAME_OF, valueset_from_resource
+
+    valueset = {
+        "resourceType": "ValueSet",
+        "id": "t",
+        "url": "urn:t",
+        "expansion": {
+            "contains": [
+                {"system": "http://www.whocc.no/atc", "code": "J01", "display": "Antibacterials"},
+                {
+                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                    "code": "2193",
+                    "display": "ceftriaxone",
+                },
+            ]
+        },
+    }
+    add_drug_names(valueset, NAMES)
+    add_drug_names(valueset, NAMES)  # idempotent
+    j01, ceftriaxone = valueset["expansion"]["contains"]
+    own = [d["value"] for d in ceftriaxone["designation"]]
+    assert own[0] == "ceftriaxone" and "头孢曲松" in own and len(own) == len(set(own))
+    assert not any(d.get("extension") for d in ceftriaxone["designation"])
+    imipenem = [d for d in j01["designation"] if d["value"] == "亚胺培南"]
+    assert len(imipenem) == 1 and imipenem[0]["language"] == "zh"
+    assert imipenem[0]["extension"] == [{"url": EXT_INGREDIENT_NAME_OF, "valueString": "imipenem"}]
+    assert not [d for d in j01["designation"] if d["value"] == "头孢曲松"]  # has its own entry
+    vs = valueset_from_resource(valueset)
+    assert vs.ingredient_named("注射用亚胺培南西司他丁钠") == "imipenem"
+    assert vs.ingredient_named("头孢曲松钠") == "ceftriaxone"

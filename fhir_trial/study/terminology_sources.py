@@ -209,7 +209,11 @@ def _entry_name(entry: JsonDict) -> str:
     """The ingredient an entry stands for: its first ingredient name, else its display."""
     for designation in entry.get("designation", []) or []:
         use = designation.get("use") if isinstance(designation, dict) else None
-        if isinstance(use, dict) and use.get("code") == INGREDIENT_NAME_USE:
+        if (
+            isinstance(use, dict)
+            and use.get("code") == INGREDIENT_NAME_USE
+            and not designation.get("extension")  # a class member's name, not the entry's own
+        ):
             return str(designation.get("value", "")).lower()
     if normalise_system(entry.get("system")) == ATC:
         return ""  # an ATC entry's display is a class or a drug name with notes, never matched
@@ -218,15 +222,20 @@ def _entry_name(entry: JsonDict) -> str:
 
 def _designate(entry: JsonDict, ingredient: JsonDict, *, marked: bool) -> None:
     designations: list[Any] = entry.setdefault("designation", [])
-    present = (
-        {
-            str(d.get("value", "")).lower()
-            for d in designations
-            if isinstance(d, dict) and not d.get("extension")
-        }
-        if not marked
-        else set()
-    )
+    # Names already there: the entry's own (unmarked), or this ingredient's on a class entry.
+    present = {
+        str(d.get("value", "")).lower()
+        for d in designations
+        if isinstance(d, dict)
+        and (
+            not d.get("extension")
+            if not marked
+            else any(
+                e.get("valueString") == ingredient.get("ingredient")
+                for e in d.get("extension") or []
+            )
+        )
+    }
     for name in ingredient.get("names", []):
         value = str(name.get("value", ""))
         if not value or value.lower() in present:
