@@ -44,7 +44,7 @@ import datetime as dt
 import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from fhir_trial.elements import child, objects
@@ -145,6 +145,10 @@ class DrugRecord:
     # Whether the record itself names its drug (a display or text with a letter in it); names
     # taken from other records sharing its code (drug_records) do not count for this.
     has_name: bool
+    # named_as per ValueSet id, filled on first use (ValueSet ids are unique in a screening).
+    _named: dict[str, tuple[str, str] | None] = field(
+        default_factory=dict, repr=False, compare=False, kw_only=True
+    )
     # The words of the drug's names or stated route that say it is for local use ("Topical",
     # "Ophthalmic", ...; :func:`local_use_word`), or "" when none does.
     local_use: str
@@ -162,9 +166,14 @@ class DrugRecord:
         safety net"): none of its codes is in the ValueSet, it has a code (of any system: the
         CQL side can only add codes to an expansion), and one of its names names a listed
         ingredient or brand. Else None."""
-        if not self.keys or not self.names or valueset.contains_any(self.keys):
+        if not self.keys or not self.names:
             return None
-        return valueset.named_by(self.names)
+        cache = self._named
+        if valueset.id in cache:  # criteria ask each record about several ValueSets, often twice
+            return cache[valueset.id]
+        found = None if valueset.contains_any(self.keys) else valueset.named_by(self.names)
+        cache[valueset.id] = found
+        return found
 
     def matches(self, valueset: ValueSet) -> bool:
         """Whether the drug, or one of its ingredients, is in the ValueSet (by code or by name)."""
@@ -433,21 +442,28 @@ def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
     are its own followed by those of every other record sharing one of its codes (the CQL side
     adds a name-matched code to the ValueSet for the whole patient, which reads the same).
     """
-    found: dict[int, DrugRecord] = {}
+    found: dict[int, tuple[DrugRecord, list[Code]]] = {}
     named: dict[Code, list[str]] = {}
+    uses: dict[Code, int] = {}
     for rtype in MEDICATION_TYPES:
         for resource in record.resources(rtype):
             drug = _drug_record(record, resource)
-            found[id(resource)] = drug
-            for key in _exact_keys(drug):
-                named.setdefault(key, []).extend(drug.names)
-    for rid, drug in found.items():
-        names = tuple(
-            dict.fromkeys((*drug.names, *(n for k in _exact_keys(drug) for n in named[k])))
-        )
-        if names != drug.names:
-            found[rid] = replace(drug, names=names)
-    return found
+            keys = _exact_keys(drug)
+            found[id(resource)] = (drug, keys)
+            for key in keys:
+                uses[key] = uses.get(key, 0) + 1
+                if drug.names:
+                    named.setdefault(key, []).extend(drug.names)
+    drugs: dict[int, DrugRecord] = {}
+    for rid, (drug, keys) in found.items():
+        # Only a code that other records use too can bring names (most codes are used once).
+        shared = [n for k in keys if uses[k] > 1 for n in named.get(k, ())]
+        if shared:
+            names = tuple(dict.fromkeys((*drug.names, *shared)))
+            if names != drug.names:
+                drug = replace(drug, names=names, _named={})
+        drugs[rid] = drug
+    return drugs
 
 
 def _exact_keys(drug: DrugRecord) -> list[Code]:
