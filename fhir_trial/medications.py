@@ -351,12 +351,19 @@ class MedicationHistory:
 def unidentified_text(records: Sequence[DrugRecord]) -> str:
     """What each record says of a drug it does not identify, for reasons:
     "MedicationAdministration/a ('rituximab 100 mg', 2026-11-16)"; a bare code is shown with its
-    system ("'http://hl7.org/fhir/sid/ndc|50242-051-21' (a code in no list, without a name)")."""
+    system: "MedicationAdministration/b (http://hl7.org/fhir/sid/ndc|50242-051-21: a code in no
+    list, without a name, 2026-11-16)"."""
     parts = []
     for record in records:
         when = record.describe() if isinstance(record, Exposure) else "undated"
-        parts.append(f"{record.reference} ('{record.drug}'{_bare_code_note(record)}, {when})")
+        bare = _bare_code_note(record)
+        parts.append(f"{record.reference} ({bare or repr_drug(record.drug)}, {when})")
     return "; ".join(parts)
+
+
+def repr_drug(drug: str) -> str:
+    """A drug's words quoted for a reason: 'rituximab 100 mg'."""
+    return f"'{drug}'"
 
 
 def _bare_code_note(record: DrugRecord) -> str:
@@ -367,7 +374,7 @@ def _bare_code_note(record: DrugRecord) -> str:
     if coding is None:
         return ""
     system = coding.get("system") if isinstance(coding.get("system"), str) else "no system"
-    return f": {system}|{code_text(coding.get('code'))}, a code in no list, without a name"
+    return f"{system}|{code_text(coding.get('code'))}: a code in no list, without a name"
 
 
 def _span_text(span: DateSpan) -> str:
