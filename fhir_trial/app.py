@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(create_cds_blueprint(settings))
 
-    from fhir_trial.smart import create_smart_blueprint
+    from fhir_trial.smart.blueprint import create_smart_blueprint
 
     app.register_blueprint(create_smart_blueprint(settings))
 

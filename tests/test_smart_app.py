@@ -25,8 +25,7 @@ from flask.testing import FlaskClient
 from smart_helpers import PATIENT_ID, load_patient, smart_settings
 
 from fhir_trial.app import create_app
-from fhir_trial.smart import smart_app
-from fhir_trial.smart.blueprint import SESSION_COOKIE
+from fhir_trial.smart.blueprint import SESSION_COOKIE, smart_app
 
 APP_BASE = "https://localhost"
 
