@@ -24,6 +24,11 @@ STUDY = {
     "registry": REGISTRY_URL,
 }
 _OPEN = ("unknown", "needs-review")
+_ANSWERED_NOTES = {
+    "eligible": "every criterion is satisfied by the record or by an answer.",
+    "potentially-eligible": "nothing rules the patient out; some items are still open.",
+    "ineligible": "at least one criterion rules the patient out.",
+}
 _SEX = {"female": "female", "male": "male", "other": "other", "unknown": "sex unknown"}
 
 
@@ -138,7 +143,7 @@ def _verdict(report: Mapping[str, Any]) -> dict[str, str]:
     verdict = str(report.get("verdict", ""))
     label, note = verdict_words(verdict)
     if report.get("answers"):
-        note = "Recomputed with the coordinator's answers. " + note
+        note = "Recomputed with the coordinator's answers: " + _ANSWERED_NOTES.get(verdict, "")
     return {"cls": verdict, "label": label, "note": note}
 
 
