@@ -443,3 +443,23 @@ def test_a_restart_on_the_same_database_loses_nothing(
     assert len(ehr.resources("ResearchSubject")) == 1
     qs = parse_qs(urlsplit(ehr.authorize_requests[0]["redirect_uri"]).query)
     assert qs == {}
+
+
+def test_a_write_after_the_token_ran_out_asks_for_a_new_launch_and_sends_nothing(
+    app: Flask, ehr: FakeSmartEhr
+) -> None:
+    ehr.expires_in = 1
+    client = _client(app)
+    _launch(client, ehr)
+    answer, _ = _record(client)
+    url = answer.headers["Location"]
+    csrf = _csrf(client.get(url).get_data(as_text=True))
+    import time
+
+    time.sleep(1.2)
+    client.post(f"{url}/write", data={"csrf": csrf})
+    page = client.get(url).get_data(as_text=True)
+    assert "has expired" in page and "Open the app again from the patient" in page
+    assert [r for r in ehr.requests if r.method in ("POST", "PUT") and r.path] == []
+    stored = smart_app(app).store.decision(url.rsplit("/", 1)[1])
+    assert stored is not None and stored.write_state == "failed"
