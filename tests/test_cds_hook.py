@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from cds_helpers import (
-    PATIENT_ID,
     SERVICE_PATH,
     assert_valid,
     base_settings,
@@ -253,13 +252,11 @@ def test_card_for_a_potentially_eligible_patient(client: FlaskClient, shared_dir
     assert "age 36 \\<on\\> \\*2026\\*" in detail  # reasons are markdown-escaped
     assert card["source"]["url"] == REGISTRY_URL
     assert card["source"]["label"] and card["source"]["topic"]["code"] == "NCT06010472"
-    absolute, smart = card["links"]
+    # No SMART registration for this EHR: the read-only page is the (absolute) fallback.
+    absolute, page = card["links"]
     assert absolute == {"label": absolute["label"], "url": REGISTRY_URL, "type": "absolute"}
-    assert smart["type"] == "smart" and smart["url"].startswith("http://localhost/cds-services/")
-    context = json.loads(smart["appContext"])
-    assert (
-        context["patient"] == f"Patient/{PATIENT_ID}" and context["worksheetToken"] in smart["url"]
-    )
+    assert page["type"] == "absolute" and page["url"].startswith("http://localhost/cds-services/")
+    assert "appContext" not in page
     (suggestion,) = card["suggestions"]
     assert card["selectionBehavior"] == "at-most-one"
     resource = suggestion["actions"][0]["resource"]
