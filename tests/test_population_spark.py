@@ -32,7 +32,7 @@ pytest.importorskip(
 
 from pyspark.sql import SparkSession
 
-from fhir_trial.population_spark import screen_ndjson_spark, spark_session
+from fhir_trial.population.spark import screen_ndjson_spark, spark_session
 
 FIXTURE = Path("fixtures/synthea/bulk-ndjson-10-patients")
 FIXTURE_AS_OF = dt.date(2024, 8, 6)

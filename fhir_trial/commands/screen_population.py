@@ -8,7 +8,7 @@ Output: the feasibility report on stdout (``--format text|json|csv``); with ``--
 also one verdict line per patient (the first 20, or all with ``--demo``). ``--output FILE`` gets
 every patient's full report as JSON lines (the CRITERIA.md shape), written as they are computed.
 ``--engine spark`` screens an ``--ndjson`` export on Apache Spark instead (optional extra
-``spark``; ``--spark-master URL``), with the same outputs: see :mod:`fhir_trial.population_spark`.
+``spark``; ``--spark-master URL``), with the same outputs: see :mod:`fhir_trial.population.spark`.
 Exit codes: 0 done, 2 unusable input (nothing could be screened, bad option).
 """
 
@@ -139,7 +139,7 @@ def command(
     if engine == "spark" or spark_master:
         if not ndjson:
             raise InputError("--engine spark works with --ndjson DIR (or a folder URI)")
-        from fhir_trial.population_spark import run_screen_population
+        from fhir_trial.population.spark import run_screen_population
 
         run_screen_population(
             ndjson,

@@ -1,7 +1,7 @@
 """Population screening on Apache Spark (optional extra ``spark``): a Bulk NDJSON export at scale.
 
 Same answers as the local path (:class:`~fhir_trial.sources.ndjson.NdjsonExport` +
-:func:`~fhir_trial.evaluate.evaluate` + :class:`~fhir_trial.population.Feasibility`): the same
+:func:`~fhir_trial.evaluate.evaluate` + :class:`~fhir_trial.population.local.Feasibility`): the same
 records per patient, the same completeness rules, the same evaluator, the same feasibility
 counting. Only where the work runs changes. The steps:
 
@@ -56,7 +56,7 @@ from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError, InputError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.json_input import parse_json
-from fhir_trial.population import Feasibility, Screened, verdict_line
+from fhir_trial.population.local import Feasibility, Screened, verdict_line
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.report import EligibilityReport
 from fhir_trial.sources.ndjson import (
