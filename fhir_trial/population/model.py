@@ -138,7 +138,8 @@ class FeasibilityReport:
         for key in values:
             by_name.setdefault(key[1:], []).append(key)  # type: ignore[index]
         groups = [keys for keys in by_name.values() if len(keys) > 1]
-        return values, relations, protect(values, relations, self.min_count, groups)
+        totals = [key for key in values if key[1] in ("patients", "living")]  # type: ignore[index]
+        return values, relations, protect(values, relations, self.min_count, groups, totals)
 
     # ------------------------------------------------------------------------------ JSON
     def to_json(self) -> dict[str, Any]:

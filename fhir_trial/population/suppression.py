@@ -23,40 +23,42 @@ Relation = Mapping[Key, int]
 
 
 def _rref_determined(unknowns: list[Key], relations: Sequence[Relation]) -> set[Key]:
-    """Unknowns whose value the homogeneous part of ``relations`` fixes (unit rows of the RREF)."""
+    """Unknowns whose value the relations fix: rows of the reduced echelon form with one entry.
+
+    Sparse rows (``{column: Fraction}``): relations touch a handful of cells each.
+    """
     index = {key: n for n, key in enumerate(unknowns)}
-    rows: list[list[Fraction]] = []
+    rows: list[dict[int, Fraction]] = []
     for relation in relations:
-        row = [Fraction(0)] * len(unknowns)
-        used = False
+        row: dict[int, Fraction] = {}
         for key, coefficient in relation.items():
             if key in index and coefficient:
-                row[index[key]] += coefficient
-                used = True
-        if used:
+                row[index[key]] = row.get(index[key], Fraction(0)) + coefficient
+        row = {c: v for c, v in row.items() if v}
+        if row:
             rows.append(row)
-    pivot_row = 0
-    pivots: list[int] = []
-    for column in range(len(unknowns)):
-        found = next((r for r in range(pivot_row, len(rows)) if rows[r][column] != 0), None)
-        if found is None:
+    pivots: dict[int, dict[int, Fraction]] = {}  # pivot column -> its row (fully reduced)
+    for row in rows:
+        for column, pivot_row in pivots.items():  # reduce by the pivots found so far
+            if column in row:
+                factor = row[column]
+                for c, v in pivot_row.items():
+                    row[c] = row.get(c, Fraction(0)) - factor * v
+                row = {c: v for c, v in row.items() if v}
+        if not row:
             continue
-        rows[pivot_row], rows[found] = rows[found], rows[pivot_row]
-        lead = rows[pivot_row][column]
-        rows[pivot_row] = [value / lead for value in rows[pivot_row]]
-        for r in range(len(rows)):
-            if r != pivot_row and rows[r][column] != 0:
-                factor = rows[r][column]
-                rows[r] = [a - factor * b for a, b in zip(rows[r], rows[pivot_row], strict=True)]
-        pivots.append(column)
-        pivot_row += 1
-        if pivot_row == len(rows):
-            break
-    determined = set()
-    for r, column in enumerate(pivots):
-        if all(value == 0 for c, value in enumerate(rows[r]) if c != column):
-            determined.add(unknowns[column])
-    return determined
+        column = min(row)
+        lead = row[column]
+        row = {c: v / lead for c, v in row.items()}
+        for other in pivots.values():  # keep earlier pivot rows reduced by the new one
+            if column in other:
+                factor = other[column]
+                for c, v in row.items():
+                    other[c] = other.get(c, Fraction(0)) - factor * v
+                for c in [c for c, v in other.items() if not v]:
+                    del other[c]
+        pivots[column] = row
+    return {unknowns[column] for column, row in pivots.items() if len(row) == 1}
 
 
 def exposed(
@@ -83,9 +85,14 @@ def exposed(
         known |= learned
 
 
-def _cheapest(candidates: Iterable[Key], values: Mapping[Key, int]) -> Key | None:
-    """The published cell to suppress as a complement: the smallest non-zero count first."""
-    ranked = sorted(candidates, key=lambda key: (values[key] == 0, values[key], repr(key)))
+def _cheapest(
+    candidates: Iterable[Key], values: Mapping[Key, int], keep: frozenset[Key]
+) -> Key | None:
+    """The published cell to suppress as a complement: the smallest non-zero count first, the
+    cells to ``keep`` (totals) last."""
+    ranked = sorted(
+        candidates, key=lambda key: (key in keep, values[key] == 0, values[key], repr(key))
+    )
     return ranked[0] if ranked else None
 
 
@@ -94,8 +101,13 @@ def protect(
     relations: Sequence[Relation],
     min_count: int,
     groups: Iterable[Sequence[Key]] = (),
+    keep: Iterable[Key] = (),
 ) -> set[Key]:
-    """The cells to suppress so that no count below ``min_count`` can be read or recomputed."""
+    """The cells to suppress so that no count below ``min_count`` can be read or recomputed.
+
+    ``keep``: cells to choose as complements only when nothing else will do (the totals).
+    """
+    kept = frozenset(keep)
     if min_count <= 1:
         return set()
     together = [list(group) for group in groups]
@@ -109,7 +121,7 @@ def protect(
         for relation in relations:
             inside = [key for key in relation if key in hidden]
             if len(inside) == 1:
-                pick = _cheapest((key for key in relation if key not in hidden), values)
+                pick = _cheapest((key for key in relation if key not in hidden), values, kept)
                 if pick is not None:
                     hidden.add(pick)
                     added = True
@@ -118,19 +130,31 @@ def protect(
         leaks = exposed(values, relations, hidden)
         if not leaks:
             return hidden
-        for leak in sorted(leaks, key=repr):
-            pick = _cheapest(
-                (
-                    key
-                    for relation in relations
-                    if leak in relation
-                    for key in relation
-                    if key not in hidden
-                ),
-                values,
-            )
-            if pick is not None:
-                hidden.add(pick)
-                added = True
-        if not added:  # nothing left to suppress around the leaks: suppress them all
+        pick = _complement_for(leaks, values, relations, hidden, kept)
+        if pick is None:  # nothing left to suppress that helps: suppress everything
             return set(values)
+        hidden.add(pick)
+
+
+def _complement_for(
+    leaks: set[Key],
+    values: Mapping[Key, int],
+    relations: Sequence[Relation],
+    hidden: set[Key],
+    kept: frozenset[Key],
+) -> Key | None:
+    """A published cell whose suppression leaves fewer suppressed cells recomputable.
+
+    Cells of relations that hold a leak come first, then those of relations that hold any
+    suppressed cell; in each, the cheapest first (:func:`_cheapest`'s order).
+    """
+    near = {key for r in relations if leaks & set(r) for key in r if key not in hidden}
+    far = {key for r in relations if hidden & set(r) for key in r if key not in hidden} - near
+    for pool in (near, far):
+        ranked = sorted(
+            pool, key=lambda key: (key in kept, values[key] == 0, values[key], repr(key))
+        )
+        for key in ranked:
+            if len(exposed(values, relations, hidden | {key})) < len(leaks):
+                return key
+    return None
