@@ -50,7 +50,7 @@ def _count(cell: dict[str, Any] | None) -> float | None:
 def funnel_chart(runs: list[dict[str, Any]]) -> str:
     """Horizontal bars: patients left after each step, in protocol order, one bar per run."""
     steps = [step["step"] for step in runs[0]["funnel"]]
-    figure = _figure(9.0, 0.28 * len(steps) * max(1, len(runs)) ** 0.5 + 1.2)
+    figure = _figure(9.0, 0.2 * len(steps) * (1 + 0.3 * (len(runs) - 1)) + 1.2)
     axes = figure.subplots()
     height = 0.8 / len(runs)
     for number, run in enumerate(runs):

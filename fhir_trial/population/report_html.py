@@ -40,6 +40,12 @@ def _p(cell: dict[str, Any] | None) -> str:
     return f"{cell['percent']:.1f}%"
 
 
+def _np(cell: dict[str, Any] | None) -> str:
+    """A count with its percentage: ``7 (70.0%)``."""
+    percent = _p(cell)
+    return _n(cell) + (f" ({percent})" if percent else "")
+
+
 def _row(*cells: str, cls: str = "") -> str:
     attr = f' class="{cls}"' if cls else ""
     return f"<tr{attr}>" + "".join(cells) + "</tr>"
@@ -70,10 +76,8 @@ def _funnel_table(run: dict[str, Any]) -> str:
 
 def _criteria_table(run: dict[str, Any]) -> str:
     statuses = ("met", "not-met", "unknown", "needs-review", "not-applicable")
-    head = ["criterion", "ref", "title"]
-    for status in statuses:
-        head += [status, "%"]
-    head += ["rules out on its own", "%", "impact: more potentially eligible without it", "%"]
+    head = ["criterion", "ref", "title", *statuses]
+    head += ["rules out on its own", "impact: more potentially eligible without it"]
     rows = [_th(*head)]
     for row in run["criteria"]:
         cells = [
@@ -82,9 +86,9 @@ def _criteria_table(run: dict[str, Any]) -> str:
             _td(escape(row["title"]), True),
         ]
         for status in statuses:
-            cells += [_td(_n(row["statuses"][status])), _td(_p(row["statuses"][status]))]
+            cells.append(_td(_np(row["statuses"][status])))
         for key in ("rulesOut", "impact"):
-            cells += [_td(_n(row[key])), _td(_p(row[key]))]
+            cells.append(_td(_np(row[key])))
         rows.append(_row(*cells, cls="part" if row["partOf"] else ""))
     return "<table>" + "".join(rows) + "</table>"
 

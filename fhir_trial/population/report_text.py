@@ -28,8 +28,8 @@ def _run_table(run: dict[str, Any]) -> list[str]:
     criteria = {row["id"]: row for row in run["criteria"]}
     funnel = {step["step"]: step for step in run["funnel"]}
     groups = (
-        f"  {'':<27}{'-- in protocol order --':^25} {'- on its own -':^16}"
-        f" {'-- statuses (living) --':^25}"
+        f"  {'':<27}{' in protocol order ':-^23}  {' on its own ':-^16}"
+        f"  {' statuses (living) ':-^25}"
     )
     header = (
         f"  {'step / criterion':<27}{'removed':>8}{'left':>7}{'left%':>8}  "
