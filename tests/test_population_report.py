@@ -380,3 +380,12 @@ def test_the_audit_catches_primary_suppression_alone() -> None:
     leaks = recomputable(data, truth)
     assert ("baseline", "deceased") in leaks  # patients - living
     assert ("baseline", "removed", "deceased") in leaks
+
+
+def test_a_missing_item_naming_a_resource_is_blanked() -> None:
+    feasibility = Feasibility()
+    feasibility.add(
+        patient({"inc-sledai": "unknown"}, {"inc-sledai": ("score for Patient/abc-1 missing",)})
+    )
+    items = [i["item"] for i in FeasibilityReport(feasibility).to_json()["runs"][0]["missingData"]]
+    assert items == ["score for <resource> missing"]

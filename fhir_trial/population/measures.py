@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,9 @@ from fhir_trial.report import STATUSES, EligibilityReport, Verdict
 VERDICTS: tuple[Verdict, ...] = ("eligible", "potentially-eligible", "ineligible")
 DECEASED_STEP = "deceased"  # the funnel's first step, before the criteria
 VOTING: tuple[str, ...] = tuple(spec.id for spec in CRITERIA if spec.part_of is None)
+# A missing item is the criterion's wording, the same for everyone; should one ever name a
+# resource (``Patient/123``), the shared report must not: the reference is blanked.
+_REFERENCE = re.compile(r"\b[A-Z][A-Za-z]{2,63}/[A-Za-z0-9\-.]{1,64}")
 
 
 def rules_out(kind: str, status: str) -> bool:
@@ -94,7 +98,8 @@ class Feasibility:
                 self.removes[result.id] += 1
                 out.append(result.id)
             if result.status == "unknown":
-                for item in result.missing:
+                for raw in result.missing:
+                    item = _REFERENCE.sub("<resource>", raw)
                     missing.add(item)
                     self.missing_criteria.setdefault(item, set()).add(result.id)
         if out:
