@@ -246,6 +246,11 @@ def command(
         report = feasibility_report(feasibility, runs, variants, min_count)
         if directory is not None:
             directory.finish(report)
+            click.echo(
+                f"report written to {report_dir}/ (report.html, report.json, report.csv); "
+                f"what names patients to {report_dir}/phi/",
+                err=True,
+            )
 
     if shown and output_format == "text":
         click.echo()
