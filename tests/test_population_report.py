@@ -389,3 +389,20 @@ def test_a_missing_item_naming_a_resource_is_blanked() -> None:
     )
     items = [i["item"] for i in FeasibilityReport(feasibility).to_json()["runs"][0]["missingData"]]
     assert items == ["score for <resource> missing"]
+
+
+def test_skipped_inputs_are_counted_without_their_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fhir_trial.demo import demo_bundle_paths
+
+    bad = tmp_path / "jane-doe-1970.json"
+    bad.write_text("{not json", encoding="utf-8")
+    out = tmp_path / "report"
+    args = ["screen-population", "--bundles", str(demo_bundle_paths()[0]), str(bad)]
+    assert main([*args, "--report", str(out), "--no-progress", "--as-of", AS_OF]) == 0
+    assert "skipped jane-doe-1970.json" in capsys.readouterr().out  # the terminal names it
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [s["inputs"] for s in data["skipped"]] == [1]
+    for name in ("report.csv", "report.html", "report.json"):
+        assert "jane-doe" not in (out / name).read_text(encoding="utf-8"), name

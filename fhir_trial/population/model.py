@@ -158,7 +158,11 @@ class FeasibilityReport:
         runs = []
         for number, run in enumerate(self.runs()):
             runs.append(self._run_json(number, run, count))
-        skipped = Counter(s.reason for s in self.baseline.skipped)
+        # Grouped by reason, without the file's name (a file may be named after its patient).
+        skipped = Counter(
+            s.reason.replace(s.source, "<file>") if s.source else s.reason
+            for s in self.baseline.skipped
+        )
         return {
             "study": STUDY,
             "asOf": self.baseline.as_of,
