@@ -92,13 +92,16 @@ def recomputable(data: dict[str, Any], truth: dict[str, Any]) -> set[Hashable]:
                 for relation in relations
                 if any(key in index for key in relation)
             ]
-            matrix = np.array(rows, dtype=float) if rows else np.zeros((0, len(unknown)))
-            rank = np.linalg.matrix_rank(matrix) if rows else 0
-            for key, n in index.items():
-                unit = np.zeros((1, len(unknown)))
-                unit[0, n] = 1.0
-                if rows and np.linalg.matrix_rank(np.vstack([matrix, unit])) == rank:
-                    new.add(key)
+            if rows:
+                # x_i is pinned iff every solution of the homogeneous system has x_i = 0, i.e.
+                # the i-th coordinate of every null-space vector is 0 (SVD null space).
+                matrix = np.array(rows, dtype=float)
+                _, singular, vt = np.linalg.svd(matrix)
+                rank = int((singular > 1e-9 * max(1.0, singular.max(initial=0.0))).sum())
+                null = vt[rank:]
+                for key, n in index.items():
+                    if null.shape[0] == 0 or np.abs(null[:, n]).max() < 1e-9:
+                        new.add(key)
         new -= set(known)
         if not new:
             return found

@@ -406,3 +406,33 @@ def test_skipped_inputs_are_counted_without_their_names(
     assert [s["inputs"] for s in data["skipped"]] == [1]
     for name in ("report.csv", "report.html", "report.json"):
         assert "jane-doe" not in (out / name).read_text(encoding="utf-8"), name
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_suppression_property_on_random_populations(seed: int) -> None:
+    """Seeded random populations (a few criteria varied, some deceased, a what-if run)."""
+    import random
+
+    rng = random.Random(seed)
+    varied = ["inc-age", "inc-sledai", "inc-lvef", "exc-malignancy", "exc-recent-trial"]
+    choices: list[Status] = ["met", "not-met", "unknown", "needs-review"]
+
+    def population() -> Feasibility:
+        feasibility = Feasibility()
+        for number in range(rng.randint(5, 60)):
+            statuses: dict[str, Status] = {}
+            for criterion_id in varied:
+                if rng.random() < 0.3:
+                    statuses[criterion_id] = rng.choice(choices)
+            missing = {
+                cid: ("item " + cid[-3:],) for cid, st in statuses.items() if st == "unknown"
+            }
+            feasibility.add(
+                patient(statuses, missing, deceased=rng.random() < 0.1, pid=f"r{number}")
+            )
+        return feasibility
+
+    base = population()
+    audit(FeasibilityReport(base, min_count=rng.randint(2, 8)))
+    # A what-if run with the same counts: every count is in a group of two.
+    audit(FeasibilityReport(base, [("w", {"x": "1"}, base)], min_count=rng.randint(2, 8)))
