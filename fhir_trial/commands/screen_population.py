@@ -19,10 +19,11 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import IO
+from typing import IO, Any
 
 import click
 
+from fhir_trial.bulk.cli import bulk_options, export_from_options, wants_bulk
 from fhir_trial.config import Settings
 from fhir_trial.errors import InputError
 from fhir_trial.population import (
@@ -107,6 +108,7 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
     help="Where patients are evaluated; spark (with --ndjson) needs the extra fhir-trial[spark].",
 )
 @click.option("--spark-master", metavar="URL", help="With --engine spark: local[4], spark://...")
+@bulk_options
 def command(
     paths: tuple[str, ...],
     bundles: tuple[str, ...],
@@ -120,8 +122,16 @@ def command(
     no_progress: bool,
     engine: str,
     spark_master: str | None,
+    **bulk: Any,
 ) -> None:
     """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
+    if wants_bulk(bulk):  # Bulk Data export from a FHIR server (fhir_trial.bulk), then as --ndjson
+        if ndjson:
+            raise InputError("give --ndjson DIR or --fhir-server URL, not both")
+        exported = export_from_options(bulk, Settings.from_env(), show_progress=not no_progress)
+        if exported is None:  # --cancel-export
+            return
+        ndjson = str(exported.folder)
     bundle_inputs = [*bundles, *paths]
     chosen = sum(bool(x) for x in (bundle_inputs, ndjson, demo))
     if chosen != 1:
