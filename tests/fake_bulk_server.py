@@ -212,9 +212,9 @@ class FakeBulkServer:
             gated = request.path.startswith("/fhir/") and not request.path.startswith(
                 "/fhir/.well-known"
             )
-            if gated and server._needs_token():
-                if not server._valid_token(request.headers.get("Authorization")):
-                    return server._fhir(outcome("token required", "login"), 401)
+            authorised = server._valid_token(request.headers.get("Authorization"))
+            if gated and server._needs_token() and not authorised:
+                return server._fhir(outcome("token required", "login"), 401)
             return None
 
         @app.get("/fhir/.well-known/smart-configuration")

@@ -284,9 +284,7 @@ class BulkClient:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         with_port = f"{host}:{parts.port}" if parts.port else host
-        return parts.scheme == "https" and (
-            host in self.token_hosts or with_port in self.token_hosts
-        )
+        return host in self.token_hosts or with_port in self.token_hosts
 
     def _headers(self, url: str, accept: str, *, with_token: bool) -> dict[str, str]:
         headers = {"Accept": accept, "User-Agent": "fhir-trial"}
@@ -350,9 +348,15 @@ class BulkClient:
                 continue
             if status in (401, 403):
                 response.close()
+                word = "refused our credentials" if status == 401 else "denied access"
+                host = urlsplit(url).netloc
+                hint = (
+                    f"; the token is not sent to {host}: allow it with --token-host {host}"
+                    if not with_token and not self.may_send_token(url)
+                    else ""
+                )
                 raise AuthenticationError(
-                    f"{what}: the server {'refused our credentials' if status == 401 else 'denied access'} "
-                    f"(HTTP {status})",
+                    f"{what}: the server {word} (HTTP {status}){hint}",
                     url=_strip_query(url),
                     status=status,
                 )
