@@ -369,3 +369,43 @@ def test_status_url_on_a_relative_content_location(server: FakeBulkServer, tmp_p
     state = make_client(server, Recorder()).start(tmp_path / "out", "group", "g")
     assert urlsplit(state.status_url).netloc == urlsplit(server.base_url).netloc
     assert parse_qs(urlsplit(state.kickoff_url).query)["_type"] == [",".join(EXPORT_TYPES)]
+
+
+def test_progress_lines_without_a_terminal():
+    import io
+
+    from fhir_trial.bulk.progress import TqdmProgress
+
+    stream = io.StringIO()
+    progress = TqdmProgress(stream)
+    progress.status("10% complete")
+    progress.status("10% complete")
+    progress.status("50% complete")
+    progress.download("Patient.000.ndjson", 1, 2)
+    progress.advance(100)
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "bulk export: 10% complete",
+        "bulk export: 50% complete",
+        "bulk export: downloading 1/2 Patient.000.ndjson",
+    ]
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from fhir_trial.bulk.progress import TqdmProgress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    progress = TqdmProgress(stream)
+    progress.status("45% complete")
+    assert progress._bar.n == 45.0
+    progress.download("Condition.000.ndjson", 2, 3)
+    progress.advance(2048)
+    assert progress._bar.n == 2048
+    progress.close()
+    assert "45% complete" in stream.getvalue()
