@@ -203,8 +203,6 @@ def export_from_options(
     try:
         export = run()
     except KeyboardInterrupt:
-        if progress is not None:
-            progress.close()
         if ExportState.exists(folder):
             click.echo(interrupted_message(folder), err=True)
         else:
@@ -218,6 +216,9 @@ def export_from_options(
             status=exc.status,
             outcome=exc.outcome,
         ) from None
+    finally:
+        if progress is not None:
+            progress.close()
     for line in export.summary():
         click.echo(line, err=True)
     sys.stderr.flush()
