@@ -33,6 +33,8 @@ Switches (attributes, set before or during a test):
   ``smart_clients``             ``{client_id: public JWKS}``: enables SMART Backend Services;
                                 ``token_lifetime`` (s) of the tokens it issues
   ``echo_request``              False: the manifest leaves out ``request``
+  ``split_lines``               >0: each type's lines go into files of this many lines
+  ``gzip_files``                files are sent with ``Content-Encoding: gzip``
 
 Inspection: ``requests`` (method, path, query, headers), ``downloads`` (file name -> count),
 ``deleted`` (job ids), ``kickoffs`` (the kick-off URLs), ``token_requests`` (accepted assertions'
@@ -42,6 +44,7 @@ claims), ``token_rejections`` (why an assertion was refused).
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import threading
 import time
@@ -101,6 +104,7 @@ class FakeBulkServer:
         self.token_lifetime = 300
         self.echo_request = True
         self.split_lines = 0  # >0: split each type into files of this many lines
+        self.gzip_files = False  # send files with Content-Encoding: gzip
         self.requests: list[dict[str, Any]] = []
         self.downloads: Counter[str] = Counter()
         self.deleted: list[str] = []
@@ -376,6 +380,13 @@ class FakeBulkServer:
             with server._lock:
                 server.downloads[f"{job_id}/{n}"] += 1
             lines = job.files[n][2]
+            if server.gzip_files:
+                body = gzip.compress("".join(line + "\n" for line in lines).encode("utf-8"))
+                return Response(
+                    body,
+                    content_type="application/fhir+ndjson",
+                    headers={"Content-Encoding": "gzip"},
+                )
 
             def chunks() -> Iterator[bytes]:
                 for line in lines:

@@ -409,3 +409,61 @@ def test_progress_bar_on_a_terminal():
     assert progress._bar.n == 2048
     progress.close()
     assert "45% complete" in stream.getvalue()
+
+
+def test_large_file_is_streamed_not_held_in_memory(tmp_path: Path):
+    """A 7.5 MB file downloads with a few hundred KB of Python memory (the client side only: the
+    file is served by ``python -m http.server`` in another process)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import tracemalloc
+
+    import requests
+
+    served = tmp_path / "served"
+    served.mkdir()
+    filler = "x" * 900
+    with (served / "big.ndjson").open("w") as handle:
+        for i in range(8000):
+            handle.write(json.dumps({"resourceType": "Patient", "id": f"p{i}", "x": filler}) + "\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=served,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/big.ndjson"
+        for _ in range(100):
+            try:
+                requests.head(url, timeout=1)
+                break
+            except requests.RequestException:
+                time.sleep(0.05)
+        client = BulkClient(f"http://127.0.0.1:{port}/fhir", sleep=lambda s: None)
+        tracemalloc.start()
+        size, _ = client._fetch_file(url, tmp_path / "copy.ndjson", with_token=False)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert size == (served / "big.ndjson").stat().st_size > 7_000_000
+    assert (tmp_path / "copy.ndjson").read_bytes() == (served / "big.ndjson").read_bytes()
+    assert peak < 1_000_000, f"peak {peak} bytes for a {size}-byte file"
+
+
+def test_new_download_folder_is_private(server: FakeBulkServer, tmp_path: Path):
+    make_client(server, Recorder()).run(tmp_path / "out", "group", "g")
+    assert (tmp_path / "out").stat().st_mode & 0o077 == 0
+
+
+def test_gzip_content_encoding_is_decoded(server: FakeBulkServer, tmp_path: Path):
+    server.gzip_files = True
+    make_client(server, Recorder()).run(tmp_path / "out", "group", "g")
+    assert (tmp_path / "out" / "Patient.000.ndjson").read_text().splitlines() == PATIENTS

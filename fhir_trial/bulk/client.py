@@ -624,7 +624,8 @@ def prepare_folder(folder: Path) -> None:
         p.name.endswith((".ndjson", ".ndjson.gz")) for p in folder.iterdir()
     ):
         raise InputError(f"{folder} already holds NDJSON files; choose an empty --download-dir")
-    folder.mkdir(parents=True, exist_ok=True)
+    # The files hold patient data: a new folder is readable by its owner only.
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def planned_files(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
