@@ -206,3 +206,36 @@ def test_server_without_smart_configuration(tmp_path: Path):
         )
         with pytest.raises(Exception, match="does not announce SMART Backend Services"):
             auth.token()
+
+
+def test_client_assertion_is_not_sent_over_plain_http_elsewhere(tmp_path: Path):
+    private, _ = make_jwks("RS384", "k1")
+    auth = BackendServicesAuth(
+        "https://ehr.example/fhir",
+        "app",
+        load_signing_key(write(tmp_path / "j", private)),
+        token_endpoint="http://auth.example/token",
+        scope="system/*.rs",
+    )
+    with pytest.raises(ConfigurationError, match="not https"):
+        auth.token()
+
+
+def test_server_refusing_our_algorithm(server: FakeBulkServer, tmp_path: Path, monkeypatch):
+    private, public = make_jwks("ES384", "k1")
+    server.smart_clients = {"app": public}
+    auth = BackendServicesAuth(
+        server.base_url, "app", load_signing_key(write(tmp_path / "j", private))
+    )
+    real = auth.session.get
+
+    def only_rs384(url: str, **kwargs: Any) -> Any:
+        response = real(url, **kwargs)
+        config = response.json()
+        config["token_endpoint_auth_signing_alg_values_supported"] = ["RS384"]
+        response._content = json.dumps(config).encode()
+        return response
+
+    monkeypatch.setattr(auth.session, "get", only_rs384)
+    with pytest.raises(ConfigurationError, match="accepts RS384, not ES384"):
+        auth.token()

@@ -189,8 +189,10 @@ class BulkExport:
         """Lines for stderr: what was fetched and what the server reported as errors."""
         lines = [
             f"Bulk export of {self.transaction_time or 'unknown time'}: "
-            f"{len(self.output_files)} files in {self.folder} "
-            f"({self.downloaded} downloaded, {self.reused} kept from an earlier run); "
+            f"{len(self.output_files)} data files"
+            + (f" and {len(self.errors)} error files" if self.errors else "")
+            + f" in {self.folder} ({self.downloaded} downloaded, {self.reused} kept from an "
+            "earlier run); "
             f"types requested: {', '.join(self.requested_types) or 'none listed'}"
         ]
         if not self.deleted:
