@@ -57,6 +57,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fake_fhir_server import serve_wsgi
 from flask import Flask, Response, request
 
@@ -395,6 +396,21 @@ class FakeBulkServer:
             return Response(chunks(), content_type="application/fhir+ndjson")
 
         return app
+
+
+def make_jwks(kind: str, kid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(private JWKS, public JWKS) for an RSA (RS384) or a P-384 EC (ES384) key, for tests."""
+    if kind == "RS384":
+        private_key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        algo: Any = jwt.algorithms.RSAAlgorithm
+    else:
+        private_key = ec.generate_private_key(ec.SECP384R1())
+        algo = jwt.algorithms.ECAlgorithm
+    private = json.loads(algo.to_jwk(private_key))
+    public = json.loads(algo.to_jwk(private_key.public_key()))
+    for jwk in (private, public):
+        jwk.update({"kid": kid, "alg": kind})
+    return {"keys": [private]}, {"keys": [public]}
 
 
 def http_date(seconds_from_now: float) -> str:

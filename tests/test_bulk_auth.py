@@ -9,8 +9,8 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fake_bulk_server import FakeBulkServer
+from cryptography.hazmat.primitives.asymmetric import ec
+from fake_bulk_server import FakeBulkServer, make_jwks
 
 from fhir_trial.bulk.auth.backend_services import (
     ASSERTION_TYPE,
@@ -23,21 +23,6 @@ from fhir_trial.bulk.client import EXPORT_TYPES, BulkClient
 from fhir_trial.errors import AuthenticationError, ConfigurationError
 
 PATIENTS = [json.dumps({"resourceType": "Patient", "id": "p1"})]
-
-
-def make_jwks(kind: str, kid: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(private JWKS, public JWKS) for an RSA or a P-384 EC key."""
-    if kind == "RS384":
-        private_key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        algo: Any = jwt.algorithms.RSAAlgorithm
-    else:
-        private_key = ec.generate_private_key(ec.SECP384R1())
-        algo = jwt.algorithms.ECAlgorithm
-    private = json.loads(algo.to_jwk(private_key))
-    public = json.loads(algo.to_jwk(private_key.public_key()))
-    for jwk in (private, public):
-        jwk.update({"kid": kid, "alg": kind})
-    return {"keys": [private]}, {"keys": [public]}
 
 
 @pytest.fixture()

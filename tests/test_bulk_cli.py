@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_bulk_server import FakeBulkServer, outcome
+from fake_bulk_server import FakeBulkServer, make_jwks, outcome
 
 from fhir_trial.bulk import client as client_module
 from fhir_trial.bulk.state import ExportState
@@ -225,6 +225,39 @@ def test_export_errors_are_shown(
     assert "Observation: search failed" in err
 
 
+def test_smart_backend_services_from_the_command_line(
+    synthea_server: FakeBulkServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = make_jwks("ES384", "registry-key")
+    synthea_server.smart_clients = {"registry-app": public}
+    synthea_server.files_require_token = True
+    jwks = tmp_path / "registry.jwks.json"
+    jwks.write_text(json.dumps(private))
+    code, out, err = run(
+        [
+            "--fhir-server",
+            synthea_server.base_url,
+            "--group",
+            "sample-10",
+            "--client-id",
+            "registry-app",
+            "--jwks",
+            str(jwks),
+            "--download-dir",
+            str(tmp_path / "export"),
+            "--format",
+            "json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["patients"] == len(synthea_server.data["Patient"])
+    scopes = synthea_server.token_requests[0]["scope"].split()
+    assert "system/Group.rs" in scopes and "system/Condition.rs" in scopes
+    assert "system/Encounter.rs" not in scopes
+    assert not synthea_server.token_rejections
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -232,6 +265,10 @@ def test_export_errors_are_shown(
         (["--fhir-server", "http://x/fhir", "--group", "g", "--ndjson", "d"], "not both"),
         (["--fhir-server", "http://x/fhir", "--group", "g", "--client-id", "c"], "--jwks"),
         (["--resume", "/nonexistent-folder"], "no Bulk Data export state"),
+        (
+            "--fhir-server http://x/fhir --group g --token t --client-id c --jwks j.json".split(),
+            "not both",
+        ),
     ],
 )
 def test_option_mistakes(args: list[str], message: str, capsys: pytest.CaptureFixture[str]):

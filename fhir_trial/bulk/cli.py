@@ -130,17 +130,25 @@ def _level(options: dict[str, Any]) -> tuple[str, str | None]:
     return chosen[0], options.get("group")
 
 
-def _auth(options: dict[str, Any], base_url: str, settings: Settings) -> TokenProvider:
+def _auth(
+    options: dict[str, Any], base_url: str, settings: Settings, group_level: bool
+) -> TokenProvider:
     client_id, jwks = options.get("client_id"), options.get("jwks")
     if client_id or jwks:
         if not (client_id and jwks):
             raise InputError("SMART Backend Services needs both --client-id and --jwks FILE")
+        if options.get("token"):
+            raise InputError(
+                "give --token or --client-id/--jwks (SMART Backend Services), not both"
+            )
         key = load_signing_key(jwks, options.get("kid"))
+        # Read access to what is exported, and to the Group a group-level export names.
+        types = (*EXPORT_TYPES, "Group") if group_level else EXPORT_TYPES
         return BackendServicesAuth(
             base_url,
             client_id,
             key,
-            types=EXPORT_TYPES,
+            types=types,
             scope=options.get("scope"),
             settings=settings,
         )
@@ -148,15 +156,24 @@ def _auth(options: dict[str, Any], base_url: str, settings: Settings) -> TokenPr
 
 
 def _client(
-    options: dict[str, Any], base_url: str, settings: Settings, progress: Progress | None
+    options: dict[str, Any],
+    base_url: str,
+    settings: Settings,
+    progress: Progress | None,
+    *,
+    group_level: bool,
 ) -> BulkClient:
     return BulkClient(
         base_url,
-        _auth(options, base_url, settings),
+        _auth(options, base_url, settings, group_level),
         settings=settings,
         token_hosts=options.get("token_host") or (),
         progress=progress,
     )
+
+
+def _is_group(state: ExportState) -> bool:
+    return "/Group/" in state.kickoff_url
 
 
 def interrupted_message(folder: Path) -> str:
@@ -184,21 +201,24 @@ def export_from_options(
     if cancel:
         folder = Path(cancel)
         state = ExportState.load(folder)
-        _client(options, state.base_url, settings, None).cancel(folder)
+        _client(options, state.base_url, settings, None, group_level=_is_group(state)).cancel(
+            folder
+        )
         click.echo(f"The export of {folder} is cancelled on {state.base_url}.", err=True)
         return None
     if resume:
         folder = Path(resume)
-        base_url = ExportState.load(folder).base_url
+        state = ExportState.load(folder)
+        base_url = state.base_url
         if server and server.rstrip("/") != base_url:
             raise InputError(f"{folder} holds an export from {base_url}, not {server}")
-        client = _client(options, base_url, settings, progress)
+        client = _client(options, base_url, settings, progress, group_level=_is_group(state))
         run: Callable[[], BulkExport] = lambda: client.resume(folder)  # noqa: E731
     else:
         level, group = _level(options)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         folder = Path(options.get("download_dir") or f"bulk-export-{stamp}")
-        client = _client(options, str(server), settings, progress)
+        client = _client(options, str(server), settings, progress, group_level=level == "group")
         run = lambda: client.run(folder, level, group)  # noqa: E731
     try:
         export = run()

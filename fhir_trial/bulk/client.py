@@ -80,6 +80,8 @@ LEVELS = ("group", "patient", "system")
 MANIFEST_FILE = "manifest.json"
 FHIR_JSON = "application/fhir+json"
 NDJSON = "application/fhir+ndjson"
+# The status answer is the manifest (plain JSON) or an OperationOutcome (FHIR JSON).
+STATUS_ACCEPT = "application/json, application/fhir+json"
 CHUNK = 1 << 16
 POLL_FLOOR_S = 1.0  # never poll more often than this, whatever Retry-After says
 POLL_CAP_S = 120.0  # never wait longer than this between polls
@@ -437,7 +439,9 @@ class BulkClient:
         delay = POLL_FIRST_S
         transient = 0
         while True:
-            response = self._send("GET", url, with_token=with_token, retry_5xx=False)
+            response = self._send(
+                "GET", url, accept=STATUS_ACCEPT, with_token=with_token, retry_5xx=False
+            )
             with response:
                 status = response.status_code
                 if status == 202:
@@ -553,7 +557,9 @@ class BulkClient:
         """``DELETE`` the status URL (the server may drop the files); True when it agreed."""
         url = state.status_url
         try:
-            response = self._send("DELETE", url, with_token=self.may_send_token(url))
+            response = self._send(
+                "DELETE", url, accept=STATUS_ACCEPT, with_token=self.may_send_token(url)
+            )
         except (ServerUnreachableError, AuthenticationError) as exc:
             log.warning("could not delete the export job: %s", exc.message)
             return False
