@@ -258,6 +258,20 @@ def test_smart_backend_services_from_the_command_line(
     assert not synthea_server.token_rejections
 
 
+BOTH_AUTH = [
+    "--fhir-server",
+    "http://x/fhir",
+    "--group",
+    "g",
+    "--token",
+    "t",
+    "--client-id",
+    "c",
+    "--jwks",
+    "j.json",
+]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -266,7 +280,7 @@ def test_smart_backend_services_from_the_command_line(
         (["--fhir-server", "http://x/fhir", "--group", "g", "--client-id", "c"], "--jwks"),
         (["--resume", "/nonexistent-folder"], "no Bulk Data export state"),
         (
-            "--fhir-server http://x/fhir --group g --token t --client-id c --jwks j.json".split(),
+            BOTH_AUTH,
             "not both",
         ),
     ],
