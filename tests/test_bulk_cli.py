@@ -258,20 +258,6 @@ def test_smart_backend_services_from_the_command_line(
     assert not synthea_server.token_rejections
 
 
-BOTH_AUTH = [
-    "--fhir-server",
-    "http://x/fhir",
-    "--group",
-    "g",
-    "--token",
-    "t",
-    "--client-id",
-    "c",
-    "--jwks",
-    "j.json",
-]
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -279,10 +265,6 @@ BOTH_AUTH = [
         (["--fhir-server", "http://x/fhir", "--group", "g", "--ndjson", "d"], "not both"),
         (["--fhir-server", "http://x/fhir", "--group", "g", "--client-id", "c"], "--jwks"),
         (["--resume", "/nonexistent-folder"], "no Bulk Data export state"),
-        (
-            BOTH_AUTH,
-            "not both",
-        ),
     ],
 )
 def test_option_mistakes(args: list[str], message: str, capsys: pytest.CaptureFixture[str]):

@@ -137,10 +137,7 @@ def _auth(
     if client_id or jwks:
         if not (client_id and jwks):
             raise InputError("SMART Backend Services needs both --client-id and --jwks FILE")
-        if options.get("token"):
-            raise InputError(
-                "give --token or --client-id/--jwks (SMART Backend Services), not both"
-            )
+        # Backend Services takes precedence over a token (which may come from FHIR_TRIAL_TOKEN).
         key = load_signing_key(jwks, options.get("kid"))
         # Read access to what is exported, and to the Group a group-level export names.
         types = (*EXPORT_TYPES, "Group") if group_level else EXPORT_TYPES
