@@ -489,7 +489,8 @@ class BulkClient:
         requires_token = _flag(manifest.get("requiresAccessToken"))
         entries = planned_files(manifest)
         downloaded = reused = 0
-        for index, (name, kind, rtype, url) in enumerate(entries, 1):
+        for index, (name, kind, rtype, given) in enumerate(entries, 1):
+            url = urljoin(state.status_url, given)  # absolute per the spec; be lenient
             if state.is_done(url, folder):
                 reused += 1
                 continue
