@@ -25,10 +25,11 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import IO
+from typing import IO, Any
 
 import click
 
+from fhir_trial.bulk.cli import bulk_options, export_from_options, wants_bulk
 from fhir_trial.config import Settings
 from fhir_trial.errors import InputError
 from fhir_trial.population import (
@@ -137,6 +138,7 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
     show_default=True,
     help="Suppress counts below N in the report (with complementary suppression); 0: off.",
 )
+@bulk_options
 def command(
     paths: tuple[str, ...],
     bundles: tuple[str, ...],
@@ -153,8 +155,16 @@ def command(
     report_dir: str | None,
     what_if: tuple[str, ...],
     min_count: int,
+    **bulk: Any,
 ) -> None:
     """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
+    if wants_bulk(bulk):  # Bulk Data export from a FHIR server (fhir_trial.bulk), then as --ndjson
+        if ndjson:
+            raise InputError("give --ndjson DIR or --fhir-server URL, not both")
+        exported = export_from_options(bulk, Settings.from_env(), show_progress=not no_progress)
+        if exported is None:  # --cancel-export
+            return
+        ndjson = str(exported.folder)
     bundle_inputs = [*bundles, *paths]
     chosen = sum(bool(x) for x in (bundle_inputs, ndjson, demo))
     if chosen != 1:
