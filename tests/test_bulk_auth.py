@@ -12,15 +12,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fake_bulk_server import FakeBulkServer, make_jwks
 
-from fhir_trial.bulk.auth.backend_services import (
+from fhir_trial.errors import AuthenticationError, ConfigurationError
+from fhir_trial.population.bulk.auth.backend_services import (
     ASSERTION_TYPE,
     BackendServicesAuth,
     load_signing_key,
     scopes_for,
     sign_client_assertion,
 )
-from fhir_trial.bulk.client import EXPORT_TYPES, BulkClient
-from fhir_trial.errors import AuthenticationError, ConfigurationError
+from fhir_trial.population.bulk.client import EXPORT_TYPES, BulkClient
 
 PATIENTS = [json.dumps({"resourceType": "Patient", "id": "p1"})]
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from fake_bulk_server import FakeBulkServer, make_jwks, outcome
 
-from fhir_trial.bulk import client as client_module
-from fhir_trial.bulk.state import ExportState
 from fhir_trial.cli import main
 from fhir_trial.commands import screen_population
+from fhir_trial.population.bulk import client as client_module
+from fhir_trial.population.bulk.state import ExportState
 from fhir_trial.record import CATEGORIES
 
 AS_OF = "2026-11-26"
@@ -98,7 +98,9 @@ def test_bulk_export_screens_like_the_ndjson_folder(
     )
     assert code == 0, err
     assert json.loads(bulk_out) == json.loads(ndjson_out)
-    assert json.loads(bulk_out)["patients"] == len(synthea_server.data["Patient"])
+    assert json.loads(bulk_out)["runs"][0]["population"]["patients"]["count"] == len(
+        synthea_server.data["Patient"]
+    )
     assert results(tmp_path / "bulk.jsonl") == results(tmp_path / "ndjson.jsonl")
     kick = synthea_server.kickoffs[0]
     assert "/Group/sample-10/$export?_type=Patient,Condition" in kick
@@ -142,7 +144,9 @@ def test_ctrl_c_keeps_the_job_and_says_how_to_resume_or_cancel(
     monkeypatch.setattr(client_module.BulkClient, "_fetch_file", real)
     code, out, err = run(["--resume", str(folder), "--format", "json"], capsys)
     assert code == 0, err
-    assert json.loads(out)["patients"] == len(synthea_server.data["Patient"])
+    assert json.loads(out)["runs"][0]["population"]["patients"]["count"] == len(
+        synthea_server.data["Patient"]
+    )
     assert "1 kept from an earlier run" in err
     assert all(n == 1 for n in synthea_server.downloads.values())
     assert len(synthea_server.deleted) == 1
@@ -251,7 +255,9 @@ def test_smart_backend_services_from_the_command_line(
         capsys,
     )
     assert code == 0, err
-    assert json.loads(out)["patients"] == len(synthea_server.data["Patient"])
+    assert json.loads(out)["runs"][0]["population"]["patients"]["count"] == len(
+        synthea_server.data["Patient"]
+    )
     scopes = synthea_server.token_requests[0]["scope"].split()
     assert "system/Group.rs" in scopes and "system/Condition.rs" in scopes
     assert "system/Encounter.rs" not in scopes
@@ -296,6 +302,6 @@ def test_live_bulk_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             args += [option, os.environ[env]]
     code, out, err = run([*args, "--format", "json"], capsys)
     assert code == 0, err
-    assert json.loads(out)["patients"] >= 1
+    assert json.loads(out)["runs"][0]["population"]["patients"]["count"] >= 1
     state = ExportState.load(tmp_path / "export")
     assert state.phase == "deleted"

@@ -11,18 +11,18 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fake_bulk_server import FakeBulkServer, http_date, outcome
 
-from fhir_trial.bulk import client as client_module
-from fhir_trial.bulk.auth import StaticToken
-from fhir_trial.bulk.client import (
+from fhir_trial.errors import AuthenticationError, InputError
+from fhir_trial.population.bulk import client as client_module
+from fhir_trial.population.bulk.auth import StaticToken
+from fhir_trial.population.bulk.client import (
     EXPORT_TYPES,
     BulkClient,
     BulkExportError,
     ExportExpiredError,
     requested_types_of,
 )
-from fhir_trial.bulk.progress import percent_of
-from fhir_trial.bulk.state import STATE_FILE, ExportState
-from fhir_trial.errors import AuthenticationError, InputError
+from fhir_trial.population.bulk.progress import percent_of
+from fhir_trial.population.bulk.state import STATE_FILE, ExportState
 from fhir_trial.record import CATEGORIES
 
 PATIENTS = [json.dumps({"resourceType": "Patient", "id": f"p{i}"}) for i in range(3)]
@@ -374,7 +374,7 @@ def test_status_url_on_a_relative_content_location(server: FakeBulkServer, tmp_p
 def test_progress_lines_without_a_terminal():
     import io
 
-    from fhir_trial.bulk.progress import TqdmProgress
+    from fhir_trial.population.bulk.progress import TqdmProgress
 
     stream = io.StringIO()
     progress = TqdmProgress(stream)
@@ -394,7 +394,7 @@ def test_progress_lines_without_a_terminal():
 def test_progress_bar_on_a_terminal():
     import io
 
-    from fhir_trial.bulk.progress import TqdmProgress
+    from fhir_trial.population.bulk.progress import TqdmProgress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -29,7 +29,6 @@ from typing import IO, Any
 
 import click
 
-from fhir_trial.bulk.cli import bulk_options, export_from_options, wants_bulk
 from fhir_trial.config import Settings
 from fhir_trial.errors import InputError
 from fhir_trial.population import (
@@ -40,6 +39,7 @@ from fhir_trial.population import (
     screen_ndjson,
     verdict_line,
 )
+from fhir_trial.population.bulk.cli import bulk_options, export_from_options, wants_bulk
 from fhir_trial.population.model import FeasibilityReport
 from fhir_trial.population.whatif import WhatIf, parse_what_if
 from fhir_trial.population.worklist import ReportDirectory
@@ -158,7 +158,9 @@ def command(
     **bulk: Any,
 ) -> None:
     """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
-    if wants_bulk(bulk):  # Bulk Data export from a FHIR server (fhir_trial.bulk), then as --ndjson
+    if wants_bulk(
+        bulk
+    ):  # Bulk Data export from a FHIR server (fhir_trial.population.bulk), then as --ndjson
         if ndjson:
             raise InputError("give --ndjson DIR or --fhir-server URL, not both")
         exported = export_from_options(bulk, Settings.from_env(), show_progress=not no_progress)

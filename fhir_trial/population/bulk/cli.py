@@ -6,10 +6,10 @@ after screening: they are the data screened); ``--resume DIR`` continues an inte
 ``--cancel-export DIR`` cancels it on the server. Credentials: ``--token`` (or FHIR_TRIAL_TOKEN),
 or SMART Backend Services with ``--client-id`` and ``--jwks FILE`` (optionally ``--kid``,
 ``--scope``). ``--token-host HOST`` lets another host receive the token (see
-:mod:`fhir_trial.bulk.client` for where the token goes).
+:mod:`fhir_trial.population.bulk.client` for where the token goes).
 
 :func:`bulk_options` adds the options to a click command; :func:`export_from_options` runs what
-they ask and returns the :class:`~fhir_trial.bulk.BulkExport` to screen (None: nothing to screen).
+they ask and returns the :class:`~fhir_trial.population.bulk.BulkExport` to screen (None: nothing to screen).
 """
 
 from __future__ import annotations
@@ -22,19 +22,19 @@ from typing import Any, TypeVar
 
 import click
 
-from fhir_trial.bulk.auth import StaticToken, TokenProvider
-from fhir_trial.bulk.auth.backend_services import BackendServicesAuth, load_signing_key
-from fhir_trial.bulk.client import (
+from fhir_trial.config import Settings
+from fhir_trial.errors import InputError
+from fhir_trial.population.bulk.auth import StaticToken, TokenProvider
+from fhir_trial.population.bulk.auth.backend_services import BackendServicesAuth, load_signing_key
+from fhir_trial.population.bulk.client import (
     EXPORT_TYPES,
     BulkClient,
     BulkExport,
     ExportExpiredError,
     Progress,
 )
-from fhir_trial.bulk.progress import TqdmProgress
-from fhir_trial.bulk.state import ExportState
-from fhir_trial.config import Settings
-from fhir_trial.errors import InputError
+from fhir_trial.population.bulk.progress import TqdmProgress
+from fhir_trial.population.bulk.state import ExportState
 
 F = TypeVar("F", bound=Callable[..., Any])
 

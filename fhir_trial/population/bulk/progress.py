@@ -1,4 +1,4 @@
-"""The progress bar of a Bulk Data export on stderr (tqdm), fed by :class:`~fhir_trial.bulk.client.BulkClient`.
+"""The progress bar of a Bulk Data export on stderr (tqdm), fed by :class:`~fhir_trial.population.bulk.client.BulkClient`.
 
 While the server works, the bar shows its ``X-Progress`` text (and fills when that text holds a
 percentage, as many servers write it: ``"45% complete"``); while files download it counts bytes
@@ -24,7 +24,7 @@ def percent_of(text: str) -> float | None:
 
 
 class TqdmProgress:
-    """A :class:`~fhir_trial.bulk.client.Progress` drawing tqdm bars on ``stream``."""
+    """A :class:`~fhir_trial.population.bulk.client.Progress` drawing tqdm bars on ``stream``."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr

@@ -6,7 +6,7 @@ interrupted run needs to resume. The result is a :class:`BulkExport`: a folder t
 screens, the types the kick-off listed, the transaction time and the export's errors.
 """
 
-from fhir_trial.bulk.client import (
+from fhir_trial.population.bulk.client import (
     EXPORT_TYPES,
     BulkClient,
     BulkExport,

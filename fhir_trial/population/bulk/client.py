@@ -17,7 +17,7 @@ The flow, and what this client does at each step:
    memory), to ``<Type>.<nnn>.ndjson`` (error files: ``OperationOutcome.error.<nnn>.ndjson``) in
    the download folder, with the manifest beside them (``manifest.json``, which the NDJSON reader
    reads). After each file the state file records its size and SHA-256, so an interrupted run
-   resumes without downloading it again (:mod:`fhir_trial.bulk.state`).
+   resumes without downloading it again (:mod:`fhir_trial.population.bulk.state`).
 4. **Delete** the job (``DELETE`` the status URL) once every file is on disk.
 
 **Where the token goes.** The bearer token is sent to the FHIR server's own origin (scheme, host,
@@ -48,8 +48,6 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import requests
 
-from fhir_trial.bulk.auth import StaticToken, TokenProvider
-from fhir_trial.bulk.state import DoneFile, ExportState
 from fhir_trial.config import Settings
 from fhir_trial.errors import (
     AuthenticationError,
@@ -59,6 +57,8 @@ from fhir_trial.errors import (
     ServerUnreachableError,
 )
 from fhir_trial.fhir_http import first_diagnostics, origin_of, parse_retry_after
+from fhir_trial.population.bulk.auth import StaticToken, TokenProvider
+from fhir_trial.population.bulk.state import DoneFile, ExportState
 from fhir_trial.record import CATEGORIES
 from fhir_trial.sources._common import is_known_type
 

@@ -153,7 +153,7 @@ def _is_loopback(url: str) -> bool:
 
 
 class BackendServicesAuth:
-    """A :class:`~fhir_trial.bulk.auth.TokenProvider` for SMART Backend Services.
+    """A :class:`~fhir_trial.population.bulk.auth.TokenProvider` for SMART Backend Services.
 
     ``base_url``: the FHIR base (the smart-configuration is read from it); ``types``: what the
     export reads (the scopes asked for); ``scope`` overrides them (e.g. ``system/*.rs`` for a
