@@ -175,6 +175,20 @@ def create_smart_blueprint(settings: Settings, evaluator: Evaluator | None = Non
         sent = request.form.get("csrf", "")
         return bool(sent) and secrets.compare_digest(sent, session.csrf)
 
+    def posting_session(route: str) -> Session | Response:
+        """The session of a POST whose form carries its CSRF token, else the refusal page."""
+        session = current_session()
+        if session is None:
+            return no_session()
+        if not csrf_ok(session):
+            log.info("smart %s: POST without a valid CSRF token", route)
+            return problem(
+                403,
+                "The form could not be accepted",
+                "The form was not sent from this worksheet (security check).",
+            )
+        return session
+
     # ------------------------------------------------------------------------------ launch
     @bp.get("/launch")
     def launch() -> Response:
@@ -348,16 +362,9 @@ def create_smart_blueprint(settings: Settings, evaluator: Evaluator | None = Non
 
     @bp.post("/worksheet")
     def record() -> Response:
-        session = current_session()
-        if session is None:
-            return no_session()
-        if not csrf_ok(session):
-            log.info("smart worksheet: POST without a valid CSRF token")
-            return problem(
-                403,
-                "The form could not be accepted",
-                "The form was not sent from this worksheet (security check).",
-            )
+        session = posting_session("worksheet")
+        if isinstance(session, Response):
+            return session
         decision = request.form.get("decision", "")
         form_key = request.form.get("form_key", "")
         if decision not in DECISIONS or not form_key or len(form_key) > 100:
@@ -422,6 +429,13 @@ def create_smart_blueprint(settings: Settings, evaluator: Evaluator | None = Non
             return None
         return found
 
+    def no_such_decision() -> Response:
+        return problem(
+            404,
+            "No such decision for this patient",
+            "The decision was not found for the patient of this launch.",
+        )
+
     @bp.get("/decisions/<decision_id>")
     def show_decision(decision_id: str) -> Response:
         session = current_session()
@@ -429,11 +443,7 @@ def create_smart_blueprint(settings: Settings, evaluator: Evaluator | None = Non
             return no_session()
         found = owned_decision(session, decision_id)
         if found is None:
-            return problem(
-                404,
-                "No such decision for this patient",
-                "The decision was not found for the patient of this launch.",
-            )
+            return no_such_decision()
         stored = found.report
         result = found.write_result or {}
         write = {
@@ -467,23 +477,12 @@ def create_smart_blueprint(settings: Settings, evaluator: Evaluator | None = Non
 
     @bp.post("/decisions/<decision_id>/write")
     def write(decision_id: str) -> Response:
-        session = current_session()
-        if session is None:
-            return no_session()
-        if not csrf_ok(session):
-            log.info("smart decision write: POST without a valid CSRF token")
-            return problem(
-                403,
-                "The form could not be accepted",
-                "The form was not sent from this worksheet (security check).",
-            )
+        session = posting_session("decision write")
+        if isinstance(session, Response):
+            return session
         found = owned_decision(session, decision_id)
         if found is None:
-            return problem(
-                404,
-                "No such decision for this patient",
-                "The decision was not found for the patient of this launch.",
-            )
+            return no_such_decision()
         back = redirect(f"{PREFIX}/decisions/{found.id}", 303)
         if session.token_expired:
             if found.write_state in ("recorded", "failed"):

@@ -147,6 +147,29 @@ def _verdict(report: Mapping[str, Any]) -> dict[str, str]:
     return {"cls": verdict, "label": label, "note": note}
 
 
+def _render_report_page(
+    template: str,
+    report: Mapping[str, Any],
+    patient: dict[str, str],
+    answerable: set[str],
+    **page: Any,
+) -> str:
+    """A page showing a report: study, patient, verdict, alerts and criteria, plus ``page``."""
+    return (
+        templates()
+        .get_template(template)
+        .render(
+            css=stylesheet(),
+            study=STUDY,
+            patient=patient,
+            verdict=_verdict(report),
+            alerts=_alerts(report),
+            groups=_groups(report, answerable),
+            **page,
+        )
+    )
+
+
 def render_worksheet(
     report: Mapping[str, Any],
     patient: dict[str, str],
@@ -158,22 +181,16 @@ def render_worksheet(
     decisions: list[dict[str, str]],
 ) -> str:
     """The worksheet with the answer form."""
-    return (
-        templates()
-        .get_template("smart_worksheet.html")
-        .render(
-            css=stylesheet(),
-            study=STUDY,
-            patient=patient,
-            verdict=_verdict(report),
-            alerts=_alerts(report),
-            groups=_groups(report, set(answerable)),
-            action=action,
-            csrf=csrf,
-            form_key=form_key,
-            decisions=decisions,
-            decision_options=[(key, words) for key, (_, _, words) in DECISIONS.items()],
-        )
+    return _render_report_page(
+        "smart_worksheet.html",
+        report,
+        patient,
+        set(answerable),
+        action=action,
+        csrf=csrf,
+        form_key=form_key,
+        decisions=decisions,
+        decision_options=[(key, words) for key, (_, _, words) in DECISIONS.items()],
     )
 
 
@@ -187,21 +204,15 @@ def render_decision(
     back: str,
 ) -> str:
     """A recorded decision, its write state, and the report with the answers applied."""
-    return (
-        templates()
-        .get_template("smart_decision.html")
-        .render(
-            css=stylesheet(),
-            study=STUDY,
-            patient=patient,
-            verdict=_verdict(report),
-            alerts=_alerts(report),
-            groups=_groups(report, set()),
-            decision=decision,
-            write=write,
-            csrf=csrf,
-            back=back,
-        )
+    return _render_report_page(
+        "smart_decision.html",
+        report,
+        patient,
+        set(),  # a recorded decision is read, not answered
+        decision=decision,
+        write=write,
+        csrf=csrf,
+        back=back,
     )
 
 
