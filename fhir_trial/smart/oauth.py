@@ -132,19 +132,35 @@ def _http_url(value: Any) -> bool:
     )
 
 
-def _get_json(session: requests.Session, url: str, what: str) -> Mapping[str, Any]:
+def _capped_request(
+    session: requests.Session,
+    method: str,
+    url: str,
+    unreachable: str,
+    data: Mapping[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """Status and body of a JSON request that follows no redirect.
+
+    The body is read up to one byte past :data:`MAX_BYTES`, so the caller can tell it is too
+    large. A failed connection raises :class:`LaunchError` starting with ``unreachable``.
+    """
     try:
-        with session.get(
+        with session.request(
+            method,
             url,
+            data=data,
             timeout=TIMEOUT_S,
             allow_redirects=False,
             stream=True,
             headers={"Accept": "application/json"},
         ) as response:
-            status = response.status_code
-            body = response.raw.read(MAX_BYTES + 1, decode_content=True)
+            return response.status_code, response.raw.read(MAX_BYTES + 1, decode_content=True)
     except requests.RequestException as exc:
-        raise LaunchError(f"{what} could not be fetched ({type(exc).__name__})", 502) from exc
+        raise LaunchError(f"{unreachable} ({type(exc).__name__})", 502) from exc
+
+
+def _get_json(session: requests.Session, url: str, what: str) -> Mapping[str, Any]:
+    status, body = _capped_request(session, "GET", url, f"{what} could not be fetched")
     if status != 200:
         raise LaunchError(f"{what} answered HTTP {status}", 502)
     if len(body) > MAX_BYTES:
@@ -252,21 +268,9 @@ def exchange_code(
         form["client_assertion"] = client_assertion(registration, config.token_endpoint)
     else:
         form["client_id"] = registration.client_id
-    try:
-        with session.post(
-            config.token_endpoint,
-            data=form,
-            timeout=TIMEOUT_S,
-            allow_redirects=False,
-            stream=True,
-            headers={"Accept": "application/json"},
-        ) as response:
-            status = response.status_code
-            body = response.raw.read(MAX_BYTES + 1, decode_content=True)
-    except requests.RequestException as exc:
-        raise LaunchError(
-            f"the token endpoint could not be reached ({type(exc).__name__})", 502
-        ) from exc
+    status, body = _capped_request(
+        session, "POST", config.token_endpoint, "the token endpoint could not be reached", form
+    )
     try:
         data = json.loads(body) if len(body) <= MAX_BYTES else None
     except ValueError:

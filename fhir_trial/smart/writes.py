@@ -211,6 +211,38 @@ def _step(
     }
 
 
+def _create_once(
+    http: requests.Session,
+    base: str,
+    token: str,
+    resource_type: str,
+    resource: Mapping[str, Any],
+    identifier: str,
+) -> dict[str, Any]:
+    """Create ``resource`` unless the server holds one with the decision's ``identifier``.
+
+    ``If-None-Exist`` makes a retry after a lost answer find the first one instead of adding a
+    second; the step says "created" (201) or "already there".
+    """
+    status, body, answer_headers = _call(
+        http,
+        "POST",
+        f"{base}/{resource_type}",
+        token,
+        f"creating the {resource_type}",
+        headers=_headers(
+            token,
+            **{
+                "Content-Type": FHIR_JSON,
+                "If-None-Exist": f"identifier={IDENTIFIER_SYSTEM}|{identifier}",
+            },
+        ),
+        data=json.dumps(resource),
+    )
+    action = "created" if status == 201 else "already there"
+    return _step(resource_type, action, status, body, answer_headers)
+
+
 def write_decision(
     http: requests.Session,
     base: str,
@@ -258,40 +290,12 @@ def write_decision(
                 },
                 "individual": {"reference": patient},
             }
-            status, body, answer_headers = _call(
-                http,
-                "POST",
-                f"{base}/ResearchSubject",
-                token,
-                "creating the ResearchSubject",
-                headers=_headers(
-                    token,
-                    **{
-                        "Content-Type": FHIR_JSON,
-                        "If-None-Exist": f"identifier={IDENTIFIER_SYSTEM}|{identifier}",
-                    },
-                ),
-                data=json.dumps(subject),
+            outcome.steps.append(
+                _create_once(http, base, token, "ResearchSubject", subject, identifier)
             )
-            action = "created" if status == 201 else "already there"
-            outcome.steps.append(_step("ResearchSubject", action, status, body, answer_headers))
-        status, body, answer_headers = _call(
-            http,
-            "POST",
-            f"{base}/QuestionnaireResponse",
-            token,
-            "creating the QuestionnaireResponse",
-            headers=_headers(
-                token,
-                **{
-                    "Content-Type": FHIR_JSON,
-                    "If-None-Exist": f"identifier={IDENTIFIER_SYSTEM}|{identifier}",
-                },
-            ),
-            data=json.dumps(response),
+        outcome.steps.append(
+            _create_once(http, base, token, "QuestionnaireResponse", response, identifier)
         )
-        action = "created" if status == 201 else "already there"
-        outcome.steps.append(_step("QuestionnaireResponse", action, status, body, answer_headers))
     except _WriteFailed as failed:
         outcome.error = failed.message
         outcome.relaunch = failed.relaunch
