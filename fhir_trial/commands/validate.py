@@ -32,6 +32,17 @@ class ValidationFailed(FhirTrialError):
     exit_code = 6
 
 
+def _parse_resource(text: str, where: str) -> dict[str, Any]:
+    """A FHIR resource from JSON text; NotJsonError / NotFhirError (exit 2) name ``where``."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise NotJsonError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise NotFhirError(f"{where}: not a FHIR resource (no resourceType)")
+    return data
+
+
 def read_resource(path: Path) -> dict[str, Any]:
     """A FHIR resource from a JSON file; InputError (exit 2) if it is not one."""
     try:
@@ -40,13 +51,7 @@ def read_resource(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read ({exc.__class__.__name__})") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise NotJsonError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-        raise NotFhirError(f"{path}: not a FHIR resource (no resourceType)")
-    return data
+    return _parse_resource(text, str(path))
 
 
 def read_ndjson(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -64,13 +69,7 @@ def read_ndjson(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 if not line.strip():
                     continue
                 where = f"{path}:{number}"
-                try:
-                    data = json.loads(line)
-                except ValueError as exc:
-                    raise NotJsonError(f"{where}: not JSON ({exc})") from None
-                if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-                    raise NotFhirError(f"{where}: not a FHIR resource (no resourceType)")
-                out.append((where, data))
+                out.append((where, _parse_resource(line, where)))
         except UnicodeDecodeError as exc:
             raise InputError(f"{path}: cannot read ({exc.__class__.__name__})") from None
     return out
