@@ -33,8 +33,10 @@ Search parameters: ``_id``; ``url`` (+ ``version``); ``identifier``, ``code``, `
 and on Observations ``combo-code`` (code or a component's code), ``component-code``,
 ``value-concept`` and ``component-value-concept`` (tokens: ``system|value``, ``|value``,
 ``value``, ``system|``); ``server.unsupported = {"combo-code"}`` makes a search naming one of
-those parameters answer 400 (a strict server); ``patient`` / ``subject``
-(``Patient/1``, ``1`` or an absolute URL); ``status``; ``_count`` (page size, default 50) and
+those parameters answer 400 (a strict server; the CapabilityStatement then leaves them out of
+Observation's ``searchParam`` unless ``server.advertise_unsupported``); ``patient`` / ``subject``
+(``Patient/1``, ``1`` or an absolute URL); ``individual`` (ResearchSubject; like Medplum, only the
+type-qualified ``Patient/1`` matches, a bare id matches nothing); ``study``; ``status``; ``_count`` (page size, default 50) and
 ``_offset`` (used in next links). A comma means OR, a repeated parameter means AND. Other
 parameters are ignored (a lenient server), and recorded in :attr:`FakeFhirServer.requests`.
 
@@ -48,6 +50,12 @@ Misbehaviour, switchable at any time (faults are used in order; ``times=None`` m
     server.throttle(retry_after="1")                  # 429 with Retry-After, once
     server.delay(2.0)                                 # answer normally, 2 s late, once
     server.next_link_base = "http://elsewhere.test/fhir"   # next links leave the origin
+    server.fail(200, trickle=0.2, match="Condition")  # the body a byte every 0.2 s (never ends
+                                                      # within a test: headers first, then drip)
+    server.fail(200, truncate=True, match="Condition")  # Content-Length promises more than sent
+    server.endless_next = True                        # every searchset has a next link
+    server.latency = 0.1                              # every request answered 100 ms late
+    server.batch = False                              # POST [base] batch: 405, not advertised
 
 Inspection: ``server.requests`` (method, path, query, headers, body of every request),
 ``server.resources(Type)``, ``server.get(Type, id)``, ``server.reset()``.
@@ -139,6 +147,8 @@ class Fault:
     times: int | None = 1
     match: str | None = None
     diagnostics: str | None = None
+    trickle: float = 0.0  # seconds between body bytes
+    truncate: bool = False  # send half the body under a Content-Length for all of it
 
 
 class _Problem(Exception):
@@ -177,6 +187,10 @@ class FakeFhirServer:
         self.next_link_base: str | None = None
         self.requests: list[RecordedRequest] = []
         self.unsupported: set[str] = set()  # search parameters answered with 400
+        self.advertise_unsupported = False  # list them in the CapabilityStatement anyway
+        self.batch = True  # accept batch Bundles (and say so in the CapabilityStatement)
+        self.endless_next = False  # every searchset gets a next link (a broken pager)
+        self.latency = 0.0  # seconds added to every answer
         self._store: dict[str, dict[str, dict[str, Any]]] = {}
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
@@ -210,11 +224,27 @@ class FakeFhirServer:
         times: int | None = 1,
         match: str | None = None,
         diagnostics: str | None = None,
+        trickle: float = 0.0,
+        truncate: bool = False,
     ) -> None:
-        """Answer the next ``times`` matching requests with this status/body instead."""
+        """Answer the next ``times`` matching requests with this status/body instead.
+
+        With ``trickle`` or ``truncate`` and no ``body``, the normal answer is sent that way.
+        """
         with self._lock:
             self._faults.append(
-                Fault(status, body, content_type, retry_after, delay, times, match, diagnostics)
+                Fault(
+                    status,
+                    body,
+                    content_type,
+                    retry_after,
+                    delay,
+                    times,
+                    match,
+                    diagnostics,
+                    trickle,
+                    truncate,
+                )
             )
 
     def throttle(self, retry_after: str = "1", *, times: int | None = 1) -> None:
@@ -237,6 +267,9 @@ class FakeFhirServer:
             self._faults.clear()
             self.requests.clear()
             self.unsupported.clear()
+            self.batch = True
+            self.endless_next = False
+            self.latency = 0.0
 
     def add(self, resource: Mapping[str, Any]) -> dict[str, Any]:
         """Store a resource directly (keeps its id, else assigns one); returns the stored copy."""
@@ -285,10 +318,15 @@ class FakeFhirServer:
                 RecordedRequest(request.method, path, query, dict(request.headers), body)
             )
             fault = self._take_fault(path)
+        if self.latency:
+            self._stopping.wait(self.latency)
+        shaped: Fault | None = None
         if fault is not None:
             if fault.delay:
                 self._stopping.wait(fault.delay)
-            if fault.status is not None:
+            if (fault.trickle or fault.truncate) and fault.body is None:
+                shaped = fault  # the normal answer, sent badly
+            elif fault.status is not None:
                 return self._fault_response(fault)
         if (
             self.token is not None
@@ -308,6 +346,8 @@ class FakeFhirServer:
             method = request.method
         try:
             with self._lock:
+                if method == "POST" and path == "" and not self.batch:
+                    raise _Problem(405, "batch is not supported", "not-supported")
                 if method == "POST" and path == "":
                     result = self._bundle(body)
                 else:
@@ -316,6 +356,8 @@ class FakeFhirServer:
         except _Problem as problem:
             return self._json(problem.status, operation_outcome(problem.diagnostics, problem.code))
         payload = result.resource if result.resource is not None else result.outcome
+        if shaped is not None:
+            return self._shaped(shaped, result.status, payload)
         resp = self._json(result.status, payload)
         if result.location:
             resp.headers["Location"] = f"{self.base_url}/{result.location}"
@@ -347,6 +389,27 @@ class FakeFhirServer:
         resp = Response(payload, status=status, content_type=ctype)
         if fault.retry_after is not None:
             resp.headers["Retry-After"] = fault.retry_after
+        return resp
+
+    def _shaped(self, fault: Fault, status: int, payload: Any) -> Response:
+        """The answer, trickled a byte at a time or cut short under its Content-Length."""
+        data = json.dumps(payload).encode()
+        if fault.truncate:
+            cut = data[: len(data) // 2]
+            resp = Response(cut, status=status, content_type=FHIR_JSON)
+            resp.headers["Content-Length"] = str(len(data))
+            resp.direct_passthrough = True  # keep the lying Content-Length
+            return resp
+        stopping = self._stopping
+
+        def drip() -> Iterator[bytes]:
+            for index in range(len(data)):
+                if stopping.wait(fault.trickle):
+                    return
+                yield data[index : index + 1]
+
+        resp = Response(drip(), status=status, content_type=FHIR_JSON)
+        resp.headers["Content-Length"] = str(len(data))
         return resp
 
     @staticmethod
@@ -595,7 +658,7 @@ class FakeFhirServer:
                 "url": f"{base}/{rtype}?{urlencode([*keep, ('_offset', str(offset))])}",
             }
         ]
-        if offset + count < len(matches):
+        if offset + count < len(matches) or self.endless_next:
             next_base = self.next_link_base or base
             params = [(k, v) for k, v in keep if k != "_count"]
             params += [("_count", str(count)), ("_offset", str(offset + count))]
@@ -639,7 +702,30 @@ class FakeFhirServer:
             "fhirVersion": "4.0.1",
             "format": ["json"],
             "software": {"name": "fake FHIR server for tests"},
-            "rest": [{"mode": "server"}],
+            "rest": [
+                {
+                    "mode": "server",
+                    "interaction": [{"code": "history-system"}]
+                    + ([{"code": "transaction"}, {"code": "batch"}] if self.batch else []),
+                    "resource": [
+                        {
+                            "type": "Observation",
+                            "searchParam": [
+                                {"name": name, "type": "token"}
+                                for name in (
+                                    "code",
+                                    "combo-code",
+                                    "component-code",
+                                    "value-concept",
+                                    "component-value-concept",
+                                )
+                                if name not in self.unsupported or self.advertise_unsupported
+                            ]
+                            + [{"name": "patient", "type": "reference"}],
+                        }
+                    ],
+                }
+            ],
         }
 
 
@@ -736,6 +822,19 @@ def _matches_value(resource: Mapping[str, Any], name: str, value: str) -> bool:
             if bar and cand_system == system and (code == "" or cand_code == code):
                 return True
         return False
+    if name == "individual":  # like Medplum: a bare id matches nothing
+        ref = resource.get("individual")
+        return (
+            "/" in value
+            and isinstance(ref, dict)
+            and _last_two(str(ref.get("reference", ""))) == _last_two(value)
+        )
+    if name == "study":
+        ref = resource.get("study")
+        wanted = value if "/" in value else f"ResearchStudy/{value}"
+        return isinstance(ref, dict) and _last_two(str(ref.get("reference", ""))) == _last_two(
+            wanted
+        )
     if name in ("patient", "subject"):
         wanted = _last_two(value if "/" in value else f"Patient/{value}")
         for element in _PATIENT_FIELDS:
