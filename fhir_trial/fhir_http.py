@@ -246,7 +246,11 @@ class FhirHttp:
                 if self.deadline is None or delay < self.deadline.remaining():
                     response.close()
                     log.info(
-                        "%s -> %s, retry %d in %.1fs", what, response.status_code, attempt + 1, delay
+                        "%s -> %s, retry %d in %.1fs",
+                        what,
+                        response.status_code,
+                        attempt + 1,
+                        delay,
                     )
                     self._sleep(delay)
                     attempt += 1
@@ -293,7 +297,9 @@ class FhirHttp:
             why = self.deadline.message()
         else:
             end = time.monotonic() + read_timeout * 3
-            why = f"the answer took longer than {read_timeout * 3:g} s to arrive (read_timeout_s x 3)"
+            why = (
+                f"the answer took longer than {read_timeout * 3:g} s to arrive (read_timeout_s x 3)"
+            )
         chunks: list[bytes] = []
         try:
             while True:
@@ -317,7 +323,7 @@ class FhirHttp:
                 status=response.status_code,
             ) from exc
         response._content = b"".join(chunks)
-        response._content_consumed = True  # type: ignore[attr-defined]
+        response._content_consumed = True
 
     # --- internals ------------------------------------------------------------------------------
     def _describe(self, method: str, url: str) -> str:

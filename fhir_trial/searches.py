@@ -229,9 +229,7 @@ class PlannedSearch:
         spec = replace(self.spec, filter_param="code")
         return replace(self, spec=spec, label=f"{self.label} (by code: no panel components)")
 
-    def params(
-        self, patient_id: str, page_size: int | None = None
-    ) -> tuple[tuple[str, str], ...]:
+    def params(self, patient_id: str, page_size: int | None = None) -> tuple[tuple[str, str], ...]:
         """The search parameters for one patient (empty for the Patient read).
 
         The patient goes in type-qualified (``Patient/<id>``); ``page_size`` adds ``_count``.

@@ -151,6 +151,14 @@ class Fault:
     truncate: bool = False  # send half the body under a Content-Length for all of it
 
 
+class _WholeAnswer(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """A fault on a batch entry that spoils the whole answer (a non-JSON body)."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__("whole answer")
+        self.fault = fault
+
+
 class _Problem(Exception):
     """An error answer (status + OperationOutcome)."""
 
@@ -278,6 +286,29 @@ class FakeFhirServer:
             rid = str(resource.get("id") or uuid.uuid4())
             return self._write(self._store, rtype, rid, dict(resource))[0]
 
+    def searched(self) -> list[RecordedRequest]:
+        """Every read and search asked for: GET requests, and the GET entries of batch Bundles
+        (as requests of their own, with the batch's headers)."""
+        with self._lock:
+            out: list[RecordedRequest] = []
+            for r in self.requests:
+                if r.method == "GET":
+                    out.append(r)
+                    continue
+                body = r.body if isinstance(r.body, dict) else {}
+                if r.method != "POST" or r.path != "" or body.get("type") != "batch":
+                    continue
+                for entry in body.get("entry") or []:
+                    req = entry.get("request") or {}
+                    if req.get("method") != "GET":
+                        continue
+                    parts = urlsplit(str(req.get("url", "")))
+                    query = parse_qs(parts.query, keep_blank_values=True)
+                    out.append(
+                        RecordedRequest("GET", parts.path.strip("/"), query, r.headers, None)
+                    )
+            return out
+
     def get(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The stored resource, or None."""
         with self._lock:
@@ -355,6 +386,8 @@ class FakeFhirServer:
                     result = self._interaction(store, method, path, query, body, None)
         except _Problem as problem:
             return self._json(problem.status, operation_outcome(problem.diagnostics, problem.code))
+        except _WholeAnswer as whole:
+            return self._fault_response(whole.fault)
         payload = result.resource if result.resource is not None else result.outcome
         if shaped is not None:
             return self._shaped(shaped, result.status, payload)
@@ -560,6 +593,22 @@ class FakeFhirServer:
         )
 
     def _batch_entry(self, entry: Any) -> dict[str, Any]:
+        """One batch entry; faults matching the entry's path apply to it as to a GET (a text
+        body spoils the whole answer, as a proxy's login page would)."""
+        req = entry.get("request") if isinstance(entry, dict) else None
+        url = str(req.get("url", "")) if isinstance(req, dict) else ""
+        fault = self._take_fault(urlsplit(url).path.strip("/"))
+        if fault is not None:
+            if fault.delay:
+                self._stopping.wait(fault.delay)
+            if isinstance(fault.body, str):
+                raise _WholeAnswer(fault)
+            if fault.status is not None:
+                status = str(fault.status)
+                if isinstance(fault.body, dict):
+                    return {"resource": fault.body, "response": {"status": f"{status} OK"}}
+                diagnostics = fault.diagnostics or f"simulated failure {status}"
+                return {"response": {"status": status, "outcome": operation_outcome(diagnostics)}}
         try:
             return self._transaction(self._store, [entry])[0]
         except _Problem as problem:

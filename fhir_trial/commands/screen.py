@@ -15,7 +15,6 @@ from fhir_trial.outputs import report_bundle, report_text
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import EligibilityReport
 
-
 # Exit code of a report printed with data categories missing (README, exit codes).
 EXIT_INCOMPLETE = 7
 
