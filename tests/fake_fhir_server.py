@@ -54,6 +54,8 @@ Misbehaviour, switchable at any time (faults are used in order; ``times=None`` m
                                                       # within a test: headers first, then drip)
     server.fail(200, truncate=True, match="Condition")  # Content-Length promises more than sent
     server.endless_next = True                        # every searchset has a next link
+    server.endless_next = "Condition"                 # ... only searches of paths with this text
+    server.fail(500, match="Observation", query="value-concept")  # only the NYHA searches
     server.latency = 0.1                              # every request answered 100 ms late
     server.batch = False                              # POST [base] batch: 405, not advertised
 
@@ -76,7 +78,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from flask import Flask, Response, request
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -147,11 +149,12 @@ class Fault:
     times: int | None = 1
     match: str | None = None
     diagnostics: str | None = None
+    query: str | None = None  # also require this text in the query string (or batch entry's)
     trickle: float = 0.0  # seconds between body bytes
     truncate: bool = False  # send half the body under a Content-Length for all of it
 
 
-class _WholeAnswer(Exception):  # noqa: N818 - a control-flow signal, not an error
+class _WholeAnswer(Exception):
     """A fault on a batch entry that spoils the whole answer (a non-JSON body)."""
 
     def __init__(self, fault: Fault) -> None:
@@ -197,7 +200,7 @@ class FakeFhirServer:
         self.unsupported: set[str] = set()  # search parameters answered with 400
         self.advertise_unsupported = False  # list them in the CapabilityStatement anyway
         self.batch = True  # accept batch Bundles (and say so in the CapabilityStatement)
-        self.endless_next = False  # every searchset gets a next link (a broken pager)
+        self.endless_next: bool | str = False  # searchsets get next links forever (a path text)
         self.latency = 0.0  # seconds added to every answer
         self._store: dict[str, dict[str, dict[str, Any]]] = {}
         self._faults: list[Fault] = []
@@ -234,6 +237,7 @@ class FakeFhirServer:
         diagnostics: str | None = None,
         trickle: float = 0.0,
         truncate: bool = False,
+        query: str | None = None,
     ) -> None:
         """Answer the next ``times`` matching requests with this status/body instead.
 
@@ -250,6 +254,7 @@ class FakeFhirServer:
                     times,
                     match,
                     diagnostics,
+                    query,
                     trickle,
                     truncate,
                 )
@@ -348,7 +353,12 @@ class FakeFhirServer:
             self.requests.append(
                 RecordedRequest(request.method, path, query, dict(request.headers), body)
             )
-            fault = self._take_fault(path)
+            fault = self._take_fault(path, request.query_string.decode("latin-1"))
+            if fault is None and request.method == "POST" and path == "":
+                fault = self._shaping_fault_in_batch(body)
+            batch_delay = self._batch_delay(body) if request.method == "POST" and path == "" else 0
+        if batch_delay:  # an entry answered late makes the whole batch late (outside the lock)
+            self._stopping.wait(batch_delay)
         if self.latency:
             self._stopping.wait(self.latency)
         shaped: Fault | None = None
@@ -397,9 +407,53 @@ class FakeFhirServer:
         resp.headers.update(result.extra_headers)
         return resp
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _shaping_fault_in_batch(self, body: Any) -> Fault | None:
+        """A trickle/truncate fault matching one of a batch's entries shapes the whole answer."""
+        if not isinstance(body, dict) or body.get("type") != "batch":
+            return None
+        for entry in body.get("entry") or []:
+            req = entry.get("request") if isinstance(entry, dict) else None
+            parts = urlsplit(str(req.get("url", "")) if isinstance(req, dict) else "")
+            for fault in self._faults:
+                if (fault.trickle or fault.truncate) and self._fault_matches(
+                    fault, parts.path.strip("/"), parts.query
+                ):
+                    return self._take_fault(parts.path.strip("/"), parts.query, shaping=True)
+        return None
+
+    def _batch_delay(self, body: Any) -> float:
+        """The longest delay of delay-only faults matching a batch's entries (taken)."""
+        if not isinstance(body, dict) or body.get("type") != "batch":
+            return 0.0
+        longest = 0.0
+        for entry in body.get("entry") or []:
+            req = entry.get("request") if isinstance(entry, dict) else None
+            parts = urlsplit(str(req.get("url", "")) if isinstance(req, dict) else "")
+            for fault in list(self._faults):
+                if (
+                    fault.status is None
+                    and fault.delay
+                    and not (fault.trickle or fault.truncate)
+                    and self._fault_matches(fault, parts.path.strip("/"), parts.query)
+                ):
+                    taken = self._take_fault(parts.path.strip("/"), parts.query, shaping=False)
+                    longest = max(longest, taken.delay if taken else 0.0)
+                    break
+        return longest
+
+    @staticmethod
+    def _fault_matches(fault: Fault, path: str, query: str) -> bool:
+        if fault.match is not None and fault.match not in path:
+            return False
+        return fault.query is None or fault.query in unquote(query)
+
+    def _take_fault(
+        self, path: str, query: str = "", *, shaping: bool | None = None
+    ) -> Fault | None:
         for fault in self._faults:
-            if fault.match is not None and fault.match not in path:
+            if not self._fault_matches(fault, path, query):
+                continue
+            if shaping is not None and bool(fault.trickle or fault.truncate) != shaping:
                 continue
             if fault.times is not None:
                 fault.times -= 1
@@ -597,10 +651,9 @@ class FakeFhirServer:
         body spoils the whole answer, as a proxy's login page would)."""
         req = entry.get("request") if isinstance(entry, dict) else None
         url = str(req.get("url", "")) if isinstance(req, dict) else ""
-        fault = self._take_fault(urlsplit(url).path.strip("/"))
+        parts = urlsplit(url)
+        fault = self._take_fault(parts.path.strip("/"), parts.query, shaping=False)
         if fault is not None:
-            if fault.delay:
-                self._stopping.wait(fault.delay)
             if isinstance(fault.body, str):
                 raise _WholeAnswer(fault)
             if fault.status is not None:
@@ -707,7 +760,10 @@ class FakeFhirServer:
                 "url": f"{base}/{rtype}?{urlencode([*keep, ('_offset', str(offset))])}",
             }
         ]
-        if offset + count < len(matches) or self.endless_next:
+        endless = self.endless_next is True or (
+            isinstance(self.endless_next, str) and self.endless_next in rtype
+        )
+        if offset + count < len(matches) or endless:
             next_base = self.next_link_base or base
             params = [(k, v) for k, v in keep if k != "_count"]
             params += [("_count", str(count)), ("_offset", str(offset + count))]
