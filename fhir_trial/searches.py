@@ -36,9 +36,9 @@ Values inside other Observations: a criterion's result may be a component of a p
 echocardiography panel, hemoglobin in a blood count), so the result searches use ``combo-code``,
 the R4 search parameter that matches ``Observation.code`` or ``Observation.component.code``
 (HAPI FHIR, Medplum and other servers that index the base specification's parameters support it).
-A server that cannot run it and answers with an error fails the search, so the Observation
-category is not obtained and its criteria are ``unknown``, never ``not-met``; a server that
-ignores it silently answers every Observation of the patient, which is more data, never less.
+A server that cannot run it is searched by ``code`` instead (see "Servers without combo-code"
+below); a server that ignores it silently answers every Observation of the patient, which is more
+data, never less.
 
 URL limits: a code list is split over several searches, each query (patient, ``_count`` and
 filter) at most ``Settings.max_search_query_chars`` characters long; the extra searches get keys
