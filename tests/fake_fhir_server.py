@@ -356,7 +356,8 @@ class FakeFhirServer:
             fault = self._take_fault(path, request.query_string.decode("latin-1"))
             if fault is None and request.method == "POST" and path == "":
                 fault = self._shaping_fault_in_batch(body)
-            batch_delay = self._batch_delay(body) if request.method == "POST" and path == "" else 0
+            batching = request.method == "POST" and path == "" and self.batch
+            batch_delay = self._batch_delay(body) if batching else 0
         if batch_delay:  # an entry answered late makes the whole batch late (outside the lock)
             self._stopping.wait(batch_delay)
         if self.latency:
