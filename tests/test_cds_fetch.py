@@ -452,3 +452,19 @@ def test_a_slow_medication_read_is_cut_off_at_the_deadline(
         "1 referenced Medication resources could not be read" in card["detail"]
         or "could not be completed" in card["summary"]
     )
+
+
+def test_server_without_combo_code_is_searched_by_code_in_one_more_round_trip(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.unsupported = {"combo-code"}
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "could not be completed" not in card["summary"]
+    assert "Observation/o0" in card["detail"]  # found by code
+    assert "cannot search inside panels (combo-code)" in card["detail"]
+    # The Patient read and the batch, then each refused search once by code (in parallel).
+    combo = [r for r in server.searched() if "combo-code" in r.query]
+    by_code = [r for r in server.searched() if "code" in r.query]
+    assert len(combo) == len(by_code) >= 2
+    assert all(r.method == "GET" for r in server.requests[2:])
+    assert [r.method for r in server.requests].count("POST") == 1

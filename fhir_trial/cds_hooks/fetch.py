@@ -64,6 +64,8 @@ MAX_MEDICATION_READS = 100
 _EVALUATION_RESERVE_S = 0.15
 # Answers that mean "this server cannot run combo-code".
 _UNSUPPORTED_PARAMETER = frozenset({400, 422, 501})
+# Marks a batch entry the server refused for combo-code (its search runs by code).
+_REFUSED: dict[str, Any] = {}
 # Base URLs whose server refused a batch (bounded: allowlisted servers only, and capped).
 _NO_BATCH: dict[str, float] = {}
 _NO_BATCH_LOCK = threading.Lock()
@@ -179,10 +181,16 @@ class FhirFetcher:
                 failed, first_pages = answered
                 results.update(failed)
                 for key in batched:
-                    if key not in failed:
-                        futures[key] = pool.submit(
-                            self._fetch_category, key, jobs[key], first_pages.get(key)
-                        )
+                    if key in failed:
+                        continue
+                    refused = first_pages.get(key) is _REFUSED
+                    futures[key] = pool.submit(
+                        self._fetch_category,
+                        key,
+                        jobs[key],
+                        None if refused else first_pages.get(key),
+                        refused,
+                    )
             for key, future in futures.items():
                 try:
                     results[key] = future.result(timeout=self.deadline.remaining())
@@ -238,7 +246,7 @@ class FhirFetcher:
             if 200 <= status < 300 and isinstance(resource, dict):
                 pages[key] = resource
             elif status in _UNSUPPORTED_PARAMETER and job.fallback_url:
-                continue  # run by GET: it falls back to code there
+                pages[key] = _REFUSED  # combo-code refused: run by code, straight away
             elif status in (401, 403):
                 failed[key] = CategoryResult(
                     job.category,
@@ -306,10 +314,19 @@ class FhirFetcher:
 
     # ------------------------------------------------------------------ one category
     def _fetch_category(
-        self, key: str, job: FetchJob, first_page: dict[str, Any] | None = None
+        self,
+        key: str,
+        job: FetchJob,
+        first_page: dict[str, Any] | None = None,
+        combo_code_refused: bool = False,
     ) -> CategoryResult:
-        result = self._fetch_url(key, job, job.url, first_page)
-        if result.error and result.error.startswith("unsupported:") and job.fallback_url:
+        if combo_code_refused and job.fallback_url:
+            result = self._fetch_url(key, job, job.fallback_url, None)
+            result.fell_back = True
+        else:
+            result = self._fetch_url(key, job, job.url, first_page)
+        unsupported = bool(result.error and result.error.startswith("unsupported:"))
+        if unsupported and job.fallback_url and not result.fell_back:
             result = self._fetch_url(key, job, job.fallback_url, None)
             result.fell_back = True
         if result.error and result.error.startswith("unsupported:"):
