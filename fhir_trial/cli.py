@@ -1,13 +1,15 @@
 """The ``fhir-trial`` command line. Each subcommand lives in :mod:`fhir_trial.commands`.
 
 Exit codes (documented in the README):
-  0 success (for ``screen``: a report was produced, whatever the verdict)
+  0 success (for ``screen``: a complete report was produced, whatever the verdict)
   1 unexpected failure of this program
   2 bad input or configuration (a file that is not JSON/FHIR, an unusable option)
   3 FHIR server unreachable (connection refused, timeout)
   4 authentication or authorisation refused by the server (401/403)
   5 the FHIR server answered with another error or with something that is not FHIR
+  5 also: ``screen`` could read nothing beyond the Patient (no report is printed)
   6 validation found errors (``validate``)
+  7 ``screen`` printed a report, but some data categories could not be read (INCOMPLETE)
 """
 
 from __future__ import annotations

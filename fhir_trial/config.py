@@ -70,6 +70,13 @@ class Settings:
     max_pages: int = 50
     max_resources: int = 20000
     search_concurrency: int = 4
+    # Page size asked for on every search (_count); servers may cap it lower.
+    search_page_size: int = 200
+    # One screening by REST (`screen --fhir-server`) gives up after this long in total, whatever
+    # the server does (hangs, answers trickled a byte at a time, endless next links) ...
+    fhir_deadline_s: float = 60.0
+    # ... or after this many HTTP requests.
+    fhir_max_requests: int = 500
     # A code list longer than this (query characters) is split over several searches.
     max_search_query_chars: int = DEFAULT_MAX_SEARCH_QUERY_CHARS
 

@@ -10,6 +10,7 @@
     ├── ResourceValidationError     a FHIR resource failed validation; carries OperationOutcome issues
     └── FhirServerError             talking to a FHIR server failed; carries url and status
         ├── ServerUnreachableError  connection refused, DNS, timeout (exit code 3)
+        │   └── ScreeningLimitError the overall time or request limit of a screening was hit
         ├── AuthenticationError     401 / 403 (exit code 4)
         ├── ServerResponseError     4xx/5xx other than auth; carries the OperationOutcome if any
         └── NotFhirResponseError    the answer was not FHIR JSON
@@ -98,6 +99,10 @@ class ServerUnreachableError(FhirServerError):
     """No HTTP answer: connection refused, name not resolved, or timed out."""
 
     exit_code = 3
+
+
+class ScreeningLimitError(ServerUnreachableError):
+    """The overall deadline (or request limit) of one screening was reached; names the limit."""
 
 
 class AuthenticationError(FhirServerError):

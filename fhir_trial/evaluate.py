@@ -162,6 +162,7 @@ def evaluate(
         warnings=warnings,
         deceased=vital.deceased,
         reason=vital.reason,
+        not_obtained=tuple(sorted(record.failed)),
     )
 
 

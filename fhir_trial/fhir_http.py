@@ -10,7 +10,12 @@ headers, parsed JSON body) or raises one of the :mod:`fhir_trial.errors` server 
     2xx whose body is not FHIR JSON (HTML, ...)   -> NotFhirResponseError     (exit code 5)
 
 Every request carries ``Accept: application/fhir+json``, the bearer token when one is given, and
-the connect/read timeouts of :class:`~fhir_trial.config.Settings`. Answers 429, 500, 502, 503 and
+the connect/read timeouts of :class:`~fhir_trial.config.Settings`. A :class:`~fhir_trial.deadline.Deadline`
+(optional) bounds the whole exchange: every timeout is cut to what is left of it, the body is read
+as a stream and given up on when the deadline passes (a read timeout applies per socket read, so a
+server trickling its answer a byte at a time would otherwise never be given up on), retries never
+wait past it, and each request is counted against its request limit. Hitting it raises
+:class:`~fhir_trial.errors.ScreeningLimitError`, whose message names the limit. Answers 429, 500, 502, 503 and
 504 are retried up to ``Settings.max_retries`` times with exponential backoff; a ``Retry-After``
 header (seconds or an HTTP date) replaces the backoff, capped at ``max_retry_after_s``.
 
@@ -38,13 +43,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from fhir_trial.config import Settings
+from fhir_trial.deadline import Deadline, DeadlineExceeded
 from fhir_trial.elements import child, objects
 from fhir_trial.errors import (
     AuthenticationError,
     ConfigurationError,
     NotFhirResponseError,
+    ScreeningLimitError,
     ServerResponseError,
     ServerUnreachableError,
 )
@@ -111,6 +119,7 @@ class FhirHttp:
         sleep: Callable[[float], None] = time.sleep,
         backoff_s: float = 0.5,
         max_retry_after_s: float = 30.0,
+        deadline: Deadline | None = None,
     ) -> None:
         parts = urlsplit(base_url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -126,6 +135,7 @@ class FhirHttp:
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
         self._origin = origin_of(self.base_url)
+        self.deadline = deadline
 
     # --- context manager ------------------------------------------------------------------------
     def close(self) -> None:
@@ -199,16 +209,23 @@ class FhirHttp:
         if self._token:
             send_headers["Authorization"] = f"Bearer {self._token}"
         send_headers.update(headers or {})
-        timeout = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
-
         attempt = 0
         while True:
+            timeout = self._timeouts(what, url)
             started = time.monotonic()
             try:
                 response = self.session.request(
-                    method, url, params=params, data=data, headers=send_headers, timeout=timeout
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=send_headers,
+                    timeout=timeout,
+                    **self._stream_kwargs,
                 )
             except requests.exceptions.Timeout as exc:
+                if self.deadline is not None and self.deadline.expired():
+                    raise self._limit_error(what, url, self.deadline.message()) from exc
                 raise ServerUnreachableError(
                     f"{what}: no answer from {self.origin} within the time limit "
                     f"(connect {timeout[0]:g}s, read {timeout[1]:g}s)",
@@ -226,14 +243,85 @@ class FhirHttp:
             log.debug("%s -> %s in %.3fs", what, response.status_code, time.monotonic() - started)
             if response.status_code in RETRY_STATUSES and attempt < self.settings.max_retries:
                 delay = self._retry_delay(attempt, response.headers.get("Retry-After"))
-                response.close()
-                log.info(
-                    "%s -> %s, retry %d in %.1fs", what, response.status_code, attempt + 1, delay
-                )
-                self._sleep(delay)
-                attempt += 1
-                continue
+                if self.deadline is None or delay < self.deadline.remaining():
+                    response.close()
+                    log.info(
+                        "%s -> %s, retry %d in %.1fs",
+                        what,
+                        response.status_code,
+                        attempt + 1,
+                        delay,
+                    )
+                    self._sleep(delay)
+                    attempt += 1
+                    continue
+            self._read_body(response, what, url, timeout[1])
             return self._answer(response, what, url)
+
+    @property
+    def _stream_kwargs(self) -> dict[str, Any]:
+        # A real requests.Session streams, so that the body can be read under the deadline;
+        # injected test transports answer with their body already read.
+        return {"stream": True} if isinstance(self.session, requests.Session) else {}
+
+    def _timeouts(self, what: str, url: str) -> tuple[float, float]:
+        """(connect, read) timeouts, cut to the deadline; counts the request against its limit."""
+        connect, read = self.settings.connect_timeout_s, self.settings.read_timeout_s
+        if self.deadline is None:
+            return connect, read
+        try:
+            self.deadline.count_request()
+            left = self.deadline.timeout()
+        except DeadlineExceeded as exc:
+            raise self._limit_error(what, url, str(exc)) from exc
+        return min(connect, left), min(read, left)
+
+    def _limit_error(self, what: str, url: str, why: str) -> ScreeningLimitError:
+        return ScreeningLimitError(
+            f"{what}: gave up on {self.origin}: {why}", url=_strip_query(url)
+        )
+
+    def _read_body(
+        self, response: requests.Response, what: str, url: str, read_timeout: float
+    ) -> None:
+        """Read a streamed body into ``response`` chunk by chunk, never past the deadline.
+
+        Each socket read is bounded by the read timeout; the total by the deadline. Without a
+        deadline (publishing, large downloads) only the read timeout applies, as before.
+        """
+        if getattr(response, "_content_consumed", True) or response._content is not False:
+            return  # already read (a test transport, or not streamed)
+        raw = response.raw
+        if self.deadline is not None:
+            end = time.monotonic() + self.deadline.remaining()
+            why = self.deadline.message()
+        else:
+            end = float("inf")  # publishing, large downloads: the read timeout only, as before
+            why = ""
+        chunks: list[bytes] = []
+        try:
+            while True:
+                if time.monotonic() > end:
+                    response.close()
+                    raise self._limit_error(what, url, f"{why} while the answer was being sent")
+                chunk = raw.read1(65536, decode_content=True)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except (urllib3.exceptions.HTTPError, OSError, requests.exceptions.RequestException) as exc:
+            response.close()
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+                raise ServerUnreachableError(
+                    f"{what}: {self.origin} stopped sending its answer (read {read_timeout:g}s)",
+                    url=_strip_query(url),
+                ) from exc
+            raise NotFhirResponseError(
+                f"{what}: {self.origin} broke off its answer (truncated body)",
+                url=_strip_query(url),
+                status=response.status_code,
+            ) from exc
+        response._content = b"".join(chunks)
+        response._content_consumed = True
 
     # --- internals ------------------------------------------------------------------------------
     def _describe(self, method: str, url: str) -> str:

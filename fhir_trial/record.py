@@ -36,6 +36,16 @@ CATEGORIES: tuple[str, ...] = (
     "Consent",
 )
 
+# Parts of the Observation category that can fail on their own (a server that cannot run one kind
+# of search), without losing the rest of the Observations. They are listed in ``failed`` (and in a
+# report's ``notObtained``) like categories; the criteria that depend on them read them.
+#  - the NYHA class findings, searched by their value (value-concept, component-value-concept);
+#  - values sent only as components of panels: found by ``combo-code``; a server without it is
+#    searched by ``code`` and this part is marked failed ("obtained without components").
+NYHA_FINDINGS = "Observation.nyha"
+OBSERVATION_COMPONENTS = "Observation.components"
+OBSERVATION_PARTS: tuple[str, ...] = (NYHA_FINDINGS, OBSERVATION_COMPONENTS)
+
 # Marks a result derived from an Observation.component (its value is the parent's ``Type/id``).
 # Not a FHIR element name: nothing that reads FHIR JSON can mistake it for one.
 COMPONENT_OF = "fhir-trial:componentOf"

@@ -95,6 +95,14 @@ class EligibilityReport:
     reason: str | None = None
     # A coordinator's answers, already applied to ``criteria`` and ``verdict`` (fhir_trial.answers).
     answers: tuple[Answer, ...] = ()
+    # Data categories (and Observation parts) that could not be obtained completely: the report is
+    # incomplete (CRITERIA.md, Output shape: "complete": false with "notObtained").
+    not_obtained: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """True when every data category the criteria read was obtained."""
+        return not self.not_obtained
 
     def criterion(self, criterion_id: str) -> CriterionResult:
         """The result of one criterion by id (KeyError if absent)."""
@@ -108,7 +116,8 @@ class EligibilityReport:
         return {c.id: c.status for c in self.criteria}
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON shape of CRITERIA.md: ``reason`` and ``deceased`` when set, ``warnings`` if any."""
+        """The JSON shape of CRITERIA.md: ``reason`` and ``deceased`` when set, ``complete: false``
+        and ``notObtained`` when a category failed to load, ``warnings`` if any."""
         out: dict[str, Any] = {
             "study": self.study,
             "patient": self.patient,
@@ -119,6 +128,9 @@ class EligibilityReport:
             out["reason"] = self.reason
         if self.deceased is not None:
             out["deceased"] = self.deceased
+        if self.not_obtained:
+            out["complete"] = False
+            out["notObtained"] = list(self.not_obtained)
         out["criteria"] = [c.to_json() for c in self.criteria]
         if self.warnings:
             out["warnings"] = list(self.warnings)

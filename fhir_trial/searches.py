@@ -28,7 +28,7 @@ prefetch key            resource type        filter
 ``medication...``       the four medication  none
                         resource types
 ``allergyIntolerance``  AllergyIntolerance   none
-``researchSubject``     ResearchSubject      none (``individual=<id>``)
+``researchSubject``     ResearchSubject      none (``individual=Patient/<id>``)
 ``consent``             Consent              none
 ======================  ===================  ================================================
 
@@ -36,9 +36,9 @@ Values inside other Observations: a criterion's result may be a component of a p
 echocardiography panel, hemoglobin in a blood count), so the result searches use ``combo-code``,
 the R4 search parameter that matches ``Observation.code`` or ``Observation.component.code``
 (HAPI FHIR, Medplum and other servers that index the base specification's parameters support it).
-A server that cannot run it and answers with an error fails the search, so the Observation
-category is not obtained and its criteria are ``unknown``, never ``not-met``; a server that
-ignores it silently answers every Observation of the patient, which is more data, never less.
+A server that cannot run it is searched by ``code`` instead (see "Servers without combo-code"
+below); a server that ignores it silently answers every Observation of the patient, which is more
+data, never less.
 
 URL limits: a code list is split over several searches, each query (patient, ``_count`` and
 filter) at most ``Settings.max_search_query_chars`` characters long; the extra searches get keys
@@ -48,19 +48,30 @@ it unknown. A filter is never dropped for its length: reading every Observation 
 Only when the ValueSets themselves are missing (no terminology) is a category searched without a
 filter: more data, never less.
 
-Only portable search forms are used: no partial dates, no ``:in``, no ``_include``.
+Only portable search forms are used: no partial dates, no ``:in``, no ``_include``. Reference
+parameters always get a type-qualified value (``patient=Patient/123``, ``individual=Patient/123``):
+some servers (Medplum) do not match a bare id on a reference parameter, and every server matches
+the qualified form.
+
+Servers without ``combo-code``: :meth:`PlannedSearch.code_fallback` is the same search with
+``code``; the REST client and the CDS service use it when the server refuses ``combo-code`` (HTTP
+400, or a CapabilityStatement that lists Observation search parameters without it), and mark
+the Observation part :data:`~fhir_trial.record.OBSERVATION_COMPONENTS` failed: values sent only
+inside panels were not seen. The NYHA searches fill their own part,
+:data:`~fhir_trial.record.NYHA_FINDINGS`: when they fail, only the criterion reading NYHA class
+findings becomes ``unknown``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from urllib.parse import quote
 
 from fhir_trial.config import DEFAULT_MAX_SEARCH_QUERY_CHARS
 from fhir_trial.errors import ConfigurationError
-from fhir_trial.record import CATEGORIES, MEDICATION_TYPES
+from fhir_trial.record import CATEGORIES, MEDICATION_TYPES, NYHA_FINDINGS
 from fhir_trial.terminology import Terminology
 
 __all__ = [
@@ -96,6 +107,7 @@ class SearchSpec:
     valuesets: tuple[str, ...] = ()
     optional: bool = False
     label: str = ""
+    fills: str | None = None  # the Observation part it fills on its own (record.OBSERVATION_PARTS)
 
 
 def _whole(category: str, patient_param: str = "patient") -> SearchSpec:
@@ -144,6 +156,7 @@ SEARCHES: tuple[SearchSpec, ...] = (
         ("nyha-class-iii-iv", "nyha-class-i-ii"),
         optional=True,
         label="Observation by value-concept (NYHA class)",
+        fills=NYHA_FINDINGS,
     ),
     SearchSpec(
         "observationNyhaParts",
@@ -154,6 +167,7 @@ SEARCHES: tuple[SearchSpec, ...] = (
         ("nyha-class-iii-iv", "nyha-class-i-ii"),
         optional=True,
         label="Observation by component-value-concept (NYHA class in a panel)",
+        fills=NYHA_FINDINGS,
     ),
     *(_whole(mtype) for mtype in MEDICATION_TYPES),
     _whole("AllergyIntolerance"),
@@ -203,16 +217,33 @@ class PlannedSearch:
         """See :class:`SearchSpec`."""
         return self.spec.optional and self.filter_value is not None
 
-    def params(self, patient_id: str) -> tuple[tuple[str, str], ...]:
-        """The search parameters for one patient (empty for the Patient read)."""
+    @property
+    def uses_combo_code(self) -> bool:
+        """Whether the filter is ``combo-code`` (which some servers do not support)."""
+        return self.spec.filter_param == "combo-code" and self.filter_value is not None
+
+    def code_fallback(self) -> PlannedSearch:
+        """The same search with ``code`` instead of ``combo-code`` (no values inside panels)."""
+        if not self.uses_combo_code:
+            return self
+        spec = replace(self.spec, filter_param="code")
+        return replace(self, spec=spec, label=f"{self.label} (by code: no panel components)")
+
+    def params(self, patient_id: str, page_size: int | None = None) -> tuple[tuple[str, str], ...]:
+        """The search parameters for one patient (empty for the Patient read).
+
+        The patient goes in type-qualified (``Patient/<id>``); ``page_size`` adds ``_count``.
+        """
         if self.spec.patient_param is None:
             return ()
-        params = [(self.spec.patient_param, patient_id)]
+        params = [(self.spec.patient_param, f"Patient/{patient_id}")]
+        if page_size:
+            params.append(("_count", str(page_size)))
         if self.spec.filter_param and self.filter_value:
             params.append((self.spec.filter_param, self.filter_value))
         return tuple(params)
 
-    def relative_url(self, patient_id: str) -> str:
+    def relative_url(self, patient_id: str, page_size: int | None = None) -> str:
         """``Patient/<id>`` or ``Type?param=value&...``; ``patient_id`` goes in unquoted.
 
         So ``{{context.patientId}}`` stays a usable prefetch token; callers pass FHIR ids only.
@@ -221,7 +252,7 @@ class PlannedSearch:
         if self.spec.patient_param is None:
             return f"{self.resource_type}/{patient_id}"
         parts = []
-        for name, value in self.params(patient_id):
+        for name, value in self.params(patient_id, page_size):
             shown = value if name == self.spec.patient_param else quote(value, safe="|,:/")
             parts.append(f"{name}={shown}")
         return f"{self.resource_type}?{'&'.join(parts)}"
@@ -247,7 +278,7 @@ def _encoded(value: str) -> str:
 
 def query_overhead(spec: SearchSpec) -> int:
     """Characters of a query that are not the filter's codes: patient, ``_count``, names."""
-    patient = len(spec.patient_param or "") + 1 + MAX_PATIENT_ID_CHARS
+    patient = len(spec.patient_param or "") + 1 + len("Patient/") + MAX_PATIENT_ID_CHARS
     return patient + len(PAGE_SIZE_PARAM) + 1 + len(spec.filter_param or "") + 1
 
 

@@ -23,3 +23,13 @@ def shared_dir() -> Path:
 def tmp_db(tmp_path: Path) -> Iterator[str]:
     """A throwaway SQLite path."""
     yield str(tmp_path / "fhir-trial.sqlite3")
+
+
+@pytest.fixture(autouse=True)
+def _forget_batch_refusals() -> Iterator[None]:
+    """The CDS fetch remembers servers that refused batch, per base URL; tests reuse ports."""
+    from fhir_trial.cds_hooks.fetch import forget_batch_refusals
+
+    forget_batch_refusals()
+    yield
+    forget_batch_refusals()

@@ -33,8 +33,10 @@ Search parameters: ``_id``; ``url`` (+ ``version``); ``identifier``, ``code``, `
 and on Observations ``combo-code`` (code or a component's code), ``component-code``,
 ``value-concept`` and ``component-value-concept`` (tokens: ``system|value``, ``|value``,
 ``value``, ``system|``); ``server.unsupported = {"combo-code"}`` makes a search naming one of
-those parameters answer 400 (a strict server); ``patient`` / ``subject``
-(``Patient/1``, ``1`` or an absolute URL); ``status``; ``_count`` (page size, default 50) and
+those parameters answer 400 (a strict server; the CapabilityStatement then leaves them out of
+Observation's ``searchParam`` unless ``server.advertise_unsupported``); ``patient`` / ``subject``
+(``Patient/1``, ``1`` or an absolute URL); ``individual`` (ResearchSubject; like Medplum, only the
+type-qualified ``Patient/1`` matches, a bare id matches nothing); ``study``; ``status``; ``_count`` (page size, default 50) and
 ``_offset`` (used in next links). A comma means OR, a repeated parameter means AND. Other
 parameters are ignored (a lenient server), and recorded in :attr:`FakeFhirServer.requests`.
 
@@ -48,6 +50,14 @@ Misbehaviour, switchable at any time (faults are used in order; ``times=None`` m
     server.throttle(retry_after="1")                  # 429 with Retry-After, once
     server.delay(2.0)                                 # answer normally, 2 s late, once
     server.next_link_base = "http://elsewhere.test/fhir"   # next links leave the origin
+    server.fail(200, trickle=0.2, match="Condition")  # the body a byte every 0.2 s (never ends
+                                                      # within a test: headers first, then drip)
+    server.fail(200, truncate=True, match="Condition")  # Content-Length promises more than sent
+    server.endless_next = True                        # every searchset has a next link
+    server.endless_next = "Condition"                 # ... only searches of paths with this text
+    server.fail(500, match="Observation", query="value-concept")  # only the NYHA searches
+    server.latency = 0.1                              # every request answered 100 ms late
+    server.batch = False                              # POST [base] batch: 405, not advertised
 
 Inspection: ``server.requests`` (method, path, query, headers, body of every request),
 ``server.resources(Type)``, ``server.get(Type, id)``, ``server.reset()``.
@@ -68,7 +78,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from flask import Flask, Response, request
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -139,6 +149,17 @@ class Fault:
     times: int | None = 1
     match: str | None = None
     diagnostics: str | None = None
+    query: str | None = None  # also require this text in the query string (or batch entry's)
+    trickle: float = 0.0  # seconds between body bytes
+    truncate: bool = False  # send half the body under a Content-Length for all of it
+
+
+class _WholeAnswer(Exception):
+    """A fault on a batch entry that spoils the whole answer (a non-JSON body)."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__("whole answer")
+        self.fault = fault
 
 
 class _Problem(Exception):
@@ -177,6 +198,10 @@ class FakeFhirServer:
         self.next_link_base: str | None = None
         self.requests: list[RecordedRequest] = []
         self.unsupported: set[str] = set()  # search parameters answered with 400
+        self.advertise_unsupported = False  # list them in the CapabilityStatement anyway
+        self.batch = True  # accept batch Bundles (and say so in the CapabilityStatement)
+        self.endless_next: bool | str = False  # searchsets get next links forever (a path text)
+        self.latency = 0.0  # seconds added to every answer
         self._store: dict[str, dict[str, dict[str, Any]]] = {}
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
@@ -210,11 +235,29 @@ class FakeFhirServer:
         times: int | None = 1,
         match: str | None = None,
         diagnostics: str | None = None,
+        trickle: float = 0.0,
+        truncate: bool = False,
+        query: str | None = None,
     ) -> None:
-        """Answer the next ``times`` matching requests with this status/body instead."""
+        """Answer the next ``times`` matching requests with this status/body instead.
+
+        With ``trickle`` or ``truncate`` and no ``body``, the normal answer is sent that way.
+        """
         with self._lock:
             self._faults.append(
-                Fault(status, body, content_type, retry_after, delay, times, match, diagnostics)
+                Fault(
+                    status,
+                    body,
+                    content_type,
+                    retry_after,
+                    delay,
+                    times,
+                    match,
+                    diagnostics,
+                    query,
+                    trickle,
+                    truncate,
+                )
             )
 
     def throttle(self, retry_after: str = "1", *, times: int | None = 1) -> None:
@@ -237,6 +280,9 @@ class FakeFhirServer:
             self._faults.clear()
             self.requests.clear()
             self.unsupported.clear()
+            self.batch = True
+            self.endless_next = False
+            self.latency = 0.0
 
     def add(self, resource: Mapping[str, Any]) -> dict[str, Any]:
         """Store a resource directly (keeps its id, else assigns one); returns the stored copy."""
@@ -244,6 +290,29 @@ class FakeFhirServer:
             rtype = str(resource["resourceType"])
             rid = str(resource.get("id") or uuid.uuid4())
             return self._write(self._store, rtype, rid, dict(resource))[0]
+
+    def searched(self) -> list[RecordedRequest]:
+        """Every read and search asked for: GET requests, and the GET entries of batch Bundles
+        (as requests of their own, with the batch's headers)."""
+        with self._lock:
+            out: list[RecordedRequest] = []
+            for r in self.requests:
+                if r.method == "GET":
+                    out.append(r)
+                    continue
+                body = r.body if isinstance(r.body, dict) else {}
+                if r.method != "POST" or r.path != "" or body.get("type") != "batch":
+                    continue
+                for entry in body.get("entry") or []:
+                    req = entry.get("request") or {}
+                    if req.get("method") != "GET":
+                        continue
+                    parts = urlsplit(str(req.get("url", "")))
+                    query = parse_qs(parts.query, keep_blank_values=True)
+                    out.append(
+                        RecordedRequest("GET", parts.path.strip("/"), query, r.headers, None)
+                    )
+            return out
 
     def get(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The stored resource, or None."""
@@ -284,11 +353,22 @@ class FakeFhirServer:
             self.requests.append(
                 RecordedRequest(request.method, path, query, dict(request.headers), body)
             )
-            fault = self._take_fault(path)
+            fault = self._take_fault(path, request.query_string.decode("latin-1"))
+            if fault is None and request.method == "POST" and path == "":
+                fault = self._shaping_fault_in_batch(body)
+            batching = request.method == "POST" and path == "" and self.batch
+            batch_delay = self._batch_delay(body) if batching else 0
+        if batch_delay:  # an entry answered late makes the whole batch late (outside the lock)
+            self._stopping.wait(batch_delay)
+        if self.latency:
+            self._stopping.wait(self.latency)
+        shaped: Fault | None = None
         if fault is not None:
             if fault.delay:
                 self._stopping.wait(fault.delay)
-            if fault.status is not None:
+            if (fault.trickle or fault.truncate) and fault.body is None:
+                shaped = fault  # the normal answer, sent badly
+            elif fault.status is not None:
                 return self._fault_response(fault)
         if (
             self.token is not None
@@ -308,6 +388,8 @@ class FakeFhirServer:
             method = request.method
         try:
             with self._lock:
+                if method == "POST" and path == "" and not self.batch:
+                    raise _Problem(405, "batch is not supported", "not-supported")
                 if method == "POST" and path == "":
                     result = self._bundle(body)
                 else:
@@ -315,16 +397,64 @@ class FakeFhirServer:
                     result = self._interaction(store, method, path, query, body, None)
         except _Problem as problem:
             return self._json(problem.status, operation_outcome(problem.diagnostics, problem.code))
+        except _WholeAnswer as whole:
+            return self._fault_response(whole.fault)
         payload = result.resource if result.resource is not None else result.outcome
+        if shaped is not None:
+            return self._shaped(shaped, result.status, payload)
         resp = self._json(result.status, payload)
         if result.location:
             resp.headers["Location"] = f"{self.base_url}/{result.location}"
         resp.headers.update(result.extra_headers)
         return resp
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _shaping_fault_in_batch(self, body: Any) -> Fault | None:
+        """A trickle/truncate fault matching one of a batch's entries shapes the whole answer."""
+        if not isinstance(body, dict) or body.get("type") != "batch":
+            return None
+        for entry in body.get("entry") or []:
+            req = entry.get("request") if isinstance(entry, dict) else None
+            parts = urlsplit(str(req.get("url", "")) if isinstance(req, dict) else "")
+            for fault in self._faults:
+                if (fault.trickle or fault.truncate) and self._fault_matches(
+                    fault, parts.path.strip("/"), parts.query
+                ):
+                    return self._take_fault(parts.path.strip("/"), parts.query, shaping=True)
+        return None
+
+    def _batch_delay(self, body: Any) -> float:
+        """The longest delay of delay-only faults matching a batch's entries (taken)."""
+        if not isinstance(body, dict) or body.get("type") != "batch":
+            return 0.0
+        longest = 0.0
+        for entry in body.get("entry") or []:
+            req = entry.get("request") if isinstance(entry, dict) else None
+            parts = urlsplit(str(req.get("url", "")) if isinstance(req, dict) else "")
+            for fault in list(self._faults):
+                if (
+                    fault.status is None
+                    and fault.delay
+                    and not (fault.trickle or fault.truncate)
+                    and self._fault_matches(fault, parts.path.strip("/"), parts.query)
+                ):
+                    taken = self._take_fault(parts.path.strip("/"), parts.query, shaping=False)
+                    longest = max(longest, taken.delay if taken else 0.0)
+                    break
+        return longest
+
+    @staticmethod
+    def _fault_matches(fault: Fault, path: str, query: str) -> bool:
+        if fault.match is not None and fault.match not in path:
+            return False
+        return fault.query is None or fault.query in unquote(query)
+
+    def _take_fault(
+        self, path: str, query: str = "", *, shaping: bool | None = None
+    ) -> Fault | None:
         for fault in self._faults:
-            if fault.match is not None and fault.match not in path:
+            if not self._fault_matches(fault, path, query):
+                continue
+            if shaping is not None and bool(fault.trickle or fault.truncate) != shaping:
                 continue
             if fault.times is not None:
                 fault.times -= 1
@@ -347,6 +477,27 @@ class FakeFhirServer:
         resp = Response(payload, status=status, content_type=ctype)
         if fault.retry_after is not None:
             resp.headers["Retry-After"] = fault.retry_after
+        return resp
+
+    def _shaped(self, fault: Fault, status: int, payload: Any) -> Response:
+        """The answer, trickled a byte at a time or cut short under its Content-Length."""
+        data = json.dumps(payload).encode()
+        if fault.truncate:
+            cut = data[: len(data) // 2]
+            resp = Response(cut, status=status, content_type=FHIR_JSON)
+            resp.headers["Content-Length"] = str(len(data))
+            resp.direct_passthrough = True  # keep the lying Content-Length
+            return resp
+        stopping = self._stopping
+
+        def drip() -> Iterator[bytes]:
+            for index in range(len(data)):
+                if stopping.wait(fault.trickle):
+                    return
+                yield data[index : index + 1]
+
+        resp = Response(drip(), status=status, content_type=FHIR_JSON)
+        resp.headers["Content-Length"] = str(len(data))
         return resp
 
     @staticmethod
@@ -497,6 +648,21 @@ class FakeFhirServer:
         )
 
     def _batch_entry(self, entry: Any) -> dict[str, Any]:
+        """One batch entry; faults matching the entry's path apply to it as to a GET (a text
+        body spoils the whole answer, as a proxy's login page would)."""
+        req = entry.get("request") if isinstance(entry, dict) else None
+        url = str(req.get("url", "")) if isinstance(req, dict) else ""
+        parts = urlsplit(url)
+        fault = self._take_fault(parts.path.strip("/"), parts.query, shaping=False)
+        if fault is not None:
+            if isinstance(fault.body, str):
+                raise _WholeAnswer(fault)
+            if fault.status is not None:
+                status = str(fault.status)
+                if isinstance(fault.body, dict):
+                    return {"resource": fault.body, "response": {"status": f"{status} OK"}}
+                diagnostics = fault.diagnostics or f"simulated failure {status}"
+                return {"response": {"status": status, "outcome": operation_outcome(diagnostics)}}
         try:
             return self._transaction(self._store, [entry])[0]
         except _Problem as problem:
@@ -595,7 +761,10 @@ class FakeFhirServer:
                 "url": f"{base}/{rtype}?{urlencode([*keep, ('_offset', str(offset))])}",
             }
         ]
-        if offset + count < len(matches):
+        endless = self.endless_next is True or (
+            isinstance(self.endless_next, str) and self.endless_next in rtype
+        )
+        if offset + count < len(matches) or endless:
             next_base = self.next_link_base or base
             params = [(k, v) for k, v in keep if k != "_count"]
             params += [("_count", str(count)), ("_offset", str(offset + count))]
@@ -639,7 +808,30 @@ class FakeFhirServer:
             "fhirVersion": "4.0.1",
             "format": ["json"],
             "software": {"name": "fake FHIR server for tests"},
-            "rest": [{"mode": "server"}],
+            "rest": [
+                {
+                    "mode": "server",
+                    "interaction": [{"code": "history-system"}]
+                    + ([{"code": "transaction"}, {"code": "batch"}] if self.batch else []),
+                    "resource": [
+                        {
+                            "type": "Observation",
+                            "searchParam": [
+                                {"name": name, "type": "token"}
+                                for name in (
+                                    "code",
+                                    "combo-code",
+                                    "component-code",
+                                    "value-concept",
+                                    "component-value-concept",
+                                )
+                                if name not in self.unsupported or self.advertise_unsupported
+                            ]
+                            + [{"name": "patient", "type": "reference"}],
+                        }
+                    ],
+                }
+            ],
         }
 
 
@@ -736,6 +928,19 @@ def _matches_value(resource: Mapping[str, Any], name: str, value: str) -> bool:
             if bar and cand_system == system and (code == "" or cand_code == code):
                 return True
         return False
+    if name == "individual":  # like Medplum: a bare id matches nothing
+        ref = resource.get("individual")
+        return (
+            "/" in value
+            and isinstance(ref, dict)
+            and _last_two(str(ref.get("reference", ""))) == _last_two(value)
+        )
+    if name == "study":
+        ref = resource.get("study")
+        wanted = value if "/" in value else f"ResearchStudy/{value}"
+        return isinstance(ref, dict) and _last_two(str(ref.get("reference", ""))) == _last_two(
+            wanted
+        )
     if name in ("patient", "subject"):
         wanted = _last_two(value if "/" in value else f"Patient/{value}")
         for element in _PATIENT_FIELDS:

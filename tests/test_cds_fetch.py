@@ -103,7 +103,7 @@ def test_prefetch_absent_fetches_every_category_with_the_token(
     card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
     assert "Possible candidate" in card["summary"]
     assert "Condition/c1" in card["detail"] and "Observation/o0" in card["detail"]
-    paths = {r.path.split("/")[0] for r in server.requests}
+    paths = {r.path.split("/")[0] for r in server.searched()}
     assert {
         "Patient",
         "Condition",
@@ -114,13 +114,16 @@ def test_prefetch_absent_fetches_every_category_with_the_token(
     } <= paths
     assert all(r.headers.get("Authorization") == f"Bearer {TOKEN}" for r in server.requests)
     assert all(
-        (r.query.get("patient") or r.query.get("individual")) == [PATIENT_ID]
-        for r in server.requests
-        if "?" not in r.path and r.query
+        (r.query.get("patient") or r.query.get("individual")) == [f"Patient/{PATIENT_ID}"]
+        for r in server.searched()
+        if "?" not in r.path and r.query and r.path != "metadata"
     )
+    # One batch for every search, the Patient read beside it: two round trips.
+    assert [(r.method, r.path) for r in server.requests if r.method == "POST"] == [("POST", "")]
+    assert len(server.requests) == 2
     # Observations are asked for by code (their own or a component's) and by NYHA value, never
     # all of them.
-    observation = [r.query for r in server.requests if r.path == "Observation"]
+    observation = [r.query for r in server.searched() if r.path == "Observation"]
     assert len(observation) >= len(OBSERVATION_KEYS)
     assert all(
         {"combo-code", "value-concept", "component-value-concept"} & set(q) for q in observation
@@ -136,7 +139,7 @@ def test_partial_prefetch_fetches_only_what_is_missing(
 ) -> None:
     prefetch = {"patient": patient(), "condition": searchset(sle_condition())}
     _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server, prefetch)))
-    paths = {r.path.split("/")[0] for r in server.requests}
+    paths = {r.path.split("/")[0] for r in server.searched()}
     assert "Patient" not in paths and "Condition" not in paths
     assert "Observation" in paths
 
@@ -167,6 +170,7 @@ def test_prefetch_next_link_is_continued_on_the_fhir_server(
 def test_slow_fhir_server_answers_within_the_deadline(
     tmp_path: Path, shared_dir: Path, server: FakeFhirServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    server.batch = False  # one search per category: only the slow one times out
     server.delay(10.0, times=None, match="Observation")
     client = _client(tmp_path, shared_dir, server, cds_deadline_s=0.5)
     started = time.monotonic()
@@ -214,7 +218,8 @@ def test_server_429_once_is_retried(
     server.fail(429, retry_after="0", times=1, match="Condition")
     card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
     assert "could not be completed" not in card["summary"]
-    assert sum(1 for r in server.requests if r.path == "Condition") == 2
+    # In the batch, then once more alone.
+    assert sum(1 for r in server.searched() if r.path == "Condition") == 2
 
 
 def test_server_429_forever(tmp_path: Path, shared_dir: Path, server: FakeFhirServer) -> None:
@@ -256,7 +261,7 @@ def test_server_looping_next_links_are_cut_off(
     card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
     assert "next links loop" in card["detail"]
     # Each Observation search: its first page, then the looping link once.
-    assert sum(1 for r in server.requests if r.path == "Observation") == 2 * len(OBSERVATION_KEYS)
+    assert sum(1 for r in server.searched() if r.path == "Observation") == 2 * len(OBSERVATION_KEYS)
 
 
 def test_next_links_to_another_origin_are_not_followed(
@@ -273,7 +278,8 @@ def test_next_links_to_another_origin_are_not_followed(
             }
         )
     server.next_link_base = "http://127.0.0.2:9/fhir"
-    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    client = _client(tmp_path, shared_dir, server, search_page_size=50)
+    card = _only_card(_post(client, shared_dir, _hook(server)))
     assert "outside the FHIR server" in card["detail"]
 
 
@@ -446,3 +452,19 @@ def test_a_slow_medication_read_is_cut_off_at_the_deadline(
         "1 referenced Medication resources could not be read" in card["detail"]
         or "could not be completed" in card["summary"]
     )
+
+
+def test_server_without_combo_code_is_searched_by_code_in_one_more_round_trip(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer
+) -> None:
+    server.unsupported = {"combo-code"}
+    card = _only_card(_post(_client(tmp_path, shared_dir, server), shared_dir, _hook(server)))
+    assert "could not be completed" not in card["summary"]
+    assert "Observation/o0" in card["detail"]  # found by code
+    assert "cannot search inside panels (combo-code)" in card["detail"]
+    # The Patient read and the batch, then each refused search once by code (in parallel).
+    combo = [r for r in server.searched() if "combo-code" in r.query]
+    by_code = [r for r in server.searched() if "code" in r.query]
+    assert len(combo) == len(by_code) >= 2
+    assert all(r.method == "GET" for r in server.requests[2:])
+    assert [r.method for r in server.requests].count("POST") == 1

@@ -79,7 +79,8 @@ def test_discovery_lists_the_service_with_generated_prefetch(client: FlaskClient
     assert {spec.category for spec in SEARCHES} == set(CATEGORIES)
     for template in prefetch.values():
         assert "{{context.patientId}}" in template
-    assert prefetch["condition"] == "Condition?patient={{context.patientId}}"
+    # Type-qualified: some servers (Medplum) match no bare id on a reference parameter.
+    assert prefetch["condition"] == "Condition?patient=Patient/{{context.patientId}}"
     assert "minimi" in service["usageRequirements"] or "only" in service["usageRequirements"]
 
 
@@ -89,8 +90,10 @@ def test_observation_templates_ask_only_for_what_the_criteria_read(client: Flask
     observation = [t for t in prefetch.values() if t.startswith("Observation")]
     planned = [s for s in plan_searches(terminology) if s.spec.category == "Observation"]
     assert len(observation) == len(planned) >= 4  # long code lists are split over several keys
-    assert all(t.startswith("Observation?patient={{context.patientId}}&") for t in observation)
-    assert not any(t == "Observation?patient={{context.patientId}}" for t in observation)
+    assert all(
+        t.startswith("Observation?patient=Patient/{{context.patientId}}&") for t in observation
+    )
+    assert not any(t == "Observation?patient=Patient/{{context.patientId}}" for t in observation)
 
     def tokens(template: str, param: str) -> set[str]:
         query = dict(part.split("=", 1) for part in template.split("?", 1)[1].split("&"))
@@ -142,14 +145,35 @@ def test_spec_example_request_with_its_own_fhir_server_is_refused(
     assert response.get_json()["error"] == "fhir-server-not-allowed"
 
 
-def test_spec_example_request_without_server_and_only_a_patient_is_412(
+def test_spec_example_request_without_server_and_only_a_patient_is_decided_by_age(
     client: FlaskClient, shared_dir: Path
 ) -> None:
     body = _load(shared_dir, f"{SPEC}/example_L198.json")
     del body["fhirServer"], body["fhirAuthorization"]
     response = post(client, shared_dir, body)
-    assert response.status_code == 412
-    assert "could not be obtained" in response.get_json()["message"]
+    # The Patient alone decides (a male patient: the stub evaluator's ineligible), so no card
+    # by default, not a 412 for want of the rest.
+    assert response.status_code == 200
+    assert response.get_json() == {"cards": []}
+
+
+def test_patient_and_every_other_key_null_answers_what_the_patient_decides(
+    tmp_path: Path, settings_kw: dict[str, Any], shared_dir: Path
+) -> None:
+    from fhir_trial.evaluate import evaluate
+
+    client = make_app(base_settings(tmp_path, **settings_kw), evaluator=evaluate).test_client()
+    prefetch: dict[str, Any] = {key: None for key in full_prefetch()}
+    prefetch["patient"] = {**patient(), "birthDate": "2009-06-15"}  # 17 on 2026-11-26
+    response = post(client, shared_dir, hook_request(prefetch))
+    assert response.status_code == 200
+    assert response.get_json() == {"cards": []}  # ineligible (under 18): no card by default
+    prefetch["patient"] = patient()  # an adult: nothing else known, so nothing concluded
+    response = post(client, shared_dir, hook_request(prefetch))
+    assert response.status_code == 200
+    (card,) = response.get_json()["cards"]
+    assert "could not be completed" in card["summary"]
+    assert "none of the patient's clinical data could be obtained" in card["detail"]
 
 
 def test_spec_example_request_adapted_to_this_service(

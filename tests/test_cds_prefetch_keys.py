@@ -28,7 +28,7 @@ from fake_fhir_server import FakeFhirServer
 from fhir_trial.cds_hooks.prefetch import apply_prefetch
 from fhir_trial.config import Settings
 from fhir_trial.evaluate import evaluate
-from fhir_trial.record import PatientRecord
+from fhir_trial.record import NYHA_FINDINGS, OBSERVATION_COMPONENTS, PatientRecord
 from fhir_trial.report import EligibilityReport
 from fhir_trial.searches import plan_searches
 from fhir_trial.terminology import LOINC, Terminology, load_terminology
@@ -139,7 +139,7 @@ def test_prefetch_missing_the_nyha_key_fetches_only_that_query(
         fhir_servers=[server.base_url],
     )
     (request,) = server.requests
-    assert request.path == "Observation" and request.query["patient"] == [PATIENT_ID]
+    assert request.path == "Observation" and request.query["patient"] == [f"Patient/{PATIENT_ID}"]
     asked = set(request.query["value-concept"][0].split(","))
     for valueset_id in ("nyha-class-iii-iv", "nyha-class-i-ii"):
         assert {f"{s}|{c}" for s, c in terminology[valueset_id]} <= asked
@@ -152,7 +152,7 @@ def test_prefetch_missing_the_nyha_key_fetches_only_that_query(
     assert "retrieved for this screening" in labs.reason and "may be only" in labs.reason
 
 
-def test_null_for_one_observation_key_makes_observation_unknown_not_not_met(
+def test_null_for_the_nyha_key_makes_heart_failure_unknown_and_keeps_the_rest(
     tmp_path: Path, shared_dir: Path, terminology: Terminology
 ) -> None:
     prefetch = full_prefetch()
@@ -161,24 +161,25 @@ def test_null_for_one_observation_key_makes_observation_unknown_not_not_met(
     recorder = Recorder()
     response = _post(tmp_path, shared_dir, hook_request(prefetch), recorder)
     assert recorder.record is not None
-    assert recorder.record.state("Observation") == "failed"
-    assert "observationNyha" in recorder.record.failed["Observation"]
+    # Only the NYHA part failed: every other Observation criterion is decided as usual.
+    assert recorder.record.usable("Observation")
+    assert recorder.record.state(NYHA_FINDINGS) == "failed"
+    assert "observationNyha" in recorder.record.failed[NYHA_FINDINGS]
     assert recorder.record.usable("Condition")
     # Without a retrieved NYHA search, no heart failure Condition does not mean "not excluded".
     assert recorder.status("exc-heart-failure") == "unknown"
-    assert recorder.status("inc-hemoglobin") == "unknown"
-    assert recorder.status("exc-abnormal-labs") == "unknown"
+    assert recorder.status("inc-hemoglobin") != "unknown"
+    assert recorder.report is not None and recorder.report.to_json()["complete"] is False
     for card in response.get_json()["cards"]:
-        assert "Observation could not be obtained" in card["detail"]
+        assert "heart failure" in card["detail"].lower() or "NYHA" in card["detail"]
 
 
-def test_null_key_means_its_siblings_are_not_fetched(
+def test_null_for_a_combo_code_key_is_fetched_by_the_service(
     tmp_path: Path, shared_dir: Path, server: FakeFhirServer, terminology: Terminology
 ) -> None:
     server.add(hemoglobin(terminology))
     prefetch = full_prefetch()
-    prefetch["observationScores"] = None
-    del prefetch["observation"], prefetch["observationNyha"]
+    prefetch["observation"] = None  # the EHR's server may not support combo-code
     recorder = Recorder()
     _post(
         tmp_path,
@@ -187,11 +188,51 @@ def test_null_key_means_its_siblings_are_not_fetched(
         recorder,
         fhir_servers=[server.base_url],
     )
-    assert server.requests == []
+    assert [r.path for r in server.searched()] == ["Observation"]
+    assert recorder.record is not None and recorder.record.usable("Observation")
+    assert "hb" in {o["id"] for o in recorder.record.resources("Observation")}
+
+
+def test_null_combo_code_key_on_a_server_without_combo_code_falls_back_to_code(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, terminology: Terminology
+) -> None:
+    server.add(hemoglobin(terminology))
+    server.unsupported = {"combo-code"}
+    prefetch = full_prefetch()
+    prefetch["observation"] = None
+    recorder = Recorder()
+    _post(
+        tmp_path,
+        shared_dir,
+        _with_server(server, prefetch),
+        recorder,
+        fhir_servers=[server.base_url],
+    )
+    asked = server.searched()
+    assert [sorted(r.query) for r in asked] == [
+        ["_count", "combo-code", "patient"],
+        ["_count", "code", "patient"],
+    ]
+    record = recorder.record
+    assert record is not None and record.usable("Observation")
+    assert record.state(OBSERVATION_COMPONENTS) == "failed"
+    assert any("cannot search inside panels" in w for w in record.warnings)
+    assert "hb" in {o["id"] for o in record.resources("Observation")}
+
+
+def test_null_key_without_a_fhir_server_fails_its_category(
+    tmp_path: Path, shared_dir: Path, terminology: Terminology
+) -> None:
+    prefetch = full_prefetch()
+    prefetch["observationScores"] = None
+    recorder = Recorder()
+    _post(tmp_path, shared_dir, hook_request(prefetch), recorder)
     assert recorder.record is not None and recorder.record.state("Observation") == "failed"
+    assert "observationScores" in recorder.record.failed["Observation"]
+    assert recorder.status("inc-hemoglobin") == "unknown"
 
 
-def test_one_failed_fetch_fails_the_category_but_keeps_the_evidence(
+def test_one_failed_nyha_fetch_fails_only_that_part_and_keeps_the_evidence(
     tmp_path: Path, shared_dir: Path, server: FakeFhirServer, terminology: Terminology
 ) -> None:
     server.fail(500, times=None, match="Observation")
@@ -206,10 +247,12 @@ def test_one_failed_fetch_fails_the_category_but_keeps_the_evidence(
         recorder,
         fhir_servers=[server.base_url],
     )
-    assert recorder.record is not None and recorder.record.state("Observation") == "failed"
+    assert recorder.record is not None and recorder.record.usable("Observation")
+    assert recorder.record.state(NYHA_FINDINGS) == "failed"
     assert [o["id"] for o in recorder.record.resources("Observation")] == ["hb"]
+    assert recorder.status("exc-heart-failure") == "unknown"
     (card,) = response.get_json()["cards"]
-    assert "Observation (the FHIR server answered HTTP 500)" in card["detail"]
+    assert f"{NYHA_FINDINGS} (the FHIR server answered HTTP 500)" in card["detail"]
 
 
 # ------------------------------------------------------------------------------ apply_prefetch
@@ -249,7 +292,7 @@ def test_absent_keys_are_pending_with_their_own_queries(terminology: Terminology
 def test_without_terminology_observation_is_one_unfiltered_search() -> None:
     plan = plan_searches(None)
     observation = [s for s in plan if s.category == "Observation"]
-    assert [s.relative_url("p1") for s in observation] == ["Observation?patient=p1"]
+    assert [s.relative_url("p1") for s in observation] == ["Observation?patient=Patient/p1"]
     record = PatientRecord()
     apply_prefetch(record, {"observation": searchset()}, "p1", plan)
     assert record.usable("Observation")

@@ -152,7 +152,7 @@ def test_forked_workers_fetch_from_fhir_server_within_the_deadline(tmp_path: Pat
                 )
                 assert _summaries(fetched.json()) == _summaries(prefetched.json())
                 assert _summaries(fetched.json())
-            fetched_paths = {r.path for r in fhir.requests}
+            fetched_paths = {r.path for r in fhir.searched()}
             assert {"Patient/pat-1", "Condition"} <= fetched_paths  # fetched, not prefetched
 
             fhir.delay(8.0, times=None)  # every answer now comes far too late

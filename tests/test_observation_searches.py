@@ -29,7 +29,7 @@ from fhir_trial.cds_hooks.discovery import prefetch_templates
 from fhir_trial.cds_hooks.prefetch import apply_prefetch
 from fhir_trial.config import Settings
 from fhir_trial.evaluate import evaluate
-from fhir_trial.record import PatientRecord
+from fhir_trial.record import OBSERVATION_COMPONENTS, PatientRecord
 from fhir_trial.searches import (
     MAX_PATIENT_ID_CHARS,
     PlannedSearch,
@@ -178,7 +178,8 @@ def test_split_searches_are_merged_complete_and_without_duplicates(batch: bool) 
     assert len(split) > 5
     assert all(len(s.relative_url().split("?", 1)[1]) <= cap for s in split)
     if batch:
-        assert [c[0] for c in session.calls] == ["POST"]  # every part went in the one batch
+        # The CapabilityStatement, then every part in the one batch.
+        assert [c[0] for c in session.calls] == ["GET", "POST"]
     else:
         sent = [query for _, _, query in session.calls if "combo-code" in query]
         assert len(sent) == len(split)
@@ -276,19 +277,42 @@ def test_rest_and_bundle_agree_on_values_inside_components(
     assert all("=" in u.split("&", 2)[-1] and "&" in u for u in observation)
 
 
-def test_server_refusing_combo_code_leaves_observations_unknown(
+def test_server_refusing_combo_code_falls_back_to_code_and_says_what_it_missed(
     component_server: FakeFhirServer,
 ) -> None:
     component_server.unsupported = {"combo-code"}
+    component_server.advertise_unsupported = True  # found out from the 400, not the metadata
     with FhirClient(component_server.base_url, settings=Settings(max_retries=0)) as client:
         record = client.fetch_patient_record(PATIENT_ID)
-    assert record.state("Observation") == "failed"
-    assert "does not support this search" in record.failed["Observation"]
+    # The Observations are read by code: an Epic- or Cerner-like server loses nothing else.
+    assert record.usable("Observation")
+    assert record.state(OBSERVATION_COMPONENTS) == "failed"
+    assert any("cannot search inside panels (combo-code)" in w for w in record.warnings)
+    (_, batch) = [r for r in component_server.requests if r.method == "POST"]
+    retried = [e["request"]["url"] for e in batch.body["entry"]]
+    assert retried and all("code=" in u and "combo-code" not in u for u in retried)
+    assert all("patient=Patient/" in u for u in retried)
     statuses = _statuses(record)
-    # Never not-met for want of a search: unknown (heart failure has no Condition either).
+    # Values sent only as panel components were not seen: never not-met for want of them.
     assert statuses["inc-lvef"] == "unknown"
     assert statuses["inc-hemoglobin"] == "unknown"
     assert "not-met" not in statuses.values()
+    report = evaluate(record, Settings(as_of=dt.date(2026, 11, 26)))
+    assert report.to_json()["complete"] is False
+    assert OBSERVATION_COMPONENTS in report.to_json()["notObtained"]
+
+
+def test_capability_statement_without_combo_code_searches_by_code_at_once(
+    component_server: FakeFhirServer,
+) -> None:
+    component_server.unsupported = {"combo-code"}  # and not advertised
+    with FhirClient(component_server.base_url, settings=Settings(max_retries=0)) as client:
+        record = client.fetch_patient_record(PATIENT_ID)
+    assert record.usable("Observation")
+    assert record.state(OBSERVATION_COMPONENTS) == "failed"
+    assert not any("combo-code" in r.query for r in component_server.requests)
+    batch = [r for r in component_server.requests if r.method == "POST"]
+    assert batch and not any("combo-code" in str(r.body) for r in batch)
 
 
 def test_server_refusing_only_the_optional_nyha_component_search_still_completes(

@@ -12,7 +12,11 @@ obtained only when every one of its keys was. For each key of the search plan:
   on ``fhirServer`` itself (CDS Hooks 2.0, "Prefetch Template");
 - ``null``: the client has no data for it -> its whole category is marked failed (its criteria
   become ``unknown``, never ``not-met``: CRITERIA.md absence rule 1), and its other keys are not
-  fetched;
+  fetched. Two exceptions: a ``combo-code`` Observation key that is ``null`` (the EHR's server may
+  not support combo-code) is left open, so the service fetches it itself, falling back to
+  ``code``; and a NYHA key (``observationNyha...``) that is ``null`` or an OperationOutcome fails
+  only the Observation part ``Observation.nyha`` (the criterion reading NYHA class findings),
+  not every Observation criterion;
 - an OperationOutcome: the client hit an error -> failed, with the outcome's reason;
 - a searchset (or any) Bundle, or a single resource: its resources are added. A Bundle that still
   has a ``next`` link is incomplete: the next URL is handed back so the service can continue paging
@@ -57,6 +61,7 @@ class PrefetchResult:
     to_fetch: list[PlannedSearch] = field(default_factory=list)
     next_pages: dict[str, str] = field(default_factory=dict)  # prefetch key -> next page URL
     pending: dict[str, list[str]] = field(default_factory=dict)  # category -> open keys
+    part_failures: dict[str, str] = field(default_factory=dict)  # Observation part -> why
 
     def category_of(self, key: str) -> str:
         """The category an open key belongs to."""
@@ -81,6 +86,7 @@ def apply_prefetch(
     for category, searches in by_category.items():
         failure: str | None = None
         absent: list[PlannedSearch] = []
+        nulled: list[str] = []
         paged: dict[str, str] = {}
         for search in searches:
             key = search.key
@@ -88,7 +94,14 @@ def apply_prefetch(
                 absent.append(search)
                 continue
             value = prefetch[key]
+            if value is None and search.uses_combo_code:
+                absent.append(search)  # fetched by the service, with the code fallback
+                nulled.append(key)
+                continue
             why = _unusable(value, key, category, patient_id)
+            if why is not None and search.spec.fills:
+                result.part_failures.setdefault(search.spec.fills, why)
+                continue
             if why is not None:
                 failure = failure or why
                 continue
@@ -117,8 +130,16 @@ def apply_prefetch(
         if paged:
             key = next(iter(paged))
             record.mark_failed(category, f"prefetch '{key}' was only the first page of results")
+        elif nulled:
+            record.mark_failed(
+                category,
+                f"the EHR sent no data for prefetch key '{nulled[0]}' (null), and no fhirServer "
+                "was given to fetch it from",
+            )
         else:
             record.mark_failed(category, f"{NO_FHIR_SERVER} (prefetch key '{absent[0].key}')")
+    for part, why in result.part_failures.items():
+        record.mark_failed(part, why)
 
     asked = {search.key for search in plan}
     for key, value in prefetch.items():

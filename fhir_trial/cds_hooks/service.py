@@ -3,9 +3,12 @@
 :class:`CdsService` holds everything that lives as long as the worker process (issuer allowlist,
 JWT verifier, SQLite stores, thread pools); :mod:`.blueprint` turns HTTP into calls to it. When the
 prefetch holds everything, one call is bounded CPU work and runs in the request thread. When data
-must be fetched from the EHR's FHIR server, fetching and evaluating run in a worker thread; the
-request thread waits at most until the deadline and then answers with what it has: the cards, or
-the "could not be completed" outcome. Nothing here logs PHI or tokens: logs carry the hook
+must be fetched from the EHR's FHIR server, fetching and evaluating run in a thread of their own
+(one per hook call: no pool that a hung server could fill); the request thread waits at most
+until the deadline and then answers with what it has: the cards, or the "could not be completed"
+outcome. A prefetch that holds the Patient but nothing else usable is still evaluated: what the
+Patient alone decides (age, death) is answered; otherwise the card says the screening could not
+be completed (never a 412 when there is a Patient). Nothing here logs PHI or tokens: logs carry the hook
 instance id, categories and short reasons only.
 """
 
@@ -14,9 +17,10 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,7 +38,6 @@ from fhir_trial.cds_hooks.auth import (
     normalise_base,
 )
 from fhir_trial.cds_hooks.cards import eligibility_card, incomplete_card, ineligible_card
-from fhir_trial.cds_hooks.deadline import Deadline
 from fhir_trial.cds_hooks.discovery import HOOK, SERVICE_ID
 from fhir_trial.cds_hooks.feedback import FeedbackStore
 from fhir_trial.cds_hooks.fetch import FetchJob, FhirFetcher
@@ -42,13 +45,15 @@ from fhir_trial.cds_hooks.prefetch import PrefetchResult, add_resources, apply_p
 from fhir_trial.cds_hooks.store import Database
 from fhir_trial.cds_hooks.worksheet import WorksheetStore
 from fhir_trial.config import Settings
+from fhir_trial.deadline import Deadline
 from fhir_trial.deceased import vital_status
 from fhir_trial.errors import FhirTrialError
 from fhir_trial.evaluate import evaluate
-from fhir_trial.record import PatientRecord
+from fhir_trial.record import OBSERVATION_COMPONENTS, PatientRecord
 from fhir_trial.report import EligibilityReport
 from fhir_trial.searches import PlannedSearch, plan_searches
 from fhir_trial.smart.links import smart_launch_url
+from fhir_trial.sources.fhir_client import NO_COMPONENTS_WARNING, unresolved_study_references
 from fhir_trial.terminology import Terminology, load_terminology
 
 __all__ = [
@@ -139,10 +144,6 @@ class CdsService:
         self.incomplete_cards = settings.cds_incomplete_card
         self.development = settings.cds_development_mode
         self._dev_fhir_servers = settings.cds_dev_fhir_servers
-        self._pipeline = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cds-screen")
-        self._fetchers = ThreadPoolExecutor(
-            max_workers=max(4, settings.search_concurrency * 4), thread_name_prefix="cds-fetch"
-        )
         if self.development:
             log.warning(
                 "CDS HOOKS DEVELOPMENT MODE: JWT verification is OFF; any caller is trusted. "
@@ -161,6 +162,7 @@ class CdsService:
         self.plan: tuple[PlannedSearch, ...] = plan_searches(
             terminology, settings.max_search_query_chars
         )
+        self._planned: dict[str, PlannedSearch] = {search.key: search for search in self.plan}
 
     # ------------------------------------------------------------------ identity
     def authenticate(
@@ -232,7 +234,12 @@ class CdsService:
         budget = max(0.0, self.settings.cds_deadline_s - _ANSWER_RESERVE_S)
         if started is not None:
             budget -= time.monotonic() - started
-        deadline = Deadline(budget)
+        deadline = Deadline(
+            budget,
+            limit="cds_deadline_s",
+            max_requests=self.settings.fhir_max_requests,
+            requests_limit="fhir_max_requests",
+        )
         record = PatientRecord()
         pre = apply_prefetch(record, hook.prefetch, hook.patient_id, self.plan)
         fhir_server = hook.fhir_server
@@ -240,13 +247,15 @@ class CdsService:
             # No card for a deceased patient (CRITERIA.md): nothing more the EHR sends changes
             # that, so nothing is fetched.
             return self._conclude(hook, record, {}, deadline)
-        if not fhir_server or not (pre.pending or record.unresolved_medication_references()):
+        if not fhir_server or not (
+            pre.pending
+            or record.unresolved_medication_references()
+            or unresolved_study_references(record)
+        ):
             # Nothing to fetch: evaluating is bounded CPU work, done here without a thread handoff
             # (the deadline guards waits on the EHR's FHIR server, and there are none).
             return self._conclude(hook, record, {}, deadline)
-        future = self._pipeline.submit(
-            self._fetch_and_conclude, hook, fhir_server, record, pre, deadline
-        )
+        future = _in_own_thread(self._fetch_and_conclude, hook, fhir_server, record, pre, deadline)
         try:
             return future.result(timeout=deadline.remaining())
         except FutureTimeout:
@@ -267,28 +276,55 @@ class CdsService:
         deadline: Deadline,
     ) -> Outcome:
         """Fetch what the prefetch lacked from ``fhir_server``, then evaluate (worker thread)."""
-        jobs = {
-            search.key: FetchJob(search.category, search.relative_url(hook.patient_id))
-            for search in pre.to_fetch
-        }
+        page_size = self.settings.search_page_size
+        jobs: dict[str, FetchJob] = {}
+        for search in pre.to_fetch:
+            fallback = search.code_fallback() if search.uses_combo_code else None
+            jobs[search.key] = FetchJob(
+                search.category,
+                search.relative_url(hook.patient_id, page_size),
+                fallback_url=fallback.relative_url(hook.patient_id, page_size)
+                if fallback
+                else None,
+            )
         for key, url in pre.next_pages.items():
             jobs[key] = FetchJob(pre.category_of(key), url, continuing=True)
-        fetcher = FhirFetcher(
-            fhir_server, hook.access_token, self.settings, deadline, self._fetchers
-        )
-        results = fetcher.fetch(jobs)
+        fetcher = FhirFetcher(fhir_server, hook.access_token, self.settings, deadline)
+        results = fetcher.fetch(jobs) if jobs else {}
         failed_fetches: dict[str, str] = {}
+        fell_back = False
         for category, keys in pre.pending.items():
-            errors = [results[key].error for key in keys if results[key].error]
+            errors: list[str] = []
             for key in keys:
-                if not results[key].error:  # evidence even when a sibling key failed
-                    add_resources(record, results[key].resources, hook.patient_id, key)
+                result = results[key]
+                fell_back = fell_back or result.fell_back
+                planned = self._planned.get(key)
+                fills = planned.spec.fills if planned is not None else None
+                if not result.error:  # evidence even when a sibling key failed
+                    add_resources(record, result.resources, hook.patient_id, key)
+                elif fills:  # a NYHA search: only the criterion reading it is unknown
+                    record.mark_failed(fills, str(result.error))
+                    failed_fetches.setdefault(fills, str(result.error))
+                else:
+                    errors.append(str(result.error))
             if errors:
-                record.mark_failed(category, str(errors[0]))
-                failed_fetches[category] = str(errors[0])
+                record.mark_failed(category, errors[0])
+                failed_fetches[category] = errors[0]
             else:
                 record.mark_obtained(category)
-        # After the categories: the medication resources just fetched may reference more.
+        if fell_back:
+            record.mark_failed(
+                OBSERVATION_COMPONENTS, "the FHIR server refused combo-code; searched by code"
+            )
+            record.warnings.append(NO_COMPONENTS_WARNING)
+        # After the categories: the resources just fetched may reference Medications (their drug)
+        # and ResearchStudies (is it this study under a server-assigned id?).
+        self._read_references(fetcher, record, deadline)
+        return self._conclude(hook, record, failed_fetches, deadline)
+
+    def _read_references(
+        self, fetcher: FhirFetcher, record: PatientRecord, deadline: Deadline
+    ) -> None:
         references = record.unresolved_medication_references()
         if references and not deadline.expired():
             medications, lost = fetcher.read_medications(references)
@@ -301,7 +337,21 @@ class CdsService:
                     f"{lost} referenced Medication resources could not be read from the EHR's "
                     "FHIR server"
                 )
-        return self._conclude(hook, record, failed_fetches, deadline)
+        studies = unresolved_study_references(record)
+        if studies:
+            found, lost = (
+                fetcher.read_references(studies, "ResearchStudy")
+                if not deadline.expired()
+                else ([], len(studies))
+            )
+            for study in found:
+                record.add(study)
+            if lost:
+                record.mark_failed(
+                    "ResearchStudy",
+                    f"{lost} ResearchStudy resource(s) referenced by the patient's "
+                    "ResearchSubjects could not be read",
+                )
 
     def _conclude(
         self,
@@ -322,17 +372,19 @@ class CdsService:
             if failed_fetches.get("Patient") == "timed out" or deadline.expired():
                 return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
             return Outcome("no-data", reason=f"Patient: {why}")
-        if not (record.obtained - {"Patient"}) and not self._deceased(record):
-            if any(why == "timed out" for why in failed_fetches.values()) or deadline.expired():
-                return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
-            return Outcome(
-                "no-data", reason="none of the patient's clinical data could be obtained"
-            )
         try:
             report = self.evaluator(record, self.settings)
         except FhirTrialError as exc:
             log.error("cds hook %s: evaluation failed: %s", _short(hook.hook_instance), exc.message)
             return Outcome("incomplete", reason="the screening service is not configured correctly")
+        if not (record.obtained - {"Patient"}) and not self._deceased(record):
+            # Only the Patient: what it alone decides (a 17-year-old is ineligible) is answered;
+            # anything else is "could not be completed", never a result that looks like one.
+            if any(why == "timed out" for why in failed_fetches.values()) or deadline.expired():
+                why = "the EHR's FHIR server did not answer in time"
+            else:
+                why = "none of the patient's clinical data could be obtained"
+            return Outcome("incomplete", report=report, reason=why, failed_fetches=failed_fetches)
         if failed_fetches:
             return Outcome(
                 "incomplete",
@@ -374,9 +426,27 @@ class CdsService:
         return [eligibility_card(report, hook.patient_id, url, app_context, card_uuid, smart_url)]
 
     def close(self) -> None:
-        """Stop the thread pools (tests; workers simply exit)."""
-        self._pipeline.shutdown(wait=False, cancel_futures=True)
-        self._fetchers.shutdown(wait=False, cancel_futures=True)
+        """Nothing to stop: every hook call's threads end with its deadline (kept for callers)."""
+
+
+def _in_own_thread(function: Callable[..., Outcome], *args: object) -> Future[Outcome]:
+    """Run ``function`` in a daemon thread of its own; its Future carries the outcome.
+
+    One thread per hook call, not a shared pool: a FHIR server that hangs holds only the threads
+    of the calls that asked it, until their deadline, and never delays another hospital's call.
+    """
+    future: Future[Outcome] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # handed to the waiting request thread
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="cds-screen", daemon=True).start()
+    return future
 
 
 def _fetch_reason(failed: Mapping[str, str]) -> str:

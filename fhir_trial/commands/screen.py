@@ -8,11 +8,15 @@ import json
 import click
 
 from fhir_trial.config import Settings
-from fhir_trial.errors import InputError
+from fhir_trial.deceased import vital_status
+from fhir_trial.errors import InputError, ServerResponseError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.outputs import report_bundle, report_text
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import EligibilityReport
+
+# Exit code of a report printed with data categories missing (README, exit codes).
+EXIT_INCOMPLETE = 7
 
 
 def _parse_date(value: str | None, option: str) -> dt.date | None:
@@ -97,11 +101,41 @@ def command(
 ) -> None:
     """Screen one patient against the NCT06010472 criteria and print the report.
 
-    Exit code 0 whenever a report is printed, whatever the verdict.
+    Exit code 0 when a complete report is printed, whatever the verdict; 7 when a report is
+    printed but some data categories could not be read (the report says INCOMPLETE and lists
+    them); 5 when nothing beyond the Patient could be read (no report is printed). Reading from a
+    FHIR server gives up after ``FHIR_TRIAL_FHIR_DEADLINE_S`` seconds (60) or
+    ``FHIR_TRIAL_FHIR_MAX_REQUESTS`` requests (500) in total.
     """
     settings = Settings.from_env(
         as_of=_parse_date(as_of, "--as-of"),
         infusion_date=_parse_date(infusion_date, "--infusion-date"),
     )
     record = _load_record(bundle, fhir_server, patient, token, settings)
-    click.echo(render(evaluate(record, settings), output_format), nl=False)
+    _refuse_empty(record, settings)
+    report = evaluate(record, settings)
+    click.echo(render(report, output_format), nl=False)
+    if report.not_obtained:
+        click.echo(
+            "warning: the report is INCOMPLETE; could not be read: "
+            + "; ".join(f"{c} ({record.failed.get(c, '?')})" for c in report.not_obtained),
+            err=True,
+        )
+        click.get_current_context().exit(EXIT_INCOMPLETE)
+
+
+def _refuse_empty(record: PatientRecord, settings: Settings) -> None:
+    """Nothing beyond the Patient could be read: no report that looks like a result (exit 5).
+
+    A deceased Patient still gets its report: the Patient alone decides that one.
+    """
+    if record.obtained - {"Patient"} or not record.failed:
+        return
+    patient = record.patient
+    if patient is not None and vital_status(patient, settings.screening_date()).state == "deceased":
+        return
+    reasons = "; ".join(f"{c}: {why}" for c, why in sorted(record.failed.items()))
+    raise ServerResponseError(
+        "only the Patient could be read; none of the patient's clinical data could be obtained, "
+        f"so there is no screening to report ({reasons})"
+    )

@@ -68,7 +68,7 @@ from fhir_trial.criteria.labels import (
 )
 from fhir_trial.fhirdates import DateSpan
 from fhir_trial.observations import observation_status
-from fhir_trial.record import Resource
+from fhir_trial.record import NYHA_FINDINGS, Resource
 from fhir_trial.report import Finding
 from fhir_trial.terminology import ValueSet, codings
 
@@ -365,8 +365,19 @@ def heart_failure(ctx: Context) -> Finding:
     # A finding dated wholly after the screening date is a data error, never the latest finding.
     findings = [f for f in findings if f[0] is None or f[0].start <= ctx.as_of]
     unread = [u for u in unread if u[0] is None or u[0].start <= ctx.as_of]
+    nyha_part = ctx.record.failed.get(NYHA_FINDINGS)
     if findings:
-        return _latest_nyha(ctx, findings, milder, unread)
+        finding = _latest_nyha(ctx, findings, milder, unread)
+        if finding.status == "not-met" and nyha_part is not None:
+            # A later class III/IV finding may be among the NYHA findings that were not read.
+            return Finding(
+                "unknown",
+                f"{finding.reason}, but the search for NYHA class findings failed ({nyha_part}): "
+                "a later class III/IV finding may exist; absence rule 1: unknown, never not-met",
+                finding.evidence,
+                missing=("NYHA class findings (Observation)",),
+            )
+        return finding
 
     unavailable = category_unavailable(ctx, "Condition")
     if unavailable:
@@ -391,6 +402,13 @@ def heart_failure(ctx: Context) -> Finding:
             "unknown",
             "no heart failure Condition, but " + unavailable.reason,
             missing=unavailable.missing,
+        )
+    if nyha_part is not None:
+        return Finding(
+            "unknown",
+            "no heart failure Condition, but the search for NYHA class findings (Observation) "
+            f"failed ({nyha_part}); absence rule 1: unknown, never not-met",
+            missing=("NYHA class findings (Observation)",),
         )
     return Finding(
         "not-met",

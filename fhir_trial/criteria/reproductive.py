@@ -35,7 +35,7 @@ from fhir_trial.observations import (
     quantity_of,
     split_by_window,
 )
-from fhir_trial.record import Resource
+from fhir_trial.record import OBSERVATION_COMPONENTS, Resource
 from fhir_trial.report import Finding
 
 
@@ -247,6 +247,12 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         if seen
         else f"no pregnancy, hCG or breastfeeding record {window}"
     )
+    if record.state(OBSERVATION_COMPONENTS) == "failed":
+        # Never not-met anyway (the attestation is needed): say what the search could not see.
+        found += (
+            "; results sent only as components of panels could not be searched on this server, "
+            "so a positive hCG or a pregnancy status inside a panel may have been missed"
+        )
     return Finding(
         "needs-review",
         f"{found}; {planned}",

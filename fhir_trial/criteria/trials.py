@@ -6,6 +6,13 @@ on-study-observation and a period overlapping the ``recent_trial_window_days`` d
 (edges included) -> met. A period with no end is ongoing; no period at all is read as "now", since the
 status describes the present.
 
+Which study: a ResearchSubject is in this study when its ``study`` names NCT06010472 by
+identifier, or references ``ResearchStudy/nct06010472``, or references a ResearchStudy (read by the
+source, or in the Bundle) that carries the NCT06010472 identifier: a server that assigned this
+study its own id (``ResearchStudy/<uuid>``) still has it. When the source tried to read a
+referenced study and could not (``ResearchStudy`` not obtained), whether it is this study cannot be
+told: an on-study subject in the window is then needs-review, never met.
+
 Decisions beyond the table: a subject in follow-up, off-study or withdrawn whose period still
 overlaps the window -> needs-review (trial treatment may have been received in the window before
 the subject left); a partial date that
@@ -48,6 +55,17 @@ def is_this_study(ctx: Context, subject: Mapping[str, Any]) -> bool:
     return bool(resolved) and any(
         _identifier_is_ours(i) for i in objects(child(resolved, "identifier"))
     )
+
+
+def study_unreadable(ctx: Context, subject: Mapping[str, Any]) -> bool:
+    """Whether the subject's study could not be read, so that it may be this study."""
+    if ctx.record.state("ResearchStudy") != "failed":
+        return False
+    study = subject.get("study")
+    if isinstance(child(study, "identifier"), dict):
+        return False
+    reference = child(study, "reference")
+    return not (isinstance(reference, str) and ctx.record.resolve(reference, subject))
 
 
 def _study_label(subject: Mapping[str, Any]) -> str:
@@ -122,7 +140,13 @@ def recent_trial(ctx: Context) -> Finding:
         overlap = _overlap(subject, window)
         text = f"{_study_label(subject)}, status {status}, {_period_text(subject)}"
         ref = ctx.record.reference_to(subject)
-        if overlap == "yes" and status in ON_STUDY:
+        if overlap == "yes" and status in ON_STUDY and study_unreadable(ctx, subject):
+            review.append(
+                f"{text}: the study it references could not be read, so whether it is this "
+                "study (NCT06010472) or another one cannot be told"
+            )
+            review_refs.append(ref)
+        elif overlap == "yes" and status in ON_STUDY:
             met.append(text)
             met_refs.append(ref)
         elif overlap == "maybe" and status in ON_STUDY:

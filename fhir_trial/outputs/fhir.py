@@ -64,6 +64,10 @@ def report_parameters(report: EligibilityReport) -> dict[str, Any]:
         parameters.append({"name": "reason", "valueString": report.reason})
     if report.deceased is not None:
         parameters.append(_deceased_parameter(report.deceased))
+    if report.not_obtained:
+        # The JSON report's "complete": false and "notObtained".
+        parameters.append({"name": "complete", "valueBoolean": False})
+        parameters += [{"name": "notObtained", "valueString": c} for c in report.not_obtained]
     parameters += [_criterion_parameter(r) for r in report.criteria]
     parameters += [{"name": "warning", "valueString": w} for w in report.warnings]
     return {"resourceType": "Parameters", "id": "results", "parameter": parameters}

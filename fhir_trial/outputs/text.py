@@ -43,13 +43,20 @@ def _vital_lines(report: EligibilityReport) -> list[str]:
 def report_text(report: EligibilityReport, width: int | None = None) -> str:
     """The report as a table (wrapped to the terminal width), headed by the verdict.
 
-    A deceased patient (or one whose vital status cannot be read) gets that said on the first line.
+    A deceased patient (or one whose vital status cannot be read) gets that said on the first line;
+    a report missing data categories says INCOMPLETE in its headline, naming them.
     """
     width = width or shutil.get_terminal_size((120, 24)).columns
     reason_width = max(30, width - _ID_WIDTH - _STATUS_WIDTH - 2)
     out = [*_vital_lines(report)]
+    incomplete = (
+        f" (INCOMPLETE: could not be read: {', '.join(report.not_obtained)})"
+        if report.not_obtained
+        else ""
+    )
     out += [
-        f"{report.study} screening of {report.patient} as of {report.as_of}: {report.verdict.upper()}",
+        f"{report.study} screening of {report.patient} as of {report.as_of}: "
+        f"{report.verdict.upper()}{incomplete}",
         "",
         f"{'criterion':<{_ID_WIDTH}} {'status':<{_STATUS_WIDTH}} reason",
         f"{'-' * _ID_WIDTH} {'-' * _STATUS_WIDTH} {'-' * min(reason_width, 40)}",
