@@ -43,6 +43,7 @@ from fhir_trial.record import PatientRecord, Resource
 from fhir_trial.report import STATUSES, EligibilityReport, Verdict
 from fhir_trial.sources.bundle import read_json_file, records_from_bundle
 from fhir_trial.sources.ndjson import NdjsonExport
+from fhir_trial.sources.ndjson_screen import screen_export
 
 VERDICTS: tuple[Verdict, ...] = ("eligible", "potentially-eligible", "ineligible")
 DECEASED_STEP = "deceased"  # the funnel's first step, before the criteria
@@ -353,15 +354,14 @@ def screen_bundle_files(
 
 
 def screen_ndjson(
-    export: NdjsonExport, settings: Settings, *, workers: int = 1
+    export: NdjsonExport, settings: Settings, *, workers: int | None = None
 ) -> Iterator[Screened]:
-    """Screen every patient of a Bulk Data export, streamed."""
-    if workers <= 1:
-        for record in export:
-            yield Screened(evaluate(record, settings))
-        return
-    payloads = ((record_payload(record), settings) for record in export)
-    for report in bounded_map(_evaluate_payload, payloads, workers):
+    """Screen every patient of a Bulk Data export, in export order, with flat memory.
+
+    ``workers`` processes (default: the machine's CPUs); see
+    :mod:`fhir_trial.sources.ndjson_screen`. ``export.account`` says what every input became.
+    """
+    for report in screen_export(export, settings, workers=workers):
         yield Screened(report)
 
 

@@ -43,7 +43,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -54,7 +54,6 @@ import click
 
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError, InputError
-from fhir_trial.evaluate import evaluate
 from fhir_trial.json_input import parse_json
 from fhir_trial.population import Feasibility, Screened, verdict_line
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
@@ -63,7 +62,6 @@ from fhir_trial.sources.ndjson import (
     LOG_FILE,
     MANIFEST_FILE,
     MAX_LINE_WARNINGS,
-    PATIENT_IN_TEXT,
     ExportProblems,
     assemble_record,
     check_categories,
@@ -73,6 +71,9 @@ from fhir_trial.sources.ndjson import (
     read_manifest,
     read_outcome,
 )
+from fhir_trial.sources.ndjson_account import absent_types, requested_types_from_manifest
+from fhir_trial.sources.ndjson_buckets import PATIENT_REF_TEXT, reads
+from fhir_trial.sources.ndjson_versions import screen_patient
 from fhir_trial.terminology import Terminology, load_terminology
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -166,10 +167,13 @@ def _medication_reference(resource: Resource) -> str | None:
     return ref if isinstance(ref, str) and ref.startswith("Medication/") else None
 
 
-def _bad_item(order: Order, why: str, text: str, ftype: str | None) -> tuple[Any, ...]:
+def _bad_item(
+    order: Order, why: str, text: str, ftype: str | None, file_kind: str | None
+) -> tuple[Any, ...]:
+    """An unreadable line: the patients it names (the local split's rule), else nobody's."""
     named: tuple[str, ...] = ()
-    if ftype in CATEGORIES and ftype != "Patient":
-        named = tuple(sorted(set(PATIENT_IN_TEXT.findall(text))))
+    if ftype != "Patient" and file_kind != "Patient":
+        named = tuple(sorted(set(PATIENT_REF_TEXT.findall(text))))
     return (_BAD, order, ftype, why, named)
 
 
@@ -179,15 +183,16 @@ def _parse_partition(
     """Executor side: the tagged items of one partition's lines (the local reader's rules)."""
     ftype = file_types[index]
     count = 0
+    looked_at = reads(ftype)  # files of types the criteria do not read are only counted
     for position, line in enumerate(lines):
         count = position + 1
         text = line.strip()
-        if not text:
+        if not text or not looked_at:
             continue
         order = (index, position)
         line_kind = classify_line(text)
         if line_kind.kind == "bad":
-            yield _bad_item(order, line_kind.problem, text, line_kind.blame or ftype)
+            yield _bad_item(order, line_kind.problem, text, line_kind.blame or ftype, ftype)
         elif line_kind.kind == "outcome":
             yield (_OUTCOME, order, text)
         elif line_kind.kind == "patient":
@@ -209,9 +214,10 @@ class _PartitionFacts:
 
     lines: dict[int, int] = dataclasses.field(default_factory=dict)
     outcomes: list[tuple[Order, str]] = dataclasses.field(default_factory=list)
-    first_bad: list[tuple[Order, str]] = dataclasses.field(default_factory=list)  # (order, why)
+    # unreadable lines naming no patient: (order, why, type), the first MAX_LINE_WARNINGS
+    first_bad: list[tuple[Order, str, str | None]] = dataclasses.field(default_factory=list)
     bad_total: int = 0
-    fail_all: dict[str, Order] = dataclasses.field(default_factory=dict)  # type -> first line
+    unnamed: int = 0
 
 
 def _partition_facts(items: Iterable[tuple[Any, ...]]) -> Iterator[_PartitionFacts]:
@@ -225,10 +231,11 @@ def _partition_facts(items: Iterable[tuple[Any, ...]]) -> Iterator[_PartitionFac
         elif tag == _BAD:
             _, order, ftype, why, named = item
             facts.bad_total += 1
-            if len(facts.first_bad) < MAX_LINE_WARNINGS:
-                facts.first_bad.append((order, why))
-            if ftype in CATEGORIES and ftype != "Patient" and not named:
-                facts.fail_all.setdefault(ftype, order)
+            warns = ftype is None or (ftype in CATEGORIES and ftype != "Patient")
+            if warns and not named:
+                facts.unnamed += 1
+                if len(facts.first_bad) < MAX_LINE_WARNINGS:
+                    facts.first_bad.append((order, why, ftype))
     yield facts
 
 
@@ -260,11 +267,12 @@ class _Shared:
         return f"{name}:{before + order[1] + 1}"
 
 
-def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRecord | None:
-    """One patient's :class:`PatientRecord` from its grouped items, or None without a Patient.
+def _patient_parts(
+    items: Iterable[tuple[Any, ...]], shared: _Shared
+) -> tuple[Resource, list[tuple[str, Resource]], dict[str, str], dict[str, str], Order] | None:
+    """``(patient, placed resources, medications, failed_for, order)``; None without one Patient.
 
-    The first Patient line, then :func:`fhir_trial.sources.ndjson.assemble_record`'s rules (the
-    same as the local reader's); unreadable lines fail their own category for this patient.
+    Two different Patients sharing the id are never merged: None (not screened), as locally.
     """
     patients: list[tuple[Any, ...]] = []
     resources: list[tuple[Any, ...]] = []
@@ -282,30 +290,65 @@ def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRe
             bad.append(item)
     if not patients:
         return None  # resources naming a Patient the export does not hold: nobody to screen
+    patients.sort()
+    patient = parse_json(patients[0][2])
+    if any(parse_json(text) != patient for _, _, text in patients[1:]):
+        return None
     failed_for: dict[str, str] = {}
     for _, order, ftype in sorted(bad):
-        failed_for.setdefault(ftype, f"an unreadable line in the export ({shared.place(order)})")
-    return assemble_record(
-        parse_json(min(patients)[2]),
-        (parse_json(text) for _, _, text in sorted(resources)),
-        lambda ref: parse_json(medications[ref]) if ref in medications else None,
-        failed=[shared.failed, failed_for],
-        missing=shared.missing,
-        warnings=shared.warnings,
-    )
+        if ftype in CATEGORIES and ftype != "Patient":
+            failed_for.setdefault(
+                ftype, f"an unreadable line in the export ({shared.place(order)})"
+            )
+    placed = [(shared.place(order), parse_json(text)) for _, order, text in sorted(resources)]
+    return patient, placed, medications, failed_for, patients[0][1]
+
+
+def _builder(
+    patient: Resource, medications: dict[str, str], failed_for: dict[str, str], shared: _Shared
+) -> Callable[[list[Resource]], PatientRecord]:
+    def build(resources: list[Resource]) -> PatientRecord:
+        return assemble_record(
+            patient,
+            resources,
+            lambda ref: parse_json(medications[ref]) if ref in medications else None,
+            failed=[shared.failed, failed_for],
+            missing=shared.missing,
+            warnings=shared.warnings,
+        )
+
+    return build
+
+
+def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRecord | None:
+    """One patient's :class:`PatientRecord` from its grouped items, or None without a Patient.
+
+    The first Patient line, then :func:`fhir_trial.sources.ndjson.assemble_record`'s rules (the
+    same as the local reader's); unreadable lines fail their own category for this patient.
+    """
+    parts = _patient_parts(items, shared)
+    if parts is None:
+        return None
+    patient, placed, medications, failed_for, _ = parts
+    return _builder(patient, medications, failed_for, shared)([r for _, r in placed])
 
 
 def _screen_group(
     shared_value: Any, group: tuple[str, Iterable[tuple[Any, ...]]]
 ) -> Iterator[tuple[Order, EligibilityReport]]:
-    """Executor side: build and evaluate one patient's record; keyed by its Patient line."""
+    """Executor side: build and evaluate one patient's record; keyed by its Patient line.
+
+    Differing versions of a resource are settled as locally
+    (:func:`~fhir_trial.sources.ndjson_versions.screen_patient`).
+    """
     shared: _Shared = shared_value.value
-    items = list(group[1])
-    record = build_record(items, shared)
-    if record is None:
+    parts = _patient_parts(list(group[1]), shared)
+    if parts is None:
         return
-    order = min(item[1] for item in items if item[0] == _PATIENT)
-    yield order, evaluate(record, shared.settings, shared.terminology)
+    patient, placed, medications, failed_for, order = parts
+    build = _builder(patient, medications, failed_for, shared)
+    report, _notes, _record = screen_patient(build, placed, shared.settings, shared.terminology)
+    yield order, report
 
 
 def _count_partition(reports: Iterable[tuple[Order, EligibilityReport]]) -> Iterator[Feasibility]:
@@ -382,6 +425,8 @@ def _export_problems(
     where: dict[int, tuple[str, int]],
     files: dict[str, str],
     present: set[str],
+    requested_types: set[str] | None = None,
+    complete_types: Iterable[str] = (),
 ) -> ExportProblems:
     """The local reader's :class:`ExportProblems`, replayed in file order from the facts."""
     problems = ExportProblems()
@@ -390,27 +435,27 @@ def _export_problems(
         name, before = where[order[0]]
         return f"{name}:{before + order[1] + 1}"
 
-    events: list[tuple[Order, int, str]] = []  # rank: 0 warning, 1 failure, 2 outcome
-    bad: list[tuple[Order, str]] = []
-    first_fail: dict[str, Order] = {}
+    events: list[tuple[Order, int, str]] = []  # rank: 0 warning, 1 outcome
+    bad: list[tuple[Order, str, str | None]] = []
     for part in facts:
-        events.extend((order, 2, text) for order, text in part.outcomes)
+        events.extend((order, 1, text) for order, text in part.outcomes)
         bad.extend(part.first_bad)
-        for ftype, order in part.fail_all.items():
-            if ftype not in first_fail or order < first_fail[ftype]:
-                first_fail[ftype] = order
-    events.extend((order, 0, why) for order, why in sorted(bad)[:MAX_LINE_WARNINGS])
-    events.extend((order, 1, ftype) for ftype, order in first_fail.items())
+    bad.sort(key=lambda item: item[0])
+    for order, why, ftype in bad[:MAX_LINE_WARNINGS]:
+        events.append(
+            (
+                order,
+                0,
+                f"{why}; the line names no patient, so any patient's {ftype or 'some'} "
+                "data may be incomplete",
+            )
+        )
     for order, rank, payload in sorted(events):
         if rank == 0:
-            problems.line_warning(f"{place(order)}: {payload}; line skipped")
-        elif rank == 1:
-            problems.failed.setdefault(
-                payload, f"an unreadable line in the export ({place(order)})"
-            )
+            problems.line_warning(f"{place(order)}: {payload}")
         else:
             read_outcome(parse_json(payload), place(order), problems)
-    problems.unreadable_lines = sum(part.bad_total for part in facts)
+    problems.unreadable_lines = sum(part.unnamed for part in facts)
 
     # log.ndjson and manifest.json are small: copy them here and read them as the local reader.
     context = spark.sparkContext
@@ -425,6 +470,11 @@ def _export_problems(
             text = content[0][1] if content else ""
             (Path(tmp) / MANIFEST_FILE).write_text(text, encoding="utf-8")
         read_manifest(Path(tmp), present, problems)
+        if requested_types is None:
+            requested_types = requested_types_from_manifest(Path(tmp))
+    missing, _vouched = absent_types(present, requested_types, complete_types)
+    for category, why in missing.items():
+        problems.failed.setdefault(category, why)
     return problems
 
 
@@ -435,6 +485,8 @@ def run_spark_screening(
     missing_categories: Iterable[str] = (),
     *,
     partitions: int | None = None,
+    requested_types: set[str] | None = None,
+    complete_types: Iterable[str] = (),
 ) -> SparkScreening:
     """Screen every patient of a Bulk Data export with Spark; see the module docstring.
 
@@ -446,6 +498,7 @@ def run_spark_screening(
     from pyspark import StorageLevel
 
     missing = check_categories(missing_categories)
+    complete = check_categories(complete_types)
     if settings.as_of is None:  # every executor screens for the same day
         settings = settings.replace(as_of=dt.date.today())
     terminology = load_terminology(settings.resources_dir)
@@ -484,7 +537,7 @@ def run_spark_screening(
             before = 0
         where[index] = (name, before)
         before += counts.get(index, 0)
-    problems = _export_problems(spark, facts, where, files, present)
+    problems = _export_problems(spark, facts, where, files, present, requested_types, complete)
 
     shared = context.broadcast(
         _Shared(
@@ -519,6 +572,9 @@ def screen_ndjson_spark(
     directory_or_uri: str | Path,
     settings: Settings,
     missing_categories: Iterable[str] = (),
+    *,
+    requested_types: set[str] | None = None,
+    complete_types: Iterable[str] = (),
 ) -> tuple[DataFrame, Feasibility]:
     """Screen a Bulk Data export on Spark: per-patient reports and the feasibility report.
 
@@ -527,7 +583,14 @@ def screen_ndjson_spark(
     the :class:`Feasibility` the local path would give. ``missing_categories`` as in
     :class:`~fhir_trial.sources.ndjson.NdjsonExport`.
     """
-    screening = run_spark_screening(spark, directory_or_uri, settings, missing_categories)
+    screening = run_spark_screening(
+        spark,
+        directory_or_uri,
+        settings,
+        missing_categories,
+        requested_types=requested_types,
+        complete_types=complete_types,
+    )
     return screening.reports, screening.feasibility
 
 
@@ -537,6 +600,7 @@ def run_screen_population(
     missing: Sequence[str],
     settings: Settings,
     *,
+    complete: Sequence[str] = (),
     output_format: str,
     output: str | None,
     master: str | None,
@@ -560,7 +624,7 @@ def run_screen_population(
         spark = spark_session(master)
         if existing is None:
             stack.callback(spark.stop)
-        screening = run_spark_screening(spark, ndjson, settings, missing)
+        screening = run_spark_screening(spark, ndjson, settings, missing, complete_types=complete)
         feasibility = screening.feasibility
         if feasibility.total == 0:
             raise InputError("no patient could be screened: the input holds no Patient")

@@ -35,6 +35,7 @@ from fhir_trial.population import (
 )
 from fhir_trial.record import CATEGORIES
 from fhir_trial.sources.ndjson import NdjsonExport
+from fhir_trial.sources.ndjson_screen import default_workers
 
 TEXT_PATIENT_LINES = 20
 
@@ -77,6 +78,13 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
     type=click.Choice(list(CATEGORIES)),
     help="With --ndjson: a data category the export lacks (its criteria become unknown).",
 )
+@click.option(
+    "--complete",
+    multiple=True,
+    type=click.Choice(list(CATEGORIES)),
+    help="With --ndjson: the export is complete for this type even without a file (no such "
+    "records exist); otherwise a type with no file is missing data (its criteria unknown).",
+)
 @click.option("--as-of", metavar="DATE", help="Screening date (default: today; demo: its date).")
 @click.option(
     "--format",
@@ -93,10 +101,9 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Processes evaluating patients in parallel.",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Processes reading and evaluating patients in parallel (default: the machine's CPUs).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (it only shows on a terminal).")
 @click.option(
@@ -113,10 +120,11 @@ def command(
     ndjson: str | None,
     demo: bool,
     missing: tuple[str, ...],
+    complete: tuple[str, ...],
     as_of: str | None,
     output_format: str,
     output: str | None,
-    workers: int,
+    workers: int | None,
     no_progress: bool,
     engine: str,
     spark_master: str | None,
@@ -128,6 +136,9 @@ def command(
         raise InputError("give exactly one of --bundles PATH..., --ndjson DIR or --demo")
     if missing and not ndjson:
         raise InputError("--missing only applies to --ndjson")
+    if complete and not ndjson:
+        raise InputError("--complete only applies to --ndjson")
+    workers = workers or default_workers()
     as_of_date = _parse_date(as_of)
     if demo and as_of_date is None:
         from fhir_trial.demo import DEMO_AS_OF
@@ -145,6 +156,7 @@ def command(
             ndjson,
             missing,
             settings,
+            complete=complete,
             output_format=output_format,
             output=output,
             master=spark_master,
@@ -154,10 +166,10 @@ def command(
 
     feasibility = Feasibility()
     total: int | None = None
+    export: NdjsonExport | None = None
     with ExitStack() as stack:
         if ndjson:
-            export = stack.enter_context(NdjsonExport(ndjson, missing))
-            total = export.count_patients()
+            export = stack.enter_context(NdjsonExport(ndjson, missing, complete_types=complete))
             screened = screen_ndjson(export, settings, workers=workers)
         else:
             if demo:
@@ -189,6 +201,14 @@ def command(
         if show_lines and not demo and feasibility.total > shown:
             click.echo(f"... {feasibility.total - shown} more patients (--output FILE lists all)")
 
+    if export is not None:
+        for pid in export.account.clashing_patients:
+            feasibility.skipped.append(
+                Skipped(f"Patient/{pid}", "two different Patients share this id; not screened")
+            )
+        click.echo("Inputs:", err=True)
+        for line in export.account.summary():
+            click.echo(f"  {line}", err=True)
     if feasibility.total == 0:
         _explain_nothing(feasibility.skipped)
     if shown and output_format == "text":
