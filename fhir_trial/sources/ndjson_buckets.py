@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from fhir_trial.json_input import parse_json
 from fhir_trial.record import CATEGORIES, Resource
 from fhir_trial.sources._common import KEPT_TYPES
@@ -45,13 +47,17 @@ PATIENT_REF_TEXT = re.compile(PATIENT_REF.pattern.decode())  # the same, for tex
 PATIENT_ID = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
 MAY_BE_PATIENT = b'"Patient"'
 RANGE_BYTES = 48 * 1024 * 1024  # one split task per this much of a plain file
-FLUSH_BYTES = 8 * 1024 * 1024  # a split task writes its buckets out past this much
+FLUSH_BYTES = 16 * 1024 * 1024
+BLOCK_BYTES = (
+    4 * 1024 * 1024
+)  # read at a time by a split task  # a split task writes its buckets out past this much
 BUCKET_BYTES = 6 * 1024 * 1024  # aimed size of a bucket: what one worker holds at a time
 MIN_BUCKETS = 1
 
 # flags in a bucket line's header
 PRIMARY = 1  # the copy that counts the line in the account (a line may go to several buckets)
 PATIENT_LINE = 2  # parsed in the split: a Patient resource, routed by its own id
+SINGLE = 4  # the line names one patient (once): the worker may check ownership cheaply
 
 Order = tuple[int, int, int]  # (file index, range index, line within the range), 1-based line
 
@@ -125,29 +131,71 @@ def _open_binary(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _lines(task: SplitTask, handle: IO[bytes]) -> Iterator[bytes | None]:
-    """The lines of the task's range; None for a line longer than ``max_line`` (skipped whole)."""
+def _skip_line(handle: IO[bytes]) -> None:
+    """Read past the next newline in chunks (never a whole long line in memory)."""
+    while True:
+        chunk = handle.readline(1024 * 1024)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[list[bytes | None]]:
+    """The lines of the task's range, a block at a time (split in C, not line by line).
+
+    A line belongs to the range its first byte is in. Empty lines are kept (they count for line
+    numbers); a line longer than ``max_line`` comes as None and is never held whole.
+    """
     if task.start:
         handle.seek(task.start - 1)
-        handle.readline()  # the line that straddles the start belongs to the previous range
+        _skip_line(handle)  # the line straddling the start belongs to the previous range
     position = handle.tell() if task.end is not None else 0
-    limit = task.max_line + 1
-    while task.end is None or position < task.end:
-        line = handle.readline(limit)
-        if not line:
-            return
-        if len(line) >= limit and not line.endswith(b"\n"):
-            skipped = len(line)
-            while True:  # read the rest in chunks, never whole
-                chunk = handle.readline(1024 * 1024)
-                skipped += len(chunk)
-                if not chunk or chunk.endswith(b"\n"):
-                    break
-            position += skipped
-            yield None
+    limit = task.max_line
+    carry = b""  # the start of a line whose end is in a later block
+    skipping = False  # inside a line longer than the limit
+    while True:
+        size = BLOCK_BYTES if task.end is None else min(BLOCK_BYTES, task.end - position)
+        data = handle.read(size) if size > 0 else b""
+        if not data:
+            break
+        position += len(data)
+        pieces = data.split(b"\n")
+        last = pieces.pop()
+        if not pieces:  # no newline in this block
+            if not skipping:
+                carry += last
+                if len(carry) > limit:
+                    carry, skipping = b"", True
             continue
-        position += len(line)
-        yield line
+        lines: list[bytes | None] = list(pieces)
+        if skipping:
+            lines[0] = None
+            skipping = False
+        elif carry:
+            lines[0] = carry + pieces[0]
+        carry = last
+        if len(carry) > limit:
+            carry, skipping = b"", True
+        first = lines[0]
+        if max(map(len, pieces)) > limit or (first is not None and len(first) > limit):
+            lines = [None if line is not None and len(line) > limit else line for line in lines]
+        yield lines
+    if task.end is not None and carry and not skipping:  # the range ends inside a line
+        while True:
+            chunk = handle.readline(1024 * 1024)
+            done = not chunk or chunk.endswith(b"\n")
+            if len(carry) + len(chunk) > limit + 1:
+                skipping, carry = True, b""
+                if not done:
+                    _skip_line(handle)
+                break
+            carry += chunk
+            if done:
+                break
+        carry = carry.rstrip(b"\n")
+    if skipping:
+        yield [None]
+    elif carry:
+        yield [carry]
 
 
 class _Writer:
@@ -168,11 +216,13 @@ class _Writer:
 
     def flush(self) -> None:
         for bucket, records in sorted(self.pending.items()):
+            if not records:
+                continue
             data = b"".join(records)
+            records.clear()  # in place: the split loop keeps references to these lists
             self.handle.write(data)
             self.result.segments.setdefault(bucket, []).append((self.offset, len(data)))
             self.offset += len(data)
-        self.pending.clear()
         self.size = 0
 
     def close(self) -> None:
@@ -196,57 +246,102 @@ def split_range(task: SplitTask) -> SplitResult:
         for pid in sorted(ids):
             by_bucket.setdefault(bucket_of(pid, buckets), []).append(pid)
         primary = bucket_of(min(ids), buckets)
+        if len(ids) == 1:
+            flags |= SINGLE
         for bucket, pids in by_bucket.items():
             mark = flags | (PRIMARY if bucket == primary else 0)
             writer.add(bucket, head % (number, mark) + b"|".join(pids) + b"\t" + line + b"\n")
 
+    # The common line names one patient once: routed with a few C-level operations.
+    fast_head = (
+        b"%d %d " % (task.file_index, task.range_index) + b"%d " + (b"%d " % (PRIMARY | SINGLE))
+    )
+    bucket_cache: dict[bytes, list[bytes]] = {}
+    pending = writer.pending
+    search = PATIENT_REF.search
+    number = blocks = nonempty = 0
     with _open_binary(task.path) as handle:
-        number = 0
-        for raw in _lines(task, handle):
-            number += 1
-            if raw is None:
-                result.oversized.append(number)
-                continue
-            line = raw.strip()
-            if not line:
-                continue
-            result.nonempty += 1
-            if not looked_at:
-                continue
-            ids = set(PATIENT_REF.findall(line))
-            if ids and MAY_BE_PATIENT not in line:
-                route(line, number, ids, 0)
-                continue
-            parsed = classify_line(line)
-            kind = parsed.kind
-            if kind == "bad":
-                if ids and parsed.blame != "Patient" and ftype != "Patient":
-                    route(line, number, ids, 0)  # the worker fails it for those patients
+        for block in _blocks(task, handle):
+            for line in block:
+                number += 1
+                if not line:
+                    if line is None:
+                        result.oversized.append(number)
                     continue
-                own = PATIENT_ID.search(line) if (ftype == "Patient") else None
-                result.bad.append(
-                    (
-                        number,
-                        parsed.problem,
-                        parsed.blame or ftype,
-                        (),
-                        own.group(1).decode() if own else None,
-                    )
-                )
-            elif kind == "patient":
-                route(line, number, {parsed.key.encode()}, PATIENT_LINE)
-            elif kind == "resource":
-                route(line, number, {o.encode() for o in parsed.owners}, 0)
-            elif kind == "medication":
-                result.medications.append((number, parsed.key, line))
-                result.resources["Medication"] = result.resources.get("Medication", 0) + 1
-            elif kind == "outcome":
-                result.outcomes.append((number, line))
-            else:
-                _other(result, parsed.resource)
-        result.lines = number
+                nonempty += 1
+                if not looked_at:
+                    continue
+                match = search(line)
+                if (
+                    match is not None
+                    and MAY_BE_PATIENT not in line
+                    and line.find(b"Patient", match.end()) < 0
+                ):
+                    pid = match.group(1)
+                    target = bucket_cache.get(pid)
+                    if target is None:
+                        bucket = bucket_of(pid, buckets)
+                        target = pending.get(bucket)
+                        if target is None:
+                            target = pending[bucket] = []
+                        bucket_cache[pid] = target
+                    target += (fast_head % number, pid, b"\t", line, b"\n")
+                    continue
+                stripped = line.strip()
+                if not stripped:  # spaces only: an empty line
+                    nonempty -= 1
+                    continue
+                _slow_line(stripped, number, ftype, result, route, classify_line)
+            blocks += 1
+            if blocks * BLOCK_BYTES >= FLUSH_BYTES:
+                writer.flush()
+                blocks = 0
+    result.lines = number
+    result.nonempty = nonempty
     writer.close()
     return result
+
+
+def _slow_line(
+    line: bytes,
+    number: int,
+    ftype: str | None,
+    result: SplitResult,
+    route: Any,
+    classify_line: Any,
+) -> None:
+    """A line naming no patient, several, or maybe a Patient: parsed here to route it."""
+    ids = set(PATIENT_REF.findall(line))
+    if ids and MAY_BE_PATIENT not in line:
+        route(line, number, ids, 0)
+        return
+    parsed = classify_line(line)
+    kind = parsed.kind
+    if kind == "bad":
+        if ids and parsed.blame != "Patient" and ftype != "Patient":
+            route(line, number, ids, 0)  # the worker fails it for those patients
+            return
+        own = PATIENT_ID.search(line) if ftype == "Patient" else None
+        result.bad.append(
+            (
+                number,
+                parsed.problem,
+                parsed.blame or ftype,
+                (),
+                own.group(1).decode() if own else None,
+            )
+        )
+    elif kind == "patient":
+        route(line, number, {parsed.key.encode()}, PATIENT_LINE)
+    elif kind == "resource":
+        route(line, number, {o.encode() for o in parsed.owners}, 0)
+    elif kind == "medication":
+        result.medications.append((number, parsed.key, line))
+        result.resources["Medication"] = result.resources.get("Medication", 0) + 1
+    elif kind == "outcome":
+        result.outcomes.append((number, line))
+    else:
+        _other(result, parsed.resource)
 
 
 def _other(result: SplitResult, resource: Resource | None) -> None:
@@ -280,13 +375,17 @@ class BucketJob:
             f"{self.file_names[file_index]}:{self.lines_before[(file_index, range_index)] + number}"
         )
 
+    def where(self, header: bytes) -> str:
+        """``<file>:<line>`` of a bucket line, from its header."""
+        return self.place(header_order(header))
+
 
 @dataclass
 class PatientLines:
-    """One patient's lines in a bucket (raw, not parsed yet)."""
+    """One patient's lines in a bucket, raw (header, body), in export order; parsed later."""
 
-    patients: list[tuple[Order, bytes]] = field(default_factory=list)
-    lines: list[tuple[Order, int, bytes, bool]] = field(default_factory=list)  # flags, accounts
+    patients: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # header, body, flags
+    lines: list[tuple[bytes, bytes, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -296,12 +395,19 @@ class PatientGroup:
     order: Order  # of its (first) Patient line
     patient_id: str
     patient: Resource
-    resources: list[tuple[str, Resource]]  # (place, resource), export order
+    resources: list[tuple[Any, Resource]]  # (where: see BucketJob.where, resource), export order
     failed_for: dict[str, str]  # category -> reason (unreadable lines naming this patient)
 
 
-def _read_bucket(job: BucketJob) -> dict[str, PatientLines]:
-    groups: dict[str, PatientLines] = {}
+def header_order(header: bytes) -> Order:
+    """The position a bucket line's header records."""
+    file_index, range_index, number, _ = header.split(b" ", 3)
+    return int(file_index), int(range_index), int(number)
+
+
+def _read_bucket(job: BucketJob) -> dict[bytes, PatientLines]:
+    """A bucket's lines grouped per patient id (parts are in export order, and so are lines)."""
+    groups: dict[bytes, PatientLines] = {}
     for path, segments in job.parts:
         with open(path, "rb") as handle:
             for offset, length in segments:
@@ -310,19 +416,16 @@ def _read_bucket(job: BucketJob) -> dict[str, PatientLines]:
                     if not record:
                         continue
                     header, _, body = record.partition(b"\t")
-                    file_index, range_index, number, flags, pids = header.split(b" ")
-                    order = (int(file_index), int(range_index), int(number))
-                    mark = int(flags)
-                    names = pids.split(b"|")
-                    for pid in names:
-                        group = groups.get(pid.decode())
+                    head, _, pids = header.rpartition(b" ")
+                    mark = int(head[head.rfind(b" ") + 1 :])
+                    for pid in pids.split(b"|"):
+                        group = groups.get(pid)
                         if group is None:
-                            group = groups[pid.decode()] = PatientLines()
+                            group = groups[pid] = PatientLines()
                         if mark & PATIENT_LINE:
-                            group.patients.append((order, body))
+                            group.patients.append((header, body, mark))
                         else:
-                            accounts = bool(mark & PRIMARY) and pid == names[0]
-                            group.lines.append((order, mark, body, accounts))
+                            group.lines.append((header, body, mark))
     return groups
 
 
@@ -353,8 +456,8 @@ def bucket_patients(
     medications = _Medications(job.medications_db)
     try:
         for pid in sorted(groups, key=lambda p: _first_order(groups[p])):
-            lines = groups[pid]
-            group = _parse_group(job, pid, lines, account, classify_line)
+            lines = groups.pop(pid)
+            group = _parse_group(job, pid.decode(), lines, account, classify_line)
             if group is not None:
                 yield group, medications
     finally:
@@ -362,8 +465,7 @@ def bucket_patients(
 
 
 def _first_order(lines: PatientLines) -> Order:
-    orders = [o for o, _ in lines.patients] or [o for o, _, _, _ in lines.lines]
-    return min(orders)
+    return header_order((lines.patients or lines.lines)[0][0])
 
 
 def _parse_group(
@@ -375,7 +477,7 @@ def _parse_group(
 ) -> PatientGroup | None:
     patient: Resource | None = None
     clash = False
-    for _order, body in sorted(lines.patients):
+    for _header, body, _mark in lines.patients:
         resource = parse_json(body)
         account.type("Patient").resources += 1
         if patient is None:
@@ -386,39 +488,82 @@ def _parse_group(
             clash = True
     if clash:
         account.clashing_patients.append(pid)
-    resources: list[tuple[str, Resource]] = []
+    resources: list[tuple[Any, Resource]] = []
     failed_for: dict[str, str] = {}
-    for order, _mark, body, accounts in sorted(lines.lines, key=lambda item: item[0]):
-        ftype = job.file_types[order[0]]
-        place = job.place(order)
-        parsed = classify_line(body)
-        kind = parsed.kind
-        if kind == "bad":
-            category = parsed.blame or ftype
-            if category in CATEGORIES and category != "Patient":
-                failed_for.setdefault(category, f"an unreadable line in the export ({place})")
-            if accounts:
-                account.reject(RejectedLine(place, parsed.problem, category, pid))
-            continue
-        resource = parsed.resource
-        rtype = str(resource.get("resourceType")) if resource is not None else "?"
-        if accounts and kind in ("resource", "medication", "patient"):
-            account.type(rtype).resources += 1
-        if kind == "resource" and resource is not None:
-            if pid in parsed.owners:
-                if patient is None and pid == parsed.owners[0]:
-                    account.orphan(
-                        rtype, str(resource.get("id") or ""), f"Patient/{pid} is not in the export"
-                    )
-                resources.append((place, resource))
-            elif accounts and not parsed.owners:
-                account.orphan(rtype, str(resource.get("id") or ""), "no reference to a patient")
-        elif accounts and kind == "other" and resource is not None:
-            if rtype in KEPT_TYPES:
-                account.orphan(rtype, str(resource.get("id") or ""), "no reference to a patient")
-            else:
-                account.not_read[rtype] = account.not_read.get(rtype, 0) + 1
+    reference = f"Patient/{pid}"
+    counts: dict[str, int] = {}
+    fast = patient is not None
+    loads = orjson.loads
+    for header, body, mark in lines.lines:
+        if fast and mark & SINGLE:
+            # One patient named once, and it is this one: ownership is a dict lookup.
+            try:
+                resource = loads(body)
+            except orjson.JSONDecodeError:
+                resource = None
+            if type(resource) is dict:
+                rtype = resource.get("resourceType")
+                holder = resource.get("subject") or resource.get("patient")
+                if (
+                    type(holder) is dict
+                    and holder.get("reference") == reference
+                    and rtype in KEPT_TYPES
+                    and rtype != "Patient"
+                ):
+                    counts[rtype] = counts.get(rtype, 0) + 1
+                    resources.append((header, resource))
+                    continue
+        _slow_resource(
+            job, pid, patient, header, body, mark, account, classify_line, resources, failed_for
+        )
+    for rtype, count in counts.items():
+        account.type(rtype).resources += count
     if patient is None or clash:
         return None
-    order = min(o for o, _ in lines.patients)
-    return PatientGroup(order, pid, patient, resources, failed_for)
+    return PatientGroup(header_order(lines.patients[0][0]), pid, patient, resources, failed_for)
+
+
+def _slow_resource(
+    job: BucketJob,
+    pid: str,
+    patient: Resource | None,
+    header: bytes,
+    body: bytes,
+    mark: int,
+    account: InputAccount,
+    classify_line: Any,
+    resources: list[tuple[Any, Resource]],
+    failed_for: dict[str, str],
+) -> None:
+    """The full rule for one line (several patients, odd references, unreadable, orphan)."""
+    accounts = bool(mark & PRIMARY) and header.rsplit(b" ", 1)[1].split(b"|")[0] == pid.encode()
+    ftype = job.file_types[header_order(header)[0]]
+    parsed = classify_line(body)
+    kind = parsed.kind
+    if kind == "bad":
+        place = job.where(header)
+        category = parsed.blame or ftype
+        if category in CATEGORIES and category != "Patient":
+            failed_for.setdefault(category, f"an unreadable line in the export ({place})")
+        if accounts:
+            account.reject(RejectedLine(place, parsed.problem, category, pid))
+        return
+    resource = parsed.resource
+    if resource is None:
+        return
+    rtype = str(resource.get("resourceType"))
+    rid = str(resource.get("id") or "")
+    if accounts and kind in ("resource", "medication", "patient"):
+        account.type(rtype).resources += 1
+    if kind == "resource":
+        if pid in parsed.owners:
+            if patient is None and pid == parsed.owners[0]:
+                account.orphan(rtype, rid, f"Patient/{pid} is not in the export")
+            resources.append((header, resource))
+        elif accounts and not parsed.owners:
+            account.orphan(rtype, rid, "no reference to a patient")
+    elif accounts and kind == "other":
+        if rtype in KEPT_TYPES:
+            account.orphan(rtype, rid, "no reference to a patient")
+        else:
+            account.not_read[rtype] = account.not_read.get(rtype, 0) + 1

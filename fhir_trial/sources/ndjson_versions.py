@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fhir_trial.config import Settings
 from fhir_trial.deceased import vital_status
@@ -23,7 +24,7 @@ from fhir_trial.record import PatientRecord, Resource
 from fhir_trial.report import CriterionResult, EligibilityReport
 from fhir_trial.terminology import Terminology
 
-Placed = tuple[str, Resource]  # ("<file>:<line>", resource)
+Placed = tuple[Any, Resource]  # (where it is, resource): ``where`` makes it "<file>:<line>"
 
 
 @dataclass
@@ -65,9 +66,11 @@ def screen_patient(
     resources: Sequence[Placed],
     settings: Settings,
     terminology: Terminology | None = None,
+    where: Callable[[Any], str] = str,
 ) -> tuple[EligibilityReport, PatientNotes, PatientRecord]:
     """Evaluate one patient; differing versions of a resource make the criteria they split
-    ``needs-review``. ``build`` turns the patient's resources (in order) into its record.
+    ``needs-review``. ``build`` turns the patient's resources (in order) into its record;
+    ``where`` names a resource's place (``<file>:<line>``) from the first item of its pair.
     """
     kept, versions, same = split_versions(resources)
     notes = PatientNotes(duplicates_same=same)
@@ -78,7 +81,7 @@ def screen_patient(
     base = report.statuses()
     disputes: dict[str, list[str]] = {}
     for key, placed in versions.items():
-        places = ", ".join(p for p, _ in placed)
+        places = ", ".join(where(p) for p, _ in placed)
         notes.duplicates_different.append(f"{key} in {record.patient_reference} ({places})")
         first_place, first_resource = placed[0]
         for place, version in placed[1:]:
@@ -87,8 +90,8 @@ def screen_patient(
             for criterion, status in other.items():
                 if status != base[criterion]:
                     disputes.setdefault(criterion, []).append(
-                        f"{key} at {first_place} gives {base[criterion]}, "
-                        f"its other version at {place} gives {status}"
+                        f"{key} at {where(first_place)} gives {base[criterion]}, "
+                        f"its other version at {where(place)} gives {status}"
                     )
     if not disputes:
         return report, notes, record
