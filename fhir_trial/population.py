@@ -354,14 +354,19 @@ def screen_bundle_files(
 
 
 def screen_ndjson(
-    export: NdjsonExport, settings: Settings, *, workers: int | None = None
+    export: NdjsonExport,
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[Screened]:
     """Screen every patient of a Bulk Data export, in export order, with flat memory.
 
-    ``workers`` processes (default: the machine's CPUs); see
-    :mod:`fhir_trial.sources.ndjson_screen`. ``export.account`` says what every input became.
+    ``workers`` processes (default: the machine's CPUs); ``progress(n)`` as buckets of ``n``
+    patients are done; see :mod:`fhir_trial.sources.ndjson_screen`. ``export.account`` says what
+    every input became.
     """
-    for report in screen_export(export, settings, workers=workers):
+    for report in screen_export(export, settings, workers=workers, progress=progress):
         yield Screened(report)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import IO
 
@@ -60,6 +60,16 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
         for item in items:
             bar.update(1)
             yield item
+
+
+def _bucket_bar(stack: ExitStack, enabled: bool) -> Callable[[int], None] | None:
+    """A tqdm bar on stderr (a terminal only) counting patients as buckets are screened."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = stack.enter_context(tqdm(unit="patient", file=sys.stderr, leave=False))
+    return bar.update
 
 
 @click.command("screen-population")
@@ -169,8 +179,17 @@ def command(
     export: NdjsonExport | None = None
     with ExitStack() as stack:
         if ndjson:
-            export = stack.enter_context(NdjsonExport(ndjson, missing, complete_types=complete))
-            screened = screen_ndjson(export, settings, workers=workers)
+            export = stack.enter_context(
+                NdjsonExport(
+                    ndjson,
+                    missing,
+                    complete_types=complete,
+                    max_line_bytes=settings.ndjson_max_line_bytes,
+                )
+            )
+            bar = _bucket_bar(stack, enabled=not no_progress)
+            screened = screen_ndjson(export, settings, workers=workers, progress=bar)
+            no_progress = True  # the reports come out at the end: the bar follows the buckets
         else:
             if demo:
                 from fhir_trial.demo import demo_bundle_paths

@@ -15,8 +15,8 @@ import heapq
 import multiprocessing
 import os
 import pickle
-from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -109,11 +109,17 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 def screen_export(
-    export: NdjsonExport, settings: Settings, *, workers: int | None = None
+    export: NdjsonExport,
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[EligibilityReport]:
     """Every patient's report, in export order; :attr:`NdjsonExport.account` is complete at the end.
 
     ``workers``: processes (default: the machine's CPUs; 1 runs everything in this process).
+    ``progress(n)`` is called as each bucket of ``n`` patients is done (reports come out in
+    export order once every bucket is done).
     """
     workers = workers or default_workers()
     with ExitStack() as stack:
@@ -122,7 +128,18 @@ def screen_export(
         # The worker gets the export without its own temporary-folder handle (it must not delete).
         job_export = _shippable(export)
         run = partial(screen_bucket, job_export, settings)
-        done = list(pool.map(run, export.jobs)) if pool else [run(job) for job in export.jobs]
+        done: list[BucketDone] = []
+        if pool is None:
+            for job in export.jobs:
+                done.append(run(job))
+                if progress:
+                    progress(done[-1].account.patients)
+        else:
+            futures = [pool.submit(run, job) for job in export.jobs]
+            for future in as_completed(futures):
+                if progress:
+                    progress(future.result().account.patients)
+            done = [future.result() for future in futures]
         if pool is not None:
             stack.pop_all().close()  # free the workers before the merge
     for part in done:
