@@ -185,6 +185,43 @@ def measure(folder: Path, workers: int) -> dict[str, float]:
     }
 
 
+def evaluation_floor(templates: list[dict[str, list[bytes]]]) -> tuple[float, float, float]:
+    """CPU seconds, one process, GC as in the workers: orjson parse, build, evaluate.
+
+    What no reader can go below: the share of the screening the evaluator itself takes.
+    """
+    import gc
+
+    import orjson
+
+    from fhir_trial.config import Settings
+    from fhir_trial.evaluate import evaluate
+    from fhir_trial.sources.ndjson import assemble_record
+    from fhir_trial.sources.ndjson_screen import _settle
+
+    settings = Settings(as_of=AS_OF)
+    _settle(settings)
+    lines = [[line for items in t.values() for line in items] for t in templates]
+    gc.disable()
+    try:
+        start = time.process_time()
+        for patient in lines:
+            for line in patient:
+                orjson.loads(line)
+        parse = time.process_time() - start
+        parsed = [[orjson.loads(line) for line in patient] for patient in lines]
+        start = time.process_time()
+        records = [assemble_record(p[0], p[1:], lambda ref: None) for p in parsed]
+        build = time.process_time() - start
+        start = time.process_time()
+        for record in records:
+            evaluate(record, settings)
+        evaluation = time.process_time() - start
+    finally:
+        gc.enable()
+    return parse, build, evaluation
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=1000)
@@ -199,6 +236,13 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-population-") as tmp:
         templates = _templates(min(args.templates, args.patients))
+        parse, build, evaluation = evaluation_floor(templates)
+        print(
+            f"floor ({len(templates)} patients, CPU, one process): orjson parse {parse:.2f} s, "
+            f"build records {build:.2f} s ({build / parse:.1f}x), evaluate {evaluation:.2f} s "
+            f"({evaluation / parse:.1f}x): screening cannot go below "
+            f"{(parse + build + evaluation) / parse:.1f}x the parse-only pass"
+        )
         for size in (args.patients, 10 * args.patients):
             folder = Path(tmp) / f"n{size}"
             lines = write_export(folder, size, templates)
