@@ -71,7 +71,12 @@ from fhir_trial.sources.ndjson import (
     read_manifest,
     read_outcome,
 )
-from fhir_trial.sources.ndjson_account import absent_types, requested_types_from_manifest
+from fhir_trial.sources.ndjson_account import (
+    InputAccount,
+    RejectedLine,
+    absent_types,
+    requested_types_from_manifest,
+)
 from fhir_trial.sources.ndjson_buckets import PATIENT_REF_TEXT, reads
 from fhir_trial.sources.ndjson_versions import screen_patient
 from fhir_trial.terminology import Terminology, load_terminology
@@ -384,6 +389,9 @@ class SparkScreening:
     reports: DataFrame  # patient, verdict, report (JSON text)
     feasibility: Feasibility
     problems: ExportProblems
+    # What the export held (a cheaper account than the local engine's: types, files, lines,
+    # missing and vouched types, unreadable lines; no duplicate or orphan lists).
+    account: InputAccount = dataclasses.field(default_factory=InputAccount)
 
 
 def _folder_uri(spark: SparkSession, directory: str | Path) -> str:
@@ -419,6 +427,12 @@ def _list_files(spark: SparkSession, uri: str) -> dict[str, str]:
         raise InputError(f"cannot list {uri}: {detail.strip()}") from None
 
 
+def place_of(where: Mapping[int, tuple[str, int]], order: Order) -> str:
+    """``<file>:<line>`` of a line from its (partition, position)."""
+    name, before = where[order[0]]
+    return f"{name}:{before + order[1] + 1}"
+
+
 def _export_problems(
     spark: SparkSession,
     facts: list[_PartitionFacts],
@@ -427,9 +441,11 @@ def _export_problems(
     present: set[str],
     requested_types: set[str] | None = None,
     complete_types: Iterable[str] = (),
+    account: InputAccount | None = None,
 ) -> ExportProblems:
     """The local reader's :class:`ExportProblems`, replayed in file order from the facts."""
     problems = ExportProblems()
+    account = account if account is not None else InputAccount()
 
     def place(order: Order) -> str:
         name, before = where[order[0]]
@@ -472,9 +488,10 @@ def _export_problems(
         read_manifest(Path(tmp), present, problems)
         if requested_types is None:
             requested_types = requested_types_from_manifest(Path(tmp))
-    missing, _vouched = absent_types(present, requested_types, complete_types)
+    missing, vouched = absent_types(present, requested_types, complete_types)
     for category, why in missing.items():
         problems.failed.setdefault(category, why)
+    account.missing, account.vouched = missing, vouched
     return problems
 
 
@@ -537,7 +554,24 @@ def run_spark_screening(
             before = 0
         where[index] = (name, before)
         before += counts.get(index, 0)
-    problems = _export_problems(spark, facts, where, files, present, requested_types, complete)
+    account = InputAccount()
+    problems = _export_problems(
+        spark, facts, where, files, present, requested_types, complete, account
+    )
+    for name in names:
+        account.type(file_type(Path(name)) or "(type not in the file name)").files.append(name)
+    for index, ftype in enumerate(file_types):
+        lines = counts.get(index, 0)
+        account.type(ftype or "(type not in the file name)").lines += lines
+        if not reads(ftype):
+            account.not_read[str(ftype)] = account.not_read.get(str(ftype), 0) + lines
+    account.rejected_total = sum(part.bad_total for part in facts)
+    for part in facts:
+        for order, why, ftype in part.first_bad:
+            account.rejected.append(RejectedLine(place_of(where, order), why, ftype))
+            name = ftype or "some"
+            account.lost_unknown_patient[name] = account.lost_unknown_patient.get(name, 0) + 1
+    account.sort()
 
     shared = context.broadcast(
         _Shared(
@@ -564,7 +598,8 @@ def run_spark_screening(
     feasibility = merge_feasibility(evaluated.mapPartitions(_count_partition).collect())
     parsed.unpersist()
     frame = spark.createDataFrame(evaluated.map(_report_row), REPORT_SCHEMA)
-    return SparkScreening(evaluated, frame, feasibility, problems)
+    account.patients = feasibility.total
+    return SparkScreening(evaluated, frame, feasibility, problems, account)
 
 
 def screen_ndjson_spark(
@@ -626,6 +661,9 @@ def run_screen_population(
             stack.callback(spark.stop)
         screening = run_spark_screening(spark, ndjson, settings, missing, complete_types=complete)
         feasibility = screening.feasibility
+        click.echo("Inputs:", err=True)
+        for line in screening.account.summary():
+            click.echo(f"  {line}", err=True)
         if feasibility.total == 0:
             raise InputError("no patient could be screened: the input holds no Patient")
         if sink is not None:

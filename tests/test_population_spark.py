@@ -26,6 +26,8 @@ from fhir_trial.population import Feasibility
 from fhir_trial.record import CATEGORIES
 from fhir_trial.sources import records_from_ndjson
 from fhir_trial.sources.bundle import read_json_file, records_from_bundle
+from fhir_trial.sources.ndjson import NdjsonExport
+from fhir_trial.sources.ndjson_account import InputAccount
 
 pytest.importorskip(
     "pyspark", reason="pyspark is not installed (pip install -e '.[spark]' or '.[dev]')"
@@ -33,7 +35,7 @@ pytest.importorskip(
 
 from pyspark.sql import SparkSession
 
-from fhir_trial.population_spark import screen_ndjson_spark, spark_session
+from fhir_trial.population_spark import run_spark_screening, screen_ndjson_spark, spark_session
 
 FIXTURE = Path("fixtures/synthea/bulk-ndjson-10-patients")
 FIXTURE_AS_OF = dt.date(2024, 8, 6)
@@ -65,14 +67,15 @@ def local_path(
 
 def spark_path(
     spark: SparkSession, folder: Path, settings: Settings, missing: Sequence[str] = ()
-) -> tuple[dict[str, dict[str, Any]], Feasibility]:
-    frame, feasibility = screen_ndjson_spark(spark, folder, settings, missing)
+) -> tuple[dict[str, dict[str, Any]], Feasibility, InputAccount]:
+    screening = run_spark_screening(spark, folder, settings, missing)
+    frame, feasibility = screening.reports, screening.feasibility
     rows = frame.collect()
     reports = {row["patient"]: json.loads(row["report"]) for row in rows}
     assert len(reports) == len(rows), "one row per patient"
     for row in rows:
         assert row["verdict"] == reports[row["patient"]]["verdict"]
-    return reports, feasibility
+    return reports, feasibility, screening.account
 
 
 def statuses(report: dict[str, Any]) -> dict[str, str]:
@@ -83,7 +86,17 @@ def test_synthea_export_same_as_local_path(spark: SparkSession, shared_dir: Path
     folder = shared_dir / FIXTURE
     settings = Settings(as_of=FIXTURE_AS_OF)
     expected, expected_feasibility = local_path(folder, settings)
-    got, feasibility = spark_path(spark, folder, settings)
+    got, feasibility, account = spark_path(spark, folder, settings)
+    with NdjsonExport(folder) as export:
+        list(export)
+        local_account = export.account
+    # The input account: the same missing and vouched types, files and line counts.
+    assert account.missing == local_account.missing
+    assert "Observation" in account.missing
+    assert account.not_read == local_account.not_read
+    for name, part in account.types.items():
+        assert part.files == local_account.types[name].files, name
+        assert part.lines == local_account.types[name].lines, name
 
     assert len(got) == expected_feasibility.total == 13
     assert expected_feasibility.deceased == 3  # the deceased step is compared too
@@ -172,7 +185,8 @@ def test_synthetic_export_same_as_local_path(
     assert spark.sparkContext.textFile(observations_file, 1).getNumPartitions() > 1
     settings = Settings(as_of=DEMO_AS_OF)
     expected, expected_feasibility = local_path(export, settings, missing)
-    got, feasibility = spark_path(spark, export, settings, missing)
+    got, feasibility, account = spark_path(spark, export, settings, missing)
+    assert account.rejected_total == 1  # the truncated Observation line (Encounter is not read)
 
     assert got == expected
     assert feasibility.to_json() == expected_feasibility.to_json()

@@ -346,6 +346,7 @@ class NdjsonExport:
         for path, ftype in zip(self.files, types, strict=True):
             account = self.account.type(ftype or "(type not in the file name)")
             account.files.append(path.name)
+        self.patient_count = sum(result.patients for result in results)
         for result in results:
             ftype = types[result.file_index]
             tally = self.account.type(ftype or "(type not in the file name)")
@@ -453,12 +454,8 @@ class NdjsonExport:
             self.close()
 
     def count_patients(self) -> int:
-        """How many Patient lines the export holds (a cheap count; splits the folder first)."""
+        """How many Patient resources with an id the export holds (splits the folder first)."""
         self.prepare()
-        if not self.patient_count:
-            self.patient_count = sum(
-                self.account.type(t).lines for t in ("Patient",) if t in self.account.types
-            )
         return self.patient_count
 
     def close(self) -> None:

@@ -102,6 +102,7 @@ class SplitResult:
     out_path: str
     lines: int = 0  # every line of the range, empty ones too (for line numbers)
     nonempty: int = 0
+    patients: int = 0  # Patient resources with an id
     segments: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     not_read: dict[str, int] = field(default_factory=dict)
     # (line, why, resource type, patient ids it names, the id of a Patient line)
@@ -272,11 +273,8 @@ def split_range(task: SplitTask) -> SplitResult:
                 if not looked_at:
                     continue
                 match = search(line)
-                if (
-                    match is not None
-                    and MAY_BE_PATIENT not in line
-                    and line.find(b"Patient", match.end()) < 0
-                ):
+                # "Patient" once: the reference found; no second patient, nor a Patient resource.
+                if match is not None and line.count(b"Patient") == 1:
                     pid = match.group(1)
                     target = bucket_cache.get(pid)
                     if target is None:
@@ -332,6 +330,7 @@ def _slow_line(
             )
         )
     elif kind == "patient":
+        result.patients += 1
         route(line, number, {parsed.key.encode()}, PATIENT_LINE)
     elif kind == "resource":
         route(line, number, {o.encode() for o in parsed.owners}, 0)
