@@ -561,10 +561,10 @@ def run_spark_screening(
     for name in names:
         account.type(file_type(Path(name)) or "(type not in the file name)").files.append(name)
     for index, ftype in enumerate(file_types):
-        lines = counts.get(index, 0)
-        account.type(ftype or "(type not in the file name)").lines += lines
+        in_partition = counts.get(index, 0)
+        account.type(ftype or "(type not in the file name)").lines += in_partition
         if not reads(ftype):
-            account.not_read[str(ftype)] = account.not_read.get(str(ftype), 0) + lines
+            account.not_read[str(ftype)] = account.not_read.get(str(ftype), 0) + in_partition
     account.rejected_total = sum(part.bad_total for part in facts)
     for part in facts:
         for order, why, ftype in part.first_bad:
