@@ -23,9 +23,12 @@ counting. Only where the work runs changes. The steps:
    driver's memory.
 5. **Records and reports** (executors): items are grouped per patient, a
    :class:`~fhir_trial.record.PatientRecord` is built with the local reader's completeness rules
-   (a type absent from the export counts obtained unless listed missing, failed by the export's
-   own errors, or failed for a patient an unreadable line names), and evaluated. The ValueSets are
-   loaded once on the driver and broadcast, so executors need the package but not ``resources/``.
+   (a type with no file is missing data unless ``_type`` or ``complete_types`` vouches for it;
+   failed by the export's own errors, or for a patient an unreadable line names), and evaluated
+   with :func:`~fhir_trial.sources.ndjson_versions.screen_patient` (differing versions of a
+   resource make the criteria they split needs-review; two different Patients sharing an id are
+   not screened). The ValueSets are loaded once on the driver and broadcast, so executors need
+   the package but not ``resources/``.
 6. **Feasibility** (executors, then driver): each partition counts its reports with
    :meth:`Feasibility.add`; the driver sums the partial counters (:func:`merge_feasibility`).
 

@@ -4,13 +4,19 @@ Layout: one or more files per resource type (``Patient.000.ndjson``, ``Condition
 ``MedicationRequest.001.ndjson.gz``, ...), optionally ``log.ndjson`` (the export client's event
 log), OperationOutcome error files, and ``manifest.json`` (the Bulk Data completion manifest).
 
-How it works: every data file is read once, line by line, into an on-disk SQLite index (a temporary
-file, deleted afterwards) keyed by the patient each resource refers to; then the records are built
-and yielded one patient at a time. Only the resource types the criteria read are indexed (see
-``KEPT_TYPES``); Medication resources are kept aside so medication references resolve.
+How it works: the folder is split once into per-patient buckets on disk
+(:mod:`fhir_trial.sources.ndjson_buckets`: a byte search for ``Patient/<id>``, no parsing), then
+each bucket is parsed once and its records built one patient at a time; screening runs buckets in
+worker processes (:mod:`fhir_trial.sources.ndjson_screen`). Files of types the criteria do not
+read (see ``KEPT_TYPES``) are counted, not parsed; Medication resources are kept aside so
+medication references resolve. :attr:`NdjsonExport.account` (an
+:class:`~fhir_trial.sources.ndjson_account.InputAccount`) says what became of every input.
 
-Completeness (CRITERIA.md): an export counts as complete for every category, so a type with no
-file (the shared 10-patient fixture has no Observation file) is obtained-but-empty, **unless**:
+Completeness (CRITERIA.md, "Completeness"): a type the criteria read is complete when the export
+holds a file for it, or when the kick-off listed it in ``_type`` (``requested_types``, or the
+``request`` of ``manifest.json``), or when the caller says so (``complete_types``, CLI
+``--complete``); otherwise it is missing data ("not in the export": its criteria are
+``unknown``). A type is also marked failed when:
 
 - the caller lists it in ``missing_categories`` (CLI: ``--missing Observation``);
 - ``manifest.json`` lists output of that type but no file for it is in the folder;
@@ -18,10 +24,11 @@ file (the shared 10-patient fixture has no Observation file) is obtained-but-emp
   ``log.ndjson``) with an error/fatal issue naming the type, or a log event whose id contains
   ``error`` naming it (for example a failed download of ``Observation.000.ndjson``);
 - a line of that type could not be read: the category is marked failed for the patients that line
-  names (found by a text search for ``Patient/<id>``), or for every patient when it names none
-  (an unreadable Patient line only loses that patient, with a warning).
+  names (found by a text search for ``Patient/<id>``) and for no one else; a line naming nobody
+  fails no one but warns every record (an unreadable Patient line loses that patient, named).
 
-Unreadable lines never stop the run: each becomes a warning ``<file>:<line>: <why>`` on the records.
+Unreadable lines never stop the run; they are listed (``<file>:<line>``, why, whose) in the
+account. A line longer than ``max_line_bytes`` is refused without being held in memory.
 """
 
 from __future__ import annotations
