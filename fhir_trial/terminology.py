@@ -9,23 +9,32 @@ RxNorm products by ingredient name. A ValueSet lists ingredients and some produc
 of products is complete and there is no RxNorm service at run time. RxNorm product names (SCD/SBD
 displays: "Methotrexate 2.5 MG Oral Tablet", "hyaluronidase / rituximab ...") spell out their
 ingredients, so an RxNorm coding whose code is not listed counts as a listed ingredient when its
-display names it as a whole word, in any case. The names are the ValueSet's own: designations with
-use ``ingredient-name`` (project CodeSystem) on its RxNorm entries: first the ingredient's own name
-(the display of an ingredient entry), then any synonym recorded there (ciclosporin, cyclosporine). Whole words keep prednisolone,
-prednisone and methylprednisolone apart. Criteria label such a match so that a person can check it.
+display names it (:meth:`ValueSet.coding_ingredient`).
+
+Drug names (:meth:`ValueSet.named_by`). The names are the ValueSet's own: designations with use
+``ingredient-name`` (project CodeSystem) on its entries, merged from ``terminology/drug-names.json``
+at build time: the ingredient's name first, then its synonyms, other languages (German, French,
+Spanish INN forms; Chinese generic names) and brands. A designation carrying the
+``ingredient-name-of`` extension (on an ATC class entry such as J01) names the ingredient given
+there. Matching folds case and accents ("Méthotrexate" is "methotrexate"). Latin names match as
+whole words, so prednisolone is not found inside methylprednisolone; Chinese has no word
+boundaries, so Chinese names match anywhere, the longest name first at each place (泼尼松龙,
+prednisolone, is not read as 泼尼松, prednisone). Medication records use this for any code system
+(fhir_trial.medications); criteria label such a match so that a person can check it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fhir_trial.canonical import CODESYSTEM_URL
+from fhir_trial.canonical import BASE, CODESYSTEM_URL
 from fhir_trial.errors import ConfigurationError
 
 SNOMED = "http://snomed.info/sct"
@@ -107,6 +116,17 @@ Code = tuple[str, str]  # (system, code)
 
 # Designation use marking a ValueSet entry's ingredient name(s), matched in RxNorm product names.
 INGREDIENT_NAME_USE = "ingredient-name"
+# On an ingredient-name designation of a class entry (ATC J01): the ingredient the name names.
+EXT_INGREDIENT_NAME_OF = f"{BASE}/StructureDefinition/ingredient-name-of"
+# Letters of the scripts drug names come in (Latin with accents, Greek, Cyrillic, kana, CJK,
+# Hangul). A display or text with none of them (a bare number, punctuation) names no drug. The
+# same class is in cql/NCT06010472.cql ("Has Letter"): keep both to the regex syntax they share.
+LETTER = "[A-Za-z\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]"
+_LETTER = re.compile(LETTER)
+# Characters that may not touch a Latin name (so that it matches as a whole word): Latin letters
+# (after accents are folded), digits, Greek and Cyrillic. CJK characters may: "美罗华Rituximab".
+_LATIN_EDGE = "0-9A-Za-z\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff"
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")
 # Product names remembered per ValueSet (a long-running service sees an open-ended set of them).
 _MAX_CACHED_DISPLAYS = 4096
 
@@ -114,6 +134,71 @@ _MAX_CACHED_DISPLAYS = 4096
 # Spellings already normalised (aliases first); grows with the systems records bring, up to a bound.
 _NORMALISED: dict[str, str] = dict(_SYSTEM_ALIASES)
 _MAX_NORMALISED = 4096
+
+
+def fold(text: str) -> str:
+    """Text made ready for name matching: compatibility forms and accents folded, lower case,
+    runs of whitespace as one space ("Méthotrexate" -> "methotrexate", full-width letters too)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(plain.casefold().split())
+
+
+def _name_key(name: str) -> str:
+    """A name as a lookup key: folded, words separated by one space (a hyphen counts as one)."""
+    return " ".join(re.split(r"[\s\-]+", fold(name))).strip()
+
+
+def has_letter(text: object) -> bool:
+    """Whether a display or text could name a drug: it holds a letter (see :data:`LETTER`)."""
+    return type(text) is str and _LETTER.search(text) is not None
+
+
+_WORD = re.compile(f"[{_LATIN_EDGE}]+")
+
+
+@dataclass(frozen=True)
+class NameIndex:
+    """Finds names in a label: Latin names as whole words (a dictionary of word sequences, so a
+    long list costs no more than a short one), names with Chinese or Japanese characters as
+    substrings. The leftmost name wins, and at one place the longest (泼尼松龙 before 泼尼松,
+    "rituximab-abbs" before "rituximab")."""
+
+    words: Mapping[tuple[str, ...], str]  # name as folded words -> its key
+    longest: int  # most words in one Latin name
+    cjk: tuple[str, ...]  # CJK names (folded), longest first
+
+    @classmethod
+    def of(cls, keys: Iterable[str]) -> NameIndex:
+        """The index of these name keys (:func:`_name_key` forms)."""
+        words: dict[tuple[str, ...], str] = {}
+        cjk: list[str] = []
+        for key in keys:
+            if _CJK.search(key):
+                cjk.append(key)
+            elif parts := tuple(_WORD.findall(key)):
+                words.setdefault(parts, key)
+        longest = max((len(w) for w in words), default=0)
+        return cls(words, longest, tuple(sorted(set(cjk), key=lambda n: (-len(n), n))))
+
+    def find(self, folded: str) -> str | None:
+        """The key of the leftmost (then longest) name in a folded label, else None."""
+        best: tuple[int, int, str] | None = None  # (position, -length, key)
+        if self.cjk and _CJK.search(folded):
+            for name in self.cjk:
+                at = folded.find(name)
+                if at >= 0 and (best is None or (at, -len(name)) < best[:2]):
+                    best = (at, -len(name), name)
+        if self.words:
+            tokens = list(_WORD.finditer(folded))
+            for i, token in enumerate(tokens):
+                if best is not None and token.start() >= best[0]:
+                    break
+                for n in range(min(self.longest, len(tokens) - i), 0, -1):
+                    key = self.words.get(tuple(t.group(0) for t in tokens[i : i + n]))
+                    if key is not None:
+                        return key
+        return best[2] if best is not None else None
 
 
 def normalise_system(system: object) -> str:
@@ -241,37 +326,45 @@ class ValueSet:
     title: str
     codes: frozenset[Code]
     displays: Mapping[Code, str]
-    # Lower-case ingredient name -> the listed ingredient's own name ("ciclosporin" -> "cyclosporine").
+    # Ingredient name (any case; folded when read) -> the listed ingredient's own name
+    # ("ciclosporin" -> "cyclosporine", "泼尼松" -> "prednisone").
     ingredient_names: Mapping[str, str] = field(default_factory=dict)
-    _name_pattern: re.Pattern[str] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
+    _name_pattern: NameIndex | None = field(default=None, init=False, repr=False, compare=False)
     _by_display: dict[str, str | None] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
+    _folded: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.ingredient_names:
-            # Longest first, so that "rituximab-abbs" wins over "rituximab"; no letter or digit may
-            # touch a name, so "prednisolone" is not found inside "methylprednisolone".
-            names = sorted(self.ingredient_names, key=len, reverse=True)
-            alternatives = "|".join(r"\s+".join(map(re.escape, n.split())) for n in names)
-            pattern = re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
-            object.__setattr__(self, "_name_pattern", pattern)
+            # Longest first, so that "rituximab-abbs" wins over "rituximab" and 泼尼松龙 over 泼尼松.
+            folded = {_name_key(name): own for name, own in self.ingredient_names.items()}
+            object.__setattr__(self, "_folded", folded)
+            object.__setattr__(self, "_name_pattern", NameIndex.of(folded))
 
     def ingredient_named(self, display: object) -> str | None:
-        """The listed ingredient that a product name names (whole word, any case), else None."""
+        """The listed ingredient that a name or product name names, else None (see the module
+        docstring: whole Latin words in any case and accent, Chinese names anywhere)."""
         if self._name_pattern is None or type(display) is not str:
             return None
         if display in self._by_display:
             return self._by_display[display]
-        found = self._name_pattern.search(display)
-        ingredient = (
-            self.ingredient_names.get(" ".join(found.group(0).lower().split())) if found else None
-        )
+        found = self._name_pattern.find(fold(display))
+        ingredient = self._folded.get(found) if found is not None else None
         if len(self._by_display) < _MAX_CACHED_DISPLAYS:
             self._by_display[display] = ingredient
         return ingredient
+
+    def named_by(self, names: Iterable[object]) -> tuple[str, str] | None:
+        """(the name, the listed ingredient it names) for the first of ``names`` naming one."""
+        if self._name_pattern is None:
+            return None
+        for name in names:
+            ingredient = self.ingredient_named(name)
+            if ingredient is not None:
+                return str(name), ingredient
+        return None
 
     def coding_ingredient(self, coding: Mapping[str, Any]) -> str | None:
         """For an RxNorm coding that is not listed, the listed ingredient its display names.
@@ -364,11 +457,11 @@ def valueset_from_resource(resource: Mapping[str, Any]) -> ValueSet:
                 codes.add(key)
                 if entry.get("display"):
                     displays[key] = str(entry["display"])
-                if key[0] == RXNORM:
-                    # The first name is the ingredient's own; the others are its synonyms.
-                    recorded = ingredient_names(entry)
-                    for name in recorded:
-                        names.setdefault(name.lower(), recorded[0])
+                # The first name is the ingredient's own; the others are its synonyms, unless a
+                # name says which ingredient it names (on a class entry).
+                recorded = ingredient_names(entry)
+                for name, own in recorded:
+                    names.setdefault(name.lower(), own or recorded[0][0])
             walk(entry.get("contains", []))
 
     walk(resource.get("expansion", {}).get("contains", []))
@@ -382,9 +475,11 @@ def valueset_from_resource(resource: Mapping[str, Any]) -> ValueSet:
     )
 
 
-def ingredient_names(entry: Mapping[str, Any]) -> list[str]:
-    """The ingredient names an expansion entry records (designations with use ingredient-name)."""
-    found: list[str] = []
+def ingredient_names(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ingredient names an expansion entry records (designations with use ingredient-name),
+    each with the ingredient it names when the designation says so (``ingredient-name-of``), else
+    ''."""
+    found: list[tuple[str, str]] = []
     for designation in entry.get("designation", []) or []:
         if not isinstance(designation, Mapping):
             continue
@@ -397,7 +492,17 @@ def ingredient_names(entry: Mapping[str, Any]) -> list[str]:
             and isinstance(value, str)
             and value.split()
         ):
-            found.append(" ".join(value.split()))
+            of = next(
+                (
+                    str(ext.get("valueString"))
+                    for ext in designation.get("extension", []) or []
+                    if isinstance(ext, Mapping)
+                    and ext.get("url") == EXT_INGREDIENT_NAME_OF
+                    and isinstance(ext.get("valueString"), str)
+                ),
+                "",
+            )
+            found.append((" ".join(value.split()), of))
     return found
 
 

@@ -354,7 +354,7 @@ def test_feasibility_counts_the_deceased_before_the_criteria(
     assert rows[1]["id"] == "inc-age" and rows[1]["remaining"] == "1"
     text = feasibility.to_text().splitlines()
     step = next(i for i, line in enumerate(text) if line.strip().startswith("deceased "))
-    assert text[step].split() == ["deceased", "2", "1"]
+    assert text[step].split() == ["deceased", "2", "1", "33.3%"]  # removed, left, left%
     assert text[step + 1].strip().startswith("inc-age")
 
 

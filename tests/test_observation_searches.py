@@ -272,7 +272,7 @@ def test_rest_and_bundle_agree_on_values_inside_components(
     urls = [e["request"]["url"] for e in batch.body["entry"]]
     observation = [u for u in urls if u.startswith("Observation")]
     # Asked by code or component code (and NYHA by value), never for every Observation.
-    assert sum("combo-code=" in u for u in observation) == 2
+    assert sum("combo-code=" in u for u in observation) >= 2  # split as the code lists grow
     assert all("=" in u.split("&", 2)[-1] and "&" in u for u in observation)
 
 

@@ -284,9 +284,9 @@ def test_cli_bundles_json_and_output_file(
         ["--bundles", str(files[0]), *map(str, files[1:3]), *args], capsys, monkeypatch, tmp_path
     )
     assert code == 0, err
-    report = json.loads(out)
-    assert report["patients"] == 3
-    assert sum(report["verdicts"].values()) == 3
+    report = json.loads(out)["runs"][0]  # the baseline run of the report document
+    assert report["population"]["patients"]["count"] == 3
+    assert sum(cell["count"] for cell in report["verdicts"].values()) == 3
     lines = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()]
     assert len(lines) == 3
     assert all(len(line["criteria"]) == 29 and line["asOf"] == "2026-11-26" for line in lines)
@@ -317,8 +317,10 @@ def test_cli_ndjson_csv_with_missing_category(
     )
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 30  # the deceased step, then the 29 criteria
-    assert rows[0]["id"] == "deceased"
+    funnel = [row["id"] for row in rows if row["section"] == "funnel"]
+    assert funnel[:3] == ["screened", "deceased", "deceased"]  # removed, then remaining
+    criteria = {row["id"] for row in rows if row["section"] == "criteria"}
+    assert criteria == {spec.id for spec in CRITERIA}
     for line in out_file.read_text(encoding="utf-8").splitlines():
         warnings = json.loads(line).get("warnings", [])
         assert any("Observation could not be obtained" in w for w in warnings)

@@ -48,6 +48,7 @@ from fhir_trial.evaluate import evaluate
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import EligibilityReport
 from fhir_trial.searches import PlannedSearch, plan_searches
+from fhir_trial.smart.links import smart_launch_url
 from fhir_trial.terminology import Terminology, load_terminology
 
 __all__ = [
@@ -369,7 +370,8 @@ class CdsService:
                 "worksheetToken": token,
             }
         ).decode()
-        return [eligibility_card(report, hook.patient_id, url, app_context, card_uuid)]
+        smart_url = smart_launch_url(self.settings, hook.fhir_server, base_url)
+        return [eligibility_card(report, hook.patient_id, url, app_context, card_uuid, smart_url)]
 
     def close(self) -> None:
         """Stop the thread pools (tests; workers simply exit)."""

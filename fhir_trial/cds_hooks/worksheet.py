@@ -354,3 +354,29 @@ def worksheet_response(store: WorksheetStore, token: str) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Robots-Tag"] = "noindex, nofollow"
     return response
+
+
+# ------------------------------------------------------------------ shared with the SMART app
+def criterion_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The report's criteria as page rows (catalog order, parts after their parent)."""
+    return _ordered([_row(item) for item in report.get("criteria", []) or []])
+
+
+def verdict_words(verdict: str) -> tuple[str, str]:
+    """``(label, note)`` of a verdict, in words."""
+    return _VERDICTS.get(verdict, (verdict or "No verdict", ""))
+
+
+def templates() -> Environment:
+    """The autoescaping Jinja environment of ``templates/``."""
+    return _environment()
+
+
+def stylesheet() -> Markup:
+    """The one inline stylesheet (allowed by its hash in the CSP)."""
+    return Markup(_css())
+
+
+def stylesheet_hash() -> str:
+    """``sha256-...`` of the inline stylesheet, for a ``style-src`` directive."""
+    return "sha256-" + base64.b64encode(hashlib.sha256(_css().encode("utf-8")).digest()).decode()

@@ -4,11 +4,16 @@ Inputs (one of): ``--bundles`` files or folders of Bundles (further paths may fo
 arguments, so ``--bundles data/*.json`` works), ``--ndjson`` a Bulk Data export folder, ``--demo``
 the demo patients shipped with the package (screened as of their own date unless ``--as-of``).
 
-Output: the feasibility report on stdout (``--format text|json|csv``); with ``--format text``
-also one verdict line per patient (the first 20, or all with ``--demo``). ``--output FILE`` gets
-every patient's full report as JSON lines (the CRITERIA.md shape), written as they are computed.
-``--engine spark`` screens an ``--ndjson`` export on Apache Spark instead (optional extra
-``spark``; ``--spark-master URL``), with the same outputs: see :mod:`fhir_trial.population_spark`.
+Output: the feasibility report on stdout (``--format text|json|csv``; the JSON and CSV are
+``report.json`` and ``report.csv``); with ``--format text`` also one verdict line per patient (the
+first 20, or all with ``--demo``). ``--output FILE`` gets every patient's full report as JSON lines
+(the CRITERIA.md shape), written as they are computed. ``--report DIR`` writes the shareable
+report (``report.html``, ``report.json``, ``report.csv``) and, apart in ``DIR/phi/``, what names
+patients (``worklist.csv``, ``results.ndjson``): see :mod:`fhir_trial.population.worklist`.
+``--set FIELD=VALUE`` (repeatable) adds a what-if run beside the baseline, evaluated in the same
+pass; ``--min-count N`` suppresses counts below N in the report. ``--engine spark`` screens an
+``--ndjson`` export on Apache Spark instead (optional extra ``spark``; ``--spark-master URL``),
+with the same outputs: see :mod:`fhir_trial.population.spark`.
 Exit codes: 0 done, 2 unusable input (nothing could be screened, bad option).
 """
 
@@ -16,10 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
-from typing import IO
+from typing import IO, Any
 
 import click
 
@@ -33,11 +39,15 @@ from fhir_trial.population import (
     screen_ndjson,
     verdict_line,
 )
+from fhir_trial.population.bulk.cli import bulk_options, export_from_options, wants_bulk
+from fhir_trial.population.model import FeasibilityReport
+from fhir_trial.population.whatif import WhatIf, parse_what_if
+from fhir_trial.population.worklist import ReportDirectory
 from fhir_trial.record import CATEGORIES
 from fhir_trial.sources.ndjson import NdjsonExport
-from fhir_trial.sources.ndjson_screen import default_workers
 
 TEXT_PATIENT_LINES = 20
+DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 64))
 
 
 def _parse_date(value: str | None) -> dt.date | None:
@@ -111,9 +121,10 @@ def _bucket_bar(stack: ExitStack, enabled: bool) -> Callable[[int], None] | None
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1, 256),
-    default=None,
-    help="Processes reading and evaluating patients in parallel (default: the machine's CPUs).",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_WORKERS,
+    show_default="the machine's CPUs",
+    help="Processes reading and evaluating patients in parallel.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (it only shows on a terminal).")
 @click.option(
@@ -124,6 +135,27 @@ def _bucket_bar(stack: ExitStack, enabled: bool) -> Callable[[int], None] | None
     help="Where patients are evaluated; spark (with --ndjson) needs the extra fhir-trial[spark].",
 )
 @click.option("--spark-master", metavar="URL", help="With --engine spark: local[4], spark://...")
+@click.option(
+    "--report",
+    "report_dir",
+    metavar="DIR",
+    help="Write report.html/.json/.csv to DIR, and the per-patient files to DIR/phi/.",
+)
+@click.option(
+    "--set",
+    "what_if",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="A what-if run beside the baseline (repeatable; e.g. sledai_min_score=6).",
+)
+@click.option(
+    "--min-count",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Suppress counts below N in the report (with complementary suppression); 0: off.",
+)
+@bulk_options
 def command(
     paths: tuple[str, ...],
     bundles: tuple[str, ...],
@@ -134,12 +166,27 @@ def command(
     as_of: str | None,
     output_format: str,
     output: str | None,
-    workers: int | None,
+    workers: int,
     no_progress: bool,
     engine: str,
     spark_master: str | None,
+    report_dir: str | None,
+    what_if: tuple[str, ...],
+    min_count: int,
+    **bulk: Any,
 ) -> None:
     """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
+    requested: set[str] | None = None  # the kick-off's _type, when this run exported
+    if wants_bulk(
+        bulk
+    ):  # Bulk Data export from a FHIR server (fhir_trial.population.bulk), then as --ndjson
+        if ndjson:
+            raise InputError("give --ndjson DIR or --fhir-server URL, not both")
+        exported = export_from_options(bulk, Settings.from_env(), show_progress=not no_progress)
+        if exported is None:  # --cancel-export
+            return
+        ndjson = str(exported.folder)
+        requested = set(exported.requested_types) if exported.requested_types else None
     bundle_inputs = [*bundles, *paths]
     chosen = sum(bool(x) for x in (bundle_inputs, ndjson, demo))
     if chosen != 1:
@@ -148,7 +195,6 @@ def command(
         raise InputError("--missing only applies to --ndjson")
     if complete and not ndjson:
         raise InputError("--complete only applies to --ndjson")
-    workers = workers or default_workers()
     as_of_date = _parse_date(as_of)
     if demo and as_of_date is None:
         from fhir_trial.demo import DEMO_AS_OF
@@ -157,10 +203,15 @@ def command(
     settings = Settings.from_env(as_of=as_of_date)
     if settings.as_of is None:  # every patient is screened for the same day, even past midnight
         settings = settings.replace(as_of=dt.date.today())
+    runs = parse_what_if(what_if, settings)
+    if report_dir:
+        from fhir_trial.population import charts
+
+        charts.require()  # before a long run, not after it
     if engine == "spark" or spark_master:
         if not ndjson:
             raise InputError("--engine spark works with --ndjson DIR (or a folder URI)")
-        from fhir_trial.population_spark import run_screen_population
+        from fhir_trial.population.spark import run_screen_population
 
         run_screen_population(
             ndjson,
@@ -171,10 +222,15 @@ def command(
             output=output,
             master=spark_master,
             patient_lines=TEXT_PATIENT_LINES,
+            what_if=runs,
+            report_dir=report_dir,
+            min_count=min_count,
         )
         return
 
     feasibility = Feasibility()
+    variants = [Feasibility() for _ in runs]
+    what_if_settings = [run.settings for run in runs]
     total: int | None = None
     export: NdjsonExport | None = None
     with ExitStack() as stack:
@@ -183,12 +239,15 @@ def command(
                 NdjsonExport(
                     ndjson,
                     missing,
+                    requested_types=requested,
                     complete_types=complete,
                     max_line_bytes=settings.ndjson_max_line_bytes,
                 )
             )
             bar = _bucket_bar(stack, enabled=not no_progress)
-            screened = screen_ndjson(export, settings, workers=workers, progress=bar)
+            screened = screen_ndjson(
+                export, settings, workers=workers, what_if=what_if_settings, progress=bar
+            )
             no_progress = True  # the reports come out at the end: the bar follows the buckets
         else:
             if demo:
@@ -200,7 +259,11 @@ def command(
                 bundle_inputs = [str(p) for p in demo_paths]
                 total = len(demo_paths)
             screened = screen_bundle_files(
-                bundle_inputs, settings, workers=workers, skipped=feasibility.skipped
+                bundle_inputs,
+                settings,
+                workers=workers,
+                skipped=feasibility.skipped,
+                what_if=what_if_settings,
             )
         sink: IO[str] | None = None
         if output:
@@ -208,10 +271,15 @@ def command(
                 sink = stack.enter_context(open(output, "w", encoding="utf-8"))
             except OSError as exc:
                 raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
+        directory = stack.enter_context(ReportDirectory(report_dir)) if report_dir else None
         show_lines = output_format == "text"
         shown = 0
         for item in _progress(screened, total, enabled=not no_progress):
             feasibility.add(item.report)
+            for counter, variant in zip(variants, item.what_if, strict=True):
+                counter.add(variant)
+            if directory is not None:
+                directory.add(item)
             if sink is not None:
                 sink.write(json.dumps(item.report.to_json(), ensure_ascii=False) + "\n")
             if show_lines and (demo or shown < TEXT_PATIENT_LINES):
@@ -220,19 +288,44 @@ def command(
         if show_lines and not demo and feasibility.total > shown:
             click.echo(f"... {feasibility.total - shown} more patients (--output FILE lists all)")
 
-    if export is not None:
-        for pid in export.account.clashing_patients:
-            feasibility.skipped.append(
-                Skipped(f"Patient/{pid}", "two different Patients share this id; not screened")
+        inputs = None
+        if export is not None:
+            for pid in export.account.clashing_patients:
+                feasibility.skipped.append(
+                    Skipped(f"Patient/{pid}", "two different Patients share this id; not screened")
+                )
+            click.echo("Inputs:", err=True)
+            for line in export.account.summary():
+                click.echo(f"  {line}", err=True)
+            inputs = export.account.aggregates()
+        if feasibility.total == 0:
+            _explain_nothing(feasibility.skipped)
+        report = feasibility_report(feasibility, runs, variants, min_count, inputs)
+        if directory is not None:
+            directory.finish(report)
+            click.echo(
+                f"report written to {report_dir}/ (report.html, report.json, report.csv); "
+                f"what names patients to {report_dir}/phi/",
+                err=True,
             )
-        click.echo("Inputs:", err=True)
-        for line in export.account.summary():
-            click.echo(f"  {line}", err=True)
-    if feasibility.total == 0:
-        _explain_nothing(feasibility.skipped)
+
     if shown and output_format == "text":
         click.echo()
-    click.echo(feasibility.render(output_format), nl=False)
+    click.echo(report.render(output_format), nl=False)
+
+
+def feasibility_report(
+    baseline: Feasibility,
+    runs: list[WhatIf],
+    variants: list[Feasibility],
+    min_count: int,
+    inputs: Mapping[str, Any] | None = None,
+) -> FeasibilityReport:
+    """The report of a run: the baseline counters, one counter per what-if run, the inputs."""
+    what_ifs = [
+        (run.label, run.changes, counter) for run, counter in zip(runs, variants, strict=True)
+    ]
+    return FeasibilityReport(baseline, what_ifs, inputs, min_count)
 
 
 def _explain_nothing(skipped: list[Skipped]) -> None:

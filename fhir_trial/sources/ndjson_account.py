@@ -142,6 +142,39 @@ class InputAccount:
         """A JSON-serialisable dict (the report's "inputs" section)."""
         return asdict(self)
 
+    def aggregates(self) -> dict[str, Any]:
+        """What the shareable report shows: counts only, no ids and no places.
+
+        One row per resource type (files, lines, resources read, rejected, without a patient, and
+        whether it was read, missing, or vouched empty), then the totals of what needs attention.
+        """
+        out: dict[str, Any] = {}
+        for name in sorted(set(self.types) | set(self.missing) | set(self.vouched)):
+            part = self.types.get(name, TypeAccount())
+            if name in self.missing:
+                state = "missing (criteria unknown)"
+            elif name in self.vouched:
+                state = "no file, counted as none"
+            elif name in self.not_read:
+                state = "not read by the criteria"
+            else:
+                state = "read"
+            out[name] = {
+                "files": len(part.files),
+                "lines": part.lines,
+                "resources read": part.resources,
+                "lines rejected": part.rejected,
+                "without a patient": part.without_patient,
+                "status": state,
+            }
+        out["lines rejected naming no patient"] = sum(self.lost_unknown_patient.values())
+        out["lines refused as too long"] = len(self.oversized)
+        out["identical duplicates (kept once)"] = self.duplicates_same
+        out["ids with two different versions"] = self.duplicates_different_total
+        out["criteria made needs-review by two versions"] = len(self.needs_review)
+        out["ids shared by two different Patients (not screened)"] = len(self.clashing_patients)
+        return out
+
     def summary(self) -> list[str]:
         """Readable lines for stderr and the report: counts first, then what needs attention."""
         out = []

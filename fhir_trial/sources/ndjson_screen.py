@@ -15,7 +15,7 @@ import heapq
 import multiprocessing
 import os
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -44,22 +44,30 @@ class BucketDone:
     account: InputAccount
 
 
-def screen_bucket(export: NdjsonExport, settings: Settings, job: BucketJob) -> BucketDone:
-    """Worker side: evaluate every patient of one bucket; reports go to a file, in export order."""
+def screen_bucket(
+    export: NdjsonExport, settings: Settings, what_if: tuple[Settings, ...], job: BucketJob
+) -> BucketDone:
+    """Worker side: evaluate every patient of one bucket; reports go to a file, in export order.
+
+    Each patient is also evaluated under each what-if Settings (the same record, the same rules).
+    """
     account = InputAccount()
     path = str(export.scratch / f"reports-{job.bucket}.pickle")
     _settle(settings)
     with open(path, "wb") as sink, _no_gc():
         for group, medications in bucket_patients(job, account):
-            report, notes, _ = screen_patient(
-                export.builder(group, medications), group.resources, settings, where=job.where
+            build = export.builder(group, medications)
+            report, notes, _ = screen_patient(build, group.resources, settings, where=job.where)
+            variants = tuple(
+                screen_patient(build, group.resources, variant, where=job.where)[0]
+                for variant in what_if
             )
             account.patients += 1
             account.duplicates_same += notes.duplicates_same
             for text in notes.duplicates_different:
                 account.duplicate(text)
             account.needs_review.extend(notes.needs_review)
-            pickle.dump((group.order, report), sink, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((group.order, report, variants), sink, protocol=pickle.HIGHEST_PROTOCOL)
     return BucketDone(path, account)
 
 
@@ -94,7 +102,9 @@ def _no_gc() -> Iterator[None]:
         gc.collect()
 
 
-def _reports(path: str) -> Iterator[tuple[Order, EligibilityReport]]:
+def _reports(
+    path: str,
+) -> Iterator[tuple[Order, EligibilityReport, tuple[EligibilityReport, ...]]]:
     with open(path, "rb") as handle:
         while True:
             try:
@@ -113,10 +123,12 @@ def screen_export(
     settings: Settings,
     *,
     workers: int | None = None,
+    what_if: Sequence[Settings] = (),
     progress: Callable[[int], None] | None = None,
-) -> Iterator[EligibilityReport]:
+) -> Iterator[tuple[EligibilityReport, tuple[EligibilityReport, ...]]]:
     """Every patient's report, in export order; :attr:`NdjsonExport.account` is complete at the end.
 
+    Yields ``(report, what-if reports)`` (one per ``what_if`` Settings, in order).
     ``workers``: processes (default: the machine's CPUs; 1 runs everything in this process).
     ``progress(n)`` is called as each bucket of ``n`` patients is done (reports come out in
     export order once every bucket is done).
@@ -127,7 +139,7 @@ def screen_export(
         export.prepare(pool)
         # The worker gets the export without its own temporary-folder handle (it must not delete).
         job_export = _shippable(export)
-        run = partial(screen_bucket, job_export, settings)
+        run = partial(screen_bucket, job_export, settings, tuple(what_if))
         done: list[BucketDone] = []
         if pool is None:
             for job in export.jobs:
@@ -147,8 +159,8 @@ def screen_export(
     export.account.sort()
     streams = [_reports(part.results_path) for part in done]
     try:
-        for _, report in heapq.merge(*streams, key=lambda item: item[0]):
-            yield report
+        for _, report, variants in heapq.merge(*streams, key=lambda item: item[0]):
+            yield report, variants
     finally:
         export.close()
 

@@ -1,7 +1,7 @@
 """Population screening on Apache Spark (optional extra ``spark``): a Bulk NDJSON export at scale.
 
 Same answers as the local path (:class:`~fhir_trial.sources.ndjson.NdjsonExport` +
-:func:`~fhir_trial.evaluate.evaluate` + :class:`~fhir_trial.population.Feasibility`): the same
+:func:`~fhir_trial.evaluate.evaluate` + :class:`~fhir_trial.population.local.Feasibility`): the same
 records per patient, the same completeness rules, the same evaluator, the same feasibility
 counting. Only where the work runs changes. The steps:
 
@@ -58,9 +58,11 @@ import click
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError, InputError
 from fhir_trial.json_input import parse_json
-from fhir_trial.population import Feasibility, Screened, verdict_line
+from fhir_trial.population.local import Feasibility, Screened, verdict_line
+from fhir_trial.population.whatif import WhatIf
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.report import EligibilityReport
+from fhir_trial.sources._common import KEPT_TYPES
 from fhir_trial.sources.ndjson import (
     LOG_FILE,
     MANIFEST_FILE,
@@ -190,15 +192,20 @@ def _parse_partition(
 ) -> Iterator[tuple[Any, ...]]:
     """Executor side: the tagged items of one partition's lines (the local reader's rules)."""
     ftype = file_types[index]
-    count = 0
+    count = nonempty = 0
     looked_at = reads(ftype)  # files of types the criteria do not read are only counted
+    tally: dict[tuple[str, str], int] = {}  # ("read" | "orphan" | "not-read" | "bad", type)
     for position, line in enumerate(lines):
         count = position + 1
         text = line.strip()
-        if not text or not looked_at:
+        if not text:
+            continue
+        nonempty += 1
+        if not looked_at:
             continue
         order = (index, position)
         line_kind = classify_line(text)
+        _tally(tally, line_kind, ftype)
         if line_kind.kind == "bad":
             yield _bad_item(order, line_kind.problem, text, line_kind.blame or ftype, ftype)
         elif line_kind.kind == "outcome":
@@ -213,7 +220,27 @@ def _parse_partition(
                     yield (_USES, medication, owner)
         elif line_kind.kind == "medication":
             yield (_MEDICATION, line_kind.key, order, text)
-    yield (_LINES, index, count)
+    yield (_LINES, index, count, nonempty, tally)
+
+
+def _tally(tally: dict[tuple[str, str], int], line_kind: Any, ftype: str | None) -> None:
+    """Count one line for the input account, as the local reader counts it."""
+    kind = line_kind.kind
+    if kind == "bad":
+        key = ("bad", str(line_kind.blame or ftype))
+    elif line_kind.resource is None:
+        return
+    else:
+        rtype = str(line_kind.resource.get("resourceType"))
+        if kind in ("resource", "patient", "medication"):
+            key = ("read", rtype)
+        elif kind == "other" and rtype in KEPT_TYPES:
+            key = ("orphan", rtype)
+        elif kind == "other":
+            key = ("not-read", rtype)
+        else:
+            return
+    tally[key] = tally.get(key, 0) + 1
 
 
 @dataclass
@@ -226,6 +253,8 @@ class _PartitionFacts:
     first_bad: list[tuple[Order, str, str | None]] = dataclasses.field(default_factory=list)
     bad_total: int = 0
     unnamed: int = 0
+    nonempty: dict[int, int] = dataclasses.field(default_factory=dict)
+    tally: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
 
 def _partition_facts(items: Iterable[tuple[Any, ...]]) -> Iterator[_PartitionFacts]:
@@ -234,6 +263,9 @@ def _partition_facts(items: Iterable[tuple[Any, ...]]) -> Iterator[_PartitionFac
         tag = item[0]
         if tag == _LINES:
             facts.lines[item[1]] = item[2]
+            facts.nonempty[item[1]] = item[3]
+            for key, number in item[4].items():
+                facts.tally[key] = facts.tally.get(key, 0) + number
         elif tag == _OUTCOME:
             facts.outcomes.append((item[1], item[2]))
         elif tag == _BAD:
@@ -263,6 +295,7 @@ class _Shared:
     """What every executor needs, broadcast once: settings, ValueSets, export-wide problems."""
 
     settings: Settings
+    what_if: tuple[Settings, ...]
     terminology: Terminology
     missing: frozenset[str]
     failed: dict[str, str]
@@ -343,10 +376,9 @@ def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRe
 
 def _screen_group(
     shared_value: Any, group: tuple[str, Iterable[tuple[Any, ...]]]
-) -> Iterator[tuple[Order, EligibilityReport]]:
-    """Executor side: build and evaluate one patient's record; keyed by its Patient line.
-
-    Differing versions of a resource are settled as locally
+) -> Iterator[tuple[Order, Screened]]:
+    """Executor side: build and evaluate one patient's record (baseline and what-if runs);
+    keyed by its Patient line. Differing versions of a resource are settled as locally
     (:func:`~fhir_trial.sources.ndjson_versions.screen_patient`).
     """
     shared: _Shared = shared_value.value
@@ -356,18 +388,24 @@ def _screen_group(
     patient, placed, medications, failed_for, order = parts
     build = _builder(patient, medications, failed_for, shared)
     report, _notes, _record = screen_patient(build, placed, shared.settings, shared.terminology)
-    yield order, report
+    variants = tuple(
+        screen_patient(build, placed, variant, shared.terminology)[0] for variant in shared.what_if
+    )
+    yield order, Screened(report, "", variants)
 
 
-def _count_partition(reports: Iterable[tuple[Order, EligibilityReport]]) -> Iterator[Feasibility]:
-    feasibility = Feasibility()
-    for _, report in reports:
-        feasibility.add(report)
-    yield feasibility
+def _count_partition(
+    runs: int, screened: Iterable[tuple[Order, Screened]]
+) -> Iterator[list[Feasibility]]:
+    counters = [Feasibility() for _ in range(runs)]
+    for _, item in screened:
+        for counter, report in zip(counters, (item.report, *item.what_if), strict=True):
+            counter.add(report)
+    yield counters
 
 
-def _report_row(item: tuple[Order, EligibilityReport]) -> tuple[str, str, str]:
-    report = item[1]
+def _report_row(item: tuple[Order, Screened]) -> tuple[str, str, str]:
+    report = item[1].report
     return report.patient, report.verdict, _report_text(report)
 
 
@@ -388,10 +426,11 @@ def merge_feasibility(parts: Iterable[Feasibility]) -> Feasibility:
 class SparkScreening:
     """Everything one run produced: the persisted evaluation, its DataFrame, the feasibility."""
 
-    evaluated: RDD[tuple[Order, EligibilityReport]]  # (Patient line order, report), persisted
+    evaluated: RDD[tuple[Order, Screened]]  # (Patient line order, reports), persisted
     reports: DataFrame  # patient, verdict, report (JSON text)
     feasibility: Feasibility
     problems: ExportProblems
+    what_if: list[Feasibility] = dataclasses.field(default_factory=list)  # one per what-if run
     # What the export held (a cheaper account than the local engine's: types, files, lines,
     # missing and vouched types, unreadable lines; no duplicate or orphan lists).
     account: InputAccount = dataclasses.field(default_factory=InputAccount)
@@ -507,6 +546,7 @@ def run_spark_screening(
     partitions: int | None = None,
     requested_types: set[str] | None = None,
     complete_types: Iterable[str] = (),
+    what_if: Sequence[Settings] = (),
 ) -> SparkScreening:
     """Screen every patient of a Bulk Data export with Spark; see the module docstring.
 
@@ -521,6 +561,7 @@ def run_spark_screening(
     complete = check_categories(complete_types)
     if settings.as_of is None:  # every executor screens for the same day
         settings = settings.replace(as_of=dt.date.today())
+    what_if = tuple(s if s.as_of else s.replace(as_of=settings.as_of) for s in what_if)
     terminology = load_terminology(settings.resources_dir)
 
     uri = _folder_uri(spark, directory_or_uri)
@@ -563,8 +604,21 @@ def run_spark_screening(
     )
     for name in names:
         account.type(file_type(Path(name)) or "(type not in the file name)").files.append(name)
+    nonempty: dict[int, int] = {}
+    for part in facts:
+        nonempty.update(part.nonempty)
+        for (what, rtype), number in part.tally.items():
+            if what == "read":
+                account.type(rtype).resources += number
+            elif what == "orphan":
+                account.type(rtype).without_patient += number
+                account.orphans_total += number
+            elif what == "not-read":
+                account.not_read[rtype] = account.not_read.get(rtype, 0) + number
+            else:
+                account.type(rtype).rejected += number
     for index, ftype in enumerate(file_types):
-        in_partition = counts.get(index, 0)
+        in_partition = nonempty.get(index, 0)
         account.type(ftype or "(type not in the file name)").lines += in_partition
         if not reads(ftype):
             account.not_read[str(ftype)] = account.not_read.get(str(ftype), 0) + in_partition
@@ -579,6 +633,7 @@ def run_spark_screening(
     shared = context.broadcast(
         _Shared(
             settings=settings,
+            what_if=what_if,
             terminology=terminology,
             missing=missing,
             failed=dict(problems.failed),
@@ -597,12 +652,24 @@ def run_spark_screening(
         lambda kv: (kv[1][0], (_SHARED, kv[1][1][0], kv[0], kv[1][1][1]))
     )
     groups = parsed.flatMap(_by_patient).union(shared_medications).groupByKey(width)
+    # Resources naming only patients the export does not hold (the local reader's orphans).
+    absent = (
+        groups.filter(lambda kv: not any(item[0] == _PATIENT for item in kv[1]))
+        .flatMap(lambda kv: [(item[1], item[2]) for item in kv[1] if item[0] == _RESOURCE])
+        .reduceByKey(lambda a, _b: a)
+        .map(lambda kv: str(parse_json(kv[1]).get("resourceType")))
+        .countByValue()
+    )
+    for rtype, number in absent.items():
+        account.type(rtype).without_patient += number
+        account.orphans_total += number
     evaluated = groups.flatMap(partial(_screen_group, shared)).persist(StorageLevel.MEMORY_AND_DISK)
-    feasibility = merge_feasibility(evaluated.mapPartitions(_count_partition).collect())
+    parts = evaluated.mapPartitions(partial(_count_partition, 1 + len(what_if))).collect()
+    counters = [merge_feasibility(part[run] for part in parts) for run in range(1 + len(what_if))]
     parsed.unpersist()
     frame = spark.createDataFrame(evaluated.map(_report_row), REPORT_SCHEMA)
-    account.patients = feasibility.total
-    return SparkScreening(evaluated, frame, feasibility, problems, account)
+    account.patients = counters[0].total
+    return SparkScreening(evaluated, frame, counters[0], problems, counters[1:], account)
 
 
 def screen_ndjson_spark(
@@ -643,13 +710,20 @@ def run_screen_population(
     output: str | None,
     master: str | None,
     patient_lines: int,
+    what_if: Sequence[WhatIf] = (),
+    report_dir: str | None = None,
+    min_count: int = 0,
 ) -> None:
     """``screen-population --engine spark``: the same outputs as the local engine.
 
     Patients are listed in export order (the first ``patient_lines`` with ``--format text``,
-    every report in ``--output FILE``); the feasibility report is counted on the executors.
+    every report in ``--output FILE`` and ``--report DIR``'s phi/ files); the feasibility
+    report (baseline and what-if runs) is counted on the executors.
     """
     from pyspark.sql import SparkSession
+
+    from fhir_trial.population.model import FeasibilityReport
+    from fhir_trial.population.worklist import ReportDirectory
 
     existing = SparkSession.getActiveSession()
     with ExitStack() as stack:
@@ -662,21 +736,43 @@ def run_screen_population(
         spark = spark_session(master)
         if existing is None:
             stack.callback(spark.stop)
-        screening = run_spark_screening(spark, ndjson, settings, missing, complete_types=complete)
+        screening = run_spark_screening(
+            spark,
+            ndjson,
+            settings,
+            missing,
+            complete_types=complete,
+            what_if=[run.settings for run in what_if],
+        )
         feasibility = screening.feasibility
         click.echo("Inputs:", err=True)
         for line in screening.account.summary():
             click.echo(f"  {line}", err=True)
         if feasibility.total == 0:
             raise InputError("no patient could be screened: the input holds no Patient")
-        if sink is not None:
+        report = FeasibilityReport(
+            feasibility,
+            [
+                (run.label, run.changes, counter)
+                for run, counter in zip(what_if, screening.what_if, strict=True)
+            ],
+            screening.account.aggregates(),
+            min_count,
+        )
+        if sink is not None or report_dir:
+            directory = stack.enter_context(ReportDirectory(report_dir)) if report_dir else None
             ordered = screening.evaluated.sortBy(lambda item: item[0])
-            for text in ordered.map(lambda item: _report_text(item[1])).toLocalIterator():
-                sink.write(text + "\n")
+            for _, item in ordered.toLocalIterator():
+                if sink is not None:
+                    sink.write(_report_text(item.report) + "\n")
+                if directory is not None:
+                    directory.add(item)
+            if directory is not None:
+                directory.finish(report)
         shown = 0
         if output_format == "text":
-            for _, report in screening.evaluated.takeOrdered(patient_lines, key=lambda i: i[0]):
-                click.echo(verdict_line(Screened(report)))
+            for _, item in screening.evaluated.takeOrdered(patient_lines, key=lambda i: i[0]):
+                click.echo(verdict_line(item))
                 shown += 1
             if feasibility.total > shown:
                 click.echo(
@@ -685,4 +781,4 @@ def run_screen_population(
         screening.evaluated.unpersist()
     if shown and output_format == "text":
         click.echo()
-    click.echo(feasibility.render(output_format), nl=False)
+    click.echo(report.render(output_format), nl=False)
