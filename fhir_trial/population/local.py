@@ -1,8 +1,9 @@
 """Screening many patients on this machine: sources, the process pool, per-patient lines.
 
-Sources are streamed (one record at a time; Bulk NDJSON goes through an on-disk index), so memory
-stays flat whatever the population size. With ``workers > 1`` the evaluation runs in a process pool
-fed through a bounded window: at most a few records per worker are in flight.
+Sources are streamed (Bundles one file at a time; Bulk NDJSON split into per-patient buckets on
+disk, each screened by a worker: :mod:`fhir_trial.sources.ndjson_screen`), so memory stays flat
+whatever the population size. Bundle files go through a process pool fed through a bounded
+window: at most a few files per worker are in flight.
 
 What-if runs (``what_if``: other :class:`~fhir_trial.config.Settings`) are evaluated in the same
 pass, in the same worker, on the same record: the data is read once whatever their number.
