@@ -96,6 +96,8 @@ class Settings:
     # stays flat), a Bundle is parsed in memory (about ten times its size), hence two limits.
     population_max_ndjson_bytes: int = 1024 * 1024 * 1024
     population_max_bundle_bytes: int = 64 * 1024 * 1024
+    # A Bulk NDJSON line longer than this is refused (read in chunks, never held whole).
+    ndjson_max_line_bytes: int = 64 * 1024 * 1024
     # gunicorn kills a worker whose request runs longer: a $screen-population upload must be
     # read and screened within it (about 30 MB/s here). Hook calls have their own deadline.
     worker_timeout_s: int = 300

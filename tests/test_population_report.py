@@ -335,7 +335,9 @@ def test_report_dir_keeps_patients_apart(
         assert not re.search(r"Patient/[A-Za-z0-9\-.]+", text), name
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert data["runs"][0]["population"]["patients"]["count"] == 13
-    assert data["inputs"] is None  # the slot for input accounting
+    # The input account, counts only (the regex above already found no patient reference).
+    assert data["inputs"]["Condition"]["status"] == "read"
+    assert data["inputs"]["Observation"]["status"] == "missing (criteria unknown)"
 
 
 def test_worklist_lists_who_is_still_in_with_open_items(

@@ -24,8 +24,11 @@ from fhir_trial.errors import InputError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.population import Feasibility
 from fhir_trial.population.model import FeasibilityReport
+from fhir_trial.record import CATEGORIES
 from fhir_trial.sources import records_from_ndjson
 from fhir_trial.sources.bundle import read_json_file, records_from_bundle
+from fhir_trial.sources.ndjson import NdjsonExport
+from fhir_trial.sources.ndjson_account import InputAccount
 
 pytest.importorskip(
     "pyspark", reason="pyspark is not installed (pip install -e '.[spark]' or '.[dev]')"
@@ -65,14 +68,15 @@ def local_path(
 
 def spark_path(
     spark: SparkSession, folder: Path, settings: Settings, missing: Sequence[str] = ()
-) -> tuple[dict[str, dict[str, Any]], Feasibility]:
-    frame, feasibility = screen_ndjson_spark(spark, folder, settings, missing)
+) -> tuple[dict[str, dict[str, Any]], Feasibility, InputAccount]:
+    screening = run_spark_screening(spark, folder, settings, missing)
+    frame, feasibility = screening.reports, screening.feasibility
     rows = frame.collect()
     reports = {row["patient"]: json.loads(row["report"]) for row in rows}
     assert len(reports) == len(rows), "one row per patient"
     for row in rows:
         assert row["verdict"] == reports[row["patient"]]["verdict"]
-    return reports, feasibility
+    return reports, feasibility, screening.account
 
 
 def statuses(report: dict[str, Any]) -> dict[str, str]:
@@ -83,7 +87,17 @@ def test_synthea_export_same_as_local_path(spark: SparkSession, shared_dir: Path
     folder = shared_dir / FIXTURE
     settings = Settings(as_of=FIXTURE_AS_OF)
     expected, expected_feasibility = local_path(folder, settings)
-    got, feasibility = spark_path(spark, folder, settings)
+    got, feasibility, account = spark_path(spark, folder, settings)
+    with NdjsonExport(folder) as export:
+        list(export)
+        local_account = export.account
+    # The input account: the same missing and vouched types, files and line counts.
+    assert account.missing == local_account.missing
+    assert "Observation" in account.missing
+    assert account.not_read == local_account.not_read
+    for name, part in account.types.items():
+        assert part.files == local_account.types[name].files, name
+        assert part.lines == local_account.types[name].lines, name
 
     assert len(got) == expected_feasibility.total == 13
     assert expected_feasibility.deceased == 3  # the deceased step is compared too
@@ -198,7 +212,8 @@ def test_synthetic_export_same_as_local_path(
     assert spark.sparkContext.textFile(observations_file, 1).getNumPartitions() > 1
     settings = Settings(as_of=DEMO_AS_OF)
     expected, expected_feasibility = local_path(export, settings, missing)
-    got, feasibility = spark_path(spark, export, settings, missing)
+    got, feasibility, account = spark_path(spark, export, settings, missing)
+    assert account.rejected_total == 1  # the truncated Observation line (Encounter is not read)
 
     assert got == expected
     assert feasibility.to_json() == expected_feasibility.to_json()
@@ -208,14 +223,14 @@ def test_synthetic_export_same_as_local_path(
     # Condition and Observations came from different files and still meet the SLE criteria.
     assert statuses(ana)["inc-sle-diagnosis"] == "met"
     assert statuses(ana)["inc-sledai"] == "met"
-    # The bad lines are reported with file and line, and do not stop the run.
+    # Types the criteria do not read are not parsed: the broken Encounter line touches nobody.
     warnings = "\n".join(ana["warnings"])
-    assert "Encounter.000.ndjson:2: not JSON" in warnings
+    assert "Encounter.000.ndjson" not in warnings
     assert "Consent could not be obtained" in warnings  # the log's failed download
     # The truncated Observation line (the file's last, past a split) names demo-maya: only her
-    # Observations are in doubt.
+    # Observations are in doubt, and nobody else is warned about it.
     bad_line = len((export / "Observation.000.ndjson").read_text(encoding="utf-8").splitlines())
-    assert f"Observation.000.ndjson:{bad_line}: not JSON" in warnings
+    assert f"Observation.000.ndjson:{bad_line}" not in warnings
     assert (
         "Observation could not be obtained: an unreadable line in the export "
         f"(Observation.000.ndjson:{bad_line})"
@@ -228,6 +243,10 @@ def test_synthetic_export_same_as_local_path(
         bundle = next(p for p in demo_bundle_paths() if p.name.startswith("01-"))
         record = next(iter(records_from_bundle(read_json_file(bundle))))
         record.mark_failed("Consent", "as in the export")
+        present = {path.name.split(".")[0] for path in export.iterdir()}
+        for category in CATEGORIES:
+            if category not in present:  # no file, no _type: missing data, as in the export
+                record.mark_failed(category, "not in the export")
         own = evaluate(record, settings).to_json()
         assert statuses(ana) == statuses(own)
         assert ana["verdict"] == own["verdict"] == "potentially-eligible"

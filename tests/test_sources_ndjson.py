@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from fhir_trial.errors import InputError
-from fhir_trial.record import CATEGORIES
 from fhir_trial.sources import NdjsonExport, records_from_ndjson
 
 
@@ -73,10 +72,20 @@ def test_groups_resources_per_patient(export: Path) -> None:
     assert "Encounter" not in b.types()  # types the criteria never read are not kept
 
 
-def test_absent_types_count_as_obtained_and_empty(export: Path) -> None:
+def test_absent_types_are_missing_data(export: Path) -> None:
+    # No Observation file, no kick-off _type, no --complete: the export does not say it has none.
     record = by_patient(export)["Patient/a"]
-    assert all(record.usable(category) for category in CATEGORIES)
-    assert record.count("Observation") == 0
+    assert record.state("Observation") == "failed"
+    assert record.failed["Observation"] == "Observation is not in the export"
+    assert record.usable("Condition") and record.usable("MedicationRequest")
+
+
+def test_absent_types_vouched_by_type_or_complete(export: Path) -> None:
+    requested = {"Patient", "Condition", "Observation"}
+    record = by_patient(export, requested_types=requested, complete_types=["Consent"])["Patient/a"]
+    assert record.usable("Observation") and record.count("Observation") == 0
+    assert record.usable("Consent")
+    assert record.state("ResearchSubject") == "failed"  # neither requested nor complete
 
 
 def test_missing_categories_are_failed(export: Path) -> None:
@@ -103,15 +112,22 @@ def test_bad_lines_warn_with_file_and_line(export: Path) -> None:
             "[1, 2]",
         ],
     )
-    records = by_patient(export)
+    with NdjsonExport(export) as reader:
+        records = {r.patient_reference: r for r in reader}
+        rejected = {line.place: line for line in reader.account.rejected}
     a, b = records["Patient/a"], records["Patient/b"]
-    assert any("AllergyIntolerance.000.ndjson:2: not JSON" in w for w in a.warnings)
-    assert any("AllergyIntolerance.000.ndjson:3: not a FHIR resource" in w for w in a.warnings)
     # The broken line names Patient/b: only b's allergies are in doubt ...
     assert b.state("AllergyIntolerance") == "failed"
     assert "AllergyIntolerance.000.ndjson:2" in b.failed["AllergyIntolerance"]
-    # ... but line 3 names nobody, so it could be anyone's.
-    assert a.state("AllergyIntolerance") == "failed"
+    assert rejected["AllergyIntolerance.000.ndjson:2"].patient == "b"
+    # ... line 3 names nobody: nobody's category is failed for it, but everyone is warned.
+    assert a.usable("AllergyIntolerance")
+    assert rejected["AllergyIntolerance.000.ndjson:3"].patient is None
+    assert any(
+        "AllergyIntolerance.000.ndjson:3: not a FHIR resource" in w
+        and "any patient's AllergyIntolerance data may be incomplete" in w
+        for w in a.warnings
+    )
 
 
 def test_bad_line_naming_a_patient_fails_only_that_patient(export: Path) -> None:
@@ -220,8 +236,8 @@ def test_shared_bulk_export(shared_dir: Path) -> None:
     )
     for record in records:
         assert record.count("Condition") == condition_owner.get(record.patient_reference, 0)
-        # No Observation file: obtained-but-empty unless the caller says it is missing.
-        assert record.usable("Observation") and record.count("Observation") == 0
+        # No Observation file and no manifest naming _type: Observation is missing data.
+        assert record.state("Observation") == "failed" and record.count("Observation") == 0
         assert record.warnings == []
 
 

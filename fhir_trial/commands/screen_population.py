@@ -23,7 +23,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from typing import IO, Any
 
@@ -72,6 +72,16 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
             yield item
 
 
+def _bucket_bar(stack: ExitStack, enabled: bool) -> Callable[[int], None] | None:
+    """A tqdm bar on stderr (a terminal only) counting patients as buckets are screened."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = stack.enter_context(tqdm(unit="patient", file=sys.stderr, leave=False))
+    return bar.update
+
+
 @click.command("screen-population")
 @click.argument("paths", nargs=-1, metavar="[MORE_BUNDLES]...")
 @click.option(
@@ -87,6 +97,13 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
     multiple=True,
     type=click.Choice(list(CATEGORIES)),
     help="With --ndjson: a data category the export lacks (its criteria become unknown).",
+)
+@click.option(
+    "--complete",
+    multiple=True,
+    type=click.Choice(list(CATEGORIES)),
+    help="With --ndjson: the export is complete for this type even without a file (no such "
+    "records exist); otherwise a type with no file is missing data (its criteria unknown).",
 )
 @click.option("--as-of", metavar="DATE", help="Screening date (default: today; demo: its date).")
 @click.option(
@@ -107,7 +124,7 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
     type=click.IntRange(1, 64),
     default=DEFAULT_WORKERS,
     show_default="the machine's CPUs",
-    help="Processes evaluating patients in parallel.",
+    help="Processes reading and evaluating patients in parallel.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (it only shows on a terminal).")
 @click.option(
@@ -145,6 +162,7 @@ def command(
     ndjson: str | None,
     demo: bool,
     missing: tuple[str, ...],
+    complete: tuple[str, ...],
     as_of: str | None,
     output_format: str,
     output: str | None,
@@ -158,6 +176,7 @@ def command(
     **bulk: Any,
 ) -> None:
     """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
+    requested: set[str] | None = None  # the kick-off's _type, when this run exported
     if wants_bulk(
         bulk
     ):  # Bulk Data export from a FHIR server (fhir_trial.population.bulk), then as --ndjson
@@ -167,12 +186,15 @@ def command(
         if exported is None:  # --cancel-export
             return
         ndjson = str(exported.folder)
+        requested = set(exported.requested_types) if exported.requested_types else None
     bundle_inputs = [*bundles, *paths]
     chosen = sum(bool(x) for x in (bundle_inputs, ndjson, demo))
     if chosen != 1:
         raise InputError("give exactly one of --bundles PATH..., --ndjson DIR or --demo")
     if missing and not ndjson:
         raise InputError("--missing only applies to --ndjson")
+    if complete and not ndjson:
+        raise InputError("--complete only applies to --ndjson")
     as_of_date = _parse_date(as_of)
     if demo and as_of_date is None:
         from fhir_trial.demo import DEMO_AS_OF
@@ -195,6 +217,7 @@ def command(
             ndjson,
             missing,
             settings,
+            complete=complete,
             output_format=output_format,
             output=output,
             master=spark_master,
@@ -209,11 +232,23 @@ def command(
     variants = [Feasibility() for _ in runs]
     what_if_settings = [run.settings for run in runs]
     total: int | None = None
+    export: NdjsonExport | None = None
     with ExitStack() as stack:
         if ndjson:
-            export = stack.enter_context(NdjsonExport(ndjson, missing))
-            total = export.count_patients()
-            screened = screen_ndjson(export, settings, workers=workers, what_if=what_if_settings)
+            export = stack.enter_context(
+                NdjsonExport(
+                    ndjson,
+                    missing,
+                    requested_types=requested,
+                    complete_types=complete,
+                    max_line_bytes=settings.ndjson_max_line_bytes,
+                )
+            )
+            bar = _bucket_bar(stack, enabled=not no_progress)
+            screened = screen_ndjson(
+                export, settings, workers=workers, what_if=what_if_settings, progress=bar
+            )
+            no_progress = True  # the reports come out at the end: the bar follows the buckets
         else:
             if demo:
                 from fhir_trial.demo import demo_bundle_paths
@@ -253,9 +288,19 @@ def command(
         if show_lines and not demo and feasibility.total > shown:
             click.echo(f"... {feasibility.total - shown} more patients (--output FILE lists all)")
 
+        inputs = None
+        if export is not None:
+            for pid in export.account.clashing_patients:
+                feasibility.skipped.append(
+                    Skipped(f"Patient/{pid}", "two different Patients share this id; not screened")
+                )
+            click.echo("Inputs:", err=True)
+            for line in export.account.summary():
+                click.echo(f"  {line}", err=True)
+            inputs = export.account.aggregates()
         if feasibility.total == 0:
             _explain_nothing(feasibility.skipped)
-        report = feasibility_report(feasibility, runs, variants, min_count)
+        report = feasibility_report(feasibility, runs, variants, min_count, inputs)
         if directory is not None:
             directory.finish(report)
             click.echo(
@@ -270,13 +315,17 @@ def command(
 
 
 def feasibility_report(
-    baseline: Feasibility, runs: list[WhatIf], variants: list[Feasibility], min_count: int
+    baseline: Feasibility,
+    runs: list[WhatIf],
+    variants: list[Feasibility],
+    min_count: int,
+    inputs: Mapping[str, Any] | None = None,
 ) -> FeasibilityReport:
-    """The report of a run: the baseline counters and one counter per what-if run."""
+    """The report of a run: the baseline counters, one counter per what-if run, the inputs."""
     what_ifs = [
         (run.label, run.changes, counter) for run, counter in zip(runs, variants, strict=True)
     ]
-    return FeasibilityReport(baseline, what_ifs, None, min_count)
+    return FeasibilityReport(baseline, what_ifs, inputs, min_count)
 
 
 def _explain_nothing(skipped: list[Skipped]) -> None:

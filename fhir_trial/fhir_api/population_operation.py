@@ -169,7 +169,8 @@ def _ndjson_population(settings: Settings, missing: list[str]) -> _Population:
         _spool_ndjson(settings.population_max_ndjson_bytes, folder)
         if not any(folder.iterdir()):
             raise OperationError(400, "required", "the NDJSON body holds no lines")
-        export = NdjsonExport(folder, missing)
+        # An upload is what the caller has, like a Bundle: complete but for ``missing``.
+        export = NdjsonExport(folder, missing, complete_types=CATEGORIES)
         count = export.count_patients()  # a line nested too deeply is one unreadable line
         if count == 0:
             problems = export.problems.summary()

@@ -1,8 +1,9 @@
 """Screening many patients on this machine: sources, the process pool, per-patient lines.
 
-Sources are streamed (one record at a time; Bulk NDJSON goes through an on-disk index), so memory
-stays flat whatever the population size. With ``workers > 1`` the evaluation runs in a process pool
-fed through a bounded window: at most a few records per worker are in flight.
+Sources are streamed (Bundles one file at a time; Bulk NDJSON split into per-patient buckets on
+disk, each screened by a worker: :mod:`fhir_trial.sources.ndjson_screen`), so memory stays flat
+whatever the population size. Bundle files go through a process pool fed through a bounded
+window: at most a few files per worker are in flight.
 
 What-if runs (``what_if``: other :class:`~fhir_trial.config.Settings`) are evaluated in the same
 pass, in the same worker, on the same record: the data is read once whatever their number.
@@ -33,6 +34,7 @@ from fhir_trial.record import PatientRecord, Resource
 from fhir_trial.report import EligibilityReport
 from fhir_trial.sources.bundle import read_json_file, records_from_bundle
 from fhir_trial.sources.ndjson import NdjsonExport
+from fhir_trial.sources.ndjson_screen import screen_export
 from fhir_trial.terminology import Terminology
 
 __all__ = ["DECEASED_STEP", "VERDICTS", "Feasibility", "Skipped", "rules_out"]  # re-exported
@@ -204,17 +206,20 @@ def screen_ndjson(
     export: NdjsonExport,
     settings: Settings,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     what_if: Sequence[Settings] = (),
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[Screened]:
-    """Screen every patient of a Bulk Data export, streamed."""
-    variants = tuple(what_if)
-    if workers <= 1:
-        for record in export:
-            yield screen_one(record, settings, variants)
-        return
-    payloads = ((record_payload(record), settings, variants) for record in export)
-    yield from bounded_map(_evaluate_payload, payloads, workers)
+    """Screen every patient of a Bulk Data export, in export order, with flat memory.
+
+    ``workers`` processes (default: the machine's CPUs); ``progress(n)`` as buckets of ``n``
+    patients are done; see :mod:`fhir_trial.sources.ndjson_screen`. ``export.account`` says what
+    every input became.
+    """
+    for report, variants in screen_export(
+        export, settings, workers=workers, what_if=what_if, progress=progress
+    ):
+        yield Screened(report, "", variants)
 
 
 def screen_records(

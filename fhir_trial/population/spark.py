@@ -23,9 +23,12 @@ counting. Only where the work runs changes. The steps:
    driver's memory.
 5. **Records and reports** (executors): items are grouped per patient, a
    :class:`~fhir_trial.record.PatientRecord` is built with the local reader's completeness rules
-   (a type absent from the export counts obtained unless listed missing, failed by the export's
-   own errors, or failed for a patient an unreadable line names), and evaluated. The ValueSets are
-   loaded once on the driver and broadcast, so executors need the package but not ``resources/``.
+   (a type with no file is missing data unless ``_type`` or ``complete_types`` vouches for it;
+   failed by the export's own errors, or for a patient an unreadable line names), and evaluated
+   with :func:`~fhir_trial.sources.ndjson_versions.screen_patient` (differing versions of a
+   resource make the criteria they split needs-review; two different Patients sharing an id are
+   not screened). The ValueSets are loaded once on the driver and broadcast, so executors need
+   the package but not ``resources/``.
 6. **Feasibility** (executors, then driver): each partition counts its reports with
    :meth:`Feasibility.add`; the driver sums the partial counters (:func:`merge_feasibility`).
 
@@ -43,7 +46,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -55,15 +58,15 @@ import click
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError, InputError
 from fhir_trial.json_input import parse_json
-from fhir_trial.population.local import Feasibility, Screened, screen_one, verdict_line
+from fhir_trial.population.local import Feasibility, Screened, verdict_line
 from fhir_trial.population.whatif import WhatIf
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.report import EligibilityReport
+from fhir_trial.sources._common import KEPT_TYPES
 from fhir_trial.sources.ndjson import (
     LOG_FILE,
     MANIFEST_FILE,
     MAX_LINE_WARNINGS,
-    PATIENT_IN_TEXT,
     ExportProblems,
     assemble_record,
     check_categories,
@@ -73,6 +76,14 @@ from fhir_trial.sources.ndjson import (
     read_manifest,
     read_outcome,
 )
+from fhir_trial.sources.ndjson_account import (
+    InputAccount,
+    RejectedLine,
+    absent_types,
+    requested_types_from_manifest,
+)
+from fhir_trial.sources.ndjson_buckets import PATIENT_REF_TEXT, reads
+from fhir_trial.sources.ndjson_versions import screen_patient
 from fhir_trial.terminology import Terminology, load_terminology
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -166,10 +177,13 @@ def _medication_reference(resource: Resource) -> str | None:
     return ref if isinstance(ref, str) and ref.startswith("Medication/") else None
 
 
-def _bad_item(order: Order, why: str, text: str, ftype: str | None) -> tuple[Any, ...]:
+def _bad_item(
+    order: Order, why: str, text: str, ftype: str | None, file_kind: str | None
+) -> tuple[Any, ...]:
+    """An unreadable line: the patients it names (the local split's rule), else nobody's."""
     named: tuple[str, ...] = ()
-    if ftype in CATEGORIES and ftype != "Patient":
-        named = tuple(sorted(set(PATIENT_IN_TEXT.findall(text))))
+    if ftype != "Patient" and file_kind != "Patient":
+        named = tuple(sorted(set(PATIENT_REF_TEXT.findall(text))))
     return (_BAD, order, ftype, why, named)
 
 
@@ -178,16 +192,22 @@ def _parse_partition(
 ) -> Iterator[tuple[Any, ...]]:
     """Executor side: the tagged items of one partition's lines (the local reader's rules)."""
     ftype = file_types[index]
-    count = 0
+    count = nonempty = 0
+    looked_at = reads(ftype)  # files of types the criteria do not read are only counted
+    tally: dict[tuple[str, str], int] = {}  # ("read" | "orphan" | "not-read" | "bad", type)
     for position, line in enumerate(lines):
         count = position + 1
         text = line.strip()
         if not text:
             continue
+        nonempty += 1
+        if not looked_at:
+            continue
         order = (index, position)
         line_kind = classify_line(text)
+        _tally(tally, line_kind, ftype)
         if line_kind.kind == "bad":
-            yield _bad_item(order, line_kind.problem, text, line_kind.blame or ftype)
+            yield _bad_item(order, line_kind.problem, text, line_kind.blame or ftype, ftype)
         elif line_kind.kind == "outcome":
             yield (_OUTCOME, order, text)
         elif line_kind.kind == "patient":
@@ -200,7 +220,27 @@ def _parse_partition(
                     yield (_USES, medication, owner)
         elif line_kind.kind == "medication":
             yield (_MEDICATION, line_kind.key, order, text)
-    yield (_LINES, index, count)
+    yield (_LINES, index, count, nonempty, tally)
+
+
+def _tally(tally: dict[tuple[str, str], int], line_kind: Any, ftype: str | None) -> None:
+    """Count one line for the input account, as the local reader counts it."""
+    kind = line_kind.kind
+    if kind == "bad":
+        key = ("bad", str(line_kind.blame or ftype))
+    elif line_kind.resource is None:
+        return
+    else:
+        rtype = str(line_kind.resource.get("resourceType"))
+        if kind in ("resource", "patient", "medication"):
+            key = ("read", rtype)
+        elif kind == "other" and rtype in KEPT_TYPES:
+            key = ("orphan", rtype)
+        elif kind == "other":
+            key = ("not-read", rtype)
+        else:
+            return
+    tally[key] = tally.get(key, 0) + 1
 
 
 @dataclass
@@ -209,9 +249,12 @@ class _PartitionFacts:
 
     lines: dict[int, int] = dataclasses.field(default_factory=dict)
     outcomes: list[tuple[Order, str]] = dataclasses.field(default_factory=list)
-    first_bad: list[tuple[Order, str]] = dataclasses.field(default_factory=list)  # (order, why)
+    # unreadable lines naming no patient: (order, why, type), the first MAX_LINE_WARNINGS
+    first_bad: list[tuple[Order, str, str | None]] = dataclasses.field(default_factory=list)
     bad_total: int = 0
-    fail_all: dict[str, Order] = dataclasses.field(default_factory=dict)  # type -> first line
+    unnamed: int = 0
+    nonempty: dict[int, int] = dataclasses.field(default_factory=dict)
+    tally: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
 
 def _partition_facts(items: Iterable[tuple[Any, ...]]) -> Iterator[_PartitionFacts]:
@@ -220,15 +263,19 @@ def _partition_facts(items: Iterable[tuple[Any, ...]]) -> Iterator[_PartitionFac
         tag = item[0]
         if tag == _LINES:
             facts.lines[item[1]] = item[2]
+            facts.nonempty[item[1]] = item[3]
+            for key, number in item[4].items():
+                facts.tally[key] = facts.tally.get(key, 0) + number
         elif tag == _OUTCOME:
             facts.outcomes.append((item[1], item[2]))
         elif tag == _BAD:
             _, order, ftype, why, named = item
             facts.bad_total += 1
-            if len(facts.first_bad) < MAX_LINE_WARNINGS:
-                facts.first_bad.append((order, why))
-            if ftype in CATEGORIES and ftype != "Patient" and not named:
-                facts.fail_all.setdefault(ftype, order)
+            warns = ftype is None or (ftype in CATEGORIES and ftype != "Patient")
+            if warns and not named:
+                facts.unnamed += 1
+                if len(facts.first_bad) < MAX_LINE_WARNINGS:
+                    facts.first_bad.append((order, why, ftype))
     yield facts
 
 
@@ -261,11 +308,12 @@ class _Shared:
         return f"{name}:{before + order[1] + 1}"
 
 
-def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRecord | None:
-    """One patient's :class:`PatientRecord` from its grouped items, or None without a Patient.
+def _patient_parts(
+    items: Iterable[tuple[Any, ...]], shared: _Shared
+) -> tuple[Resource, list[tuple[str, Resource]], dict[str, str], dict[str, str], Order] | None:
+    """``(patient, placed resources, medications, failed_for, order)``; None without one Patient.
 
-    The first Patient line, then :func:`fhir_trial.sources.ndjson.assemble_record`'s rules (the
-    same as the local reader's); unreadable lines fail their own category for this patient.
+    Two different Patients sharing the id are never merged: None (not screened), as locally.
     """
     patients: list[tuple[Any, ...]] = []
     resources: list[tuple[Any, ...]] = []
@@ -283,31 +331,67 @@ def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRe
             bad.append(item)
     if not patients:
         return None  # resources naming a Patient the export does not hold: nobody to screen
+    patients.sort()
+    patient = parse_json(patients[0][2])
+    if any(parse_json(text) != patient for _, _, text in patients[1:]):
+        return None
     failed_for: dict[str, str] = {}
     for _, order, ftype in sorted(bad):
-        failed_for.setdefault(ftype, f"an unreadable line in the export ({shared.place(order)})")
-    return assemble_record(
-        parse_json(min(patients)[2]),
-        (parse_json(text) for _, _, text in sorted(resources)),
-        lambda ref: parse_json(medications[ref]) if ref in medications else None,
-        failed=[shared.failed, failed_for],
-        missing=shared.missing,
-        warnings=shared.warnings,
-    )
+        if ftype in CATEGORIES and ftype != "Patient":
+            failed_for.setdefault(
+                ftype, f"an unreadable line in the export ({shared.place(order)})"
+            )
+    placed = [(shared.place(order), parse_json(text)) for _, order, text in sorted(resources)]
+    return patient, placed, medications, failed_for, patients[0][1]
+
+
+def _builder(
+    patient: Resource, medications: dict[str, str], failed_for: dict[str, str], shared: _Shared
+) -> Callable[[list[Resource]], PatientRecord]:
+    def build(resources: list[Resource]) -> PatientRecord:
+        return assemble_record(
+            patient,
+            resources,
+            lambda ref: parse_json(medications[ref]) if ref in medications else None,
+            failed=[shared.failed, failed_for],
+            missing=shared.missing,
+            warnings=shared.warnings,
+        )
+
+    return build
+
+
+def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRecord | None:
+    """One patient's :class:`PatientRecord` from its grouped items, or None without a Patient.
+
+    The first Patient line, then :func:`fhir_trial.sources.ndjson.assemble_record`'s rules (the
+    same as the local reader's); unreadable lines fail their own category for this patient.
+    """
+    parts = _patient_parts(items, shared)
+    if parts is None:
+        return None
+    patient, placed, medications, failed_for, _ = parts
+    return _builder(patient, medications, failed_for, shared)([r for _, r in placed])
 
 
 def _screen_group(
     shared_value: Any, group: tuple[str, Iterable[tuple[Any, ...]]]
 ) -> Iterator[tuple[Order, Screened]]:
     """Executor side: build and evaluate one patient's record (baseline and what-if runs);
-    keyed by its Patient line."""
+    keyed by its Patient line. Differing versions of a resource are settled as locally
+    (:func:`~fhir_trial.sources.ndjson_versions.screen_patient`).
+    """
     shared: _Shared = shared_value.value
-    items = list(group[1])
-    record = build_record(items, shared)
-    if record is None:
+    parts = _patient_parts(list(group[1]), shared)
+    if parts is None:
         return
-    order = min(item[1] for item in items if item[0] == _PATIENT)
-    yield order, screen_one(record, shared.settings, shared.what_if, "", shared.terminology)
+    patient, placed, medications, failed_for, order = parts
+    build = _builder(patient, medications, failed_for, shared)
+    report, _notes, _record = screen_patient(build, placed, shared.settings, shared.terminology)
+    variants = tuple(
+        screen_patient(build, placed, variant, shared.terminology)[0] for variant in shared.what_if
+    )
+    yield order, Screened(report, "", variants)
 
 
 def _count_partition(
@@ -347,6 +431,9 @@ class SparkScreening:
     feasibility: Feasibility
     problems: ExportProblems
     what_if: list[Feasibility] = dataclasses.field(default_factory=list)  # one per what-if run
+    # What the export held (a cheaper account than the local engine's: types, files, lines,
+    # missing and vouched types, unreadable lines; no duplicate or orphan lists).
+    account: InputAccount = dataclasses.field(default_factory=InputAccount)
 
 
 def _folder_uri(spark: SparkSession, directory: str | Path) -> str:
@@ -382,41 +469,51 @@ def _list_files(spark: SparkSession, uri: str) -> dict[str, str]:
         raise InputError(f"cannot list {uri}: {detail.strip()}") from None
 
 
+def place_of(where: Mapping[int, tuple[str, int]], order: Order) -> str:
+    """``<file>:<line>`` of a line from its (partition, position)."""
+    name, before = where[order[0]]
+    return f"{name}:{before + order[1] + 1}"
+
+
 def _export_problems(
     spark: SparkSession,
     facts: list[_PartitionFacts],
     where: dict[int, tuple[str, int]],
     files: dict[str, str],
     present: set[str],
+    requested_types: set[str] | None = None,
+    complete_types: Iterable[str] = (),
+    account: InputAccount | None = None,
 ) -> ExportProblems:
     """The local reader's :class:`ExportProblems`, replayed in file order from the facts."""
     problems = ExportProblems()
+    account = account if account is not None else InputAccount()
 
     def place(order: Order) -> str:
         name, before = where[order[0]]
         return f"{name}:{before + order[1] + 1}"
 
-    events: list[tuple[Order, int, str]] = []  # rank: 0 warning, 1 failure, 2 outcome
-    bad: list[tuple[Order, str]] = []
-    first_fail: dict[str, Order] = {}
+    events: list[tuple[Order, int, str]] = []  # rank: 0 warning, 1 outcome
+    bad: list[tuple[Order, str, str | None]] = []
     for part in facts:
-        events.extend((order, 2, text) for order, text in part.outcomes)
+        events.extend((order, 1, text) for order, text in part.outcomes)
         bad.extend(part.first_bad)
-        for ftype, order in part.fail_all.items():
-            if ftype not in first_fail or order < first_fail[ftype]:
-                first_fail[ftype] = order
-    events.extend((order, 0, why) for order, why in sorted(bad)[:MAX_LINE_WARNINGS])
-    events.extend((order, 1, ftype) for ftype, order in first_fail.items())
+    bad.sort(key=lambda item: item[0])
+    for order, why, ftype in bad[:MAX_LINE_WARNINGS]:
+        events.append(
+            (
+                order,
+                0,
+                f"{why}; the line names no patient, so any patient's {ftype or 'some'} "
+                "data may be incomplete",
+            )
+        )
     for order, rank, payload in sorted(events):
         if rank == 0:
-            problems.line_warning(f"{place(order)}: {payload}; line skipped")
-        elif rank == 1:
-            problems.failed.setdefault(
-                payload, f"an unreadable line in the export ({place(order)})"
-            )
+            problems.line_warning(f"{place(order)}: {payload}")
         else:
             read_outcome(parse_json(payload), place(order), problems)
-    problems.unreadable_lines = sum(part.bad_total for part in facts)
+    problems.unreadable_lines = sum(part.unnamed for part in facts)
 
     # log.ndjson and manifest.json are small: copy them here and read them as the local reader.
     context = spark.sparkContext
@@ -431,6 +528,12 @@ def _export_problems(
             text = content[0][1] if content else ""
             (Path(tmp) / MANIFEST_FILE).write_text(text, encoding="utf-8")
         read_manifest(Path(tmp), present, problems)
+        if requested_types is None:
+            requested_types = requested_types_from_manifest(Path(tmp))
+    missing, vouched = absent_types(present, requested_types, complete_types)
+    for category, why in missing.items():
+        problems.failed.setdefault(category, why)
+    account.missing, account.vouched = missing, vouched
     return problems
 
 
@@ -441,6 +544,8 @@ def run_spark_screening(
     missing_categories: Iterable[str] = (),
     *,
     partitions: int | None = None,
+    requested_types: set[str] | None = None,
+    complete_types: Iterable[str] = (),
     what_if: Sequence[Settings] = (),
 ) -> SparkScreening:
     """Screen every patient of a Bulk Data export with Spark; see the module docstring.
@@ -453,6 +558,7 @@ def run_spark_screening(
     from pyspark import StorageLevel
 
     missing = check_categories(missing_categories)
+    complete = check_categories(complete_types)
     if settings.as_of is None:  # every executor screens for the same day
         settings = settings.replace(as_of=dt.date.today())
     what_if = tuple(s if s.as_of else s.replace(as_of=settings.as_of) for s in what_if)
@@ -492,7 +598,37 @@ def run_spark_screening(
             before = 0
         where[index] = (name, before)
         before += counts.get(index, 0)
-    problems = _export_problems(spark, facts, where, files, present)
+    account = InputAccount()
+    problems = _export_problems(
+        spark, facts, where, files, present, requested_types, complete, account
+    )
+    for name in names:
+        account.type(file_type(Path(name)) or "(type not in the file name)").files.append(name)
+    nonempty: dict[int, int] = {}
+    for part in facts:
+        nonempty.update(part.nonempty)
+        for (what, rtype), number in part.tally.items():
+            if what == "read":
+                account.type(rtype).resources += number
+            elif what == "orphan":
+                account.type(rtype).without_patient += number
+                account.orphans_total += number
+            elif what == "not-read":
+                account.not_read[rtype] = account.not_read.get(rtype, 0) + number
+            else:
+                account.type(rtype).rejected += number
+    for index, ftype in enumerate(file_types):
+        in_partition = nonempty.get(index, 0)
+        account.type(ftype or "(type not in the file name)").lines += in_partition
+        if not reads(ftype):
+            account.not_read[str(ftype)] = account.not_read.get(str(ftype), 0) + in_partition
+    account.rejected_total = sum(part.bad_total for part in facts)
+    for part in facts:
+        for order, why, ftype in part.first_bad:
+            account.rejected.append(RejectedLine(place_of(where, order), why, ftype))
+            name = ftype or "some"
+            account.lost_unknown_patient[name] = account.lost_unknown_patient.get(name, 0) + 1
+    account.sort()
 
     shared = context.broadcast(
         _Shared(
@@ -516,12 +652,24 @@ def run_spark_screening(
         lambda kv: (kv[1][0], (_SHARED, kv[1][1][0], kv[0], kv[1][1][1]))
     )
     groups = parsed.flatMap(_by_patient).union(shared_medications).groupByKey(width)
+    # Resources naming only patients the export does not hold (the local reader's orphans).
+    absent = (
+        groups.filter(lambda kv: not any(item[0] == _PATIENT for item in kv[1]))
+        .flatMap(lambda kv: [(item[1], item[2]) for item in kv[1] if item[0] == _RESOURCE])
+        .reduceByKey(lambda a, _b: a)
+        .map(lambda kv: str(parse_json(kv[1]).get("resourceType")))
+        .countByValue()
+    )
+    for rtype, number in absent.items():
+        account.type(rtype).without_patient += number
+        account.orphans_total += number
     evaluated = groups.flatMap(partial(_screen_group, shared)).persist(StorageLevel.MEMORY_AND_DISK)
     parts = evaluated.mapPartitions(partial(_count_partition, 1 + len(what_if))).collect()
     counters = [merge_feasibility(part[run] for part in parts) for run in range(1 + len(what_if))]
     parsed.unpersist()
     frame = spark.createDataFrame(evaluated.map(_report_row), REPORT_SCHEMA)
-    return SparkScreening(evaluated, frame, counters[0], problems, counters[1:])
+    account.patients = counters[0].total
+    return SparkScreening(evaluated, frame, counters[0], problems, counters[1:], account)
 
 
 def screen_ndjson_spark(
@@ -529,6 +677,9 @@ def screen_ndjson_spark(
     directory_or_uri: str | Path,
     settings: Settings,
     missing_categories: Iterable[str] = (),
+    *,
+    requested_types: set[str] | None = None,
+    complete_types: Iterable[str] = (),
 ) -> tuple[DataFrame, Feasibility]:
     """Screen a Bulk Data export on Spark: per-patient reports and the feasibility report.
 
@@ -537,7 +688,14 @@ def screen_ndjson_spark(
     the :class:`Feasibility` the local path would give. ``missing_categories`` as in
     :class:`~fhir_trial.sources.ndjson.NdjsonExport`.
     """
-    screening = run_spark_screening(spark, directory_or_uri, settings, missing_categories)
+    screening = run_spark_screening(
+        spark,
+        directory_or_uri,
+        settings,
+        missing_categories,
+        requested_types=requested_types,
+        complete_types=complete_types,
+    )
     return screening.reports, screening.feasibility
 
 
@@ -547,6 +705,7 @@ def run_screen_population(
     missing: Sequence[str],
     settings: Settings,
     *,
+    complete: Sequence[str] = (),
     output_format: str,
     output: str | None,
     master: str | None,
@@ -578,9 +737,17 @@ def run_screen_population(
         if existing is None:
             stack.callback(spark.stop)
         screening = run_spark_screening(
-            spark, ndjson, settings, missing, what_if=[run.settings for run in what_if]
+            spark,
+            ndjson,
+            settings,
+            missing,
+            complete_types=complete,
+            what_if=[run.settings for run in what_if],
         )
         feasibility = screening.feasibility
+        click.echo("Inputs:", err=True)
+        for line in screening.account.summary():
+            click.echo(f"  {line}", err=True)
         if feasibility.total == 0:
             raise InputError("no patient could be screened: the input holds no Patient")
         report = FeasibilityReport(
@@ -589,7 +756,7 @@ def run_screen_population(
                 (run.label, run.changes, counter)
                 for run, counter in zip(what_if, screening.what_if, strict=True)
             ],
-            None,
+            screening.account.aggregates(),
             min_count,
         )
         if sink is not None or report_dir:

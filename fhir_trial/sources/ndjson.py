@@ -4,13 +4,19 @@ Layout: one or more files per resource type (``Patient.000.ndjson``, ``Condition
 ``MedicationRequest.001.ndjson.gz``, ...), optionally ``log.ndjson`` (the export client's event
 log), OperationOutcome error files, and ``manifest.json`` (the Bulk Data completion manifest).
 
-How it works: every data file is read once, line by line, into an on-disk SQLite index (a temporary
-file, deleted afterwards) keyed by the patient each resource refers to; then the records are built
-and yielded one patient at a time. Only the resource types the criteria read are indexed (see
-``KEPT_TYPES``); Medication resources are kept aside so medication references resolve.
+How it works: the folder is split once into per-patient buckets on disk
+(:mod:`fhir_trial.sources.ndjson_buckets`: a byte search for ``Patient/<id>``, no parsing), then
+each bucket is parsed once and its records built one patient at a time; screening runs buckets in
+worker processes (:mod:`fhir_trial.sources.ndjson_screen`). Files of types the criteria do not
+read (see ``KEPT_TYPES``) are counted, not parsed; Medication resources are kept aside so
+medication references resolve. :attr:`NdjsonExport.account` (an
+:class:`~fhir_trial.sources.ndjson_account.InputAccount`) says what became of every input.
 
-Completeness (CRITERIA.md): an export counts as complete for every category, so a type with no
-file (the shared 10-patient fixture has no Observation file) is obtained-but-empty, **unless**:
+Completeness (CRITERIA.md, "Completeness"): a type the criteria read is complete when the export
+holds a file for it, or when the kick-off listed it in ``_type`` (``requested_types``, or the
+``request`` of ``manifest.json``), or when the caller says so (``complete_types``, CLI
+``--complete``); otherwise it is missing data ("not in the export": its criteria are
+``unknown``). A type is also marked failed when:
 
 - the caller lists it in ``missing_categories`` (CLI: ``--missing Observation``);
 - ``manifest.json`` lists output of that type but no file for it is in the folder;
@@ -18,10 +24,11 @@ file (the shared 10-patient fixture has no Observation file) is obtained-but-emp
   ``log.ndjson``) with an error/fatal issue naming the type, or a log event whose id contains
   ``error`` naming it (for example a failed download of ``Observation.000.ndjson``);
 - a line of that type could not be read: the category is marked failed for the patients that line
-  names (found by a text search for ``Patient/<id>``), or for every patient when it names none
-  (an unreadable Patient line only loses that patient, with a warning).
+  names (found by a text search for ``Patient/<id>``) and for no one else; a line naming nobody
+  fails no one but warns every record (an unreadable Patient line loses that patient, named).
 
-Unreadable lines never stop the run: each becomes a warning ``<file>:<line>: <why>`` on the records.
+Unreadable lines never stop the run; they are listed (``<file>:<line>``, why, whose) in the
+account. A line longer than ``max_line_bytes`` is refused without being held in memory.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import re
 import sqlite3
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -41,12 +49,33 @@ from fhir_trial.errors import InputError
 from fhir_trial.json_input import JsonSyntaxError, parse_json
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.sources._common import KEPT_TYPES, is_known_type, patient_refs
+from fhir_trial.sources.ndjson_account import (
+    InputAccount,
+    RejectedLine,
+    absent_types,
+    requested_types_from_manifest,
+)
+from fhir_trial.sources.ndjson_buckets import (
+    BucketJob,
+    PatientGroup,
+    SplitResult,
+    SplitTask,
+    bucket_count,
+    bucket_patients,
+    plan_ranges,
+    reads,
+    split_range,
+)
 
 LOG_FILE = "log.ndjson"
 MANIFEST_FILE = "manifest.json"
 MAX_LINE_WARNINGS = 20  # per export; the rest are counted
+DEFAULT_MAX_LINE_BYTES = (
+    64 * 1024 * 1024
+)  # a longer line is refused (Settings.ndjson_max_line_bytes)
 
 _CATEGORY_WORD = re.compile(r"\b(" + "|".join(sorted(CATEGORIES, key=len, reverse=True)) + r")\b")
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 PATIENT_IN_TEXT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})")
 
 
@@ -185,7 +214,7 @@ class ExportLine:
     blame: str | None = None
 
 
-def classify_line(text: str) -> ExportLine:
+def classify_line(text: str | bytes) -> ExportLine:
     """Parse one non-empty NDJSON line and say what it is (never raises)."""
     try:
         resource = parse_json(text)
@@ -197,11 +226,13 @@ def classify_line(text: str) -> ExportLine:
     if rtype == "OperationOutcome":
         return ExportLine("outcome", resource)
     if rtype not in KEPT_TYPES:
-        return ExportLine("other")
+        return ExportLine("other", resource)
     if rtype == "Patient":
         rid = resource.get("id")
         if not isinstance(rid, str) or not rid:
             return ExportLine("bad", problem="Patient without id", blame="Patient")
+        if not FHIR_ID.fullmatch(rid):
+            return ExportLine("bad", problem="Patient id is not a FHIR id", blame="Patient")
         return ExportLine("patient", resource, key=rid)
     owners = tuple(
         sorted({ref[8:] for ref in patient_refs(resource) if ref.startswith("Patient/")})
@@ -210,15 +241,23 @@ def classify_line(text: str) -> ExportLine:
         return ExportLine("resource", resource, owners=owners)
     if rtype == "Medication" and isinstance(resource.get("id"), str):
         return ExportLine("medication", resource, key=f"Medication/{resource['id']}")
-    return ExportLine("other")
+    return ExportLine("other", resource)
 
 
 class NdjsonExport:
     """A Bulk Data export folder; iterate it for one :class:`PatientRecord` per Patient.
 
     ``missing_categories``: categories the caller knows were not exported (marked failed, so the
-    criteria needing them are ``unknown``). Use as a context manager, or call :meth:`close`, to
-    delete the temporary index early; iterating to the end deletes it too.
+    criteria needing them are ``unknown``). ``requested_types``: the kick-off's ``_type`` (from
+    the Bulk client; else read from ``manifest.json``'s ``request``); ``complete_types``: types the
+    user says the export is complete for. A type the criteria read with no file and neither is
+    missing data (see :func:`~fhir_trial.sources.ndjson_account.absent_types`).
+
+    The folder is split into per-patient buckets on first use (:meth:`prepare`, see
+    :mod:`fhir_trial.sources.ndjson_buckets`); :attr:`account` then says what every input became.
+    Records come out bucket by bucket (export order within a bucket; a small export is one
+    bucket). Use as a context manager, or call :meth:`close`, to delete the temporary files early;
+    iterating to the end deletes them too.
     """
 
     def __init__(
@@ -227,137 +266,212 @@ class NdjsonExport:
         missing_categories: Iterable[str] = (),
         *,
         temp_dir: str | Path | None = None,
+        requested_types: set[str] | None = None,
+        complete_types: Iterable[str] = (),
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise InputError(f"{self.directory} is not a folder (expected a Bulk Data export)")
         self.missing = check_categories(missing_categories)
+        self.complete = check_categories(complete_types)
+        self.requested_types = (
+            requested_types
+            if requested_types is not None
+            else requested_types_from_manifest(self.directory)
+        )
         self.files = data_files(self.directory)
         if not self.files:
             raise InputError(f"{self.directory} holds no .ndjson files")
+        self.max_line_bytes = max_line_bytes
         self._temp_dir = temp_dir
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._db: sqlite3.Connection | None = None
+        self._scratch_path: Path | None = None
         self.problems = ExportProblems()
+        self.account = InputAccount()
+        self.jobs: list[BucketJob] = []
         self.patient_count = 0
+        self._prepared = False
 
-    # --------------------------------------------------------------------------- indexing
-    def _index(self) -> sqlite3.Connection:
-        if self._db is not None:
-            return self._db
-        self._tmp = tempfile.TemporaryDirectory(prefix="fhir-trial-ndjson-", dir=self._temp_dir)
-        db = sqlite3.connect(str(Path(self._tmp.name) / "index.sqlite3"))
-        db.executescript(
-            """
-            PRAGMA journal_mode = OFF;
-            PRAGMA synchronous = OFF;
-            CREATE TABLE patient (id TEXT PRIMARY KEY, body TEXT NOT NULL);
-            CREATE TABLE resource (patient TEXT NOT NULL, body TEXT NOT NULL);
-            CREATE TABLE shared (ref TEXT PRIMARY KEY, body TEXT NOT NULL);
-            """
+    # --------------------------------------------------------------------------- split
+    @property
+    def scratch(self) -> Path:
+        """The temporary folder of this export's buckets (created on first use)."""
+        if self._scratch_path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fhir-trial-ndjson-", dir=self._temp_dir)
+            self._scratch_path = Path(self._tmp.name)
+        return self._scratch_path
+
+    def prepare(self, pool: Executor | None = None) -> None:
+        """Split the export into buckets (in ``pool`` when given) and read its own reports."""
+        if self._prepared:
+            return
+        scratch = self.scratch
+        sizes = [p.stat().st_size for p in self.files]
+        types = [file_type(p) for p in self.files]
+        kept = sum(
+            size * (8 if p.name.endswith(".gz") else 1)
+            for p, size, t in zip(self.files, sizes, types, strict=True)
+            if reads(t)
         )
-        present: set[str] = set()
-        for path in self.files:
-            ftype = file_type(path)
-            if ftype:
-                present.add(ftype)
-            self._index_file(db, path, ftype)
+        buckets = bucket_count(kept)
+        tasks = [
+            SplitTask(
+                index,
+                range_index,
+                str(path),
+                ftype,
+                start,
+                end,
+                str(scratch / f"split-{index}-{range_index}.bin"),
+                buckets,
+                self.max_line_bytes,
+            )
+            for index, (path, ftype, size) in enumerate(zip(self.files, types, sizes, strict=True))
+            for range_index, (start, end) in enumerate(plan_ranges(path, size))
+        ]
+        results = list(pool.map(split_range, tasks)) if pool else [split_range(t) for t in tasks]
+        lines_before: dict[tuple[int, int], int] = {}
+        running: dict[int, int] = {}
+        for result in results:  # tasks are in file, then range order
+            lines_before[(result.file_index, result.range_index)] = running.get(
+                result.file_index, 0
+            )
+            running[result.file_index] = running.get(result.file_index, 0) + result.lines
+        names = tuple(p.name for p in self.files)
+
+        def place(result: SplitResult, number: int) -> str:
+            before = lines_before[(result.file_index, result.range_index)]
+            return f"{names[result.file_index]}:{before + number}"
+
+        medications = scratch / "medications.sqlite3"
+        db = sqlite3.connect(str(medications))
+        db.executescript(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+            "CREATE TABLE shared (ref TEXT PRIMARY KEY, body BLOB NOT NULL);"
+        )
+        for path, ftype in zip(self.files, types, strict=True):
+            account = self.account.type(ftype or "(type not in the file name)")
+            account.files.append(path.name)
+        self.patient_count = sum(result.patients for result in results)
+        for result in results:
+            ftype = types[result.file_index]
+            tally = self.account.type(ftype or "(type not in the file name)")
+            tally.lines += result.nonempty
+            if not reads(ftype):
+                self.account.not_read[str(ftype)] = (
+                    self.account.not_read.get(str(ftype), 0) + result.nonempty
+                )
+            for rtype, count in result.not_read.items():
+                self.account.not_read[rtype] = self.account.not_read.get(rtype, 0) + count
+            for rtype, count in result.resources.items():
+                self.account.type(rtype).resources += count
+            for rtype, rid, why in result.orphans:
+                self.account.orphan(rtype, rid, why)
+            events: list[tuple[int, int, Any]] = [(n, 0, bad) for n, *bad in result.bad]
+            events += [(n, 1, text) for n, text in result.outcomes]
+            events += [(n, 2, None) for n in result.oversized]
+            for number, rank, payload in sorted(events, key=lambda e: (e[0], e[1])):
+                where = place(result, number)
+                if rank == 1:
+                    read_outcome(parse_json(payload), where, self.problems)
+                elif rank == 2:
+                    self.account.oversized.append(where)
+                    why = f"longer than {self.max_line_bytes} bytes; refused"
+                    self._lost(where, why, ftype)
+                else:
+                    why, rtype, _named, own = payload
+                    if own:  # an unreadable Patient line: that patient is not screened
+                        self.account.reject(RejectedLine(where, f"{why}; not screened", rtype, own))
+                    else:
+                        self._lost(where, why, rtype)
+            db.executemany(
+                "INSERT OR IGNORE INTO shared VALUES (?, ?)",
+                ((ref, body) for _, ref, body in result.medications),
+            )
+        db.commit()
+        db.close()
+        present = {t for t in types if t}
         log = self.directory / LOG_FILE
         if log.is_file():
             read_log(log, self.problems)
         read_manifest(self.directory, present, self.problems)
-        db.execute("CREATE INDEX resource_patient ON resource (patient)")
-        db.commit()
-        self.patient_count = db.execute("SELECT COUNT(*) FROM patient").fetchone()[0]
-        self._db = db
-        return db
+        missing, vouched = absent_types(present, self.requested_types, self.complete)
+        self.account.missing, self.account.vouched = missing, vouched
+        for category, why in missing.items():
+            self.problems.failed.setdefault(category, why)
+        file_types = tuple(types)
+        self.jobs = [
+            BucketJob(
+                bucket,
+                tuple(
+                    (r.out_path, tuple(r.segments[bucket])) for r in results if bucket in r.segments
+                ),
+                names,
+                file_types,
+                lines_before,
+                str(medications),
+            )
+            for bucket in range(buckets)
+        ]
+        self._prepared = True
 
-    def _index_file(self, db: sqlite3.Connection, path: Path, ftype: str | None) -> None:
-        rows: list[tuple[str, str]] = []
-        with _open_text(path) as handle:
-            for number, line in enumerate(handle, 1):
-                text = line.strip()
-                if not text:
-                    continue
-                where = f"{path.name}:{number}"
-                parsed = classify_line(text)
-                if parsed.kind == "bad":
-                    self._bad_line(where, parsed.problem, text, parsed.blame or ftype)
-                elif parsed.kind == "outcome" and parsed.resource is not None:
-                    read_outcome(parsed.resource, where, self.problems)
-                elif parsed.kind == "patient":
-                    db.execute("INSERT OR IGNORE INTO patient VALUES (?, ?)", (parsed.key, text))
-                elif parsed.kind == "resource":
-                    rows.extend((owner, text) for owner in parsed.owners)
-                elif parsed.kind == "medication":
-                    db.execute("INSERT OR IGNORE INTO shared VALUES (?, ?)", (parsed.key, text))
-                if len(rows) >= 1000:
-                    db.executemany("INSERT INTO resource VALUES (?, ?)", rows)
-                    rows.clear()
-        if rows:
-            db.executemany("INSERT INTO resource VALUES (?, ?)", rows)
-
-    def _bad_line(self, where: str, why: str, text: str, ftype: str | None) -> None:
-        self.problems.line_warning(f"{where}: {why}; line skipped")
-        if ftype not in CATEGORIES or ftype == "Patient":
-            return  # an unreadable Patient line loses that patient, not others' data
-        reason = f"an unreadable line in the export ({where})"
-        named = set(PATIENT_IN_TEXT.findall(text))
-        if not named:
-            self.problems.failed.setdefault(ftype, reason)
-            return
-        for patient_id in named:
-            self.problems.failed_for.setdefault(patient_id, {}).setdefault(ftype, reason)
+    def _lost(self, where: str, why: str, rtype: str | None) -> None:
+        """An unusable line whose patient cannot be told: counted, and a warning for everyone."""
+        self.account.reject(RejectedLine(where, why, rtype, None))
+        if rtype is None or rtype in CATEGORIES:
+            name = rtype or "some"
+            self.account.lost_unknown_patient[name] = (
+                self.account.lost_unknown_patient.get(name, 0) + 1
+            )
+            if rtype != "Patient":
+                self.problems.line_warning(
+                    f"{where}: {why}; the line names no patient, so any patient's "
+                    f"{name} data may be incomplete"
+                )
 
     # --------------------------------------------------------------------------- records
-    def __iter__(self) -> Iterator[PatientRecord]:
-        db = self._index()
+    def builder(
+        self, group: PatientGroup, medications: Callable[[str], Resource | None]
+    ) -> Callable[[list[Resource]], PatientRecord]:
+        """A function making this patient's record from its resources (the shared rules)."""
+        failed = [self.problems.failed, group.failed_for]
         warnings = self.problems.summary()
+
+        def build(resources: list[Resource]) -> PatientRecord:
+            return assemble_record(
+                group.patient,
+                resources,
+                medications,
+                failed=failed,
+                missing=self.missing,
+                warnings=warnings,
+            )
+
+        return build
+
+    def __iter__(self) -> Iterator[PatientRecord]:
+        self.prepare()
         try:
-            cursor = db.execute("SELECT id, body FROM patient ORDER BY rowid")
-            while True:
-                batch = cursor.fetchmany(64)
-                if not batch:
-                    break
-                for patient_id, body in batch:
-                    yield self._record(db, patient_id, body, warnings)
+            for job in self.jobs:
+                for group, medications in bucket_patients(job, self.account):
+                    self.account.patients += 1
+                    yield self.builder(group, medications)([r for _, r in group.resources])
         finally:
             self.close()
 
-    def _record(
-        self, db: sqlite3.Connection, patient_id: str, body: str, warnings: list[str]
-    ) -> PatientRecord:
-        def shared_medication(ref: str) -> Resource | None:
-            row = db.execute("SELECT body FROM shared WHERE ref = ?", (ref,)).fetchone()
-            return parse_json(row[0]) if row else None
-
-        return assemble_record(
-            parse_json(body),
-            (
-                parse_json(text)
-                for (text,) in db.execute(
-                    "SELECT body FROM resource WHERE patient = ?", (patient_id,)
-                )
-            ),
-            shared_medication,
-            failed=[self.problems.failed, self.problems.failed_for.get(patient_id, {})],
-            missing=self.missing,
-            warnings=warnings,
-        )
-
     def count_patients(self) -> int:
-        """How many Patients the export holds (indexes the folder on first call)."""
-        self._index()
+        """How many Patient resources with an id the export holds (splits the folder first)."""
+        self.prepare()
         return self.patient_count
 
     def close(self) -> None:
-        """Delete the temporary index."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Delete the temporary buckets."""
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        self._scratch_path = None
+        self._prepared = False
 
     def __enter__(self) -> NdjsonExport:
         return self
@@ -378,15 +492,28 @@ def check_categories(categories: Iterable[str]) -> frozenset[str]:
 
 
 def records_from_ndjson(
-    directory: str | Path, missing_categories: Collection[str] = ()
+    directory: str | Path,
+    missing_categories: Collection[str] = (),
+    *,
+    requested_types: set[str] | None = None,
+    complete_types: Collection[str] = (),
 ) -> Iterator[PatientRecord]:
     """One :class:`PatientRecord` per Patient of a Bulk Data export folder, streamed.
 
-    ``missing_categories`` names categories known not to be in the export (marked failed). See the
-    module docstring for what else marks a category failed. Raises :class:`InputError` for a
-    folder that does not exist or holds no NDJSON, or for an unknown category name.
+    ``missing_categories`` names categories known not to be in the export (marked failed);
+    ``requested_types`` (the kick-off's ``_type``) and ``complete_types`` (``--complete``) vouch
+    for types without a file. See the module docstring for what else marks a category failed.
+    Raises :class:`InputError` for a folder that does not exist or holds no NDJSON, or for an
+    unknown category name.
     """
-    return iter(NdjsonExport(directory, missing_categories))
+    return iter(
+        NdjsonExport(
+            directory,
+            missing_categories,
+            requested_types=requested_types,
+            complete_types=complete_types,
+        )
+    )
 
 
 def assemble_record(

@@ -1,0 +1,568 @@
+"""A Bulk NDJSON export split into per-patient buckets on disk, then screened bucket by bucket.
+
+Why: parsing every line is the cost that matters (evaluation costs about as much again). The old
+reader parsed each line twice (an index pass, then assembly) in one process. Here each line is
+parsed once, in parallel, and memory does not grow with the export:
+
+1. **Split** (:func:`split_range`, one task per file range, in parallel): each line is routed
+   without parsing it, by a byte-level search for ``Patient/<id>`` (a superset of the top-level
+   patient references the full rule looks at), to the bucket ``crc32(id) % buckets`` of each
+   patient it names. Only lines naming no patient, and lines that may be a Patient (they hold the
+   string ``"Patient"``), are parsed here (Patients, shared Medications, orphans, OperationOutcomes:
+   a small share). Files of types the criteria do not read are counted, not parsed. Each task
+   writes its lines grouped by bucket into one file (``segments`` says where each bucket's lines
+   are); a line longer than ``Settings.ndjson_max_line_bytes`` is refused without being held
+   whole in memory.
+2. **Screen** (:func:`bucket_patients`, one task per bucket, in parallel): a bucket's lines (a few
+   MiB) are read, grouped per patient, parsed once, checked against the full rule
+   (:func:`fhir_trial.sources._common.patient_refs`: a resource joins a patient only when a
+   top-level reference names it) and turned into records, in export order within the bucket.
+
+Every line keeps its position (file, range, line within the range), so per-patient resource
+order, "first one wins" rules and ``<file>:<line>`` places are the same as reading the files in
+order (and as the Spark engine's). The driver (:class:`~fhir_trial.sources.ndjson.NdjsonExport`)
+turns ranges into line numbers, merges the accounts and reads the export's own reports.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from fhir_trial.json_input import parse_json
+from fhir_trial.record import CATEGORIES, Resource
+from fhir_trial.sources._common import KEPT_TYPES
+from fhir_trial.sources.ndjson_account import InputAccount, RejectedLine
+
+PATIENT_REF = re.compile(rb"Patient\\?/([A-Za-z0-9\-.]{1,64})")
+PATIENT_REF_TEXT = re.compile(PATIENT_REF.pattern.decode())  # the same, for text (Spark)
+PATIENT_ID = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
+MAY_BE_PATIENT = b'"Patient"'
+RANGE_BYTES = 48 * 1024 * 1024  # one split task per this much of a plain file
+FLUSH_BYTES = 16 * 1024 * 1024
+BLOCK_BYTES = (
+    4 * 1024 * 1024
+)  # read at a time by a split task  # a split task writes its buckets out past this much
+BUCKET_BYTES = 6 * 1024 * 1024  # aimed size of a bucket: what one worker holds at a time
+MIN_BUCKETS = 1
+
+# flags in a bucket line's header
+PRIMARY = 1  # the copy that counts the line in the account (a line may go to several buckets)
+PATIENT_LINE = 2  # parsed in the split: a Patient resource, routed by its own id
+SINGLE = 4  # the line names one patient (once): the worker may check ownership cheaply
+
+Order = tuple[int, int, int]  # (file index, range index, line within the range), 1-based line
+
+
+def bucket_of(patient_id: bytes, buckets: int) -> int:
+    """The bucket of a patient id (stable across processes, unlike ``hash``)."""
+    return zlib.crc32(patient_id) % buckets
+
+
+def bucket_count(total_bytes: int) -> int:
+    """How many buckets for an export of this size (independent of the number of workers)."""
+    return max(MIN_BUCKETS, -(-total_bytes // BUCKET_BYTES))
+
+
+def reads(ftype: str | None) -> bool:
+    """Whether lines of a file of this type are looked at (types the criteria read, errors)."""
+    return ftype is None or ftype in KEPT_TYPES or ftype == "OperationOutcome"
+
+
+# ------------------------------------------------------------------------------------- split
+@dataclass(frozen=True)
+class SplitTask:
+    """One range of one data file to split into buckets."""
+
+    file_index: int
+    range_index: int
+    path: str
+    ftype: str | None
+    start: int
+    end: int | None  # None: to the end of the file (gzip files are one task)
+    out_path: str
+    buckets: int
+    max_line: int
+
+
+@dataclass
+class SplitResult:
+    """What one split task found; line numbers are within its range (the driver makes them global)."""
+
+    file_index: int
+    range_index: int
+    out_path: str
+    lines: int = 0  # every line of the range, empty ones too (for line numbers)
+    nonempty: int = 0
+    patients: int = 0  # Patient resources with an id
+    segments: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    not_read: dict[str, int] = field(default_factory=dict)
+    # (line, why, resource type, patient ids it names, the id of a Patient line)
+    bad: list[tuple[int, str, str | None, tuple[str, ...], str | None]] = field(
+        default_factory=list
+    )
+    outcomes: list[tuple[int, bytes]] = field(default_factory=list)
+    medications: list[tuple[int, str, bytes]] = field(default_factory=list)
+    orphans: list[tuple[str, str, str]] = field(default_factory=list)  # (type, id, why)
+    resources: dict[str, int] = field(default_factory=dict)  # parsed here, per type
+    oversized: list[int] = field(default_factory=list)
+
+
+def plan_ranges(path: Path, size: int) -> list[tuple[int, int | None]]:
+    """Byte ranges of a file for split tasks (gzip: one range, it cannot be entered midway)."""
+    if path.name.endswith(".gz") or size <= RANGE_BYTES:
+        return [(0, None)]
+    bounds = list(range(0, size, RANGE_BYTES))
+    return [
+        (start, bounds[i + 1] if i + 1 < len(bounds) else None) for i, start in enumerate(bounds)
+    ]
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _skip_line(handle: IO[bytes]) -> None:
+    """Read past the next newline in chunks (never a whole long line in memory)."""
+    while True:
+        chunk = handle.readline(1024 * 1024)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[list[bytes | None]]:
+    """The lines of the task's range, a block at a time (split in C, not line by line).
+
+    A line belongs to the range its first byte is in. Empty lines are kept (they count for line
+    numbers); a line longer than ``max_line`` comes as None and is never held whole.
+    """
+    if task.start:
+        handle.seek(task.start - 1)
+        _skip_line(handle)  # the line straddling the start belongs to the previous range
+    position = handle.tell() if task.end is not None else 0
+    limit = task.max_line
+    carry = b""  # the start of a line whose end is in a later block
+    skipping = False  # inside a line longer than the limit
+    while True:
+        size = BLOCK_BYTES if task.end is None else min(BLOCK_BYTES, task.end - position)
+        data = handle.read(size) if size > 0 else b""
+        if not data:
+            break
+        position += len(data)
+        pieces = data.split(b"\n")
+        last = pieces.pop()
+        if not pieces:  # no newline in this block
+            if not skipping:
+                carry += last
+                if len(carry) > limit:
+                    carry, skipping = b"", True
+            continue
+        lines: list[bytes | None] = list(pieces)
+        if skipping:
+            lines[0] = None
+            skipping = False
+        elif carry:
+            lines[0] = carry + pieces[0]
+        carry = last
+        if len(carry) > limit:
+            carry, skipping = b"", True
+        first = lines[0]
+        if max(map(len, pieces)) > limit or (first is not None and len(first) > limit):
+            lines = [None if line is not None and len(line) > limit else line for line in lines]
+        yield lines
+    if task.end is not None and carry and not skipping:  # the range ends inside a line
+        while True:
+            chunk = handle.readline(1024 * 1024)
+            done = not chunk or chunk.endswith(b"\n")
+            if len(carry) + len(chunk) > limit + 1:
+                skipping, carry = True, b""
+                if not done:
+                    _skip_line(handle)
+                break
+            carry += chunk
+            if done:
+                break
+        carry = carry.rstrip(b"\n")
+    if skipping:
+        yield [None]
+    elif carry:
+        yield [carry]
+
+
+class _Writer:
+    """Buckets of one split task, written to one file in segments."""
+
+    def __init__(self, result: SplitResult) -> None:
+        self.result = result
+        self.pending: dict[int, list[bytes]] = {}
+        self.size = 0
+        self.handle = open(result.out_path, "wb")  # noqa: SIM115 - closed in close()
+        self.offset = 0
+
+    def add(self, bucket: int, record: bytes) -> None:
+        self.pending.setdefault(bucket, []).append(record)
+        self.size += len(record)
+        if self.size >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        for bucket, records in sorted(self.pending.items()):
+            if not records:
+                continue
+            data = b"".join(records)
+            records.clear()  # in place: the split loop keeps references to these lists
+            self.handle.write(data)
+            self.result.segments.setdefault(bucket, []).append((self.offset, len(data)))
+            self.offset += len(data)
+        self.size = 0
+
+    def close(self) -> None:
+        self.flush()
+        self.handle.close()
+
+
+def split_range(task: SplitTask) -> SplitResult:
+    """Split one range of a data file into per-patient buckets (see the module docstring)."""
+    from fhir_trial.sources.ndjson import classify_line  # the one set of rules for a line
+
+    result = SplitResult(task.file_index, task.range_index, task.out_path)
+    writer = _Writer(result)
+    ftype = task.ftype
+    looked_at = reads(ftype)
+    buckets = task.buckets
+    head = b"%d %d %%d %%d " % (task.file_index, task.range_index)
+
+    def route(line: bytes, number: int, ids: set[bytes], flags: int) -> None:
+        by_bucket: dict[int, list[bytes]] = {}
+        for pid in sorted(ids):
+            by_bucket.setdefault(bucket_of(pid, buckets), []).append(pid)
+        primary = bucket_of(min(ids), buckets)
+        if len(ids) == 1:
+            flags |= SINGLE
+        for bucket, pids in by_bucket.items():
+            mark = flags | (PRIMARY if bucket == primary else 0)
+            writer.add(bucket, head % (number, mark) + b"|".join(pids) + b"\t" + line + b"\n")
+
+    # The common line names one patient once: routed with a few C-level operations.
+    fast_head = (
+        b"%d %d " % (task.file_index, task.range_index) + b"%d " + (b"%d " % (PRIMARY | SINGLE))
+    )
+    bucket_cache: dict[bytes, list[bytes]] = {}
+    pending = writer.pending
+    search = PATIENT_REF.search
+    number = blocks = nonempty = 0
+    with _open_binary(task.path) as handle:
+        for block in _blocks(task, handle):
+            for line in block:
+                number += 1
+                if not line:
+                    if line is None:
+                        result.oversized.append(number)
+                    continue
+                nonempty += 1
+                if not looked_at:
+                    continue
+                match = search(line)
+                # "Patient" once: the reference found; no second patient, nor a Patient resource.
+                if match is not None and line.count(b"Patient") == 1:
+                    pid = match.group(1)
+                    target = bucket_cache.get(pid)
+                    if target is None:
+                        bucket = bucket_of(pid, buckets)
+                        target = pending.get(bucket)
+                        if target is None:
+                            target = pending[bucket] = []
+                        bucket_cache[pid] = target
+                    target += (fast_head % number, pid, b"\t", line, b"\n")
+                    continue
+                stripped = line.strip()
+                if not stripped:  # spaces only: an empty line
+                    nonempty -= 1
+                    continue
+                _slow_line(stripped, number, ftype, result, route, classify_line)
+            blocks += 1
+            if blocks * BLOCK_BYTES >= FLUSH_BYTES:
+                writer.flush()
+                blocks = 0
+    result.lines = number
+    result.nonempty = nonempty
+    writer.close()
+    return result
+
+
+def _slow_line(
+    line: bytes,
+    number: int,
+    ftype: str | None,
+    result: SplitResult,
+    route: Any,
+    classify_line: Any,
+) -> None:
+    """A line naming no patient, several, or maybe a Patient: parsed here to route it."""
+    ids = set(PATIENT_REF.findall(line))
+    if ids and MAY_BE_PATIENT not in line:
+        route(line, number, ids, 0)
+        return
+    parsed = classify_line(line)
+    kind = parsed.kind
+    if kind == "bad":
+        if ids and parsed.blame != "Patient" and ftype != "Patient":
+            route(line, number, ids, 0)  # the worker fails it for those patients
+            return
+        own = PATIENT_ID.search(line) if ftype == "Patient" else None
+        result.bad.append(
+            (
+                number,
+                parsed.problem,
+                parsed.blame or ftype,
+                (),
+                own.group(1).decode() if own else None,
+            )
+        )
+    elif kind == "patient":
+        result.patients += 1
+        route(line, number, {parsed.key.encode()}, PATIENT_LINE)
+    elif kind == "resource":
+        route(line, number, {o.encode() for o in parsed.owners}, 0)
+    elif kind == "medication":
+        result.medications.append((number, parsed.key, line))
+        result.resources["Medication"] = result.resources.get("Medication", 0) + 1
+    elif kind == "outcome":
+        result.outcomes.append((number, line))
+    else:
+        _other(result, parsed.resource)
+
+
+def _other(result: SplitResult, resource: Resource | None) -> None:
+    """A parsed line that is neither a patient's nor shared: a type not read, or an orphan."""
+    if resource is None:
+        return
+    rtype = str(resource.get("resourceType"))
+    if rtype not in KEPT_TYPES:
+        result.not_read[rtype] = result.not_read.get(rtype, 0) + 1
+        return
+    rid = resource.get("id")
+    result.orphans.append((rtype, str(rid) if rid else "", "no reference to a patient"))
+
+
+# ------------------------------------------------------------------------------------- screen
+@dataclass(frozen=True)
+class BucketJob:
+    """Everything one bucket's worker needs (picklable)."""
+
+    bucket: int
+    parts: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]  # (split file, its segments)
+    file_names: tuple[str, ...]
+    file_types: tuple[str | None, ...]
+    lines_before: dict[tuple[int, int], int]  # (file, range) -> lines of the file before it
+    medications_db: str | None
+
+    def place(self, order: Order) -> str:
+        """``<file>:<line>`` of a line."""
+        file_index, range_index, number = order
+        return (
+            f"{self.file_names[file_index]}:{self.lines_before[(file_index, range_index)] + number}"
+        )
+
+    def where(self, header: bytes) -> str:
+        """``<file>:<line>`` of a bucket line, from its header."""
+        return self.place(header_order(header))
+
+
+@dataclass
+class PatientLines:
+    """One patient's lines in a bucket, raw (header, body), in export order; parsed later."""
+
+    patients: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # header, body, flags
+    lines: list[tuple[bytes, bytes, int]] = field(default_factory=list)
+
+
+@dataclass
+class PatientGroup:
+    """One patient of a bucket, parsed: what the record builder needs."""
+
+    order: Order  # of its (first) Patient line
+    patient_id: str
+    patient: Resource
+    resources: list[tuple[Any, Resource]]  # (where: see BucketJob.where, resource), export order
+    failed_for: dict[str, str]  # category -> reason (unreadable lines naming this patient)
+
+
+def header_order(header: bytes) -> Order:
+    """The position a bucket line's header records."""
+    file_index, range_index, number, _ = header.split(b" ", 3)
+    return int(file_index), int(range_index), int(number)
+
+
+def _read_bucket(job: BucketJob) -> dict[bytes, PatientLines]:
+    """A bucket's lines grouped per patient id (parts are in export order, and so are lines)."""
+    groups: dict[bytes, PatientLines] = {}
+    for path, segments in job.parts:
+        with open(path, "rb") as handle:
+            for offset, length in segments:
+                handle.seek(offset)
+                for record in handle.read(length).split(b"\n"):
+                    if not record:
+                        continue
+                    header, _, body = record.partition(b"\t")
+                    head, _, pids = header.rpartition(b" ")
+                    mark = int(head[head.rfind(b" ") + 1 :])
+                    for pid in pids.split(b"|"):
+                        group = groups.get(pid)
+                        if group is None:
+                            group = groups[pid] = PatientLines()
+                        if mark & PATIENT_LINE:
+                            group.patients.append((header, body, mark))
+                        else:
+                            group.lines.append((header, body, mark))
+    return groups
+
+
+class _Medications:
+    """Shared Medications, looked up by ``Medication/<id>`` in the split's SQLite file."""
+
+    def __init__(self, path: str | None) -> None:
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if path else None
+
+    def __call__(self, ref: str) -> Resource | None:
+        if self.db is None:
+            return None
+        row = self.db.execute("SELECT body FROM shared WHERE ref = ?", (ref,)).fetchone()
+        return parse_json(row[0]) if row else None
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+def bucket_patients(
+    job: BucketJob, account: InputAccount
+) -> Iterator[tuple[PatientGroup, _Medications]]:
+    """The patients of one bucket in export order, parsed once; the account gets what is odd."""
+    from fhir_trial.sources.ndjson import classify_line
+
+    groups = _read_bucket(job)
+    medications = _Medications(job.medications_db)
+    try:
+        for pid in sorted(groups, key=lambda p: _first_order(groups[p])):
+            lines = groups.pop(pid)
+            group = _parse_group(job, pid.decode(), lines, account, classify_line)
+            if group is not None:
+                yield group, medications
+    finally:
+        medications.close()
+
+
+def _first_order(lines: PatientLines) -> Order:
+    return header_order((lines.patients or lines.lines)[0][0])
+
+
+def _parse_group(
+    job: BucketJob,
+    pid: str,
+    lines: PatientLines,
+    account: InputAccount,
+    classify_line: Any,
+) -> PatientGroup | None:
+    patient: Resource | None = None
+    clash = False
+    for _header, body, _mark in lines.patients:
+        resource = parse_json(body)
+        account.type("Patient").resources += 1
+        if patient is None:
+            patient = resource
+        elif resource == patient:
+            account.duplicates_same += 1
+        else:
+            clash = True
+    if clash:
+        account.clashing_patients.append(pid)
+    resources: list[tuple[Any, Resource]] = []
+    failed_for: dict[str, str] = {}
+    reference = f"Patient/{pid}"
+    counts: dict[str, int] = {}
+    fast = patient is not None
+    loads = orjson.loads
+    for header, body, mark in lines.lines:
+        if fast and mark & SINGLE:
+            # One patient named once, and it is this one: ownership is a dict lookup.
+            try:
+                resource = loads(body)
+            except orjson.JSONDecodeError:
+                resource = None
+            if type(resource) is dict:
+                rtype = resource.get("resourceType")
+                holder = resource.get("subject") or resource.get("patient")
+                if (
+                    type(holder) is dict
+                    and holder.get("reference") == reference
+                    and rtype in KEPT_TYPES
+                    and rtype != "Patient"
+                ):
+                    counts[rtype] = counts.get(rtype, 0) + 1
+                    resources.append((header, resource))
+                    continue
+        _slow_resource(
+            job, pid, patient, header, body, mark, account, classify_line, resources, failed_for
+        )
+    for rtype, count in counts.items():
+        account.type(rtype).resources += count
+    if patient is None or clash:
+        return None
+    return PatientGroup(header_order(lines.patients[0][0]), pid, patient, resources, failed_for)
+
+
+def _slow_resource(
+    job: BucketJob,
+    pid: str,
+    patient: Resource | None,
+    header: bytes,
+    body: bytes,
+    mark: int,
+    account: InputAccount,
+    classify_line: Any,
+    resources: list[tuple[Any, Resource]],
+    failed_for: dict[str, str],
+) -> None:
+    """The full rule for one line (several patients, odd references, unreadable, orphan)."""
+    accounts = bool(mark & PRIMARY) and header.rsplit(b" ", 1)[1].split(b"|")[0] == pid.encode()
+    ftype = job.file_types[header_order(header)[0]]
+    parsed = classify_line(body)
+    kind = parsed.kind
+    if kind == "bad":
+        place = job.where(header)
+        category = parsed.blame or ftype
+        if category in CATEGORIES and category != "Patient":
+            failed_for.setdefault(category, f"an unreadable line in the export ({place})")
+        if accounts:
+            account.reject(RejectedLine(place, parsed.problem, category, pid))
+        return
+    resource = parsed.resource
+    if resource is None:
+        return
+    rtype = str(resource.get("resourceType"))
+    rid = str(resource.get("id") or "")
+    if accounts and kind in ("resource", "medication", "patient"):
+        account.type(rtype).resources += 1
+    if kind == "resource":
+        if pid in parsed.owners:
+            if patient is None and pid == parsed.owners[0]:
+                account.orphan(rtype, rid, f"Patient/{pid} is not in the export")
+            resources.append((header, resource))
+        elif accounts and not parsed.owners:
+            account.orphan(rtype, rid, "no reference to a patient")
+    elif accounts and kind == "other":
+        if rtype in KEPT_TYPES:
+            account.orphan(rtype, rid, "no reference to a patient")
+        else:
+            account.not_read[rtype] = account.not_read.get(rtype, 0) + 1

@@ -1,0 +1,175 @@
+"""Screening a Bulk NDJSON export in parallel: buckets evaluated by worker processes.
+
+:func:`screen_export` splits the export (:meth:`NdjsonExport.prepare`, in the pool), then each
+worker takes one bucket at a time (:func:`screen_bucket`): groups its lines per patient, parses
+them once, evaluates every patient (:func:`~fhir_trial.sources.ndjson_versions.screen_patient`)
+and writes the reports to a file of its own, in export order. The driver merges those files in
+export order (a k-way merge: one report per bucket in memory), so memory stays flat whatever the
+size of the export, and the output order does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import multiprocessing
+import os
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from fhir_trial.config import Settings
+from fhir_trial.report import EligibilityReport
+from fhir_trial.sources.ndjson import NdjsonExport
+from fhir_trial.sources.ndjson_account import InputAccount
+from fhir_trial.sources.ndjson_buckets import BucketJob, Order, bucket_patients
+from fhir_trial.sources.ndjson_versions import screen_patient
+from fhir_trial.terminology import load_terminology
+
+
+def default_workers() -> int:
+    """The machine's CPUs (what ``--workers`` defaults to)."""
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class BucketDone:
+    """What a worker hands back: the bucket's account and where its reports are."""
+
+    results_path: str
+    account: InputAccount
+
+
+def screen_bucket(
+    export: NdjsonExport, settings: Settings, what_if: tuple[Settings, ...], job: BucketJob
+) -> BucketDone:
+    """Worker side: evaluate every patient of one bucket; reports go to a file, in export order.
+
+    Each patient is also evaluated under each what-if Settings (the same record, the same rules).
+    """
+    account = InputAccount()
+    path = str(export.scratch / f"reports-{job.bucket}.pickle")
+    _settle(settings)
+    with open(path, "wb") as sink, _no_gc():
+        for group, medications in bucket_patients(job, account):
+            build = export.builder(group, medications)
+            report, notes, _ = screen_patient(build, group.resources, settings, where=job.where)
+            variants = tuple(
+                screen_patient(build, group.resources, variant, where=job.where)[0]
+                for variant in what_if
+            )
+            account.patients += 1
+            account.duplicates_same += notes.duplicates_same
+            for text in notes.duplicates_different:
+                account.duplicate(text)
+            account.needs_review.extend(notes.needs_review)
+            pickle.dump((group.order, report, variants), sink, protocol=pickle.HIGHEST_PROTOCOL)
+    return BucketDone(path, account)
+
+
+_SETTLED: set[str] = set()
+
+
+def _settle(settings: Settings) -> None:
+    """Load the ValueSets once per process and exclude them from garbage collection.
+
+    Parsed resources are many small containers: with the ValueSets in the tracked heap, every
+    full collection walked them again (the screening spent more time collecting than parsing).
+    """
+    if settings.resources_dir in _SETTLED:
+        return
+    load_terminology(settings.resources_dir)
+    gc.collect()
+    gc.freeze()
+    _SETTLED.add(settings.resources_dir)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic collection while a bucket is screened (its memory is bounded; JSON has no
+    cycles), one after it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
+
+
+def _reports(
+    path: str,
+) -> Iterator[tuple[Order, EligibilityReport, tuple[EligibilityReport, ...]]]:
+    with open(path, "rb") as handle:
+        while True:
+            try:
+                yield pickle.load(handle)
+            except EOFError:
+                return
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn: no fork of a process that may hold threads or open SQLite handles.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def screen_export(
+    export: NdjsonExport,
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    what_if: Sequence[Settings] = (),
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[EligibilityReport, tuple[EligibilityReport, ...]]]:
+    """Every patient's report, in export order; :attr:`NdjsonExport.account` is complete at the end.
+
+    Yields ``(report, what-if reports)`` (one per ``what_if`` Settings, in order).
+    ``workers``: processes (default: the machine's CPUs; 1 runs everything in this process).
+    ``progress(n)`` is called as each bucket of ``n`` patients is done (reports come out in
+    export order once every bucket is done).
+    """
+    workers = workers or default_workers()
+    with ExitStack() as stack:
+        pool: Executor | None = stack.enter_context(_pool(workers)) if workers > 1 else None
+        export.prepare(pool)
+        # The worker gets the export without its own temporary-folder handle (it must not delete).
+        job_export = _shippable(export)
+        run = partial(screen_bucket, job_export, settings, tuple(what_if))
+        done: list[BucketDone] = []
+        if pool is None:
+            for job in export.jobs:
+                done.append(run(job))
+                if progress:
+                    progress(done[-1].account.patients)
+        else:
+            futures = [pool.submit(run, job) for job in export.jobs]
+            for future in as_completed(futures):
+                if progress:
+                    progress(future.result().account.patients)
+            done = [future.result() for future in futures]
+        if pool is not None:
+            stack.pop_all().close()  # free the workers before the merge
+    for part in done:
+        export.account.merge(part.account)
+    export.account.sort()
+    streams = [_reports(part.results_path) for part in done]
+    try:
+        for _, report, variants in heapq.merge(*streams, key=lambda item: item[0]):
+            yield report, variants
+    finally:
+        export.close()
+
+
+def _shippable(export: NdjsonExport) -> Any:
+    """A copy of the export for worker processes: same rules and paths, no cleanup duty."""
+    copy = object.__new__(NdjsonExport)
+    copy.__dict__.update(export.__dict__)
+    copy._tmp = None
+    copy.account = InputAccount()
+    copy.jobs = []
+    return copy
