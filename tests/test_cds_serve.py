@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from fake_fhir_server import FakeFhirServer
 
 from fhir_trial.commands.serve import command, default_workers, gunicorn_options
+from fhir_trial.commands.serve_worker import SlowClientSafeWorker
 from fhir_trial.config import Settings
 
 
@@ -88,6 +89,9 @@ def test_gunicorn_options() -> None:
     assert options["bind"] == "127.0.0.1:8080" and options["workers"] == 3
     assert options["accesslog"] is None  # worksheet tokens travel in URLs
     assert options["preload_app"] is True  # workers fork from one built app
+    assert issubclass(options["worker_class"], SlowClientSafeWorker)  # slow clients cost no thread
+    assert options["worker_class"].header_timeout_s == 10.0
+    assert options["threads"] == 8
     assert options["timeout"] == 300  # long enough to screen a large population upload
     assert gunicorn_options("127.0.0.1", 8080, 3, Settings(worker_timeout_s=900))["timeout"] == 900
     assert 1 <= default_workers() <= 9

@@ -2,7 +2,8 @@
 
     fhir-trial serve --host 127.0.0.1 --port 8080 --workers 4 [--development-mode] [--dev-server]
 
-Production runs gunicorn (sync workers forked from one preloaded app). ``--dev-server`` runs Flask's
+Production runs gunicorn: worker processes forked from one preloaded app, each with
+``server_threads`` request threads; slow clients cost no thread (see :mod:`.serve_worker`). ``--dev-server`` runs Flask's
 built-in server instead, for development only. ``--development-mode`` turns CDS Hooks JWT
 verification OFF (loudly); it is never the default. Settings come from ``FHIR_TRIAL_*``
 environment variables (e.g. ``FHIR_TRIAL_CDS_TRUSTED_ISSUERS_FILE``, ``FHIR_TRIAL_SECRET_KEY``,
@@ -23,6 +24,7 @@ import click
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from fhir_trial.commands.serve_worker import configure as configure_worker
 from fhir_trial.config import Settings
 
 __all__ = ["GunicornServer", "command", "default_workers", "log_through_gunicorn"]
@@ -86,7 +88,12 @@ def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> 
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "sync",
+        # Threads, headers read in the event loop, deadlines on bodies: slow clients cost a
+        # socket, not a worker (commands/serve_worker.py).
+        "worker_class": configure_worker(settings),
+        "threads": settings.server_threads,
+        # With threads the arbiter only replaces a worker whose event loop hangs; a request's
+        # own time is bounded by the header/body deadlines and the screening deadlines.
         "timeout": max(30, settings.worker_timeout_s, int(settings.cds_deadline_s * 10)),
         "graceful_timeout": 10,
         "keepalive": 2,
@@ -94,6 +101,8 @@ def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> 
         "errorlog": "-",
         "loglevel": "info",
         "limit_request_line": 8190,
+        "limit_request_fields": 50,
+        "limit_request_field_size": 8190,
         "proc_name": "fhir-trial",
         # Build once, fork many (see GunicornServer.load). A HUP therefore re-forks the workers
         # but does not reload the code or settings: restart the service for those.
