@@ -19,6 +19,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["FHIR_TRIAL_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
 
+    from fhir_trial.logs import install_request_log
+
+    install_request_log(app)  # request ids, one JSON line per request (fhir_trial/logs.py)
+
     from fhir_trial.fhir_api.blueprint import create_fhir_blueprint
 
     app.register_blueprint(create_fhir_blueprint(settings), url_prefix="/fhir")

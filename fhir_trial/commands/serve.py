@@ -26,6 +26,7 @@ from gunicorn.app.base import BaseApplication
 
 from fhir_trial.commands.serve_worker import configure as configure_worker
 from fhir_trial.config import Settings
+from fhir_trial.logs import configure_json_logging
 
 __all__ = ["GunicornServer", "command", "default_workers", "log_through_gunicorn"]
 
@@ -70,17 +71,13 @@ class GunicornServer(BaseApplication):
 
 
 def log_through_gunicorn() -> None:
-    """Send the package's log records to gunicorn's error log, at its level and in its format.
+    """Write the package's log records as JSON lines on stderr, at gunicorn's level.
 
-    Otherwise they reach only Python's last-resort handler: warnings without time or process,
-    and none of the INFO lines an operator reads (hook outcomes and timings, why a call got 401,
-    which FHIR fetch failed). None of them carries a token or PHI.
+    One object per line (:mod:`fhir_trial.logs`): request-derived values are escaped, so a
+    ``hookInstance`` with a newline cannot forge a line, and every request leaves one line with
+    its id, route pattern, status and duration. None of them carries a token or PHI.
     """
-    gunicorn_log = logging.getLogger("gunicorn.error")
-    package_log = logging.getLogger("fhir_trial")
-    package_log.handlers = list(gunicorn_log.handlers)
-    package_log.setLevel(gunicorn_log.level)
-    package_log.propagate = False
+    configure_json_logging(logging.getLogger("gunicorn.error").level or logging.INFO)
 
 
 def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> dict[str, Any]:
@@ -173,6 +170,7 @@ def command(
     if dev_server:
         from fhir_trial.app import create_app
 
+        configure_json_logging()
         click.echo(
             "WARNING: Flask development server; use gunicorn (without --dev-server) in production.",
             err=True,
