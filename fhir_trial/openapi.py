@@ -27,6 +27,7 @@ from importlib import resources
 from typing import Any
 
 from fhir_trial.canonical import STUDY_RESOURCE_ID
+from fhir_trial.cds_hooks.discovery import PREFETCH_KEYS
 from fhir_trial.fhir_api.access import required_scope
 
 __all__ = ["UNDOCUMENTED_ENDPOINTS", "openapi_document"]
@@ -259,13 +260,33 @@ def _cds_errors(*statuses: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ parameters
-def _path(name: str, description: str, example: str | None = None) -> dict[str, Any]:
+def _likely(*values: str) -> dict[str, Any]:
+    """A string, most usefully one of ``values``: generators then hit both real and unknown ones."""
+    return {"anyOf": [{"enum": list(values)}, {"type": "string", "minLength": 1}]}
+
+
+# What the shipped resources/ holds (other values answer 404, as documented).
+SERVED_TYPES = (
+    "CodeSystem",
+    "Group",
+    "Library",
+    "OperationDefinition",
+    "PlanDefinition",
+    "ResearchStudy",
+    "StructureDefinition",
+    "ValueSet",
+)
+
+
+def _path(
+    name: str, description: str, example: str | None = None, likely: tuple[str, ...] = ()
+) -> dict[str, Any]:
     param: dict[str, Any] = {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string", "minLength": 1},
+        "schema": _likely(*likely) if likely else {"type": "string", "minLength": 1},
     }
     if example:
         param["example"] = example
@@ -282,7 +303,9 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
     }
 
 
-_FORMAT = _query("_format", "json only; anything else is 406")
+_FORMAT = _query(
+    "_format", "json only; anything else is 406", _likely("json", "application/fhir+json")
+)
 _SEARCH_PARAMS = [
     _query("_id", "resource id (comma: OR)"),
     _query("identifier", "system|value, |value, value or system|"),
@@ -316,6 +339,39 @@ _POPULATION_PARAMS = [
 
 
 # ------------------------------------------------------------------------------------ operations
+_EXAMPLE_PATIENT = {
+    "resourceType": "Patient",
+    "id": "example",
+    "gender": "female",
+    "birthDate": "1990-06-15",
+}
+HOOK_EXAMPLE = {
+    "hook": "patient-view",
+    "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+    "context": {"userId": "Practitioner/example", "patientId": "example"},
+    # Every prefetch key filled: the patient, and empty searchsets for the rest.
+    "prefetch": {
+        key: _EXAMPLE_PATIENT
+        if key == "patient"
+        else {"resourceType": "Bundle", "type": "searchset", "entry": []}
+        for key in PREFETCH_KEYS
+    },
+}
+APPLY_EXAMPLE = {
+    "resourceType": "Parameters",
+    "parameter": [
+        {
+            "name": "data",
+            "resource": {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": _EXAMPLE_PATIENT}],
+            },
+        }
+    ],
+}
+
+
 def _operation(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"summary": summary, "responses": responses, **extra}
 
@@ -326,14 +382,17 @@ def _registry_security(resource_type: str) -> list[dict[str, list[str]]]:
 
 
 def _paths() -> dict[str, Any]:
-    service = _path("service_id", "the CDS service id", "nct06010472-eligibility")
-    rtype = _path("type", "a FHIR resource type served here (see /fhir/metadata)", "ResearchStudy")
-    rid = _path("id", "a resource id", STUDY_RESOURCE_ID)
+    plan_id = f"{STUDY_RESOURCE_ID}-eligibility"
+    service = _path("service_id", "the CDS service id", plan_id, likely=(plan_id,))
+    rtype = _path(
+        "type", "a FHIR resource type served here (see /fhir/metadata)", likely=SERVED_TYPES
+    )
+    rid = _path("id", "a resource id", likely=(STUDY_RESOURCE_ID, plan_id, "active-infections"))
     read_errors = _fhir_errors(400, 404, 406)
     apply_body = {
         "required": True,
         "content": {
-            FHIR_JSON: {"schema": _ref("Parameters")},
+            FHIR_JSON: {"schema": _ref("Parameters"), "example": APPLY_EXAMPLE},
             "application/json": {"schema": _ref("Parameters")},
         },
     }
@@ -391,7 +450,15 @@ def _paths() -> dict[str, Any]:
                 "The patient-view hook: cards for a potentially eligible patient",
                 {"200": {"description": "cards", **_json(_ref("CdsHookResponse"))}}
                 | _cds_errors(400, 401, 404, 412, 413),
-                requestBody={"required": True, **_json(_ref("CdsHookRequest"))},
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("CdsHookRequest"),
+                            "example": HOOK_EXAMPLE,
+                        }
+                    },
+                },
                 security=[{"cdsClientJwt": []}],
             ),
         },
@@ -493,7 +560,7 @@ def _paths() -> dict[str, Any]:
             "post": _with(expand_post, parameters=_EXPAND_PARAMS),
         },
         "/fhir/ValueSet/{id}/$expand": {
-            "parameters": [_path("id", "a ValueSet id")],
+            "parameters": [_path("id", "a ValueSet id", likely=("active-infections", "sle"))],
             "get": _with(expand_get, parameters=_EXPAND_PARAMS),
             "post": _with(expand_post, parameters=_EXPAND_PARAMS),
         },
@@ -506,9 +573,7 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/fhir/PlanDefinition/{id}/$apply": {
-            "parameters": [
-                _path("id", "the PlanDefinition id", f"{STUDY_RESOURCE_ID}-eligibility")
-            ],
+            "parameters": [_path("id", "the PlanDefinition id", likely=(plan_id,))],
             "post": _operation(
                 "Screen one patient (Parameters with a data Bundle)",
                 apply_responses,
@@ -517,7 +582,7 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/fhir/ResearchStudy/{id}/$screen-population": {
-            "parameters": [_path("id", "the ResearchStudy id", STUDY_RESOURCE_ID)],
+            "parameters": [_path("id", "the ResearchStudy id", likely=(STUDY_RESOURCE_ID,))],
             "post": _operation(
                 "Screen a population (a Bundle or an NDJSON stream)",
                 {

@@ -36,7 +36,7 @@ schemathesis.experimental.OPEN_API_3_1.enable()
 EXAMPLES = int(os.environ.get("FHIR_TRIAL_FUZZ_EXAMPLES", "10"))
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 ROOT = "http://localhost"
-_calls = itertools.count()
+_calls: dict[str, itertools.count[int]] = {}
 TIMES: dict[str, float] = {}
 
 
@@ -80,7 +80,8 @@ def _token_for(path: str) -> str | None:
 )
 def test_the_app_keeps_to_its_openapi_document(case: object) -> None:
     token = _token_for(case.formatted_path)  # type: ignore[attr-defined]
-    if token and next(_calls) % 5:
+    calls = _calls.setdefault(case.operation.verbose_name, itertools.count())  # type: ignore[attr-defined]
+    if token and next(calls) % 5 != 4:  # the first (the documented example) has a valid token
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}  # type: ignore[attr-defined]
     started = time.monotonic()
     case.call_and_validate(checks=ALL_CHECKS)  # type: ignore[attr-defined]
