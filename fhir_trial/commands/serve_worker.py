@@ -19,9 +19,9 @@ hook stopped answering. This worker changes three things:
   raises :class:`BodyReadTimeout` (a 408 from the app's error handlers) and the connection is
   closed. Only ``$screen-population`` takes such bodies, and it refuses a caller without an
   access token before reading any of it.
-- **a body the app did not read closes the connection**, instead of gunicorn draining it on
-  the thread before the next request: a client refused with 401 cannot then hold the thread by
-  trickling the rest of its upload.
+- **a body the app did not read closes the connection** (unless it was all received before the
+  thread took the request), instead of gunicorn draining it on the thread before the next
+  request: a client refused with 401 cannot then hold the thread by trickling the rest of it.
 
 Everything else (the arbiter, preloading, keep-alive, graceful restarts) is gunicorn's own.
 """
@@ -106,6 +106,7 @@ class _Conn(TConn):
         self.parser: Any = None
         self.received = bytearray()
         self.wanted: int | None = None  # bytes the request needs (-1: chunked), once headers are in
+        self.buffered = False  # the whole request was received before a thread took it
         self.header_deadline = math.inf
         self.reader = _DeadlineSocket(sock, idle_s)
 
@@ -177,8 +178,11 @@ class SlowClientSafeWorker(ThreadWorker):
 
     def _complete(self, conn: _Conn) -> bool:
         """Whether the request is ready for a thread (headers, and a body of at most
-        ``buffer_body_bytes``, all received); sets the body's deadline when the headers are in."""
+        ``buffer_body_bytes``, all received); sets the body's deadline when the headers are in.
+        ``conn.buffered`` says whether the whole request is in memory (then an unread body costs
+        nothing to skip, and the connection can be kept alive)."""
         received = conn.received
+        conn.buffered = False
         if conn.wanted is None:
             end = received.find(b"\r\n\r\n")
             if end < 0:
@@ -190,6 +194,7 @@ class SlowClientSafeWorker(ThreadWorker):
             elif length:
                 conn.wanted = end + 4 + int(length.group(1))
             else:
+                conn.buffered = True
                 return True  # no body
             size = int(length.group(1)) if length else 0
             if size > self.buffer_body_bytes:
@@ -201,8 +206,10 @@ class SlowClientSafeWorker(ThreadWorker):
                 with contextlib.suppress(OSError):  # the client waits for it to send the body
                     conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         if conn.wanted < 0:  # chunked: until the last chunk, or the buffer limit
-            return b"\r\n0\r\n\r\n" in received[-4096:] or len(received) > self.buffer_body_bytes
-        return len(received) >= conn.wanted
+            conn.buffered = b"\r\n0\r\n\r\n" in received[-4096:]
+            return conn.buffered or len(received) > self.buffer_body_bytes
+        conn.buffered = len(received) >= conn.wanted
+        return conn.buffered
 
     def murder_keepalived(self) -> None:
         """gunicorn's keep-alive expiry, plus: close connections whose headers are overdue."""
@@ -243,7 +250,7 @@ class SlowClientSafeWorker(ThreadWorker):
             keepalive: bool = super().handle_request(req, conn)
         finally:
             conn.reader.deadline = math.inf
-        if conn.reader.timed_out or not _body_consumed(req):
+        if conn.reader.timed_out or not (conn.buffered or _body_consumed(req)):
             return False
         return keepalive
 
