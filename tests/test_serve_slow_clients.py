@@ -9,6 +9,7 @@ both time out. Then the deadlines close the slow connections by themselves (408 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -84,6 +85,13 @@ class Trickler:
             return
         except OSError:
             self.closed_by_server = True
+
+
+def _recv_some(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise AssertionError("the server closed a connection it should have kept alive")
+    return data
 
 
 def _slow_clients(port: int) -> list[Trickler]:
@@ -206,3 +214,62 @@ def test_fifty_slow_clients_do_not_stop_health_or_hook(tmp_path: Path, shared_di
             process.wait(timeout=5)
         log_file.close()
         print(log_path.read_text()[-3000:])  # shown when the test fails
+
+
+def test_large_uploads_and_keep_alive_through_the_worker(tmp_path: Path, shared_dir: Path) -> None:
+    """Bodies over the buffer (read on the thread), chunked ones, and kept-alive connections."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(
+        os.environ,
+        FHIR_TRIAL_DATABASE_PATH=str(tmp_path / "db.sqlite3"),
+        FHIR_TRIAL_CDS_DEVELOPMENT_MODE="1",
+        FHIR_TRIAL_MAX_REQUEST_BYTES=str(256 * 1024),  # the event-loop buffer: 256 KiB
+    )
+    log_file = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_trial", "serve", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+        text=True,
+        start_new_session=True,
+    )
+    folder = shared_dir / "fixtures/synthea/bulk-ndjson-10-patients"
+    export = b"".join(
+        data if data.endswith(b"\n") else data + b"\n"
+        for data in (path.read_bytes() for path in sorted(folder.glob("*.ndjson")))
+    )
+    url = f"{base}/fhir/ResearchStudy/nct06010472/$screen-population"
+    params = {"asOf": "2026-11-26"}
+    headers = {"Content-Type": "application/fhir+ndjson"}
+    try:
+        _wait_until_up(base, process)
+        assert len(export) > 4 * 1024 * 1024
+        sized = requests.post(url, data=export, params=params, headers=headers, timeout=120)
+        assert sized.status_code == 200, sized.text[:300]
+        chunks = (export[i : i + 65536] for i in range(0, len(export), 65536))
+        chunked = requests.post(url, data=chunks, params=params, headers=headers, timeout=120)
+        assert chunked.status_code == 200 and chunked.json() == sized.json()
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # one connection throughout
+            sock.settimeout(10)
+            for request in (
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",  # unread
+                b"POST /fhir/PlanDefinition/_search HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\n_id=no",
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            ):
+                sock.sendall(request)
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += _recv_some(sock)
+                head, _, rest = answer.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+                while len(rest) < length:
+                    rest += _recv_some(sock)
+                assert head.split(b" ")[1] in (b"200", b"405"), head
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+        log_file.close()

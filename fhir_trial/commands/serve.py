@@ -5,7 +5,7 @@
 Production runs gunicorn: worker processes forked from one preloaded app, each with
 ``server_threads`` request threads; slow clients cost no thread (see :mod:`.serve_worker`). ``--dev-server`` runs Flask's
 built-in server instead, for development only. ``--development-mode`` turns CDS Hooks JWT
-verification OFF (loudly); it is never the default. Settings come from ``FHIR_TRIAL_*``
+verification and the registry operations' access tokens OFF (loudly); it is never the default. Settings come from ``FHIR_TRIAL_*``
 environment variables (e.g. ``FHIR_TRIAL_CDS_TRUSTED_ISSUERS_FILE``, ``FHIR_TRIAL_SECRET_KEY``,
 ``FHIR_TRIAL_PUBLIC_BASE_URL``, ``FHIR_TRIAL_DATABASE_PATH``) and the options below.
 
@@ -126,7 +126,8 @@ def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> 
 @click.option(
     "--development-mode",
     is_flag=True,
-    help="Turn CDS Hooks JWT verification OFF. Never in production.",
+    help="Turn token checks OFF (CDS Hooks JWTs, $apply/$screen-population access tokens). "
+    "Never in production.",
 )
 @click.option(
     "--dev-server", is_flag=True, help="Use Flask's development server instead of gunicorn."
@@ -163,8 +164,9 @@ def command(
         settings = settings.replace(secret_key=secrets.token_urlsafe(32))
     if settings.cds_development_mode:
         click.echo(
-            "WARNING: development mode: CDS Hooks JWT verification is OFF; anyone can call the "
-            "service. Never use this in production.",
+            "WARNING: development mode: CDS Hooks JWT verification and the access tokens of "
+            "$apply and $screen-population are OFF; anyone can call the service and send it "
+            "patient data. Never use this in production.",
             err=True,
         )
     if dev_server:
