@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 # Top-level folder -> the file patterns the package reads at run time.
 DATA = {
     "resources": ("*.json",),
-    "terminology": ("*.json", "*.md", "valuesets/*.json"),
+    "terminology": ("**/*.json", "**/*.md"),
     "cql": ("*.cql", "build/*.json"),
 }
 

@@ -31,6 +31,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(create_cds_blueprint(settings))
 
+    from fhir_trial.smart.blueprint import create_smart_blueprint
+
+    app.register_blueprint(create_smart_blueprint(settings))
+
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify({"status": "ok"})

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "validate": "validate",
     "publish": "publish",
     "build-resources": "build_resources",
+    "import-vsac": "import_vsac",
     "serve": "serve",
     "cql": "cql",
 }

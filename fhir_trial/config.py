@@ -24,6 +24,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
 DATA_ROOT = _PACKAGED_DATA if (_PACKAGED_DATA / "resources").is_dir() else PROJECT_ROOT
 DEFAULT_RESOURCES_DIR = DATA_ROOT / "resources"
+# Longest query (after "?") of one code-filtered FHIR search: common servers and proxies accept
+# URLs of 2,048 characters or more, and the base URL and path need room too.
+DEFAULT_MAX_SEARCH_QUERY_CHARS = 1800
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class Settings:
     max_pages: int = 50
     max_resources: int = 20000
     search_concurrency: int = 4
+    # A code list longer than this (query characters) is split over several searches.
+    max_search_query_chars: int = DEFAULT_MAX_SEARCH_QUERY_CHARS
 
     # --- CDS Hooks service ---------------------------------------------------------------------------
     cds_deadline_s: float = 1.5

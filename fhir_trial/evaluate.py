@@ -2,7 +2,8 @@
 
 Each clinical-area module under :mod:`fhir_trial.criteria` exports ``CRITERIA_FUNCTIONS``, a mapping
 from criterion id to a function ``(Context) -> Finding``. This module runs them in CRITERIA.md order,
-derives inc-autoantibody from its three parts, and applies the verdict rules.
+derives inc-autoantibody from its three parts, and applies the verdict rules (a patient deceased on
+the screening date is ineligible whatever the criteria say: :mod:`fhir_trial.deceased`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fhir_trial.criteria import (
 )
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.criteria.context import Context
+from fhir_trial.deceased import VitalStatus, vital_status
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import CriterionResult, EligibilityReport, Finding, Status, Verdict
 from fhir_trial.terminology import Terminology, load_terminology
@@ -97,6 +99,20 @@ def verdict_of(results: tuple[CriterionResult, ...]) -> Verdict:
     return "potentially-eligible"
 
 
+def final_verdict(criteria_verdict: Verdict, vital: VitalStatus) -> Verdict:
+    """The verdict once the vital status is known (CRITERIA.md, "Real-world records").
+
+    A patient deceased on the screening date is ineligible whatever the criteria say; one whose
+    vital status cannot be read is at best potentially eligible (a person checks), never
+    ineligible for that reason alone.
+    """
+    if vital.state == "deceased":
+        return "ineligible"
+    if vital.state == "unclear" and criteria_verdict == "eligible":
+        return "potentially-eligible"
+    return criteria_verdict
+
+
 def evaluate(
     record: PatientRecord,
     settings: Settings | None = None,
@@ -128,17 +144,24 @@ def evaluate(
         )
         for spec in CRITERIA
     )
-    warnings = tuple(record.warnings) + tuple(
-        f"{category} could not be obtained: {why}"
-        for category, why in sorted(record.failed.items())
+    vital = vital_status(record.patient, as_of)
+    warnings = (
+        tuple(record.warnings)
+        + tuple(
+            f"{category} could not be obtained: {why}"
+            for category, why in sorted(record.failed.items())
+        )
+        + ((vital.warning,) if vital.warning else ())
     )
     return EligibilityReport(
         study=STUDY_ID,
         patient=record.patient_reference,
         as_of=as_of.isoformat(),
-        verdict=verdict_of(results),
+        verdict=final_verdict(verdict_of(results), vital),
         criteria=results,
         warnings=warnings,
+        deceased=vital.deceased,
+        reason=vital.reason,
     )
 
 

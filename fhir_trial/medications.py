@@ -44,7 +44,7 @@ import datetime as dt
 import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from fhir_trial.elements import child, objects
@@ -55,10 +55,25 @@ from fhir_trial.terminology import (
     ValueSet,
     code_text,
     codings,
+    has_letter,
     lookup_keys,
-    name_candidate,
     normalise_system,
 )
+
+# The ValueSets the medication criteria read drugs against, and (with the trial medications of
+# exc-drug-allergy) the drugs the screening knows by code: a record coded with one of these is
+# identified even without a name (DrugRecord.identified). The CQL library's "Known Drug" lists
+# the same ValueSets, and fhir_trial.cql.engine sends name matches for the first group.
+DRUG_VALUESETS = (
+    "oral-corticosteroids",
+    "immunosuppressants",
+    "sle-biologics",
+    "hydroxychloroquine",
+    "b-cell-therapies",
+    "systemic-antibacterials",
+    "antivirals-herpes",
+)
+KNOWN_DRUG_VALUESETS = (*DRUG_VALUESETS, "trial-medication-allergens")
 
 # Statuses that mean the record is void or the drug was not given (CRITERIA.md, "Medication
 # exposure periods"). FHIR R4 names them per resource type: every type has entered-in-error;
@@ -124,53 +139,61 @@ class DrugRecord:
     # Every ValueSet lookup key of the codings (lookup_keys), so that matches() is one set test:
     # criteria ask each record about several ValueSets.
     keys: frozenset[Code]
-    # The RxNorm codings that may match by ingredient name, as (code, display, coding), found once
-    # per record (terminology.name_candidate): most records have none, so most checks are free.
-    named: tuple[tuple[str, str, Mapping[str, Any]], ...]
+    # What the record calls its drug: the displays of its codings and the text of its concepts
+    # (inline, the Medication's code, its ingredients), each once, for the names safety net.
+    names: tuple[str, ...]
+    # Whether the record itself names its drug (a display or text with a letter in it); names
+    # taken from other records sharing its code (drug_records) do not count for this.
+    has_name: bool
+    # named_as per ValueSet id, filled on first use (ValueSet ids are unique in a screening).
+    _named: dict[str, tuple[str, str] | None] = field(
+        default_factory=dict, repr=False, compare=False, kw_only=True
+    )
     # The words of the drug's names or stated route that say it is for local use ("Topical",
     # "Ophthalmic", ...; :func:`local_use_word`), or "" when none does.
     local_use: str
 
     def matching_coding(self, valueset: ValueSet) -> Mapping[str, Any] | None:
-        """The first coding (product or ingredient) that is in the ValueSet, else None.
-
-        A listed code comes first; else an RxNorm product whose name names a listed ingredient.
-        """
+        """The first coding (product or ingredient) whose code is in the ValueSet, else None."""
         if valueset.contains_any(self.keys):
             for coding in self.codings:
                 if valueset.contains(coding.get("system"), coding.get("code")):
                     return coding
-        return self._named_coding(valueset)
-
-    def _named_coding(self, valueset: ValueSet) -> Mapping[str, Any] | None:
-        """The first RxNorm coding matched by ingredient name (ValueSet.coding_ingredient)."""
-        if not self.named or not valueset.ingredient_names:
-            return None
-        for code, display, coding in self.named:
-            if valueset.candidate_ingredient(code, display):
-                return coding
         return None
+
+    def named_as(self, valueset: ValueSet) -> tuple[str, str] | None:
+        """(name, listed ingredient) when the drug is read by name (CRITERIA.md, "Names as a
+        safety net"): none of its codes is in the ValueSet, it has a code (of any system: the
+        CQL side can only add codes to an expansion), and one of its names names a listed
+        ingredient or brand. Else None."""
+        if not self.keys or not self.names:
+            return None
+        cache = self._named
+        if valueset.id in cache:  # criteria ask each record about several ValueSets, often twice
+            return cache[valueset.id]
+        found = None if valueset.contains_any(self.keys) else valueset.named_by(self.names)
+        cache[valueset.id] = found
+        return found
 
     def matches(self, valueset: ValueSet) -> bool:
         """Whether the drug, or one of its ingredients, is in the ValueSet (by code or by name)."""
-        return valueset.contains_any(self.keys) or self._named_coding(valueset) is not None
+        return valueset.contains_any(self.keys) or self.named_as(valueset) is not None
 
     def label(self, valueset: ValueSet | None = None) -> str:
         """A readable drug name: the matching coding's display when there is one.
 
-        A product matched by ingredient name says so, for a person to check.
+        A drug read by name says so, for a person to check: "泼尼松片 (identified by name:
+        prednisone)".
         """
         if valueset is not None:
             coding = self.matching_coding(valueset)
             if coding is not None:
-                key = (str(coding.get("system") or ""), str(coding.get("code") or ""))
+                key = (normalise_system(coding.get("system")), code_text(coding.get("code")) or "")
                 shown = coding.get("display") or valueset.displays.get(key)
-                if not valueset.contains_any(self.keys):
-                    ingredient = valueset.coding_ingredient(coding)
-                    if ingredient:
-                        return f"{shown} (matched by ingredient name: {ingredient})"
                 if shown:
                     return str(shown)
+            elif (named := self.named_as(valueset)) is not None:
+                return f"{named[0]} (identified by name: {named[1]})"
         return self.drug
 
     def local_use_in(self, local_routes: ValueSet) -> str:
@@ -191,14 +214,25 @@ class DrugRecord:
                 return str(shown or code)
         return ""
 
-    @property
-    def identified(self) -> bool:
-        """Whether the record names its drug by a code: inline, or through a Medication (its code
-        or an ingredient's) that the record holds. A drug given only in words, or by a reference
-        to a Medication the record does not hold (a CDS Hooks prefetch or a search without the
-        Medication resources), matches no ValueSet: it is a drug the screening cannot identify,
-        which criteria must not read as "not that drug" (:func:`unidentified_text`)."""
-        return bool(self.keys)
+    def identified(self, known: Sequence[ValueSet]) -> bool:
+        """Whether the record says which drug it is (CRITERIA.md, "Unidentified drugs").
+
+        It needs a code (inline, or through a Medication the record holds: its code or an
+        ingredient's), and either a code the screening knows (in one of ``known``, the drug
+        ValueSets) or a name: a display or text with a letter in it. A name that names no listed
+        drug ("metformin 500 MG Oral Tablet") still says what the drug is: another drug. Not
+        identified: a drug given only in words (the CQL side can only match codes), a reference
+        to a Medication the record does not hold, or codes in no list with no name at all (an
+        NDC, an unlisted RxNorm code, a local code, sent bare). Criteria must not read those as
+        "not that drug" (:func:`unidentified_text`)."""
+        if not self.keys:
+            return False
+        if self.has_name:
+            return True
+        return any(
+            vs.contains_any(self.keys) or (vs.id in DRUG_VALUESETS and self.named_as(vs))
+            for vs in known
+        )
 
     def route_stated(self) -> bool:
         """Whether the record says by which route the drug is given."""
@@ -305,25 +339,42 @@ class MedicationHistory:
         """Undated records whose drug is in the ValueSet."""
         return [u for u in self.undated if u.matches(valueset)]
 
-    @property
-    def unidentified(self) -> list[Exposure]:
-        """Dated records whose drug cannot be identified (:attr:`DrugRecord.identified`)."""
-        return [e for e in self.exposures if not e.identified]
+    def unidentified(self, known: Sequence[ValueSet]) -> list[Exposure]:
+        """Dated records whose drug cannot be identified (:meth:`DrugRecord.identified`)."""
+        return [e for e in self.exposures if not e.identified(known)]
 
-    @property
-    def undated_unidentified(self) -> list[Undated]:
+    def undated_unidentified(self, known: Sequence[ValueSet]) -> list[Undated]:
         """Undated records whose drug cannot be identified."""
-        return [u for u in self.undated if not u.identified]
+        return [u for u in self.undated if not u.identified(known)]
 
 
 def unidentified_text(records: Sequence[DrugRecord]) -> str:
-    """What each record says of a drug it does not identify by code, for reasons:
-    "MedicationAdministration/a ('rituximab 100 mg', 2026-11-16)"."""
+    """What each record says of a drug it does not identify, for reasons:
+    "MedicationAdministration/a ('rituximab 100 mg', 2026-11-16)"; a bare code is shown with its
+    system: "MedicationAdministration/b (http://hl7.org/fhir/sid/ndc|50242-051-21: a code in no
+    list, without a name, 2026-11-16)"."""
     parts = []
     for record in records:
         when = record.describe() if isinstance(record, Exposure) else "undated"
-        parts.append(f"{record.reference} ('{record.drug}', {when})")
+        bare = _bare_code_note(record)
+        parts.append(f"{record.reference} ({bare or repr_drug(record.drug)}, {when})")
     return "; ".join(parts)
+
+
+def repr_drug(drug: str) -> str:
+    """A drug's words quoted for a reason: 'rituximab 100 mg'."""
+    return f"'{drug}'"
+
+
+def _bare_code_note(record: DrugRecord) -> str:
+    """For a record whose codes carry no name: its first code with its system, said so."""
+    if not record.keys or record.has_name:
+        return ""
+    coding = next((c for c in record.codings if code_text(c.get("code"))), None)
+    if coding is None:
+        return ""
+    system = coding.get("system") if isinstance(coding.get("system"), str) else "no system"
+    return f"{system}|{code_text(coding.get('code'))}: a code in no list, without a name"
 
 
 def _span_text(span: DateSpan) -> str:
@@ -359,6 +410,7 @@ def build_history(
     undated: list[Undated] = []
     ignored = 0
     retrieved = 0
+    drugs = drug_records(record)
     for rtype in MEDICATION_TYPES:
         for resource in record.resources(rtype):
             retrieved += 1
@@ -370,7 +422,7 @@ def build_history(
             ):
                 ignored += 1
                 continue
-            drug = _drug_record(record, resource)
+            drug = drugs[id(resource)]
             placed = _place(resource, as_of, default_supply_days)
             if isinstance(placed, str):
                 undated.append(Undated(**vars(drug), why=placed))
@@ -385,6 +437,48 @@ def build_history(
                     )
                 )
     return MedicationHistory(tuple(exposures), tuple(undated), ignored, retrieved)
+
+
+def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
+    """What every medication record of the patient says about its drug, by ``id(resource)``
+    (whatever its status and dates; also used by fhir_trial.cql.engine for the CQL side's name
+    matches).
+
+    A code means the same drug throughout one patient's record: a hospital code named "泼尼松片"
+    on the order and sent bare on the administrations names them all. So each record's names
+    are its own followed by those of every other record sharing one of its codes (the CQL side
+    adds a name-matched code to the ValueSet for the whole patient, which reads the same).
+    """
+    found: dict[int, tuple[DrugRecord, list[Code]]] = {}
+    named: dict[Code, list[str]] = {}
+    uses: dict[Code, int] = {}
+    for rtype in MEDICATION_TYPES:
+        for resource in record.resources(rtype):
+            drug = _drug_record(record, resource)
+            keys = _exact_keys(drug)
+            found[id(resource)] = (drug, keys)
+            for key in keys:
+                uses[key] = uses.get(key, 0) + 1
+                if drug.names:
+                    named.setdefault(key, []).extend(drug.names)
+    drugs: dict[int, DrugRecord] = {}
+    for rid, (drug, keys) in found.items():
+        # Only a code that other records use too can bring names (most codes are used once).
+        shared = [n for k in keys if uses[k] > 1 for n in named.get(k, ())]
+        if shared:
+            names = tuple(dict.fromkeys((*drug.names, *shared)))
+            if names != drug.names:
+                drug = replace(drug, names=names, _named={})
+        drugs[rid] = drug
+    return drugs
+
+
+def _exact_keys(drug: DrugRecord) -> list[Code]:
+    return [
+        (normalise_system(c.get("system")), text)
+        for c in drug.codings
+        if (text := code_text(c.get("code"))) is not None
+    ]
 
 
 def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
@@ -409,8 +503,8 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
         drug = f"{drug} ({reference}: not in the record)"
     drug_codings = tuple(c for found in concepts for c in codings(found) if isinstance(c, dict))
     routes = tuple(_routes(resource))
-    names = [c.get("display") for c in drug_codings] + [child(c, "text") for c in concepts]
-    names += [c.get("display") for r in routes for c in codings(r)]
+    drug_names = [c.get("display") for c in drug_codings] + [child(c, "text") for c in concepts]
+    names = [*drug_names, *(c.get("display") for r in routes for c in codings(r))]
     names += [r.get("text") for r in routes]
     return DrugRecord(
         reference=record.reference_to(resource),
@@ -423,11 +517,10 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
             for coding in drug_codings
             for key in lookup_keys(coding.get("system"), coding.get("code"))
         ),
-        named=tuple(
-            (*candidate, coding)
-            for coding in drug_codings
-            if (candidate := name_candidate(coding)) is not None
+        names=(
+            names_ := tuple(dict.fromkeys(n for n in drug_names if type(n) is str and n.strip()))
         ),
+        has_name=any(has_letter(n) for n in names_),
         local_use=local_use_word(names),
     )
 
@@ -440,10 +533,18 @@ def _ingredients(medication: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 # RxNorm clinical drug names end in a standard dose form ("... Topical Cream", "... Ophthalmic
 # Emulsion", "... Metered Dose Inhaler"), and route codes are displayed as "Topical route",
 # "Cutaneous use", "Ocular use": these words mean a drug applied where it acts, not a systemic
-# treatment. Transdermal is systemic and is not listed.
+# treatment. Transdermal is systemic and is not listed. European product names bring their own
+# words (German Salbe, Creme, Augentropfen, Nasenspray; French collyre, pommade; Spanish colirio,
+# pomada), and Chinese ones theirs, without word boundaries: 软膏 ointment, 乳膏 cream, 眼膏 eye
+# ointment, 滴眼液 eye drops, 眼用 ophthalmic, 滴耳 ear drops, 滴鼻 / 鼻喷 nasal, 外用 external
+# use, 吸入 inhaled, 气雾 aerosol, 栓剂 suppository, 阴道 vaginal, 凝胶 gel, 洗剂 lotion, 搽剂
+# liniment (他克莫司软膏 is tacrolimus ointment). cql/NCT06010472.cql ("Says Local Use") has the
+# same words.
 _LOCAL_USE = re.compile(
     r"\b(topical|cutaneous|ophthalmic|ocular|otic|auricular|nasal|intranasal|inhal\w*|rectal|"
-    r"enema|vaginal|oromucosal|mouthwash|ointment|cream|lotion|shampoo)\b",
+    r"enema|vaginal|oromucosal|mouthwash|ointment|cream|lotion|shampoo|salbe|creme|"
+    r"augentropfen|augensalbe|nasenspray|collyre|pommade|colirio|pomada)\b|"
+    r"(软膏|乳膏|眼膏|滴眼|眼用|滴耳|滴鼻|鼻喷|外用|吸入|气雾|栓剂|阴道|凝胶|洗剂|搽剂)",
     re.IGNORECASE,
 )
 
@@ -452,7 +553,7 @@ def local_use_word(names: Iterable[object]) -> str:
     """The first word in ``names`` (drug names, route labels) that marks local use, or ""."""
     for name in names:
         if isinstance(name, str) and (found := _LOCAL_USE.search(name)):
-            return found.group(1)
+            return found.group(0)
     return ""
 
 

@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from fhir_trial.fhirdates import DateSpan, parse_span
+from fhir_trial.record import COMPONENT_OF
 from fhir_trial.terminology import UCUM, ValueSet, codings, normalise_system
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "meets_at_least",
     "observation_status",
     "observation_time",
+    "observed_on",
     "parse_number",
     "parse_titer",
     "place_in_window",
@@ -127,6 +129,17 @@ def date_text(observation: Resource) -> str:
     if not text:
         return "an unknown date"
     return text[:10]
+
+
+def observed_on(observation: Resource) -> str:
+    """:func:`date_text`, naming the parent when the result is a component of another Observation.
+
+    ``2026-11-10 (a component of Observation/cbc-1)``: the coordinator finds the value inside
+    the panel it was reported in, which is also what the evidence lists.
+    """
+    parent = observation.get(COMPONENT_OF)
+    day = date_text(observation)
+    return f"{day} (a component of {parent})" if isinstance(parent, str) else day
 
 
 def place_in_window(span: DateSpan | None, start: dt.date, end: dt.date) -> Placement:

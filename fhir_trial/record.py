@@ -36,6 +36,22 @@ CATEGORIES: tuple[str, ...] = (
     "Consent",
 )
 
+# Marks a result derived from an Observation.component (its value is the parent's ``Type/id``).
+# Not a FHIR element name: nothing that reads FHIR JSON can mistake it for one.
+COMPONENT_OF = "fhir-trial:componentOf"
+
+# What a component result takes from its parent Observation: status, time, subject, identity.
+_PARENT_ELEMENTS: tuple[str, ...] = (
+    "id",
+    "status",
+    "effectiveDateTime",
+    "effectiveInstant",
+    "effectivePeriod",
+    "effectiveTiming",
+    "issued",
+    "subject",
+)
+
 # The element holding the coded concept that criteria select on, per resource type.
 _CODE_ELEMENT: Mapping[str, str] = {
     "Condition": "code",
@@ -60,6 +76,8 @@ class PatientRecord:
             lambda: defaultdict(list)
         )
         self._seen: set[int] = set()
+        # One derived Observation per coded component, in record order (see component_results).
+        self._components: list[Resource] = []
         # Insertion order of every resource kept, so that lookups answer in record order.
         self._position: dict[int, int] = {}
         self.obtained: set[str] = set()
@@ -91,20 +109,52 @@ class PatientRecord:
             self._by_reference.setdefault(tail, resource)
         element = _CODE_ELEMENT.get(rtype)
         if element:
-            index = self._by_code[rtype]
-            concept = resource.get(element)
-            found = concept.get("coding") if type(concept) is dict else None
-            # Plain JSON (the usual case) skips the Mapping checks of codings(); same result.
-            for coding in found if type(found) is list else codings(concept):
-                if type(coding) is not dict and not isinstance(coding, Mapping):
-                    continue
-                code = coding.get("code")
-                if code:
-                    keys = lookup_keys(coding.get("system"), code)
-                    if not keys:
-                        self._note_unusable_code(rtype)
-                    for key_ in keys:
-                        index[key_].append(resource)
+            self._index_code(rtype, resource, resource.get(element))
+        if rtype == "Observation":
+            parts = resource.get("component")
+            if parts and type(parts) is list:
+                self._add_components(resource, parts)
+
+    def _index_code(self, rtype: str, resource: Resource, concept: Any) -> None:
+        index = self._by_code[rtype]
+        found = concept.get("coding") if type(concept) is dict else None
+        # Plain JSON (the usual case) skips the Mapping checks of codings(); same result.
+        for coding in found if type(found) is list else codings(concept):
+            if type(coding) is not dict and not isinstance(coding, Mapping):
+                continue
+            code = coding.get("code")
+            if code:
+                keys = lookup_keys(coding.get("system"), code)
+                if not keys:
+                    self._note_unusable_code(rtype)
+                for key_ in keys:
+                    index[key_].append(resource)
+
+    def _add_components(self, parent: Resource, parts: list[Any]) -> None:
+        """Index each coded component as an Observation of its own (CRITERIA.md, Real-world records).
+
+        The derived result carries the component's code, value[x], dataAbsentReason,
+        interpretation and referenceRange, and the parent's id, status, time and subject, so every
+        criterion reading :meth:`with_code` sees it and names the parent as evidence. It is not
+        listed by :meth:`resources` nor counted by :meth:`count`, and never resolved by reference.
+        """
+        base: Resource = {"resourceType": "Observation"}
+        for name in _PARENT_ELEMENTS:
+            if name in parent:
+                base[name] = parent[name]
+        base[COMPONENT_OF] = f"Observation/{parent.get('id', 'unknown')}"
+        for part in parts:
+            if type(part) is not dict or not part.get("code"):
+                continue
+            derived = dict(base)
+            for name, value in part.items():
+                # value[x], dataAbsentReason, interpretation, referenceRange, code: the component's
+                # own; its id and extensions stay behind (the parent's id names the result).
+                if name not in ("id", "extension", "modifierExtension"):
+                    derived[name] = value
+            self._components.append(derived)
+            self._position[id(derived)] = len(self._position)
+            self._index_code("Observation", derived, derived.get("code"))
 
     def _note_unusable_code(self, rtype: str) -> None:
         # Said once per resource type: the reviewer learns that some codes could not be matched
@@ -169,9 +219,25 @@ class PatientRecord:
         """How many resources of a type the record holds."""
         return len(self._by_type.get(resource_type, []))
 
+    def component_results(self) -> list[Resource]:
+        """One derived Observation per coded Observation.component, in record order.
+
+        See :func:`is_component` and ``_add_components``; :meth:`with_code` returns them beside
+        the Observations whose own code matches.
+        """
+        return self._components
+
+    def observation_results(self) -> list[Resource]:
+        """Every Observation, then every component result: all results a criterion may read."""
+        if not self._components:
+            return self.resources("Observation")
+        return [*self.resources("Observation"), *self._components]
+
     def with_code(self, resource_type: str, valueset: ValueSet) -> list[Resource]:
         """Resources of a type whose code element has a coding in the ValueSet (index lookup).
 
+        For Observations, a component coded in the ValueSet is returned too, as a derived
+        Observation (see :meth:`component_results`) whose evidence reference is its parent.
         For medication resources that name their drug by reference (a Medication resource or a
         contained one), use :meth:`medication_concept` instead; this index only sees inline codes.
         """
@@ -239,3 +305,8 @@ class PatientRecord:
     def reference_to(self, resource: Mapping[str, Any]) -> str:
         """``Type/id`` of a resource, for evidence lists."""
         return f"{resource.get('resourceType')}/{resource.get('id', 'unknown')}"
+
+
+def is_component(resource: Mapping[str, Any]) -> bool:
+    """Whether an Observation is a result derived from another Observation's component."""
+    return COMPONENT_OF in resource

@@ -52,6 +52,32 @@ class CriterionResult:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A coordinator's answer to one criterion (CRITERIA.md, "Coordinator answers").
+
+    ``author`` is who answered (a FHIR reference such as ``Practitioner/123``, from the SMART
+    launch's ``fhirUser``), ``date`` when (ISO 8601). Applied by :func:`fhir_trial.answers.apply_answers`.
+    """
+
+    criterion: str
+    status: Literal["met", "not-met"]
+    comment: str = ""
+    author: str | None = None
+    date: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"criterion", "status", "comment", "author", "date"}`` (absent values left out)."""
+        out: dict[str, Any] = {"criterion": self.criterion, "status": self.status}
+        if self.comment:
+            out["comment"] = self.comment
+        if self.author:
+            out["author"] = self.author
+        if self.date:
+            out["date"] = self.date
+        return out
+
+
+@dataclass(frozen=True)
 class EligibilityReport:
     """The whole screening result for one patient."""
 
@@ -61,6 +87,14 @@ class EligibilityReport:
     verdict: Verdict
     criteria: tuple[CriterionResult, ...]
     warnings: tuple[str, ...] = field(default=())
+    # The death date as recorded, or True (deceasedBoolean only): set when the patient was
+    # deceased on the screening date (the verdict is then ineligible whatever the criteria say).
+    deceased: str | bool | None = None
+    # The top-level reason: why the verdict does not follow from the criteria alone (deceased,
+    # or a vital status that cannot be read). None when the criteria decide on their own.
+    reason: str | None = None
+    # A coordinator's answers, already applied to ``criteria`` and ``verdict`` (fhir_trial.answers).
+    answers: tuple[Answer, ...] = ()
 
     def criterion(self, criterion_id: str) -> CriterionResult:
         """The result of one criterion by id (KeyError if absent)."""
@@ -74,14 +108,20 @@ class EligibilityReport:
         return {c.id: c.status for c in self.criteria}
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON shape of CRITERIA.md (plus ``warnings`` when there are any)."""
+        """The JSON shape of CRITERIA.md: ``reason`` and ``deceased`` when set, ``warnings`` if any."""
         out: dict[str, Any] = {
             "study": self.study,
             "patient": self.patient,
             "asOf": self.as_of,
             "verdict": self.verdict,
-            "criteria": [c.to_json() for c in self.criteria],
         }
+        if self.reason:
+            out["reason"] = self.reason
+        if self.deceased is not None:
+            out["deceased"] = self.deceased
+        out["criteria"] = [c.to_json() for c in self.criteria]
         if self.warnings:
             out["warnings"] = list(self.warnings)
+        if self.answers:
+            out["answers"] = [a.to_json() for a in self.answers]
         return out

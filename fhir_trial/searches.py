@@ -13,28 +13,40 @@ and parsed. The other categories are searched whole: conditions and medications 
 through code hierarchies (ICD-10 prefixes, ingredient vs. product codes, referenced Medications)
 that a portable token search cannot express, and the rest are small.
 
-=====================  ===================  =================================================
-prefetch key           resource type        filter
-=====================  ===================  =================================================
-``patient``            ``Patient/<id>``     (a read)
-``condition``          Condition            none
-``observation``        Observation          ``code``: serology, blood counts, LVEF, pregnancy
-                                            and lactation
-``observationScores``  Observation          ``code``: SLEDAI-2K total, BILAG-2004 panel and
-                                            organ systems (the project's own CodeSystem)
-``observationNyha``    Observation          ``value-concept``: NYHA class I-IV findings
-``medication...``      the four medication  none
-                       resource types
-``allergyIntolerance`` AllergyIntolerance   none
-``researchSubject``    ResearchSubject      none (``individual=<id>``)
-``consent``            Consent              none
-=====================  ===================  =================================================
+======================  ===================  ================================================
+prefetch key            resource type        filter
+======================  ===================  ================================================
+``patient``             ``Patient/<id>``     (a read)
+``condition``           Condition            none
+``observation``         Observation          ``combo-code``: serology, blood counts, LVEF,
+                                             pregnancy and lactation
+``observationScores``   Observation          ``combo-code``: SLEDAI-2K total, BILAG-2004 panel
+                                             and organ systems (the project's own CodeSystem)
+``observationNyha``     Observation          ``value-concept``: NYHA class I-IV findings
+``observationNyhaParts`` Observation         ``component-value-concept``: the same, as the value
+                                             of a component of an assessment panel
+``medication...``       the four medication  none
+                        resource types
+``allergyIntolerance``  AllergyIntolerance   none
+``researchSubject``     ResearchSubject      none (``individual=<id>``)
+``consent``             Consent              none
+======================  ===================  ================================================
 
-The Observation codes are split over two searches so that each query stays well under the URL
-lengths common servers accept. When a filter would still be longer than
-:data:`MAX_FILTER_CHARS` (or its ValueSets are missing), that whole category falls back to one
-unfiltered search: more data, never less. A category is complete only when every one of its
-searches is.
+Values inside other Observations: a criterion's result may be a component of a panel (LVEF in an
+echocardiography panel, hemoglobin in a blood count), so the result searches use ``combo-code``,
+the R4 search parameter that matches ``Observation.code`` or ``Observation.component.code``
+(HAPI FHIR, Medplum and other servers that index the base specification's parameters support it).
+A server that cannot run it and answers with an error fails the search, so the Observation
+category is not obtained and its criteria are ``unknown``, never ``not-met``; a server that
+ignores it silently answers every Observation of the patient, which is more data, never less.
+
+URL limits: a code list is split over several searches, each query (patient, ``_count`` and
+filter) at most ``Settings.max_search_query_chars`` characters long; the extra searches get keys
+``observation2``, ``observation3``, ... Their results are merged (a resource found twice is kept
+once) and the category is complete only when every one of its searches is: a failed one makes
+it unknown. A filter is never dropped for its length: reading every Observation is not an option.
+Only when the ValueSets themselves are missing (no terminology) is a category searched without a
+filter: more data, never less.
 
 Only portable search forms are used: no partial dates, no ``:in``, no ``_include``.
 """
@@ -46,21 +58,24 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
+from fhir_trial.config import DEFAULT_MAX_SEARCH_QUERY_CHARS
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.record import CATEGORIES, MEDICATION_TYPES
 from fhir_trial.terminology import Terminology
 
 __all__ = [
-    "MAX_FILTER_CHARS",
+    "MAX_PATIENT_ID_CHARS",
     "SEARCHES",
     "PlannedSearch",
     "SearchSpec",
+    "chunk_tokens",
     "escape_token",
     "plan_searches",
     "valueset_ids",
 ]
 
-MAX_FILTER_CHARS = 1500  # a longer filter value: the category is searched without a filter
+MAX_PATIENT_ID_CHARS = 64  # a FHIR id: what the patient parameter adds to a query at most
+PAGE_SIZE_PARAM = "&_count=200"  # what the REST client adds to every search
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,7 @@ class SearchSpec:
     """One query of a data category, before its ValueSets are expanded into codes.
 
     ``patient_param`` is the search parameter naming the patient (None: the Patient read).
-    ``filter_param`` (``code``, ``value-concept``) takes the codes of ``valuesets``. ``optional``
+    ``filter_param`` (``combo-code``, ``value-concept``, ...) takes the codes of ``valuesets``. ``optional``
     searches are extras whose failure the REST client only warns about (not every server supports
     ``value-concept``); the CDS Hooks service needs every key it asked for.
     """
@@ -95,7 +110,7 @@ SEARCHES: tuple[SearchSpec, ...] = (
         "Observation",
         "Observation",
         "patient",
-        "code",
+        "combo-code",
         (
             "ana-immunofluorescence-titer",
             "ana-other-method",
@@ -116,7 +131,7 @@ SEARCHES: tuple[SearchSpec, ...] = (
         "Observation",
         "Observation",
         "patient",
-        "code",
+        "combo-code",
         ("sledai-2k-total", "bilag-2004-panel", "bilag-2004-organ-systems"),
         label="Observation (disease activity scores)",
     ),
@@ -129,6 +144,16 @@ SEARCHES: tuple[SearchSpec, ...] = (
         ("nyha-class-iii-iv", "nyha-class-i-ii"),
         optional=True,
         label="Observation by value-concept (NYHA class)",
+    ),
+    SearchSpec(
+        "observationNyhaParts",
+        "Observation",
+        "Observation",
+        "patient",
+        "component-value-concept",
+        ("nyha-class-iii-iv", "nyha-class-i-ii"),
+        optional=True,
+        label="Observation by component-value-concept (NYHA class in a panel)",
     ),
     *(_whole(mtype) for mtype in MEDICATION_TYPES),
     _whole("AllergyIntolerance"),
@@ -156,11 +181,12 @@ class PlannedSearch:
     spec: SearchSpec
     filter_value: str | None = None
     label: str = ""
+    part: int = 1  # which of the searches a split code list became (1: the first)
 
     @property
     def key(self) -> str:
-        """The prefetch key."""
-        return self.spec.key
+        """The prefetch key: the spec's key, numbered from the second part of a split list."""
+        return self.spec.key if self.part == 1 else f"{self.spec.key}{self.part}"
 
     @property
     def category(self) -> str:
@@ -203,22 +229,59 @@ class PlannedSearch:
 
 def _tokens(terminology: Terminology, valuesets: Iterable[str]) -> list[str]:
     tokens: list[str] = []
+    seen: set[str] = set()
     for valueset_id in valuesets:
-        for system, code in terminology.get(valueset_id):
+        for system, code in sorted(terminology.get(valueset_id)):
             token = f"{escape_token(system)}|{escape_token(code)}" if system else escape_token(code)
-            if token not in tokens:
+            if token not in seen:
+                seen.add(token)
                 tokens.append(token)
     return tokens
 
 
+def _encoded(value: str) -> str:
+    """A filter value at its longest in a URL: fully percent-encoded, as HTTP clients send
+    query parameters (``|``, ``,``, ``:`` and ``/`` take three characters each)."""
+    return quote(value, safe="")
+
+
+def query_overhead(spec: SearchSpec) -> int:
+    """Characters of a query that are not the filter's codes: patient, ``_count``, names."""
+    patient = len(spec.patient_param or "") + 1 + MAX_PATIENT_ID_CHARS
+    return patient + len(PAGE_SIZE_PARAM) + 1 + len(spec.filter_param or "") + 1
+
+
+def chunk_tokens(tokens: Iterable[str], budget: int) -> list[list[str]]:
+    """Split tokens into comma-joined runs of at most ``budget`` URL-encoded characters.
+
+    A single token longer than the budget still gets a run of its own (it cannot be shortened,
+    and leaving it out would make the search incomplete).
+    """
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for token in tokens:
+        length = len(_encoded(token))
+        extra = length if not current else length + 3  # the comma, encoded
+        if current and size + extra > budget:
+            chunks.append(current)
+            current, size, extra = [], 0, length
+        current.append(token)
+        size += extra
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 @lru_cache(maxsize=16)
 def plan_searches(
-    terminology: Terminology | None, max_filter_chars: int = MAX_FILTER_CHARS
+    terminology: Terminology | None, max_query_chars: int = DEFAULT_MAX_SEARCH_QUERY_CHARS
 ) -> tuple[PlannedSearch, ...]:
     """Every search, filters expanded, in :data:`fhir_trial.record.CATEGORIES` order.
 
-    A category with a filter that is empty, longer than ``max_filter_chars``, or whose ValueSets
-    are not loaded (``terminology`` None or lacking one) becomes one unfiltered search. Cached per
+    A filter whose codes make a query longer than ``max_query_chars`` is split over several
+    searches (see the module docstring). A category with a filter whose ValueSets are not
+    loaded (``terminology`` None or lacking one) becomes one unfiltered search. Cached per
     terminology object (load_terminology returns one per resources directory).
     """
     planned: dict[str, list[PlannedSearch]] = {category: [] for category in CATEGORIES}
@@ -231,15 +294,19 @@ def plan_searches(
             tokens = _tokens(terminology, spec.valuesets) if terminology is not None else []
         except ConfigurationError:
             tokens = []
-        value = ",".join(tokens)
-        if not value or len(value) > max_filter_chars:
+        if not tokens:
             unfiltered.add(spec.category)
-        planned[spec.category].append(PlannedSearch(spec, value, spec.label or spec.category))
+            continue
+        label = spec.label or spec.category
+        chunks = chunk_tokens(tokens, max(1, max_query_chars - query_overhead(spec)))
+        for part, chunk in enumerate(chunks, start=1):
+            shown = label if len(chunks) == 1 else f"{label}, part {part} of {len(chunks)}"
+            planned[spec.category].append(PlannedSearch(spec, ",".join(chunk), shown, part))
     result: list[PlannedSearch] = []
     for category in CATEGORIES:
         searches = planned[category]
         if category in unfiltered:
-            first = searches[0].spec
+            first = next(spec for spec in SEARCHES if spec.category == category)
             searches = [PlannedSearch(first, None, f"{category} (all)")]
         result.extend(searches)
     return tuple(result)

@@ -315,11 +315,17 @@ def sle_condition(cid: str = "c1", patient_id: str = PATIENT_ID) -> dict[str, An
 
 
 def full_prefetch(patient_id: str = PATIENT_ID, gender: str = "female") -> dict[str, Any]:
-    """Every prefetch key of the service, filled (empty searchsets except Patient and Condition)."""
-    from fhir_trial.cds_hooks.discovery import PREFETCH_KEYS
+    """Every prefetch key of the service, filled (empty searchsets except Patient and Condition).
+
+    The keys are those of the search plan, so a code list split over several searches for its
+    length (``observation2``, ...) is prefetched too.
+    """
+    from fhir_trial.config import Settings
+    from fhir_trial.searches import plan_searches
+    from fhir_trial.terminology import load_terminology
 
     prefetch: dict[str, Any] = {}
-    for key in PREFETCH_KEYS:
+    for key in (s.key for s in plan_searches(load_terminology(Settings().resources_dir))):
         if key == "patient":
             prefetch[key] = patient(patient_id, gender)
         elif key == "condition":

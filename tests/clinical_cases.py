@@ -17,7 +17,10 @@ A case reads like a chart extract a clinician can check:
       inc-ana: met
       inc-autoantibody: met
     reason_contains:             # optional: words the reason must contain
-      inc-ana: "1:160"
+      inc-ana: "1:160"           # (key `verdict`: the report's top-level reason)
+    deceased: "2026-11-12"       # optional: the report's top-level `deceased` (a date text, true,
+                                 # or false: the key must be absent, the patient was alive)
+    warning_contains: "..."      # optional: words one of the report's warnings must contain
 
 Every case is a complete record: all categories count as obtained unless listed in ``failed``.
 The same cases feed the CQL oracle test, through :func:`case_bundle`.
@@ -68,6 +71,8 @@ class ClinicalCase:
     failed: dict[str, str]
     expect: dict[str, str]
     reason_contains: dict[str, str] = field(default_factory=dict)
+    deceased: str | bool | None = None  # None: not checked
+    warning_contains: str | None = None
 
     @property
     def name(self) -> str:
@@ -134,6 +139,8 @@ def load_case(path: Path) -> ClinicalCase:
         failed=dict(data.get("failed") or {}),
         expect={k: str(v) for k, v in (data.get("expect") or {}).items()},
         reason_contains=dict(data.get("reason_contains") or {}),
+        deceased=_stringify_dates(data.get("deceased")),
+        warning_contains=data.get("warning_contains"),
     )
 
 

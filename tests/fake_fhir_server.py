@@ -29,8 +29,11 @@ What it serves (JSON only, ``application/fhir+json``), under ``/fhir``:
       :data:`HAPI_STORAGE_CODES`) is ``SUCCESSFUL_UPDATE[_WITH_CONDITIONAL_MATCH]_NO_CHANGE``
       (``FakeFhirServer(no_change_outcome=False)`` leaves it out).
 
-Search parameters: ``_id``; ``url`` (+ ``version``); ``identifier``, ``code``, ``category``
-(tokens: ``system|value``, ``|value``, ``value``, ``system|``); ``patient`` / ``subject``
+Search parameters: ``_id``; ``url`` (+ ``version``); ``identifier``, ``code``, ``category``,
+and on Observations ``combo-code`` (code or a component's code), ``component-code``,
+``value-concept`` and ``component-value-concept`` (tokens: ``system|value``, ``|value``,
+``value``, ``system|``); ``server.unsupported = {"combo-code"}`` makes a search naming one of
+those parameters answer 400 (a strict server); ``patient`` / ``subject``
 (``Patient/1``, ``1`` or an absolute URL); ``status``; ``_count`` (page size, default 50) and
 ``_offset`` (used in next links). A comma means OR, a repeated parameter means AND. Other
 parameters are ignored (a lenient server), and recorded in :attr:`FakeFhirServer.requests`.
@@ -78,6 +81,14 @@ _TOKEN_FIELDS = {
     "identifier": ("identifier",),
     "code": ("code", "medicationCodeableConcept", "vaccineCode"),
     "category": ("category",),
+    "value-concept": ("valueCodeableConcept",),
+}
+# Token parameters that read inside Observation.component: the elements of the resource itself,
+# then those of each component.
+_COMPONENT_TOKEN_FIELDS = {
+    "combo-code": (("code",), ("code",)),
+    "component-code": ((), ("code",)),
+    "component-value-concept": ((), ("valueCodeableConcept",)),
 }
 _PATIENT_FIELDS = ("subject", "patient")
 
@@ -165,6 +176,7 @@ class FakeFhirServer:
         self.no_change_outcome = no_change_outcome
         self.next_link_base: str | None = None
         self.requests: list[RecordedRequest] = []
+        self.unsupported: set[str] = set()  # search parameters answered with 400
         self._store: dict[str, dict[str, dict[str, Any]]] = {}
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
@@ -224,6 +236,7 @@ class FakeFhirServer:
             self._store.clear()
             self._faults.clear()
             self.requests.clear()
+            self.unsupported.clear()
 
     def add(self, resource: Mapping[str, Any]) -> dict[str, Any]:
         """Store a resource directly (keeps its id, else assigns one); returns the stored copy."""
@@ -563,6 +576,9 @@ class FakeFhirServer:
     def _search(
         self, store: dict[str, dict[str, dict[str, Any]]], rtype: str, query: dict[str, list[str]]
     ) -> dict[str, Any]:
+        refused = sorted(set(query) & self.unsupported)
+        if refused:
+            raise _Problem(400, f"unknown search parameter {refused[0]}", "not-supported")
         matches = self._matches(store, rtype, query)
         try:
             count = int((query.get("_count") or [str(DEFAULT_PAGE_SIZE)])[0])
@@ -676,8 +692,22 @@ def _as_list(value: Any) -> list[Any]:
 def _token_candidates(resource: Mapping[str, Any], name: str) -> list[tuple[str, str]]:
     """(system, code) pairs of the elements a token parameter searches."""
     pairs: list[tuple[str, str]] = []
-    for element in _TOKEN_FIELDS[name]:
-        for item in _as_list(resource.get(element)):
+    if name in _COMPONENT_TOKEN_FIELDS:
+        own, parts = _COMPONENT_TOKEN_FIELDS[name]
+        holders = [(resource, own)] + [
+            (part, parts) for part in _as_list(resource.get("component")) if isinstance(part, dict)
+        ]
+    else:
+        holders = [(resource, _TOKEN_FIELDS[name])]
+    for holder, elements in holders:
+        pairs.extend(_pairs(holder, elements))
+    return pairs
+
+
+def _pairs(holder: Mapping[str, Any], elements: tuple[str, ...]) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for element in elements:
+        for item in _as_list(holder.get(element)):
             if not isinstance(item, dict):
                 continue
             if "value" in item:  # Identifier
@@ -698,7 +728,7 @@ def _matches_value(resource: Mapping[str, Any], name: str, value: str) -> bool:
         return resource.get("version") == value
     if name == "status":
         return resource.get("status") == value
-    if name in _TOKEN_FIELDS:
+    if name in _TOKEN_FIELDS or name in _COMPONENT_TOKEN_FIELDS:
         system, bar, code = value.rpartition("|")
         for cand_system, cand_code in _token_candidates(resource, name):
             if not bar and cand_code == code:

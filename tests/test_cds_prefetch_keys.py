@@ -30,11 +30,16 @@ from fhir_trial.config import Settings
 from fhir_trial.evaluate import evaluate
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import EligibilityReport
-from fhir_trial.searches import SEARCHES, plan_searches
+from fhir_trial.searches import plan_searches
 from fhir_trial.terminology import LOINC, Terminology, load_terminology
 
 TOKEN = "fhir-access-token"
-OBSERVATION_KEYS = [s.key for s in SEARCHES if s.category == "Observation"]
+# The prefetch keys of Observation searches as planned (long code lists are split over several).
+OBSERVATION_KEYS = [
+    planned.key
+    for planned in plan_searches(load_terminology(Settings().resources_dir))
+    if planned.spec.category == "Observation"
+]
 
 
 @pytest.fixture(scope="module")
@@ -230,11 +235,12 @@ def test_absent_keys_are_pending_with_their_own_queries(terminology: Terminology
     assert set(result.pending["Observation"]) == set(OBSERVATION_KEYS)
     assert result.next_pages == {"observationScores": "https://ehr.test/fhir/Observation?page=2"}
     urls = {s.key: s.relative_url(PATIENT_ID) for s in result.to_fetch}
-    assert set(urls) == {"observation", "observationNyha"} | {
+    assert set(urls) == set(OBSERVATION_KEYS) - {"observationScores"} | {
         s.key for s in plan if s.category not in ("Patient", "Condition", "Observation")
     }
-    assert "code=" in urls["observation"] and f"{LOINC}|" in urls["observation"]
+    assert "combo-code=" in urls["observation"] and f"{LOINC}|" in urls["observation"]
     assert "value-concept=" in urls["observationNyha"]
+    assert "component-value-concept=" in urls["observationNyhaParts"]
     # Until fetched, nothing with open keys counts as obtained.
     assert record.state("Observation") == "failed"
     assert record.usable("Patient") and record.usable("Condition")

@@ -26,8 +26,19 @@ def test_clinical_case(case: ClinicalCase) -> None:
             f"{case.title}: {key} is {actual} ({reason}), expected {expected}"
         )
     for cid, words in case.reason_contains.items():
-        reason = report.criterion(cid).reason
+        reason = (report.reason or "") if cid == "verdict" else report.criterion(cid).reason
         assert words.lower() in reason.lower(), f"{cid} reason {reason!r} lacks {words!r}"
+    if case.deceased is not None:
+        expected_deceased = None if case.deceased is False else case.deceased
+        assert report.deceased == expected_deceased, (
+            f"{case.title}: deceased is {report.deceased!r}, expected {expected_deceased!r}"
+        )
+        assert ("deceased" in report.to_json()) is (expected_deceased is not None)
+    if case.warning_contains is not None:
+        words = case.warning_contains.lower()
+        assert any(words in w.lower() for w in report.warnings), (
+            f"no warning contains {case.warning_contains!r}: {report.warnings}"
+        )
     # Every status is explained.
     for result in report.criteria:
         assert result.reason, f"{result.id} has no reason"

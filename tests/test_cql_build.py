@@ -101,7 +101,7 @@ def test_plan_definition_expressions_name_library_defines() -> None:
     )
     expressions = [c["expression"] for a in plan["action"] for c in a.get("condition", [])]
     expressions += [d["expression"] for a in plan["action"] for d in a.get("dynamicValue", [])]
-    assert len(expressions) == len(CRITERIA) + 1
+    assert len(expressions) == len(CRITERIA) + 2  # + alive at screening, + the verdict
     for expression in expressions:
         named = re.findall(r'"([^"]+)"', expression["expression"])
         assert named == [expression["name"]], expression

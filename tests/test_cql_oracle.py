@@ -2,8 +2,8 @@
 
 Every clinical case under tests/cases and every Synthea bundle in ../shared/fixtures/synthea/bundles
 goes through both ``fhir_trial.evaluate.evaluate`` and the CQL library (cql/build ELM) run by
-cql-execution in ONE long-lived Node process for the whole test session. Each criterion's status
-and the verdict must be the same.
+cql-execution in ONE long-lived Node process for the whole test session. Each criterion's status,
+the verdict and whether the patient was deceased on the screening date must be the same.
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ def _compare(
     result = engine.evaluate(bundle, settings, failed)
     python = {c.id: c.status for c in report.criteria}
     python["verdict"] = report.verdict
+    python["deceased"] = str(report.deceased is not None)
     cql = dict(result.statuses)
     cql["verdict"] = result.verdict
+    cql["deceased"] = str(result.deceased)
     assert not _differences(python, cql), "Python and CQL disagree: " + "; ".join(
         _differences(python, cql)
     )

@@ -165,11 +165,11 @@ def test_searches_cover_every_category_with_portable_forms() -> None:
     assert not any(":in=" in u or "_include" in u for u in urls)
 
 
-def test_long_code_list_falls_back_to_plain_observation_search() -> None:
+def test_long_code_list_is_split_never_dropped() -> None:
     client, _ = client_for(Server(), terminology=terminology(codes_per_valueset=40))
     observation = [s for s in client.searches("p1") if s.category == "Observation"]
-    assert len(observation) == 1
-    assert dict(observation[0].params) == {"patient": "p1", "_count": "200"}
+    assert len(observation) > 4
+    assert all(len(dict(s.params)) == 3 for s in observation)  # patient, _count and a filter
 
 
 def test_bad_patient_id_is_refused() -> None:

@@ -188,6 +188,9 @@ def check_care_plan(cp: dict[str, Any], expected: EligibilityReport, schema: Pat
     assert group["instantiatesCanonical"] == [PLAN_DEFINITION_URL]
     assert (group["status"], group["intent"]) == ("draft", "proposal")
     *criteria_actions, verdict_action = group["action"]
+    if expected.deceased is None:  # "alive at screening" applies first
+        alive = criteria_actions.pop(0)
+        assert alive["title"] == "Patient alive on the screening date"
     met = [c.id for c in expected.criteria if c.status == "met"]
     assert [a["code"][0]["coding"][0]["code"] for a in criteria_actions] == met
     assert verdict_action["description"] == expected.verdict
@@ -228,7 +231,7 @@ def population(body: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[st
                 elif part["name"] == "guidanceResponse":
                     entry["guidance"] = part["resource"]
                 else:
-                    entry[part["name"]] = part["valueCode"]
+                    entry[part["name"]] = next(v for k, v in part.items() if k.startswith("value"))
             assert subject not in patients
             patients[subject] = entry
         elif name == "verdict":
@@ -265,13 +268,18 @@ def check_population(
     assert summary["asOf"] == expected[0].as_of
     assert summary["verdicts"] == {v: feasibility.verdicts[v] for v in summary["verdicts"]}
     assert sum(summary["verdicts"].values()) == len(expected)
+    # Deceased patients are the funnel's first step; the criteria count the living.
+    living = [r for r in expected if r.deceased is None]
+    assert (summary["deceased"], summary["living"]) == (len(expected) - len(living), len(living))
+    for report in expected:
+        assert ("deceased" in patients[report.patient]) is (report.deceased is not None)
     assert list(summary["feasibility"]) == [spec.id for spec in CRITERIA]
     for spec in CRITERIA:
         row = summary["feasibility"][spec.id]
-        assert sum(row[s] for s in STATUSES) == len(expected)
+        assert sum(row[s] for s in STATUSES) == len(living)
         removed = sum(
             1
-            for r in expected
+            for r in living
             if (spec.kind == "inclusion" and r.statuses()[spec.id] == "not-met")
             or (spec.kind == "exclusion" and r.statuses()[spec.id] == "met")
         )

@@ -21,6 +21,7 @@ from fhir_trial.medications import (
     medication_history,
     merge,
     overlaps,
+    unidentified_text,
 )
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord
 from fhir_trial.terminology import RXNORM, ValueSet
@@ -313,7 +314,7 @@ def test_an_unlisted_product_matches_by_ingredient_name_and_its_label_says_so() 
     history = build_history(record_of(product), AS_OF, SUPPLY)
     (exposure,) = history.with_drug(METHOTREXATE)
     assert exposure.label(METHOTREXATE) == (
-        "Methotrexate 2.5 MG Oral Tablet (matched by ingredient name: methotrexate)"
+        "Methotrexate 2.5 MG Oral Tablet (identified by name: methotrexate)"
     )
     assert not history.with_drug(valueset("other"))
 
@@ -343,14 +344,51 @@ def test_a_contained_ingredient_named_in_a_product_name_matches() -> None:
     "drug",
     [
         _rxnorm("2003", "Aspirin 81 MG Oral Tablet"),
-        {"coding": [{"system": SYSTEM, "code": "x", "display": "Methotrexate 2.5 MG Oral Tablet"}]},
         {"text": "Methotrexate 2.5 MG Oral Tablet"},  # no coding: nothing to match
     ],
 )
-def test_no_name_match_without_an_rxnorm_coding_naming_the_ingredient(drug: Any) -> None:
+def test_no_name_match_without_a_coded_drug_naming_the_ingredient(drug: Any) -> None:
     history = build_history(record_of(request(medicationCodeableConcept=drug)), AS_OF, SUPPLY)
     assert not history.with_drug(METHOTREXATE)
     assert not history.undated_with_drug(METHOTREXATE)
+
+
+@pytest.mark.parametrize(
+    "drug",
+    [
+        # any system: a local code, NDC, PZN, dm+d, or no system at all
+        {"coding": [{"system": SYSTEM, "code": "x", "display": "Methotrexate 2.5 MG Oral Tablet"}]},
+        {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "1-2-3"}], "text": "MTX"},
+        {"coding": [{"code": "L-77", "display": "Méthotrexate 10 mg comprimé"}]},
+        {
+            "coding": [{"system": "http://fhir.de/CodeSystem/ifa/pzn", "code": "01234567"}],
+            "text": "METHOTREXATE 7,5 mg Fertigspritze",
+        },
+    ],
+)
+def test_a_code_of_any_system_is_read_by_the_name_it_carries(drug: Any) -> None:
+    history = build_history(record_of(request(medicationCodeableConcept=drug)), AS_OF, SUPPLY)
+    if drug.get("text") == "MTX":  # "MTX" is no listed name: identified, as another drug
+        assert not history.with_drug(METHOTREXATE)
+        assert not history.unidentified([METHOTREXATE])
+        return
+    (exposure,) = history.with_drug(METHOTREXATE)
+    assert exposure.label(METHOTREXATE).endswith("(identified by name: methotrexate)")
+
+
+def test_a_bare_code_in_no_list_is_unidentified_and_a_listed_one_is_not() -> None:
+    ndc = {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "50242-051-21"}]}
+    listed = {"coding": [{"system": RXNORM, "code": "1002"}]}
+    history = build_history(
+        record_of(
+            request(medicationCodeableConcept=ndc), request(medicationCodeableConcept=listed)
+        ),
+        AS_OF,
+        SUPPLY,
+    )
+    (unknown,) = history.unidentified([METHOTREXATE])
+    assert unknown.codings[0]["code"] == "50242-051-21"
+    assert "a code in no list, without a name" in unidentified_text([unknown])
 
 
 def test_referenced_medication_and_its_ingredients() -> None:

@@ -166,7 +166,8 @@ def test_feasibility_counts_removals_funnel_and_statuses() -> None:
     assert ana["removes"] is None and ana["partOf"] == "inc-autoantibody"
 
     rows = list(csv.DictReader(io.StringIO(feasibility.to_csv())))
-    assert len(rows) == len(CRITERIA)
+    assert len(rows) == len(CRITERIA) + 1  # the deceased step first
+    assert (rows[0]["id"], rows[0]["removes"], rows[0]["remaining"]) == ("deceased", "0", "4")
     age = next(row for row in rows if row["id"] == "inc-age")
     assert (age["removes"], age["remaining"], age["met"], age["not-met"]) == ("1", "3", "3", "1")
 
@@ -283,9 +284,9 @@ def test_cli_bundles_json_and_output_file(
         ["--bundles", str(files[0]), *map(str, files[1:3]), *args], capsys, monkeypatch, tmp_path
     )
     assert code == 0, err
-    report = json.loads(out)
-    assert report["patients"] == 3
-    assert sum(report["verdicts"].values()) == 3
+    report = json.loads(out)["runs"][0]  # the baseline run of the report document
+    assert report["population"]["patients"]["count"] == 3
+    assert sum(cell["count"] for cell in report["verdicts"].values()) == 3
     lines = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()]
     assert len(lines) == 3
     assert all(len(line["criteria"]) == 29 and line["asOf"] == "2026-11-26" for line in lines)
@@ -316,7 +317,10 @@ def test_cli_ndjson_csv_with_missing_category(
     )
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 29
+    funnel = [row["id"] for row in rows if row["section"] == "funnel"]
+    assert funnel[:3] == ["screened", "deceased", "deceased"]  # removed, then remaining
+    criteria = {row["id"] for row in rows if row["section"] == "criteria"}
+    assert criteria == {spec.id for spec in CRITERIA}
     for line in out_file.read_text(encoding="utf-8").splitlines():
         warnings = json.loads(line).get("warnings", [])
         assert any("Observation could not be obtained" in w for w in warnings)

@@ -23,6 +23,7 @@ from fhir_trial.demo import DEMO_AS_OF, demo_bundle_paths
 from fhir_trial.errors import InputError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.population import Feasibility
+from fhir_trial.population.model import FeasibilityReport
 from fhir_trial.sources import records_from_ndjson
 from fhir_trial.sources.bundle import read_json_file, records_from_bundle
 
@@ -32,7 +33,7 @@ pytest.importorskip(
 
 from pyspark.sql import SparkSession
 
-from fhir_trial.population_spark import screen_ndjson_spark, spark_session
+from fhir_trial.population.spark import run_spark_screening, screen_ndjson_spark, spark_session
 
 FIXTURE = Path("fixtures/synthea/bulk-ndjson-10-patients")
 FIXTURE_AS_OF = dt.date(2024, 8, 6)
@@ -85,6 +86,7 @@ def test_synthea_export_same_as_local_path(spark: SparkSession, shared_dir: Path
     got, feasibility = spark_path(spark, folder, settings)
 
     assert len(got) == expected_feasibility.total == 13
+    assert expected_feasibility.deceased == 3  # the deceased step is compared too
     assert sorted(got) == sorted(expected)
     for patient, report in expected.items():
         assert got[patient]["verdict"] == report["verdict"], patient
@@ -92,6 +94,32 @@ def test_synthea_export_same_as_local_path(spark: SparkSession, shared_dir: Path
         assert got[patient] == report, patient  # reasons, evidence and warnings too
     assert feasibility.to_json() == expected_feasibility.to_json()
     assert feasibility.to_csv() == expected_feasibility.to_csv()
+    # The whole feasibility report, every measure, suppressed or not.
+    for min_count in (0, 3):
+        got_report = FeasibilityReport(feasibility, min_count=min_count).to_json()
+        assert got_report == FeasibilityReport(expected_feasibility, min_count=min_count).to_json()
+
+
+def test_what_if_runs_on_spark_same_as_local(spark: SparkSession, shared_dir: Path) -> None:
+    """Baseline and what-if runs are evaluated in one pass on the executors: the same report."""
+    folder = shared_dir / FIXTURE
+    settings = Settings(as_of=FIXTURE_AS_OF)
+    variants = [settings.replace(sledai_min_score=4), settings.replace(lvef_window_days=3650)]
+    local = [local_path(folder, s)[1] for s in (settings, *variants)]
+    screening = run_spark_screening(spark, folder, settings, what_if=variants)
+    screening.evaluated.unpersist()
+    labels = [
+        ("sledai_min_score=4", {"sledai_min_score": "4"}),
+        ("lvef", {"lvef_window_days": "3650"}),
+    ]
+
+    def report(counters: list[Feasibility]) -> dict[str, Any]:
+        what_ifs = [
+            (label, changes, c) for (label, changes), c in zip(labels, counters[1:], strict=True)
+        ]
+        return FeasibilityReport(counters[0], what_ifs, None, 2).to_json()
+
+    assert report([screening.feasibility, *screening.what_if]) == report(local)
 
 
 # --------------------------------------------------------------------------- synthetic export
@@ -219,12 +247,19 @@ def test_cli_engine_spark_prints_what_the_local_engine_prints(
     spark: SparkSession, export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     outputs = {}
+    names = ("report.json", "report.csv", "report.html", "phi/worklist.csv", "phi/results.ndjson")
     for engine in ("local", "spark"):
         out_file = tmp_path / f"{engine}.jsonl"
+        folder = tmp_path / f"{engine}-report"
         args = ["screen-population", "--ndjson", str(export), "--as-of", DEMO_AS_OF.isoformat()]
         args += ["--engine", engine, "--output", str(out_file), "--no-progress"]
+        args += ["--report", str(folder), "--set", "max_age=120", "--min-count", "2"]
         assert main(args) == 0
-        outputs[engine] = (capsys.readouterr().out, out_file.read_text(encoding="utf-8"))
+        outputs[engine] = (
+            capsys.readouterr().out,
+            out_file.read_text(encoding="utf-8"),
+            *((folder / name).read_text(encoding="utf-8") for name in names),
+        )
     assert outputs["spark"] == outputs["local"]
     assert "potentially-eligible" in outputs["spark"][0]
     assert main(["screen-population", "--demo", "--engine", "spark"]) == 2

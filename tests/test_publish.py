@@ -1,26 +1,44 @@
-"""``fhir-trial publish``: one idempotent transaction, per-entry report, one-line failures."""
+"""``fhir-trial publish``: look up, one transaction, read back; per-resource outcomes; failures.
+
+Most tests run against in-memory Medplum-like and HAPI-like servers (tests/publish_servers.py),
+each published to twice; the HTTP error paths run against tests/fake_fhir_server.py.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_fhir_server import FakeFhirServer
+from publish_servers import BASE as SIM_BASE
+from publish_servers import MIB, SimulatedServer, hapi_like, medplum_like
 
+from fhir_trial import publish as publish_module
 from fhir_trial.canonical import BASE
 from fhir_trial.cli import main
 from fhir_trial.fhir_api.store import load_resources
 from fhir_trial.fhir_http import FhirHttp
-from fhir_trial.publish import build_transaction, conditional_url, full_url
+from fhir_trial.outputs import report_research_subject
+from fhir_trial.publish import (
+    build_transaction,
+    full_url,
+    local_ref,
+    search_key,
+    with_business_key,
+)
+from fhir_trial.report import EligibilityReport
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_RESOURCES = ROOT / "resources"
 TOKEN = "publish-token-8c1e"
+ACTIONS = ("created", "updated", "unchanged", "failed")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 SAMPLE: list[dict[str, Any]] = [
     {
@@ -103,89 +121,304 @@ def publish_to(
     )
 
 
-def actions(out: str) -> list[str]:
-    """The action word of every per-entry line of the output."""
-    words = {"created", "updated", "unchanged"}
-    firsts = [line.split(maxsplit=1)[0] for line in out.splitlines() if line.strip()]
-    return [word for word in firsts if word in words]
+# --- Medplum-like and HAPI-like servers (tests/publish_servers.py), each published to twice -----
+@pytest.fixture()
+def use_server(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimulatedServer], None]:
+    """Route `fhir-trial publish` to a simulated server (the transport FhirHttp uses)."""
+
+    def route(server: SimulatedServer) -> None:
+        def connect(base_url: str, token: str | None = None, settings: Any = None) -> FhirHttp:
+            return FhirHttp(base_url, token=token, settings=settings, session=server)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(publish_module, "FhirHttp", connect)
+
+    return route
 
 
-# --- the real resources, twice -------------------------------------------------------------------
-def test_publish_twice_creates_nothing_the_second_time(
-    server: FakeFhirServer, resources_dir: Path, capsys: pytest.CaptureFixture[str]
+def publish_sim(
+    capsys: pytest.CaptureFixture[str], folder: Path, *extra: str
+) -> tuple[int, str, str]:
+    return run(capsys, "--fhir-server", SIM_BASE, "--resources-dir", str(folder), *extra)
+
+
+def outcome_of(out: str) -> dict[str, str]:
+    """Local Type/id -> action word, from the per-resource lines."""
+    found = {}
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in ACTIONS:
+            found[words[1].rstrip(":")] = words[0]
+    return found
+
+
+def assert_one_copy_each_and_references_resolve(
+    server: SimulatedServer, resources: list[dict[str, Any]]
 ) -> None:
+    for resource in resources:
+        copies = server.copies(search_key(with_business_key(resource)))
+        assert len(copies) == 1, local_ref(resource)
+    assert len(server.resources()) == len(resources)
+    for stored in server.resources():
+        for ref in references_in(stored):
+            assert server.resolve(ref) is not None, (stored["resourceType"], ref)
+
+
+def references_in(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [
+            v if k == "reference" and isinstance(v, str) else r
+            for k, v in value.items()
+            for r in ([v] if k == "reference" and isinstance(v, str) else references_in(v))
+        ]
+    if isinstance(value, list):
+        return [r for v in value for r in references_in(v)]
+    return []
+
+
+def test_medplum_like_publish_twice(
+    use_server: Callable[[SimulatedServer], None],
+    resources_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Server ids, no client ids, 1 MiB strings: everything created once, then unchanged."""
+    server = medplum_like()
+    use_server(server)
     local = load_resources(resources_dir)
-    code, out, err = publish_to(server, resources_dir, capsys)
-    assert (code, err) == (0, "")
-    assert actions(out) == ["created"] * len(local)
-    assert f"{len(local)} created" in out
-    stored = len(server.resources())
-    assert stored == len(local)
-
-    code, out, err = publish_to(server, resources_dir, capsys)
-    assert (code, err) == (0, "")
-    assert actions(out) == ["unchanged"] * len(local)
-    assert "0 created" in out
-    assert len(server.resources()) == stored
-    # exactly one transaction POST per run, nothing else
-    assert [(r.method, r.path) for r in server.requests] == [("POST", ""), ("POST", "")]
-
-
-def test_every_published_resource_is_found_by_its_conditional_url(
-    server: FakeFhirServer, resources_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert publish_to(server, resources_dir, capsys)[0] == 0
-    with FhirHttp(server.base_url, token=TOKEN) as http:
-        for resource in load_resources(resources_dir):
-            search = conditional_url(resource)
-            found = http.get_json(search)
-            if "?" in search:  # fixed-id entries are reads
-                assert found["total"] == 1, search
-                found = found["entry"][0]["resource"]
-            assert found["resourceType"] == resource["resourceType"]
-            for key in ("url", "version", "identifier", "name", "title"):
-                assert found.get(key) == resource.get(key), (search, key)
-
-
-def test_references_between_published_resources_point_at_server_ids(
-    server: FakeFhirServer, sample_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert publish_to(server, sample_dir, capsys)[0] == 0
+    code, out, err = publish_sim(capsys, resources_dir)
+    assert (code, err) == (0, ""), err
+    assert set(outcome_of(out).values()) == {"created"}
+    assert len(outcome_of(out)) == len(local)
+    assert f"read back: {len(local)} resources found once each" in out
+    assert_one_copy_each_and_references_resolve(server, local)
     (study,) = server.resources("ResearchStudy")
+    assert UUID_RE.match(study["id"])
     (org,) = server.resources("Organization")
-    (site,) = server.resources("Location")
     assert study["sponsor"]["reference"] == f"Organization/{org['id']}"
-    assert study["site"][0]["reference"] == f"Location/{site['id']}"
-    assert site["managingOrganization"]["reference"] == f"Organization/{org['id']}"
-    (valueset,) = server.resources("ValueSet")
-    assert valueset["meta"]["versionId"] == "1"  # the local meta was not sent
+    assert study["site"][0]["reference"].startswith("Location/")
+    assert server.resolve(study["protocol"][0]["reference"])["resourceType"] == "PlanDefinition"
+
+    server.requests.clear()
+    code, out, err = publish_sim(capsys, resources_dir)
+    assert (code, err) == (0, ""), err
+    assert set(outcome_of(out).values()) == {"unchanged"}
+    assert_one_copy_each_and_references_resolve(server, local)
+    # nothing written: the CapabilityStatement, one batch of lookups, one batch of read-backs
+    assert server.requests == [("GET", "metadata"), ("POST", "(batch)"), ("POST", "(batch)")]
+
+
+def test_hapi_like_publish_twice_keeps_client_ids(
+    use_server: Callable[[SimulatedServer], None],
+    resources_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """updateCreate: the project's ids are kept; the second run changes nothing."""
+    server = hapi_like()
+    use_server(server)
+    local = load_resources(resources_dir)
+    code, out, err = publish_sim(capsys, resources_dir)
+    assert (code, err) == (0, ""), err
+    assert set(outcome_of(out).values()) == {"created"}
+    assert_one_copy_each_and_references_resolve(server, local)
+    study = server.resolve("ResearchStudy/nct06010472")
+    assert study is not None
+    assert study["sponsor"]["reference"] == "Organization/changhai-hospital"
+    assert "ResearchStudy/nct06010472 -> ResearchStudy/nct06010472" in out
+
+    code, out, err = publish_sim(capsys, resources_dir)
+    assert (code, err) == (0, ""), err
+    assert set(outcome_of(out).values()) == {"unchanged"}
+    assert_one_copy_each_and_references_resolve(server, local)
+
+
+def test_hapi_like_with_server_ids(
+    use_server: Callable[[SimulatedServer], None],
+    sample_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = hapi_like()
+    use_server(server)
+    assert publish_sim(capsys, sample_dir, "--ids", "server")[0] == 0
+    (study,) = server.resources("ResearchStudy")
+    assert study["id"].isdigit()
+    assert publish_sim(capsys, sample_dir, "--ids", "server")[0] == 0
+    assert len(server.resources()) == len(SAMPLE)
+
+
+def test_a_server_without_batch_is_searched_one_key_at_a_time(
+    use_server: Callable[[SimulatedServer], None],
+    sample_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = hapi_like()
+    server.batch = False
+    use_server(server)
+    assert publish_sim(capsys, sample_dir)[0] == 0
+    server.requests.clear()
+    code, out, _ = publish_sim(capsys, sample_dir)
+    assert code == 0
+    assert set(outcome_of(out).values()) == {"unchanged"}
+    searches = [path for method, path in server.requests if method == "GET" and "?" in path]
+    assert len(searches) == 2 * len(SAMPLE)  # looked up and read back, one by one
+    assert len(server.resources()) == len(SAMPLE)
+
+
+def test_client_ids_refused_by_a_medplum_like_server_are_reported(
+    use_server: Callable[[SimulatedServer], None],
+    sample_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = medplum_like()
+    use_server(server)
+    code, out, err = publish_sim(capsys, sample_dir, "--ids", "client")
+    assert code == 5
+    assert set(outcome_of(out).values()) == {"failed"}
+    assert "Invalid id: sponsor" in out and "Invalid id: sponsor" in err
+    assert server.resources() == []
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_changed_resource_is_updated_the_rest_unchanged(
-    server: FakeFhirServer, sample_dir: Path, capsys: pytest.CaptureFixture[str]
+    use_server: Callable[[SimulatedServer], None],
+    sample_dir: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert publish_to(server, sample_dir, capsys)[0] == 0
+    server = medplum_like()
+    use_server(server)
+    assert publish_sim(capsys, sample_dir)[0] == 0
     path = sample_dir / "ValueSet-sample-vs.json"
-    changed = json.loads(path.read_text()) | {"status": "active"}
-    path.write_text(json.dumps(changed))
-    code, out, _ = publish_to(server, sample_dir, capsys)
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"status": "active"}))
+    code, out, _ = publish_sim(capsys, sample_dir)
     assert code == 0
-    assert sorted(actions(out)) == ["unchanged", "unchanged", "unchanged", "updated"]
-    assert "updated   ValueSet/sample-vs" in out
+    assert outcome_of(out) == {
+        "ValueSet/sample-vs": "updated",
+        "Organization/sponsor": "unchanged",
+        "Location/site": "unchanged",
+        "ResearchStudy/study": "unchanged",
+    }
     (valueset,) = server.resources("ValueSet")
     assert (valueset["status"], valueset["meta"]["versionId"]) == ("active", "2")
 
 
-def test_server_that_does_not_report_no_change_gives_updated_not_created(
-    sample_dir: Path, capsys: pytest.CaptureFixture[str]
+def test_medplum_like_failure_midway_lists_what_was_left_behind(
+    use_server: Callable[[SimulatedServer], None],
+    sample_dir: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with FakeFhirServer(no_change_outcome=False) as quiet:
-        base = ["--fhir-server", quiet.base_url, "--resources-dir", str(sample_dir)]
-        assert run(capsys, *base)[0] == 0
-        code, out, _ = run(capsys, *base)
-        assert code == 0
-        assert actions(out) == ["updated"] * len(SAMPLE)
-        assert len(quiet.resources()) == len(SAMPLE)
+    """The Organization is refused; the server keeps the rest, whose references point at nothing."""
+    server = medplum_like()
+    use_server(server)
+    path = sample_dir / "Organization-sponsor.json"
+    good = path.read_text()
+    path.write_text(json.dumps(json.loads(good) | {"alias": ["x" * (MIB + 1)]}))
+    code, out, err = publish_sim(capsys, sample_dir)
+    assert code == 5
+    outcomes = outcome_of(out)
+    assert outcomes["Organization/sponsor"] == "failed"
+    assert outcomes["ValueSet/sample-vs"] == "created"
+    # written, but pointing at an Organization that was never created
+    assert outcomes["Location/site"] == outcomes["ResearchStudy/study"] == "failed"
+    assert "String cannot be larger than 1 MB (at Organization.alias[0])" in out
+    assert "does not resolve" in out
+    assert "did not roll the transaction back; it kept 3 resources written" in out
+    left = out.split("it kept 3 resources written:")[1]
+    assert {"ValueSet/sample-vs", "Location/site", "ResearchStudy/study"} == {
+        line.split()[0] for line in left.splitlines() if line.startswith("  ")
+    }
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: 3 of 4 resources not published")
+    for name in ("Organization/sponsor", "Location/site", "ResearchStudy/study"):
+        assert name in line
+    assert "kept 3 resources written" in line
+
+    # fixed and published again: one copy each, every reference resolves
+    path.write_text(good)
+    code, out, err = publish_sim(capsys, sample_dir)
+    assert (code, err) == (0, ""), err
+    assert outcome_of(out) == {
+        "ValueSet/sample-vs": "unchanged",
+        "Organization/sponsor": "created",
+        "Location/site": "updated",
+        "ResearchStudy/study": "updated",
+    }
+    assert_one_copy_each_and_references_resolve(server, SAMPLE)
+
+
+def test_hapi_like_failure_rolls_back_and_every_sent_resource_fails(
+    use_server: Callable[[SimulatedServer], None],
+    sample_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = hapi_like()
+    use_server(server)
+    server.refuse("Location", "Location.status: required binding violated")
+    code, out, err = publish_sim(capsys, sample_dir)
+    assert code == 5
+    assert set(outcome_of(out).values()) == {"failed"}
+    assert "Location.status: required binding violated" in out
+    assert "the server refused the transaction" in out
+    assert "left" not in out and "kept" not in out + err
+    assert server.resources() == []
+    assert err.startswith("error: 4 of 4 resources not published")
+
+
+def test_duplicates_on_the_server_are_not_touched(
+    use_server: Callable[[SimulatedServer], None],
+    sample_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two copies match: a conditional update would be 412; it and its dependants are not sent."""
+    server = hapi_like()
+    use_server(server)
+    org = with_business_key(SAMPLE[1])
+    for rid in ("a", "b"):
+        server.store.setdefault("Organization", {})[rid] = org | {
+            "id": rid,
+            "meta": {"versionId": "1"},
+        }
+    code, out, _ = publish_sim(capsys, sample_dir)
+    assert code == 5
+    outcomes = outcome_of(out)
+    assert outcomes["Organization/sponsor"] == "failed"
+    assert outcomes["Location/site"] == outcomes["ResearchStudy/study"] == "failed"
+    assert outcomes["ValueSet/sample-vs"] == "created"
+    assert "2 copies on the server match" in out and "412" in out
+    assert "it references Organization/sponsor, which failed" in out
+    assert len(server.resources("Organization")) == 2
+
+
+def test_every_string_of_every_resource_is_under_1_mib(resources_dir: Path) -> None:
+    """Servers refuse longer strings (Medplum: "String cannot be larger than 1 MB")."""
+    for resource in load_resources(resources_dir):
+        for path, value in strings_in(resource, local_ref(resource)):
+            assert len(value) < MIB, f"{path}: {len(value)} characters"
+
+
+def strings_in(value: Any, path: str) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in strings_in(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [s for i, v in enumerate(value) for s in strings_in(v, f"{path}[{i}]")]
+    return []
+
+
+def test_outputs_reference_the_study_by_its_published_identifier(resources_dir: Path) -> None:
+    """ResearchSubject.study names the study by the identifier every server can search."""
+    (study,) = [r for r in load_resources(resources_dir) if r["resourceType"] == "ResearchStudy"]
+    report = EligibilityReport(
+        study="NCT06010472",
+        patient="Patient/p1",
+        as_of="2026-11-26",
+        verdict="eligible",
+        criteria=(),
+    )
+    reference = report_research_subject(report)["study"]
+    assert "reference" not in reference
+    assert any(
+        (i.get("system"), i.get("value")) == tuple(reference["identifier"].values())
+        for i in study["identifier"]
+    )
 
 
 def test_throttled_once_then_published(
@@ -198,22 +431,41 @@ def test_throttled_once_then_published(
     server.throttle(retry_after="0")
     code, out, err = publish_to(server, sample_dir, capsys)
     assert (code, err) == (0, "")
-    assert actions(out) == ["created"] * len(SAMPLE)
+    assert set(outcome_of(out).values()) == {"created"}
+
+
+def test_fake_server_publish_twice(
+    server: FakeFhirServer, resources_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over real HTTP (tests/fake_fhir_server.py): created, then unchanged, one copy each."""
+    local = load_resources(resources_dir)
+    assert publish_to(server, resources_dir, capsys)[0] == 0
+    code, out, err = publish_to(server, resources_dir, capsys)
+    assert (code, err) == (0, "")
+    assert set(outcome_of(out).values()) == {"unchanged"}
+    assert len(server.resources()) == len(local)
 
 
 # --- the transaction Bundle ----------------------------------------------------------------------
-def test_conditional_urls() -> None:
+def test_search_keys() -> None:
     valueset, org, location, study = SAMPLE
-    assert conditional_url(valueset) == (
+    assert search_key(valueset) == (
         "ValueSet?url=https%3A%2F%2Ffhir-trial.org%2Ffhir%2FValueSet%2Fsample-vs&version=0.1.0"
     )
-    assert conditional_url(org) == (
+    assert search_key(org) == (
         "Organization?identifier=urn%3Aietf%3Arfc%3A3986%7C"
         "https%3A%2F%2Ffhir-trial.org%2Ffhir%2FOrganization%2Fsponsor"
     )
     # the project's own canonical identifier wins over the official NCT number
-    assert "rfc%3A3986" in conditional_url(study)
-    assert conditional_url(location) == "Location/site"
+    assert "rfc%3A3986" in search_key(study)
+    # no url, no identifier: the project's identifier is added and is the key
+    assert search_key(location) == (
+        "Location?identifier=urn%3Aietf%3Arfc%3A3986%7C"
+        "https%3A%2F%2Ffhir-trial.org%2Ffhir%2FLocation%2Fsite"
+    )
+    assert with_business_key(location)["identifier"] == [
+        {"system": "urn:ietf:rfc:3986", "value": f"{BASE}/Location/site"}
+    ]
 
 
 def test_official_identifier_when_there_is_no_canonical_one() -> None:
@@ -225,9 +477,7 @@ def test_official_identifier_when_there_is_no_canonical_one() -> None:
             {"use": "official", "system": "https://clinicaltrials.gov", "value": "NCT1"},
         ],
     }
-    assert (
-        conditional_url(study) == "ResearchStudy?identifier=https%3A%2F%2Fclinicaltrials.gov%7CNCT1"
-    )
+    assert search_key(study) == "ResearchStudy?identifier=https%3A%2F%2Fclinicaltrials.gov%7CNCT1"
 
 
 def test_build_transaction() -> None:
@@ -235,13 +485,17 @@ def test_build_transaction() -> None:
     assert (bundle["resourceType"], bundle["type"]) == ("Bundle", "transaction")
     entries = bundle["entry"]
     assert [e["request"]["method"] for e in entries] == ["PUT"] * len(SAMPLE)
+    assert all("?" in e["request"]["url"] for e in entries)  # conditional, never Type/id
     assert len({e["fullUrl"] for e in entries}) == len(SAMPLE)
     assert all(e["fullUrl"].startswith("urn:uuid:") for e in entries)
     assert build_transaction(SAMPLE) == bundle  # deterministic
-    valueset, org, location, study = (e["resource"] for e in entries)
-    assert "id" not in valueset and "meta" not in valueset and "id" not in org
-    assert location["id"] == "site"  # fixed-id entry keeps its id
-    assert study["sponsor"]["reference"] == full_url(SAMPLE[1])
+    by_type = {e["resource"]["resourceType"]: e["resource"] for e in entries}
+    # referenced resources come first
+    order = [e["resource"]["resourceType"] for e in entries]
+    assert order.index("Organization") < order.index("Location") < order.index("ResearchStudy")
+    assert all("id" not in r for r in by_type.values())
+    assert "meta" not in by_type["ValueSet"]  # versionId is the server's
+    assert by_type["ResearchStudy"]["sponsor"]["reference"] == full_url(SAMPLE[1])
     assert SAMPLE[3]["sponsor"]["reference"] == "Organization/sponsor"  # input untouched
 
 
@@ -333,14 +587,16 @@ def test_wrong_base_url_is_a_404(
     ],
 )
 def test_answers_that_are_not_a_transaction_response(
-    server: FakeFhirServer,
+    use_server: Callable[[SimulatedServer], None],
     sample_dir: Path,
     capsys: pytest.CaptureFixture[str],
     body: str | dict[str, Any],
     word: str,
 ) -> None:
-    server.fail(200, body=body)
-    code, out, err = publish_to(server, sample_dir, capsys)
+    server = medplum_like()
+    server.transaction_answer = body
+    use_server(server)
+    code, out, err = publish_sim(capsys, sample_dir)
     assert_one_line_failure(code, out, err, 5, word)
 
 

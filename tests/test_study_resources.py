@@ -201,9 +201,17 @@ def test_group_has_every_criterion_in_order(
     group: dict[str, Any], criteria_md_ids: list[str]
 ) -> None:
     assert (group["type"], group["actual"]) == ("person", False)
-    codes = [c["code"]["coding"][0]["code"] for c in group["characteristic"]]
+    deceased, *criteria = group["characteristic"]
+    # Before the criteria: patients deceased on the screening date are excluded.
+    assert deceased["code"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "419099009",
+        "display": "Dead",
+    }
+    assert (deceased["valueBoolean"], deceased["exclude"]) == (True, True)
+    codes = [c["code"]["coding"][0]["code"] for c in criteria]
     assert codes == criteria_md_ids
-    for characteristic in group["characteristic"]:
+    for characteristic in criteria:
         coding = characteristic["code"]["coding"][0]
         assert coding["system"] == CODESYSTEM_URL
         assert characteristic["exclude"] is coding["code"].startswith("exc-")
@@ -249,7 +257,9 @@ def test_plan_definition_has_an_action_per_criterion(
     ]
     assert plan["type"]["coding"][0]["code"] == "eca-rule"
     assert plan["library"] == [canonical("Library", "nct06010472-eligibility")]
-    *criteria_actions, verdict = plan["action"]
+    alive, *criteria_actions, verdict = plan["action"]
+    assert alive["id"] == "alive-at-screening"
+    assert alive["condition"][0]["expression"]["expression"] == 'not "Deceased"'
     assert [a["code"][0]["coding"][0]["code"] for a in criteria_actions] == criteria_md_ids
     for action in criteria_actions:
         assert action["title"] and action["description"]
@@ -416,18 +426,24 @@ def _verification_parts(concept: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["url"]: e for e in verification["extension"]}
 
 
+def _is_vsac_part(include: dict[str, Any]) -> bool:
+    """An include imported from a VSAC value set (fhir_trial.study.vsac_import) names it."""
+    return any(str(u).startswith("http://cts.nlm.nih.gov/") for u in include.get("valueSet", []))
+
+
 def test_every_valueset_records_verification_status() -> None:
     valuesets = _valuesets()
     assert valuesets, "no ValueSets in resources/"
     for valueset in valuesets.values():
+        # An imported VSAC part records its source once, on its include (names the VSAC set).
         concepts = [
-            concept
+            (include if _is_vsac_part(include) else concept, concept)
             for include in valueset.get("compose", {}).get("include", [])
             for concept in include.get("concept", [])
         ]
         assert concepts, f"{valueset['id']} lists no concepts"
-        for concept in concepts:
-            parts = _verification_parts(concept)
+        for holder, concept in concepts:
+            parts = _verification_parts(holder)
             where = f"{valueset['id']} {concept['code']}"
             assert parts["status"]["valueCode"] in ("verified", "unverified"), where
             if parts["status"]["valueCode"] == "verified":
@@ -471,8 +487,8 @@ def test_verification_table_matches_every_valueset_concept() -> None:
         compose = valueset["compose"]
         for block in compose.get("include", []) + compose.get("exclude", []):
             label = _VERIFICATION_LABELS.get(block.get("system", ""))
-            if label is None:
-                continue
+            if label is None or _is_vsac_part(block):
+                continue  # imported VSAC parts: their source is terminology/vsac/<OID>.json
             for concept in block.get("concept", []):
                 key = (vs_id, label, concept["code"])
                 status = _verification_parts(concept)["status"]["valueCode"]

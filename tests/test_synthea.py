@@ -1,7 +1,7 @@
 """Real-world-shaped records: the Synthea fixtures all screen, and what they yield is pinned.
 
 The golden file ``tests/golden/synthea-statuses.json`` holds every criterion's status and the verdict
-for each Synthea bundle, screened as of 2026-11-26. A change in the evaluator that moves any of them
+(and the death date, for the patients Synthea made deceased) for each Synthea bundle, screened as of 2026-11-26. A change in the evaluator that moves any of them
 fails here and must be looked at (then the golden file regenerated on purpose:
 ``FHIR_TRIAL_UPDATE_GOLDEN=1 pytest tests/test_synthea.py``).
 """
@@ -32,9 +32,12 @@ def _bundles(shared_dir: Path) -> list[Path]:
     return paths
 
 
-def _screen(bundle: dict[str, Any]) -> dict[str, str]:
+def _screen(bundle: dict[str, Any]) -> dict[str, Any]:
     report = evaluate(record_from_bundle(bundle), SETTINGS)
-    return {"verdict": report.verdict, **report.statuses()}
+    pinned: dict[str, Any] = {"verdict": report.verdict, **report.statuses()}
+    if report.deceased is not None:  # Synthea writes deceasedDateTime with a zone offset
+        pinned["deceased"] = report.deceased
+    return pinned
 
 
 def test_synthea_bundles_match_the_pinned_statuses(shared_dir: Path) -> None:

@@ -144,7 +144,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Iterat
             assert response.status_code == 200, response.text[:500]
             cards = response.json()["cards"]
             assert len(cards) == 1, cards
-            (link,) = [x for x in cards[0]["links"] if x["type"] == "smart"]
+            (link,) = [x for x in cards[0]["links"] if "/worksheet/" in x["url"]]
+            assert link["type"] == "absolute"  # the read-only fallback (no SMART registration)
             assert link["url"].startswith(f"{base}{SERVICE_PATH}/worksheet/")
             yield Server(app, base, cards[0], link["url"])
     finally:

@@ -3,9 +3,13 @@
 - potentially eligible / eligible: an ``info`` card naming the study, with the inclusion criteria
   met, the exclusions ruled out, and the criteria unknown and needing review (and their evidence)
   in the markdown detail, a link to the registry record, a
-  SMART link to the screening worksheet, a suggestion that creates a ResearchSubject with status
+  ``smart`` link to the worksheet app (its launch URL, when the EHR is registered for it; the EHR
+  adds ``launch`` and ``iss``), the signed read-only worksheet page as an ``absolute`` link (the
+  fallback for EHRs without SMART), a suggestion that creates a ResearchSubject with status
   ``candidate``, and override reasons;
 - ineligible: no card by default (``Settings.cds_cards_for_ineligible`` turns on a short one);
+- deceased on the screening date: never a card, whatever the settings (CRITERIA.md; the service
+  returns an empty ``cards`` list before any card is built);
 - screening not completed (deadline passed, data unavailable): a card that says so, when
   configured (``Settings.cds_incomplete_card``, default on).
 
@@ -121,6 +125,9 @@ def _detail(report: EligibilityReport) -> str:
         f"**{markdown_escape(report.verdict.replace('-', ' '))}**. A study coordinator confirms "
         "eligibility; missing data never counts against the patient.",
     ]
+    if report.reason and report.deceased is None:
+        # Whether the patient is alive could not be read: a person checks that before anything.
+        lines += ["", f"**Check first:** {markdown_escape(report.reason)}."]
     # Favourable criteria in two lists: under one "criteria met" heading an exclusion's title
     # ("Immunodeficiency disease") reads as if the patient had it, since an exclusion that is
     # "met" applies to the patient.
@@ -170,8 +177,13 @@ def eligibility_card(
     worksheet_url: str | None,
     app_context: str | None,
     card_uuid: str | None = None,
+    smart_launch_url: str | None = None,
 ) -> dict[str, Any]:
-    """The card for a potentially eligible (or eligible) patient."""
+    """The card for a potentially eligible (or eligible) patient.
+
+    ``smart_launch_url``: the worksheet app's launch URL (a ``smart`` link, with ``app_context``);
+    ``worksheet_url``: the signed read-only page (an ``absolute`` link).
+    """
     voting = [r for r in report.criteria if r.part_of is None]
     met = len(_inclusions_met(voting))
     ruled_out = len(_exclusions_ruled_out(voting))
@@ -186,15 +198,23 @@ def eligibility_card(
     links: list[dict[str, Any]] = [
         {"label": f"{STUDY_ID} on ClinicalTrials.gov", "url": REGISTRY_URL, "type": "absolute"}
     ]
-    if worksheet_url:
+    if smart_launch_url:
         link: dict[str, Any] = {
-            "label": "Open the screening worksheet",
-            "url": worksheet_url,
+            "label": "Open the screening worksheet (answer and record a decision)",
+            "url": smart_launch_url,
             "type": "smart",
         }
         if app_context:
             link["appContext"] = app_context
         links.append(link)
+    if worksheet_url:
+        links.append(
+            {
+                "label": "View the screening worksheet (read-only)",
+                "url": worksheet_url,
+                "type": "absolute",
+            }
+        )
     return {
         "uuid": card_uuid or str(uuid.uuid4()),
         "summary": _summary(summary),

@@ -2,10 +2,12 @@
 
 Prefetch templates are the searches of :mod:`fhir_trial.searches`, keyed by
 ``{{context.patientId}}``: a read of the Patient, and per data category one or more searches.
-The service asks only for what its criteria need: Observations by the codes the criteria read
-(``observation``, ``observationScores``) and NYHA class findings by value (``observationNyha``),
-instead of every Observation in the chart. Several keys may fill one category (all three above
-fill Observation); the category counts as obtained only when every one of its keys was.
+The service asks only for what its criteria need: Observations by the codes the criteria read, in
+the Observation's code or a component's (``combo-code``: ``observation``, ``observationScores``),
+and NYHA class findings by value (``observationNyha``, ``observationNyhaParts`` for a class inside
+a panel), instead of every Observation in the chart. A code list too long for one URL becomes
+several keys (``observation2``, ...). Several keys may fill one category (all the above fill
+Observation); the category counts as obtained only when every one of its keys was.
 """
 
 from __future__ import annotations
@@ -41,13 +43,15 @@ USAGE = (
     "fhirAuthorization granting read access to these resource types. The templates ask only for "
     "what the criteria need (code- and value-filtered Observation searches); a prefetch Bundle for "
     "them may hold just the matching resources. Several keys fill one data category (observation, "
-    "observationScores and observationNyha are all Observations): a key left out is fetched from "
+    "observationScores, observationNyha and observationNyhaParts are all Observations; a long code "
+    "list is split into numbered keys such as observation2): a key left out is fetched from "
     "fhirServer with the same query; a value of null marks its whole category as unavailable (its "
     "criteria become unknown)."
 )
 PATIENT_TOKEN = "{{context.patientId}}"
 
-# Every key the service may ask for (a plan that falls back to unfiltered searches asks for fewer).
+# The first key of every search (a code list split for its length adds observation2, ...; a plan
+# without ValueSets asks for fewer).
 PREFETCH_KEYS: tuple[str, ...] = tuple(spec.key for spec in SEARCHES)
 
 

@@ -3,9 +3,10 @@
 The service asks only for what its criteria need (see :mod:`fhir_trial.searches`): the prefetch
 templates of code- and value-filtered Observation searches may come back holding just the matching
 resources, and that is complete for those keys. A data category may have several prefetch keys
-(Observation has ``observation``, ``observationScores`` and ``observationNyha``); their resources
-are merged (a resource in two of them is kept once) and the category counts as obtained only when
-every one of its keys was. For each key of the search plan:
+(Observation has ``observation``, ``observationScores``, ``observationNyha`` and
+``observationNyhaParts``, plus numbered keys such as ``observation2`` when a code list is split);
+their resources are merged (a resource in two of them is kept once) and the category counts as
+obtained only when every one of its keys was. For each key of the search plan:
 
 - key absent: the client chose not to (or could not) prefetch it -> the service runs the same query
   on ``fhirServer`` itself (CDS Hooks 2.0, "Prefetch Template");

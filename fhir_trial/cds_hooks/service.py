@@ -42,11 +42,13 @@ from fhir_trial.cds_hooks.prefetch import PrefetchResult, add_resources, apply_p
 from fhir_trial.cds_hooks.store import Database
 from fhir_trial.cds_hooks.worksheet import WorksheetStore
 from fhir_trial.config import Settings
+from fhir_trial.deceased import vital_status
 from fhir_trial.errors import FhirTrialError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import EligibilityReport
 from fhir_trial.searches import PlannedSearch, plan_searches
+from fhir_trial.smart.links import smart_launch_url
 from fhir_trial.terminology import Terminology, load_terminology
 
 __all__ = [
@@ -156,7 +158,9 @@ class CdsService:
         except FhirTrialError as exc:
             log.error("terminology not loadable; screenings will not complete: %s", exc.message)
         # What to ask the EHR for (prefetch templates and fetches): fhir_trial.searches.
-        self.plan: tuple[PlannedSearch, ...] = plan_searches(terminology)
+        self.plan: tuple[PlannedSearch, ...] = plan_searches(
+            terminology, settings.max_search_query_chars
+        )
 
     # ------------------------------------------------------------------ identity
     def authenticate(
@@ -232,6 +236,10 @@ class CdsService:
         record = PatientRecord()
         pre = apply_prefetch(record, hook.prefetch, hook.patient_id, self.plan)
         fhir_server = hook.fhir_server
+        if self._deceased(record):
+            # No card for a deceased patient (CRITERIA.md): nothing more the EHR sends changes
+            # that, so nothing is fetched.
+            return self._conclude(hook, record, {}, deadline)
         if not fhir_server or not (pre.pending or record.unresolved_medication_references()):
             # Nothing to fetch: evaluating is bounded CPU work, done here without a thread handoff
             # (the deadline guards waits on the EHR's FHIR server, and there are none).
@@ -314,7 +322,7 @@ class CdsService:
             if failed_fetches.get("Patient") == "timed out" or deadline.expired():
                 return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
             return Outcome("no-data", reason=f"Patient: {why}")
-        if not (record.obtained - {"Patient"}):
+        if not (record.obtained - {"Patient"}) and not self._deceased(record):
             if any(why == "timed out" for why in failed_fetches.values()) or deadline.expired():
                 return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
             return Outcome(
@@ -334,10 +342,18 @@ class CdsService:
             )
         return Outcome("report", report=report)
 
+    def _deceased(self, record: PatientRecord) -> bool:
+        """Whether the record's Patient was deceased on the screening date."""
+        if record.patient is None:
+            return False
+        return vital_status(record.patient, self.settings.screening_date()).state == "deceased"
+
     # ------------------------------------------------------------------ cards
     def cards(self, hook: HookRequest, outcome: Outcome, base_url: str) -> list[dict[str, Any]]:
         """The cards for an outcome (the 412 case is handled by the caller)."""
         report = outcome.report
+        if report is not None and report.deceased is not None:
+            return []  # never a card for a deceased patient, whatever the settings say
         if report is not None and report.verdict == "ineligible":
             return [ineligible_card(report)] if self.settings.cds_cards_for_ineligible else []
         if outcome.kind == "incomplete" or report is None:
@@ -354,7 +370,8 @@ class CdsService:
                 "worksheetToken": token,
             }
         ).decode()
-        return [eligibility_card(report, hook.patient_id, url, app_context, card_uuid)]
+        smart_url = smart_launch_url(self.settings, hook.fhir_server, base_url)
+        return [eligibility_card(report, hook.patient_id, url, app_context, card_uuid, smart_url)]
 
     def close(self) -> None:
         """Stop the thread pools (tests; workers simply exit)."""

@@ -7,7 +7,8 @@ is all a browser needs, so the EHR can open the link without further login. Expi
 purged as new ones are stored.
 
 The page (Jinja templates in ``templates/``, autoescaped) shows the patient reference, the screening
-date, the verdict in words, data problems at the top, then every criterion grouped Inclusion /
+date, the verdict in words, a deceased patient (or an unreadable vital status) and data problems
+at the top, then every criterion grouped Inclusion /
 Exclusion with its status in words and symbols (never colour alone), reason, evidence and missing
 data. It loads nothing from elsewhere: the one inline stylesheet is allowed by its hash in the
 ``Content-Security-Policy``, scripts, images, frames and forms are refused. Every answer sends
@@ -271,6 +272,13 @@ def render_worksheet(report: Mapping[str, Any], ttl_s: int = 900) -> str:
     ]
     verdict = str(report.get("verdict", ""))
     verdict_label, verdict_note = _VERDICTS.get(verdict, (verdict or "No verdict", ""))
+    deceased = report.get("deceased")
+    top_reason = str(report.get("reason") or "")
+    if deceased is not None and deceased is not False:
+        verdict_note = (
+            "The patient is recorded as deceased on the screening date: not eligible whatever "
+            "the criteria say (they are still listed below)."
+        )
     return (
         _environment()
         .get_template("worksheet.html")
@@ -284,6 +292,8 @@ def render_worksheet(report: Mapping[str, Any], ttl_s: int = 900) -> str:
             verdict_note=verdict_note,
             counts=counts,
             warnings=_strings(report.get("warnings")),
+            deceased=deceased is not None and deceased is not False,
+            top_reason=top_reason,
             groups=groups,
             registry=REGISTRY_URL,
             ttl_minutes=max(1, round(ttl_s / 60)),
@@ -344,3 +354,29 @@ def worksheet_response(store: WorksheetStore, token: str) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Robots-Tag"] = "noindex, nofollow"
     return response
+
+
+# ------------------------------------------------------------------ shared with the SMART app
+def criterion_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The report's criteria as page rows (catalog order, parts after their parent)."""
+    return _ordered([_row(item) for item in report.get("criteria", []) or []])
+
+
+def verdict_words(verdict: str) -> tuple[str, str]:
+    """``(label, note)`` of a verdict, in words."""
+    return _VERDICTS.get(verdict, (verdict or "No verdict", ""))
+
+
+def templates() -> Environment:
+    """The autoescaping Jinja environment of ``templates/``."""
+    return _environment()
+
+
+def stylesheet() -> Markup:
+    """The one inline stylesheet (allowed by its hash in the CSP)."""
+    return Markup(_css())
+
+
+def stylesheet_hash() -> str:
+    """``sha256-...`` of the inline stylesheet, for a ``style-src`` directive."""
+    return "sha256-" + base64.b64encode(hashlib.sha256(_css().encode("utf-8")).digest()).decode()

@@ -4,11 +4,16 @@ Inputs (one of): ``--bundles`` files or folders of Bundles (further paths may fo
 arguments, so ``--bundles data/*.json`` works), ``--ndjson`` a Bulk Data export folder, ``--demo``
 the demo patients shipped with the package (screened as of their own date unless ``--as-of``).
 
-Output: the feasibility report on stdout (``--format text|json|csv``); with ``--format text``
-also one verdict line per patient (the first 20, or all with ``--demo``). ``--output FILE`` gets
-every patient's full report as JSON lines (the CRITERIA.md shape), written as they are computed.
-``--engine spark`` screens an ``--ndjson`` export on Apache Spark instead (optional extra
-``spark``; ``--spark-master URL``), with the same outputs: see :mod:`fhir_trial.population_spark`.
+Output: the feasibility report on stdout (``--format text|json|csv``; the JSON and CSV are
+``report.json`` and ``report.csv``); with ``--format text`` also one verdict line per patient (the
+first 20, or all with ``--demo``). ``--output FILE`` gets every patient's full report as JSON lines
+(the CRITERIA.md shape), written as they are computed. ``--report DIR`` writes the shareable
+report (``report.html``, ``report.json``, ``report.csv``) and, apart in ``DIR/phi/``, what names
+patients (``worklist.csv``, ``results.ndjson``): see :mod:`fhir_trial.population.worklist`.
+``--set FIELD=VALUE`` (repeatable) adds a what-if run beside the baseline, evaluated in the same
+pass; ``--min-count N`` suppresses counts below N in the report. ``--engine spark`` screens an
+``--ndjson`` export on Apache Spark instead (optional extra ``spark``; ``--spark-master URL``),
+with the same outputs: see :mod:`fhir_trial.population.spark`.
 Exit codes: 0 done, 2 unusable input (nothing could be screened, bad option).
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -33,10 +39,14 @@ from fhir_trial.population import (
     screen_ndjson,
     verdict_line,
 )
+from fhir_trial.population.model import FeasibilityReport
+from fhir_trial.population.whatif import WhatIf, parse_what_if
+from fhir_trial.population.worklist import ReportDirectory
 from fhir_trial.record import CATEGORIES
 from fhir_trial.sources.ndjson import NdjsonExport
 
 TEXT_PATIENT_LINES = 20
+DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 64))
 
 
 def _parse_date(value: str | None) -> dt.date | None:
@@ -94,8 +104,8 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
+    default=DEFAULT_WORKERS,
+    show_default="the machine's CPUs",
     help="Processes evaluating patients in parallel.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (it only shows on a terminal).")
@@ -107,6 +117,26 @@ def _progress(items: Iterator[Screened], total: int | None, enabled: bool) -> It
     help="Where patients are evaluated; spark (with --ndjson) needs the extra fhir-trial[spark].",
 )
 @click.option("--spark-master", metavar="URL", help="With --engine spark: local[4], spark://...")
+@click.option(
+    "--report",
+    "report_dir",
+    metavar="DIR",
+    help="Write report.html/.json/.csv to DIR, and the per-patient files to DIR/phi/.",
+)
+@click.option(
+    "--set",
+    "what_if",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="A what-if run beside the baseline (repeatable; e.g. sledai_min_score=6).",
+)
+@click.option(
+    "--min-count",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Suppress counts below N in the report (with complementary suppression); 0: off.",
+)
 def command(
     paths: tuple[str, ...],
     bundles: tuple[str, ...],
@@ -120,6 +150,9 @@ def command(
     no_progress: bool,
     engine: str,
     spark_master: str | None,
+    report_dir: str | None,
+    what_if: tuple[str, ...],
+    min_count: int,
 ) -> None:
     """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
     bundle_inputs = [*bundles, *paths]
@@ -136,10 +169,15 @@ def command(
     settings = Settings.from_env(as_of=as_of_date)
     if settings.as_of is None:  # every patient is screened for the same day, even past midnight
         settings = settings.replace(as_of=dt.date.today())
+    runs = parse_what_if(what_if, settings)
+    if report_dir:
+        from fhir_trial.population import charts
+
+        charts.require()  # before a long run, not after it
     if engine == "spark" or spark_master:
         if not ndjson:
             raise InputError("--engine spark works with --ndjson DIR (or a folder URI)")
-        from fhir_trial.population_spark import run_screen_population
+        from fhir_trial.population.spark import run_screen_population
 
         run_screen_population(
             ndjson,
@@ -149,16 +187,21 @@ def command(
             output=output,
             master=spark_master,
             patient_lines=TEXT_PATIENT_LINES,
+            what_if=runs,
+            report_dir=report_dir,
+            min_count=min_count,
         )
         return
 
     feasibility = Feasibility()
+    variants = [Feasibility() for _ in runs]
+    what_if_settings = [run.settings for run in runs]
     total: int | None = None
     with ExitStack() as stack:
         if ndjson:
             export = stack.enter_context(NdjsonExport(ndjson, missing))
             total = export.count_patients()
-            screened = screen_ndjson(export, settings, workers=workers)
+            screened = screen_ndjson(export, settings, workers=workers, what_if=what_if_settings)
         else:
             if demo:
                 from fhir_trial.demo import demo_bundle_paths
@@ -169,7 +212,11 @@ def command(
                 bundle_inputs = [str(p) for p in demo_paths]
                 total = len(demo_paths)
             screened = screen_bundle_files(
-                bundle_inputs, settings, workers=workers, skipped=feasibility.skipped
+                bundle_inputs,
+                settings,
+                workers=workers,
+                skipped=feasibility.skipped,
+                what_if=what_if_settings,
             )
         sink: IO[str] | None = None
         if output:
@@ -177,10 +224,15 @@ def command(
                 sink = stack.enter_context(open(output, "w", encoding="utf-8"))
             except OSError as exc:
                 raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
+        directory = stack.enter_context(ReportDirectory(report_dir)) if report_dir else None
         show_lines = output_format == "text"
         shown = 0
         for item in _progress(screened, total, enabled=not no_progress):
             feasibility.add(item.report)
+            for counter, variant in zip(variants, item.what_if, strict=True):
+                counter.add(variant)
+            if directory is not None:
+                directory.add(item)
             if sink is not None:
                 sink.write(json.dumps(item.report.to_json(), ensure_ascii=False) + "\n")
             if show_lines and (demo or shown < TEXT_PATIENT_LINES):
@@ -189,11 +241,30 @@ def command(
         if show_lines and not demo and feasibility.total > shown:
             click.echo(f"... {feasibility.total - shown} more patients (--output FILE lists all)")
 
-    if feasibility.total == 0:
-        _explain_nothing(feasibility.skipped)
+        if feasibility.total == 0:
+            _explain_nothing(feasibility.skipped)
+        report = feasibility_report(feasibility, runs, variants, min_count)
+        if directory is not None:
+            directory.finish(report)
+            click.echo(
+                f"report written to {report_dir}/ (report.html, report.json, report.csv); "
+                f"what names patients to {report_dir}/phi/",
+                err=True,
+            )
+
     if shown and output_format == "text":
         click.echo()
-    click.echo(feasibility.render(output_format), nl=False)
+    click.echo(report.render(output_format), nl=False)
+
+
+def feasibility_report(
+    baseline: Feasibility, runs: list[WhatIf], variants: list[Feasibility], min_count: int
+) -> FeasibilityReport:
+    """The report of a run: the baseline counters and one counter per what-if run."""
+    what_ifs = [
+        (run.label, run.changes, counter) for run, counter in zip(runs, variants, strict=True)
+    ]
+    return FeasibilityReport(baseline, what_ifs, None, min_count)
 
 
 def _explain_nothing(skipped: list[Skipped]) -> None:

@@ -14,8 +14,13 @@ for SNOMED CT) as the canonical one. CQL ValueSet membership is exact, so for ev
 client computes, with fhir_trial.terminology itself, which of the Bundle's own codings belong to
 which ValueSet that way but are not literally listed, and sends them as per-request additions to
 those expansions (``extraCodes``). The same goes for RxNorm products matched by ingredient name
-(an unlisted RxNorm code whose display names a listed ingredient; see fhir_trial.terminology).
-The shared expansions stay untouched.
+(an unlisted RxNorm code whose display names a listed ingredient; see fhir_trial.terminology), and
+for drugs read by name in medication records (fhir_trial.medications, "Names as a safety net"):
+a medication record whose codes, of any system, are in none of a drug ValueSet's entries but whose
+names (displays, concept texts, the Medication's code text, its ingredients' names) name a listed
+ingredient has every one of its codes added to that ValueSet, for that patient. A drug named only
+in words has no code to add: both sides leave it unidentified. The shared expansions stay
+untouched.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from typing import Any
 from fhir_trial.config import PROJECT_ROOT, Settings
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.errors import ConfigurationError, FhirTrialError
+from fhir_trial.medications import DRUG_VALUESETS, drug_records
+from fhir_trial.record import PatientRecord
 from fhir_trial.terminology import (
     Terminology,
     ValueSet,
@@ -81,11 +88,16 @@ class CqlEngineError(FhirTrialError):
 
 @dataclass(frozen=True)
 class CqlResult:
-    """One patient's results from the CQL library: a status per criterion and the verdict."""
+    """One patient's results from the CQL library: a status per criterion and the verdict.
+
+    ``deceased``: the library's ``Deceased`` define (deceased on the screening date, which makes
+    the verdict ineligible whatever the criteria say).
+    """
 
     statuses: Mapping[str, str]
     verdict: str
     raw: Mapping[str, Any]
+    deceased: bool = False
 
 
 def parameters_for(settings: Settings, failed: Iterable[str] = ()) -> dict[str, Any]:
@@ -139,8 +151,10 @@ class ExpansionIndex:
         self._listed = {
             url: {(c["system"], c["code"]) for c in codes} for url, codes in self.expansions.items()
         }
+        known = set(terminology.ids())
+        self._drug_valuesets = [terminology.get(i) for i in DRUG_VALUESETS if i in known]
 
-    def extra_codes(self, bundle: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    def extra_codes(self, bundle: Mapping[str, Any]) -> dict[str, list[dict[str, str | None]]]:
         """Record codings that fhir_trial.terminology places in a ValueSet but CQL would not."""
         extra: dict[str, set[tuple[str, str]]] = defaultdict(set)
         for system, code, display in set(_codings(bundle)):
@@ -159,10 +173,31 @@ class ExpansionIndex:
             for url in urls:
                 if (system, code) not in self._listed[url]:
                     extra[url].add((system, code))
+        for url, named in self._named_drugs(bundle):
+            extra[url].add(named)
+        # A coding without a system reaches the CQL engine with a null system, not "".
         return {
-            url: [{"system": s, "code": c} for s, c in sorted(codes)]
+            url: [{"system": s or None, "code": c} for s, c in sorted(codes)]
             for url, codes in extra.items()
         }
+
+    def _named_drugs(self, bundle: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, str]]]:
+        """(ValueSet url, (system, code)) for the codes of medication records read by name."""
+        record = PatientRecord()
+        entries = bundle.get("entry") if isinstance(bundle, Mapping) else None
+        for entry in entries if isinstance(entries, list) else []:
+            resource = entry.get("resource") if isinstance(entry, Mapping) else None
+            if isinstance(resource, dict):
+                record.add(resource, entry.get("fullUrl"))
+        for drug in drug_records(record).values():
+            if drug.names and drug.keys:
+                for vs in self._drug_valuesets:
+                    if drug.named_as(vs) is None:
+                        continue
+                    for coding in drug.codings:
+                        system, code = coding.get("system"), coding.get("code")
+                        if isinstance(code, str) and code.strip():
+                            yield vs.url, (system if isinstance(system, str) else "", code)
 
 
 class CqlEngine:
@@ -308,4 +343,9 @@ class CqlEngine:
             if status not in STATUSES:
                 raise CqlEngineError(f"CQL define {spec.id!r} returned {value!r}, not a status")
             statuses[spec.id] = status
-        return CqlResult(statuses=statuses, verdict=str(raw.get("Verdict")), raw=raw)
+        return CqlResult(
+            statuses=statuses,
+            verdict=str(raw.get("Verdict")),
+            raw=raw,
+            deceased=raw.get("Deceased") is True,
+        )

@@ -343,13 +343,14 @@ def heart_failure(ctx: Context) -> Finding:
                 if condition_counts(condition):
                     findings.append((condition_onset(condition), "Condition", condition))
     if ctx.record.usable("Observation"):
-        for observation in ctx.record.resources("Observation"):
+        # A class finding may be a component of an assessment panel: it counts as a result.
+        for observation in ctx.record.observation_results():
             value = observation.get("valueCodeableConcept")
             # Observation status rule: final/amended/corrected count, preliminary needs review,
             # anything else (cancelled, entered-in-error, registered, unknown) is ignored.
             if (
                 value
-                and (observation_counts(observation) or observation.get("status") == "preliminary")
+                and observation_status(observation) != "ignored"  # final or preliminary
                 and (nyha.matches(value) or milder.matches(value))
             ):
                 findings.append((observation_time(observation), "Observation", observation))

@@ -15,6 +15,17 @@ from fhir_trial.report import Finding
 from fhir_trial.terminology import Terminology, ValueSet, codings
 
 IGNORED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+# German ICD-10-GM diagnoses carry their certainty ("Diagnosesicherheit") in an extension on the
+# ICD-10-GM coding (de.basisprofil: KBV code system, letters G/V/A/Z), often with no
+# verificationStatus at all. CRITERIA.md: A (ausgeschlossen, ruled out) is ignored like refuted;
+# V (Verdacht, suspected) is provisional; Z (Zustand nach, status after) is history: resolved.
+GM_CERTAINTY_URLS = frozenset(
+    {
+        "http://fhir.de/StructureDefinition/icd-10-gm-diagnosesicherheit",
+        "https://fhir.de/StructureDefinition/icd-10-gm-diagnosesicherheit",
+    }
+)
+GM_RULED_OUT, GM_SUSPECTED, GM_STATUS_AFTER = "A", "V", "Z"
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
 
@@ -57,9 +68,32 @@ def _code_of(concept: Mapping[str, Any] | None) -> str | None:
 
 
 # ----------------------------------------------------------------------------- Conditions
+def gm_certainty(condition: Mapping[str, Any]) -> str | None:
+    """The ICD-10-GM Diagnosesicherheit letter (G, V, A, Z) of a Condition, else None.
+
+    Read from the extension on a coding of ``code`` (where de.basisprofil puts it) or, as some
+    exporters write it, on the Condition itself; its value a Coding or a bare code.
+    """
+    concept = condition.get("code")
+    holders: list[Any] = [condition, *codings(concept)]
+    for holder in holders:
+        extensions = holder.get("extension") if isinstance(holder, Mapping) else None
+        if not isinstance(extensions, list):
+            continue
+        for extension in extensions:
+            if not isinstance(extension, Mapping) or extension.get("url") not in GM_CERTAINTY_URLS:
+                continue
+            value = child(extension.get("valueCoding"), "code") or extension.get("valueCode")
+            if isinstance(value, str) and value:
+                return value.upper()
+    return None
+
+
 def condition_counts(condition: Mapping[str, Any]) -> bool:
-    """False for refuted / entered-in-error Conditions, which are ignored everywhere."""
-    return _code_of(condition.get("verificationStatus")) not in IGNORED_VERIFICATION
+    """False for refuted / entered-in-error Conditions, and ICD-10-GM diagnoses ruled out (A)."""
+    if _code_of(condition.get("verificationStatus")) in IGNORED_VERIFICATION:
+        return False
+    return gm_certainty(condition) != GM_RULED_OUT
 
 
 def condition_activity(condition: Mapping[str, Any]) -> str:
@@ -69,7 +103,11 @@ def condition_activity(condition: Mapping[str, Any]) -> str:
     clinicalStatus, an abatement[x] still says the condition ended (FHIR invariant con-4 allows an
     abatement only with an inactive status), so 'inactive'; with neither, the record does not say:
     'unrecorded'. "Active" criteria never read 'unrecorded' as active: it needs review (README).
+    An ICD-10-GM diagnosis marked Z ("Zustand nach", status after) is 'inactive' whatever its
+    clinicalStatus says.
     """
+    if gm_certainty(condition) == GM_STATUS_AFTER:
+        return "inactive"  # "Zustand nach": the condition is history
     status = _code_of(condition.get("clinicalStatus"))
     if status is None:
         return "inactive" if any(k.startswith("abatement") for k in condition) else "unrecorded"

@@ -20,10 +20,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fhir_trial.criteria.context import (
+    GM_SUSPECTED,
     Context,
     category_unavailable,
     condition_counts,
     first_code,
+    gm_certainty,
 )
 from fhir_trial.criteria.labels import LUPUS_WORDS, NOT_SLE, uncoded_suggestions
 from fhir_trial.elements import child
@@ -36,6 +38,8 @@ _UNCONFIRMED = frozenset({"unconfirmed", "provisional", "differential"})
 
 
 def _verification(condition: Mapping[str, Any]) -> str | None:
+    if gm_certainty(condition) == GM_SUSPECTED:
+        return "provisional"  # ICD-10-GM Diagnosesicherheit V (Verdacht)
     for coding in codings(condition.get("verificationStatus")):
         if coding.get("code"):
             return str(coding["code"])

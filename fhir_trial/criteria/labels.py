@@ -43,13 +43,21 @@ SKIN_DISEASE_WORDS = (
     r"(psoria|dermatomyositis|systemic sclerosis|scleroderma|drug[- ]induced lupus)"
 )
 # exc-drug-allergy: the trial medications by name, generic or brand (Cytoxan/Endoxan,
-# Fludara, Gazyva), as free-text allergy entries and local allergen codes name them.
-TRIAL_DRUG_WORDS = r"\b(cyclophosphamide|cytoxan|endoxan|fludara|obinutuzumab|gazyva)"
-# Mentions that do not state the disease in the patient.
+# Fludara, Gazyva), as free-text allergy entries and local allergen codes name them, in English,
+# German (Cyclophosphamid, Fludarabin), Spanish (ciclofosfamida) and Chinese (环磷酰胺, 氟达拉滨,
+# 奥妥珠单抗, brand 佳罗华; no word boundaries in Chinese). Every name terminology/drug-names.json
+# gives these three drugs must match (tests/test_drug_names.py checks it).
+TRIAL_DRUG_WORDS = (
+    r"(\b(cyclophosphamid|cytoxan|endoxan|ciclofosfamida|fludara|obinutuzumab|gazyva)"
+    r"|环磷酰胺|氟达拉滨|奥妥珠单抗|佳罗华)"
+)
+# Mentions that do not state the disease in the patient (a neoplasm of uncertain or unspecified
+# behaviour is not a malignancy: ICD-10 D37-D48).
 NOT_A_DIAGNOSIS = (
     r"\b(in situ|benign|family history|screening|fear of|risk of|at risk|exposure to|exposed to"
     r"|contact with|prophylaxis|pre-exposure|negative|ruled out|rule out|no evidence|not detected"
-    r"|premalignant|pre-malignant|non-malignant|nonmalignant|non-epileptic|nonepileptic)\b"
+    r"|premalignant|pre-malignant|non-malignant|nonmalignant|non-epileptic|nonepileptic"
+    r"|uncertain behaviou?r|unspecified behaviou?r)\b"
 )
 # Lupus for inc-sle-diagnosis. "Lupus" followed by anticoagulant or inhibitor (a laboratory
 # finding of antiphospholipid antibodies), pernio (sarcoidosis), vulgaris (cutaneous tuberculosis)

@@ -19,12 +19,12 @@ from fhir_trial.observations import (
     Dated,
     Quantity,
     Resource,
-    date_text,
     describe_quantity,
     interpretation_in,
     interpretations,
     latest,
     meets_at_least,
+    observed_on,
     parse_number,
     quantity_of,
     split_by_window,
@@ -136,18 +136,21 @@ def latest_in_window(
         best, conflicts = latest(usable + split.ambiguous, outcome)
         if best is not None:
             judged = judge(best.resource)
-            said = f"{what} {judged.text} on {date_text(best.resource)} ({requirement}, {window})"
+            said = f"{what} {judged.text} on {observed_on(best.resource)} ({requirement}, {window})"
             # A result without a number that may be as recent as the deciding one: the latest
             # result decides, so an unreadable later one must not be skipped for an older number.
             later_text = [d for d in narrative if _may_be_on_or_after(d, best)]
-            evidence = tuple(reference(d.resource) for d in [best, *conflicts, *later_text])
+            # A panel and its component (or two components) name the same resource: once.
+            evidence = tuple(
+                dict.fromkeys(reference(d.resource) for d in [best, *conflicts, *later_text])
+            )
             if split.undated:
                 extra.append(f"{_plural(len(split.undated), 'undated result')} not considered")
             tail = "; ".join(extra)
             tail = f"; {tail}" if tail else ""
             if later_text:
                 others = ", ".join(
-                    f"{judge(d.resource).text} on {date_text(d.resource)}" for d in later_text
+                    f"{judge(d.resource).text} on {observed_on(d.resource)}" for d in later_text
                 )
                 return Finding(
                     "needs-review",
@@ -157,7 +160,7 @@ def latest_in_window(
                 )
             if conflicts:
                 others = ", ".join(
-                    f"{judge(c.resource).text} on {date_text(c.resource)}" for c in conflicts
+                    f"{judge(c.resource).text} on {observed_on(c.resource)}" for c in conflicts
                 )
                 return Finding(
                     "needs-review",
@@ -177,7 +180,7 @@ def latest_in_window(
         item = split.ambiguous[0]
         return Finding(
             "needs-review",
-            f"{what} {judge(item.resource).text} dated {date_text(item.resource)}: the date is too "
+            f"{what} {judge(item.resource).text} dated {observed_on(item.resource)}: the date is too "
             f"imprecise to tell whether it falls within the {window_days}-day window "
             f"(from {start.isoformat()}); {requirement}",
             tuple(reference(d.resource) for d in split.ambiguous),
@@ -193,7 +196,7 @@ def latest_in_window(
         last = max(previous, key=lambda d: d.span.start if d.span else start)
         parts.append(
             f"the latest earlier result, {judge(last.resource).text} on "
-            f"{date_text(last.resource)}, is outside the window"
+            f"{observed_on(last.resource)}, is outside the window"
         )
     if split.undated:
         parts.append(f"{_plural(len(split.undated), 'result')} without a date cannot be placed")
@@ -360,12 +363,14 @@ def abnormal_labs(ctx: Context) -> Finding:
     days = ctx.settings.abnormal_labs_window_days
     start = ctx.days_before(days)
     critical = ctx.valueset("interpretation-critical")
+    # Components flagged critical count like results of their own (evidence: the parent).
+    results = ctx.record.observation_results()
     flags = {
         id(o): flag
-        for o in ctx.record.resources("Observation")
+        for o in results
         if o.get("interpretation") and (flag := critical_flag(o, critical)) is not None
     }
-    flagged = [o for o in ctx.record.resources("Observation") if id(o) in flags]
+    flagged = [o for o in results if id(o) in flags]
     split = split_by_window(flagged, start, ctx.as_of)
     listed = sorted(
         [*split.inside, *split.ambiguous],
@@ -396,14 +401,14 @@ def abnormal_labs(ctx: Context) -> Finding:
         note = " (preliminary)" if item.preliminary else ""
         note += " (date imprecise)" if item in split.ambiguous else ""
         items.append(
-            f"{label} {shown} ({flags[id(obs)]}) on {date_text(obs)}{note}".replace("  ", " ")
+            f"{label} {shown} ({flags[id(obs)]}) on {observed_on(obs)}{note}".replace("  ", " ")
         )
     return Finding(
         "needs-review",
         f"{_plural(len(items), 'critical result')} within the last {days} days among the "
         f"Observation resources retrieved for this screening: {'; '.join(items)}; {scope}; "
         f"{judgement}",
-        tuple(reference(d.resource) for d in listed),
+        tuple(dict.fromkeys(reference(d.resource) for d in listed)),
     )
 
 

@@ -31,6 +31,7 @@ from fhir_trial.observations import (
     coded_value,
     date_text,
     describe_quantity,
+    observed_on,
     quantity_of,
     split_by_window,
 )
@@ -78,7 +79,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     ) -> None:
         for item in items:
             found = is_positive(item)
-            said = f"{what} {found or _value_text(item.resource)} on {date_text(item.resource)}"
+            said = f"{what} {found or _value_text(item.resource)} on {observed_on(item.resource)}"
             if found is None:
                 seen.append((item, said))
                 continue
@@ -164,7 +165,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
                 review.append(
                     (
                         item,
-                        f"{what} {answer(item)} dated {date_text(item.resource)} "
+                        f"{what} {answer(item)} dated {observed_on(item.resource)} "
                         f"(too imprecise to place {window})",
                     )
                 )
@@ -174,7 +175,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
                 seen.append(
                     (
                         item,
-                        f"{what} {found} on {date_text(item.resource)} is older than {days} days",
+                        f"{what} {found} on {observed_on(item.resource)} is older than {days} days",
                     )
                 )
     # An "active" pregnancy recorded longer ago than a pregnancy lasts is a stale problem-list entry

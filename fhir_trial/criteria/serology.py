@@ -23,6 +23,7 @@ from fhir_trial.observations import (
     meets_at_least,
     observation_status,
     observation_time,
+    observed_on,
     read_titer,
     value_beside_absent_reason,
 )
@@ -58,7 +59,7 @@ def decide_serology(
         if _after_screening(ctx, obs):
             later += 1
             continue
-        said = f"{reading.detail} on {date_text(obs)}"
+        said = f"{reading.detail} on {observed_on(obs)}"
         if status == "preliminary":
             review.append((obs, f"preliminary result: {said}"))
         elif reading.outcome == "positive":
@@ -74,7 +75,7 @@ def decide_serology(
         if _after_screening(ctx, obs):
             later += 1
             continue
-        review.append((obs, f"{why}: {reading.detail} on {date_text(obs)}"))
+        review.append((obs, f"{why}: {reading.detail} on {observed_on(obs)}"))
     note = f"; {ignored} result(s) with another status (not final) ignored" if ignored else ""
     if later:
         note += f"; {later} result(s) dated after the screening date ({ctx.as_of}) ignored"
@@ -82,7 +83,7 @@ def decide_serology(
         obs, reading = _latest(positives)
         return Finding(
             "met",
-            f"{what} {reading.detail} on {date_text(obs)} ({requirement}; any time){note}",
+            f"{what} {reading.detail} on {observed_on(obs)} ({requirement}; any time){note}",
             tuple(reference(o) for o, _ in positives),
         )
     if review:
@@ -120,7 +121,7 @@ def _latest(items: list[tuple[Resource, Reading]]) -> tuple[Resource, Reading]:
 
 
 def _list(items: list[tuple[Resource, Reading]]) -> str:
-    return ", ".join(f"{r.detail} on {date_text(o)}" for o, r in items)
+    return ", ".join(f"{r.detail} on {observed_on(o)}" for o, r in items)
 
 
 # --------------------------------------------------------------------------- ANA

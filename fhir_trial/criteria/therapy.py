@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from fhir_trial.criteria.context import Context
 from fhir_trial.medications import (
+    KNOWN_DRUG_VALUESETS,
     DrugRecord,
     Exposure,
     MedicationHistory,
@@ -67,6 +68,11 @@ ALL_TYPES = ", ".join(MEDICATION_TYPES)
 def history(ctx: Context) -> MedicationHistory:
     """The patient's medication exposures for this screening."""
     return medication_history(ctx.record, ctx.as_of, ctx.settings.default_supply_days)
+
+
+def known_drugs(ctx: Context) -> tuple[ValueSet, ...]:
+    """The drug ValueSets: a record coded in one of them is identified even without a name."""
+    return tuple(ctx.valueset(vs_id) for vs_id in KNOWN_DRUG_VALUESETS)
 
 
 def no_medication_record(ctx: Context, what: str) -> Finding:
@@ -232,7 +238,8 @@ def prior_therapy(ctx: Context) -> Finding:
     # may be the steroid (when maybe oral) or the partner: if counting them so gives the
     # combination, a person reads them (never not-met, never met). One record cannot be both,
     # so both sides take them only when there are several.
-    unnamed = [e for e in hist.unidentified if not e.local_use_in(local_vs)]
+    known = known_drugs(ctx)
+    unnamed = [e for e in hist.unidentified(known) if not e.local_use_in(local_vs)]
     if unnamed:
         unnamed_oral = [e for e in unnamed if _maybe_oral(e, oral_vs, known_routes)]
         sides = [
@@ -253,7 +260,8 @@ def prior_therapy(ctx: Context) -> Finding:
             return Finding(
                 "needs-review",
                 f"{explanation}; {len(unnamed)} medication record(s) whose drug the screening "
-                f"cannot identify (no code it can read: {unidentified_text(unnamed)}) would give "
+                f"cannot identify (no code it knows and no name: {unidentified_text(unnamed)}) "
+                "would give "
                 f"{days_in(alt.current)} days of combined therapy if they were an oral "
                 f"corticosteroid or an immunosuppressant/biologic: a person must read them ({rule})",
                 (*evidence, *(e.reference for e in unnamed)),
@@ -265,7 +273,7 @@ def prior_therapy(ctx: Context) -> Finding:
         and (
             (u.matches(ocs_vs) and _maybe_oral(u, oral_vs, known_routes))
             or _is_partner(u, partner_vs)
-            or not u.identified
+            or not u.identified(known)
         )
     ]
     if undated:
@@ -428,20 +436,22 @@ def b_cell_therapy(ctx: Context) -> Finding:
         return Finding(unknown.status, unknown.reason, evidence, unknown.missing)
     # A drug the record does not identify by code (words only, a Medication not in the record)
     # given in the window, or undated, may be a B-cell therapy: a person reads it.
+    known = known_drugs(ctx)
     unnamed = [
         *(
             e
-            for e in hist.unidentified
+            for e in hist.unidentified(known)
             if e.start.start <= ctx.as_of and overlaps(e.possible(), window)
         ),
-        *hist.undated_unidentified,
+        *hist.undated_unidentified(known),
     ]
     if undated or unnamed:
         parts = [f"{u.reference} ({u.drug}) cannot be dated: {u.why}" for u in undated]
         if unnamed:
             parts.append(
                 f"{len(unnamed)} medication record(s) in the window or undated whose drug "
-                f"the screening cannot identify (no code it can read): {unidentified_text(unnamed)}"
+                "the screening cannot identify (no code it knows and no name): "
+                f"{unidentified_text(unnamed)}"
                 ": is it a B-cell targeted therapy?"
             )
         return Finding(

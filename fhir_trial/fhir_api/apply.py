@@ -16,7 +16,8 @@ resource with
 
 Answer: a CarePlan (status draft, intent proposal, ``instantiatesCanonical`` the
 PlanDefinition) whose ``contained`` holds the RequestGroup (one action per PlanDefinition
-action that applies, i.e. whose criterion is ``met``, plus the verdict action carrying the
+action that applies: "alive at screening" unless the patient was deceased on the screening
+date, then each criterion that is ``met``, plus the verdict action carrying the
 proposed ResearchSubject as its ``resource``), the GuidanceResponse with every criterion, the
 Parameters it points to, and the ResearchSubject. Contained resources do not nest (dom-2):
 the GuidanceResponse's Parameters sits beside it in the CarePlan.
@@ -58,6 +59,7 @@ from fhir_trial.outputs.fhir import (
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import EligibilityReport
 from fhir_trial.sources.bundle import patients_in_bundle, record_from_bundle
+from fhir_trial.study.plan_definition import ALIVE_ACTION_ID
 
 __all__ = [
     "APPLY_DEFINITION",
@@ -259,6 +261,11 @@ def apply_care_plan(
     subject["id"] = "research-subject"
     plan_actions = {a.get("id"): a for a in (plan or {}).get("action", []) if isinstance(a, dict)}
     actions: list[dict[str, Any]] = []
+    if report.deceased is None:  # its condition: not "Deceased"
+        source = plan_actions.get(ALIVE_ACTION_ID, {})
+        alive = {key: source[key] for key in ("title", "description") if key in source}
+        alive.setdefault("title", "Patient alive on the screening date")
+        actions.append(alive)
     for result in report.criteria:
         if result.status != "met":  # the action's applicability condition is "met"
             continue
@@ -295,7 +302,8 @@ def apply_care_plan(
         "status": "draft",
         "intent": "proposal",
         "title": f"{report.study} eligibility screening",
-        "description": f"{report.study} screening as of {report.as_of}: {report.verdict}",
+        "description": f"{report.study} screening as of {report.as_of}: {report.verdict}"
+        + (f" ({report.reason})" if report.reason else ""),
         "subject": {"reference": report.patient},
         "created": authored,
         "supportingInfo": [{"reference": "#guidance"}],

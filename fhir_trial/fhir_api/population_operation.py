@@ -13,9 +13,11 @@ full GuidanceResponse).
 
 Answer (streamed): a Parameters resource with one ``patient`` parameter per patient
 (``subject``, ``verdict``, ``researchSubjectStatus``, one ``criterion`` part per criterion with
-``id`` and ``status``, ``warning``s) followed by ``asOf``, ``patients``, one ``verdict`` count
-per verdict and one ``feasibility`` parameter per criterion (``removes``, ``remaining`` and a
-count per status, as ``fhir-trial screen-population`` prints them).
+``id`` and ``status``, ``warning``s; ``deceased`` and ``reason`` for a patient deceased on the
+screening date) followed by ``asOf``, ``patients``, ``deceased`` and ``living`` (the funnel's first
+step), one ``verdict`` count per verdict and one ``feasibility`` parameter per criterion
+(``removes``, ``remaining`` and a count per status over the living patients, as
+``fhir-trial screen-population`` prints them).
 
 Errors (:class:`~fhir_trial.fhir_api.requests_io.OperationError`): 400 bad query parameters,
 input that is not JSON / not FHIR / holds no Patient; 404 another ResearchStudy; 413 a body
@@ -189,6 +191,11 @@ def _patient_parameter(report: EligibilityReport, guidance: bool) -> dict[str, A
         {"name": "verdict", "valueCode": report.verdict},
         {"name": "researchSubjectStatus", "valueCode": SUBJECT_STATUS[report.verdict]},
     ]
+    if report.deceased is not None:  # the death date as recorded, or "true"
+        deceased = "true" if report.deceased is True else str(report.deceased)
+        parts.append({"name": "deceased", "valueString": deceased})
+    if report.reason:
+        parts.append({"name": "reason", "valueString": report.reason})
     parts += [
         {
             "name": "criterion",
@@ -211,6 +218,9 @@ def feasibility_parameters(feasibility: Feasibility) -> list[dict[str, Any]]:
     if feasibility.as_of:
         out.append({"name": "asOf", "valueDate": feasibility.as_of})
     out.append({"name": "patients", "valueInteger": feasibility.total})
+    # The funnel's first step: deceased patients; the feasibility rows count the living ones.
+    out.append({"name": "deceased", "valueInteger": feasibility.deceased})
+    out.append({"name": "living", "valueInteger": feasibility.living})
     out += [
         {
             "name": "verdict",

@@ -3,7 +3,10 @@
 The GuidanceResponse names the PlanDefinition it ran (``moduleCanonical``); its ``outputParameters``
 point at a contained Parameters resource with one ``criterion`` part per criterion (id, kind, status,
 reason, evidence references, missing data) plus the ``verdict``. Unknown criteria are also listed
-as ``dataRequirement`` entries so a FHIR client can see what data would decide them.
+as ``dataRequirement`` entries so a FHIR client can see what data would decide them. A patient
+deceased on the screening date gets ``deceased`` and ``reason`` parameters and the reason as the
+GuidanceResponse's ``reasonCode`` (SNOMED CT 419099009 Dead) and ``note``; the ResearchSubject
+then follows the verdict, ``ineligible``, never ``candidate``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from fhir_trial.canonical import CODESYSTEM_URL, STUDY_RESOURCE_ID, canonical
+from fhir_trial.canonical import CODESYSTEM_URL, NCT_SYSTEM, STUDY_ID, STUDY_RESOURCE_ID, canonical
+from fhir_trial.deceased import DEAD_CODING, fhir_date_time
 from fhir_trial.report import CriterionResult, EligibilityReport
 
 PLAN_DEFINITION_URL = canonical("PlanDefinition", f"{STUDY_RESOURCE_ID}-eligibility")
@@ -40,6 +44,15 @@ def _criterion_parameter(result: CriterionResult) -> dict[str, Any]:
     return {"name": "criterion", "part": parts}
 
 
+def _deceased_parameter(deceased: str | bool) -> dict[str, Any]:
+    """``deceased``: the death date as recorded (valueDateTime when FHIR-valid as written), or true."""
+    if deceased is True or not isinstance(deceased, str):
+        return {"name": "deceased", "valueBoolean": True}
+    if fhir_date_time(deceased):
+        return {"name": "deceased", "valueDateTime": deceased}
+    return {"name": "deceased", "valueString": deceased}
+
+
 def report_parameters(report: EligibilityReport) -> dict[str, Any]:
     """The per-criterion results as a Parameters resource."""
     parameters: list[dict[str, Any]] = [
@@ -47,6 +60,10 @@ def report_parameters(report: EligibilityReport) -> dict[str, Any]:
         {"name": "verdict", "valueCode": report.verdict},
         {"name": "asOf", "valueDate": report.as_of},
     ]
+    if report.reason:
+        parameters.append({"name": "reason", "valueString": report.reason})
+    if report.deceased is not None:
+        parameters.append(_deceased_parameter(report.deceased))
     parameters += [_criterion_parameter(r) for r in report.criteria]
     parameters += [{"name": "warning", "valueString": w} for w in report.warnings]
     return {"resourceType": "Parameters", "id": "results", "parameter": parameters}
@@ -71,6 +88,13 @@ def report_guidance_response(
         "occurrenceDateTime": when,
         "outputParameters": {"reference": "#results"},
     }
+    if report.reason:
+        # Why the verdict does not follow from the criteria alone (deceased, or vital status unclear).
+        reason: dict[str, Any] = {"text": report.reason}
+        if report.deceased is not None:
+            reason["coding"] = [dict(DEAD_CODING)]
+        response["reasonCode"] = [reason]
+        response["note"] = [{"text": report.reason}]
     if unknown:
         response["dataRequirement"] = [
             {
@@ -93,7 +117,8 @@ def report_research_subject(report: EligibilityReport) -> dict[str, Any]:
         "resourceType": "ResearchSubject",
         "id": f"{STUDY_RESOURCE_ID}-{report.patient.split('/')[-1]}",
         "status": SUBJECT_STATUS[report.verdict],
-        "study": {"reference": f"ResearchStudy/{STUDY_RESOURCE_ID}"},
+        # By identifier: servers that assign their own ids hold the study under another id.
+        "study": {"identifier": {"system": NCT_SYSTEM, "value": STUDY_ID}, "display": STUDY_ID},
         "individual": {"reference": report.patient},
     }
 

@@ -27,11 +27,28 @@ def _rows(result: CriterionResult, reason_width: int) -> list[str]:
     return [first, *(pad + line for line in lines[1:])]
 
 
+def _vital_lines(report: EligibilityReport) -> list[str]:
+    """What must be read before anything else: the patient died, or whether they did is unclear."""
+    if report.deceased is not None:
+        return [
+            f"DECEASED: {report.reason or 'recorded as deceased'}. Not eligible whatever the "
+            "criteria say; they are still listed below.",
+            "",
+        ]
+    if report.reason:
+        return [f"CHECK FIRST: {report.reason}.", ""]
+    return []
+
+
 def report_text(report: EligibilityReport, width: int | None = None) -> str:
-    """The report as a table (wrapped to the terminal width), headed by the verdict."""
+    """The report as a table (wrapped to the terminal width), headed by the verdict.
+
+    A deceased patient (or one whose vital status cannot be read) gets that said on the first line.
+    """
     width = width or shutil.get_terminal_size((120, 24)).columns
     reason_width = max(30, width - _ID_WIDTH - _STATUS_WIDTH - 2)
-    out = [
+    out = [*_vital_lines(report)]
+    out += [
         f"{report.study} screening of {report.patient} as of {report.as_of}: {report.verdict.upper()}",
         "",
         f"{'criterion':<{_ID_WIDTH}} {'status':<{_STATUS_WIDTH}} reason",

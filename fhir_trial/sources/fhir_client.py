@@ -7,11 +7,12 @@ templates), each with ``_count=200``:
 ====================  =========================================================================
 Patient               ``Patient/<id>`` (a read)
 Condition             ``Condition?patient=<id>``
-Observation           ``Observation?patient=<id>&code=<system|code,...>``, twice (results, and
-                      disease activity scores), plus a ``value-concept`` search for NYHA class
-                      findings (optional: a server that cannot run it only causes a warning);
-                      a plain ``Observation?patient=<id>`` when a code list would make the URL
-                      too long (:data:`fhir_trial.searches.MAX_FILTER_CHARS`)
+Observation           ``Observation?patient=<id>&combo-code=<system|code,...>`` (the code or a
+                      component's code), for results and for disease activity scores, each split
+                      over several searches when its codes would make the query longer than
+                      ``Settings.max_search_query_chars``; plus ``value-concept`` and
+                      ``component-value-concept`` searches for NYHA class findings (optional: a
+                      server that cannot run them only causes a warning)
 Medication*           ``MedicationStatement|Request|Administration|Dispense?patient=<id>``
 AllergyIntolerance    ``AllergyIntolerance?patient=<id>``
 ResearchSubject       ``ResearchSubject?individual=<id>``
@@ -58,14 +59,13 @@ from fhir_trial.errors import (
 )
 from fhir_trial.fhir_http import RETRY_STATUSES, FhirHttp
 from fhir_trial.record import CATEGORIES, PatientRecord
-from fhir_trial.searches import MAX_FILTER_CHARS, plan_searches
+from fhir_trial.searches import plan_searches
 from fhir_trial.sources._common import search_bundle_entries
 from fhir_trial.terminology import Terminology, load_terminology
 
 Resource = dict[str, Any]
 
 PAGE_SIZE = 200  # _count asked for on every search
-MAX_CODE_PARAM_CHARS = MAX_FILTER_CHARS  # beyond this, a category is searched without a filter
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -164,7 +164,7 @@ class FhirClient:
     def searches(self, patient_id: str) -> list[Search]:
         """Every query for one patient (:func:`fhir_trial.searches.plan_searches`), Patient first."""
         plan = []
-        for planned in plan_searches(self.terminology, MAX_CODE_PARAM_CHARS):
+        for planned in plan_searches(self.terminology, self.settings.max_search_query_chars):
             if planned.category == "Patient":
                 plan.append(Search("Patient", planned.relative_url(patient_id), ()))
                 continue

@@ -20,6 +20,7 @@ from fhir_trial.study.library import cql_valueset_ids, library
 from fhir_trial.study.operation_definition import screen_population_operation_definition
 from fhir_trial.study.organization import location, organization
 from fhir_trial.study.plan_definition import plan_definition
+from fhir_trial.study.questionnaire import questionnaire
 from fhir_trial.study.research_study import research_study
 from fhir_trial.study.terminology_sources import load_terminology_sources
 
@@ -60,6 +61,7 @@ def build_all(inputs: BuildInputs | None = None) -> BuildResult:
         *valuesets,
         *structure_definitions(),
         screen_population_operation_definition(),
+        questionnaire(),
     ]
     return BuildResult(resources, sorted(wanted - by_id.keys()))
 

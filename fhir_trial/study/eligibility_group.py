@@ -4,7 +4,8 @@ Each characteristic carries the criterion id (``code``, from the project's CodeS
 protocol wording as ``code.text``), the tested value (a range, a threshold quantity, a concept or an
 attestation), the ValueSets the criterion reads (``characteristic-valueset`` extensions on the value)
 and, where there is one, the look-back window (``characteristic-lookback``). Exclusions have
-``exclude: true``.
+``exclude: true``. Before the criteria, one characteristic excludes patients deceased on the
+screening date (SNOMED CT 419099009 Dead, ``valueBoolean`` true, ``exclude`` true).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Collection
 from fhir_trial.canonical import STUDY_ID, valueset_url
 from fhir_trial.config import Settings
 from fhir_trial.criteria.catalog import CRITERIA, CriterionSpec
+from fhir_trial.deceased import DEAD_CODING
 from fhir_trial.study.common import (
     EXT_LOOKBACK,
     EXT_PROTOCOL_REFERENCE,
@@ -55,6 +57,21 @@ def characteristic(
     }
 
 
+def deceased_characteristic() -> JsonDict:
+    """Patients deceased on the screening date are excluded, whatever the criteria say."""
+    return {
+        "code": {
+            "coding": [dict(DEAD_CODING)],
+            "text": (
+                "Deceased on or before the screening date (Patient.deceasedBoolean true, or a "
+                "Patient.deceasedDateTime whose earliest possible day is on or before it)"
+            ),
+        },
+        "valueBoolean": True,
+        "exclude": True,
+    }
+
+
 def eligibility_group(settings: Settings, available_valuesets: Collection[str]) -> JsonDict:
     """The Group; ValueSets not in ``available_valuesets`` are left out of the extensions."""
     return {
@@ -66,6 +83,7 @@ def eligibility_group(settings: Settings, available_valuesets: Collection[str]) 
         "actual": False,
         "name": f"{STUDY_ID} eligibility criteria",
         "characteristic": [
-            characteristic(spec, settings, available_valuesets) for spec in CRITERIA
+            deceased_characteristic(),
+            *(characteristic(spec, settings, available_valuesets) for spec in CRITERIA),
         ],
     }

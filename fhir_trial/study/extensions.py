@@ -1,7 +1,8 @@
 """StructureDefinitions of the extensions the project defines, so that their URLs resolve too.
 
 R4 has no element for: an estimated period end, the ValueSets and look-back window of a Group
-characteristic, and the protocol paragraph a criterion comes from (simple extensions); and for the
+characteristic, the protocol paragraph a criterion comes from, and the ingredient a drug name on
+an ATC class entry names (simple extensions); and for the
 verification status of each code listed in a ValueSet (a complex extension with ``status`` and
 ``source``, written by the terminology sources).
 """
@@ -20,6 +21,7 @@ from fhir_trial.study.common import (
     camel_name,
     canonical_metadata,
 )
+from fhir_trial.terminology import EXT_INGREDIENT_NAME_OF
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,14 @@ EXTENSIONS: tuple[ExtensionSpec, ...] = (
         ("Group.characteristic",),
         "Protocol paragraph",
         "Where the criterion is in the protocol, e.g. 'Incl 4' or 'Excl 7-9'.",
+    ),
+    ExtensionSpec(
+        EXT_INGREDIENT_NAME_OF,
+        "string",
+        ("ValueSet.expansion.contains.designation",),
+        "Ingredient the name names",
+        "On an ingredient-name designation of a class entry (ATC J01): the ingredient (English "
+        "name) this name names, e.g. 'imipenem' for 亚胺培南 (terminology/drug-names.json).",
     ),
 )
 
@@ -136,7 +146,11 @@ def code_verification_definition() -> JsonDict:
         "description": definition,
         "kind": "complex-type",
         "abstract": False,
-        "context": [{"type": "element", "expression": "ValueSet.compose.include.concept"}],
+        # On an include: the source of every concept it lists (imported VSAC parts).
+        "context": [
+            {"type": "element", "expression": "ValueSet.compose.include.concept"},
+            {"type": "element", "expression": "ValueSet.compose.include"},
+        ],
         "type": "Extension",
         "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension",
         "derivation": "constraint",

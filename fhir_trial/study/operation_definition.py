@@ -59,6 +59,13 @@ def screen_population_operation_definition() -> dict[str, Any]:
                     param("subject", "out", "Reference", "The Patient", min_=1),
                     param("verdict", "out", "code", "The verdict", min_=1),
                     param("researchSubjectStatus", "out", "code", "Proposed status", min_=1),
+                    param(
+                        "deceased",
+                        "out",
+                        "string",
+                        "Deceased on the screening date: the death date as recorded, or 'true'",
+                    ),
+                    param("reason", "out", "string", "Why the verdict is not the criteria's alone"),
                     param("criterion", "out", None, "One per criterion", max_="*")
                     | {
                         "part": [
@@ -72,6 +79,14 @@ def screen_population_operation_definition() -> dict[str, Any]:
             },
             param("asOf", "out", "date", "The screening date used", min_=1),
             param("patients", "out", "integer", "Patients screened", min_=1),
+            param(
+                "deceased",
+                "out",
+                "integer",
+                "Patients deceased on the screening date (the funnel's first step)",
+                min_=1,
+            ),
+            param("living", "out", "integer", "Patients the criteria are counted over", min_=1),
             param("verdict", "out", None, "Patients per verdict", max_="*")
             | {
                 "part": [

@@ -1,7 +1,12 @@
-"""The sponsor Organization and the study site Location."""
+"""The sponsor Organization and the study site Location.
+
+Each has the project's canonical identifier (system ``urn:ietf:rfc:3986``), the business key by
+which ``fhir-trial publish`` finds it on servers that assign their own ids.
+"""
 
 from __future__ import annotations
 
+from fhir_trial.canonical import canonical
 from fhir_trial.study.common import JsonDict
 
 ORGANIZATION_ID = "changhai-hospital"
@@ -13,6 +18,9 @@ def organization() -> JsonDict:
     return {
         "resourceType": "Organization",
         "id": ORGANIZATION_ID,
+        "identifier": [
+            {"system": "urn:ietf:rfc:3986", "value": canonical("Organization", ORGANIZATION_ID)}
+        ],
         "active": True,
         "type": [
             {
@@ -35,6 +43,9 @@ def location() -> JsonDict:
     return {
         "resourceType": "Location",
         "id": LOCATION_ID,
+        "identifier": [
+            {"system": "urn:ietf:rfc:3986", "value": canonical("Location", LOCATION_ID)}
+        ],
         "status": "active",
         "name": "Changhai Hospital, Shanghai",
         "mode": "instance",

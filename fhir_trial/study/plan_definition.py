@@ -2,8 +2,10 @@
 
 One action per criterion, in catalog order: title, protocol wording, the criterion id as ``code``, a
 ``patient-view`` named-event trigger and an applicability condition naming the CQL define of the same
-id in the Library (``"inc-age" = 'met'`` in ``text/cql``, see :data:`EXPRESSION_LANGUAGE`). A last
-action carries the verdict (the ``Verdict`` define) as a dynamic value.
+id in the Library (``"inc-age" = 'met'`` in ``text/cql``, see :data:`EXPRESSION_LANGUAGE`). A first
+action, before the criteria, applies when the patient was alive on the screening date (``not
+"Deceased"``: a deceased patient is ineligible whatever the criteria say). A last action carries
+the verdict (the ``Verdict`` define) as a dynamic value.
 """
 
 from __future__ import annotations
@@ -21,6 +23,36 @@ CPG_PROFILE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computableplan
 EXPRESSION_LANGUAGE = "text/cql"
 TRIGGER = {"type": "named-event", "name": "patient-view"}
 VERDICT_DEFINE = "Verdict"
+DECEASED_DEFINE = "Deceased"
+ALIVE_ACTION_ID = "alive-at-screening"
+
+
+def alive_action() -> JsonDict:
+    """The action that applies when the patient was alive on the screening date."""
+    return {
+        "id": ALIVE_ACTION_ID,
+        "title": "Patient alive on the screening date",
+        "description": (
+            "A patient recorded as deceased (Patient.deceasedBoolean true, or a "
+            "Patient.deceasedDateTime whose earliest possible day is on or before the screening "
+            "date) is ineligible whatever the criteria say; the criteria are still reported."
+        ),
+        "trigger": [dict(TRIGGER)],
+        "condition": [
+            {
+                "kind": "applicability",
+                "expression": {
+                    "language": EXPRESSION_LANGUAGE,
+                    "name": DECEASED_DEFINE,
+                    "expression": f'not "{DECEASED_DEFINE}"',
+                    "description": (
+                        f"define {DECEASED_DEFINE} is true when the patient was deceased on the "
+                        "screening date; the action applies when the patient was alive"
+                    ),
+                },
+            }
+        ],
+    }
 
 
 def applicability_expression(define: str) -> str:
@@ -62,7 +94,7 @@ def verdict_action() -> JsonDict:
         "title": "Eligibility verdict",
         "description": (
             "eligible, ineligible or potentially-eligible, from the criteria above "
-            "(rules in CRITERIA.md)."
+            "(rules in CRITERIA.md); ineligible for a patient deceased on the screening date."
         ),
         "trigger": [dict(TRIGGER)],
         "dynamicValue": [
@@ -102,5 +134,9 @@ def plan_definition() -> JsonDict:
             "criterion id."
         ),
         "library": [canonical("Library", ELIGIBILITY_ID)],
-        "action": [*(criterion_action(spec) for spec in CRITERIA), verdict_action()],
+        "action": [
+            alive_action(),
+            *(criterion_action(spec) for spec in CRITERIA),
+            verdict_action(),
+        ],
     }

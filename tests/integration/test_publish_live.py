@@ -1,7 +1,8 @@
-"""Publish the study to a live FHIR server, read it back, publish again: nothing new is created.
+"""Publish the study to a live FHIR server twice: exactly one copy of each, every reference resolves.
 
-Runs only when FHIR_TRIAL_TEST_SERVER names a FHIR R4 base URL (e.g. a HAPI FHIR test server);
-FHIR_TRIAL_TEST_TOKEN, if set, is sent as the bearer token. Select with ``pytest -m integration``.
+Runs only when FHIR_TRIAL_TEST_SERVER names a FHIR R4 base URL (HAPI FHIR, Medplum: see
+../shared/tools/medplum/ for one on this machine); FHIR_TRIAL_TEST_TOKEN, if set, is sent as the
+bearer token. Select with ``pytest -m integration``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from fhir_trial.cli import main
 from fhir_trial.fhir_api.store import load_resources
 from fhir_trial.fhir_http import FhirHttp
-from fhir_trial.publish import conditional_url
+from fhir_trial.publish import find_copies, search_key, with_business_key
 
 SERVER = os.environ.get("FHIR_TRIAL_TEST_SERVER", "")
 TOKEN = os.environ.get("FHIR_TRIAL_TEST_TOKEN") or None
@@ -42,36 +43,44 @@ def http() -> Iterator[FhirHttp]:
         yield client
 
 
-def publish(capsys: pytest.CaptureFixture[str]) -> list[str]:
+def publish(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """Run `fhir-trial publish`; local Type/id -> created | updated | unchanged."""
     args = ["publish", "--fhir-server", SERVER, "--resources-dir", str(RESOURCES)]
     if TOKEN:
         args += ["--token", TOKEN]
     code = main(args)
     captured = capsys.readouterr()
-    assert code == 0, captured.err
-    words = {"created", "updated", "unchanged"}
-    firsts = [line.split(maxsplit=1)[0] for line in captured.out.splitlines() if line.strip()]
-    return [word for word in firsts if word in words]
+    assert code == 0, captured.out + captured.err
+    assert "read back:" in captured.out
+    outcomes = {}
+    for line in captured.out.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in ("created", "updated", "unchanged", "failed"):
+            outcomes[words[1].rstrip(":")] = words[0]
+    return outcomes
 
 
 def find(http: FhirHttp, resource: dict[str, Any]) -> list[dict[str, Any]]:
     """The server's copies of a published resource, by the same key publish uses."""
-    search = conditional_url(resource)
-    if "?" not in search:
-        return [http.get_json(search)]
-    bundle = http.get_json(search)
-    return [
-        e["resource"]
-        for e in bundle.get("entry", [])
-        if e.get("search", {}).get("mode", "match") == "match"
-    ]
+    return find_copies(http, search_key(with_business_key(resource)))
 
 
-def test_publish_read_back_and_republish(
+def references(value: Any) -> list[str]:
+    """Every reference string in a resource."""
+    if isinstance(value, dict):
+        found = [value["reference"]] if isinstance(value.get("reference"), str) else []
+        return found + [r for k, v in value.items() if k != "reference" for r in references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in references(v)]
+    return []
+
+
+def test_publish_twice_one_copy_each_references_resolve(
     http: FhirHttp, resources: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     first = publish(capsys)
     assert len(first) == len(resources)
+    assert "failed" not in first.values()
 
     server_ids: dict[str, str] = {}
     for resource in resources:
@@ -83,9 +92,14 @@ def test_publish_read_back_and_republish(
         for element in ("url", "version", "status", "name", "title"):
             assert found.get(element) == resource.get(element), f"{key}.{element}"
         server_ids[key] = found["id"]
+        for ref in references(found):
+            if ref.startswith("#") or ref.startswith(("http:", "https:")):
+                continue
+            target = http.get_json(ref)  # raises (404) when the reference points at nothing
+            assert f"{target['resourceType']}/{target['id']}" == ref
 
     second = publish(capsys)
-    assert "created" not in second
+    assert set(second.values()) == {"unchanged"}, second
     assert len(second) == len(resources)
     for resource in resources:
         key = f"{resource['resourceType']}/{resource['id']}"

@@ -128,13 +128,15 @@ async function main() {
       return null;
     }),
   );
+  // The ELM is published as a Library attachment, and servers refuse strings over 1 MB (Medplum),
+  // so it carries only what an engine executes: no annotations (the narrative repeats the CQL,
+  // which the Library attaches next to it), no result types (the translator's default leaves them
+  // out; engines infer them), no locators. Translation errors keep their line:column either way.
   const options = CqlCompilerOptions.defaultOptions();
-  options.setOptions([
-    CqlCompilerOptions.Options.EnableLocators,
-    CqlCompilerOptions.Options.EnableResultTypes,
-    CqlCompilerOptions.Options.DisableListDemotion,
-    CqlCompilerOptions.Options.DisableListPromotion,
-  ]);
+  const chosen = options.options.asJsSetView();
+  chosen.clear();
+  chosen.add(CqlCompilerOptions.Options.DisableListDemotion);
+  chosen.add(CqlCompilerOptions.Options.DisableListPromotion);
   options.withAnalyzeDataRequirements(false);
   const libraryManager = new LibraryManager(modelManager, options, undefined, ucumService(createUcumService));
   libraryManager.librarySourceLoader.registerProvider(
@@ -156,7 +158,14 @@ async function main() {
       for (const e of errors) console.error(`error: ${src.file} ${describe(e)}`);
       continue;
     }
-    const json = JSON.stringify(JSON.parse(translator.toJson()), null, 2) + "\n";
+    // Dropped: localId (it only ties nodes to annotations and locators, neither of which is
+    // emitted) and the empty `annotation: []` the translator puts on every node.
+    const elm = JSON.parse(translator.toJson(), (key, value) =>
+      key === "localId" || (key === "annotation" && Array.isArray(value) && value.length === 0)
+        ? undefined
+        : value,
+    );
+    const json = JSON.stringify(elm, null, 2) + "\n";
     if (!args.check) fs.writeFileSync(path.join(args.out, `${name}.json`), json);
     console.log(`translated ${src.file} -> ${name}.json (${warnings.length} warnings)`);
   }

@@ -1,7 +1,7 @@
 """Population screening on Apache Spark (optional extra ``spark``): a Bulk NDJSON export at scale.
 
 Same answers as the local path (:class:`~fhir_trial.sources.ndjson.NdjsonExport` +
-:func:`~fhir_trial.evaluate.evaluate` + :class:`~fhir_trial.population.Feasibility`): the same
+:func:`~fhir_trial.evaluate.evaluate` + :class:`~fhir_trial.population.local.Feasibility`): the same
 records per patient, the same completeness rules, the same evaluator, the same feasibility
 counting. Only where the work runs changes. The steps:
 
@@ -54,9 +54,9 @@ import click
 
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError, InputError
-from fhir_trial.evaluate import evaluate
 from fhir_trial.json_input import parse_json
-from fhir_trial.population import Feasibility, Screened, verdict_line
+from fhir_trial.population.local import Feasibility, Screened, screen_one, verdict_line
+from fhir_trial.population.whatif import WhatIf
 from fhir_trial.record import CATEGORIES, PatientRecord, Resource
 from fhir_trial.report import EligibilityReport
 from fhir_trial.sources.ndjson import (
@@ -248,6 +248,7 @@ class _Shared:
     """What every executor needs, broadcast once: settings, ValueSets, export-wide problems."""
 
     settings: Settings
+    what_if: tuple[Settings, ...]
     terminology: Terminology
     missing: frozenset[str]
     failed: dict[str, str]
@@ -297,26 +298,30 @@ def build_record(items: Iterable[tuple[Any, ...]], shared: _Shared) -> PatientRe
 
 def _screen_group(
     shared_value: Any, group: tuple[str, Iterable[tuple[Any, ...]]]
-) -> Iterator[tuple[Order, EligibilityReport]]:
-    """Executor side: build and evaluate one patient's record; keyed by its Patient line."""
+) -> Iterator[tuple[Order, Screened]]:
+    """Executor side: build and evaluate one patient's record (baseline and what-if runs);
+    keyed by its Patient line."""
     shared: _Shared = shared_value.value
     items = list(group[1])
     record = build_record(items, shared)
     if record is None:
         return
     order = min(item[1] for item in items if item[0] == _PATIENT)
-    yield order, evaluate(record, shared.settings, shared.terminology)
+    yield order, screen_one(record, shared.settings, shared.what_if, "", shared.terminology)
 
 
-def _count_partition(reports: Iterable[tuple[Order, EligibilityReport]]) -> Iterator[Feasibility]:
-    feasibility = Feasibility()
-    for _, report in reports:
-        feasibility.add(report)
-    yield feasibility
+def _count_partition(
+    runs: int, screened: Iterable[tuple[Order, Screened]]
+) -> Iterator[list[Feasibility]]:
+    counters = [Feasibility() for _ in range(runs)]
+    for _, item in screened:
+        for counter, report in zip(counters, (item.report, *item.what_if), strict=True):
+            counter.add(report)
+    yield counters
 
 
-def _report_row(item: tuple[Order, EligibilityReport]) -> tuple[str, str, str]:
-    report = item[1]
+def _report_row(item: tuple[Order, Screened]) -> tuple[str, str, str]:
+    report = item[1].report
     return report.patient, report.verdict, _report_text(report)
 
 
@@ -337,10 +342,11 @@ def merge_feasibility(parts: Iterable[Feasibility]) -> Feasibility:
 class SparkScreening:
     """Everything one run produced: the persisted evaluation, its DataFrame, the feasibility."""
 
-    evaluated: RDD[tuple[Order, EligibilityReport]]  # (Patient line order, report), persisted
+    evaluated: RDD[tuple[Order, Screened]]  # (Patient line order, reports), persisted
     reports: DataFrame  # patient, verdict, report (JSON text)
     feasibility: Feasibility
     problems: ExportProblems
+    what_if: list[Feasibility] = dataclasses.field(default_factory=list)  # one per what-if run
 
 
 def _folder_uri(spark: SparkSession, directory: str | Path) -> str:
@@ -435,6 +441,7 @@ def run_spark_screening(
     missing_categories: Iterable[str] = (),
     *,
     partitions: int | None = None,
+    what_if: Sequence[Settings] = (),
 ) -> SparkScreening:
     """Screen every patient of a Bulk Data export with Spark; see the module docstring.
 
@@ -448,6 +455,7 @@ def run_spark_screening(
     missing = check_categories(missing_categories)
     if settings.as_of is None:  # every executor screens for the same day
         settings = settings.replace(as_of=dt.date.today())
+    what_if = tuple(s if s.as_of else s.replace(as_of=settings.as_of) for s in what_if)
     terminology = load_terminology(settings.resources_dir)
 
     uri = _folder_uri(spark, directory_or_uri)
@@ -489,6 +497,7 @@ def run_spark_screening(
     shared = context.broadcast(
         _Shared(
             settings=settings,
+            what_if=what_if,
             terminology=terminology,
             missing=missing,
             failed=dict(problems.failed),
@@ -508,10 +517,11 @@ def run_spark_screening(
     )
     groups = parsed.flatMap(_by_patient).union(shared_medications).groupByKey(width)
     evaluated = groups.flatMap(partial(_screen_group, shared)).persist(StorageLevel.MEMORY_AND_DISK)
-    feasibility = merge_feasibility(evaluated.mapPartitions(_count_partition).collect())
+    parts = evaluated.mapPartitions(partial(_count_partition, 1 + len(what_if))).collect()
+    counters = [merge_feasibility(part[run] for part in parts) for run in range(1 + len(what_if))]
     parsed.unpersist()
     frame = spark.createDataFrame(evaluated.map(_report_row), REPORT_SCHEMA)
-    return SparkScreening(evaluated, frame, feasibility, problems)
+    return SparkScreening(evaluated, frame, counters[0], problems, counters[1:])
 
 
 def screen_ndjson_spark(
@@ -541,13 +551,20 @@ def run_screen_population(
     output: str | None,
     master: str | None,
     patient_lines: int,
+    what_if: Sequence[WhatIf] = (),
+    report_dir: str | None = None,
+    min_count: int = 0,
 ) -> None:
     """``screen-population --engine spark``: the same outputs as the local engine.
 
     Patients are listed in export order (the first ``patient_lines`` with ``--format text``,
-    every report in ``--output FILE``); the feasibility report is counted on the executors.
+    every report in ``--output FILE`` and ``--report DIR``'s phi/ files); the feasibility
+    report (baseline and what-if runs) is counted on the executors.
     """
     from pyspark.sql import SparkSession
+
+    from fhir_trial.population.model import FeasibilityReport
+    from fhir_trial.population.worklist import ReportDirectory
 
     existing = SparkSession.getActiveSession()
     with ExitStack() as stack:
@@ -560,18 +577,35 @@ def run_screen_population(
         spark = spark_session(master)
         if existing is None:
             stack.callback(spark.stop)
-        screening = run_spark_screening(spark, ndjson, settings, missing)
+        screening = run_spark_screening(
+            spark, ndjson, settings, missing, what_if=[run.settings for run in what_if]
+        )
         feasibility = screening.feasibility
         if feasibility.total == 0:
             raise InputError("no patient could be screened: the input holds no Patient")
-        if sink is not None:
+        report = FeasibilityReport(
+            feasibility,
+            [
+                (run.label, run.changes, counter)
+                for run, counter in zip(what_if, screening.what_if, strict=True)
+            ],
+            None,
+            min_count,
+        )
+        if sink is not None or report_dir:
+            directory = stack.enter_context(ReportDirectory(report_dir)) if report_dir else None
             ordered = screening.evaluated.sortBy(lambda item: item[0])
-            for text in ordered.map(lambda item: _report_text(item[1])).toLocalIterator():
-                sink.write(text + "\n")
+            for _, item in ordered.toLocalIterator():
+                if sink is not None:
+                    sink.write(_report_text(item.report) + "\n")
+                if directory is not None:
+                    directory.add(item)
+            if directory is not None:
+                directory.finish(report)
         shown = 0
         if output_format == "text":
-            for _, report in screening.evaluated.takeOrdered(patient_lines, key=lambda i: i[0]):
-                click.echo(verdict_line(Screened(report)))
+            for _, item in screening.evaluated.takeOrdered(patient_lines, key=lambda i: i[0]):
+                click.echo(verdict_line(item))
                 shown += 1
             if feasibility.total > shown:
                 click.echo(
@@ -580,4 +614,4 @@ def run_screen_population(
         screening.evaluated.unpersist()
     if shown and output_format == "text":
         click.echo()
-    click.echo(feasibility.render(output_format), nl=False)
+    click.echo(report.render(output_format), nl=False)
