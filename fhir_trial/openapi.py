@@ -1,7 +1,8 @@
 """The service's OpenAPI 3.1 description, served at ``GET /openapi.json``.
 
 Every route the app registers is described (``tests/test_openapi.py`` compares this document with
-``app.url_map``): CDS Hooks discovery, the hook, feedback and the worksheet page; the /fhir reads,
+``app.url_map``): CDS Hooks discovery, the hook, feedback and the worksheet page; the SMART
+worksheet app (launch, callback, worksheet, decisions: HTML pages and redirects); the /fhir reads,
 searches (GET and ``POST _search``), ``$expand`` and the two registry operations; ``/healthz`` and
 this document. Request and response bodies have schemas: the CDS Hooks ones are the JSON Schemas
 in ``cds_hooks/schemas/`` (draft 2020-12, the dialect of OpenAPI 3.1), the FHIR ones name the
@@ -600,6 +601,103 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _page(status: str, text: str) -> dict[str, Any]:
+    return {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _redirect(text: str) -> dict[str, Any]:
+    return {
+        "description": text,
+        "headers": {"Location": {"schema": {"type": "string"}, "required": True}},
+    }
+
+
+def _smart_pages(*extra: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """The SMART app's answers: HTML pages (a problem page for every refusal) and redirects."""
+    out = {
+        "200": _page("200", "the page"),
+        **{
+            status: _page(status, text)
+            for status, text in (
+                ("400", "a launch, callback or form the app cannot use (a problem page)"),
+                ("401", "no session: open the worksheet from the EHR again"),
+                ("403", "a CSRF token or session that does not match"),
+                ("404", "an unknown decision"),
+                ("409", "an answer or write that conflicts with what is recorded"),
+                ("413", "the form is over the size limit"),
+                ("502", "the EHR's authorization server or FHIR endpoint failed"),
+                ("503", "the app's store could not be read or written"),
+            )
+        },
+    }
+    out.update(dict(extra))
+    return out
+
+
+def _smart_paths() -> dict[str, Any]:
+    form = {
+        "required": False,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "additionalProperties": {"type": "string"}}
+            }
+        },
+    }
+    session = [{"smartSession": []}]
+    return {
+        "/smart/launch": {
+            "get": _operation(
+                "SMART App Launch: EHR launch (iss + launch) or standalone (iss)",
+                _smart_pages(("302", _redirect("to the EHR's authorization endpoint"))),
+                parameters=[
+                    _query("iss", "the EHR's FHIR base (must be registered)"),
+                    _query("launch", "the EHR's launch id"),
+                ],
+            )
+        },
+        "/smart/callback": {
+            "get": _operation(
+                "The authorization server's redirect back to the app",
+                _smart_pages(("303", _redirect("to the worksheet"))),
+                parameters=[
+                    _query("code", "the authorization code"),
+                    _query("state", "the launch's single-use state"),
+                    _query("error", "an OAuth error code"),
+                    _query("error_description", "its text"),
+                ],
+            )
+        },
+        "/smart/worksheet": {
+            "get": _operation(
+                "The worksheet of the launch's patient, with the answer form",
+                _smart_pages(),
+                security=session,
+            ),
+            "post": _operation(
+                "Record the coordinator's answers and decision",
+                _smart_pages(("303", _redirect("to the recorded decision"))),
+                requestBody=form,
+                security=session,
+            ),
+        },
+        "/smart/decisions/{decision_id}": {
+            "parameters": [_path("decision_id", "a recorded decision")],
+            "get": _operation(
+                "A recorded decision and its write state", _smart_pages(), security=session
+            ),
+        },
+        "/smart/decisions/{decision_id}/write": {
+            "parameters": [_path("decision_id", "a recorded decision")],
+            "post": _operation(
+                "Write a recorded decision to the EHR (once)",
+                _smart_pages(("303", _redirect("back to the decision"))),
+                requestBody=form,
+                security=session,
+            ),
+        },
+    }
+
+
 def _with(operation: dict[str, Any], **changes: Any) -> dict[str, Any]:
     out = copy.deepcopy(operation)
     out.update(changes)
@@ -618,7 +716,7 @@ def _document() -> str:
                 "and the registry operations $apply and $screen-population."
             ),
         },
-        "paths": _paths(),
+        "paths": _paths() | _smart_paths(),
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {
@@ -628,6 +726,13 @@ def _document() -> str:
                     "bearerFormat": "JWT",
                     "description": "CDS Hooks 2.0 client JWT: ES384 or RS384, a trusted iss, "
                     "aud = the URL called, exp, iat, a jti used once.",
+                },
+                "smartSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "fhir_trial_smart",
+                    "description": "The SMART worksheet app's session (set by /smart/callback); "
+                    "every form also carries the session's CSRF token.",
                 },
                 "accessToken": {
                     "type": "http",
