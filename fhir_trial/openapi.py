@@ -643,7 +643,7 @@ def _smart_paths() -> dict[str, Any]:
             }
         },
     }
-    session = [{"smartSession": []}]
+    session: list[dict[str, list[str]]] = [{"smartSession": []}]
     return {
         "/smart/launch": {
             "get": _operation(
