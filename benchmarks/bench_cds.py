@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_cds.py [--resources 300] [--workers 4] [--requests 200]``
 
-Starts ``fhir-trial serve`` (gunicorn, sync workers) on a free local port with a trusted-issuers
+Starts ``fhir-trial serve`` (gunicorn, threaded workers) on a free local port with a trusted-issuers
 file for the public CDS Hooks sandbox (its published key pair in ../shared), then sends
 ``patient-view`` calls for one synthetic patient whose record holds a few hundred resources (the
 first synthetic patient the screening answers with a card, so card rendering and the worksheet row

@@ -15,9 +15,13 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app: FHIR study endpoint, CDS Hooks service, health check."""
     settings = settings or Settings.from_env()
-    app = Flask("fhir_trial")
+    app = Flask("fhir_trial", static_folder=None)  # no static files: no /static route
     app.config["FHIR_TRIAL_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+
+    from fhir_trial.logs import install_request_log
+
+    install_request_log(app)  # request ids, one JSON line per request (fhir_trial/logs.py)
 
     from fhir_trial.fhir_api.blueprint import create_fhir_blueprint
 
@@ -34,6 +38,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify({"status": "ok"})
+
+    from fhir_trial.openapi import openapi_document
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document(settings.public_base_url or request.url_root))
 
     from fhir_trial.fhir_api.requests_io import operation_outcome
 

@@ -91,6 +91,12 @@ class Settings:
     cds_jwt_max_lifetime_s: float = 3600.0  # exp - iat beyond this is refused
     cds_cors_origins: tuple[str, ...] = ("*",)
     cds_discovery_requires_jwt: bool = False
+    # --- registry operations and the HTTP server (fhir_api/access.py, commands/serve.py) ---------
+    operations_trusted_issuers_file: str | None = None  # access-token issuers; else the CDS file
+    server_threads: int = 8  # request threads per gunicorn worker
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
+    body_timeout_s: float = 30.0  # plus body_min_bytes_per_s: the time allowed to read a body
+    body_min_bytes_per_s: int = 256 * 1024
     max_request_bytes: int = 5 * 1024 * 1024  # one patient: hook, feedback, $apply
     # $screen-population carries a registry, not a patient. NDJSON is spooled to disk (memory
     # stays flat), a Bundle is parsed in memory (about ten times its size), hence two limits.

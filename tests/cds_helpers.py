@@ -112,14 +112,15 @@ def sign_jws(header: Mapping[str, Any], payload: Mapping[str, Any], key: Any) ->
         b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, payload)
     ).encode("ascii")
     alg = header.get("alg")
-    if alg in ("ES384", "ES256"):
-        digest = hashes.SHA384() if alg == "ES384" else hashes.SHA256()
+    sha = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+    if alg in ("ES256", "ES384", "ES512"):
+        digest = sha[alg[2:]]()
         der = key.sign(signing_input, ec.ECDSA(digest))
         r, s = decode_dss_signature(der)
         size = (key.curve.key_size + 7) // 8
         signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
-    elif alg == "RS384":
-        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA384())
+    elif alg in ("RS256", "RS384", "RS512"):
+        signature = key.sign(signing_input, padding.PKCS1v15(), sha[alg[2:]]())
     elif alg and alg.startswith("HS"):
         import hmac
 

@@ -71,7 +71,8 @@ def test_spec_feedback_examples_are_stored_before_the_answer(
     body = json.loads((shared_dir / SPEC / name).read_text())
     response = _send(client, shared_dir, body)
     assert response.status_code == 200
-    assert response.get_json() == {"stored": 1, "duplicates": 0}
+    # The spec's card was never issued by this service: stored, but marked as such.
+    assert response.get_json() == {"stored": 1, "duplicates": 0, "unissued": 1}
     (row,) = _rows(tmp_path)  # read through a separate connection: it is committed
     item = body["feedback"][0]
     assert row[0] == item["card"] and row[1] == item["outcome"]
@@ -84,23 +85,89 @@ def test_spec_feedback_examples_are_stored_before_the_answer(
 
 def test_feedback_is_idempotent(client: FlaskClient, shared_dir: Path, tmp_path: Path) -> None:
     body = json.loads((shared_dir / SPEC / "example-suggestion-accepted_L862.json").read_text())
-    assert _send(client, shared_dir, body).get_json() == {"stored": 1, "duplicates": 0}
-    assert _send(client, shared_dir, body).get_json() == {"stored": 0, "duplicates": 1}
+    first, again = {"stored": 1, "duplicates": 0}, {"stored": 0, "duplicates": 1}
+    assert _send(client, shared_dir, body).get_json() == first | {"unissued": 1}
+    assert _send(client, shared_dir, body).get_json() == again | {"unissued": 1}
     later = json.loads(json.dumps(body))
     later["feedback"][0]["outcomeTimestamp"] = "2021-12-12T10:00:00Z"
-    assert _send(client, shared_dir, later).get_json() == {"stored": 1, "duplicates": 0}
+    assert _send(client, shared_dir, later).get_json() == first | {"unissued": 1}
     assert len(_rows(tmp_path)) == 2
 
 
-def test_feedback_for_the_service_url_audience_is_accepted(
-    client: FlaskClient, shared_dir: Path
+def test_feedback_needs_its_own_url_as_audience(
+    client: FlaskClient, shared_dir: Path, tmp_path: Path
 ) -> None:
+    """A token minted for the hook (aud = the service URL) is not accepted by feedback."""
     body = {
         "feedback": [
             {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z"}
         ]
     }
-    assert _send(client, shared_dir, body, aud=SERVICE_URL).status_code == 200
+    refused = _send(client, shared_dir, body, aud=SERVICE_URL)
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
+    refused = _send(client, shared_dir, body, aud=[SERVICE_URL, "https://other.example/feedback"])
+    assert refused.status_code == 401
+    assert _send(client, shared_dir, body).status_code == 200  # aud = .../feedback
+    assert len(_rows(tmp_path)) == 1  # only the last one
+
+
+def _issued_card(client: FlaskClient, shared_dir: Path) -> str:
+    token = sandbox_token(shared_dir)
+    response = client.post(SERVICE_PATH, json=hook_request(full_prefetch()), headers=bearer(token))
+    (card,) = response.get_json()["cards"]
+    uuid: str = card["uuid"]
+    return uuid
+
+
+def _issued_flags(tmp_path: Path) -> list[tuple[str, int | None]]:
+    with sqlite3.connect(tmp_path / "cds.sqlite3") as conn:
+        return conn.execute("SELECT card, card_issued FROM cds_feedback ORDER BY id").fetchall()
+
+
+def test_feedback_on_an_issued_card_is_marked_issued_and_others_are_not(
+    client: FlaskClient, shared_dir: Path, tmp_path: Path
+) -> None:
+    card = _issued_card(client, shared_dir)
+    stamp = "2026-11-26T10:00:00Z"
+    body = {
+        "feedback": [
+            {"card": card, "outcome": "overridden", "outcomeTimestamp": stamp},
+            {"card": "never-issued", "outcome": "overridden", "outcomeTimestamp": stamp},
+        ]
+    }
+    response = _send(client, shared_dir, body)
+    assert response.get_json() == {"stored": 2, "duplicates": 0, "unissued": 1}
+    assert _issued_flags(tmp_path) == [(card, 1), ("never-issued", 0)]
+
+
+def test_a_card_issued_to_another_client_is_unissued_for_this_one(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    from cds_helpers import ec_public_jwk
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other_key = ec.generate_private_key(ec.SECP384R1())
+    other = {
+        "iss": "https://other-ehr.example",
+        "jwks": {"keys": [ec_public_jwk(other_key, "k1")]},
+        "fhir_servers": ["https://ehr.example.org/fhir"],
+    }
+    issuers = write_issuers(tmp_path / "two.json", [sandbox_issuer(shared_dir), other])
+    client = make_app(base_settings(tmp_path, cds_trusted_issuers_file=issuers)).test_client()
+    card = _issued_card(client, shared_dir)  # issued to the sandbox
+    token = sandbox_token(
+        shared_dir,
+        aud=f"{SERVICE_URL}/feedback",
+        header={"kid": "k1"},
+        claims={"iss": other["iss"]},
+        drop=("jku",),
+        key=other_key,
+    )
+    stamp = "2026-11-26T10:00:00Z"
+    body = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": stamp}]}
+    response = client.post(FEEDBACK_PATH, json=body, headers=bearer(token))
+    assert response.status_code == 200 and response.get_json()["unissued"] == 1
+    assert _issued_flags(tmp_path) == [(card, 0)]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ from click.testing import CliRunner
 from fake_fhir_server import FakeFhirServer
 
 from fhir_trial.commands.serve import command, default_workers, gunicorn_options
+from fhir_trial.commands.serve_worker import SlowClientSafeWorker
 from fhir_trial.config import Settings
 
 
@@ -88,6 +90,9 @@ def test_gunicorn_options() -> None:
     assert options["bind"] == "127.0.0.1:8080" and options["workers"] == 3
     assert options["accesslog"] is None  # worksheet tokens travel in URLs
     assert options["preload_app"] is True  # workers fork from one built app
+    assert issubclass(options["worker_class"], SlowClientSafeWorker)  # slow clients cost no thread
+    assert options["worker_class"].header_timeout_s == 10.0
+    assert options["threads"] == 8
     assert options["timeout"] == 300  # long enough to screen a large population upload
     assert gunicorn_options("127.0.0.1", 8080, 3, Settings(worker_timeout_s=900))["timeout"] == 900
     assert 1 <= default_workers() <= 9
@@ -110,6 +115,8 @@ def test_serve_runs_gunicorn_with_workers(tmp_path: Path) -> None:
         os.kill(workers[0], signal.SIGKILL)
         assert _summaries(response.json())  # a card, so the comparison below means something
         assert workers[0] not in _wait_for_workers(process.pid, 2, without=workers[0])
+        forged = hook_request(full_prefetch(), hookInstance='x\n{"forged": 1}')
+        assert requests.post(f"{base}{SERVICE_PATH}", json=forged, timeout=10).status_code == 200
         for _ in range(4):
             again = requests.post(
                 f"{base}{SERVICE_PATH}", json=hook_request(full_prefetch()), timeout=10
@@ -121,8 +128,19 @@ def test_serve_runs_gunicorn_with_workers(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=20)
     assert "development mode" in stderr.lower()
     assert "Booting worker" in stderr  # gunicorn, not the Flask development server
-    # The app's own INFO lines reach gunicorn's error log, in its format.
-    assert re.search(r"\[INFO\] cds hook [0-9a-f-]{36}: report, 1 card\(s\) in \d+ ms", stderr)
+    # The app's own lines are JSON objects, one per line (gunicorn's own lines are not).
+    entries = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    hook_lines = [e["msg"] for e in entries if e["msg"].startswith("cds hook ")]
+    assert any(
+        re.fullmatch(r"cds hook [0-9a-f-]{36}: report, 1 card\(s\) in \d+ ms", m)
+        for m in hook_lines
+    )
+    # The hookInstance with a newline stayed inside its line.
+    assert any(m.startswith("cds hook x\\n{") for m in hook_lines), hook_lines
+    assert not any(line.startswith('{"forged"') for line in stderr.splitlines())
+    requests_logged = [e for e in entries if e["msg"] == "request"]
+    assert {e["route"] for e in requests_logged} >= {"/healthz", "/cds-services/<service_id>"}
+    assert all(e["request_id"] for e in requests_logged)
     assert PATIENT_ID not in stderr
 
 

@@ -404,7 +404,9 @@ def test_screen_population_lines_carry_deceased(
 
 # ----------------------------------------------------------------------------- $apply
 def test_apply_deceased_patient(tmp_path: Path, shared_dir: Path) -> None:
-    client = create_app(Settings(database_path=str(tmp_path / "db.sqlite3"))).test_client()
+    # Development mode: $apply needs an access token otherwise (tests/test_operation_auth.py).
+    settings = Settings(database_path=str(tmp_path / "db.sqlite3"), cds_development_mode=True)
+    client = create_app(settings).test_client()
     schema = shared_dir / "schemas" / "fhir.schema.json"
 
     def apply(bundle: dict[str, Any]) -> dict[str, Any]:

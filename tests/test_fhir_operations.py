@@ -50,6 +50,9 @@ SYNTHEA_AS_OF = dt.date(2026, 11, 26)
 def settings_for(tmp_path: Path, **changes: Any) -> Settings:
     if not any(Path(DEFAULT_RESOURCES_DIR).glob("PlanDefinition-*.json")):
         pytest.fail("resources/ is empty: run `fhir-trial build-resources`")
+    # Development mode: these tests are about the operations; tests/test_operation_auth.py
+    # covers their access tokens.
+    changes.setdefault("cds_development_mode", True)
     return Settings(database_path=str(tmp_path / "db.sqlite3"), **changes)
 
 

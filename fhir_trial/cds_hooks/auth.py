@@ -39,7 +39,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from fhir_trial.errors import ConfigurationError
 from fhir_trial.fhir_http import origin_of
 
 __all__ = [
+    "ACCESS_TOKEN_ALGORITHMS",
     "ALLOWED_ALGORITHMS",
     "AuthError",
     "ClientIdentity",
@@ -63,6 +64,7 @@ __all__ = [
     "JwtVerifier",
     "ReplayStore",
     "TrustedIssuer",
+    "bearer_token",
     "load_trusted_issuers",
     "normalise_base",
 ]
@@ -70,6 +72,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALLOWED_ALGORITHMS: frozenset[str] = frozenset({"ES384", "RS384"})
+# What an issuer may list under "algorithms" for access tokens (fhir_api/access.py): asymmetric
+# only, so a public key can never be used as an HMAC secret.
+ACCESS_TOKEN_ALGORITHMS: frozenset[str] = frozenset(
+    {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512"}
+)
+_EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 JWKS_MAX_BYTES = 256 * 1024
 JWKS_FETCH_TIMEOUT_S = 2.0
 REFETCH_INTERVAL_S = 60.0
@@ -94,6 +102,7 @@ class TrustedIssuer:
     audience: tuple[str, ...] = ()
     fhir_servers: tuple[str, ...] = ()
     jwks_cache_seconds: float = 3600.0
+    algorithms: tuple[str, ...] = ()  # access tokens only; CDS Hooks JWTs are ES384/RS384
 
     def jku_trusted(self, url: str) -> bool:
         """Whether a ``jku`` header value is on this issuer's allowlist (exact, or under a prefix)."""
@@ -191,6 +200,11 @@ def parse_trusted_issuers(data: Any, source: str = "trusted issuers") -> dict[st
         cache = entry.get("jwks_cache_seconds", 3600)
         if not isinstance(cache, (int, float)) or cache < 0:
             raise ConfigurationError(f"{where}: 'jwks_cache_seconds' must be a number >= 0")
+        algorithms = _strings(entry.get("algorithms", []), f"{where}: 'algorithms'")
+        if any(a not in ACCESS_TOKEN_ALGORITHMS for a in algorithms):
+            raise ConfigurationError(
+                f"{where}: 'algorithms' may only list {', '.join(sorted(ACCESS_TOKEN_ALGORITHMS))}"
+            )
         issuers[entry["iss"]] = TrustedIssuer(
             iss=entry["iss"],
             jwks=jwks,
@@ -199,6 +213,7 @@ def parse_trusted_issuers(data: Any, source: str = "trusted issuers") -> dict[st
             audience=audience,
             fhir_servers=fhir_servers,
             jwks_cache_seconds=float(cache),
+            algorithms=algorithms,
         )
     return issuers
 
@@ -308,7 +323,7 @@ class JwtVerifier:
         self,
         settings: Settings,
         issuers: Mapping[str, TrustedIssuer],
-        replay: ReplayStore,
+        replay: ReplayStore | None,
         jwks_cache: JwksCache | None = None,
     ) -> None:
         self.settings = settings
@@ -336,46 +351,79 @@ class JwtVerifier:
     ) -> ClientIdentity:
         """Verify the bearer JWT of a call to ``path``; raise :class:`AuthError` if it fails."""
         token = _bearer(authorization)
-        # Peek at header and payload only to pick the key; PyJWT then checks everything itself.
-        header, unverified = _peek(token)
-        alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
-            raise AuthError(f"JWT algorithm {str(alg)[:20]!r} is not allowed")
-        if str(header.get("typ", "")).upper() != "JWT":
-            raise AuthError("JWT header typ is not JWT")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise AuthError("JWT header has no kid")
-        iss = unverified.get("iss")
-        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
-        if issuer is None:
-            raise AuthError("JWT issuer is not trusted")
-        jwk = self._find_key(issuer, kid, header.get("jku"), budget_s)
-        key = self._keys.get(jwk, alg)
-        audiences = self.expected_audiences(issuer, path, request_root, extra_paths)
-        try:
-            claims = jwt.decode(
-                token,
-                key=key,
-                algorithms=[alg],
-                audience=audiences,
-                issuer=issuer.iss,
-                leeway=self.leeway,
-                options={"require": ["iss", "aud", "exp", "iat", "jti"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise AuthError(f"JWT rejected: {type(exc).__name__}") from exc
-        exp, iat, jti = claims["exp"], claims["iat"], claims["jti"]
+        issuer, claims = self.decode(
+            token,
+            algorithms=ALLOWED_ALGORITHMS,
+            typ=frozenset({"JWT"}),
+            audiences=lambda issuer: self.expected_audiences(
+                issuer, path, request_root, extra_paths
+            ),
+            require=("iss", "aud", "exp", "iat", "jti"),
+            budget_s=budget_s,
+        )
+        jti = claims["jti"]
+        if self.replay is None:  # a verifier built for access tokens only
+            raise AuthError("this verifier keeps no replay list")
         if not isinstance(jti, str) or not jti or len(jti) > 256:
             raise AuthError("JWT jti is not a usable string")
-        if float(exp) - float(iat) > self.max_lifetime:
-            raise AuthError("JWT lifetime is longer than allowed")
-        if not self.replay.first_use(issuer.iss, jti, float(exp) + self.leeway):
+        if not self.replay.first_use(issuer.iss, jti, float(claims["exp"]) + self.leeway):
             raise AuthError("JWT jti was already used (replay)")
         tenant = claims.get("tenant")
         return ClientIdentity(
             issuer=issuer, jti=jti, tenant=tenant if isinstance(tenant, str) else None
         )
+
+    def decode(
+        self,
+        token: str,
+        *,
+        algorithms: Callable[[TrustedIssuer], Iterable[str]] | frozenset[str],
+        typ: frozenset[str | None],
+        audiences: Callable[[TrustedIssuer], list[str]],
+        require: Sequence[str],
+        budget_s: float = JWKS_FETCH_TIMEOUT_S,
+    ) -> tuple[TrustedIssuer, dict[str, Any]]:
+        """Check a compact JWT against the trusted issuers; its issuer and verified claims.
+
+        Shared by the CDS Hooks JWTs (:meth:`verify`) and the registry's access tokens
+        (:mod:`fhir_trial.fhir_api.access`): the algorithm allowlist (checked before any key is
+        touched, so ``none`` and HMAC never reach PyJWT), the issuer allowlist, the key lookup,
+        the signature, ``aud``, ``exp``/``iat``/``nbf`` with leeway and the lifetime bound.
+        """
+        # Peek at header and payload only to pick the key; PyJWT then checks everything itself.
+        header, unverified = _peek(token)
+        iss = unverified.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise AuthError("JWT issuer is not trusted")
+        allowed = algorithms if isinstance(algorithms, frozenset) else frozenset(algorithms(issuer))
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in allowed:
+            raise AuthError(f"JWT algorithm {str(alg)[:20]!r} is not allowed")
+        head_typ = header.get("typ")
+        if (str(head_typ).upper() if head_typ is not None else None) not in typ:
+            raise AuthError(f"JWT header typ {str(head_typ)[:20]!r} is not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise AuthError("JWT header has no kid")
+        jwk = self._find_key(issuer, kid, header.get("jku"), budget_s)
+        key = self._keys.get(jwk, alg)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                audience=audiences(issuer),
+                issuer=issuer.iss,
+                leeway=self.leeway,
+                options={"require": list(require)},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"JWT rejected: {type(exc).__name__}") from exc
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if exp is not None and iat is not None and float(exp) - float(iat) > self.max_lifetime:
+            raise AuthError("JWT lifetime is longer than allowed")
+        return issuer, claims
 
     def _find_key(
         self, issuer: TrustedIssuer, kid: str, jku: Any, budget_s: float
@@ -397,6 +445,11 @@ class JwtVerifier:
             if key is not None:
                 return key
         raise AuthError("JWT kid not found in the issuer's keys")
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header (raises :class:`AuthError`)."""
+    return _bearer(authorization)
 
 
 def _bearer(authorization: str | None) -> str:
@@ -464,9 +517,10 @@ def _public_key(jwk: Mapping[str, Any], alg: str) -> Any:
         key = jwt.PyJWK(dict(public), algorithm=alg).key
     except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
         raise AuthError("JWK unusable for the JWT algorithm") from exc
-    if alg == "ES384":
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-            raise AuthError("ES384 needs an EC P-384 key")
+    curve = _EC_CURVES.get(alg)
+    if curve is not None:
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != curve:
+            raise AuthError(f"{alg} needs an EC {curve} key")
     elif not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
-        raise AuthError("RS384 needs an RSA key of at least 2048 bits")
+        raise AuthError(f"{alg} needs an RSA key of at least 2048 bits")
     return key

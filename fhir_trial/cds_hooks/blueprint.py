@@ -28,10 +28,12 @@ from werkzeug.exceptions import HTTPException
 from fhir_trial.cds_hooks.auth import AuthError, ClientIdentity
 from fhir_trial.cds_hooks.cards import incomplete_card
 from fhir_trial.cds_hooks.discovery import SERVICE_ID, discovery_document
+from fhir_trial.cds_hooks.feedback import IssuedCards
 from fhir_trial.cds_hooks.service import CdsService, Evaluator, HookError
 from fhir_trial.cds_hooks.validation import first_error, request_problem
 from fhir_trial.cds_hooks.worksheet import worksheet_response
 from fhir_trial.config import Settings
+from fhir_trial.logs import printable
 
 __all__ = ["create_cds_blueprint"]
 
@@ -45,6 +47,8 @@ _SERVICE_KEY = "fhir_trial.cds_service"
 def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None) -> Blueprint:
     """The CDS Hooks blueprint; ``evaluator`` replaces :func:`fhir_trial.evaluate.evaluate` in tests."""
     service = CdsService(settings, evaluator)
+    # Card records are short-lived bookkeeping, like the replay list: no fsync per hook call.
+    issued = IssuedCards(service.replay_database)
     bp = Blueprint("cds_hooks", __name__)
     cors_origins = settings.cds_cors_origins
     discovery_needs_jwt = settings.cds_discovery_requires_jwt
@@ -106,9 +110,10 @@ def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None)
                 f"the patient's data could not be obtained ({outcome.reason})",
             )
         cards = service.cards(hook_request, outcome, _base_url(settings))
+        issued.record((c["uuid"] for c in cards if isinstance(c.get("uuid"), str)), identity.iss)
         log.info(
             "cds hook %s: %s, %d card(s) in %.0f ms",
-            hook_request.hook_instance[:64],
+            printable(hook_request.hook_instance[:64]),
             outcome.kind,
             len(cards),
             (time.monotonic() - started) * 1000,
@@ -124,10 +129,22 @@ def create_cds_blueprint(settings: Settings, evaluator: Evaluator | None = None)
         if request.method == "OPTIONS":
             return _preflight()
         _known(service_id)
-        identity = _authenticate(service, request.path, (f"{DISCOVERY_PATH}/{service_id}",))
+        # aud must be this URL (the feedback endpoint's), not the hook's: a token minted for one
+        # endpoint is not accepted at another.
+        identity = _authenticate(service, request.path)
         body = _json_body("feedback")
-        result = service.feedback.store(service_id, body["feedback"], identity.iss)
-        return _json({"stored": result.stored, "duplicates": result.duplicates})
+        items = body["feedback"]
+        known = issued.issued_to((item["card"] for item in items), identity.iss)
+        result = service.feedback.store(service_id, items, identity.iss, issued=known)
+        if result.unissued:
+            log.warning(
+                "cds feedback: %d item(s) name a card never issued to this client; stored, "
+                "marked card_issued = 0",
+                result.unissued,
+            )
+        return _json(
+            {"stored": result.stored, "duplicates": result.duplicates, "unissued": result.unissued}
+        )
 
     @bp.get(f"{DISCOVERY_PATH}/<service_id>/worksheet/<token>")
     def worksheet(service_id: str, token: str) -> Response:

@@ -1,4 +1,5 @@
-"""SQLite access shared by the CDS Hooks parts: JWT ids seen, feedback, worksheet reports.
+"""SQLite access shared by the CDS Hooks parts: JWT ids seen, feedback, worksheet reports, and the
+cards issued (so that feedback on a card this service never issued is marked as such).
 
 One connection per thread and per process (gunicorn workers fork; connections are opened lazily,
 after the fork). WAL mode lets several workers write. ``durable=True`` (the default) uses
@@ -50,7 +51,16 @@ CREATE TABLE IF NOT EXISTS cds_worksheet (
     report_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cds_worksheet_expires ON cds_worksheet (expires);
+CREATE TABLE IF NOT EXISTS cds_card_issued (
+    card TEXT NOT NULL,
+    client TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (card, client)
+);
+CREATE INDEX IF NOT EXISTS cds_card_issued_expires ON cds_card_issued (expires);
 """
+# Columns added after a table was first shipped: (table, column, declaration).
+_ADDED_COLUMNS = (("cds_feedback", "card_issued", "INTEGER"),)
 
 
 class Database:
@@ -85,6 +95,7 @@ class Database:
         with self._lock:
             if not self._schema_done:
                 conn.executescript(_SCHEMA)
+                _add_columns(conn)
                 self._schema_done = True
         return conn
 
@@ -94,6 +105,18 @@ class Database:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to date (new columns are nullable)."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            except sqlite3.OperationalError as exc:  # another worker added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class ExpiryPurge:

@@ -2,9 +2,10 @@
 
     fhir-trial serve --host 127.0.0.1 --port 8080 --workers 4 [--development-mode] [--dev-server]
 
-Production runs gunicorn (sync workers forked from one preloaded app). ``--dev-server`` runs Flask's
+Production runs gunicorn: worker processes forked from one preloaded app, each with
+``server_threads`` request threads; slow clients cost no thread (see :mod:`.serve_worker`). ``--dev-server`` runs Flask's
 built-in server instead, for development only. ``--development-mode`` turns CDS Hooks JWT
-verification OFF (loudly); it is never the default. Settings come from ``FHIR_TRIAL_*``
+verification and the registry operations' access tokens OFF (loudly); it is never the default. Settings come from ``FHIR_TRIAL_*``
 environment variables (e.g. ``FHIR_TRIAL_CDS_TRUSTED_ISSUERS_FILE``, ``FHIR_TRIAL_SECRET_KEY``,
 ``FHIR_TRIAL_PUBLIC_BASE_URL``, ``FHIR_TRIAL_DATABASE_PATH``) and the options below.
 
@@ -23,7 +24,9 @@ import click
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from fhir_trial.commands.serve_worker import configure as configure_worker
 from fhir_trial.config import Settings
+from fhir_trial.logs import configure_json_logging
 
 __all__ = ["GunicornServer", "command", "default_workers", "log_through_gunicorn"]
 
@@ -68,17 +71,13 @@ class GunicornServer(BaseApplication):
 
 
 def log_through_gunicorn() -> None:
-    """Send the package's log records to gunicorn's error log, at its level and in its format.
+    """Write the package's log records as JSON lines on stderr, at gunicorn's level.
 
-    Otherwise they reach only Python's last-resort handler: warnings without time or process,
-    and none of the INFO lines an operator reads (hook outcomes and timings, why a call got 401,
-    which FHIR fetch failed). None of them carries a token or PHI.
+    One object per line (:mod:`fhir_trial.logs`): request-derived values are escaped, so a
+    ``hookInstance`` with a newline cannot forge a line, and every request leaves one line with
+    its id, route pattern, status and duration. None of them carries a token or PHI.
     """
-    gunicorn_log = logging.getLogger("gunicorn.error")
-    package_log = logging.getLogger("fhir_trial")
-    package_log.handlers = list(gunicorn_log.handlers)
-    package_log.setLevel(gunicorn_log.level)
-    package_log.propagate = False
+    configure_json_logging(logging.getLogger("gunicorn.error").level or logging.INFO)
 
 
 def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> dict[str, Any]:
@@ -86,7 +85,12 @@ def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> 
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "sync",
+        # Threads, headers read in the event loop, deadlines on bodies: slow clients cost a
+        # socket, not a worker (commands/serve_worker.py).
+        "worker_class": configure_worker(settings),
+        "threads": settings.server_threads,
+        # With threads the arbiter only replaces a worker whose event loop hangs; a request's
+        # own time is bounded by the header/body deadlines and the screening deadlines.
         "timeout": max(30, settings.worker_timeout_s, int(settings.cds_deadline_s * 10)),
         "graceful_timeout": 10,
         "keepalive": 2,
@@ -94,6 +98,8 @@ def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> 
         "errorlog": "-",
         "loglevel": "info",
         "limit_request_line": 8190,
+        "limit_request_fields": 50,
+        "limit_request_field_size": 8190,
         "proc_name": "fhir-trial",
         # Build once, fork many (see GunicornServer.load). A HUP therefore re-forks the workers
         # but does not reload the code or settings: restart the service for those.
@@ -120,7 +126,8 @@ def gunicorn_options(host: str, port: int, workers: int, settings: Settings) -> 
 @click.option(
     "--development-mode",
     is_flag=True,
-    help="Turn CDS Hooks JWT verification OFF. Never in production.",
+    help="Turn token checks OFF (CDS Hooks JWTs, $apply/$screen-population access tokens). "
+    "Never in production.",
 )
 @click.option(
     "--dev-server", is_flag=True, help="Use Flask's development server instead of gunicorn."
@@ -157,13 +164,15 @@ def command(
         settings = settings.replace(secret_key=secrets.token_urlsafe(32))
     if settings.cds_development_mode:
         click.echo(
-            "WARNING: development mode: CDS Hooks JWT verification is OFF; anyone can call the "
-            "service. Never use this in production.",
+            "WARNING: development mode: CDS Hooks JWT verification and the access tokens of "
+            "$apply and $screen-population are OFF; anyone can call the service and send it "
+            "patient data. Never use this in production.",
             err=True,
         )
     if dev_server:
         from fhir_trial.app import create_app
 
+        configure_json_logging()
         click.echo(
             "WARNING: Flask development server; use gunicorn (without --dev-server) in production.",
             err=True,

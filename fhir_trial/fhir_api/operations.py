@@ -9,6 +9,8 @@ never claims an operation that is not there.
 ``POST ResearchStudy/nct06010472/$screen-population``
     screen a population: see :mod:`.population_operation`.
 
+Both need a bearer access token (:mod:`.access`) before anything else is looked at: 401 or 403
+with an OperationOutcome and ``WWW-Authenticate`` otherwise (development mode turns this off).
 Errors are OperationOutcomes (:class:`~.requests_io.OperationError`); any other method than POST
 is 405 with ``Allow: POST``.
 """
@@ -24,6 +26,7 @@ from flask import Blueprint, Response, request
 from fhir_trial.canonical import STUDY_RESOURCE_ID
 from fhir_trial.config import Settings
 from fhir_trial.errors import FhirTrialError
+from fhir_trial.fhir_api.access import OperationAccess
 from fhir_trial.fhir_api.apply import APPLY_DEFINITION, APPLY_DOC, PLAN_ID, apply_operation
 from fhir_trial.fhir_api.population_operation import screen_population_operation
 from fhir_trial.fhir_api.requests_io import OperationError, operation_outcome
@@ -60,6 +63,7 @@ def resource_operations(store: ResourceStore, resource_type: str) -> dict[str, A
 
 def register_operations(bp: Blueprint, settings: Settings, store: ResourceStore) -> None:
     """Add the ``$apply`` and ``$screen-population`` routes to the ``/fhir`` blueprint."""
+    access = OperationAccess(settings)
 
     def post_only() -> None:
         if request.method != "POST":
@@ -69,7 +73,14 @@ def register_operations(bp: Blueprint, settings: Settings, store: ResourceStore)
                 f"{request.method} is not supported: this operation takes POST",
             )
 
-    def answer(run: Callable[[], Response]) -> Response:
+    def answer(resource_type: str, run: Callable[[], Response]) -> Response:
+        # Authentication first: the body (patient data) is not even read without a token.
+        refusal = access.refusal(resource_type)
+        if refusal is not None:
+            return refusal
+        return access.mark(attempt(run))
+
+    def attempt(run: Callable[[], Response]) -> Response:
         try:
             post_only()
             return run()
@@ -86,12 +97,12 @@ def register_operations(bp: Blueprint, settings: Settings, store: ResourceStore)
 
     @bp.route("/PlanDefinition/$apply", methods=METHODS)
     def apply_type() -> Response:
-        return answer(lambda: apply_operation(store, settings, None))
+        return answer("PlanDefinition", lambda: apply_operation(store, settings, None))
 
     @bp.route("/PlanDefinition/<rid>/$apply", methods=METHODS)
     def apply_instance(rid: str) -> Response:
-        return answer(lambda: apply_operation(store, settings, rid))
+        return answer("PlanDefinition", lambda: apply_operation(store, settings, rid))
 
     @bp.route("/ResearchStudy/<rid>/$screen-population", methods=METHODS)
     def screen_population(rid: str) -> Response:
-        return answer(lambda: screen_population_operation(store, settings, rid))
+        return answer("ResearchStudy", lambda: screen_population_operation(store, settings, rid))
