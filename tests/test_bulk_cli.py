@@ -311,3 +311,31 @@ def test_live_bulk_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert json.loads(out)["runs"][0]["population"]["patients"]["count"] >= 1
     state = ExportState.load(tmp_path / "export")
     assert state.phase == "deleted"
+
+
+def test_export_errors_go_into_the_shared_report_without_resource_ids(
+    synthea_server: FakeBulkServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The export's error files are in report.json's inputs, counted, their references masked."""
+    synthea_server.errors = [outcome("Observation search failed for Patient/abc-123")]
+    code, _, err = run(
+        [
+            "--fhir-server",
+            synthea_server.base_url,
+            "--group",
+            "g",
+            "--download-dir",
+            str(tmp_path / "x"),
+            "--report",
+            str(tmp_path / "report"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    inputs = json.loads((tmp_path / "report" / "report.json").read_text())["inputs"]
+    assert inputs["export errors reported by the server"] == 1
+    (errors,) = [v for k, v in inputs.items() if k.startswith("export errors (")]
+    assert errors["errors"] == 1
+    assert "Observation search failed for Patient/..." in errors["messages"]
+    assert "abc-123" not in (tmp_path / "report" / "report.json").read_text()
+    assert "abc-123" not in (tmp_path / "report" / "report.html").read_text()

@@ -40,6 +40,7 @@ from fhir_trial.population import (
     verdict_line,
 )
 from fhir_trial.population.bulk.cli import bulk_options, export_from_options, wants_bulk
+from fhir_trial.population.bulk.client import BulkExport
 from fhir_trial.population.model import FeasibilityReport
 from fhir_trial.population.whatif import WhatIf, parse_what_if
 from fhir_trial.population.worklist import ReportDirectory
@@ -177,9 +178,9 @@ def command(
 ) -> None:
     """Screen many patients (Bundles, Bulk NDJSON or the demo) and report feasibility."""
     requested: set[str] | None = None  # the kick-off's _type, when this run exported
-    if wants_bulk(
-        bulk
-    ):  # Bulk Data export from a FHIR server (fhir_trial.population.bulk), then as --ndjson
+    exported: BulkExport | None = None
+    # A Bulk Data export from a FHIR server (fhir_trial.population.bulk), then read as --ndjson.
+    if wants_bulk(bulk):
         if ndjson:
             raise InputError("give --ndjson DIR or --fhir-server URL, not both")
         exported = export_from_options(bulk, Settings.from_env(), show_progress=not no_progress)
@@ -298,6 +299,8 @@ def command(
             for line in export.account.summary():
                 click.echo(f"  {line}", err=True)
             inputs = export.account.aggregates()
+            if exported is not None:  # a Bulk export this run made: its error files too
+                inputs = {**inputs, **exported.report_inputs()}
         if feasibility.total == 0:
             _explain_nothing(feasibility.skipped)
         report = feasibility_report(feasibility, runs, variants, min_count, inputs)

@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -131,6 +132,10 @@ class NoProgress:
         """Ignored."""
 
 
+# A FHIR reference in free text ("Patient/123", "Observation/abc-1"), masked in shared reports.
+_REFERENCE = re.compile(r"\b([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}")
+
+
 @dataclass
 class ErrorFile:
     """One error file of the export: how many OperationOutcomes it holds, and their messages."""
@@ -185,6 +190,27 @@ class BulkExport:
             "errorCount": self.error_count,
             "errors": [e.to_json() for e in self.errors],
             "deleted": self.deleted,
+        }
+
+    def report_inputs(self) -> dict[str, Any]:
+        """What the shareable report shows of the export: when, what was asked, the error files.
+
+        Error messages are the server's words, which may name resources: every ``Type/id`` in
+        them is shown as ``Type/...`` so the shared report names no patient.
+        """
+        errors = {
+            f"export errors ({e.type or 'unknown type'}, {e.name})": {
+                "errors": e.count,
+                "messages": " | ".join(_REFERENCE.sub(r"\1/...", m) for m in e.messages),
+            }
+            for e in self.errors
+        }
+        return {
+            "export transaction time": self.transaction_time,
+            "export types requested": ", ".join(self.requested_types) or "none listed",
+            "export data files": len(self.output_files),
+            "export errors reported by the server": self.error_count,
+            **errors,
         }
 
     def summary(self) -> list[str]:
