@@ -254,12 +254,49 @@ def test_card_lists_inclusions_met_apart_from_exclusions_ruled_out() -> None:
     )
     card = eligibility_card(report, "p", None, None)
     detail = card["detail"]
-    included, _, rest = detail.partition("**Exclusions ruled out (2)**")
-    assert "**Inclusion criteria met (1)**" in included and "reason inc-age" in included
-    assert "reason exc-immunodeficiency" not in included
-    assert "reason exc-immunodeficiency" in rest and "reason exc-malignancy" in rest
+    assert "1 of 2 inclusions met, 2 of 2 exclusions ruled out" in detail
+    # Only the open item is listed; what is settled is counted (the worksheet lists it).
+    assert "reason inc-sledai" in detail
+    assert "reason inc-age" not in detail and "reason exc-malignancy" not in detail
+    assert "the full screening report" in detail  # no worksheet link on this card
     assert "1 inclusion met, 2 exclusions ruled out, 1 to check" in card["summary"]
     assert len(card["summary"]) < 140
+
+
+def test_card_detail_is_short_enough_to_read_at_chart_open() -> None:
+    """Twenty open items: five are listed, the rest counted; the worksheet has them all."""
+    from fhir_trial.cds_hooks.cards import eligibility_card
+    from fhir_trial.criteria.catalog import CRITERIA
+    from fhir_trial.report import CriterionResult, EligibilityReport
+
+    specs = [c for c in CRITERIA if c.part_of is None][:20]
+    report = EligibilityReport(
+        study="NCT06010472",
+        patient="Patient/p",
+        as_of="2026-11-26",
+        verdict="potentially-eligible",
+        criteria=tuple(
+            CriterionResult(
+                id=c.id,
+                kind=c.kind,
+                ref="x",
+                status="unknown",
+                reason=f"reason {c.id}",
+                evidence=tuple(f"Observation/o{i}" for i in range(9)),
+            )
+            for c in specs
+        ),
+        warnings=tuple(f"warning {i}" for i in range(7)),
+    )
+    card = eligibility_card(report, "p", "https://worksheet.example/x", None)
+    detail = card["detail"]
+    items = [line for line in detail.splitlines() if line.startswith("- **")]
+    assert len(items) == 5 and "- and 15 more" in detail
+    assert "- and 5 more" in detail  # warnings beyond the first two
+    assert all("and 6 more)" in line for line in items)  # evidence: three shown
+    assert "20 unknown (data missing)" in detail
+    assert "screening worksheet (link below)" in detail
+    assert len(detail.splitlines()) <= 20
 
 
 def test_card_for_a_potentially_eligible_patient(client: FlaskClient, shared_dir: Path) -> None:
@@ -270,10 +307,10 @@ def test_card_for_a_potentially_eligible_patient(client: FlaskClient, shared_dir
     assert "NCT06010472" in card["summary"] and len(card["summary"]) < 140
     assert card["indicator"] == "info"
     detail = card["detail"]
-    assert "**Inclusion criteria met (2)**" in detail
-    assert "Patient/pat-1" in detail and "Condition/c1" in detail  # evidence
-    assert "**Needs review (1)**" in detail
-    assert "age 36 \\<on\\> \\*2026\\*" in detail  # reasons are markdown-escaped
+    assert "2 of 3 inclusions met" not in detail or "**Criteria:**" in detail
+    assert "**Criteria:**" in detail and "1 to review" in detail
+    assert "**Open items**" in detail
+    assert "screening worksheet (link below)" in detail
     assert card["source"]["url"] == REGISTRY_URL
     assert card["source"]["label"] and card["source"]["topic"]["code"] == "NCT06010472"
     # No SMART registration for this EHR: the read-only page is the (absolute) fallback.
@@ -295,7 +332,7 @@ def test_unknown_criteria_show_what_would_decide_them(
     prefetch = full_prefetch()
     prefetch["condition"] = searchset()
     (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
-    assert "**Unknown: data missing (1)**" in card["detail"]
+    assert "1 unknown (data missing)" in card["detail"]
     assert "would decide it: a Condition coded as SLE" in card["detail"]
 
 
@@ -335,7 +372,7 @@ def test_prefetch_null_makes_the_category_unknown_not_absent(
     (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
     assert "Condition could not be obtained" in card["detail"]
     assert "(null)" in card["detail"]
-    assert "**Unknown: data missing (1)**" in card["detail"]
+    assert "1 unknown (data missing)" in card["detail"]
 
 
 def test_prefetch_operation_outcome_is_a_failure_with_its_reason(
@@ -390,10 +427,11 @@ def test_partial_prefetch_without_fhir_server_evaluates_what_is_there(
 ) -> None:
     prefetch = {"patient": patient(), "condition": searchset(sle_condition())}
     (card,) = post(client, shared_dir, hook_request(prefetch)).get_json()["cards"]
-    assert (
-        "Observation could not be obtained: not in the prefetch, and no fhirServer was given"
-        in card["detail"]
-    )
+    # Categories missing for the same reason are named together, in one line of the card.
+    problems = [line for line in card["detail"].splitlines() if "could not be obtained" in line]
+    assert len(problems) == 1, problems
+    assert "Observation" in problems[0] and "AllergyIntolerance" in problems[0]
+    assert problems[0].endswith("not in the prefetch, and no fhirServer was given")
 
 
 def test_prefetch_absent_and_no_fhir_server_is_412(client: FlaskClient, shared_dir: Path) -> None:

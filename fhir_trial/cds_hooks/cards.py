@@ -1,8 +1,9 @@
 """Cards for the enrollment suggestion (CDS Hooks 2.0 "Card Attributes").
 
-- potentially eligible / eligible: an ``info`` card naming the study, with the inclusion criteria
-  met, the exclusions ruled out, and the criteria unknown and needing review (and their evidence)
-  in the markdown detail, a link to the registry record, a
+- potentially eligible / eligible: an ``info`` card naming the study, with a markdown detail short
+  enough to read at chart open (the verdict, the counts, at most five open items with what would
+  decide them, at most two data problems, each list ending "and N more"; the full list is in the
+  worksheet), a link to the registry record, a
   ``smart`` link to the worksheet app (its launch URL, when the EHR is registered for it; the EHR
   adds ``launch`` and ``iss``), the signed read-only worksheet page as an ``absolute`` link (the
   fallback for EHRs without SMART), a suggestion that creates a ResearchSubject with status
@@ -19,6 +20,7 @@ Every card and suggestion carries a fresh UUID (feedback refers to them).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -85,27 +87,36 @@ def _summary(text: str) -> str:
     return text if len(text) <= _MAX_SUMMARY else text[: _MAX_SUMMARY - 1] + "…"
 
 
-def _line(result: CriterionResult, with_missing: bool = False) -> str:
-    line = (
-        f"- **{_escaped_title(result.id)}** ({markdown_escape(result.ref)}): "
-        f"{markdown_escape(result.reason)}"
-    )
-    if result.evidence:
-        shown = ", ".join(markdown_escape(e) for e in result.evidence[:5])
-        more = f" and {len(result.evidence) - 5} more" if len(result.evidence) > 5 else ""
-        line += f" (evidence: {shown}{more})"
-    if with_missing and result.missing:
+# The detail is read at chart open: the verdict, the counts and the few items that matter most.
+# The full criterion-by-criterion list, with every piece of evidence, is in the worksheet.
+_MAX_ITEMS = 5
+_MAX_WARNINGS = 2
+_MAX_EVIDENCE = 3
+_STATUS_WORDS = {
+    "unknown": "unknown",
+    "needs-review": "needs review",
+    "met": "applies",
+    "not-met": "not met",
+}
+
+
+def _line(result: CriterionResult) -> str:
+    status = _STATUS_WORDS.get(result.status, result.status)
+    line = f"- **{_escaped_title(result.id)}** ({status}): {markdown_escape(result.reason)}"
+    if result.status == "unknown" and result.missing:
         line += f" (would decide it: {markdown_escape('; '.join(result.missing))})"
+    if result.evidence:
+        shown = ", ".join(markdown_escape(e) for e in result.evidence[:_MAX_EVIDENCE])
+        extra = len(result.evidence) - _MAX_EVIDENCE
+        line += f" (evidence: {shown}{f' and {extra} more' if extra > 0 else ''})"
     return line
 
 
-def _section(
-    title: str, results: Iterable[CriterionResult], with_missing: bool = False
-) -> list[str]:
-    items = list(results)
-    if not items:
-        return []
-    return ["", f"**{title} ({len(items)})**", "", *(_line(r, with_missing) for r in items)]
+def _capped(lines: list[str], limit: int) -> list[str]:
+    """At most ``limit`` lines, the rest said as "and N more"."""
+    if len(lines) <= limit:
+        return lines
+    return [*lines[:limit], f"- and {len(lines) - limit} more"]
 
 
 def _inclusions_met(voting: Iterable[CriterionResult]) -> list[CriterionResult]:
@@ -116,9 +127,50 @@ def _exclusions_ruled_out(voting: Iterable[CriterionResult]) -> list[CriterionRe
     return [r for r in voting if r.kind == "exclusion" and r.status == "not-met"]
 
 
-def _detail(report: EligibilityReport) -> str:
+def _against(voting: Iterable[CriterionResult]) -> list[CriterionResult]:
+    return [
+        r
+        for r in voting
+        if (r.kind == "inclusion" and r.status == "not-met")
+        or (r.kind == "exclusion" and r.status == "met")
+    ]
+
+
+_NOT_OBTAINED = re.compile(
+    r"^(?P<what>\S+) could not be obtained: (?P<why>.*?)(?: \(prefetch key '[^']*'\))?$"
+)
+
+
+def _data_problems(warnings: Iterable[str]) -> list[str]:
+    """The warnings, those saying a category could not be obtained for the same reason in one line
+    ("AllergyIntolerance, Consent could not be obtained: not in the prefetch ...")."""
+    grouped: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for warning in warnings:
+        match = _NOT_OBTAINED.match(warning)
+        if match is None:
+            lines.append(warning)
+            continue
+        why = match["why"]
+        if why not in grouped:
+            grouped[why] = []
+            lines.append(why)  # placeholder, replaced below to keep the first one's place
+        grouped[why].append(match["what"])
+    out = []
+    for line in lines:
+        if line in grouped:
+            line = f"{', '.join(grouped.pop(line))} could not be obtained: {line}"
+        out.append(f"- {markdown_escape(line)}")
+    return out
+
+
+def _detail(report: EligibilityReport, has_worksheet: bool = True) -> str:
     voting = [r for r in report.criteria if r.part_of is None]
-    parts = [r for r in report.criteria if r.part_of is not None]
+    inclusions = sum(1 for r in voting if r.kind == "inclusion")
+    exclusions = sum(1 for r in voting if r.kind == "exclusion")
+    against = _against(voting)
+    unknown = [r for r in voting if r.status == "unknown"]
+    review = [r for r in voting if r.status == "needs-review"]
     lines = [
         f"Automated pre-screening for **{STUDY_ID}** (anti-CD19 CAR-NK cells, KN5501, for moderate-to-"
         f"severe refractory systemic lupus erythematosus) as of {markdown_escape(report.as_of)}: "
@@ -128,33 +180,34 @@ def _detail(report: EligibilityReport) -> str:
     if report.reason and report.deceased is None:
         # Whether the patient is alive could not be read: a person checks that before anything.
         lines += ["", f"**Check first:** {markdown_escape(report.reason)}."]
-    # Favourable criteria in two lists: under one "criteria met" heading an exclusion's title
-    # ("Immunodeficiency disease") reads as if the patient had it, since an exclusion that is
-    # "met" applies to the patient.
-    lines += _section("Inclusion criteria met", _inclusions_met(voting))
-    lines += _section("Exclusions ruled out", _exclusions_ruled_out(voting))
-    lines += _section("Unknown: data missing", (r for r in voting if r.status == "unknown"), True)
-    lines += _section("Needs review", (r for r in voting if r.status == "needs-review"))
-    lines += _section(
-        "Against eligibility",
-        (
-            r
-            for r in voting
-            if (r.kind == "inclusion" and r.status == "not-met")
-            or (r.kind == "exclusion" and r.status == "met")
-        ),
-    )
-    if any(r.status in ("met", "needs-review") for r in parts):
-        lines += _section(
-            "Autoantibody results", (r for r in parts if r.status in ("met", "needs-review"))
-        )
-    if report.warnings:
+    if report.not_obtained:
+        # Said before the counts: every "unknown" below may come from this, and a retry may help.
         lines += [
             "",
-            "**Data problems**",
-            "",
-            *(f"- {markdown_escape(w)}" for w in report.warnings),
+            "**Incomplete:** could not be obtained: "
+            + markdown_escape(", ".join(report.not_obtained))
+            + ".",
         ]
+    # "Exclusions ruled out", not "exclusions met": an exclusion that is met applies to the patient.
+    counts = [
+        f"{len(_inclusions_met(voting))} of {inclusions} inclusions met",
+        f"{len(_exclusions_ruled_out(voting))} of {exclusions} exclusions ruled out",
+    ]
+    if against:
+        counts.append(f"{len(against)} against eligibility")
+    counts += [f"{len(unknown)} unknown (data missing)", f"{len(review)} to review"]
+    lines += ["", "**Criteria:** " + ", ".join(counts) + "."]
+    # What matters most first: what rules the patient out, then what data would decide, then
+    # what a person must read.
+    items = [_line(r) for r in (*against, *unknown, *review)]
+    if items:
+        lines += ["", "**Open items**" if not against else "**What decides**", ""]
+        lines += _capped(items, _MAX_ITEMS)
+    if report.warnings:
+        lines += ["", "**Data problems**", ""]
+        lines += _capped(_data_problems(report.warnings), _MAX_WARNINGS)
+    where = "the screening worksheet (link below)" if has_worksheet else "the full screening report"
+    lines += ["", f"Every criterion, with its reason and evidence, is listed in {where}."]
     return "\n".join(lines)
 
 
@@ -219,7 +272,7 @@ def eligibility_card(
         "uuid": card_uuid or str(uuid.uuid4()),
         "summary": _summary(summary),
         "indicator": "info",
-        "detail": _detail(report),
+        "detail": _detail(report, has_worksheet=bool(smart_launch_url or worksheet_url)),
         "source": dict(SOURCE),
         "suggestions": [
             {
@@ -246,20 +299,12 @@ def eligibility_card(
 
 def ineligible_card(report: EligibilityReport) -> dict[str, Any]:
     """A short card for an ineligible patient (only when configured)."""
-    against = [
-        r
-        for r in report.criteria
-        if r.part_of is None
-        and (
-            (r.kind == "inclusion" and r.status == "not-met")
-            or (r.kind == "exclusion" and r.status == "met")
-        )
-    ]
+    against = _against(r for r in report.criteria if r.part_of is None)
     return {
         "uuid": str(uuid.uuid4()),
         "summary": _summary(f"Not eligible for {STUDY_SHORT}: {len(against)} criteria exclude"),
         "indicator": "info",
-        "detail": _detail(report),
+        "detail": _detail(report, has_worksheet=False),
         "source": dict(SOURCE),
         "links": [
             {"label": f"{STUDY_ID} on ClinicalTrials.gov", "url": REGISTRY_URL, "type": "absolute"}

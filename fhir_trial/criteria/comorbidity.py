@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fhir_trial.criteria.context import (
+    NOT_OBTAINED,
     Context,
     category_unavailable,
     condition_activity,
@@ -373,7 +374,7 @@ def heart_failure(ctx: Context) -> Finding:
             return Finding(
                 "unknown",
                 f"{finding.reason}, but the search for NYHA class findings failed ({nyha_part}): "
-                "a later class III/IV finding may exist; absence rule 1: unknown, never not-met",
+                f"a later class III/IV finding may exist, {NOT_OBTAINED}",
                 finding.evidence,
                 missing=("NYHA class findings (Observation)",),
             )
@@ -407,14 +408,14 @@ def heart_failure(ctx: Context) -> Finding:
         return Finding(
             "unknown",
             "no heart failure Condition, but the search for NYHA class findings (Observation) "
-            f"failed ({nyha_part}); absence rule 1: unknown, never not-met",
+            f"failed ({nyha_part}), {NOT_OBTAINED}",
             missing=("NYHA class findings (Observation)",),
         )
     return Finding(
         "not-met",
         "no qualifying record (heart failure or NYHA class III/IV) in "
         f"{ctx.record.count('Condition')} retrieved Condition and "
-        f"{ctx.record.count('Observation')} retrieved Observation resources (absence rule 4)",
+        f"{ctx.record.count('Observation')} retrieved Observation resources",
     )
 
 

@@ -157,6 +157,12 @@ def observation_time(observation: Mapping[str, Any]) -> DateSpan | None:
 
 
 # ----------------------------------------------------------------------------- absence rules
+# The reasons state what each absence rule of CRITERIA.md says, never its number: coordinators do not
+# have that file. These phrases are shared so that every criterion words a rule the same way.
+NOT_OBTAINED = "so this stays unknown rather than not met"
+NO_MEASUREMENT = "a missing measurement leaves this unknown rather than not met"
+
+
 def category_unavailable(ctx: Context, *categories: str) -> Finding | None:
     """Rule 1: a needed category that could not be obtained makes the criterion unknown."""
     for category in categories:
@@ -165,7 +171,7 @@ def category_unavailable(ctx: Context, *categories: str) -> Finding | None:
             why = ctx.record.failed.get(category, "it was not requested")
             return Finding(
                 "unknown",
-                f"{category} data could not be obtained ({why}); absence rule 1: unknown, never not-met",
+                f"{category} data could not be obtained ({why}), {NOT_OBTAINED}",
                 missing=(f"{category} resources",),
             )
     return None
@@ -176,5 +182,5 @@ def none_found(ctx: Context, resource_type: str, what: str) -> Finding:
     count = ctx.record.count(resource_type)
     return Finding(
         "not-met",
-        f"no qualifying record ({what}) in {count} retrieved {resource_type} resources (absence rule 4)",
+        f"no qualifying record ({what}) in {count} retrieved {resource_type} resources",
     )

@@ -33,6 +33,8 @@ from fhir_trial.record import Resource
 from fhir_trial.report import Finding
 from fhir_trial.terminology import codings
 
+# Absence of the target diagnosis from a problem list that was read decides (CRITERIA.md's rule 3).
+_ABSENT = "; the problem list was retrieved, so an absent SLE diagnosis counts as not met"
 _ACR = "the 1997 ACR classification criteria cannot be verified from diagnosis codes"
 _UNCONFIRMED = frozenset({"unconfirmed", "provisional", "differential"})
 
@@ -134,13 +136,13 @@ def sle_diagnosis(ctx: Context) -> Finding:
             f"only drug-induced lupus is recorded: "
             f"{', '.join(_describe(ctx, c) for c in drug_induced)}; it is not SLE for this study "
             f"(it is an exclusion, exc-skin-disease); no SLE diagnosis in "
-            f"{record.count('Condition')} retrieved Condition resources (absence rule 3){tail}",
+            f"{record.count('Condition')} retrieved Condition resources{_ABSENT}{tail}",
             tuple(record.reference_to(c) for c in drug_induced),
         )
     return Finding(
         "not-met",
         f"no SLE diagnosis in {record.count('Condition')} retrieved Condition resources "
-        f"(absence rule 3){tail}",
+        f"{_ABSENT}{tail}",
         tuple(record.reference_to(c) for c in dropped),
     )
 

@@ -218,7 +218,7 @@ def iv_antibiotics(ctx: Context) -> Finding:
         "not-met",
         f"{found}; no qualifying record (IV antibiotic in the window) in {hist.retrieved} retrieved "
         f"medication resources{ignored} and no active infection in {count} retrieved Condition "
-        "resources (absence rule 4)",
+        "resources",
         tuple(evidence),
     )
 
@@ -370,7 +370,7 @@ def recent_herpes_zoster(ctx: Context) -> Finding:
         "not-met",
         f"no qualifying record (herpes or varicella-zoster within {window_text}){older} in "
         f"{ctx.record.count('Condition')} retrieved Condition resources, and no antiviral started "
-        f"in the window in {hist.retrieved} retrieved medication resources (absence rule 4)",
+        f"in the window in {hist.retrieved} retrieved medication resources",
         tuple(_ref(ctx, c) for c in conditions),
     )
 

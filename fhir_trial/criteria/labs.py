@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from fhir_trial.criteria.context import Context, category_unavailable
+from fhir_trial.criteria.context import NO_MEASUREMENT, Context, category_unavailable
 from fhir_trial.elements import child
 from fhir_trial.observations import (
     Dated,
@@ -201,7 +201,7 @@ def latest_in_window(
     if split.undated:
         parts.append(f"{_plural(len(split.undated), 'result')} without a date cannot be placed")
     parts.extend(extra)
-    parts.append("absence rule 2: unknown")
+    parts.append(NO_MEASUREMENT)
     evidence = tuple(reference(d.resource) for d in [*narrative, *split.undated])
     return Finding("unknown", "; ".join(parts), evidence, (missing,))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from fhir_trial.criteria.context import Context, category_unavailable
+from fhir_trial.criteria.context import NO_MEASUREMENT, Context, category_unavailable
 from fhir_trial.criteria.labs import reference
 from fhir_trial.observations import (
     Reading,
@@ -104,7 +104,7 @@ def decide_serology(
     return Finding(
         "unknown",
         f"no {what} result in {ctx.record.count('Observation')} retrieved Observation resources"
-        f"{note}; absence rule 2: unknown",
+        f"{note}; {NO_MEASUREMENT}",
         missing=(missing,),
     )
 

@@ -41,7 +41,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fhir_trial.criteria.context import Context
+from fhir_trial.criteria.context import NOT_OBTAINED, Context
 from fhir_trial.medications import (
     KNOWN_DRUG_VALUESETS,
     DrugRecord,
@@ -82,7 +82,7 @@ def no_medication_record(ctx: Context, what: str) -> Finding:
     return Finding(
         "not-met",
         f"no qualifying record ({what}) in {hist.retrieved} retrieved medication resources "
-        f"({ALL_TYPES}{ignored}) (absence rule 4)",
+        f"({ALL_TYPES}{ignored})",
     )
 
 
@@ -93,8 +93,7 @@ def medication_unknown(ctx: Context, found: str, need: str) -> Finding | None:
         return None
     return Finding(
         "unknown",
-        f"{found}; {unavailable_text(ctx.record, failed)} could not be obtained, "
-        "so the answer is unknown, never not-met (absence rule 1)",
+        f"{found}; {unavailable_text(ctx.record, failed)} could not be obtained, {NOT_OBTAINED}",
         missing=tuple(f"{t} resources ({need})" for t in failed),
     )
 
