@@ -9,8 +9,8 @@ first synthetic patient the screening answers with a card, so card rendering and
 are part of every call). The prefetch is what a conformant EHR would send: every prefetch template
 of the service's discovery document executed against the patient's whole record (a small matcher
 below runs the ``patient``/``individual`` reference and ``code``/``value-concept`` token filters
-the templates use), so it carries what the templates ask for and nothing else. Both counts are
-printed. Each call has its own sandbox-signed JWT with its own ``jti``, all minted before timing
+the templates use, and ``combo-code``/``component-value-concept`` over components), so it carries
+what the templates ask for and nothing else. Both counts are printed. Each call has its own sandbox-signed JWT with its own ``jti``, all minted before timing
 starts (the EHR's signing is not the service's latency; the server still verifies each one, as
 deployed), at concurrency 1 and 8, and the same number of ``GET /healthz`` calls, measured the
 same way in the same run.
@@ -128,6 +128,10 @@ _REFERENCE_PARAMS: Mapping[str, tuple[str, ...]] = {
     "individual": ("individual",),
 }
 _TOKEN_PARAMS: Mapping[str, str] = {"code": "code", "value-concept": "valueCodeableConcept"}
+_COMPONENT_PARAMS: Mapping[str, str] = {
+    "combo-code": "code",
+    "component-value-concept": "valueCodeableConcept",
+}
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
 _UNESCAPED_BAR = re.compile(r"(?<!\\)\|")
 
@@ -160,6 +164,14 @@ def _param_matches(resource: Mapping[str, Any], name: str, value: str) -> bool:
     if name in _TOKEN_PARAMS:
         concept = resource.get(_TOKEN_PARAMS[name])
         return any(_token_matches(concept, alt) for alt in alternatives)
+    if name in _COMPONENT_PARAMS:
+        # combo-code: Observation.code | Observation.component.code; component-value-concept:
+        # Observation.component.valueCodeableConcept (FHIR R4 search parameters).
+        element = _COMPONENT_PARAMS[name]
+        concepts = [c.get(element) for c in resource.get("component") or []]
+        if name == "combo-code":
+            concepts.append(resource.get("code"))
+        return any(_token_matches(c, alt) for c in concepts for alt in alternatives)
     raise SystemExit(f"bench_cds: no matcher for search parameter {name!r}; add one")
 
 
