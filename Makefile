@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NPM_DIR := tools/cql
 NPM_STAMP := $(NPM_DIR)/node_modules/.installed
 
-.PHONY: demo test check lint typecheck pytest resources cql bench clean
+.PHONY: demo test check lint typecheck pytest resources cql bench bench-full clean
 
 # Running needs only the package and its run-time dependencies; the test toolchain (pytest, ruff,
 # mypy, pyspark, ...) is installed on top for `make test`.
@@ -46,10 +46,35 @@ resources: $(STAMP)
 cql: $(STAMP) $(NPM_STAMP)
 	$(BIN)/fhir-trial cql build
 
+## bench: run every benchmark in benchmarks/ (see benchmarks/README.md), the long ones shortened
+## (about 15 minutes in all); every script runs even when one fails, and the target fails at the
+## end if any printed FAIL. `make bench-full` runs each at its own documented default length.
+BENCH_SHORT := \
+	"benchmarks/bench_evaluate.py" \
+	"benchmarks/bench_vs_cql.py" \
+	"benchmarks/bench_cds.py" \
+	"benchmarks/bench_cds_fetch.py" \
+	"benchmarks/bench_population.py --patients 200" \
+	"benchmarks/bench_durability.py --rounds 3" \
+	"benchmarks/bench_load.py --seconds 60" \
+	"benchmarks/fuzz_api.py --examples 100"
+BENCH_FULL := \
+	"benchmarks/bench_evaluate.py" \
+	"benchmarks/bench_vs_cql.py" \
+	"benchmarks/bench_cds.py" \
+	"benchmarks/bench_cds_fetch.py" \
+	"benchmarks/bench_population.py" \
+	"benchmarks/bench_durability.py" \
+	"benchmarks/bench_load.py" \
+	"benchmarks/fuzz_api.py"
+
 bench: $(STAMP) $(NPM_STAMP)
-	$(BIN)/python benchmarks/bench_evaluate.py
-	$(BIN)/python benchmarks/bench_cds.py
-	$(BIN)/python benchmarks/bench_vs_cql.py
+	@failed=""; for b in $(BENCH_SHORT); do echo "== $$b"; $(BIN)/python $$b || failed="$$failed\n  $$b"; done; \
+	if [ -n "$$failed" ]; then printf "benchmarks that missed a target or failed:$$failed\n"; exit 1; fi
+
+bench-full: $(STAMP) $(NPM_STAMP)
+	@failed=""; for b in $(BENCH_FULL); do echo "== $$b"; $(BIN)/python $$b || failed="$$failed\n  $$b"; done; \
+	if [ -n "$$failed" ]; then printf "benchmarks that missed a target or failed:$$failed\n"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) $(NPM_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

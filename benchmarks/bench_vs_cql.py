@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     verdict = "PASS" if ratio >= TARGET else "FAIL"
     print(f"cql-engine/python speed ratio: {ratio:.1f} (target >= {TARGET:g}): {verdict}")
-    return 0
+    return 0 if verdict == "PASS" else 1
 
 
 if __name__ == "__main__":
