@@ -117,7 +117,9 @@ def install_request_log(app: Flask) -> None:
                     "route": request.url_rule.rule if request.url_rule else None,
                     "status": response.status_code,
                     "ms": round(elapsed, 1) if elapsed is not None else None,
-                    "bytes": response.calculate_content_length(),
+                    # A streamed answer ($screen-population) has no length yet; measuring it
+                    # would read the whole stream here, in memory, before it is sent.
+                    "bytes": None if response.is_streamed else response.calculate_content_length(),
                 }
             },
         )

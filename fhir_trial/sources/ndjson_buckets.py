@@ -506,6 +506,7 @@ def _parse_group(
                 if (
                     type(holder) is dict
                     and holder.get("reference") == reference
+                    and type(rtype) is str  # damaged lines may send a list or an object
                     and rtype in KEPT_TYPES
                     and rtype != "Patient"
                 ):
