@@ -369,14 +369,22 @@ def heart_failure(ctx: Context) -> Finding:
     nyha_part = ctx.record.failed.get(NYHA_FINDINGS)
     if findings:
         finding = _latest_nyha(ctx, findings, milder, unread)
-        if finding.status == "not-met" and nyha_part is not None:
-            # A later class III/IV finding may be among the NYHA findings that were not read.
+        # A later class III/IV finding may be among the NYHA findings that were not read: the
+        # NYHA search, or a whole category (Conditions or Observations) that failed to load.
+        lost = [
+            (f"the search for NYHA class findings failed ({nyha_part})", "Observation")
+            if category == NYHA_FINDINGS
+            else (f"{category} resources could not be obtained ({why})", category)
+            for category in (NYHA_FINDINGS, "Condition", "Observation")
+            if (why := ctx.record.failed.get(category)) is not None
+        ]
+        if finding.status == "not-met" and lost:
             return Finding(
                 "unknown",
-                f"{finding.reason}, but the search for NYHA class findings failed ({nyha_part}): "
+                f"{finding.reason}, but {'; '.join(what for what, _ in lost)}: "
                 f"a later class III/IV finding may exist, {NOT_OBTAINED}",
                 finding.evidence,
-                missing=("NYHA class findings (Observation)",),
+                missing=tuple(f"NYHA class findings ({where})" for _, where in lost),
             )
         return finding
 
