@@ -321,13 +321,6 @@ def test_a_failed_category_never_decides_a_criterion(case: ClinicalCase, categor
         assert after.verdict == before.verdict, f"{case.name}: {before.verdict} -> {after.verdict}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: exc-heart-failure weighs an undated NYHA finding of the other severity as "
-    "'order unclear' (needs-review), but when the category holding it (Condition or Observation) "
-    "failed to load, the finding left alone decides `met`: the failure hides the conflicting "
-    "finding and turns needs-review into an exclusion",
-)
 @pytest.mark.parametrize(
     ("name", "category"),
     [
@@ -336,6 +329,7 @@ def test_a_failed_category_never_decides_a_criterion(case: ClinicalCase, categor
     ],
 )
 def test_a_failed_category_never_turns_review_into_an_exclusion(name: str, category: str) -> None:
+    """The NYHA finding left when the category holding a conflicting one failed never excludes."""
     case = _case(name)
     record = _record(case)
     record.mark_failed(category, "the server answered 500")

@@ -386,6 +386,16 @@ def heart_failure(ctx: Context) -> Finding:
                 finding.evidence,
                 missing=tuple(f"NYHA class findings ({where})" for _, where in lost),
             )
+        if finding.status == "met" and lost:
+            # A later class I/II finding (which supersedes III/IV) may be in the data that was
+            # not read: excluding the patient would rest on data that failed to load.
+            return Finding(
+                "needs-review",
+                f"{finding.reason}, but {'; '.join(what for what, _ in lost)}: a later class "
+                "I/II finding may exist there, so a person must check before excluding",
+                finding.evidence,
+                missing=tuple(f"NYHA class findings ({where})" for _, where in lost),
+            )
         return finding
 
     unavailable = category_unavailable(ctx, "Condition")
