@@ -80,6 +80,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def hook_body(patient_id: str, prefetch: dict[str, Any]) -> bytes:
+    """The patient-view request every benchmark call sends (compact JSON)."""
+    return json.dumps(
+        {
+            "hookInstance": str(uuid.uuid4()),
+            "hook": "patient-view",
+            "context": {"userId": "Practitioner/bench", "patientId": patient_id},
+            "prefetch": prefetch,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -390,15 +403,7 @@ def main() -> int:
     n_prefetch = prefetch_resources(prefetch)
     signer = SandboxSigner() if signed else None
 
-    _CALLS["body"] = body = json.dumps(
-        {
-            "hookInstance": str(uuid.uuid4()),
-            "hook": "patient-view",
-            "context": {"userId": "Practitioner/bench", "patientId": patient_id},
-            "prefetch": prefetch,
-        },
-        separators=(",", ":"),
-    ).encode()
+    _CALLS["body"] = body = hook_body(patient_id, prefetch)
 
     with tempfile.TemporaryDirectory() as tmp:
         # The service as deployed.

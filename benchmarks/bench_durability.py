@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from cds_helpers import (  # noqa: E402
     SERVICE_PATH,
     bearer,
+    free_port,
     full_prefetch,
     hook_request,
     sandbox_issuer,
@@ -50,12 +50,6 @@ from cds_helpers import (  # noqa: E402
 )
 
 SHARED = ROOT.parent / "shared"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -119,7 +113,7 @@ def main() -> int:
         ),
         FHIR_TRIAL_SECRET_KEY="durability",
     )
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     acknowledged: set[str] = set()
     kill_gaps: list[float] = []

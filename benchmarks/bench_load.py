@@ -36,7 +36,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from bench_cds import (
     HOOK_PATH,
     SANDBOX,
     SandboxSigner,
+    hook_body,
     patient_with_card,
     percentiles,
     prefetch_resources,
@@ -151,15 +151,7 @@ def main() -> int:
         raise SystemExit("bench_load needs ../shared (the CDS Hooks sandbox key pair)")
 
     seed, patient_id, prefetch, verdict, n_record = patient_with_card(args.resources)
-    _CALL["body"] = body = json.dumps(
-        {
-            "hookInstance": str(uuid.uuid4()),
-            "hook": "patient-view",
-            "context": {"userId": "Practitioner/bench", "patientId": patient_id},
-            "prefetch": prefetch,
-        },
-        separators=(",", ":"),
-    ).encode()
+    _CALL["body"] = body = hook_body(patient_id, prefetch)
     with (
         tempfile.TemporaryDirectory() as tmp,
         serving(Path(tmp) / "service", args.workers, True) as (

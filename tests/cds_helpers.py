@@ -374,3 +374,12 @@ def jwks_server(jwks: Mapping[str, Any]) -> Iterator[tuple[str, list[int]]]:
 
     with serve_wsgi(app) as base:
         yield f"{base}/jwks.json", hits
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import requests
 from cds_helpers import (
     PATIENT_ID,
     SERVICE_PATH,
+    free_port,
     full_prefetch,
     hook_request,
     patient,
@@ -27,12 +27,6 @@ from fake_fhir_server import FakeFhirServer
 from fhir_trial.commands.serve import command, default_workers, gunicorn_options
 from fhir_trial.commands.serve_worker import SlowClientSafeWorker
 from fhir_trial.config import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve(port: int, env: dict[str, str], *options: str) -> subprocess.Popen[str]:
@@ -99,7 +93,7 @@ def test_gunicorn_options() -> None:
 
 
 def test_serve_runs_gunicorn_with_workers(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, FHIR_TRIAL_DATABASE_PATH=str(tmp_path / "db.sqlite3"))
     process = _serve(port, env, "--development-mode")
     base = f"http://127.0.0.1:{port}"
@@ -149,7 +143,7 @@ def test_forked_workers_fetch_from_fhir_server_within_the_deadline(tmp_path: Pat
     with FakeFhirServer() as fhir:
         fhir.add(patient())
         fhir.add(sle_condition())
-        port = _free_port()
+        port = free_port()
         env = dict(
             os.environ,
             FHIR_TRIAL_DATABASE_PATH=str(tmp_path / "db.sqlite3"),

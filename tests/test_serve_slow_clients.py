@@ -22,6 +22,7 @@ import requests
 from cds_helpers import (
     SERVICE_PATH,
     bearer,
+    free_port,
     full_prefetch,
     hook_request,
     sandbox_issuer,
@@ -31,12 +32,6 @@ from cds_helpers import (
 
 HEADER_TIMEOUT_S = 4.0
 BODY_TIMEOUT_S = 5.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_until_up(base: str, process: subprocess.Popen[str]) -> None:
@@ -121,7 +116,7 @@ def _slow_clients(port: int) -> list[Trickler]:
 
 
 def test_fifty_slow_clients_do_not_stop_health_or_hook(tmp_path: Path, shared_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     issuers = write_issuers(tmp_path / "issuers.json", [sandbox_issuer(shared_dir)])
     env = dict(
@@ -218,7 +213,7 @@ def test_fifty_slow_clients_do_not_stop_health_or_hook(tmp_path: Path, shared_di
 
 def test_large_uploads_and_keep_alive_through_the_worker(tmp_path: Path, shared_dir: Path) -> None:
     """Bodies over the buffer (read on the thread), chunked ones, and kept-alive connections."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(
         os.environ,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cds_helpers import free_port
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -117,15 +117,9 @@ def test_validate_and_build_check_from_the_wheel(installed: Path, tmp_path: Path
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_from_the_wheel(installed: Path, tmp_path: Path) -> None:
     """`serve` (gunicorn) answers /fhir/ResearchStudy with the packaged study."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "FHIR_TRIAL_"))}
     env["FHIR_TRIAL_STORE_PATH"] = str(tmp_path / "store.sqlite3")
     log = (tmp_path / "serve.log").open("wb")

@@ -347,7 +347,13 @@ def worksheet_response(store: WorksheetStore, token: str) -> Response:
             log.info("cds worksheet link refused (%s)", lookup.problem)
             status, page = render_link_problem(lookup.problem or "invalid")
     response = Response(page, status, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = content_security_policy()
+    return private_page_headers(response, content_security_policy())
+
+
+# ------------------------------------------------------------------ shared with the SMART app
+def private_page_headers(response: Response, policy: str) -> Response:
+    """Headers of a page that shows a patient: its CSP, never cached, indexed or referred."""
+    response.headers["Content-Security-Policy"] = policy
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     response.headers["Referrer-Policy"] = "no-referrer"
@@ -356,7 +362,6 @@ def worksheet_response(store: WorksheetStore, token: str) -> Response:
     return response
 
 
-# ------------------------------------------------------------------ shared with the SMART app
 def criterion_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The report's criteria as page rows (catalog order, parts after their parent)."""
     return _ordered([_row(item) for item in report.get("criteria", []) or []])

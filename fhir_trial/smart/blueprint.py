@@ -33,7 +33,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from fhir_trial.answers import AnswerError, answerable_ids, apply_answers
 from fhir_trial.cds_hooks.auth import normalise_base
 from fhir_trial.cds_hooks.store import Database
-from fhir_trial.cds_hooks.worksheet import stylesheet_hash
+from fhir_trial.cds_hooks.worksheet import private_page_headers, stylesheet_hash
 from fhir_trial.config import Settings
 from fhir_trial.errors import FhirTrialError
 from fhir_trial.evaluate import evaluate
@@ -130,16 +130,11 @@ def create_smart_blueprint(settings: Settings, evaluator: Evaluator | None = Non
 
     @bp.after_request
     def _headers(response: Response) -> Response:
-        response.headers["Content-Security-Policy"] = (
+        return private_page_headers(
+            response,
             f"default-src 'none'; style-src '{stylesheet_hash()}'; img-src 'none'; "
-            f"base-uri 'none'; form-action 'self'; frame-ancestors {state.frame_ancestors()}"
+            f"base-uri 'none'; form-action 'self'; frame-ancestors {state.frame_ancestors()}",
         )
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Pragma"] = "no-cache"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Robots-Tag"] = "noindex, nofollow"
-        return response
 
     def problem(status: int, heading: str, message: str, advice: str = "") -> Response:
         advice = advice or "Open the worksheet again from the patient's chart in the EHR."
