@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cds_helpers import SERVICE_PATH, patient, sle_condition
-from test_cds_serve import _free_port, _serve, _wait_until_up
+from cds_helpers import SERVICE_PATH, free_port, patient, sle_condition
+from test_cds_serve import _serve, _wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "cds_hooks_call.py"
@@ -22,7 +22,7 @@ SCRIPT = ROOT / "examples" / "cds_hooks_call.py"
 
 def test_example_script_gets_a_card_from_serve(tmp_path: Path, shared_dir: Path) -> None:
     sandbox = shared_dir / "fixtures" / "cds-hooks" / "sandbox"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     issuers = tmp_path / "trusted-issuers.json"
     issuers.write_text(
