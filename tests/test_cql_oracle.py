@@ -115,3 +115,28 @@ def test_engine_reports_a_bad_bundle(cql_engine: CqlEngine) -> None:
         Settings(as_of=None),
     )
     assert ok.statuses["inc-contraception"] == "not-applicable"
+
+
+def test_parameters_reach_the_library_that_declares_them(cql_engine: CqlEngine) -> None:
+    """The parameters live in NCT06010472Common; passed by name, they decide the area libraries."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": {"resourceType": "Patient", "id": "p", "birthDate": "1986-05-01"}}],
+    }
+    as_of = dt.date(2026, 11, 26)  # 40 years old
+    assert cql_engine.evaluate(bundle, Settings(as_of=as_of)).statuses["inc-age"] == "met"
+    older = Settings(as_of=as_of, min_age=41)
+    assert cql_engine.evaluate(bundle, older).statuses["inc-age"] == "not-met"
+
+
+def test_engine_refuses_a_build_folder_missing_an_included_library(tmp_path: Path) -> None:
+    """Without the ELM of a library the main one includes, start() names it (no engine error)."""
+    from fhir_trial.cql.build import BUILD_DIR
+    from fhir_trial.errors import ConfigurationError
+
+    for path in BUILD_DIR.glob("*.json"):
+        if path.stem != "NCT06010472Labs":
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(ConfigurationError, match="NCT06010472Labs"):
+        CqlEngine(build_dir=tmp_path).start()

@@ -16,7 +16,10 @@ from fhir_trial.terminology import LETTER, ValueSet, has_letter, load_terminolog
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = json.loads((ROOT / "terminology" / "drug-names.json").read_text(encoding="utf-8"))
-CQL = (ROOT / "cql" / "NCT06010472.cql").read_text(encoding="utf-8")
+# The study's CQL libraries (cql/NCT06010472*.cql: the literals live in the shared and area ones).
+CQL = "\n".join(
+    p.read_text(encoding="utf-8") for p in sorted((ROOT / "cql").glob("NCT06010472*.cql"))
+)
 
 
 def _vs(vs_id: str) -> ValueSet:

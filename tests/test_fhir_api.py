@@ -446,21 +446,36 @@ def test_summary_modes(project_client: FlaskClient) -> None:
 
 def test_elements_keeps_the_mandatory_ones(project_client: FlaskClient) -> None:
     bundle = fhir_json(project_client.get("/fhir/Library?_elements=url,version,Library.name"))
-    (entry,) = bundle["entry"]
-    resource = entry["resource"]
-    # Library.status and Library.type are mandatory (1..1): kept though not asked for
-    assert set(resource) == {
-        "resourceType",
-        "id",
-        "meta",
-        "url",
-        "version",
-        "name",
-        "status",
-        "type",
-    }
-    assert _tagged(resource)
+    # one Library per CQL library (the main one, the clinical areas, Common, FHIRHelpers)
+    assert len(bundle["entry"]) == len(list((ROOT / "cql").glob("*.cql")))
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        # Library.status and Library.type are mandatory (1..1): kept though not asked for
+        assert set(resource) == {
+            "resourceType",
+            "id",
+            "meta",
+            "url",
+            "version",
+            "name",
+            "status",
+            "type",
+        }
+        assert _tagged(resource)
     assert "_elements=url%2Cversion%2CLibrary.name" in _links(bundle)["self"]
+
+
+def test_libraries_are_found_by_the_canonicals_they_depend_on(project_client: FlaskClient) -> None:
+    """Each depends-on url|version of the main Library (and the PlanDefinition's) resolves here."""
+    main = fhir_json(project_client.get("/fhir/Library/nct06010472-eligibility"))
+    plan = fhir_json(project_client.get("/fhir/PlanDefinition/nct06010472-eligibility"))
+    canonicals = [a["resource"] for a in main["relatedArtifact"]] + plan["library"]
+    assert len(canonicals) == 12
+    for canonical_ref in canonicals:
+        found = fhir_json(project_client.get("/fhir/Library", query_string={"url": canonical_ref}))
+        (entry,) = found["entry"]
+        url, version = canonical_ref.split("|")
+        assert (entry["resource"]["url"], entry["resource"]["version"]) == (url, version)
 
 
 def test_summary_text_and_data_on_a_resource_with_narrative(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from fhir_trial.canonical import (
     valueset_url,
 )
 from fhir_trial.config import DEFAULT_RESOURCES_DIR, PROJECT_ROOT, Settings
+from fhir_trial.cql.libraries import cql_libraries
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.study import BuildInputs, build_all, library_content, stale_files, write_resources
@@ -122,7 +123,8 @@ def test_canonical_resources_share_one_base_and_metadata() -> None:
             continue
         assert resource["url"] == canonical(resource["resourceType"], resource["id"])
         assert resource["url"].startswith(BASE + "/")
-        assert resource["version"] == "0.1.0"
+        # FHIRHelpers keeps the version the FHIR 4.0.1 model info asks for (include ... version '4.0.1')
+        assert resource["version"] == ("4.0.1" if resource["id"] == "fhirhelpers" else "0.1.0")
         assert resource["status"] in ("active", "draft")
         assert resource["publisher"]
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", resource["date"])
@@ -256,7 +258,7 @@ def test_plan_definition_has_an_action_per_criterion(
         "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computableplandefinition"
     ]
     assert plan["type"]["coding"][0]["code"] == "eca-rule"
-    assert plan["library"] == [canonical("Library", "nct06010472-eligibility")]
+    assert plan["library"] == [canonical("Library", "nct06010472-eligibility") + "|0.1.0"]
     alive, *criteria_actions, verdict = plan["action"]
     assert alive["id"] == "alive-at-screening"
     assert alive["condition"][0]["expression"]["expression"] == 'not "Deceased"'
@@ -283,34 +285,77 @@ def test_codesystem_defines_every_criterion_id(criteria_md_ids: list[str]) -> No
 # --- Library -----------------------------------------------------------------------------------
 
 
-def test_library_carries_the_cql_files() -> None:
-    lib = _load("Library-nct06010472-eligibility.json")
-    assert lib["type"]["coding"][0]["code"] == "logic-library"
-    cql_files = sorted((PROJECT_ROOT / "cql").glob("*.cql"))
-    attached = {a["title"]: a for a in lib.get("content", [])}
-    for path in cql_files:
-        assert attached[path.name]["contentType"] == "text/cql"
-        assert base64.b64decode(attached[path.name]["data"]) == path.read_bytes()
-    for path in sorted((PROJECT_ROOT / "cql" / "build").glob("*.json")):
-        assert attached[path.name]["contentType"] == "application/elm+json"
-        elm = json.loads(base64.b64decode(attached[path.name]["data"]))
-        assert elm == json.loads(path.read_text(encoding="utf-8"))
-    depends = {a["resource"] for a in lib["relatedArtifact"] if a["type"] == "depends-on"}
-    assert CODESYSTEM_URL in depends
+def _libraries() -> list[dict[str, Any]]:
+    return [_load(p.name) for p in sorted(RESOURCES.glob("Library-*.json"))]
+
+
+def test_one_library_per_cql_file() -> None:
+    """Each cql/*.cql has its own Library: its CQL first, then its ELM (cql/build), nothing else."""
+    sources = {p.name: p for p in (PROJECT_ROOT / "cql").glob("*.cql")}
+    seen = set()
+    for lib in _libraries():
+        assert lib["type"]["coding"][0]["code"] == "logic-library"
+        cql, elm = lib["content"]
+        assert cql["contentType"] == "text/cql"
+        assert base64.b64decode(cql["data"]) == sources[cql["title"]].read_bytes()
+        assert elm["contentType"] == "application/elm+json"
+        assert elm["title"] == f"{lib['name']}.json"
+        built = PROJECT_ROOT / "cql" / "build" / elm["title"]
+        assert json.loads(base64.b64decode(elm["data"])) == json.loads(built.read_text())
+        seen.add(cql["title"])
+    assert seen == set(sources)
+    main = _load("Library-nct06010472-eligibility.json")
+    assert main["name"] == "NCT06010472Eligibility"
+    assert _load("Library-fhirhelpers.json")["name"] == "FHIRHelpers"
+
+
+def test_no_library_attachment_reaches_one_megabyte() -> None:
+    """Servers refuse strings over 1 MB (Medplum): every attachment stays well under it."""
+    for lib in _libraries():
+        for attachment in lib["content"]:
+            assert len(attachment["data"]) < 1024 * 1024, (lib["id"], attachment["title"])
+
+
+def test_the_project_codesystem_is_a_dependency_where_the_cql_names_it() -> None:
+    activity = _load("Library-nct06010472-disease-activity.json")
+    depends = {a["resource"] for a in activity["relatedArtifact"] if a["type"] == "depends-on"}
+    assert f"{CODESYSTEM_URL}|0.1.0" in depends  # the BILAG grades read from text
 
 
 def test_library_content_reads_cql_and_elm(tmp_path: Path) -> None:
     (tmp_path / "build").mkdir()
     (tmp_path / "A.cql").write_text("library A version '1'\n", encoding="utf-8")
     (tmp_path / "build" / "A.json").write_text('{\n  "library": {"a": 1}\n}', encoding="utf-8")
-    content = library_content(tmp_path)
+    (source,) = cql_libraries(tmp_path)
+    content = library_content(source)
     assert [(c["title"], c["contentType"]) for c in content] == [
         ("A.cql", "text/cql"),
         ("A.json", "application/elm+json"),
     ]
     assert base64.b64decode(content[0]["data"]) == b"library A version '1'\n"
     assert base64.b64decode(content[1]["data"]) == b'{"library":{"a":1}}'
-    assert library_content(tmp_path / "absent") == []
+    (tmp_path / "build" / "A.json").unlink()
+    assert [c["contentType"] for c in library_content(source)] == ["text/cql"]
+
+
+def test_a_library_not_translated_yet_is_draft_and_names_its_includes(tmp_path: Path) -> None:
+    from fhir_trial.study.library import libraries
+
+    (tmp_path / "Main.cql").write_text(
+        "// library Decoy version '9'\nlibrary Main version '2'\n"
+        "include Helpers version '1' called H\n"
+        "define X: 'https://fhir-trial.org/fhir/ValueSet/sle'\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "Helpers.cql").write_text("library Helpers version '1'\n", encoding="utf-8")
+    built = {lib["name"]: lib for lib in libraries(tmp_path, {valueset_url("sle"): "0.1.0"})}
+    main = built["Main"]
+    assert (main["status"], main["version"], main["id"]) == ("draft", "2", "main")
+    assert [a["resource"] for a in main["relatedArtifact"]] == [
+        canonical("Library", "helpers") + "|1",
+        valueset_url("sle") + "|0.1.0",
+    ]
+    assert "dataRequirement" not in main
 
 
 # --- building from terminology sources ---------------------------------------------------------

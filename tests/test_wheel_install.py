@@ -64,8 +64,15 @@ def test_the_wheel_carries_resources_terminology_and_cql() -> None:
         assert f"fhir_trial/_data/resources/{path.name}" in names
     for path in (CHECKOUT / "terminology" / "valuesets").glob("*.json"):
         assert f"fhir_trial/_data/terminology/valuesets/{path.name}" in names
-    assert "fhir_trial/_data/cql/NCT06010472.cql" in names
+    # every CQL library (the main one, the clinical areas, Common, FHIRHelpers) with its ELM
+    sources = sorted((CHECKOUT / "cql").glob("*.cql"))
+    assert len(sources) == 14
+    for path in sources:
+        assert f"fhir_trial/_data/cql/{path.name}" in names
+    for path in (CHECKOUT / "cql" / "build").glob("*.json"):
+        assert f"fhir_trial/_data/cql/build/{path.name}" in names
     assert "fhir_trial/_data/cql/build/NCT06010472Eligibility.json" in names
+    assert "fhir_trial/_data/cql/build/NCT06010472Common.json" in names
     wheel.unlink()
 
 

@@ -34,14 +34,14 @@ class StaleResources(FhirTrialError):
     "--check", is_flag=True, help="Write nothing; exit 1 if the folder differs from a fresh build."
 )
 def command(out_dir: Path, check: bool) -> None:
-    """Build ResearchStudy, Group, PlanDefinition, Library, ValueSets, CodeSystem, Organization
-    and Location from the criteria, terminology/ and cql/."""
+    """Build ResearchStudy, Group, PlanDefinition, the Libraries, ValueSets, CodeSystem,
+    Organization and Location from the criteria, terminology/ and cql/."""
     result = build_all(BuildInputs(settings=Settings.from_env()))
     if result.missing_valuesets:
         click.echo(
             "warning: no terminology source for ValueSet(s) "
             + ", ".join(result.missing_valuesets)
-            + " (left out of the Group and Library)",
+            + " (left out of the Group and the Libraries)",
             err=True,
         )
     if check:

@@ -1,6 +1,6 @@
-"""``fhir-trial cql build`` and ``fhir-trial cql check``: the CQL library, its ELM and the Library.
+"""``fhir-trial cql build`` and ``fhir-trial cql check``: the CQL libraries, their ELM, the Libraries.
 
-Exit codes: 0 done / current; 1 translation errors, or (``check``) ELM or Library stale relative to
+Exit codes: 0 done / current; 1 translation errors, or (``check``) ELM or a Library stale relative to
 ``cql/``; 2 the toolchain is missing (run ``npm ci`` in tools/cql) or a terminology source is unusable.
 """
 
@@ -25,12 +25,12 @@ class StaleCql(FhirTrialError):
 
 @click.group("cql")
 def command() -> None:
-    """Translate the CQL library (reference translator) and keep the Library resource current."""
+    """Translate the CQL libraries (reference translator) and keep the Library resources current."""
 
 
 @command.command("build")
 def build() -> None:
-    """Translate cql/*.cql to cql/build/*.json, then rebuild the resources (Library included)."""
+    """Translate cql/*.cql to cql/build/*.json, then rebuild the resources (the Libraries included)."""
     from fhir_trial.commands import build_resources
 
     result = translate(PROJECT_ROOT)
@@ -55,23 +55,29 @@ def stale_elm(cql_build: Path = BUILD_DIR) -> list[str]:
     return [name for name in names if fresh.get(name) != current.get(name)]
 
 
-def stale_library(resources_dir: Path = DEFAULT_RESOURCES_DIR) -> bool:
-    """Whether the Library in ``resources_dir`` lacks the current CQL or ELM attachments."""
+def stale_libraries(resources_dir: Path = DEFAULT_RESOURCES_DIR) -> list[str]:
+    """Library files in ``resources_dir`` missing, or lacking their CQL library's current CQL or ELM."""
+    from fhir_trial.cql.libraries import cql_libraries, resource_id
     from fhir_trial.study.library import library_content
 
-    found = sorted(resources_dir.glob("Library-*.json"))
-    if not found:
-        return True
-    library = json.loads(found[0].read_text(encoding="utf-8"))
-    return bool(library.get("content") != library_content(CQL_DIR))
+    stale = []
+    for cql in cql_libraries(CQL_DIR):
+        name = f"Library-{resource_id(cql.name)}.json"
+        try:
+            library = json.loads((resources_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stale.append(name)
+            continue
+        if library.get("content") != library_content(cql):
+            stale.append(name)
+    return stale
 
 
 @command.command("check")
 def check() -> None:
-    """Translate to a temporary folder; exit 1 if cql/build or the Library is stale."""
+    """Translate to a temporary folder; exit 1 if cql/build or a Library is stale."""
     problems = [f"cql/build/{name}" for name in stale_elm()]
-    if stale_library():
-        problems.append("resources Library content")
+    problems += [f"resources/{name}" for name in stale_libraries()]
     if problems:
         raise StaleCql(f"stale relative to cql/: {', '.join(problems)}; run `fhir-trial cql build`")
-    click.echo("cql/build and the Library are current")
+    click.echo("cql/build and the Libraries are current")

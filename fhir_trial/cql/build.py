@@ -1,10 +1,12 @@
 """Translate ``cql/*.cql`` to ELM with the reference translator, and read what the ELM needs.
 
 :func:`translate` runs ``node tools/cql/translate.mjs`` (the pinned ``@cqframework/cql``), which
-writes ``cql/build/<Library>.json`` and fails on any translation error. The Library resource
-(``fhir_trial.study.library``) then carries the CQL and the ELM as base64 attachments;
-:func:`data_requirements` lists the FHIR data the ELM retrieves (resource type and ValueSet), in the
-shape of ``Library.dataRequirement``.
+writes ``cql/build/<Library>.json`` for every CQL library and fails on any translation error. The
+Library resources (``fhir_trial.study.library``, one per CQL library) then carry each library's CQL
+and ELM as base64 attachments; the functions below read from an ELM library what its Library
+declares: :func:`data_requirements` (the FHIR data it retrieves: resource type and ValueSet, as
+``Library.dataRequirement``), :func:`valuesets_used`, :func:`elm_includes` and
+:func:`parameter_definitions`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,17 +98,35 @@ def _nodes(node: Any) -> Iterator[dict[str, Any]]:
             stack.extend(item)
 
 
-def data_requirements(elm: dict[str, Any]) -> list[dict[str, Any]]:
+def _valueset_urls(
+    elm: Mapping[str, Any], included: Mapping[str, Mapping[str, Any]]
+) -> dict[tuple[str, str], str]:
+    """(include alias or "", ValueSet name) -> canonical URL, for this library and those it includes."""
+    urls: dict[tuple[str, str], str] = {}
+    for alias, library in [("", elm), *included.items()]:
+        for vs in library.get("library", {}).get("valueSets", {}).get("def", []):
+            if "name" in vs and "id" in vs:
+                urls[(alias, vs["name"])] = vs["id"]
+    return urls
+
+
+def _valueset_ref_url(node: Mapping[str, Any], urls: Mapping[tuple[str, str], str]) -> str | None:
+    if node.get("type") != "ValueSetRef":
+        return None
+    return urls.get((str(node.get("libraryName") or ""), str(node.get("name", ""))))
+
+
+def data_requirements(
+    elm: dict[str, Any], included: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """``Library.dataRequirement`` entries for every Retrieve in an ELM library (sorted, unique).
 
     A retrieve filtered by a ValueSet gives a ``codeFilter`` on its code path with that ValueSet's
-    canonical URL; an unfiltered one gives the resource type alone.
+    canonical URL; an unfiltered one gives the resource type alone. ``included`` maps the aliases
+    of included libraries to their ELM, so that a ValueSet declared there (``Common."sle"``)
+    resolves to its URL.
     """
-    valuesets = {
-        vs["name"]: vs["id"]
-        for vs in elm.get("library", {}).get("valueSets", {}).get("def", [])
-        if "name" in vs and "id" in vs
-    }
+    urls = _valueset_urls(elm, included or {})
     found: set[tuple[str, str, str]] = set()
     for node in _nodes(elm.get("library", {}).get("statements", {})):
         if node.get("type") != "Retrieve" or not str(node.get("dataType", "")).startswith(
@@ -114,8 +134,7 @@ def data_requirements(elm: dict[str, Any]) -> list[dict[str, Any]]:
         ):
             continue
         rtype = node["dataType"][len(FHIR_TYPE_PREFIX) :]
-        codes = node.get("codes") or {}
-        url = valuesets.get(codes.get("name", "")) if codes.get("type") == "ValueSetRef" else None
+        url = _valueset_ref_url(node.get("codes") or {}, urls)
         found.add((rtype, str(node.get("codeProperty") or "code") if url else "", url or ""))
     requirements: list[dict[str, Any]] = []
     for rtype, path, url in sorted(found):
@@ -124,6 +143,76 @@ def data_requirements(elm: dict[str, Any]) -> list[dict[str, Any]]:
             entry["codeFilter"] = [{"path": path, "valueSet": url}]
         requirements.append(entry)
     return requirements
+
+
+def valuesets_used(
+    elm: dict[str, Any], included: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[str]:
+    """Canonical URLs of the ValueSets an ELM library declares or refers to (sorted, unique)."""
+    urls = _valueset_urls(elm, included or {})
+    used = {url for (alias, _), url in urls.items() if alias == ""}
+    for node in _nodes(elm.get("library", {}).get("statements", {})):
+        url = _valueset_ref_url(node, urls)
+        if url:
+            used.add(url)
+    return sorted(used)
+
+
+def elm_includes(elm: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """(library name, version) of every library an ELM library includes, in declaration order."""
+    return [
+        (str(d["path"]), d.get("version"))
+        for d in elm.get("library", {}).get("includes", {}).get("def", [])
+        if "path" in d
+    ]
+
+
+def elm_include_aliases(elm: Mapping[str, Any]) -> dict[str, str]:
+    """Include alias (``Common``) -> library name (``NCT06010472Common``)."""
+    return {
+        str(d["localIdentifier"]): str(d["path"])
+        for d in elm.get("library", {}).get("includes", {}).get("def", [])
+        if "path" in d and "localIdentifier" in d
+    }
+
+
+_ELM_TYPES = "{urn:hl7-org:elm-types:r1}"
+_FHIR_PARAMETER_TYPES = {
+    "Boolean": "boolean",
+    "Integer": "integer",
+    "Decimal": "decimal",
+    "String": "string",
+    "Date": "date",
+    "DateTime": "dateTime",
+    "Time": "time",
+    "Quantity": "Quantity",
+}
+
+
+def parameter_definitions(elm: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``Library.parameter`` (use ``in``) for the parameters an ELM library declares, in order.
+
+    A ``List<T>`` parameter is ``max: "*"`` of T's FHIR type; a type with no FHIR counterpart is
+    left out (none of the project's parameters has one).
+    """
+    out: list[dict[str, Any]] = []
+    for param in elm.get("library", {}).get("parameters", {}).get("def", []):
+        spec = param.get("parameterTypeSpecifier") or {}
+        many = spec.get("type") == "ListTypeSpecifier"
+        named = (spec.get("elementType") or {}) if many else spec
+        fhir_type = _FHIR_PARAMETER_TYPES.get(str(named.get("name", "")).replace(_ELM_TYPES, ""))
+        if fhir_type is None or "name" not in param:
+            continue
+        out.append(
+            {
+                "name": param["name"],
+                "use": "in",
+                "min": 0,
+                "max": "*" if many else "1",
+                "type": fhir_type,
+            }
+        )
+    return out
 
 
 def main_elm(build_dir: Path = BUILD_DIR, name: str = "NCT06010472Eligibility") -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Python client of the reference CQL engine (cql-execution + cql-exec-fhir) run as ONE Node process.
 
 ``tools/cql/engine.mjs`` reads JSON lines and answers JSON lines. :class:`CqlEngine` starts it once,
-loads the ELM of ``cql/build/`` and the shipped ValueSet expansions once, then evaluates any number
-of patient Bundles::
+loads the ELM of every library in ``cql/build/`` (NCT06010472Eligibility, the clinical-area libraries
+it includes, NCT06010472Common, FHIRHelpers) and the shipped ValueSet expansions once, then
+evaluates any number of patient Bundles (the results are the main library's defines)::
 
     with CqlEngine() as engine:
         result = engine.evaluate(bundle, Settings(as_of=...), failed=["Observation"])
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_trial.config import PROJECT_ROOT, Settings
+from fhir_trial.cql.build import elm_includes
 from fhir_trial.criteria.catalog import CRITERIA
 from fhir_trial.errors import ConfigurationError, FhirTrialError
 from fhir_trial.medications import DRUG_VALUESETS, drug_records
@@ -201,7 +203,7 @@ class ExpansionIndex:
 
 
 class CqlEngine:
-    """One Node process running the reference CQL engine on the project's library."""
+    """One Node process running the reference CQL engine on the project's libraries."""
 
     def __init__(
         self,
@@ -228,15 +230,20 @@ class CqlEngine:
             raise ConfigurationError(
                 f"the CQL toolchain is not installed: run `npm ci` in {self.tools_dir}"
             )
+        # Every library's ELM (the main one, the clinical areas it includes, Common, FHIRHelpers):
+        # the engine resolves includes among them by name.
         libraries = []
         for path in sorted(self.build_dir.glob("*.json")):
             libraries.append(json.loads(path.read_text(encoding="utf-8")))
-        if not any(
-            lib.get("library", {}).get("identifier", {}).get("id") == LIBRARY_NAME
-            for lib in libraries
-        ):
+        loaded = {lib.get("library", {}).get("identifier", {}).get("id") for lib in libraries}
+        if LIBRARY_NAME not in loaded:
             raise ConfigurationError(
                 f"no ELM for {LIBRARY_NAME} in {self.build_dir}: run `fhir-trial cql build`"
+            )
+        missing = sorted({name for lib in libraries for name, _ in elm_includes(lib)} - loaded)
+        if missing:
+            raise ConfigurationError(
+                f"no ELM for {', '.join(missing)} in {self.build_dir}: run `fhir-trial cql build`"
             )
         self._index = ExpansionIndex(load_terminology(self.resources_dir))
         try:

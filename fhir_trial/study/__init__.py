@@ -1,9 +1,9 @@
 """NCT06010472 as FHIR R4 resources: builders for every published resource, and the writer.
 
-ResearchStudy, the eligibility Group, PlanDefinition and Library, the ValueSets and the project's
-CodeSystem (from ``terminology/``), the sponsor Organization and the site Location. Every canonical
-URL comes from :mod:`fhir_trial.canonical`. ``fhir-trial build-resources`` writes them to
-``resources/``.
+ResearchStudy, the eligibility Group, PlanDefinition and the Libraries (one per CQL library), the
+ValueSets and the project's CodeSystem (from ``terminology/``), the sponsor Organization and the
+site Location. Every canonical URL comes from :mod:`fhir_trial.canonical`.
+``fhir-trial build-resources`` writes them to ``resources/``.
 """
 
 from fhir_trial.study.build import (

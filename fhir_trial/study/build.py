@@ -16,7 +16,7 @@ from fhir_trial.study.common import JsonDict
 from fhir_trial.study.criterion_values import CRITERION_VALUES
 from fhir_trial.study.eligibility_group import eligibility_group
 from fhir_trial.study.extensions import structure_definitions
-from fhir_trial.study.library import cql_valueset_ids, library
+from fhir_trial.study.library import cql_valueset_ids, libraries
 from fhir_trial.study.operation_definition import screen_population_operation_definition
 from fhir_trial.study.organization import location, organization
 from fhir_trial.study.plan_definition import plan_definition
@@ -43,18 +43,22 @@ class BuildResult:
 
 
 def build_all(inputs: BuildInputs | None = None) -> BuildResult:
-    """Build the whole set: study, Group, PlanDefinition, Library, terminology, org, site, extensions,
-    and the OperationDefinition of the custom $screen-population operation."""
+    """Build the whole set: study, Group, PlanDefinition, one Library per CQL library, terminology,
+    org, site, extensions, and the OperationDefinition of the custom $screen-population operation."""
     inputs = inputs or BuildInputs()
     codesystem, valuesets = load_terminology_sources(inputs.terminology_dir)
     by_id = {str(vs["id"]): vs for vs in valuesets}
     wanted = {vs for value in CRITERION_VALUES.values() for vs in value.valuesets}
     wanted |= cql_valueset_ids(inputs.cql_dir)
+    # canonical URL -> version, for the Libraries' depends-on entries (``url|version``)
+    versions = {
+        str(r["url"]): str(r["version"]) for r in (codesystem, *valuesets) if r.get("version")
+    }
     resources = [
         research_study(by_id),
         eligibility_group(inputs.settings, by_id),
         plan_definition(),
-        library(inputs.cql_dir, sorted(by_id)),
+        *libraries(inputs.cql_dir, versions),
         organization(),
         location(),
         codesystem,

@@ -1,9 +1,14 @@
-"""The eligibility Library: the CQL source and, once translated, its ELM, as base64 attachments.
+"""The Library resources: one per CQL library of ``cql/``, carrying its CQL and, once translated, its ELM.
 
-:func:`library_content` is the one place that decides what goes into ``Library.content``: every
-``cql/*.cql`` (``text/cql``, bytes as they are) and every ``cql/build/*.json``
-(``application/elm+json``, re-serialised without indentation), sorted by file name. The Library
-stays ``draft`` until ELM exists for every CQL file.
+CQL-on-FHIR and CRMI conventions: each Library is a ``logic-library`` whose ``name`` and ``version``
+are the CQL library's own; ``content`` holds the ``text/cql`` source first (bytes as they are), then
+the ``application/elm+json`` translation (re-serialised without indentation); ``relatedArtifact``
+lists as ``depends-on`` every library the CQL includes and every ValueSet (and the project's
+CodeSystem) its logic uses, each as ``canonical|version``; ``dataRequirement`` is read from its own
+ELM and ``parameter`` lists the parameters it declares. A library stays ``draft`` until its ELM
+exists. Ids: ``nct06010472-eligibility`` for the main library NCT06010472Eligibility, which the
+PlanDefinition names, ``nct06010472-<area>`` for the clinical areas, ``fhirhelpers`` for FHIRHelpers
+(:func:`fhir_trial.cql.libraries.resource_id`).
 """
 
 from __future__ import annotations
@@ -11,19 +16,29 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from fhir_trial.canonical import CODESYSTEM_URL, STUDY_ID, valueset_url
-from fhir_trial.cql.build import data_requirements, main_elm
+from fhir_trial.canonical import CODESYSTEM_URL, STUDY_ID, canonical
+from fhir_trial.cql.build import (
+    data_requirements,
+    elm_include_aliases,
+    parameter_definitions,
+    valuesets_used,
+)
+from fhir_trial.cql.libraries import CqlLibrary, cql_libraries, resource_id
+from fhir_trial.errors import ConfigurationError
 from fhir_trial.study.common import JsonDict, canonical_metadata
-from fhir_trial.study.research_study import ELIGIBILITY_ID
 
-LIBRARY_NAME = "NCT06010472Eligibility"
+MAIN_LIBRARY_NAME = "NCT06010472Eligibility"
 CQL_TYPE = "text/cql"
 ELM_TYPE = "application/elm+json"
+COMPUTABLE_LIBRARY_PROFILE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computablelibrary"
+KNOWLEDGE_CAPABILITY = "http://hl7.org/fhir/StructureDefinition/cqf-knowledgeCapability"
 _VALUESET_REF = re.compile(r"ValueSet/([A-Za-z0-9][A-Za-z0-9\-.]{0,63})")
-_LIBRARY_DECLARATION = re.compile(r'^\s*library\s+"?([A-Za-z0-9_]+)"?', re.MULTILINE)
+_FIRST_COMMENT = re.compile(r"^\s*/\*(.*?)\*/", re.DOTALL)
+_WORD_START = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 
 def _compact_json(data: bytes) -> bytes:
@@ -46,26 +61,17 @@ def _attachment(path: Path, content_type: str) -> JsonDict:
     }
 
 
-def library_content(cql_dir: Path) -> list[JsonDict]:
-    """Attachments for every CQL source and ELM file that exists under ``cql_dir``."""
-    content = [_attachment(path, CQL_TYPE) for path in sorted(cql_dir.glob("*.cql"))]
-    content += [_attachment(path, ELM_TYPE) for path in sorted((cql_dir / "build").glob("*.json"))]
+def library_content(cql: CqlLibrary) -> list[JsonDict]:
+    """The attachments of one library: its CQL source, then its ELM when it exists."""
+    content = [_attachment(cql.source, CQL_TYPE)]
+    if cql.elm_path.is_file():
+        content.append(_attachment(cql.elm_path, ELM_TYPE))
     return content
 
 
-def _elm_names(source: Path) -> set[str]:
-    """Names the ELM of a CQL file may have: the file stem and the declared library name."""
-    declared = _LIBRARY_DECLARATION.search(source.read_text(encoding="utf-8"))
-    return {source.stem, *([declared.group(1)] if declared else [])}
-
-
-def is_compiled(cql_dir: Path) -> bool:
-    """Whether every CQL file has its ELM in ``cql/build`` (by file stem or library name)."""
-    sources = sorted(cql_dir.glob("*.cql"))
-    return bool(sources) and all(
-        any((cql_dir / "build" / f"{name}.json").is_file() for name in _elm_names(source))
-        for source in sources
-    )
+def library_url(library_name: str) -> str:
+    """The canonical URL of the Library resource of a CQL library."""
+    return canonical("Library", resource_id(library_name))
 
 
 def cql_valueset_ids(cql_dir: Path) -> set[str]:
@@ -74,24 +80,96 @@ def cql_valueset_ids(cql_dir: Path) -> set[str]:
     return {match for text in texts for match in _VALUESET_REF.findall(text)}
 
 
-def valuesets_used(cql_dir: Path, available: Collection[str]) -> list[str]:
-    """Available ValueSet ids the CQL names; all available ones when the CQL names none."""
-    named = cql_valueset_ids(cql_dir)
-    return sorted(vs for vs in available if vs in named) if named else sorted(available)
+def _versioned(url: str, versions: Mapping[str, str]) -> str:
+    version = versions.get(url)
+    return f"{url}|{version}" if version else url
 
 
-def library(cql_dir: Path, available_valuesets: Collection[str]) -> JsonDict:
-    """The Library resource, with depends-on artifacts for every ValueSet the logic uses."""
-    status = "active" if is_compiled(cql_dir) else "draft"
+def _description(cql: CqlLibrary) -> str:
+    """The first paragraph of the CQL file's opening comment (else a plain sentence)."""
+    found = _FIRST_COMMENT.match(cql.text())
+    paragraph = found.group(1).strip().split("\n\n")[0] if found else ""
+    return " ".join(paragraph.split()) or f"The CQL library {cql.name}."
+
+
+def _title(name: str) -> str:
+    """``NCT06010472DiseaseActivity`` -> ``NCT06010472 disease activity logic``."""
+    if name.startswith(STUDY_ID) and name != STUDY_ID:
+        return f"{STUDY_ID} {_WORD_START.sub(' ', name[len(STUDY_ID) :]).lower()} logic"
+    return name
+
+
+def _dependencies(
+    cql: CqlLibrary,
+    elm: dict[str, Any] | None,
+    by_name: Mapping[str, CqlLibrary],
+    included: Mapping[str, Mapping[str, Any]],
+    versions: Mapping[str, str],
+) -> list[JsonDict]:
+    """depends-on: the included libraries, the project's CodeSystem if named, the ValueSets used."""
+    related: list[JsonDict] = []
+    for include in cql.includes:
+        target = by_name.get(include.name)
+        if target is None:
+            raise ConfigurationError(
+                f"{cql.source.name} includes {include.name}, which no file declares"
+            )
+        if include.version and target.version and include.version != target.version:
+            raise ConfigurationError(
+                f"{cql.source.name} includes {include.name} version {include.version}, "
+                f"but {target.source.name} declares version {target.version}"
+            )
+        url = library_url(target.name)
+        related.append(
+            {
+                "type": "depends-on",
+                "display": f"Library {target.name}",
+                "resource": f"{url}|{target.version}" if target.version else url,
+            }
+        )
+    if CODESYSTEM_URL in cql.text():
+        related.append({"type": "depends-on", "resource": _versioned(CODESYSTEM_URL, versions)})
+    if elm is not None:
+        urls = valuesets_used(elm, included)
+    else:  # not translated yet: the ValueSets the source names
+        urls = sorted(canonical("ValueSet", vs) for vs in _VALUESET_REF.findall(cql.text()))
+    # A ValueSet without a terminology source is not built (build-resources warns): left out here.
+    related += [
+        {"type": "depends-on", "resource": _versioned(url, versions)}
+        for url in urls
+        if url in versions
+    ]
+    return related
+
+
+def library(cql: CqlLibrary, shipped: list[CqlLibrary], versions: Mapping[str, str]) -> JsonDict:
+    """The Library resource of one CQL library.
+
+    ``shipped``: every CQL library of the project (the includes resolve among them); ``versions``:
+    canonical URL -> version of the terminology resources (ValueSets, CodeSystem) being built.
+    """
+    by_name = {lib.name: lib for lib in shipped}
+    elm = cql.elm()
+    included: dict[str, Mapping[str, Any]] = {}
+    if elm is not None:
+        for alias, name in elm_include_aliases(elm).items():
+            target_elm = by_name[name].elm() if name in by_name else None
+            if target_elm is not None:
+                included[alias] = target_elm
+    lib_id = resource_id(cql.name)
+    status = "active" if elm is not None else "draft"
+    metadata = canonical_metadata("Library", lib_id, status=status)
+    if cql.version:
+        metadata["version"] = cql.version
+    capabilities = ["shareable", "computable"] + (["executable"] if elm is not None else [])
     resource: JsonDict = {
         "resourceType": "Library",
-        "id": ELIGIBILITY_ID,
-        "meta": {
-            "profile": ["http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computablelibrary"]
-        },
-        **canonical_metadata("Library", ELIGIBILITY_ID, status=status),
-        "name": LIBRARY_NAME,
-        "title": f"{STUDY_ID} eligibility logic",
+        "id": lib_id,
+        "meta": {"profile": [COMPUTABLE_LIBRARY_PROFILE]},
+        "extension": [{"url": KNOWLEDGE_CAPABILITY, "valueCode": c} for c in capabilities],
+        **metadata,
+        "name": cql.name,
+        "title": _title(cql.name),
         "type": {
             "coding": [
                 {
@@ -101,22 +179,29 @@ def library(cql_dir: Path, available_valuesets: Collection[str]) -> JsonDict:
                 }
             ]
         },
-        "description": (
-            f"CQL (and its ELM) deciding each eligibility criterion of {STUDY_ID}; one define per "
-            "criterion id, plus Verdict."
-        ),
-        "relatedArtifact": [
-            {"type": "depends-on", "resource": CODESYSTEM_URL},
-            *(
-                {"type": "depends-on", "resource": valueset_url(vs)}
-                for vs in valuesets_used(cql_dir, available_valuesets)
-            ),
-        ],
+        "description": _description(cql),
     }
-    if status == "active":
-        # What data the logic retrieves, read from the ELM (resource types and ValueSet filters).
-        resource["dataRequirement"] = data_requirements(main_elm(cql_dir / "build", LIBRARY_NAME))
-    content = library_content(cql_dir)
-    if content:
-        resource["content"] = content
+    if re.search(r"^\s*context\s+Patient\b", cql.text(), re.MULTILINE):
+        resource["subjectCodeableConcept"] = {
+            "coding": [{"system": "http://hl7.org/fhir/resource-types", "code": "Patient"}]
+        }
+    related = _dependencies(cql, elm, by_name, included, versions)
+    if related:
+        resource["relatedArtifact"] = related
+    if elm is not None:
+        parameters = parameter_definitions(elm)
+        if parameters:
+            resource["parameter"] = parameters
+        # What data the logic retrieves, read from its own ELM (resource types, ValueSet filters).
+        requirements = data_requirements(elm, included)
+        if requirements:
+            resource["dataRequirement"] = requirements
+    resource["content"] = library_content(cql)
     return resource
+
+
+def libraries(cql_dir: Path, versions: Mapping[str, str]) -> list[JsonDict]:
+    """One Library resource per CQL library under ``cql_dir`` (main library first)."""
+    shipped = cql_libraries(cql_dir)
+    ordered = sorted(shipped, key=lambda lib: (lib.name != MAIN_LIBRARY_NAME, lib.name))
+    return [library(cql, shipped, versions) for cql in ordered]

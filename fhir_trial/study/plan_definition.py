@@ -2,17 +2,18 @@
 
 One action per criterion, in catalog order: title, protocol wording, the criterion id as ``code``, a
 ``patient-view`` named-event trigger and an applicability condition naming the CQL define of the same
-id in the Library (``"inc-age" = 'met'`` in ``text/cql``, see :data:`EXPRESSION_LANGUAGE`). A first
-action, before the criteria, applies when the patient was alive on the screening date (``not
-"Deceased"``: a deceased patient is ineligible whatever the criteria say). A last action carries
-the verdict (the ``Verdict`` define) as a dynamic value.
+id in the main Library, NCT06010472Eligibility (``"inc-age" = 'met'`` in ``text/cql``, see
+:data:`EXPRESSION_LANGUAGE`), which ``library`` names with its version. A first action, before the
+criteria, applies when the patient was alive on the screening date (``not "Deceased"``: a deceased
+patient is ineligible whatever the criteria say). A last action carries the verdict (the
+``Verdict`` define) as a dynamic value.
 """
 
 from __future__ import annotations
 
 from fhir_trial.canonical import STUDY_ID, canonical
 from fhir_trial.criteria.catalog import CRITERIA, CriterionSpec
-from fhir_trial.study.common import JsonDict, canonical_metadata, project_coding
+from fhir_trial.study.common import VERSION, JsonDict, canonical_metadata, project_coding
 from fhir_trial.study.research_study import ELIGIBILITY_ID
 
 CPG_PROFILE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computableplandefinition"
@@ -133,7 +134,8 @@ def plan_definition() -> JsonDict:
             "opened (patient-view); each action's applicability is the CQL define named by its "
             "criterion id."
         ),
-        "library": [canonical("Library", ELIGIBILITY_ID)],
+        # the main CQL library, pinned to its version (it includes the clinical areas' libraries)
+        "library": [f"{canonical('Library', ELIGIBILITY_ID)}|{VERSION}"],
         "action": [
             alive_action(),
             *(criterion_action(spec) for spec in CRITERIA),

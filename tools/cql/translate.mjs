@@ -112,7 +112,9 @@ async function main() {
   const sources = new Map();
   for (const file of files) {
     const text = fs.readFileSync(path.join(cqlDir, file), "utf8");
-    const m = /^\s*library\s+("?)([A-Za-z0-9_]+)\1(?:\s+version\s+'([^']+)')?/m.exec(text);
+    // The declaration outside comments (a comment line may well begin with the word "library").
+    const code = text.replace(/('(?:[^'\\]|\\.)*')|\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, (all, str) => str || "");
+    const m = /^\s*library\s+("?)([A-Za-z0-9_]+)\1(?:\s+version\s+'([^']+)')?/m.exec(code);
     if (!m) {
       console.error(`error: ${file} has no library declaration`);
       process.exit(2);
@@ -147,6 +149,7 @@ async function main() {
   );
 
   let failed = false;
+  const written = new Set();
   if (!args.check) fs.mkdirSync(args.out, { recursive: true });
   for (const [name, src] of sources) {
     const translator = CqlTranslator.fromText(src.text, libraryManager);
@@ -167,7 +170,18 @@ async function main() {
     );
     const json = JSON.stringify(elm, null, 2) + "\n";
     if (!args.check) fs.writeFileSync(path.join(args.out, `${name}.json`), json);
+    written.add(`${name}.json`);
     console.log(`translated ${src.file} -> ${name}.json (${warnings.length} warnings)`);
+  }
+  // ELM of a library no CQL file declares any more (renamed, split, removed) would still be loaded
+  // by the engine and published: remove it once everything translated.
+  if (!failed && !args.check) {
+    for (const f of fs.readdirSync(args.out)) {
+      if (f.endsWith(".json") && !written.has(f)) {
+        fs.unlinkSync(path.join(args.out, f));
+        console.log(`removed ${f} (no CQL library of that name)`);
+      }
+    }
   }
   process.exit(failed ? 1 : 0);
 }
