@@ -538,8 +538,8 @@ def _ingredients(medication: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 # pomada), and Chinese ones theirs, without word boundaries: 软膏 ointment, 乳膏 cream, 眼膏 eye
 # ointment, 滴眼液 eye drops, 眼用 ophthalmic, 滴耳 ear drops, 滴鼻 / 鼻喷 nasal, 外用 external
 # use, 吸入 inhaled, 气雾 aerosol, 栓剂 suppository, 阴道 vaginal, 凝胶 gel, 洗剂 lotion, 搽剂
-# liniment (他克莫司软膏 is tacrolimus ointment). cql/NCT06010472.cql ("Says Local Use") has the
-# same words.
+# liniment (他克莫司软膏 is tacrolimus ointment). cql/NCT06010472Common.cql ("Says Local Use") has
+# the same words.
 _LOCAL_USE = re.compile(
     r"\b(topical|cutaneous|ophthalmic|ocular|otic|auricular|nasal|intranasal|inhal\w*|rectal|"
     r"enema|vaginal|oromucosal|mouthwash|ointment|cream|lotion|shampoo|salbe|creme|"

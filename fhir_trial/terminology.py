@@ -120,7 +120,8 @@ INGREDIENT_NAME_USE = "ingredient-name"
 EXT_INGREDIENT_NAME_OF = f"{BASE}/StructureDefinition/ingredient-name-of"
 # Letters of the scripts drug names come in (Latin with accents, Greek, Cyrillic, kana, CJK,
 # Hangul). A display or text with none of them (a bare number, punctuation) names no drug. The
-# same class is in cql/NCT06010472.cql ("Has Letter"): keep both to the regex syntax they share.
+# same class is in cql/NCT06010472Common.cql ("Has Letter"): keep both to the regex syntax they
+# share.
 LETTER = "[A-Za-z\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]"
 _LETTER = re.compile(LETTER)
 # Characters that may not touch a Latin name (so that it matches as a whole word): Latin letters

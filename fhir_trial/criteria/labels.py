@@ -13,8 +13,8 @@ does not list such a Condition among the conditions "other than lupus".
 
 Patterns run on the lowercased label with runs of whitespace collapsed (:func:`label_text`); no
 leading word boundary where a prefix is common (adenocarcinoma, osteosarcoma).
-cql/NCT06010472.cql ("Label Suggests") uses the same patterns, so keep them to the regex syntax
-Python and JavaScript share.
+The CQL libraries (cql/NCT06010472Common.cql "Label Suggests", the words in the area libraries) use
+the same patterns, so keep them to the regex syntax Python and JavaScript share.
 """
 
 from __future__ import annotations
