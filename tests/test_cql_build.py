@@ -282,19 +282,72 @@ def test_valueset_dependencies_carry_versions() -> None:
     assert valueset_url("sle") in named
 
 
-def test_translation_errors_are_reported(tmp_path: Path) -> None:
-    """A broken library makes translate raise with the translator's message (not a traceback)."""
+def _project(tmp_path: Path, sources: dict[str, str]) -> Path:
+    """A throwaway project: cql/ with these sources, and the real translator and toolchain."""
     project = tmp_path / "project"
     (project / "cql").mkdir(parents=True)
-    (project / "cql" / "Broken.cql").write_text(
-        "library Broken version '1'\ndefine X: 1 +\n", encoding="utf-8"
-    )
+    for name, text in sources.items():
+        (project / "cql" / name).write_text(text, encoding="utf-8")
     tools = project / "tools" / "cql"
     tools.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "tools" / "cql" / "translate.mjs", tools / "translate.mjs")
     (tools / "node_modules").symlink_to(PROJECT_ROOT / "tools" / "cql" / "node_modules")
     (tools / "package.json").write_text('{"type": "module"}', encoding="utf-8")
     (tmp_path / "shared").symlink_to(PROJECT_ROOT.parent / "shared")
+    return project
+
+
+def test_translation_errors_are_reported(tmp_path: Path) -> None:
+    """A broken library makes translate raise with the translator's message (not a traceback)."""
+    project = _project(tmp_path, {"Broken.cql": "library Broken version '1'\ndefine X: 1 +\n"})
     with pytest.raises(CqlTranslationError) as caught:
         translate(project)
     assert caught.value.errors and "Broken.cql" in caught.value.errors[0]
+
+
+def test_declarations_are_read_outside_comments_and_stale_elm_goes(tmp_path: Path) -> None:
+    """A comment line starting with "library" names no library; ELM no file declares is removed."""
+    project = _project(
+        tmp_path,
+        {
+            "Main.cql": "/*\nlibrary in words, not a declaration\n*/\nlibrary Main version '1'\n"
+            "include Helper version '2' called H\ndefine X: H.Y\n",
+            "Helper.cql": "// library Decoy\nlibrary Helper version '2'\ndefine Y: 1\n",
+        },
+    )
+    build = project / "cql" / "build"
+    build.mkdir()
+    (build / "Renamed.json").write_text("{}", encoding="utf-8")
+    result = translate(project)
+    assert len(result.translated) == 2
+    assert sorted(p.name for p in build.glob("*.json")) == ["Helper.json", "Main.json"]
+    assert [(lib.name, lib.version) for lib in cql_libraries(project / "cql")] == [
+        ("Helper", "2"),
+        ("Main", "1"),
+    ]
+    (main,) = [lib for lib in cql_libraries(project / "cql") if lib.name == "Main"]
+    assert [(i.name, i.version, i.alias) for i in main.includes] == [("Helper", "2", "H")]
+    assert elm_includes(main_elm(build, "Main")) == [("Helper", "2")]
+
+
+def test_resource_ids_of_cql_libraries() -> None:
+    assert resource_id("NCT06010472Eligibility") == "nct06010472-eligibility"
+    assert resource_id("NCT06010472DiseaseActivity") == "nct06010472-disease-activity"
+    assert resource_id("FHIRHelpers") == "fhirhelpers"
+
+
+def test_cql_check_names_each_stale_library(tmp_path: Path) -> None:
+    """`cql check` lists the Library files that lack their CQL library's current content."""
+    from fhir_trial.commands.cql import stale_libraries
+
+    for path in DEFAULT_RESOURCES_DIR.glob("Library-*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    assert stale_libraries(tmp_path) == []
+    labs = json.loads((tmp_path / "Library-nct06010472-labs.json").read_text(encoding="utf-8"))
+    labs["content"] = labs["content"][:1]  # the ELM left out
+    (tmp_path / "Library-nct06010472-labs.json").write_text(json.dumps(labs), encoding="utf-8")
+    (tmp_path / "Library-fhirhelpers.json").unlink()
+    assert stale_libraries(tmp_path) == [
+        "Library-fhirhelpers.json",
+        "Library-nct06010472-labs.json",
+    ]
