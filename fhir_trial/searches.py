@@ -8,7 +8,8 @@ Data minimisation: the service asks only for what its criteria read. Observation
 chart (vital signs, every lab panel ever drawn), and the criteria read a few kinds of them, so
 Observations are searched by code, with the codes of the ValueSets the criteria use (taken from
 :mod:`fhir_trial.terminology`, never listed here), and NYHA class findings by their value
-(``value-concept``). Less protected health information leaves the EHR, and less has to be sent
+(``value-concept``) and NYHA assessments by their code. An assessment identified only by words
+(``code.text`` "NYHA class", no code) cannot be searched portably and is not found this way. Less protected health information leaves the EHR, and less has to be sent
 and parsed. The other categories are searched whole: conditions and medications are matched
 through code hierarchies (ICD-10 prefixes, ingredient vs. product codes, referenced Medications)
 that a portable token search cannot express, and the rest are small.
@@ -23,8 +24,11 @@ prefetch key            resource type        filter
 ``observationScores``   Observation          ``combo-code``: SLEDAI-2K total, BILAG-2004 panel
                                              and organ systems (the project's own CodeSystem)
 ``observationNyha``     Observation          ``value-concept``: NYHA class I-IV findings
+                                             (SNOMED CT) and LOINC answers
 ``observationNyhaParts`` Observation         ``component-value-concept``: the same, as the value
                                              of a component of an assessment panel
+``observationNyha...``  Observation          ``combo-code``: NYHA assessments (LOINC 88020-3),
+``...Assessment``                            whatever their value (text, another code)
 ``medication...``       the four medication  none
                         resource types
 ``allergyIntolerance``  AllergyIntolerance   none
@@ -153,9 +157,20 @@ SEARCHES: tuple[SearchSpec, ...] = (
         "Observation",
         "patient",
         "value-concept",
-        ("nyha-class-iii-iv", "nyha-class-i-ii"),
+        ("nyha-class-iii-iv", "nyha-class-i-ii", "nyha-answers-iii-iv", "nyha-answers-i-ii"),
         optional=True,
         label="Observation by value-concept (NYHA class)",
+        fills=NYHA_FINDINGS,
+    ),
+    SearchSpec(
+        "observationNyhaAssessment",
+        "Observation",
+        "Observation",
+        "patient",
+        "combo-code",
+        ("nyha-assessment",),
+        optional=True,
+        label="Observation by combo-code (NYHA assessment)",
         fills=NYHA_FINDINGS,
     ),
     SearchSpec(
@@ -164,7 +179,7 @@ SEARCHES: tuple[SearchSpec, ...] = (
         "Observation",
         "patient",
         "component-value-concept",
-        ("nyha-class-iii-iv", "nyha-class-i-ii"),
+        ("nyha-class-iii-iv", "nyha-class-i-ii", "nyha-answers-iii-iv", "nyha-answers-i-ii"),
         optional=True,
         label="Observation by component-value-concept (NYHA class in a panel)",
         fills=NYHA_FINDINGS,

@@ -87,12 +87,12 @@ CASES = [
     "exc-malignancy/icd10-gm-breast-cancer-status-after-z-needs-review",
     "inc-anti-dsdna/component-flagged-high-meets",
 ]
-# Known disagreements between REST and Bundle screening (found on Medplum 5, December 2026): NYHA
-# assessments are searched by their value (SNOMED CT class findings) only, so an assessment whose
-# value is a LOINC answer or text never reaches the REST screening, which then rules the
-# exclusion out where the Bundle screening asks a person. Strict xfail: fixing it turns them red.
+# Known disagreements between REST and Bundle screening (found on Medplum 5, December 2026): an
+# NYHA assessment identified only by words (code.text "NYHA functional class", no code) cannot be
+# searched portably, so it never reaches the REST screening, which then rules the exclusion out
+# where the Bundle screening asks a person. Assessments coded LOINC 88020-3 or valued with a class
+# code are searched (and agree). Strict xfail: fixing it turns it red.
 KNOWN_DISAGREEMENTS = [
-    "exc-heart-failure/nyha-observation-with-loinc-answer-needs-review",
     "exc-heart-failure/nyha-class-as-text-after-class-ii-needs-review",
 ]
 SYNTHEA_RECORDS = ["Hershel_Marvin", "Willy_Koepp"]
@@ -346,9 +346,7 @@ def test_rest_and_bundle_screening_agree_on_every_criterion(
     assert not problems, "REST and Bundle screening disagree:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="NYHA assessments valued by LOINC answer or text are not searched"
-)
+@pytest.mark.xfail(strict=True, reason="NYHA assessments identified only by words are not searched")
 @pytest.mark.parametrize("name", KNOWN_DISAGREEMENTS)
 def test_known_disagreements(http: FhirHttp, name: str) -> None:
     resources, settings = case_resources(name)
