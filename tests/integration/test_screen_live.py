@@ -86,6 +86,12 @@ CASES = [
     "inc-prior-therapy/contained-medication-with-ingredient",
     "exc-malignancy/icd10-gm-breast-cancer-status-after-z-needs-review",
     "inc-anti-dsdna/component-flagged-high-meets",
+    # NYHA assessments found by their LOINC code (88020-3) or their LOINC answer, in a panel too.
+    "exc-heart-failure/nyha-observation-with-loinc-answer-class-iv-met",
+    "exc-heart-failure/loinc-assessment-without-words-valued-as-text-needs-review",
+    "exc-heart-failure/loinc-class-ii-answer-after-snomed-class-iii-not-met",
+    "exc-heart-failure/nyha-loinc-answer-in-panel-component-met",
+    "exc-heart-failure/class-iii-answer-of-another-scale-is-not-nyha",
 ]
 # Known disagreements between REST and Bundle screening (found on Medplum 5, December 2026): an
 # NYHA assessment identified only by words (code.text "NYHA functional class", no code) cannot be
