@@ -8,8 +8,10 @@ Data minimisation: the service asks only for what its criteria read. Observation
 chart (vital signs, every lab panel ever drawn), and the criteria read a few kinds of them, so
 Observations are searched by code, with the codes of the ValueSets the criteria use (taken from
 :mod:`fhir_trial.terminology`, never listed here), and NYHA class findings by their value
-(``value-concept``) and NYHA assessments by their code. An assessment identified only by words
-(``code.text`` "NYHA class", no code) cannot be searched portably and is not found this way. Less protected health information leaves the EHR, and less has to be sent
+(``value-concept``) and NYHA assessments by their code, and by their words (``code:text``) for an assessment
+identified only by words (``code.text`` "NYHA class", no code). A server that refuses ``:text``
+(not every server indexes code text) costs only a warning: such assessments are then not found,
+a rare shape; any other failure of these searches makes the NYHA part fail, as for the others. Less protected health information leaves the EHR, and less has to be sent
 and parsed. The other categories are searched whole: conditions and medications are matched
 through code hierarchies (ICD-10 prefixes, ingredient vs. product codes, referenced Medications)
 that a portable token search cannot express, and the rest are small.
@@ -29,6 +31,7 @@ prefetch key            resource type        filter
                                              of a component of an assessment panel
 ``observationNyha...``  Observation          ``combo-code``: NYHA assessments (LOINC 88020-3),
 ``...Assessment``                            whatever their value (text, another code)
+``observationNyhaWords`` Observation         ``code:text``: NYHA assessments named in words
 ``medication...``       the four medication  none
                         resource types
 ``allergyIntolerance``  AllergyIntolerance   none
@@ -112,6 +115,13 @@ class SearchSpec:
     optional: bool = False
     label: str = ""
     fills: str | None = None  # the Observation part it fills on its own (record.OBSERVATION_PARTS)
+    words: tuple[str, ...] = ()  # for a ``:text`` filter: the words searched (any of them)
+
+
+# How an assessment names NYHA in words (code.text or a display), as the criterion reads it
+# (fhir_trial.criteria.comorbidity): searched with ``code:text``, which servers match as text
+# (Medplum: case-insensitive, anywhere in the text).
+NYHA_WORDS = ("nyha", "new york heart association")
 
 
 def _whole(category: str, patient_param: str = "patient") -> SearchSpec:
@@ -184,6 +194,17 @@ SEARCHES: tuple[SearchSpec, ...] = (
         label="Observation by component-value-concept (NYHA class in a panel)",
         fills=NYHA_FINDINGS,
     ),
+    SearchSpec(
+        "observationNyhaWords",
+        "Observation",
+        "Observation",
+        "patient",
+        "code:text",
+        optional=True,
+        label="Observation by code:text (NYHA assessment named in words)",
+        fills=NYHA_FINDINGS,
+        words=NYHA_WORDS,
+    ),
     *(_whole(mtype) for mtype in MEDICATION_TYPES),
     _whole("AllergyIntolerance"),
     _whole("ResearchSubject", "individual"),
@@ -231,6 +252,11 @@ class PlannedSearch:
     def optional(self) -> bool:
         """See :class:`SearchSpec`."""
         return self.spec.optional and self.filter_value is not None
+
+    @property
+    def searches_words(self) -> bool:
+        """Whether the filter is a ``:text`` search (which some servers do not support)."""
+        return bool(self.spec.words) and self.filter_value is not None
 
     @property
     def uses_combo_code(self) -> bool:
@@ -335,6 +361,10 @@ def plan_searches(
     for spec in SEARCHES:
         if spec.filter_param is None:
             planned[spec.category].append(PlannedSearch(spec, label=spec.label or spec.category))
+            continue
+        if spec.words:
+            words = ",".join(escape_token(word) for word in spec.words)
+            planned[spec.category].append(PlannedSearch(spec, words, spec.label))
             continue
         try:
             tokens = _tokens(terminology, spec.valuesets) if terminology is not None else []

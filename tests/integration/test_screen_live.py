@@ -92,13 +92,7 @@ CASES = [
     "exc-heart-failure/loinc-class-ii-answer-after-snomed-class-iii-not-met",
     "exc-heart-failure/nyha-loinc-answer-in-panel-component-met",
     "exc-heart-failure/class-iii-answer-of-another-scale-is-not-nyha",
-]
-# Known disagreements between REST and Bundle screening (found on Medplum 5, December 2026): an
-# NYHA assessment identified only by words (code.text "NYHA functional class", no code) cannot be
-# searched portably, so it never reaches the REST screening, which then rules the exclusion out
-# where the Bundle screening asks a person. Assessments coded LOINC 88020-3 or valued with a class
-# code are searched (and agree). Strict xfail: fixing it turns it red.
-KNOWN_DISAGREEMENTS = [
+    # ... and one named only in words (found with code:text).
     "exc-heart-failure/nyha-class-as-text-after-class-ii-needs-review",
 ]
 SYNTHEA_RECORDS = ["Hershel_Marvin", "Willy_Koepp"]
@@ -350,16 +344,6 @@ def test_rest_and_bundle_screening_agree_on_every_criterion(
             print(f"  REST warning: {warning}")
     print("\n".join(problems))
     assert not problems, "REST and Bundle screening disagree:\n" + "\n".join(problems)
-
-
-@pytest.mark.xfail(strict=True, reason="NYHA assessments identified only by words are not searched")
-@pytest.mark.parametrize("name", KNOWN_DISAGREEMENTS)
-def test_known_disagreements(http: FhirHttp, name: str) -> None:
-    resources, settings = case_resources(name)
-    patient = load(http, name, resources, settings)
-    found = differences(screen_rest(patient), screen_bundle(patient))
-    print("\n".join(found))
-    assert not found
 
 
 def test_cases_keep_their_expected_statuses_on_the_server(patients: list[LivePatient]) -> None:
