@@ -83,6 +83,7 @@ from fhir_trial.terminology import Terminology
 
 __all__ = [
     "MAX_PATIENT_ID_CHARS",
+    "NO_WORDS_SEARCH_WARNING",
     "SEARCHES",
     "PlannedSearch",
     "SearchSpec",
@@ -122,6 +123,10 @@ class SearchSpec:
 # (fhir_trial.criteria.comorbidity): searched with ``code:text``, which servers match as text
 # (Medplum: case-insensitive, anywhere in the text).
 NYHA_WORDS = ("nyha", "new york heart association")
+NO_WORDS_SEARCH_WARNING = (
+    "NYHA assessments identified only by words (no code) were not searched for: the server does "
+    "not support code:text searches, or the EHR did not run that prefetch"
+)
 
 
 def _whole(category: str, patient_param: str = "patient") -> SearchSpec:

@@ -85,7 +85,7 @@ from fhir_trial.record import (
     OBSERVATION_COMPONENTS,
     PatientRecord,
 )
-from fhir_trial.searches import PlannedSearch, plan_searches
+from fhir_trial.searches import NO_WORDS_SEARCH_WARNING, PlannedSearch, plan_searches
 from fhir_trial.sources._common import search_bundle_entries
 from fhir_trial.terminology import Terminology, load_terminology
 
@@ -94,10 +94,6 @@ Resource = dict[str, Any]
 PAGE_SIZE = 200  # the default of Settings.search_page_size
 # Answers that mean "this server cannot run combo-code" (HAPI and most servers: 400).
 UNSUPPORTED_PARAMETER = frozenset({400, 422, 501})
-NO_WORDS_SEARCH_WARNING = (
-    "the server does not support code:text searches: a NYHA assessment identified only by words "
-    "(no code) could not be searched for"
-)
 
 NO_COMPONENTS_WARNING = (
     "this server cannot search inside panels (combo-code); values sent only as panel "
