@@ -213,10 +213,12 @@ def test_cli_nyha_search_failing_alone_makes_heart_failure_unknown(
     capsys: pytest.CaptureFixture[str],
     failure: str,
 ) -> None:
-    # Only the NYHA searches (by value and by component value) fail: the NYHA class IV
-    # Observation is not found, and nothing else says the patient has no heart failure.
+    # Only the NYHA searches (by value, by component value, by words) fail: the NYHA class IV
+    # Observation is not found, and nothing else says the patient has no heart failure. (A 400 to
+    # the words search alone would be a server without code:text: a warning, see below.)
     status = 500 if failure == "http-500" else 400
     server.fail(status, times=None, match="Observation", query="value-concept")
+    server.fail(status, times=None, match="Observation", query="code:text")
     code, report = _screen_cli(server, monkeypatch, capsys)
     assert code == 7
     assert report["notObtained"] == [NYHA_FINDINGS]
@@ -286,6 +288,7 @@ def test_cds_nyha_search_failing_alone_makes_heart_failure_unknown(
     tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str]
 ) -> None:
     server.fail(500, times=None, match="Observation", query="value-concept")
+    server.fail(500, times=None, match="Observation", query="code:text")
     recorder = Recorder()
     _hook(tmp_path, shared_dir, server, recorder)
     assert recorder.report is not None
@@ -293,3 +296,17 @@ def test_cds_nyha_search_failing_alone_makes_heart_failure_unknown(
     assert report["notObtained"] == [NYHA_FINDINGS]
     assert recorder.report.criterion("exc-heart-failure").status == "unknown"
     _check_no_new_not_met(baseline, _statuses(report))
+
+
+def test_cds_server_without_code_text_search_only_warns(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str]
+) -> None:
+    # A server that does not support code:text (400): the NYHA class finding is still found by
+    # value-concept, the report stays complete, and the record says what was not searched.
+    server.unsupported = {"code:text"}
+    recorder = Recorder()
+    _hook(tmp_path, shared_dir, server, recorder)
+    assert recorder.report is not None and recorder.record is not None
+    assert recorder.report.complete and "complete" not in recorder.report.to_json()
+    assert any("code:text" in w for w in recorder.record.warnings)
+    assert _statuses(recorder.report.to_json()) == baseline

@@ -111,6 +111,12 @@ class CategoryResult:
     error: str | None = None
     key: str = ""
     fell_back: bool = False  # searched by code: values inside panels were not seen
+    status: int | None = None  # the HTTP status of a failed search, when the server answered
+
+    @property
+    def refused_as_unsupported(self) -> bool:
+        """Whether the server answered that it does not support the search (400, 422, 501)."""
+        return self.status in _UNSUPPORTED_PARAMETER
 
 
 def same_base(url: str, base_url: str) -> bool:
@@ -260,6 +266,7 @@ class FhirFetcher:
                     job.category,
                     error=f"the FHIR server answered HTTP {status}" if status else "no answer",
                     key=key,
+                    status=status or None,
                 )
         return failed, pages
 
@@ -356,6 +363,7 @@ class FhirFetcher:
             result.error = (
                 f"the FHIR server answered HTTP {exc.status}" if exc.status else exc.message
             )
+            result.status = exc.status
             if exc.status in _UNSUPPORTED_PARAMETER and job.fallback_url:
                 result.error = "unsupported:" + result.error
         except FhirServerError as exc:

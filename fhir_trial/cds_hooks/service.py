@@ -51,7 +51,7 @@ from fhir_trial.errors import FhirTrialError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.record import OBSERVATION_COMPONENTS, PatientRecord
 from fhir_trial.report import EligibilityReport
-from fhir_trial.searches import PlannedSearch, plan_searches
+from fhir_trial.searches import NO_WORDS_SEARCH_WARNING, PlannedSearch, plan_searches
 from fhir_trial.smart.links import smart_launch_url
 from fhir_trial.sources.fhir_client import NO_COMPONENTS_WARNING, unresolved_study_references
 from fhir_trial.terminology import Terminology, load_terminology
@@ -243,6 +243,8 @@ class CdsService:
         record = PatientRecord()
         pre = apply_prefetch(record, hook.prefetch, hook.patient_id, self.plan)
         fhir_server = hook.fhir_server
+        if not fhir_server:
+            pre.settle_without_server(record)
         if self._deceased(record):
             # No card for a deceased patient (CRITERIA.md): nothing more the EHR sends changes
             # that, so nothing is fetched.
@@ -302,6 +304,10 @@ class CdsService:
                 fills = planned.spec.fills if planned is not None else None
                 if not result.error:  # evidence even when a sibling key failed
                     add_resources(record, result.resources, hook.patient_id, key)
+                elif (
+                    planned is not None and planned.searches_words and result.refused_as_unsupported
+                ):
+                    record.warnings.append(NO_WORDS_SEARCH_WARNING)  # see fhir_client
                 elif fills:  # a NYHA search: only the criterion reading it is unknown
                     record.mark_failed(fills, str(result.error))
                     failed_fetches.setdefault(fills, str(result.error))
