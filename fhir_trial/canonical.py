@@ -12,6 +12,8 @@ PLACEHOLDER = "{{canonical}}"
 
 STUDY_ID = "NCT06010472"
 STUDY_RESOURCE_ID = "nct06010472"
+# The main CQL library; its Library is <BASE>/Library/<name> (Using CQL with FHIR, requirement 4.2).
+ELIGIBILITY_LIBRARY = "NCT06010472Eligibility"
 REGISTRY_URL = "https://clinicaltrials.gov/study/NCT06010472"
 NCT_SYSTEM = "https://clinicaltrials.gov"
 CODESYSTEM_URL = f"{BASE}/CodeSystem/fhir-trial"

@@ -33,6 +33,7 @@ from fhir_trial.cql.build import (
 )
 from fhir_trial.cql.libraries import CqlLibrary, cql_libraries, resource_id
 from fhir_trial.criteria.catalog import CRITERIA
+from fhir_trial.errors import ConfigurationError
 from fhir_trial.evaluate import DERIVED
 from fhir_trial.study.common import VERSION
 
@@ -141,12 +142,21 @@ def test_library_carries_its_current_cql_then_elm(
 
 @pytest.mark.parametrize("cql", LIBRARIES, ids=lambda lib: lib.name)
 def test_library_identity_is_the_cql_library(cql: CqlLibrary) -> None:
-    """name and version are the CQL library's; the study's libraries carry the project version."""
+    """Using CQL with FHIR 4.1/4.2: url <base>/Library/<CQL name>, name and version the CQL
+    library's, one text/cql content, a name of at most 30 characters without underscore, subject
+    the library's context; the study's libraries carry the project version."""
     lib = _resource(cql)
     identifier = _elm(cql.name)["library"]["identifier"]
     assert lib["name"] == identifier["id"] == cql.name
     assert lib["version"] == identifier["version"] == cql.version
-    assert lib["url"] == canonical("Library", lib["id"])
+    assert lib["url"] == canonical("Library", cql.name) == canonical("Library", lib["id"])
+    assert len(cql.name) <= 30 and "_" not in cql.name
+    assert [a["contentType"] for a in lib["content"]].count("text/cql") == 1
+    assert "http://hl7.org/fhir/uv/cql/StructureDefinition/cql-library" in lib["meta"]["profile"]
+    if re.search(r"^context Patient$", cql.text(), re.MULTILINE):
+        assert lib["subjectCodeableConcept"]["coding"][0]["code"] == "Patient"
+    else:
+        assert "subjectCodeableConcept" not in lib
     assert lib["type"]["coding"][0]["code"] == "logic-library"
     assert lib["status"] == "active"
     if cql.name != "FHIRHelpers":
@@ -331,9 +341,12 @@ def test_declarations_are_read_outside_comments_and_stale_elm_goes(tmp_path: Pat
 
 
 def test_resource_ids_of_cql_libraries() -> None:
-    assert resource_id("NCT06010472Eligibility") == "nct06010472-eligibility"
-    assert resource_id("NCT06010472DiseaseActivity") == "nct06010472-disease-activity"
-    assert resource_id("FHIRHelpers") == "fhirhelpers"
+    """The id is the CQL library name (url <base>/Library/<name>); a name no id can be is refused."""
+    assert resource_id("NCT06010472DiseaseActivity") == "NCT06010472DiseaseActivity"
+    assert resource_id("FHIRHelpers") == "FHIRHelpers"
+    for bad in ("Has_Underscore", "x" * 65):
+        with pytest.raises(ConfigurationError):
+            resource_id(bad)
 
 
 def test_cql_check_names_each_stale_library(tmp_path: Path) -> None:
@@ -343,11 +356,8 @@ def test_cql_check_names_each_stale_library(tmp_path: Path) -> None:
     for path in DEFAULT_RESOURCES_DIR.glob("Library-*.json"):
         shutil.copy(path, tmp_path / path.name)
     assert stale_libraries(tmp_path) == []
-    labs = json.loads((tmp_path / "Library-nct06010472-labs.json").read_text(encoding="utf-8"))
+    labs = json.loads((tmp_path / "Library-NCT06010472Labs.json").read_text(encoding="utf-8"))
     labs["content"] = labs["content"][:1]  # the ELM left out
-    (tmp_path / "Library-nct06010472-labs.json").write_text(json.dumps(labs), encoding="utf-8")
-    (tmp_path / "Library-fhirhelpers.json").unlink()
-    assert stale_libraries(tmp_path) == [
-        "Library-fhirhelpers.json",
-        "Library-nct06010472-labs.json",
-    ]
+    (tmp_path / "Library-NCT06010472Labs.json").write_text(json.dumps(labs), encoding="utf-8")
+    (tmp_path / "Library-FHIRHelpers.json").unlink()
+    assert stale_libraries(tmp_path) == ["Library-FHIRHelpers.json", "Library-NCT06010472Labs.json"]

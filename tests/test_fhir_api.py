@@ -467,7 +467,7 @@ def test_elements_keeps_the_mandatory_ones(project_client: FlaskClient) -> None:
 
 def test_libraries_are_found_by_the_canonicals_they_depend_on(project_client: FlaskClient) -> None:
     """Each depends-on url|version of the main Library (and the PlanDefinition's) resolves here."""
-    main = fhir_json(project_client.get("/fhir/Library/nct06010472-eligibility"))
+    main = fhir_json(project_client.get("/fhir/Library/NCT06010472Eligibility"))
     plan = fhir_json(project_client.get("/fhir/PlanDefinition/nct06010472-eligibility"))
     canonicals = [a["resource"] for a in main["relatedArtifact"]] + plan["library"]
     assert len(canonicals) == 12

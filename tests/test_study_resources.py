@@ -124,7 +124,7 @@ def test_canonical_resources_share_one_base_and_metadata() -> None:
         assert resource["url"] == canonical(resource["resourceType"], resource["id"])
         assert resource["url"].startswith(BASE + "/")
         # FHIRHelpers keeps the version the FHIR 4.0.1 model info asks for (include ... version '4.0.1')
-        assert resource["version"] == ("4.0.1" if resource["id"] == "fhirhelpers" else "0.1.0")
+        assert resource["version"] == ("4.0.1" if resource["id"] == "FHIRHelpers" else "0.1.0")
         assert resource["status"] in ("active", "draft")
         assert resource["publisher"]
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", resource["date"])
@@ -258,7 +258,7 @@ def test_plan_definition_has_an_action_per_criterion(
         "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computableplandefinition"
     ]
     assert plan["type"]["coding"][0]["code"] == "eca-rule"
-    assert plan["library"] == [canonical("Library", "nct06010472-eligibility") + "|0.1.0"]
+    assert plan["library"] == [canonical("Library", "NCT06010472Eligibility") + "|0.1.0"]
     alive, *criteria_actions, verdict = plan["action"]
     assert alive["id"] == "alive-at-screening"
     assert alive["condition"][0]["expression"]["expression"] == 'not "Deceased"'
@@ -304,9 +304,9 @@ def test_one_library_per_cql_file() -> None:
         assert json.loads(base64.b64decode(elm["data"])) == json.loads(built.read_text())
         seen.add(cql["title"])
     assert seen == set(sources)
-    main = _load("Library-nct06010472-eligibility.json")
+    main = _load("Library-NCT06010472Eligibility.json")
     assert main["name"] == "NCT06010472Eligibility"
-    assert _load("Library-fhirhelpers.json")["name"] == "FHIRHelpers"
+    assert _load("Library-FHIRHelpers.json")["name"] == "FHIRHelpers"
 
 
 def test_no_library_attachment_reaches_one_megabyte() -> None:
@@ -317,7 +317,7 @@ def test_no_library_attachment_reaches_one_megabyte() -> None:
 
 
 def test_the_project_codesystem_is_a_dependency_where_the_cql_names_it() -> None:
-    activity = _load("Library-nct06010472-disease-activity.json")
+    activity = _load("Library-NCT06010472DiseaseActivity.json")
     depends = {a["resource"] for a in activity["relatedArtifact"] if a["type"] == "depends-on"}
     assert f"{CODESYSTEM_URL}|0.1.0" in depends  # the BILAG grades read from text
 
@@ -350,9 +350,9 @@ def test_a_library_not_translated_yet_is_draft_and_names_its_includes(tmp_path: 
     (tmp_path / "Helpers.cql").write_text("library Helpers version '1'\n", encoding="utf-8")
     built = {lib["name"]: lib for lib in libraries(tmp_path, {valueset_url("sle"): "0.1.0"})}
     main = built["Main"]
-    assert (main["status"], main["version"], main["id"]) == ("draft", "2", "main")
+    assert (main["status"], main["version"], main["id"]) == ("draft", "2", "Main")
     assert [a["resource"] for a in main["relatedArtifact"]] == [
-        canonical("Library", "helpers") + "|1",
+        canonical("Library", "Helpers") + "|1",
         valueset_url("sle") + "|0.1.0",
     ]
     assert "dataRequirement" not in main

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fhir_trial.canonical import ELIGIBILITY_LIBRARY
 from fhir_trial.config import PROJECT_ROOT, Settings
 from fhir_trial.cql.build import elm_includes
 from fhir_trial.criteria.catalog import CRITERIA
@@ -50,7 +51,7 @@ from fhir_trial.terminology import (
     normalise_system,
 )
 
-LIBRARY_NAME = "NCT06010472Eligibility"
+LIBRARY_NAME = ELIGIBILITY_LIBRARY
 TOOLS_DIR = PROJECT_ROOT / "tools" / "cql"
 BUILD_DIR = PROJECT_ROOT / "cql" / "build"
 STATUSES = frozenset({"met", "not-met", "unknown", "needs-review", "not-applicable"})

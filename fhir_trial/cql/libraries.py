@@ -3,7 +3,7 @@
 Every ``cql/*.cql`` declares one library (``library NCT06010472Labs version '0.1.0'``) and may include
 others (``include NCT06010472Common version '0.1.0' called Common``); its ELM, once translated, is
 ``cql/build/<library name>.json``. The Library resources (``fhir_trial.study.library``) are built
-from this list, one per CQL library; :func:`resource_id` names them.
+from this list, one per CQL library; :func:`resource_id` gives their id (the library's name).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _INCLUDE = re.compile(
 )
 # Comments (block and line), skipping string literals: 'https://...' is no comment.
 _COMMENTS = re.compile(r"('(?:[^'\\]|\\.)*')|/\*.*?\*/|//[^\n]*", re.DOTALL)
-_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,15 @@ def cql_libraries(cql_dir: Path) -> list[CqlLibrary]:
 
 
 def resource_id(library_name: str) -> str:
-    """The Library resource id of a CQL library: ``NCT06010472DiseaseActivity`` ->
-    ``nct06010472-disease-activity``, ``FHIRHelpers`` -> ``fhirhelpers``."""
-    return _WORD_START.sub("-", library_name).replace("_", "-").lower()
+    """The Library resource id of a CQL library: its name (``NCT06010472DiseaseActivity``).
+
+    Using CQL with FHIR (requirement 4.2) wants ``Library.url`` to be ``<base>/Library/<CQL library
+    name>``, and every project url is ``<base>/<Type>/<id>``; so the name must be a FHIR id (no
+    underscore, which the same requirement forbids in library names).
+    """
+    if not _FHIR_ID.fullmatch(library_name):
+        raise ConfigurationError(
+            f"CQL library name {library_name!r} is not usable as a Library id (letters, digits, "
+            "'-' or '.', at most 64; no underscore)"
+        )
+    return library_name

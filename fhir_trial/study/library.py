@@ -6,9 +6,10 @@ the ``application/elm+json`` translation (re-serialised without indentation); ``
 lists as ``depends-on`` every library the CQL includes and every ValueSet (and the project's
 CodeSystem) its logic uses, each as ``canonical|version``; ``dataRequirement`` is read from its own
 ELM and ``parameter`` lists the parameters it declares. A library stays ``draft`` until its ELM
-exists. Ids: ``nct06010472-eligibility`` for the main library NCT06010472Eligibility, which the
-PlanDefinition names, ``nct06010472-<area>`` for the clinical areas, ``fhirhelpers`` for FHIRHelpers
-(:func:`fhir_trial.cql.libraries.resource_id`).
+exists. As Using CQL with FHIR requires (4.2), the url is ``<base>/Library/<CQL library name>``, so
+the id is the name (``NCT06010472Eligibility``, the main library, which the PlanDefinition names;
+``NCT06010472<Area>`` for the clinical areas; ``FHIRHelpers``), and ``subject`` is the library's
+context (Patient).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fhir_trial.canonical import CODESYSTEM_URL, STUDY_ID, canonical
+from fhir_trial.canonical import CODESYSTEM_URL, ELIGIBILITY_LIBRARY, STUDY_ID, canonical
 from fhir_trial.cql.build import (
     data_requirements,
     elm_include_aliases,
@@ -31,10 +32,12 @@ from fhir_trial.cql.libraries import CqlLibrary, cql_libraries, resource_id
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.study.common import JsonDict, canonical_metadata
 
-MAIN_LIBRARY_NAME = "NCT06010472Eligibility"
+MAIN_LIBRARY_NAME = ELIGIBILITY_LIBRARY
 CQL_TYPE = "text/cql"
 ELM_TYPE = "application/elm+json"
 COMPUTABLE_LIBRARY_PROFILE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-computablelibrary"
+# Using CQL with FHIR: a Library holding CQL SHALL conform to it (one text/cql content, name <= 64).
+CQL_LIBRARY_PROFILE = "http://hl7.org/fhir/uv/cql/StructureDefinition/cql-library"
 KNOWLEDGE_CAPABILITY = "http://hl7.org/fhir/StructureDefinition/cqf-knowledgeCapability"
 _VALUESET_REF = re.compile(r"ValueSet/([A-Za-z0-9][A-Za-z0-9\-.]{0,63})")
 _FIRST_COMMENT = re.compile(r"^\s*/\*(.*?)\*/", re.DOTALL)
@@ -165,7 +168,7 @@ def library(cql: CqlLibrary, shipped: list[CqlLibrary], versions: Mapping[str, s
     resource: JsonDict = {
         "resourceType": "Library",
         "id": lib_id,
-        "meta": {"profile": [COMPUTABLE_LIBRARY_PROFILE]},
+        "meta": {"profile": [COMPUTABLE_LIBRARY_PROFILE, CQL_LIBRARY_PROFILE]},
         "extension": [{"url": KNOWLEDGE_CAPABILITY, "valueCode": c} for c in capabilities],
         **metadata,
         "name": cql.name,

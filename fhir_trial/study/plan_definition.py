@@ -11,7 +11,7 @@ patient is ineligible whatever the criteria say). A last action carries the verd
 
 from __future__ import annotations
 
-from fhir_trial.canonical import STUDY_ID, canonical
+from fhir_trial.canonical import ELIGIBILITY_LIBRARY, STUDY_ID, canonical
 from fhir_trial.criteria.catalog import CRITERIA, CriterionSpec
 from fhir_trial.study.common import VERSION, JsonDict, canonical_metadata, project_coding
 from fhir_trial.study.research_study import ELIGIBILITY_ID
@@ -135,7 +135,7 @@ def plan_definition() -> JsonDict:
             "criterion id."
         ),
         # the main CQL library, pinned to its version (it includes the clinical areas' libraries)
-        "library": [f"{canonical('Library', ELIGIBILITY_ID)}|{VERSION}"],
+        "library": [f"{canonical('Library', ELIGIBILITY_LIBRARY)}|{VERSION}"],
         "action": [
             alive_action(),
             *(criterion_action(spec) for spec in CRITERIA),
