@@ -140,3 +140,29 @@ def test_engine_refuses_a_build_folder_missing_an_included_library(tmp_path: Pat
             (tmp_path / path.name).write_bytes(path.read_bytes())
     with pytest.raises(ConfigurationError, match="NCT06010472Labs"):
         CqlEngine(build_dir=tmp_path).start()
+
+
+def test_the_published_libraries_run_as_they_are(cql_engine: CqlEngine) -> None:
+    """The ELM inside resources/Library-*.json alone (no cql/build) gives the same results: the
+    published Libraries are complete, includes and all."""
+    from fhir_trial.cql.engine import published_elm
+
+    sample = [c for c in CASES if c.name.split("/")[0] in ("inc-age", "exc-heart-failure")][:12]
+    assert sample
+    with CqlEngine(libraries=published_elm(Settings().resources_dir)) as published:
+        for case in sample:
+            settings, failed = case.settings_object(), sorted(case.failed)
+            bundle = case_bundle(case)
+            expected = cql_engine.evaluate(bundle, settings, failed)
+            assert published.evaluate(bundle, settings, failed).raw == expected.raw, case.name
+
+
+def test_published_libraries_missing_one_are_refused() -> None:
+    from fhir_trial.cql.engine import published_elm
+    from fhir_trial.errors import ConfigurationError
+
+    elms = published_elm(Settings().resources_dir)
+    assert len(elms) == len(list(Path(Settings().resources_dir).glob("Library-*.json")))
+    without = [e for e in elms if e["library"]["identifier"]["id"] != "NCT06010472Common"]
+    with pytest.raises(ConfigurationError, match="NCT06010472Common"):
+        CqlEngine(libraries=without).start()

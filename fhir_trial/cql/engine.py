@@ -26,6 +26,7 @@ untouched.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -203,8 +204,24 @@ class ExpansionIndex:
                             yield vs.url, (system if isinstance(system, str) else "", code)
 
 
+def published_elm(resources_dir: str | Path) -> list[dict[str, Any]]:
+    """The ELM attached to every Library in ``resources_dir`` (what a consumer of the published
+    Libraries would run), decoded from its ``application/elm+json`` content."""
+    elms: list[dict[str, Any]] = []
+    for path in sorted(Path(resources_dir).glob("Library-*.json")):
+        resource = json.loads(path.read_text(encoding="utf-8"))
+        for attachment in resource.get("content", []):
+            if attachment.get("contentType") == "application/elm+json" and "data" in attachment:
+                elms.append(json.loads(base64.b64decode(attachment["data"])))
+    return elms
+
+
 class CqlEngine:
-    """One Node process running the reference CQL engine on the project's libraries."""
+    """One Node process running the reference CQL engine on the project's libraries.
+
+    The ELM comes from ``build_dir`` (cql/build), or, when ``libraries`` is given, from those ELM
+    documents (e.g. :func:`published_elm`: the ELM inside the published Library resources).
+    """
 
     def __init__(
         self,
@@ -212,9 +229,11 @@ class CqlEngine:
         build_dir: Path = BUILD_DIR,
         tools_dir: Path = TOOLS_DIR,
         node: str | None = None,
+        libraries: list[dict[str, Any]] | None = None,
     ) -> None:
         self.resources_dir = str(resources_dir or Settings().resources_dir)
         self.build_dir = build_dir
+        self.libraries = libraries
         self.tools_dir = tools_dir
         self.node = node or shutil.which("node") or "node"
         self._process: subprocess.Popen[str] | None = None
@@ -233,18 +252,20 @@ class CqlEngine:
             )
         # Every library's ELM (the main one, the clinical areas it includes, Common, FHIRHelpers):
         # the engine resolves includes among them by name.
-        libraries = []
-        for path in sorted(self.build_dir.glob("*.json")):
-            libraries.append(json.loads(path.read_text(encoding="utf-8")))
+        if self.libraries is not None:
+            libraries, where = list(self.libraries), "the libraries given"
+        else:
+            libraries = [
+                json.loads(path.read_text(encoding="utf-8"))
+                for path in sorted(self.build_dir.glob("*.json"))
+            ]
+            where = str(self.build_dir)
         loaded = {lib.get("library", {}).get("identifier", {}).get("id") for lib in libraries}
-        if LIBRARY_NAME not in loaded:
-            raise ConfigurationError(
-                f"no ELM for {LIBRARY_NAME} in {self.build_dir}: run `fhir-trial cql build`"
-            )
-        missing = sorted({name for lib in libraries for name, _ in elm_includes(lib)} - loaded)
+        missing = {LIBRARY_NAME} - loaded
+        missing |= {name for lib in libraries for name, _ in elm_includes(lib)} - loaded
         if missing:
             raise ConfigurationError(
-                f"no ELM for {', '.join(missing)} in {self.build_dir}: run `fhir-trial cql build`"
+                f"no ELM for {', '.join(sorted(missing))} in {where}: run `fhir-trial cql build`"
             )
         self._index = ExpansionIndex(load_terminology(self.resources_dir))
         try:
