@@ -330,6 +330,7 @@ def test_declarations_are_read_outside_comments_and_stale_elm_goes(tmp_path: Pat
     (build / "Renamed.json").write_text("{}", encoding="utf-8")
     result = translate(project)
     assert len(result.translated) == 2
+    assert result.removed == ["removed Renamed.json (no CQL library of that name)"]
     assert sorted(p.name for p in build.glob("*.json")) == ["Helper.json", "Main.json"]
     assert [(lib.name, lib.version) for lib in cql_libraries(project / "cql")] == [
         ("Helper", "2"),

@@ -36,7 +36,7 @@ def build() -> None:
     result = translate(PROJECT_ROOT)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    for line in result.translated:
+    for line in result.translated + result.removed:
         click.echo(line)
     click.get_current_context().invoke(
         build_resources.command, out_dir=DEFAULT_RESOURCES_DIR, check=False

@@ -15,7 +15,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,12 @@ class CqlTranslationError(FhirTrialError):
 
 @dataclass(frozen=True)
 class Translation:
-    """What one translator run said: the libraries translated and the warnings printed."""
+    """What one translator run said: the libraries translated, the warnings printed, and the ELM
+    files removed (of libraries no CQL file declares any more)."""
 
     translated: list[str]
     warnings: list[str]
+    removed: list[str] = field(default_factory=list)
 
 
 def translate(
@@ -79,12 +81,13 @@ def translate(
     errors = [line for line in lines if line.startswith("error:")]
     warnings = [line[len("warning: ") :] for line in lines if line.startswith("warning:")]
     translated = [line for line in lines if line.startswith("translated ")]
+    removed = [line for line in lines if line.startswith("removed ")]
     if done.returncode != 0 or errors:
         first = errors[0] if errors else f"translator exit code {done.returncode}"
         raise CqlTranslationError(
             f"CQL translation failed: {first.removeprefix('error: ')}", errors
         )
-    return Translation(translated, warnings)
+    return Translation(translated, warnings, removed)
 
 
 def _nodes(node: Any) -> Iterator[dict[str, Any]]:
