@@ -307,6 +307,27 @@ def _project(tmp_path: Path, sources: dict[str, str]) -> Path:
     return project
 
 
+@pytest.mark.parametrize("cql", LIBRARIES, ids=lambda lib: lib.name)
+def test_every_valueset_the_cql_names_is_a_dependency(cql: CqlLibrary) -> None:
+    """Read from the source, independently of the ELM: each ValueSet a library declares or names
+    through an include (Common."sle") is a depends-on of its Library."""
+    declared: dict[str, str] = {}  # "<alias or ''>.<name>" -> url
+    for lib in [cql, *(x for x in LIBRARIES if x.name in {i.name for i in cql.includes})]:
+        alias = "" if lib is cql else next(i.alias for i in cql.includes if i.name == lib.name)
+        for name, url in re.findall(r"^valueset \"([^\"]+)\": '([^']+)'", lib.text(), re.MULTILINE):
+            declared[f"{alias}.{name}"] = url
+    named = {declared[f".{n}"] for n in re.findall(r"^valueset \"([^\"]+)\"", cql.text(), re.M)}
+    for alias, name in re.findall(r'\b([A-Za-z]+)\."([^"]+)"', cql.text()):
+        if f"{alias}.{name}" in declared:
+            named.add(declared[f"{alias}.{name}"])
+    depends = {
+        a["resource"].split("|")[0]
+        for a in _resource(cql).get("relatedArtifact", [])
+        if "/ValueSet/" in a["resource"]
+    }
+    assert depends == named
+
+
 def test_translation_errors_are_reported(tmp_path: Path) -> None:
     """A broken library makes translate raise with the translator's message (not a traceback)."""
     project = _project(tmp_path, {"Broken.cql": "library Broken version '1'\ndefine X: 1 +\n"})

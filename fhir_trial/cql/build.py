@@ -148,6 +148,9 @@ def data_requirements(
     return requirements
 
 
+_MEMBERSHIP = frozenset({"InValueSet", "AnyInValueSet"})
+
+
 def valuesets_used(
     elm: dict[str, Any], included: Mapping[str, Mapping[str, Any]] | None = None
 ) -> list[str]:
@@ -156,6 +159,10 @@ def valuesets_used(
     used = {url for (alias, _), url in urls.items() if alias == ""}
     for node in _nodes(elm.get("library", {}).get("statements", {})):
         url = _valueset_ref_url(node, urls)
+        # `code in "vs"` (InValueSet, AnyInValueSet) names its ValueSet without a type
+        member_of = node.get("valueset") if node.get("type") in _MEMBERSHIP else None
+        if isinstance(member_of, Mapping):
+            url = _valueset_ref_url({"type": "ValueSetRef", **member_of}, urls)
         if url:
             used.add(url)
     return sorted(used)
