@@ -543,3 +543,21 @@ def test_verification_table_matches_every_valueset_concept() -> None:
                 seen.add(key)
     extra = {key for key in rows if key[1] in _VERIFICATION_LABELS.values()} - seen
     assert not extra, f"rows for codes no ValueSet lists: {sorted(extra)[:5]}"
+
+
+@pytest.mark.parametrize(
+    ("helper", "message"),
+    [(None, "which no file declares"), ("library Helpers version '2'\n", "declares version 2")],
+)
+def test_an_include_must_resolve_to_a_shipped_library_of_that_version(
+    tmp_path: Path, helper: str | None, message: str
+) -> None:
+    from fhir_trial.study.library import libraries
+
+    (tmp_path / "Main.cql").write_text(
+        "library Main version '1'\ninclude Helpers version '1' called H\n", encoding="utf-8"
+    )
+    if helper:
+        (tmp_path / "Helpers.cql").write_text(helper, encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=message):
+        libraries(tmp_path, {})
