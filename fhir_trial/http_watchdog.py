@@ -33,7 +33,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
+from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -89,8 +89,8 @@ def _shut(connection: HTTPConnection) -> None:
     sock = getattr(connection, "sock", None)
     if sock is None:
         return
-    # socket.socket's own shutdown, also for an SSLSocket: its override drops the SSL object, and
-    # the reading thread would then fail with a ValueError nobody maps, not an OSError.
+    # socket.socket's own shutdown, also for an SSLSocket: the SSL override also drops the SSL
+    # object, from this thread while the reading thread is using it.
     with suppress(OSError):  # already closed
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
@@ -159,8 +159,21 @@ class WatchedAdapter(HTTPAdapter):
 
 
 def guard_session(session: requests.Session) -> None:
-    """Mount :class:`WatchedAdapter` for http and https, unless the session has its own adapter."""
+    """Mount :class:`WatchedAdapter` for http and https, unless the session has its own adapter.
+
+    A plain :class:`HTTPAdapter` (requests' default, or one made for its retries or pool sizes)
+    is replaced by a watched one with the same settings; a subclass is someone's own transport
+    and is left alone (its exchanges are then bounded by the per-read timeouts only).
+    """
     for prefix in ("http://", "https://"):
         current = session.adapters.get(prefix)
-        if type(current) is HTTPAdapter:  # requests' default: replace it with the same, watched
-            session.mount(prefix, WatchedAdapter())
+        if type(current) is HTTPAdapter:
+            session.mount(
+                prefix,
+                WatchedAdapter(
+                    pool_connections=getattr(current, "_pool_connections", DEFAULT_POOLSIZE),
+                    pool_maxsize=getattr(current, "_pool_maxsize", DEFAULT_POOLSIZE),
+                    max_retries=current.max_retries,
+                    pool_block=getattr(current, "_pool_block", DEFAULT_POOLBLOCK),
+                ),
+            )
