@@ -370,3 +370,32 @@ def test_cds_headers_trickled_for_one_category_stop_at_the_deadline(
         _check_no_new_not_met(baseline, _statuses(report))
     else:  # or cut off before the evaluation: "could not be completed"
         assert "could not be completed" in summaries
+
+
+def test_cds_endless_next_links_are_cut_off_in_requests(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str]
+) -> None:
+    # Every searchset page links to another, forever; the page cap is out of reach, so only the
+    # request cap of the hook (fhir_max_requests, shared by all its fetches) stops the paging.
+    server.endless_next = True
+    issuer = sandbox_issuer(shared_dir, fhir_servers=[server.base_url])
+    settings = base_settings(
+        tmp_path,
+        cds_trusted_issuers_file=write_issuers(tmp_path / "issuers.json", [issuer]),
+        cds_deadline_s=5.0,
+        max_pages=1000,
+        fhir_max_requests=40,
+        max_retries=0,
+    )
+    recorder = Recorder()
+    client = make_app(settings, evaluator=recorder).test_client()
+    body = hook_request(None, fhirServer=server.base_url)
+    body["context"]["patientId"] = PATIENT_ID
+    body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer"}
+    response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
+    assert response.status_code == 200
+    assert len(server.requests) <= 40  # the cap, and not one request more
+    assert recorder.report is not None
+    report = recorder.report.to_json()
+    assert report["complete"] is False
+    _check_no_new_not_met(baseline, _statuses(report))
