@@ -2,7 +2,8 @@
 
 A server that trickles its status line and headers is cut off at the deadline over plain HTTP and
 over TLS (the socket is shut down under the SSL layer); a healthy exchange leaves no timer behind; a session
-keeps its adapter's settings, and an adapter of its own is left alone.
+keeps its adapter's settings, and an adapter of its own is left alone. The SMART app's own calls to
+the EHR (discovery, token, write-back) are bounded in total the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from fhir_trial.deadline import Deadline
 from fhir_trial.errors import ScreeningLimitError
 from fhir_trial.fhir_http import FhirHttp
 from fhir_trial.http_watchdog import WatchedAdapter, guard_session
+from fhir_trial.smart import oauth, writes
+from fhir_trial.smart.blueprint import SmartApp
 
 DEADLINE_S = 1.0
 
@@ -147,3 +150,32 @@ def test_a_session_keeps_its_adapters_settings_and_a_custom_adapter() -> None:
     watched = session.get_adapter("http://x.example/")
     assert isinstance(watched, WatchedAdapter)
     assert watched.max_retries.total == 2 and watched._pool_maxsize == 3
+
+
+# ------------------------------------------------------------------------------ the SMART app's EHR calls
+def test_the_smart_app_bounds_its_ehr_calls_in_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discovery, the token call and the write-back: a trickling EHR is given up on in time."""
+    monkeypatch.setattr(oauth, "TIMEOUT_S", 1.0)
+    monkeypatch.setattr(writes, "TIMEOUT_S", 1.0)
+    session = SmartApp(Settings(database_path=str(tmp_path / "db.sqlite3"))).http
+    assert isinstance(session.get_adapter("https://ehr.example/"), WatchedAdapter)
+    with HeaderTrickle(interval=0.2, max_s=10.0) as trickling:
+        started = time.monotonic()
+        with pytest.raises(oauth.LaunchError, match=r"no complete answer within 1 s"):
+            oauth.discover(session, trickling.base_url)
+        assert time.monotonic() - started < 1.5
+        started = time.monotonic()
+        outcome = writes.write_decision(
+            session,
+            trickling.base_url,
+            "token",
+            patient="Patient/p1",
+            subject_status="candidate",
+            identifier="urn:uuid:0f0e2b8c-7d1a-4a52-9a36-5d5b8a1f2c11",
+            response={"resourceType": "QuestionnaireResponse", "status": "completed"},
+        )
+        assert time.monotonic() - started < 1.5
+        assert outcome.error is not None and "no complete answer within 1 s" in outcome.error
+        assert not outcome.relaunch  # kept for retry, not a refused token
