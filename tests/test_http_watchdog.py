@@ -3,7 +3,8 @@
 A server that trickles its status line and headers is cut off at the deadline over plain HTTP and
 over TLS (the socket is shut down under the SSL layer); a healthy exchange leaves no timer behind; a session
 keeps its adapter's settings, and an adapter of its own is left alone. The SMART app's own calls to
-the EHR (discovery, token, write-back) are bounded in total the same way.
+the EHR (discovery, token, write-back) and the CDS service's JWK Set fetches are bounded in total
+the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from fake_fhir_server import FakeFhirServer
 from header_trickle import HeaderTrickle
 
+from fhir_trial.cds_hooks.auth import AuthError, JwksCache
 from fhir_trial.config import Settings
 from fhir_trial.deadline import Deadline
 from fhir_trial.errors import ScreeningLimitError
@@ -179,3 +181,12 @@ def test_the_smart_app_bounds_its_ehr_calls_in_total(
         assert time.monotonic() - started < 1.5
         assert outcome.error is not None and "no complete answer within 1 s" in outcome.error
         assert not outcome.relaunch  # kept for retry, not a refused token
+
+
+def test_a_jwk_set_url_trickling_its_answer_is_given_up_on_in_time() -> None:
+    cache = JwksCache()
+    with HeaderTrickle(interval=0.2, max_s=10.0) as trickling:
+        started = time.monotonic()
+        with pytest.raises(AuthError, match=r"no complete answer within 1 s"):
+            cache.find(f"{trickling.base_url}/jwks.json", "kid-1", ttl=300, timeout=1.0)
+        assert time.monotonic() - started < 1.5
