@@ -395,7 +395,11 @@ def test_cds_endless_next_links_are_cut_off_in_requests(
     response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
     assert response.status_code == 200
     assert len(server.requests) <= 40  # the cap, and not one request more
-    assert recorder.report is not None
+    assert recorder.report is not None and recorder.record is not None
     report = recorder.report.to_json()
     assert report["complete"] is False
+    # The reason names the limit that was hit (not "timed out": the time budget was not).
+    reasons = set(recorder.record.failed.values())
+    assert "the limit of 40 requests per screening (fhir_max_requests) was reached" in reasons
+    assert "timed out" not in reasons
     _check_no_new_not_met(baseline, _statuses(report))
