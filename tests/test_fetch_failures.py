@@ -284,10 +284,11 @@ def test_cds_failed_category_is_never_not_met(
     _check_no_new_not_met(baseline, _statuses(report))
 
 
+@pytest.mark.parametrize("status", [500, 400])
 def test_cds_nyha_search_failing_alone_makes_heart_failure_unknown(
-    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str]
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str], status: int
 ) -> None:
-    server.fail(500, times=None, match="Observation", query="value-concept")
+    server.fail(status, times=None, match="Observation", query="value-concept")
     recorder = Recorder()
     _hook(tmp_path, shared_dir, server, recorder)
     assert recorder.report is not None
