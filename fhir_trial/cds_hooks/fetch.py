@@ -222,10 +222,9 @@ class FhirFetcher:
         session = requests.Session()
         try:
             answer = self._http(session).request("POST", "", json=bundle).body
-        except (DeadlineExceeded, ScreeningLimitError):
-            return {
-                k: CategoryResult(queries[k].category, error="timed out", key=k) for k in keys
-            }, {}
+        except (DeadlineExceeded, ScreeningLimitError) as exc:
+            why = _limit_reason(exc)
+            return {k: CategoryResult(queries[k].category, error=why, key=k) for k in keys}, {}
         except AuthenticationError as exc:
             why = f"access refused by the FHIR server (HTTP {exc.status})"
             return {k: CategoryResult(queries[k].category, error=why, key=k) for k in keys}, {}
@@ -350,8 +349,8 @@ class FhirFetcher:
         session = requests.Session()
         try:
             self._fetch_pages(result, url, job.continuing, session, first_page)
-        except (DeadlineExceeded, ScreeningLimitError):
-            result.error = "timed out"
+        except (DeadlineExceeded, ScreeningLimitError) as exc:
+            result.error = _limit_reason(exc)
         except AuthenticationError as exc:
             result.error = f"access refused by the FHIR server (HTTP {exc.status})"
         except ServerUnreachableError as exc:
@@ -458,6 +457,15 @@ class FhirFetcher:
         body = self._http(session).get_json(url)
         self.deadline.check()
         return body
+
+
+def _limit_reason(exc: Exception) -> str:
+    """Why a fetch stopped at a limit: the request limit, named, or ``"timed out"`` (the time
+    budget: the hook then answers that the EHR's FHIR server did not answer in time)."""
+    said = str(exc)
+    if "fhir_max_requests" in said:
+        return said.rpartition(": ")[2]  # the limit of N requests per screening (...) was reached
+    return "timed out"
 
 
 def _status_of(response: Any) -> int:
