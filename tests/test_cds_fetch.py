@@ -183,7 +183,7 @@ def test_slow_fhir_server_answers_within_the_deadline(
     assert elapsed < 5.0  # the server would have taken 10 s
     card = _only_card(response)
     assert "could not be completed" in card["summary"]
-    assert "Observation (timed out)" in card["detail"]
+    assert "Observation (timed out at the hook's time budget, cds\\_deadline\\_s)" in card["detail"]
     assert "timed out" in caplog.text
     assert PATIENT_ID not in caplog.text and TOKEN not in caplog.text
 

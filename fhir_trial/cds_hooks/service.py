@@ -40,7 +40,7 @@ from fhir_trial.cds_hooks.auth import (
 from fhir_trial.cds_hooks.cards import eligibility_card, incomplete_card, ineligible_card
 from fhir_trial.cds_hooks.discovery import HOOK, SERVICE_ID
 from fhir_trial.cds_hooks.feedback import FeedbackStore
-from fhir_trial.cds_hooks.fetch import FetchJob, FhirFetcher
+from fhir_trial.cds_hooks.fetch import TIMED_OUT, FetchJob, FhirFetcher
 from fhir_trial.cds_hooks.prefetch import PrefetchResult, add_resources, apply_prefetch
 from fhir_trial.cds_hooks.store import Database
 from fhir_trial.cds_hooks.worksheet import WorksheetStore
@@ -267,7 +267,9 @@ class CdsService:
                 _short(hook.hook_instance),
                 self.settings.cds_deadline_s,
             )
-            return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
+            return Outcome(
+                "incomplete", reason="the EHR's FHIR server did not answer in time (cds_deadline_s)"
+            )
 
     def _fetch_and_conclude(
         self,
@@ -375,8 +377,11 @@ class CdsService:
             )
         if record.patient is None:
             why = record.failed.get("Patient", "the Patient could not be obtained")
-            if failed_fetches.get("Patient") == "timed out" or deadline.expired():
-                return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
+            if failed_fetches.get("Patient") == TIMED_OUT or deadline.expired():
+                return Outcome(
+                    "incomplete",
+                    reason="the EHR's FHIR server did not answer in time (cds_deadline_s)",
+                )
             return Outcome("no-data", reason=f"Patient: {why}")
         try:
             report = self.evaluator(record, self.settings)
@@ -386,8 +391,8 @@ class CdsService:
         if not (record.obtained - {"Patient"}) and not self._deceased(record):
             # Only the Patient: what it alone decides (a 17-year-old is ineligible) is answered;
             # anything else is "could not be completed", never a result that looks like one.
-            if any(why == "timed out" for why in failed_fetches.values()) or deadline.expired():
-                why = "the EHR's FHIR server did not answer in time"
+            if any(why == TIMED_OUT for why in failed_fetches.values()) or deadline.expired():
+                why = "the EHR's FHIR server did not answer in time (cds_deadline_s)"
             else:
                 why = "none of the patient's clinical data could be obtained"
             return Outcome("incomplete", report=report, reason=why, failed_fetches=failed_fetches)
