@@ -21,7 +21,6 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 from fhir_trial.fhirdates import DateSpan, parse_span
@@ -104,12 +103,7 @@ def observation_status(observation: Resource) -> StatusClass:
 def observation_time(observation: Resource) -> DateSpan | None:
     """effective[x] (dateTime, instant, Period start), else issued; None when there is none."""
     text = _time_text(observation)
-    return _span_of(text) if text is not None else None
-
-
-# Several criteria place the same results in their windows: read each date text once (DateSpan is
-# immutable, so sharing the parsed value is safe).
-_span_of = lru_cache(maxsize=8192)(parse_span)
+    return parse_span(text) if text is not None else None  # cached per day (fhirdates)
 
 
 def _time_text(observation: Resource) -> str | None:

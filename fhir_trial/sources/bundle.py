@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,13 @@ def read_json_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     resource: Resource
     full_url: str | None
-    patients: set[int] = field(default_factory=set)  # indexes into _Parsed.patients
+    # Indexes into _Parsed.patients; None for none (most entries of a one-patient Bundle name it,
+    # but a set per entry costs more than the rest of the entry).
+    patients: set[int] | None = None
     other_patient: bool = False  # references a patient that is not in the Bundle
 
 
@@ -99,8 +101,8 @@ def _parse(bundle: Mapping[str, Any]) -> _Parsed:
         if not isinstance(raw, dict):
             malformed += 1
             continue
-        request = raw.get("request") or {}
-        if isinstance(request, dict) and request.get("method") == "DELETE":
+        request = raw.get("request")
+        if request and isinstance(request, dict) and request.get("method") == "DELETE":
             continue
         resource = raw.get("resource")
         if resource is None:
@@ -112,10 +114,11 @@ def _parse(bundle: Mapping[str, Any]) -> _Parsed:
         if not is_known_type(rtype):
             unknown[str(rtype) if rtype is not None else "(none)"] += 1
             continue
-        if _is_search_outcome(raw):
-            continue
-        full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
-        entry = _Entry(resource, full_url)
+        search = raw.get("search")
+        if search is not None and isinstance(search, dict) and search.get("mode") == "outcome":
+            continue  # an OperationOutcome about the search, not data
+        full_url = raw.get("fullUrl")
+        entry = _Entry(resource, full_url if isinstance(full_url, str) else None)
         (patients if rtype == "Patient" else others).append(entry)
     for rtype, count in sorted(unknown.items()):
         warnings.append(f"skipped {count} Bundle entries with unknown resourceType {rtype!r}")
@@ -130,16 +133,13 @@ def _parse(bundle: Mapping[str, Any]) -> _Parsed:
         for ref in patient_refs(entry.resource):
             found = keys.get(ref)
             if found is not None:
-                entry.patients.add(found)
+                if entry.patients is None:
+                    entry.patients = {found}
+                else:
+                    entry.patients.add(found)
             elif is_patient_reference(ref):
                 entry.other_patient = True
     return _Parsed(patients, others, warnings)
-
-
-def _is_search_outcome(entry: Mapping[str, Any]) -> bool:
-    """Whether a searchset entry is an OperationOutcome about the search, not data."""
-    search = entry.get("search")
-    return isinstance(search, dict) and search.get("mode") == "outcome"
 
 
 def _patient_keys(entry: _Entry) -> list[str]:
@@ -175,9 +175,11 @@ def _build(parsed: _Parsed, index: int, complete: bool) -> PatientRecord:
     record.warnings.extend(parsed.warnings)
     patient = parsed.patients[index]
     record.add(patient.resource, full_url=patient.full_url)
+    add = record.add
     for entry in parsed.entries:
-        if index in entry.patients or (not entry.patients and not entry.other_patient):
-            record.add(entry.resource, full_url=entry.full_url)
+        owners = entry.patients
+        if (index in owners) if owners is not None else not entry.other_patient:
+            add(entry.resource, entry.full_url)
     if complete:
         record.mark_obtained(*CATEGORIES)
     else:

@@ -1,0 +1,213 @@
+"""The fast paths of record building and date reading give what the general rules give.
+
+Record building and evaluation run for every resource of every patient, so a few hot helpers
+are written out flat or remember their answers (fhir_trial.sources._common.patient_refs,
+fhir_trial.fhirdates.parse_span, fhir_trial.terminology.record_code_keys, is_known_type). Each is
+checked here against the plain rule it stands for, on ordinary and odd inputs (contained,
+``urn:uuid``, absolute, versioned and display-only references; dates with times, spaces, partial
+precision; malformed values), with hypothesis for the inputs nobody thought of.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_trial.fhirdates import _read_span, parse_span
+from fhir_trial.sources import _common
+from fhir_trial.sources._common import (
+    is_known_type,
+    normalise_reference,
+    patient_refs,
+    references,
+)
+from fhir_trial.terminology import ICD10, lookup_keys, record_code_keys
+
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
+
+
+def reference_rule(resource: dict[str, Any]) -> list[str]:
+    """patient_refs as first written: every top-level reference, normalised, patient-like kept."""
+    if resource.get("resourceType") == "Patient":
+        return []
+    found = (normalise_reference(ref) for ref in references(resource))
+    return [ref for ref in found if ref.startswith(("Patient/", "urn:"))]
+
+
+ODD_REFERENCES = [
+    "Patient/p1",
+    "Patient/p1/_history/3",
+    "https://fhir.example.org/r4/Patient/p1",
+    "https://fhir.example.org/r4/Patient/p1/_history/2",
+    "http://example.org/fhir/Patient/p1/",
+    "urn:uuid:0b0f6f3c-6a2c-4f57-9d35-6a1d1e4d2d11",
+    "urn:oid:1.2.3",
+    "#contained-patient",
+    "Patient?identifier=http://example.org/mrn|123",
+    "Group/g1",
+    "Practitioner/pr1",
+    "Patient/",
+    "Patient/p1\n",
+    "patient/p1",
+    "",
+    "Patient/" + "x" * 65,
+]
+
+
+@pytest.mark.parametrize("ref", ODD_REFERENCES)
+@pytest.mark.parametrize(
+    "shape",
+    ["single", "repeated", "mixed list", "display only", "dict subclass", "not text"],
+)
+def test_patient_refs_agree_with_the_reference_rule(ref: str, shape: str) -> None:
+    value: Any
+    if shape == "single":
+        value = {"reference": ref, "display": "Ann"}
+    elif shape == "repeated":
+        value = [{"reference": ref}, {"reference": "Patient/other"}]
+    elif shape == "mixed list":
+        value = ["text", 3, None, {"display": "no reference"}, {"reference": ref}]
+    elif shape == "display only":
+        value = {"display": ref}
+    elif shape == "dict subclass":
+        value = OrderedDict(reference=ref)
+    else:
+        value = {"reference": [ref]}
+    resource = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": value,
+        "performer": [{"reference": "Practitioner/x"}],
+        "contained": [{"resourceType": "Patient", "id": "contained-patient"}],
+        "valueString": ref,
+    }
+    assert patient_refs(resource) == reference_rule(resource)
+    assert patient_refs(resource) == reference_rule(resource)  # from the cache this time
+    assert patient_refs({**resource, "resourceType": "Patient"}) == []
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["reference", "display", "x"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+reference_texts = st.sampled_from(ODD_REFERENCES) | st.text(
+    alphabet="Patient/_histoy:urn0123-.#?", max_size=30
+)
+
+
+@SETTINGS
+@given(
+    st.dictionaries(
+        st.sampled_from(["subject", "patient", "performer", "code", "focus", "note"]),
+        json_values
+        | st.builds(lambda r: {"reference": r}, reference_texts)
+        | st.lists(st.builds(lambda r: {"reference": r}, reference_texts), max_size=3),
+        max_size=5,
+    )
+)
+def test_patient_refs_agree_on_arbitrary_resources(elements: dict[str, Any]) -> None:
+    resource = {"resourceType": "Condition", **elements}
+    assert patient_refs(resource) == reference_rule(resource)
+
+
+def test_patient_refs_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_common, "_MAX_CACHED_REFS", 4)
+    _common._PATIENT_REF_OF.clear()
+    for number in range(10):
+        resource = {"resourceType": "Condition", "subject": {"reference": f"Patient/p{number}"}}
+        assert patient_refs(resource) == [f"Patient/p{number}"]
+        assert len(_common._PATIENT_REF_OF) <= 4
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Observation",
+        "Patient",
+        "observation",
+        "NotAType",
+        "Observation ",
+        "",
+        None,
+        3,
+        ["Observation"],
+        {"x": 1},
+    ],
+)
+def test_is_known_type_remembers_what_the_rule_says(value: Any) -> None:
+    assert is_known_type(value) == _common._is_known_type(value)
+    assert is_known_type(value) == _common._is_known_type(value)
+
+
+DATES = [
+    "2024",
+    "2024-02",
+    "2024-02-29",
+    "2023-02-29",
+    "2024-03-05T10:00:00Z",
+    "2024-03-05T23:59:59+14:00",
+    "2024-03-05 10:00",
+    "2024-03-05X10:00",
+    " 2024-03-05T10:00",
+    "2024-03-0 T10:00",
+    "2024-03   T10:00",
+    "2024      T10:00",
+    "2024-03-05T",
+    "2024-03-05     ",
+    "2024-03-05\u3000T",
+    "\u20002024-03-05T10:00",
+    "2024-13-05T10:00",
+    "abcd-ef-ghT10:00",
+    "",
+    "20",
+]
+
+
+@pytest.mark.parametrize("value", DATES)
+def test_parse_span_agrees_with_the_full_rule(value: str) -> None:
+    assert parse_span(value) == _read_span(value)
+    assert parse_span(value) == _read_span(value)  # from the cache this time
+
+
+@SETTINGS
+@given(
+    st.text(alphabet="0123456789-T :Z+. \t\u3000", max_size=25)
+    | st.dates().map(lambda d: d.isoformat() + "T10:00:00Z")
+    | st.text(max_size=14)
+)
+def test_parse_span_agrees_on_arbitrary_text(value: str) -> None:
+    assert parse_span(value) == _read_span(value)
+
+
+@pytest.mark.parametrize("value", [None, 2024, 2024.5, ["2024"], {"start": "2024"}])
+def test_parse_span_refuses_what_is_not_text(value: Any) -> None:
+    assert parse_span(value) is None
+
+
+@pytest.mark.parametrize(
+    ("system", "code"),
+    [
+        ("http://snomed.info/sct", "55464009"),
+        ("urn:oid:2.16.840.1.113883.6.96", " 55464009 "),
+        (ICD10, "M32.14"),
+        ("http://fhir.de/CodeSystem/bfarm/icd-10-gm", "M32.1†"),
+        ("http://www.whocc.no/atc", "j01ca04"),
+        (None, "123"),
+        ("http://snomed.info/sct", 55464009),
+        ("http://snomed.info/sct", ""),
+        ("http://snomed.info/sct", {"x": 1}),
+        ({"not": "a system"}, "123"),
+    ],
+)
+def test_record_code_keys_are_lookup_keys(system: Any, code: Any) -> None:
+    assert record_code_keys(system, code) == tuple(lookup_keys(system, code))
+    assert record_code_keys(system, code) == tuple(lookup_keys(system, code))
