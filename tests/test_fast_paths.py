@@ -211,3 +211,97 @@ def test_parse_span_refuses_what_is_not_text(value: Any) -> None:
 def test_record_code_keys_are_lookup_keys(system: Any, code: Any) -> None:
     assert record_code_keys(system, code) == tuple(lookup_keys(system, code))
     assert record_code_keys(system, code) == tuple(lookup_keys(system, code))
+
+
+# ----------------------------------------------------------------------------- medications
+def _order(rid: str, concept: Any = None, route: Any = None, **more: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationRequest",
+        "id": rid,
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2026-01-01",
+        **more,
+    }
+    if concept is not None:
+        resource["medicationCodeableConcept"] = concept
+    if route is not None:
+        resource["dosageInstruction"] = [{"route": route, "text": rid}]
+    return resource
+
+
+PRED = {
+    "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640"}],
+    "text": "prednisone",
+}
+PRED_NAMED = {
+    "coding": [
+        {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640", "display": "x"}
+    ]
+}
+ORAL = {"coding": [{"system": "http://snomed.info/sct", "code": "26643006"}], "text": "Oral"}
+TOPICAL = {"coding": [{"system": "http://snomed.info/sct", "code": "6064005"}], "text": "Topical"}
+
+
+def _odd_medication_records() -> list[dict[str, Any]]:
+    import datetime as dt
+
+    return [
+        {"resourceType": "Patient", "id": "p1"},
+        _order("a", PRED, ORAL),
+        _order("b", PRED, ORAL),  # the same drug the same way: shared
+        _order("c", PRED, TOPICAL),  # same drug, another route
+        _order("d", PRED),  # no route
+        _order("e", PRED_NAMED, ORAL),
+        _order("f", {**PRED, "text": "Prednison 5 mg Tabletten"}, ORAL),
+        _order("g", {"coding": [{"system": PRED["coding"][0]["system"], "code": 8640}]}),
+        _order("h", {"coding": [{"system": PRED["coding"][0]["system"], "code": 8640.0}]}),
+        _order("i", {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "8640"}]}),
+        _order("j", {"text": dt.date(2026, 1, 1)}),  # not plain JSON: the general rule
+        _order("k", {"text": "2026-01-01"}),
+        _order("l", None, None, medicationReference={"reference": "Medication/m1"}),
+        _order("m", PRED, None, medicationReference={"reference": "Medication/m1"}),
+        _order(
+            "n",
+            None,
+            None,
+            medicationReference={"reference": "#c1"},
+            contained=[{"resourceType": "Medication", "id": "c1", "code": PRED}],
+        ),
+        _order("o", None, None, medicationReference={"display": "prednisone 5 mg"}),
+        _order("p", None, None, medicationReference=None),
+        _order("q", {}, ORAL),
+        _order("r", PRED, "oral"),  # a damaged route
+        {**_order("s", PRED, None), "dosage": {"route": ORAL}},
+        {
+            "resourceType": "MedicationStatement",
+            "id": "a",
+            "status": "active",
+            "subject": {"reference": "Patient/p1"},
+            "medicationCodeableConcept": PRED,
+            "dosage": [{"route": ORAL}],
+        },
+        {"resourceType": "Medication", "id": "m1", "code": PRED},
+    ]
+
+
+def test_drug_records_shared_between_records_are_what_each_record_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fhir_trial import medications
+    from fhir_trial.record import PatientRecord
+
+    record = PatientRecord()
+    record.add_all(_odd_medication_records())
+    shared = medications.drug_records(record)
+    a, b = (shared[id(r)] for r in record.resources("MedicationRequest")[:2])
+    assert a.codings is b.codings  # read once for both
+    assert a.reference != b.reference
+    # Every record read by the general rule alone gives the same drug records.
+    monkeypatch.setattr(medications, "_same_drug_key", lambda resource, routes: None)
+    alone = medications.drug_records(record)
+    assert list(shared) == list(alone)
+    for rid, drug in shared.items():
+        assert drug == alone[rid], drug.reference
+        assert type(drug) is type(alone[rid])
