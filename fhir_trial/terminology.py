@@ -329,6 +329,10 @@ def name_candidate(coding: Mapping[str, Any]) -> tuple[str, str] | None:
 
 def codings(concept: object) -> list[Mapping[str, Any]]:
     """The codings of a CodeableConcept (empty for None or a concept with text only)."""
+    if type(concept) is dict:  # parsed JSON, the usual case: no ABC checks
+        found = concept.get("coding")
+        if type(found) is list:
+            return [c for c in found if type(c) is dict or isinstance(c, Mapping)]
     if not isinstance(concept, Mapping):
         return []  # absent, or malformed data (a string where a CodeableConcept belongs)
     found = concept.get("coding")

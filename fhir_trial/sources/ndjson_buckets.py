@@ -259,7 +259,7 @@ def split_range(task: SplitTask) -> SplitResult:
     )
     bucket_cache: dict[bytes, list[bytes]] = {}
     pending = writer.pending
-    search = PATIENT_REF.search
+    match_at = PATIENT_REF.match
     number = blocks = nonempty = 0
     with _open_binary(task.path) as handle:
         for block in _blocks(task, handle):
@@ -272,9 +272,16 @@ def split_range(task: SplitTask) -> SplitResult:
                 nonempty += 1
                 if not looked_at:
                     continue
-                match = search(line)
-                # "Patient" once: the reference found; no second patient, nor a Patient resource.
-                if match is not None and line.count(b"Patient") == 1:
+                # "Patient" once (first found from the start is the one found from the end: the
+                # subject is near the end of a line, so that costs a fraction of one full scan),
+                # and a reference there: no second patient, nor a Patient resource.
+                first = line.find(b"Patient")
+                match = (
+                    match_at(line, first)
+                    if first >= 0 and line.rfind(b"Patient") == first
+                    else None
+                )
+                if match is not None:
                     pid = match.group(1)
                     target = bucket_cache.get(pid)
                     if target is None:
