@@ -58,6 +58,7 @@ MIN_BUCKETS = 1
 PRIMARY = 1  # the copy that counts the line in the account (a line may go to several buckets)
 PATIENT_LINE = 2  # parsed in the split: a Patient resource, routed by its own id
 SINGLE = 4  # the line names one patient (once): the worker may check ownership cheaply
+assert PRIMARY | PATIENT_LINE | SINGLE < 10  # written as one digit, read back as one byte
 
 Order = tuple[int, int, int]  # (file index, range index, line within the range), 1-based line
 
@@ -423,8 +424,8 @@ def _read_bucket(job: BucketJob) -> dict[bytes, PatientLines]:
                         continue
                     header, _, body = record.partition(b"\t")
                     head, _, pids = header.rpartition(b" ")
-                    mark = int(head[head.rfind(b" ") + 1 :])
-                    for pid in pids.split(b"|"):
+                    mark = head[-1] - 48  # flags are one digit (0-7), the header's last field
+                    for pid in pids.split(b"|") if b"|" in pids else (pids,):
                         group = groups.get(pid)
                         if group is None:
                             group = groups[pid] = PatientLines()
