@@ -305,3 +305,57 @@ def test_drug_records_shared_between_records_are_what_each_record_says(
     for rid, drug in shared.items():
         assert drug == alone[rid], drug.reference
         assert type(drug) is type(alone[rid])
+
+
+# ----------------------------------------------------------------------------- Bundles
+def _bundle_with_odd_references(patient_url: str) -> dict[str, Any]:
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"}
+    subjects: list[Any] = [
+        {"reference": "Patient/p1"},
+        {"reference": "Patient/p1/_history/2"},
+        {"reference": "https://ehr.example.org/fhir/Patient/p1"},
+        {"reference": patient_url},
+        {"reference": "Patient/p2"},  # another patient, not in the Bundle
+        {"reference": "#p1"},  # contained
+        {"display": "Ann Example"},  # display only
+        {"reference": ["Patient/p1"]},  # damaged
+        "Patient/p1",  # damaged
+        None,
+    ]
+    entries = [{"fullUrl": patient_url, "resource": patient}]
+    for number, subject in enumerate(subjects):
+        for extra in (
+            {},
+            {"performer": [{"reference": "Patient/p2"}]},
+            {"focus": [{"reference": "Patient/p1"}]},
+        ):
+            condition: dict[str, Any] = {
+                "resourceType": "Condition",
+                "id": f"c{number}-{len(extra)}-{len(entries)}",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55464009"}]},
+                **extra,
+            }
+            if subject is not None:
+                condition["subject"] = subject
+            entries.append({"resource": condition})
+            entries.append({"resource": {**condition, "id": condition["id"] + "-p"}})
+            entries[-1]["resource"]["patient"] = entries[-1]["resource"].pop("subject", None)
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+@pytest.mark.parametrize(
+    "patient_url",
+    ["urn:uuid:7d1c4f0e-3b0b-4a53-9d89-4ef0d4a1a6c2", "https://ehr.example.org/fhir/Patient/p1"],
+)
+def test_one_patient_bundle_shortcut_keeps_what_the_full_rule_keeps(
+    patient_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_trial.sources import bundle
+
+    data = _bundle_with_odd_references(patient_url)
+    fast = bundle.record_from_bundle(data)
+    monkeypatch.setattr(bundle, "_names_the_patient", lambda resource, keys: False)
+    general = bundle.record_from_bundle(data)
+    kept = [c["id"] for c in fast.resources("Condition")]
+    assert kept == [c["id"] for c in general.resources("Condition")]
+    assert 0 < len(kept) < len(data["entry"]) - 1  # the odd shapes go both ways

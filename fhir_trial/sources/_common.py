@@ -110,6 +110,13 @@ def patient_refs(resource: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def patient_ref(reference: str) -> str:
+    """One reference as :func:`patient_refs` gives it: normalised when it may name a patient
+    (``Patient/<id>``, ``urn:...``), else ""."""
+    norm = _PATIENT_REF_OF.get(reference)
+    return norm if norm is not None else _patient_ref(reference)
+
+
 def is_patient_reference(reference: str) -> bool:
     """Whether a normalised reference is of the form ``Patient/<id>``."""
     return reference.startswith("Patient/")

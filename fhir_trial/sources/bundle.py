@@ -23,7 +23,12 @@ from typing import Any
 from fhir_trial.errors import InputError, NotFhirError, NotJsonError, PatientSelectionError
 from fhir_trial.json_input import JsonSyntaxError, parse_json
 from fhir_trial.record import CATEGORIES, PatientRecord
-from fhir_trial.sources._common import is_known_type, is_patient_reference, patient_refs
+from fhir_trial.sources._common import (
+    is_known_type,
+    is_patient_reference,
+    patient_ref,
+    patient_refs,
+)
 
 Resource = dict[str, Any]
 
@@ -56,7 +61,7 @@ class _Entry:
     full_url: str | None
     # Indexes into _Parsed.patients; None for none (most entries of a one-patient Bundle name it,
     # but a set per entry costs more than the rest of the entry).
-    patients: set[int] | None = None
+    patients: set[int] | frozenset[int] | None = None
     other_patient: bool = False  # references a patient that is not in the Bundle
 
 
@@ -129,17 +134,28 @@ def _parse(bundle: Mapping[str, Any]) -> _Parsed:
     for index, entry in enumerate(patients):
         for key in _patient_keys(entry):
             keys.setdefault(key, index)
+    only = frozenset({0}) if len(patients) == 1 else None
     for entry in others:
+        if only is not None and _names_the_patient(entry.resource, keys):
+            # The one Patient's resource whatever else it references: other patients it may name
+            # would only set other_patient, which no longer matters (see _build).
+            entry.patients = only
+            continue
         for ref in patient_refs(entry.resource):
             found = keys.get(ref)
             if found is not None:
-                if entry.patients is None:
-                    entry.patients = {found}
-                else:
-                    entry.patients.add(found)
+                entry.patients = {found} if entry.patients is None else {*entry.patients, found}
             elif is_patient_reference(ref):
                 entry.other_patient = True
     return _Parsed(patients, others, warnings)
+
+
+def _names_the_patient(resource: Mapping[str, Any], keys: Mapping[str, int]) -> bool:
+    """Whether ``subject`` or ``patient`` names a Patient of ``keys``: a shortcut of
+    :func:`patient_refs` for the usual resource, which names its patient there."""
+    holder = resource.get("subject") or resource.get("patient")
+    ref = holder.get("reference") if type(holder) is dict else None
+    return type(ref) is str and patient_ref(ref) in keys
 
 
 def _patient_keys(entry: _Entry) -> list[str]:
