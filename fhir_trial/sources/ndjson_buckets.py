@@ -58,7 +58,6 @@ MIN_BUCKETS = 1
 PRIMARY = 1  # the copy that counts the line in the account (a line may go to several buckets)
 PATIENT_LINE = 2  # parsed in the split: a Patient resource, routed by its own id
 SINGLE = 4  # the line names one patient (once): the worker may check ownership cheaply
-assert PRIMARY | PATIENT_LINE | SINGLE < 10  # written as one digit, read back as one byte
 
 Order = tuple[int, int, int]  # (file index, range index, line within the range), 1-based line
 
@@ -260,7 +259,7 @@ def split_range(task: SplitTask) -> SplitResult:
     )
     bucket_cache: dict[bytes, list[bytes]] = {}
     pending = writer.pending
-    match_at = PATIENT_REF.match
+    search = PATIENT_REF.search
     number = blocks = nonempty = 0
     with _open_binary(task.path) as handle:
         for block in _blocks(task, handle):
@@ -273,16 +272,9 @@ def split_range(task: SplitTask) -> SplitResult:
                 nonempty += 1
                 if not looked_at:
                     continue
-                # "Patient" once (first found from the start is the one found from the end: the
-                # subject is near the end of a line, so that costs a fraction of one full scan),
-                # and a reference there: no second patient, nor a Patient resource.
-                first = line.find(b"Patient")
-                match = (
-                    match_at(line, first)
-                    if first >= 0 and line.rfind(b"Patient") == first
-                    else None
-                )
-                if match is not None:
+                match = search(line)
+                # "Patient" once: the reference found; no second patient, nor a Patient resource.
+                if match is not None and line.count(b"Patient") == 1:
                     pid = match.group(1)
                     target = bucket_cache.get(pid)
                     if target is None:
@@ -424,8 +416,8 @@ def _read_bucket(job: BucketJob) -> dict[bytes, PatientLines]:
                         continue
                     header, _, body = record.partition(b"\t")
                     head, _, pids = header.rpartition(b" ")
-                    mark = head[-1] - 48  # flags are one digit (0-7), the header's last field
-                    for pid in pids.split(b"|") if b"|" in pids else (pids,):
+                    mark = int(head[head.rfind(b" ") + 1 :])
+                    for pid in pids.split(b"|"):
                         group = groups.get(pid)
                         if group is None:
                             group = groups[pid] = PatientLines()
