@@ -359,3 +359,22 @@ def test_one_patient_bundle_shortcut_keeps_what_the_full_rule_keeps(
     kept = [c["id"] for c in fast.resources("Condition")]
     assert kept == [c["id"] for c in general.resources("Condition")]
     assert 0 < len(kept) < len(data["entry"]) - 1  # the odd shapes go both ways
+
+
+# ----------------------------------------------------------------------------- worker start
+def test_population_workers_do_not_import_the_http_client() -> None:
+    """Each population worker imports the NDJSON screening code; the FHIR client and its HTTP
+    stack (about 75 ms a worker) come only when used, and stay reachable from the package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import fhir_trial.sources.ndjson_screen; "
+        "print('requests' in sys.modules); "
+        "from fhir_trial.sources import FhirClient, PatientNotFoundError; "
+        "print(FhirClient.__name__, PatientNotFoundError.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split("\n")
+    assert out[:2] == ["False", "FhirClient PatientNotFoundError"]
