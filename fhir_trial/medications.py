@@ -514,9 +514,11 @@ def _same_drug_key(resource: Resource, routes: tuple[Mapping[str, Any], ...]) ->
     if resource.get("medicationReference") is not None:
         return None
     try:
-        return orjson.dumps((resource.get("medicationCodeableConcept"), routes), option=_PLAIN_JSON)
+        key = orjson.dumps((resource.get("medicationCodeableConcept"), routes), option=_PLAIN_JSON)
     except TypeError:  # orjson.JSONEncodeError: not plain JSON
         return None
+    # orjson writes NaN and infinities as null: FHIR JSON has no null, so any is left to the rule.
+    return None if b"null" in key else key
 
 
 def _as_record_of(drug: DrugRecord, record: PatientRecord, resource: Resource) -> DrugRecord:

@@ -260,6 +260,8 @@ def _odd_medication_records() -> list[dict[str, Any]]:
         _order("i", {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "8640"}]}),
         _order("j", {"text": dt.date(2026, 1, 1)}),  # not plain JSON: the general rule
         _order("k", {"text": "2026-01-01"}),
+        _order("k1", {"coding": [{**PRED["coding"][0], "display": None}]}, ORAL),
+        _order("k2", {"coding": [{**PRED["coding"][0], "display": float("nan")}]}, ORAL),
         _order("l", None, None, medicationReference={"reference": "Medication/m1"}),
         _order("m", PRED, None, medicationReference={"reference": "Medication/m1"}),
         _order(
