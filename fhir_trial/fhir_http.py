@@ -12,9 +12,11 @@ headers, parsed JSON body) or raises one of the :mod:`fhir_trial.errors` server 
 Every request carries ``Accept: application/fhir+json``, the bearer token when one is given, and
 the connect/read timeouts of :class:`~fhir_trial.config.Settings`. A :class:`~fhir_trial.deadline.Deadline`
 (optional) bounds the whole exchange: every timeout is cut to what is left of it, the body is read
-as a stream and given up on when the deadline passes (a read timeout applies per socket read, so a
-server trickling its answer a byte at a time would otherwise never be given up on), retries never
-wait past it, and each request is counted against its request limit. Hitting it raises
+as a stream and given up on when the deadline passes, a watchdog shuts the connection's socket
+down if the deadline passes while the status line or headers are still arriving
+(:mod:`fhir_trial.http_watchdog`; a read timeout applies per socket read, so a server trickling
+its answer a byte at a time would otherwise never be given up on), retries never wait past it,
+and each request is counted against its request limit. Hitting it raises
 :class:`~fhir_trial.errors.ScreeningLimitError`, whose message names the limit. Answers 429, 500, 502, 503 and
 504 are retried up to ``Settings.max_retries`` times with exponential backoff; a ``Retry-After``
 header (seconds or an HTTP date) replaces the backoff, capped at ``max_retry_after_s``.
@@ -51,11 +53,13 @@ from fhir_trial.elements import child, objects
 from fhir_trial.errors import (
     AuthenticationError,
     ConfigurationError,
+    FhirServerError,
     NotFhirResponseError,
     ScreeningLimitError,
     ServerResponseError,
     ServerUnreachableError,
 )
+from fhir_trial.http_watchdog import guard_session, watch
 from fhir_trial.json_input import parse_json
 
 __all__ = ["FHIR_JSON", "FhirHttp", "FhirResponse", "origin_of"]
@@ -131,6 +135,8 @@ class FhirHttp:
         self._token = token or None
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
+        if isinstance(self.session, requests.Session):
+            guard_session(self.session)  # so that the deadline can cut off a trickling answer
         self._sleep = sleep
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
@@ -212,51 +218,92 @@ class FhirHttp:
         attempt = 0
         while True:
             timeout = self._timeouts(what, url)
-            started = time.monotonic()
-            try:
-                response = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=data,
-                    headers=send_headers,
-                    timeout=timeout,
-                    **self._stream_kwargs,
-                )
-            except requests.exceptions.Timeout as exc:
-                if self.deadline is not None and self.deadline.expired():
-                    raise self._limit_error(what, url, self.deadline.message()) from exc
-                raise ServerUnreachableError(
-                    f"{what}: no answer from {self.origin} within the time limit "
-                    f"(connect {timeout[0]:g}s, read {timeout[1]:g}s)",
-                    url=_strip_query(url),
-                ) from exc
-            except requests.exceptions.ConnectionError as exc:
-                raise ServerUnreachableError(
-                    f"{what}: cannot connect to {self.origin}", url=_strip_query(url)
-                ) from exc
-            except requests.exceptions.RequestException as exc:
-                raise ServerUnreachableError(
-                    f"{what}: request to {self.origin} failed ({type(exc).__name__})",
-                    url=_strip_query(url),
-                ) from exc
-            log.debug("%s -> %s in %.3fs", what, response.status_code, time.monotonic() - started)
-            if response.status_code in RETRY_STATUSES and attempt < self.settings.max_retries:
-                delay = self._retry_delay(attempt, response.headers.get("Retry-After"))
-                if self.deadline is None or delay < self.deadline.remaining():
-                    response.close()
-                    log.info(
-                        "%s -> %s, retry %d in %.1fs",
-                        what,
-                        response.status_code,
-                        attempt + 1,
-                        delay,
-                    )
-                    self._sleep(delay)
-                    attempt += 1
-                    continue
-            self._read_body(response, what, url, timeout[1])
+            retry: float | None = None
+            # The deadline is enforced on the socket too (fhir_trial.http_watchdog): a server
+            # that trickles its status line and headers never trips a per-read timeout.
+            with watch(self._watch_seconds()) as watchdog:
+                try:
+                    response = self._send(method, url, params, data, send_headers, timeout, what)
+                    retry = self._retry_delay_for(response, attempt, what)
+                    if retry is None:
+                        self._read_body(response, what, url, timeout[1])
+                except FhirServerError as exc:
+                    if watchdog is not None and watchdog.fired:
+                        raise self._cut_off(what, url) from exc
+                    raise
+            if watchdog is not None and watchdog.fired:
+                response.close()
+                raise self._cut_off(what, url)
+            if retry is not None:
+                self._sleep(retry)
+                attempt += 1
+                continue
             return self._answer(response, what, url)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        data: bytes | None,
+        headers: Mapping[str, str],
+        timeout: tuple[float, float],
+        what: str,
+    ) -> requests.Response:
+        """One HTTP exchange up to the answer's headers; transport failures mapped to errors."""
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                **self._stream_kwargs,
+            )
+        except requests.exceptions.Timeout as exc:
+            if self.deadline is not None and self.deadline.expired():
+                raise self._limit_error(what, url, self.deadline.message()) from exc
+            raise ServerUnreachableError(
+                f"{what}: no answer from {self.origin} within the time limit "
+                f"(connect {timeout[0]:g}s, read {timeout[1]:g}s)",
+                url=_strip_query(url),
+            ) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise ServerUnreachableError(
+                f"{what}: cannot connect to {self.origin}", url=_strip_query(url)
+            ) from exc
+        except requests.exceptions.RequestException as exc:
+            raise ServerUnreachableError(
+                f"{what}: request to {self.origin} failed ({type(exc).__name__})",
+                url=_strip_query(url),
+            ) from exc
+        log.debug("%s -> %s in %.3fs", what, response.status_code, time.monotonic() - started)
+        return response
+
+    def _retry_delay_for(
+        self, response: requests.Response, attempt: int, what: str
+    ) -> float | None:
+        """The wait before retrying a 429/5xx answer (closed then), or None: take the answer."""
+        if response.status_code not in RETRY_STATUSES or attempt >= self.settings.max_retries:
+            return None
+        delay = self._retry_delay(attempt, response.headers.get("Retry-After"))
+        if self.deadline is not None and delay >= self.deadline.remaining():
+            return None
+        response.close()
+        log.info("%s -> %s, retry %d in %.1fs", what, response.status_code, attempt + 1, delay)
+        return delay
+
+    def _watch_seconds(self) -> float | None:
+        """How long the socket watchdog lets one exchange run (None: no deadline, no watchdog)."""
+        return self.deadline.remaining() if self.deadline is not None else None
+
+    def _cut_off(self, what: str, url: str) -> ScreeningLimitError:
+        assert self.deadline is not None  # the watchdog is armed only under a deadline
+        return self._limit_error(
+            what, url, f"{self.deadline.message()} while waiting for the answer"
+        )
 
     @property
     def _stream_kwargs(self) -> dict[str, Any]:

@@ -8,7 +8,10 @@ Data minimisation: the service asks only for what its criteria read. Observation
 chart (vital signs, every lab panel ever drawn), and the criteria read a few kinds of them, so
 Observations are searched by code, with the codes of the ValueSets the criteria use (taken from
 :mod:`fhir_trial.terminology`, never listed here), and NYHA class findings by their value
-(``value-concept``). Less protected health information leaves the EHR, and less has to be sent
+(``value-concept``) and NYHA assessments by their code, and by their words (``code:text``) for an assessment
+identified only by words (``code.text`` "NYHA class", no code). A server that refuses ``:text``
+(not every server indexes code text) costs only a warning: such assessments are then not found,
+a rare shape; any other failure of these searches makes the NYHA part fail, as for the others. Less protected health information leaves the EHR, and less has to be sent
 and parsed. The other categories are searched whole: conditions and medications are matched
 through code hierarchies (ICD-10 prefixes, ingredient vs. product codes, referenced Medications)
 that a portable token search cannot express, and the rest are small.
@@ -23,8 +26,12 @@ prefetch key            resource type        filter
 ``observationScores``   Observation          ``combo-code``: SLEDAI-2K total, BILAG-2004 panel
                                              and organ systems (the project's own CodeSystem)
 ``observationNyha``     Observation          ``value-concept``: NYHA class I-IV findings
+                                             (SNOMED CT) and LOINC answers
 ``observationNyhaParts`` Observation         ``component-value-concept``: the same, as the value
                                              of a component of an assessment panel
+``observationNyha...``  Observation          ``combo-code``: NYHA assessments (LOINC 88020-3),
+``...Assessment``                            whatever their value (text, another code)
+``observationNyhaWords`` Observation         ``code:text``: NYHA assessments named in words
 ``medication...``       the four medication  none
                         resource types
 ``allergyIntolerance``  AllergyIntolerance   none
@@ -76,6 +83,7 @@ from fhir_trial.terminology import Terminology
 
 __all__ = [
     "MAX_PATIENT_ID_CHARS",
+    "NO_WORDS_SEARCH_WARNING",
     "SEARCHES",
     "PlannedSearch",
     "SearchSpec",
@@ -108,6 +116,17 @@ class SearchSpec:
     optional: bool = False
     label: str = ""
     fills: str | None = None  # the Observation part it fills on its own (record.OBSERVATION_PARTS)
+    words: tuple[str, ...] = ()  # for a ``:text`` filter: the words searched (any of them)
+
+
+# How an assessment names NYHA in words (code.text or a display), as the criterion reads it
+# (fhir_trial.criteria.comorbidity): searched with ``code:text``, which servers match as text
+# (Medplum: case-insensitive, anywhere in the text).
+NYHA_WORDS = ("nyha", "new york heart association")
+NO_WORDS_SEARCH_WARNING = (
+    "NYHA assessments identified only by words (no code) were not searched for: the server does "
+    "not support code:text searches, or the EHR did not run that prefetch"
+)
 
 
 def _whole(category: str, patient_param: str = "patient") -> SearchSpec:
@@ -153,9 +172,20 @@ SEARCHES: tuple[SearchSpec, ...] = (
         "Observation",
         "patient",
         "value-concept",
-        ("nyha-class-iii-iv", "nyha-class-i-ii"),
+        ("nyha-class-iii-iv", "nyha-class-i-ii", "nyha-answers-iii-iv", "nyha-answers-i-ii"),
         optional=True,
         label="Observation by value-concept (NYHA class)",
+        fills=NYHA_FINDINGS,
+    ),
+    SearchSpec(
+        "observationNyhaAssessment",
+        "Observation",
+        "Observation",
+        "patient",
+        "combo-code",
+        ("nyha-assessment",),
+        optional=True,
+        label="Observation by combo-code (NYHA assessment)",
         fills=NYHA_FINDINGS,
     ),
     SearchSpec(
@@ -164,10 +194,21 @@ SEARCHES: tuple[SearchSpec, ...] = (
         "Observation",
         "patient",
         "component-value-concept",
-        ("nyha-class-iii-iv", "nyha-class-i-ii"),
+        ("nyha-class-iii-iv", "nyha-class-i-ii", "nyha-answers-iii-iv", "nyha-answers-i-ii"),
         optional=True,
         label="Observation by component-value-concept (NYHA class in a panel)",
         fills=NYHA_FINDINGS,
+    ),
+    SearchSpec(
+        "observationNyhaWords",
+        "Observation",
+        "Observation",
+        "patient",
+        "code:text",
+        optional=True,
+        label="Observation by code:text (NYHA assessment named in words)",
+        fills=NYHA_FINDINGS,
+        words=NYHA_WORDS,
     ),
     *(_whole(mtype) for mtype in MEDICATION_TYPES),
     _whole("AllergyIntolerance"),
@@ -216,6 +257,11 @@ class PlannedSearch:
     def optional(self) -> bool:
         """See :class:`SearchSpec`."""
         return self.spec.optional and self.filter_value is not None
+
+    @property
+    def searches_words(self) -> bool:
+        """Whether the filter is a ``:text`` search (which some servers do not support)."""
+        return bool(self.spec.words) and self.filter_value is not None
 
     @property
     def uses_combo_code(self) -> bool:
@@ -320,6 +366,10 @@ def plan_searches(
     for spec in SEARCHES:
         if spec.filter_param is None:
             planned[spec.category].append(PlannedSearch(spec, label=spec.label or spec.category))
+            continue
+        if spec.words:
+            words = ",".join(escape_token(word) for word in spec.words)
+            planned[spec.category].append(PlannedSearch(spec, words, spec.label))
             continue
         try:
             tokens = _tokens(terminology, spec.valuesets) if terminology is not None else []

@@ -32,7 +32,8 @@ What it serves (JSON only, ``application/fhir+json``), under ``/fhir``:
 Search parameters: ``_id``; ``url`` (+ ``version``); ``identifier``, ``code``, ``category``,
 and on Observations ``combo-code`` (code or a component's code), ``component-code``,
 ``value-concept`` and ``component-value-concept`` (tokens: ``system|value``, ``|value``,
-``value``, ``system|``); ``server.unsupported = {"combo-code"}`` makes a search naming one of
+``value``, ``system|``), ``code:text`` (like Medplum: any words, case-insensitive, anywhere in
+``code.text`` or a coding's display); ``server.unsupported = {"combo-code"}`` makes a search naming one of
 those parameters answer 400 (a strict server; the CapabilityStatement then leaves them out of
 Observation's ``searchParam`` unless ``server.advertise_unsupported``); ``patient`` / ``subject``
 (``Patient/1``, ``1`` or an absolute URL); ``individual`` (ResearchSubject; like Medplum, only the
@@ -928,6 +929,16 @@ def _matches_value(resource: Mapping[str, Any], name: str, value: str) -> bool:
             if bar and cand_system == system and (code == "" or cand_code == code):
                 return True
         return False
+    if name == "code:text":  # like Medplum: case-insensitive, anywhere in code.text or a display
+        code = resource.get("code")
+        labels = (
+            [code.get("text")]
+            + [c.get("display") for c in _as_list(code.get("coding")) if isinstance(c, dict)]
+            if isinstance(code, dict)
+            else []
+        )
+        wanted = value.lower()
+        return any(isinstance(label, str) and wanted in label.lower() for label in labels)
     if name == "individual":  # like Medplum: a bare id matches nothing
         ref = resource.get("individual")
         return (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fake_bulk_server import FakeBulkServer, http_date, outcome
+from header_trickle import HeaderTrickle
 
-from fhir_trial.errors import AuthenticationError, InputError
+from fhir_trial.config import Settings
+from fhir_trial.errors import AuthenticationError, InputError, ServerUnreachableError
 from fhir_trial.population.bulk import client as client_module
 from fhir_trial.population.bulk.auth import StaticToken
 from fhir_trial.population.bulk.client import (
@@ -417,7 +420,6 @@ def test_large_file_is_streamed_not_held_in_memory(tmp_path: Path):
     import socket
     import subprocess
     import sys
-    import time
     import tracemalloc
 
     import requests
@@ -467,3 +469,20 @@ def test_gzip_content_encoding_is_decoded(server: FakeBulkServer, tmp_path: Path
     server.gzip_files = True
     make_client(server, Recorder()).run(tmp_path / "out", "group", "g")
     assert (tmp_path / "out" / "Patient.000.ndjson").read_text().splitlines() == PATIENTS
+
+
+def test_a_server_trickling_its_headers_is_given_up_on_within_the_read_timeout(tmp_path: Path):
+    # The status line and headers a byte every 0.2 s: every socket read gets a byte, so the read
+    # timeout alone (per read) would wait for as long as the server goes on.
+    with HeaderTrickle(interval=0.2, max_s=10.0) as trickling:
+        client = BulkClient(
+            trickling.base_url, settings=Settings(read_timeout_s=1.0), sleep=lambda s: None
+        )
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError, match=r"within 1 s \(read_timeout_s\)"):
+            client.start(tmp_path / "out", "system", None)
+        assert time.monotonic() - started < 2.0
+        stop = time.monotonic() + 1.0
+        while trickling.dripping and time.monotonic() < stop:
+            time.sleep(0.05)
+        assert trickling.dripping == 0

@@ -353,6 +353,7 @@ def test_ineligible_card_when_configured(
         "cards"
     ]
     assert card["summary"].startswith("Not eligible") and "suggestions" not in card
+    assert card["summary"].endswith(": 1 criterion rules the patient out")  # not "1 criteria"
 
 
 def test_every_card_has_a_fresh_uuid(client: FlaskClient, shared_dir: Path) -> None:

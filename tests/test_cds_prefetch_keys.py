@@ -233,6 +233,51 @@ def test_null_key_without_a_fhir_server_fails_its_category(
     assert recorder.status("inc-hemoglobin") == "unknown"
 
 
+NYHA_KEYS = (
+    "observationNyha",
+    "observationNyhaParts",
+    "observationNyhaAssessment",
+    "observationNyhaWords",
+)
+
+
+def test_ehr_configured_before_the_nyha_keys_loses_only_the_nyha_part(
+    tmp_path: Path, shared_dir: Path, terminology: Terminology
+) -> None:
+    # An EHR that prefetches the Observation keys it was configured with, not the NYHA ones, and
+    # gives no fhirServer: every other Observation criterion is still decided.
+    prefetch = full_prefetch()
+    prefetch["observation"] = searchset(hemoglobin(terminology))
+    for key in NYHA_KEYS:
+        assert key in prefetch
+        del prefetch[key]
+    recorder = Recorder()
+    _post(tmp_path, shared_dir, hook_request(prefetch), recorder)
+    record = recorder.record
+    assert record is not None and record.usable("Observation")
+    assert record.state(NYHA_FINDINGS) == "failed"
+    assert "did not send prefetch key 'observationNyha'" in record.failed[NYHA_FINDINGS]
+    assert any("code:text" in w for w in record.warnings)
+    assert recorder.status("inc-hemoglobin") != "unknown"
+    assert recorder.status("exc-heart-failure") == "unknown"
+
+
+def test_only_the_words_key_missing_without_a_server_is_a_warning(
+    tmp_path: Path, shared_dir: Path, terminology: Terminology
+) -> None:
+    # The words search (code:text) is the one an EHR's server most often cannot run.
+    prefetch = full_prefetch()
+    prefetch["observationNyha"] = searchset(nyha_iii(terminology))
+    prefetch["observationNyhaWords"] = None
+    recorder = Recorder()
+    _post(tmp_path, shared_dir, hook_request(prefetch), recorder)
+    record = recorder.record
+    assert record is not None and record.usable("Observation")
+    assert record.state(NYHA_FINDINGS) != "failed"
+    assert any("code:text" in w for w in record.warnings)
+    assert recorder.status("exc-heart-failure") == "met"
+
+
 def test_one_failed_nyha_fetch_fails_only_that_part_and_keeps_the_evidence(
     tmp_path: Path, shared_dir: Path, server: FakeFhirServer, terminology: Terminology
 ) -> None:

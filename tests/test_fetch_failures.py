@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from cds_helpers import (
 )
 from clinical_cases import CASES_DIR, PATIENT_ID, load_case
 from fake_fhir_server import FakeFhirServer, operation_outcome
+from header_trickle import HeaderTrickle
 
 from fhir_trial.cli import main
 from fhir_trial.config import Settings
@@ -213,10 +215,12 @@ def test_cli_nyha_search_failing_alone_makes_heart_failure_unknown(
     capsys: pytest.CaptureFixture[str],
     failure: str,
 ) -> None:
-    # Only the NYHA searches (by value and by component value) fail: the NYHA class IV
-    # Observation is not found, and nothing else says the patient has no heart failure.
+    # Only the NYHA searches (by value, by component value, by words) fail: the NYHA class IV
+    # Observation is not found, and nothing else says the patient has no heart failure. (A 400 to
+    # the words search alone would be a server without code:text: a warning, see below.)
     status = 500 if failure == "http-500" else 400
     server.fail(status, times=None, match="Observation", query="value-concept")
+    server.fail(status, times=None, match="Observation", query="code:text")
     code, report = _screen_cli(server, monkeypatch, capsys)
     assert code == 7
     assert report["notObtained"] == [NYHA_FINDINGS]
@@ -282,14 +286,138 @@ def test_cds_failed_category_is_never_not_met(
     _check_no_new_not_met(baseline, _statuses(report))
 
 
+@pytest.mark.parametrize("status", [500, 400])
 def test_cds_nyha_search_failing_alone_makes_heart_failure_unknown(
-    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str]
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str], status: int
 ) -> None:
-    server.fail(500, times=None, match="Observation", query="value-concept")
+    server.fail(status, times=None, match="Observation", query="value-concept")
+    server.fail(status, times=None, match="Observation", query="code:text")
     recorder = Recorder()
     _hook(tmp_path, shared_dir, server, recorder)
     assert recorder.report is not None
     report = recorder.report.to_json()
     assert report["notObtained"] == [NYHA_FINDINGS]
     assert recorder.report.criterion("exc-heart-failure").status == "unknown"
+    _check_no_new_not_met(baseline, _statuses(report))
+
+
+def test_cds_server_without_code_text_search_only_warns(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str]
+) -> None:
+    # A server that does not support code:text (400): the NYHA class finding is still found by
+    # value-concept, the report stays complete, and the record says what was not searched.
+    server.unsupported = {"code:text"}
+    recorder = Recorder()
+    _hook(tmp_path, shared_dir, server, recorder)
+    assert recorder.report is not None and recorder.record is not None
+    assert recorder.report.complete and "complete" not in recorder.report.to_json()
+    assert any("code:text" in w for w in recorder.record.warnings)
+    assert _statuses(recorder.report.to_json()) == baseline
+
+
+# ------------------------------------------------------------------------------ trickled headers
+# One category's answers send their status line and headers a byte every 0.2 s (requests' read
+# timeout, per socket read, never fires): the overall deadline cuts them off on the socket, the
+# category is not obtained, the report says which limit was hit, and nothing becomes not-met.
+TRICKLE_DEADLINE_S = 2.0
+
+
+def _wait_until_closed(trickling: HeaderTrickle, seconds: float = 1.0) -> None:
+    stop = time.monotonic() + seconds
+    while trickling.dripping and time.monotonic() < stop:
+        time.sleep(0.05)
+    assert trickling.dripping == 0  # the client closed its connection: nothing left reading
+
+
+@pytest.mark.parametrize("path", ["Condition", "MedicationRequest"])
+def test_cli_headers_trickled_for_one_category_stop_at_the_deadline(
+    server: FakeFhirServer,
+    baseline: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    path: str,
+) -> None:
+    server.batch = False  # one GET per search, so that only this category's answer trickles
+    limits = {**LIMITS, "fhir_deadline_s": TRICKLE_DEADLINE_S, "read_timeout_s": 5.0}
+    for name, value in limits.items():
+        monkeypatch.setenv(f"FHIR_TRIAL_{name.upper()}", str(value))
+    with HeaderTrickle(server.base_url, match=f"GET /fhir/{path}?", max_s=15.0) as trickling:
+        started = time.monotonic()
+        argv = ["screen", "--fhir-server", trickling.base_url, "--patient", PATIENT_ID]
+        code = main([*argv, "--as-of", AS_OF, "--format", "json"])
+        elapsed = time.monotonic() - started
+        assert trickling.dripped >= 1
+        _wait_until_closed(trickling)
+    captured = capsys.readouterr()
+    assert elapsed < TRICKLE_DEADLINE_S + 1.5
+    assert code == 7, captured.err  # a report, marked incomplete
+    report = json.loads(captured.out)
+    assert report["complete"] is False and CATEGORIES[path] in report["notObtained"]
+    assert f"{CATEGORIES[path]} (the overall limit of 2 s (fhir_deadline_s)" in captured.err
+    _check_no_new_not_met(baseline, _statuses(report))
+
+
+def test_cds_headers_trickled_for_one_category_stop_at_the_deadline(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str]
+) -> None:
+    server.batch = False
+    with HeaderTrickle(server.base_url, match="GET /fhir/Condition?", max_s=15.0) as trickling:
+        issuer = sandbox_issuer(shared_dir, fhir_servers=[trickling.base_url])
+        settings = base_settings(
+            tmp_path,
+            cds_trusted_issuers_file=write_issuers(tmp_path / "issuers.json", [issuer]),
+            cds_deadline_s=1.5,
+            read_timeout_s=5.0,
+            max_retries=0,
+        )
+        recorder = Recorder()
+        client = make_app(settings, evaluator=recorder).test_client()
+        body = hook_request(None, fhirServer=trickling.base_url)
+        body["context"]["patientId"] = PATIENT_ID
+        body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer"}
+        started = time.monotonic()
+        response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
+        elapsed = time.monotonic() - started
+        assert trickling.dripped >= 1
+        _wait_until_closed(trickling)
+    assert response.status_code == 200 and elapsed < 1.5 + 1.0
+    summaries = " ".join(card["summary"] for card in response.get_json()["cards"])
+    if recorder.report is not None:  # evaluated with what arrived in time
+        report = recorder.report.to_json()
+        assert "Condition" in report["notObtained"]
+        _check_no_new_not_met(baseline, _statuses(report))
+    else:  # or cut off before the evaluation: "could not be completed"
+        assert "could not be completed" in summaries
+
+
+def test_cds_endless_next_links_are_cut_off_in_requests(
+    tmp_path: Path, shared_dir: Path, server: FakeFhirServer, baseline: dict[str, str]
+) -> None:
+    # Every searchset page links to another, forever; the page cap is out of reach, so only the
+    # request cap of the hook (fhir_max_requests, shared by all its fetches) stops the paging.
+    server.endless_next = True
+    issuer = sandbox_issuer(shared_dir, fhir_servers=[server.base_url])
+    settings = base_settings(
+        tmp_path,
+        cds_trusted_issuers_file=write_issuers(tmp_path / "issuers.json", [issuer]),
+        cds_deadline_s=5.0,
+        max_pages=1000,
+        fhir_max_requests=40,
+        max_retries=0,
+    )
+    recorder = Recorder()
+    client = make_app(settings, evaluator=recorder).test_client()
+    body = hook_request(None, fhirServer=server.base_url)
+    body["context"]["patientId"] = PATIENT_ID
+    body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer"}
+    response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
+    assert response.status_code == 200
+    assert len(server.requests) <= 40  # the cap, and not one request more
+    assert recorder.report is not None and recorder.record is not None
+    report = recorder.report.to_json()
+    assert report["complete"] is False
+    # The reason names the limit that was hit (not "timed out": the time budget was not).
+    reasons = set(recorder.record.failed.values())
+    assert "the limit of 40 requests per screening (fhir_max_requests) was reached" in reasons
+    assert "timed out" not in reasons
     _check_no_new_not_met(baseline, _statuses(report))

@@ -1,10 +1,12 @@
 """A slow or trickling FHIR server costs other hospitals' hooks nothing (issue 19).
 
 Two hospitals, two trusted issuers, each allowed its own FHIR server: hospital A's server answers
-every request a byte at a time (a body that would take minutes), hospital B's is healthy. Chart
-opens at A and at B run at the same time, and again afterwards: B's hooks answer with their cards
-within the deadline every time; A's are cut off at the deadline ("could not be completed"), and
-the threads that read A's server end with the deadline instead of piling up in the worker.
+every request a byte at a time (a body that would take minutes; or, in the second test, its status
+line and headers a byte every 0.2 s, which no per-read timeout ever trips), hospital B's is
+healthy. Chart opens at A and at B run at the same time, and again afterwards: B's hooks answer
+with their cards within the deadline every time; A's are cut off at the deadline ("could not be
+completed"), and the threads that read A's server end with the deadline instead of piling up in
+the worker (and A's server sees its connections closed).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from cds_helpers import (
 from cryptography.hazmat.primitives.asymmetric import ec
 from fake_fhir_server import FakeFhirServer
 from flask import Flask
+from header_trickle import HeaderTrickle
 
 from fhir_trial.evaluate import evaluate
 
@@ -95,7 +98,27 @@ def test_a_trickling_server_never_costs_the_healthy_hospital_anything(
     tmp_path: Path, shared_dir: Path, servers: tuple[FakeFhirServer, FakeFhirServer]
 ) -> None:
     trickling, healthy = servers
-    app = _app(tmp_path, shared_dir, trickling.base_url, healthy.base_url)
+    _side_by_side(tmp_path, shared_dir, trickling.base_url, healthy.base_url)
+
+
+def test_a_server_trickling_its_headers_never_costs_the_healthy_hospital_anything(
+    tmp_path: Path, shared_dir: Path, servers: tuple[FakeFhirServer, FakeFhirServer]
+) -> None:
+    _, healthy = servers
+    # Every answer's status line and headers a byte every 0.2 s: requests' read timeout (per
+    # socket read) never fires, only the deadline enforced on the socket ends the wait.
+    with HeaderTrickle(interval=0.2, max_s=15.0) as trickling:
+        _side_by_side(tmp_path, shared_dir, trickling.base_url, healthy.base_url)
+        assert trickling.dripped >= 8  # every chart open at A asked it
+        stop = time.monotonic() + 2.0
+        while trickling.dripping and time.monotonic() < stop:
+            time.sleep(0.05)
+        assert trickling.dripping == 0  # every connection to it was closed at the deadline
+
+
+def _side_by_side(tmp_path: Path, shared_dir: Path, trickling_url: str, healthy_url: str) -> None:
+    """Chart opens at A (trickling) and B (healthy) at once, twice; then one more at B."""
+    app = _app(tmp_path, shared_dir, trickling_url, healthy_url)
     before = _fetch_threads()
     results: dict[str, list[tuple[float, Any]]] = {"a": [], "b": []}
 
@@ -104,8 +127,8 @@ def test_a_trickling_server_never_costs_the_healthy_hospital_anything(
 
     for _ in range(2):  # the same worker, twice: no stuck state left behind by the first round
         threads = [
-            threading.Thread(target=run, args=("a", trickling.base_url, False)) for _ in range(4)
-        ] + [threading.Thread(target=run, args=("b", healthy.base_url, True)) for _ in range(4)]
+            threading.Thread(target=run, args=("a", trickling_url, False)) for _ in range(4)
+        ] + [threading.Thread(target=run, args=("b", healthy_url, True)) for _ in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -124,6 +147,6 @@ def test_a_trickling_server_never_costs_the_healthy_hospital_anything(
         time.sleep(0.05)
     assert _fetch_threads() <= before
     # And a healthy hospital's next chart open, after all that, is answered as usual.
-    elapsed, response = _call(app, shared_dir, healthy.base_url, True)
+    elapsed, response = _call(app, shared_dir, healthy_url, True)
     assert elapsed < DEADLINE_S + 1.0
     assert "could not be completed" not in _summary(response)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from clinical_cases import PATIENT_ID, load_case
+from clinical_cases import CASES_DIR, PATIENT_ID, case_bundle, load_case
 from fake_fhir_server import FakeFhirServer
 from test_fhir_client import Server, client_for, outcome, searchset
 
@@ -29,7 +30,7 @@ from fhir_trial.cds_hooks.discovery import prefetch_templates
 from fhir_trial.cds_hooks.prefetch import apply_prefetch
 from fhir_trial.config import Settings
 from fhir_trial.evaluate import evaluate
-from fhir_trial.record import OBSERVATION_COMPONENTS, PatientRecord
+from fhir_trial.record import NYHA_FINDINGS, OBSERVATION_COMPONENTS, PatientRecord
 from fhir_trial.searches import (
     MAX_PATIENT_ID_CHARS,
     PlannedSearch,
@@ -371,3 +372,51 @@ def test_server_ignoring_combo_code_sends_everything_and_reads_the_same(
     assert record.usable("Observation")
     assert "bp" in [o["id"] for o in record.resources("Observation")]
     assert _statuses(record)["inc-lvef"] == "not-met"
+
+
+# ------------------------------------------------------------------------------ NYHA assessments
+NYHA_CASES = [
+    "exc-heart-failure/nyha-class-as-text-after-class-ii-needs-review",
+    "exc-heart-failure/nyha-observation-with-loinc-answer-class-iv-met",
+    "exc-heart-failure/loinc-assessment-without-words-valued-as-text-needs-review",
+    "exc-heart-failure/loinc-class-ii-answer-after-snomed-class-iii-not-met",
+    "exc-heart-failure/nyha-loinc-answer-in-panel-component-met",
+    "exc-heart-failure/class-iii-answer-of-another-scale-is-not-nyha",
+]
+
+
+@pytest.mark.parametrize("name", NYHA_CASES)
+def test_rest_and_bundle_agree_on_nyha_assessments(name: str) -> None:
+    """NYHA assessments coded 88020-3, valued with LOINC answers, or named only in words are
+    searched (combo-code, value-concept, code:text), so REST reads what a Bundle holds."""
+    case = load_case(CASES_DIR / f"{name}.yaml")
+    settings = case.settings_object()
+    with FakeFhirServer() as server:
+        for resource in case.resources:
+            server.add(copy.deepcopy(resource))
+        with FhirClient(server.base_url, settings=settings) as client:
+            record = client.fetch_patient_record(PATIENT_ID)
+    from_rest = evaluate(record, settings).criterion("exc-heart-failure")
+    from_bundle = evaluate(record_from_bundle(case_bundle(case)), settings).criterion(
+        "exc-heart-failure"
+    )
+    assert from_rest.status == case.expect["exc-heart-failure"]
+    assert (from_rest.status, from_rest.reason) == (from_bundle.status, from_bundle.reason)
+
+
+def test_server_without_code_text_search_warns_and_reads_the_rest() -> None:
+    """A server that refuses ``code:text`` (400) costs a warning, not the NYHA part: an
+    assessment named only in words is then not found (rare), coded ones still are."""
+    case = load_case(
+        CASES_DIR / "exc-heart-failure/nyha-observation-with-loinc-answer-class-iv-met.yaml"
+    )
+    settings = case.settings_object()
+    with FakeFhirServer() as server:
+        server.unsupported = {"code:text"}
+        for resource in case.resources:
+            server.add(copy.deepcopy(resource))
+        with FhirClient(server.base_url, settings=replace(settings, max_retries=0)) as client:
+            record = client.fetch_patient_record(PATIENT_ID)
+    assert record.state(NYHA_FINDINGS) != "failed"
+    assert any("code:text" in w for w in record.warnings)
+    assert evaluate(record, settings).criterion("exc-heart-failure").status == "met"

@@ -1,9 +1,9 @@
 """Reading from real servers: `screen --fhir-server` against the local fake FHIR server.
 
 Type-qualified reference searches (a Medplum-like server matches no bare id on ``individual``),
-the study recognised under a server-assigned id, large pages, the overall deadline (a hung or
-trickling server, endless next links), a wrong base URL told apart from a missing patient, and
-the exit codes of incomplete and empty screenings.
+the study recognised under a server-assigned id, large pages, the overall deadline (a hung
+server, one trickling its body or its headers, endless next links), a wrong base URL told apart
+from a missing patient, and the exit codes of incomplete and empty screenings.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fake_fhir_server import FakeFhirServer, serve_wsgi
 from flask import Flask
+from header_trickle import HeaderTrickle
 
 from fhir_trial.cli import main
 
@@ -164,6 +165,26 @@ def test_trickling_server_is_cut_off_at_the_overall_deadline(
     assert time.monotonic() - started < 4.0
     assert code == 3 and out == ""
     assert "fhir_deadline_s" in err
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut_off_at_the_overall_deadline(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The status line and headers a byte every 0.2 s: each socket read gets a byte well within
+    # the read timeout, so only the overall deadline, enforced on the socket, ends the wait.
+    with HeaderTrickle(interval=0.2, max_s=15.0) as trickling:
+        started = time.monotonic()
+        code, out, err = _screen(
+            trickling.base_url, capsys, monkeypatch, fhir_deadline_s=2.0, read_timeout_s=5
+        )
+        assert time.monotonic() - started < 3.5
+        assert trickling.dripped >= 1
+        stop = time.monotonic() + 1.0
+        while trickling.dripping and time.monotonic() < stop:
+            time.sleep(0.05)
+        assert trickling.dripping == 0  # the connection was closed, not left reading
+    assert code == 3 and out == ""
+    assert "fhir_deadline_s" in err and "2 s" in err  # names the limit that was hit
 
 
 def test_endless_next_links_are_cut_off_in_requests(

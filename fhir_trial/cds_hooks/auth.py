@@ -48,12 +48,14 @@ from urllib.parse import urlsplit
 import jwt
 import orjson
 import requests
+import urllib3
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhir_trial.cds_hooks.store import Database, ExpiryPurge
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.fhir_http import origin_of
+from fhir_trial.http_watchdog import guard_session, watch
 
 __all__ = [
     "ACCESS_TOKEN_ALGORITHMS",
@@ -240,6 +242,8 @@ class JwksCache:
 
     def __init__(self, session: requests.Session | None = None) -> None:
         self._session = session or requests.Session()
+        if isinstance(self._session, requests.Session):
+            guard_session(self._session)  # see _fetch
         self._lock = threading.Lock()
         self._sets: dict[str, tuple[float, list[Mapping[str, Any]]]] = {}
         self._last_fetch: dict[str, float] = {}
@@ -262,19 +266,31 @@ class JwksCache:
         return _key_by_kid(keys, kid)
 
     def _fetch(self, url: str, timeout: float) -> list[Mapping[str, Any]]:
+        # ``timeout`` bounds each socket read; the watchdog the whole fetch (a JWK Set URL that
+        # trickles its answer would otherwise hold the hook call's thread as long as it goes on).
+        watchdog = None
         try:
-            with self._session.get(
-                url,
-                timeout=timeout,
-                allow_redirects=False,
-                stream=True,
-                headers={"Accept": "application/json"},
-            ) as response:
+            with (
+                watch(timeout) as watchdog,
+                self._session.get(
+                    url,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    stream=True,
+                    headers={"Accept": "application/json"},
+                ) as response,
+            ):
                 if response.status_code != 200:
                     raise AuthError(f"JWK Set URL answered HTTP {response.status_code}")
                 body = response.raw.read(JWKS_MAX_BYTES + 1, decode_content=True)
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if watchdog is not None and watchdog.fired:
+                raise AuthError(
+                    f"JWK Set URL sent no complete answer within {timeout:g} s"
+                ) from exc
             raise AuthError(f"JWK Set URL could not be fetched ({type(exc).__name__})") from exc
+        if watchdog is not None and watchdog.fired:
+            raise AuthError(f"JWK Set URL sent no complete answer within {timeout:g} s")
         if len(body) > JWKS_MAX_BYTES:
             raise AuthError("JWK Set too large")
         try:

@@ -300,9 +300,10 @@ def eligibility_card(
 def ineligible_card(report: EligibilityReport) -> dict[str, Any]:
     """A short card for an ineligible patient (only when configured)."""
     against = _against(r for r in report.criteria if r.part_of is None)
+    ruling_out = "1 criterion rules" if len(against) == 1 else f"{len(against)} criteria rule"
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary(f"Not eligible for {STUDY_SHORT}: {len(against)} criteria exclude"),
+        "summary": _summary(f"Not eligible for {STUDY_SHORT}: {ruling_out} the patient out"),
         "indicator": "info",
         "detail": _detail(report, has_worksheet=False),
         "source": dict(SOURCE),

@@ -5,7 +5,8 @@ Prefetch templates are the searches of :mod:`fhir_trial.searches`, keyed by
 The service asks only for what its criteria need: Observations by the codes the criteria read, in
 the Observation's code or a component's (``combo-code``: ``observation``, ``observationScores``),
 and NYHA class findings by value (``observationNyha``, ``observationNyhaParts`` for a class inside
-a panel), instead of every Observation in the chart. A code list too long for one URL becomes
+a panel), NYHA assessments by code (``observationNyhaAssessment``) or by words
+(``observationNyhaWords``, ``code:text``), instead of every Observation in the chart. A code list too long for one URL becomes
 several keys (``observation2``, ...). Several keys may fill one category (all the above fill
 Observation); the category counts as obtained only when every one of its keys was.
 """
@@ -43,10 +44,11 @@ USAGE = (
     "fhirAuthorization granting read access to these resource types. The templates ask only for "
     "what the criteria need (code- and value-filtered Observation searches); a prefetch Bundle for "
     "them may hold just the matching resources. Several keys fill one data category (observation, "
-    "observationScores, observationNyha and observationNyhaParts are all Observations; a long code "
+    "observationScores and the observationNyha... keys are all Observations; a long code "
     "list is split into numbered keys such as observation2): a key left out is fetched from "
     "fhirServer with the same query; a value of null marks its whole category as unavailable (its "
-    "criteria become unknown)."
+    "criteria become unknown), except the observationNyha... keys, which only the NYHA class "
+    "criterion reads (and observationNyhaWords, a code:text search, which only warns)."
 )
 PATIENT_TOKEN = "{{context.patientId}}"
 

@@ -64,6 +64,8 @@ MAX_MEDICATION_READS = 100
 _EVALUATION_RESERVE_S = 0.15
 # Answers that mean "this server cannot run combo-code".
 _UNSUPPORTED_PARAMETER = frozenset({400, 422, 501})
+# Why a fetch stopped at the hook's time budget: names the setting, as the request limit's does.
+TIMED_OUT = "timed out at the hook's time budget, cds_deadline_s"
 # Marks a batch entry the server refused for combo-code (its search runs by code).
 _REFUSED: dict[str, Any] = {}
 # Base URLs whose server refused a batch (bounded: allowlisted servers only, and capped).
@@ -111,6 +113,12 @@ class CategoryResult:
     error: str | None = None
     key: str = ""
     fell_back: bool = False  # searched by code: values inside panels were not seen
+    status: int | None = None  # the HTTP status of a failed search, when the server answered
+
+    @property
+    def refused_as_unsupported(self) -> bool:
+        """Whether the server answered that it does not support the search (400, 422, 501)."""
+        return self.status in _UNSUPPORTED_PARAMETER
 
 
 def same_base(url: str, base_url: str) -> bool:
@@ -158,7 +166,7 @@ class FhirFetcher:
         """Run every job (prefetch key -> job); wait no longer than the deadline.
 
         Queries go in one batch when the server takes it, else in parallel. Jobs still running
-        when the deadline passes are reported with the error ``"timed out"``.
+        when the deadline passes are reported with the error :data:`TIMED_OUT`.
         """
         results: dict[str, CategoryResult] = {}
         # The Patient read runs beside the batch (a slow search must not cost the Patient, which
@@ -195,7 +203,7 @@ class FhirFetcher:
                 try:
                     results[key] = future.result(timeout=self.deadline.remaining())
                 except FutureTimeout:
-                    results[key] = CategoryResult(jobs[key].category, error="timed out", key=key)
+                    results[key] = CategoryResult(jobs[key].category, error=TIMED_OUT, key=key)
         finally:
             self._release(pool)
         return {key: results[key] for key in jobs}
@@ -216,10 +224,9 @@ class FhirFetcher:
         session = requests.Session()
         try:
             answer = self._http(session).request("POST", "", json=bundle).body
-        except (DeadlineExceeded, ScreeningLimitError):
-            return {
-                k: CategoryResult(queries[k].category, error="timed out", key=k) for k in keys
-            }, {}
+        except (DeadlineExceeded, ScreeningLimitError) as exc:
+            why = _limit_reason(exc)
+            return {k: CategoryResult(queries[k].category, error=why, key=k) for k in keys}, {}
         except AuthenticationError as exc:
             why = f"access refused by the FHIR server (HTTP {exc.status})"
             return {k: CategoryResult(queries[k].category, error=why, key=k) for k in keys}, {}
@@ -260,6 +267,7 @@ class FhirFetcher:
                     job.category,
                     error=f"the FHIR server answered HTTP {status}" if status else "no answer",
                     key=key,
+                    status=status or None,
                 )
         return failed, pages
 
@@ -343,19 +351,20 @@ class FhirFetcher:
         session = requests.Session()
         try:
             self._fetch_pages(result, url, job.continuing, session, first_page)
-        except (DeadlineExceeded, ScreeningLimitError):
-            result.error = "timed out"
+        except (DeadlineExceeded, ScreeningLimitError) as exc:
+            result.error = _limit_reason(exc)
         except AuthenticationError as exc:
             result.error = f"access refused by the FHIR server (HTTP {exc.status})"
         except ServerUnreachableError as exc:
             timed_out = isinstance(exc.__cause__, requests.exceptions.Timeout)
-            result.error = "timed out" if timed_out else "the FHIR server could not be reached"
+            result.error = TIMED_OUT if timed_out else "the FHIR server could not be reached"
         except NotFhirResponseError:
             result.error = "the FHIR server did not answer with FHIR JSON"
         except ServerResponseError as exc:
             result.error = (
                 f"the FHIR server answered HTTP {exc.status}" if exc.status else exc.message
             )
+            result.status = exc.status
             if exc.status in _UNSUPPORTED_PARAMETER and job.fallback_url:
                 result.error = "unsupported:" + result.error
         except FhirServerError as exc:
@@ -450,6 +459,15 @@ class FhirFetcher:
         body = self._http(session).get_json(url)
         self.deadline.check()
         return body
+
+
+def _limit_reason(exc: Exception) -> str:
+    """Why a fetch stopped at a limit: the request limit or the time budget (:data:`TIMED_OUT`:
+    the hook then answers that the EHR's FHIR server did not answer in time), each named."""
+    said = str(exc)
+    if "fhir_max_requests" in said:
+        return said.rpartition(": ")[2]  # the limit of N requests per screening (...) was reached
+    return TIMED_OUT
 
 
 def _status_of(response: Any) -> int:

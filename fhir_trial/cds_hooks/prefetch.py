@@ -3,8 +3,9 @@
 The service asks only for what its criteria need (see :mod:`fhir_trial.searches`): the prefetch
 templates of code- and value-filtered Observation searches may come back holding just the matching
 resources, and that is complete for those keys. A data category may have several prefetch keys
-(Observation has ``observation``, ``observationScores``, ``observationNyha`` and
-``observationNyhaParts``, plus numbered keys such as ``observation2`` when a code list is split);
+(Observation has ``observation``, ``observationScores`` and the NYHA keys ``observationNyha``,
+``observationNyhaParts``, ``observationNyhaAssessment`` and ``observationNyhaWords``, plus numbered
+keys such as ``observation2`` when a code list is split);
 their resources are merged (a resource in two of them is kept once) and the category counts as
 obtained only when every one of its keys was. For each key of the search plan:
 
@@ -17,6 +18,10 @@ obtained only when every one of its keys was. For each key of the search plan:
   ``code``; and a NYHA key (``observationNyha...``) that is ``null`` or an OperationOutcome fails
   only the Observation part ``Observation.nyha`` (the criterion reading NYHA class findings),
   not every Observation criterion;
+- a NYHA key absent or ``null`` (an EHR configured before the key existed, or whose server cannot
+  run ``value-concept`` or ``code:text``): the service runs it on ``fhirServer``; without one, only
+  the NYHA part fails, and for the words key (``code:text``, assessments named only in words) the
+  record only says that they were not searched for;
 - an OperationOutcome: the client hit an error -> failed, with the outcome's reason;
 - a searchset (or any) Bundle, or a single resource: its resources are added. A Bundle that still
   has a ``next`` link is incomplete: the next URL is handed back so the service can continue paging
@@ -37,7 +42,7 @@ from typing import Any
 
 from fhir_trial.elements import child, objects
 from fhir_trial.record import PatientRecord
-from fhir_trial.searches import PlannedSearch
+from fhir_trial.searches import NO_WORDS_SEARCH_WARNING, PlannedSearch
 from fhir_trial.sources._common import patient_refs, search_bundle_entries
 
 __all__ = [
@@ -62,6 +67,19 @@ class PrefetchResult:
     next_pages: dict[str, str] = field(default_factory=dict)  # prefetch key -> next page URL
     pending: dict[str, list[str]] = field(default_factory=dict)  # category -> open keys
     part_failures: dict[str, str] = field(default_factory=dict)  # Observation part -> why
+    # Open keys that fill only an Observation part (the NYHA searches): unless the service fetches
+    # them from fhirServer, only that part fails (part -> why), or, for the words search, the
+    # record says what was not searched (:meth:`settle_without_server`).
+    open_parts: dict[str, str] = field(default_factory=dict)
+    words_open: bool = False
+
+    def settle_without_server(self, record: PatientRecord) -> None:
+        """What the open part keys mean when there is no fhirServer to fetch them from."""
+        for part, why in self.open_parts.items():
+            if part not in record.failed:
+                record.mark_failed(part, why)
+        if self.words_open:
+            record.warnings.append(NO_WORDS_SEARCH_WARNING)
 
     def category_of(self, key: str) -> str:
         """The category an open key belongs to."""
@@ -88,8 +106,15 @@ def apply_prefetch(
         absent: list[PlannedSearch] = []
         nulled: list[str] = []
         paged: dict[str, str] = {}
+        part_keys: list[PlannedSearch] = []
         for search in searches:
             key = search.key
+            if search.spec.fills and prefetch.get(key) is None:
+                # A NYHA key left out (an EHR configured before it existed, or unable to run it)
+                # or null (its server may not support value-concept, combo-code or code:text): the
+                # service runs it on fhirServer; without one, only its part is lost.
+                part_keys.append(search)
+                continue
             if key not in prefetch:
                 absent.append(search)
                 continue
@@ -121,12 +146,24 @@ def apply_prefetch(
         if failure is not None:
             record.mark_failed(category, failure)
             continue
+        for search in part_keys:
+            result.to_fetch.append(search)
+            result.pending.setdefault(category, []).append(search.key)
+            if search.searches_words:
+                result.words_open = True
+            elif search.spec.fills:
+                sent = "sent no data for" if search.key in prefetch else "did not send"
+                why = (
+                    f"the EHR {sent} prefetch key '{search.key}', and no fhirServer was given "
+                    "to fetch it from"
+                )
+                result.open_parts.setdefault(search.spec.fills, why)
         if not absent and not paged:
             record.mark_obtained(category)
             continue
         result.to_fetch.extend(absent)
         result.next_pages.update(paged)
-        result.pending[category] = [s.key for s in absent] + list(paged)
+        result.pending.setdefault(category, []).extend([s.key for s in absent] + list(paged))
         if paged:
             key = next(iter(paged))
             record.mark_failed(category, f"prefetch '{key}' was only the first page of results")

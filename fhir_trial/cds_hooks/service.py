@@ -40,7 +40,7 @@ from fhir_trial.cds_hooks.auth import (
 from fhir_trial.cds_hooks.cards import eligibility_card, incomplete_card, ineligible_card
 from fhir_trial.cds_hooks.discovery import HOOK, SERVICE_ID
 from fhir_trial.cds_hooks.feedback import FeedbackStore
-from fhir_trial.cds_hooks.fetch import FetchJob, FhirFetcher
+from fhir_trial.cds_hooks.fetch import TIMED_OUT, FetchJob, FhirFetcher
 from fhir_trial.cds_hooks.prefetch import PrefetchResult, add_resources, apply_prefetch
 from fhir_trial.cds_hooks.store import Database
 from fhir_trial.cds_hooks.worksheet import WorksheetStore
@@ -51,7 +51,7 @@ from fhir_trial.errors import FhirTrialError
 from fhir_trial.evaluate import evaluate
 from fhir_trial.record import OBSERVATION_COMPONENTS, PatientRecord
 from fhir_trial.report import EligibilityReport
-from fhir_trial.searches import PlannedSearch, plan_searches
+from fhir_trial.searches import NO_WORDS_SEARCH_WARNING, PlannedSearch, plan_searches
 from fhir_trial.smart.links import smart_launch_url
 from fhir_trial.sources.fhir_client import NO_COMPONENTS_WARNING, unresolved_study_references
 from fhir_trial.terminology import Terminology, load_terminology
@@ -243,6 +243,8 @@ class CdsService:
         record = PatientRecord()
         pre = apply_prefetch(record, hook.prefetch, hook.patient_id, self.plan)
         fhir_server = hook.fhir_server
+        if not fhir_server:
+            pre.settle_without_server(record)
         if self._deceased(record):
             # No card for a deceased patient (CRITERIA.md): nothing more the EHR sends changes
             # that, so nothing is fetched.
@@ -265,7 +267,9 @@ class CdsService:
                 _short(hook.hook_instance),
                 self.settings.cds_deadline_s,
             )
-            return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
+            return Outcome(
+                "incomplete", reason="the EHR's FHIR server did not answer in time (cds_deadline_s)"
+            )
 
     def _fetch_and_conclude(
         self,
@@ -302,6 +306,10 @@ class CdsService:
                 fills = planned.spec.fills if planned is not None else None
                 if not result.error:  # evidence even when a sibling key failed
                     add_resources(record, result.resources, hook.patient_id, key)
+                elif (
+                    planned is not None and planned.searches_words and result.refused_as_unsupported
+                ):
+                    record.warnings.append(NO_WORDS_SEARCH_WARNING)  # see fhir_client
                 elif fills:  # a NYHA search: only the criterion reading it is unknown
                     record.mark_failed(fills, str(result.error))
                     failed_fetches.setdefault(fills, str(result.error))
@@ -369,8 +377,11 @@ class CdsService:
             )
         if record.patient is None:
             why = record.failed.get("Patient", "the Patient could not be obtained")
-            if failed_fetches.get("Patient") == "timed out" or deadline.expired():
-                return Outcome("incomplete", reason="the EHR's FHIR server did not answer in time")
+            if failed_fetches.get("Patient") == TIMED_OUT or deadline.expired():
+                return Outcome(
+                    "incomplete",
+                    reason="the EHR's FHIR server did not answer in time (cds_deadline_s)",
+                )
             return Outcome("no-data", reason=f"Patient: {why}")
         try:
             report = self.evaluator(record, self.settings)
@@ -380,8 +391,8 @@ class CdsService:
         if not (record.obtained - {"Patient"}) and not self._deceased(record):
             # Only the Patient: what it alone decides (a 17-year-old is ineligible) is answered;
             # anything else is "could not be completed", never a result that looks like one.
-            if any(why == "timed out" for why in failed_fetches.values()) or deadline.expired():
-                why = "the EHR's FHIR server did not answer in time"
+            if any(why == TIMED_OUT for why in failed_fetches.values()) or deadline.expired():
+                why = "the EHR's FHIR server did not answer in time (cds_deadline_s)"
             else:
                 why = "none of the patient's clinical data could be obtained"
             return Outcome("incomplete", report=report, reason=why, failed_fetches=failed_fetches)

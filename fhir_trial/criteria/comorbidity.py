@@ -10,7 +10,9 @@ status; "active" criteria (skin disease) need clinicalStatus active/recurrence/r
   present in both ValueSets only asks for review, but a Condition that also carries a disease coding
   outside ``immunosuppressed-state`` (HIV B20 next to "immunocompromised") is met: the disease decides.
 - exc-heart-failure: the latest NYHA class finding decides (a Condition so coded, or an Observation
-  whose value is one; Observations follow the status rule: cancelled / entered-in-error ignored).
+  whose value is one: a SNOMED CT class finding, or a LOINC answer when the Observation is a NYHA
+  assessment (coded LOINC 88020-3 or naming NYHA); Observations follow the status rule: cancelled /
+  entered-in-error ignored). A NYHA assessment whose class cannot be read -> needs-review.
   Class III/IV -> met; class I/II -> not-met; a latest finding that is a Condition no longer active,
   or a preliminary Observation -> needs-review; partial dates that leave unclear whether a III/IV or
   a I/II finding is the latest, or an undated III/IV finding next to a dated I/II latest one ->
@@ -41,6 +43,7 @@ import datetime as dt
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fhir_trial.criteria.context import (
@@ -191,8 +194,9 @@ def _label_names_nyha(label: str) -> bool:
     return _NYHA_WORDS.search(label) is not None
 
 
-def _names_nyha(observation: Mapping[str, Any]) -> bool:
-    """Whether an Observation's code says it is a NYHA class assessment (text or display)."""
+def _is_nyha_assessment(observation: Mapping[str, Any], assessment: ValueSet) -> bool:
+    """Whether an Observation is a NYHA class assessment: its code is in ``nyha-assessment``
+    (LOINC 88020-3), or its text or a display names NYHA."""
     code = observation.get("code")
     if type(code) is dict:  # plain JSON, the usual case: no Mapping checks or generators
         text = code.get("text")
@@ -206,16 +210,34 @@ def _names_nyha(observation: Mapping[str, Any]) -> bool:
                 display = coding.get("display")
                 if type(display) is str and _label_names_nyha(display):
                     return True
+                if assessment.contains(coding.get("system"), coding.get("code")):
+                    return True
             else:
                 return False
     if not isinstance(code, Mapping):
         return False
+    if assessment.matches(code):
+        return True
     labels = [code.get("text")] + [c.get("display") for c in codings(code)]
     return any(isinstance(label, str) and _label_names_nyha(label) for label in labels)
 
 
+@dataclass(frozen=True)
+class _NyhaClasses:
+    """The values meaning NYHA classes of one severity: SNOMED CT class findings, which say what
+    they are anywhere, and LOINC answers, which count only as the value of a NYHA assessment
+    (LOINC's answer "Class III" is shared by the answer lists of other scales)."""
+
+    findings: ValueSet
+    answers: ValueSet
+
+    def matches(self, concept: Mapping[str, Any] | None) -> bool:
+        """Whether a value (or a Condition code) is a class of this severity, in either form."""
+        return self.findings.matches(concept) or self.answers.matches(concept)
+
+
 def _unread_value(observation: Mapping[str, Any]) -> str:
-    """The value of a NYHA assessment whose class is not a SNOMED class finding, as written."""
+    """The value of a NYHA assessment whose class the project cannot read, as written."""
     concept = observation.get("valueCodeableConcept")
     if isinstance(concept, Mapping):
         for coding in codings(concept):
@@ -240,7 +262,7 @@ def _key_start(finding: NyhaFinding) -> dt.date:
 def _latest_nyha(
     ctx: Context,
     findings: Sequence[NyhaFinding],
-    milder: ValueSet,
+    milder: _NyhaClasses,
     unread: Sequence[UnreadNyha] = (),
 ) -> Finding:
     """The latest NYHA class finding decides; partial dates that leave it unclear need review.
@@ -296,7 +318,7 @@ def _latest_nyha(
             f"finding has no date: {names}; whether it came before or after needs a person",
             evidence,
         )
-    # A NYHA assessment whose class cannot be read (a LOINC answer, text) that may be as late as the
+    # A NYHA assessment whose class cannot be read (text, an unknown code) that may be as late as the
     # latest coded finding may be the class that decides: a person reads it.
     later_unread = [u for u in unread if u[0] is None or u[0].end >= _key_start(newest)]
     if later_unread:
@@ -334,9 +356,12 @@ def heart_failure(ctx: Context) -> Finding:
     """exc-heart-failure: latest NYHA class III/IV finding, else heart failure without a class."""
     nyha = ctx.valueset("nyha-class-iii-iv")
     milder = ctx.valueset("nyha-class-i-ii")  # a later class I/II finding supersedes III/IV
+    severe_answers = _NyhaClasses(nyha, ctx.valueset("nyha-answers-iii-iv"))
+    milder_answers = _NyhaClasses(milder, ctx.valueset("nyha-answers-i-ii"))
+    assessment = ctx.valueset("nyha-assessment")
     findings: list[tuple[DateSpan | None, str, Resource]] = []
-    # NYHA assessments whose value is not a SNOMED class finding (a LOINC answer, text only): the
-    # class may be III/IV, so they are never passed over as "no qualifying record".
+    # NYHA assessments whose value is no class the project reads (text, another code): the class
+    # may be III/IV, so they are never passed over as "no qualifying record".
     unread: list[UnreadNyha] = []
     if ctx.record.usable("Condition"):
         for valueset in (nyha, milder):
@@ -356,19 +381,24 @@ def heart_failure(ctx: Context) -> Finding:
             ):
                 findings.append((observation_time(observation), "Observation", observation))
             elif (
-                _names_nyha(observation)  # first: most Observations are no NYHA assessment
+                _is_nyha_assessment(observation, assessment)  # first: most Observations are not
                 and observation_status(observation) != "ignored"  # damaged status: not a crash
                 and not (
                     isinstance(value, Mapping) and (nyha.matches(value) or milder.matches(value))
                 )
             ):
-                unread.append((observation_time(observation), observation))
+                if isinstance(value, Mapping) and (
+                    severe_answers.matches(value) or milder_answers.matches(value)
+                ):
+                    findings.append((observation_time(observation), "Observation", observation))
+                else:
+                    unread.append((observation_time(observation), observation))
     # A finding dated wholly after the screening date is a data error, never the latest finding.
     findings = [f for f in findings if f[0] is None or f[0].start <= ctx.as_of]
     unread = [u for u in unread if u[0] is None or u[0].start <= ctx.as_of]
     nyha_part = ctx.record.failed.get(NYHA_FINDINGS)
     if findings:
-        finding = _latest_nyha(ctx, findings, milder, unread)
+        finding = _latest_nyha(ctx, findings, milder_answers, unread)
         # A later class III/IV finding may be among the NYHA findings that were not read: the
         # NYHA search, or a whole category (Conditions or Observations) that failed to load.
         lost = [
@@ -404,7 +434,7 @@ def heart_failure(ctx: Context) -> Finding:
     if unread:
         return Finding(
             "needs-review",
-            f"a NYHA assessment whose class cannot be read (not a SNOMED CT class finding): "
+            f"a NYHA assessment whose class cannot be read (not a known NYHA class code): "
             f"{_unread_listing(unread)}; class III/IV excludes",
             tuple(_ref(ctx, u[1]) for u in unread),
         )

@@ -37,6 +37,7 @@ from fhir_trial.cds_hooks.worksheet import private_page_headers, stylesheet_hash
 from fhir_trial.config import Settings
 from fhir_trial.errors import FhirTrialError
 from fhir_trial.evaluate import evaluate
+from fhir_trial.http_watchdog import guard_session
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import Answer, EligibilityReport
 from fhir_trial.smart.config import Registration, load_registrations
@@ -82,6 +83,7 @@ class SmartApp:
         )
         self.store = SmartStore(Database(settings.database_path))
         self.http = requests.Session()
+        guard_session(self.http)  # the EHR calls are bounded in total, not only per read
 
     def registration(self, iss: str | None) -> Registration | None:
         """The registration of an allowlisted FHIR base, or None."""

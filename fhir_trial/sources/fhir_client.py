@@ -85,7 +85,7 @@ from fhir_trial.record import (
     OBSERVATION_COMPONENTS,
     PatientRecord,
 )
-from fhir_trial.searches import PlannedSearch, plan_searches
+from fhir_trial.searches import NO_WORDS_SEARCH_WARNING, PlannedSearch, plan_searches
 from fhir_trial.sources._common import search_bundle_entries
 from fhir_trial.terminology import Terminology, load_terminology
 
@@ -94,6 +94,7 @@ Resource = dict[str, Any]
 PAGE_SIZE = 200  # the default of Settings.search_page_size
 # Answers that mean "this server cannot run combo-code" (HAPI and most servers: 400).
 UNSUPPORTED_PARAMETER = frozenset({400, 422, 501})
+
 NO_COMPONENTS_WARNING = (
     "this server cannot search inside panels (combo-code); values sent only as panel "
     "components were not seen"
@@ -136,6 +137,21 @@ def _status_of(text: Any) -> int:
     """``"404 Not Found"`` -> 404 (0 when unreadable)."""
     match = re.match(r"\s*(\d{3})", str(text or ""))
     return int(match.group(1)) if match else 0
+
+
+def _refused_words_search(result: SearchResult) -> bool:
+    """A ``:text`` search the server refused as unsupported: a warning, not lost data.
+
+    Not every server indexes code text; an assessment named only in words is a rare shape, and
+    failing the NYHA part on such servers would make exc-heart-failure unknown for everyone.
+    """
+    planned = result.search.planned
+    return (
+        planned is not None
+        and planned.searches_words
+        and result.error is not None
+        and result.error.status in UNSUPPORTED_PARAMETER
+    )
 
 
 def _reason(error: FhirServerError) -> str:
@@ -478,6 +494,9 @@ class FhirClient:
             fills = result.search.planned.spec.fills if result.search.planned else None
             if result.failure:
                 name = result.search.label or result.search.category
+                if _refused_words_search(result):
+                    record.warnings.append(NO_WORDS_SEARCH_WARNING)
+                    continue
                 if fills:
                     failed.setdefault(fills, f"{name}: {result.failure}")
                 if result.search.optional:

@@ -86,13 +86,13 @@ CASES = [
     "inc-prior-therapy/contained-medication-with-ingredient",
     "exc-malignancy/icd10-gm-breast-cancer-status-after-z-needs-review",
     "inc-anti-dsdna/component-flagged-high-meets",
-]
-# Known disagreements between REST and Bundle screening (found on Medplum 5, December 2026): NYHA
-# assessments are searched by their value (SNOMED CT class findings) only, so an assessment whose
-# value is a LOINC answer or text never reaches the REST screening, which then rules the
-# exclusion out where the Bundle screening asks a person. Strict xfail: fixing it turns them red.
-KNOWN_DISAGREEMENTS = [
-    "exc-heart-failure/nyha-observation-with-loinc-answer-needs-review",
+    # NYHA assessments found by their LOINC code (88020-3) or their LOINC answer, in a panel too.
+    "exc-heart-failure/nyha-observation-with-loinc-answer-class-iv-met",
+    "exc-heart-failure/loinc-assessment-without-words-valued-as-text-needs-review",
+    "exc-heart-failure/loinc-class-ii-answer-after-snomed-class-iii-not-met",
+    "exc-heart-failure/nyha-loinc-answer-in-panel-component-met",
+    "exc-heart-failure/class-iii-answer-of-another-scale-is-not-nyha",
+    # ... and one named only in words (found with code:text).
     "exc-heart-failure/nyha-class-as-text-after-class-ii-needs-review",
 ]
 SYNTHEA_RECORDS = ["Hershel_Marvin", "Willy_Koepp"]
@@ -344,18 +344,6 @@ def test_rest_and_bundle_screening_agree_on_every_criterion(
             print(f"  REST warning: {warning}")
     print("\n".join(problems))
     assert not problems, "REST and Bundle screening disagree:\n" + "\n".join(problems)
-
-
-@pytest.mark.xfail(
-    strict=True, reason="NYHA assessments valued by LOINC answer or text are not searched"
-)
-@pytest.mark.parametrize("name", KNOWN_DISAGREEMENTS)
-def test_known_disagreements(http: FhirHttp, name: str) -> None:
-    resources, settings = case_resources(name)
-    patient = load(http, name, resources, settings)
-    found = differences(screen_rest(patient), screen_bundle(patient))
-    print("\n".join(found))
-    assert not found
 
 
 def test_cases_keep_their_expected_statuses_on_the_server(patients: list[LivePatient]) -> None:
