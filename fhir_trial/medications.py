@@ -47,6 +47,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+import orjson
+
 from fhir_trial.elements import child, objects
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
@@ -56,8 +58,8 @@ from fhir_trial.terminology import (
     code_text,
     codings,
     has_letter,
-    lookup_keys,
     normalise_system,
+    record_code_keys,
 )
 
 # The ValueSets the medication criteria read drugs against, and (with the trial medications of
@@ -452,10 +454,22 @@ def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
     found: dict[int, tuple[DrugRecord, list[Code]]] = {}
     named: dict[Code, list[str]] = {}
     uses: dict[Code, int] = {}
+    # A patient's hundreds of orders name a few dozen drugs: records that write the same drug
+    # the same way (see _same_drug_key) share what is read from it.
+    same: dict[bytes, tuple[DrugRecord, list[Code]]] = {}
     for rtype in MEDICATION_TYPES:
         for resource in record.resources(rtype):
-            drug = _drug_record(record, resource)
-            keys = _exact_keys(drug)
+            routes = tuple(_routes(resource))
+            same_key = _same_drug_key(resource, routes)
+            known = same.get(same_key) if same_key is not None else None
+            if known is not None:
+                drug = _as_record_of(known[0], record, resource)
+                keys = known[1]
+            else:
+                drug = _drug_record(record, resource, routes)
+                keys = _exact_keys(drug)
+                if same_key is not None:
+                    same[same_key] = (drug, keys)
             found[id(resource)] = (drug, keys)
             for key in keys:
                 uses[key] = uses.get(key, 0) + 1
@@ -481,7 +495,52 @@ def _exact_keys(drug: DrugRecord) -> list[Code]:
     ]
 
 
-def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
+# orjson options that make it refuse anything but plain JSON values (dates, subclasses,
+# dataclasses raise), so that equal bytes mean equal content.
+_PLAIN_JSON = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _same_drug_key(resource: Resource, routes: tuple[Mapping[str, Any], ...]) -> bytes | None:
+    """What a record's drug is read from, as bytes, when nothing else is read: its inline
+    concept and its routes (no ``medicationReference``, which resolves through the record).
+    Two records with the same key give the same :class:`DrugRecord` but for their own
+    reference and type. None when the general rule must run (a reference, or values that are
+    not plain JSON).
+    """
+    if resource.get("medicationReference") is not None:
+        return None
+    try:
+        key = orjson.dumps((resource.get("medicationCodeableConcept"), routes), option=_PLAIN_JSON)
+    except TypeError:  # orjson.JSONEncodeError: not plain JSON
+        return None
+    # orjson writes NaN and infinities as null: FHIR JSON has no null, so any is left to the rule.
+    return None if b"null" in key else key
+
+
+def _as_record_of(drug: DrugRecord, record: PatientRecord, resource: Resource) -> DrugRecord:
+    """``drug`` (read from a record with the same :func:`_same_drug_key`) as ``resource``'s."""
+    return DrugRecord(
+        reference=record.reference_to(resource),
+        resource_type=str(resource.get("resourceType")),
+        drug=drug.drug,
+        codings=drug.codings,
+        routes=drug.routes,
+        keys=drug.keys,
+        names=drug.names,
+        has_name=drug.has_name,
+        local_use=drug.local_use,
+        # named_as depends on the names and keys only: the answers are shared too.
+        _named=drug._named,
+    )
+
+
+def _drug_record(
+    record: PatientRecord, resource: Resource, routes: tuple[Mapping[str, Any], ...]
+) -> DrugRecord:
     concept = record.medication_concept(resource)
     # The drug's concept, then its ingredients' (inline, or a referenced Medication's code).
     concepts: list[object] = [concept]
@@ -502,7 +561,6 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
         # Said in the name, so every reason naming the drug shows why it could not be identified.
         drug = f"{drug} ({reference}: not in the record)"
     drug_codings = tuple(c for found in concepts for c in codings(found) if isinstance(c, dict))
-    routes = tuple(_routes(resource))
     drug_names = [c.get("display") for c in drug_codings] + [child(c, "text") for c in concepts]
     names = [*drug_names, *(c.get("display") for r in routes for c in codings(r))]
     names += [r.get("text") for r in routes]
@@ -515,7 +573,7 @@ def _drug_record(record: PatientRecord, resource: Resource) -> DrugRecord:
         keys=frozenset(
             key
             for coding in drug_codings
-            for key in lookup_keys(coding.get("system"), coding.get("code"))
+            for key in record_code_keys(coding.get("system"), coding.get("code"))
         ),
         names=(
             names_ := tuple(dict.fromkeys(n for n in drug_names if type(n) is str and n.strip()))

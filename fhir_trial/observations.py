@@ -21,8 +21,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import COMPONENT_OF
@@ -104,12 +103,7 @@ def observation_status(observation: Resource) -> StatusClass:
 def observation_time(observation: Resource) -> DateSpan | None:
     """effective[x] (dateTime, instant, Period start), else issued; None when there is none."""
     text = _time_text(observation)
-    return _span_of(text) if text is not None else None
-
-
-# Several criteria place the same results in their windows: read each date text once (DateSpan is
-# immutable, so sharing the parsed value is safe).
-_span_of = lru_cache(maxsize=8192)(parse_span)
+    return parse_span(text) if text is not None else None  # cached per day (fhirdates)
 
 
 def _time_text(observation: Resource) -> str | None:
@@ -159,9 +153,11 @@ def place_in_window(span: DateSpan | None, start: dt.date, end: dt.date) -> Plac
     return "ambiguous"
 
 
-@dataclass(frozen=True)
-class Dated:
-    """An Observation with its time span and status class, ready for window decisions."""
+class Dated(NamedTuple):
+    """An Observation with its time span and status class, ready for window decisions.
+
+    A named tuple: one is made for every result a window criterion reads.
+    """
 
     resource: Resource
     span: DateSpan | None
@@ -191,6 +187,7 @@ def split_by_window(
     """Split Observations by window; ``start=None`` means "any time up to ``end``"."""
     split = WindowSplit([], [], [], [], [], [])
     lower = start or dt.date.min
+    inside, ambiguous, before, after = split.inside, split.ambiguous, split.before, split.after
     for observation in observations:
         status = observation_status(observation)
         if status == "ignored":
@@ -198,7 +195,17 @@ def split_by_window(
             continue
         span = observation_time(observation)
         item = Dated(observation, span, status)
-        getattr(split, place_in_window(span, lower, end)).append(item)
+        # place_in_window, written out: this runs for every result of every window criterion.
+        if span is None:
+            split.undated.append(item)
+        elif span.start >= lower and span.end <= end:
+            inside.append(item)
+        elif span.end < lower:
+            before.append(item)
+        elif span.start > end:
+            after.append(item)
+        else:
+            ambiguous.append(item)
     return split
 
 

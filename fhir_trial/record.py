@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from fhir_trial.elements import child, objects
-from fhir_trial.terminology import ValueSet, codings, lookup_keys
+from fhir_trial.terminology import ValueSet, codings, record_code_keys
 
 Resource = dict[str, Any]
 CategoryState = Literal["obtained", "failed", "not-requested"]
@@ -101,29 +101,32 @@ class PatientRecord:
         if not isinstance(rtype, str):
             return
         rid = resource.get("id")
+        by_reference = self._by_reference
         key = f"{rtype}/{rid}" if rid else None
         if key:
-            if key in self._by_reference:
+            if key in by_reference:
                 return
-            self._by_reference[key] = resource
+            by_reference[key] = resource
         else:  # no id: the same dict object is still kept once
             if id(resource) in self._seen:
                 return
             self._seen.add(id(resource))
         self._by_type[rtype].append(resource)
-        self._position[id(resource)] = len(self._position)
-        if full_url:
-            self._by_reference[full_url] = resource
+        position = self._position
+        position[id(resource)] = len(position)
+        # A fullUrl that is the resource's own ``Type/id`` (most Bundles) adds nothing.
+        if full_url and full_url != key:
+            by_reference[full_url] = resource
             # Absolute server URLs ending in Type/id are also reachable by their relative form.
             tail = "/".join(full_url.rstrip("/").split("/")[-2:])
-            self._by_reference.setdefault(tail, resource)
+            by_reference.setdefault(tail, resource)
         element = _CODE_ELEMENT.get(rtype)
         if element:
             self._index_code(rtype, resource, resource.get(element))
-        if rtype == "Observation":
-            parts = resource.get("component")
-            if parts and type(parts) is list:
-                self._add_components(resource, parts)
+            if rtype == "Observation":
+                parts = resource.get("component")
+                if parts and type(parts) is list:
+                    self._add_components(resource, parts)
 
     def _index_code(self, rtype: str, resource: Resource, concept: Any) -> None:
         index = self._by_code[rtype]
@@ -134,7 +137,7 @@ class PatientRecord:
                 continue
             code = coding.get("code")
             if code:
-                keys = lookup_keys(coding.get("system"), code)
+                keys = record_code_keys(coding.get("system"), code)
                 if not keys:
                     self._note_unusable_code(rtype)
                 for key_ in keys:

@@ -278,6 +278,26 @@ def lookup_keys(system: object, code: object) -> list[Code]:
     return keys
 
 
+# lookup_keys of each (system, code) pair met while indexing records: a patient's resources repeat
+# a few dozen codes thousands of times. Bounded: emptied when full (open-ended local codes).
+_KEYS_OF: dict[tuple[str | None, str], tuple[Code, ...]] = {}
+_MAX_CACHED_KEYS = 65536
+
+
+def record_code_keys(system: object, code: object) -> tuple[Code, ...]:
+    """:func:`lookup_keys` as a tuple, remembered for text codes (the record index's hot path)."""
+    if type(code) is not str or not (system is None or type(system) is str):
+        return tuple(lookup_keys(system, code))
+    pair = (system, code)
+    keys = _KEYS_OF.get(pair)
+    if keys is None:
+        keys = tuple(lookup_keys(system, code))
+        if len(_KEYS_OF) >= _MAX_CACHED_KEYS:
+            _KEYS_OF.clear()
+        _KEYS_OF[pair] = keys
+    return keys
+
+
 def _add_prefix_keys(keys: list[Code], sys: str, text: str) -> None:
     """Append a prefix-system code (if new) and all its ancestors to ``keys``."""
     if (sys, text) not in keys:
@@ -310,6 +330,10 @@ def name_candidate(coding: Mapping[str, Any]) -> tuple[str, str] | None:
 
 def codings(concept: object) -> list[Mapping[str, Any]]:
     """The codings of a CodeableConcept (empty for None or a concept with text only)."""
+    if type(concept) is dict:  # parsed JSON, the usual case: no ABC checks
+        found = concept.get("coding")
+        if type(found) is list:
+            return [c for c in found if type(c) is dict or isinstance(c, Mapping)]
     if not isinstance(concept, Mapping):
         return []  # absent, or malformed data (a string where a CodeableConcept belongs)
     found = concept.get("coding")

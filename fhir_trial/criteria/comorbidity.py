@@ -194,9 +194,8 @@ def _label_names_nyha(label: str) -> bool:
     return _NYHA_WORDS.search(label) is not None
 
 
-def _is_nyha_assessment(observation: Mapping[str, Any], assessment: ValueSet) -> bool:
-    """Whether an Observation is a NYHA class assessment: its code is in ``nyha-assessment``
-    (LOINC 88020-3), or its text or a display names NYHA."""
+def _names_nyha(observation: Mapping[str, Any]) -> bool:
+    """Whether an Observation's code names NYHA in its text or a display."""
     code = observation.get("code")
     if type(code) is dict:  # plain JSON, the usual case: no Mapping checks or generators
         text = code.get("text")
@@ -210,14 +209,10 @@ def _is_nyha_assessment(observation: Mapping[str, Any], assessment: ValueSet) ->
                 display = coding.get("display")
                 if type(display) is str and _label_names_nyha(display):
                     return True
-                if assessment.contains(coding.get("system"), coding.get("code")):
-                    return True
             else:
                 return False
     if not isinstance(code, Mapping):
         return False
-    if assessment.matches(code):
-        return True
     labels = [code.get("text")] + [c.get("display") for c in codings(code)]
     return any(isinstance(label, str) and _label_names_nyha(label) for label in labels)
 
@@ -358,7 +353,11 @@ def heart_failure(ctx: Context) -> Finding:
     milder = ctx.valueset("nyha-class-i-ii")  # a later class I/II finding supersedes III/IV
     severe_answers = _NyhaClasses(nyha, ctx.valueset("nyha-answers-iii-iv"))
     milder_answers = _NyhaClasses(milder, ctx.valueset("nyha-answers-i-ii"))
-    assessment = ctx.valueset("nyha-assessment")
+    # NYHA assessments: coded as one (LOINC 88020-3, found through the record's code index, panel
+    # components included), or naming NYHA in words (read on every Observation, cached per label).
+    coded_assessments = {
+        id(o) for o in ctx.record.with_code("Observation", ctx.valueset("nyha-assessment"))
+    }
     findings: list[tuple[DateSpan | None, str, Resource]] = []
     # NYHA assessments whose value is no class the project reads (text, another code): the class
     # may be III/IV, so they are never passed over as "no qualifying record".
@@ -381,7 +380,7 @@ def heart_failure(ctx: Context) -> Finding:
             ):
                 findings.append((observation_time(observation), "Observation", observation))
             elif (
-                _is_nyha_assessment(observation, assessment)  # first: most Observations are not
+                (id(observation) in coded_assessments or _names_nyha(observation))
                 and observation_status(observation) != "ignored"  # damaged status: not a crash
                 and not (
                     isinstance(value, Mapping) and (nyha.matches(value) or milder.matches(value))

@@ -56,18 +56,65 @@ def references(resource: Mapping[str, Any]) -> Iterator[str]:
                         yield ref
 
 
-def patient_refs(resource: Mapping[str, Any]) -> Iterator[str]:
-    """Normalised top-level references that could point to a patient.
+# What :func:`patient_refs` makes of each reference string seen: its normalised form when that
+# may name a patient, else "". A patient's resources repeat the same few references thousands of
+# times ("Patient/123" on every Observation), so this saves the regex on all but the first. Bounded:
+# a population run meets one new reference per patient, and the cache is emptied when full.
+_PATIENT_REF_OF: dict[str, str] = {}
+_MAX_CACHED_REFS = 65536
+
+
+def _patient_ref(reference: str) -> str:
+    """The normalised reference when it may name a patient (``Patient/<id>``, ``urn:...``), else ""."""
+    norm = normalise_reference(reference)
+    found = norm if norm.startswith(("Patient/", "urn:")) else ""
+    if len(_PATIENT_REF_OF) >= _MAX_CACHED_REFS:
+        _PATIENT_REF_OF.clear()
+    _PATIENT_REF_OF[reference] = found
+    return found
+
+
+def patient_refs(resource: Mapping[str, Any]) -> list[str]:
+    """Normalised top-level references that could point to a patient, in element order.
 
     ``Patient/<id>`` forms and ``urn:`` references are returned (a ``urn:uuid`` can only be told
     apart once the Bundle's Patient fullUrls are known); the Patient resource itself yields nothing.
+    The same as normalising every reference of :func:`references` and keeping those forms (a test
+    holds them together); written out flat because it runs for every resource of every source.
     """
     if resource.get("resourceType") == "Patient":
-        return
-    for ref in references(resource):
-        norm = normalise_reference(ref)
-        if norm.startswith(("Patient/", "urn:")):
-            yield norm
+        return []
+    refs: list[str] = []
+    for value in resource.values():
+        kind = type(value)
+        if kind is str:
+            continue  # most elements: ids, statuses, dates
+        if kind is dict or (kind is not list and isinstance(value, dict)):
+            ref = value.get("reference")
+            if isinstance(ref, str):
+                refs.append(ref)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    ref = item.get("reference")
+                    if isinstance(ref, str):
+                        refs.append(ref)
+    found: list[str] = []
+    known = _PATIENT_REF_OF
+    for ref in refs:
+        norm = known.get(ref)
+        if norm is None:
+            norm = _patient_ref(ref)
+        if norm:
+            found.append(norm)
+    return found
+
+
+def patient_ref(reference: str) -> str:
+    """One reference as :func:`patient_refs` gives it: normalised when it may name a patient
+    (``Patient/<id>``, ``urn:...``), else ""."""
+    norm = _PATIENT_REF_OF.get(reference)
+    return norm if norm is not None else _patient_ref(reference)
 
 
 def is_patient_reference(reference: str) -> bool:
@@ -87,8 +134,25 @@ def _known_type_names() -> frozenset[str]:
         return frozenset()
 
 
+# Answers of :func:`is_known_type` per string: every resource of every source asks, with a handful
+# of distinct type names. Bounded, in case an input brings many made-up names.
+_KNOWN_TYPE: dict[str, bool] = {}
+_MAX_CACHED_TYPES = 4096
+
+
 def is_known_type(resource_type: Any) -> bool:
     """Whether ``resource_type`` names a FHIR resource type (spelling checked, R4/R4B names)."""
+    if type(resource_type) is str:
+        known = _KNOWN_TYPE.get(resource_type)
+        if known is None:
+            known = _is_known_type(resource_type)
+            if len(_KNOWN_TYPE) < _MAX_CACHED_TYPES:
+                _KNOWN_TYPE[resource_type] = known
+        return known
+    return _is_known_type(resource_type)
+
+
+def _is_known_type(resource_type: Any) -> bool:
     if not isinstance(resource_type, str) or not _TYPE_NAME.match(resource_type):
         return False
     names = _known_type_names()

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fhir_trial.errors import InputError, NotFhirError, NotJsonError, PatientSelectionError
 from fhir_trial.json_input import JsonSyntaxError, parse_json
 from fhir_trial.record import CATEGORIES, PatientRecord
-from fhir_trial.sources._common import is_known_type, is_patient_reference, patient_refs
+from fhir_trial.sources._common import (
+    is_known_type,
+    is_patient_reference,
+    patient_ref,
+    patient_refs,
+)
 
 Resource = dict[str, Any]
 
@@ -50,11 +55,13 @@ def read_json_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     resource: Resource
     full_url: str | None
-    patients: set[int] = field(default_factory=set)  # indexes into _Parsed.patients
+    # Indexes into _Parsed.patients; None for none (most entries of a one-patient Bundle name it,
+    # but a set per entry costs more than the rest of the entry).
+    patients: set[int] | frozenset[int] | None = None
     other_patient: bool = False  # references a patient that is not in the Bundle
 
 
@@ -99,8 +106,8 @@ def _parse(bundle: Mapping[str, Any]) -> _Parsed:
         if not isinstance(raw, dict):
             malformed += 1
             continue
-        request = raw.get("request") or {}
-        if isinstance(request, dict) and request.get("method") == "DELETE":
+        request = raw.get("request")
+        if request and isinstance(request, dict) and request.get("method") == "DELETE":
             continue
         resource = raw.get("resource")
         if resource is None:
@@ -112,10 +119,11 @@ def _parse(bundle: Mapping[str, Any]) -> _Parsed:
         if not is_known_type(rtype):
             unknown[str(rtype) if rtype is not None else "(none)"] += 1
             continue
-        if _is_search_outcome(raw):
-            continue
-        full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
-        entry = _Entry(resource, full_url)
+        search = raw.get("search")
+        if search is not None and isinstance(search, dict) and search.get("mode") == "outcome":
+            continue  # an OperationOutcome about the search, not data
+        full_url = raw.get("fullUrl")
+        entry = _Entry(resource, full_url if isinstance(full_url, str) else None)
         (patients if rtype == "Patient" else others).append(entry)
     for rtype, count in sorted(unknown.items()):
         warnings.append(f"skipped {count} Bundle entries with unknown resourceType {rtype!r}")
@@ -126,20 +134,28 @@ def _parse(bundle: Mapping[str, Any]) -> _Parsed:
     for index, entry in enumerate(patients):
         for key in _patient_keys(entry):
             keys.setdefault(key, index)
+    only = frozenset({0}) if len(patients) == 1 else None
     for entry in others:
+        if only is not None and _names_the_patient(entry.resource, keys):
+            # The one Patient's resource whatever else it references: other patients it may name
+            # would only set other_patient, which no longer matters (see _build).
+            entry.patients = only
+            continue
         for ref in patient_refs(entry.resource):
             found = keys.get(ref)
             if found is not None:
-                entry.patients.add(found)
+                entry.patients = {found} if entry.patients is None else {*entry.patients, found}
             elif is_patient_reference(ref):
                 entry.other_patient = True
     return _Parsed(patients, others, warnings)
 
 
-def _is_search_outcome(entry: Mapping[str, Any]) -> bool:
-    """Whether a searchset entry is an OperationOutcome about the search, not data."""
-    search = entry.get("search")
-    return isinstance(search, dict) and search.get("mode") == "outcome"
+def _names_the_patient(resource: Mapping[str, Any], keys: Mapping[str, int]) -> bool:
+    """Whether ``subject`` or ``patient`` names a Patient of ``keys``: a shortcut of
+    :func:`patient_refs` for the usual resource, which names its patient there."""
+    holder = resource.get("subject") or resource.get("patient")
+    ref = holder.get("reference") if type(holder) is dict else None
+    return type(ref) is str and patient_ref(ref) in keys
 
 
 def _patient_keys(entry: _Entry) -> list[str]:
@@ -175,9 +191,11 @@ def _build(parsed: _Parsed, index: int, complete: bool) -> PatientRecord:
     record.warnings.extend(parsed.warnings)
     patient = parsed.patients[index]
     record.add(patient.resource, full_url=patient.full_url)
+    add = record.add
     for entry in parsed.entries:
-        if index in entry.patients or (not entry.patients and not entry.other_patient):
-            record.add(entry.resource, full_url=entry.full_url)
+        owners = entry.patients
+        if (index in owners) if owners is not None else not entry.other_patient:
+            add(entry.resource, entry.full_url)
     if complete:
         record.mark_obtained(*CATEGORIES)
     else:

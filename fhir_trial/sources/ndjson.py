@@ -536,11 +536,14 @@ def assemble_record(
     record.warnings.extend(warnings)
     record.add(patient)
     medication_refs: set[str] = set()
+    add = record.add
     for resource in resources:
-        record.add(resource)
-        ref = child(resource.get("medicationReference"), "reference")
-        if isinstance(ref, str) and ref.startswith("Medication/"):
-            medication_refs.add(ref)
+        add(resource)
+        holder = resource.get("medicationReference")  # absent from all but a few resources
+        if holder is not None:
+            ref = child(holder, "reference")
+            if isinstance(ref, str) and ref.startswith("Medication/"):
+                medication_refs.add(ref)
     for ref in sorted(medication_refs):
         if record.resolve(ref) is None:
             medication = shared_medication(ref)

@@ -1,0 +1,382 @@
+"""The fast paths of record building and date reading give what the general rules give.
+
+Record building and evaluation run for every resource of every patient, so a few hot helpers
+are written out flat or remember their answers (fhir_trial.sources._common.patient_refs,
+fhir_trial.fhirdates.parse_span, fhir_trial.terminology.record_code_keys, is_known_type). Each is
+checked here against the plain rule it stands for, on ordinary and odd inputs (contained,
+``urn:uuid``, absolute, versioned and display-only references; dates with times, spaces, partial
+precision; malformed values), with hypothesis for the inputs nobody thought of.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_trial.fhirdates import _read_span, parse_span
+from fhir_trial.sources import _common
+from fhir_trial.sources._common import (
+    is_known_type,
+    normalise_reference,
+    patient_refs,
+    references,
+)
+from fhir_trial.terminology import ICD10, lookup_keys, record_code_keys
+
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
+
+
+def reference_rule(resource: dict[str, Any]) -> list[str]:
+    """patient_refs as first written: every top-level reference, normalised, patient-like kept."""
+    if resource.get("resourceType") == "Patient":
+        return []
+    found = (normalise_reference(ref) for ref in references(resource))
+    return [ref for ref in found if ref.startswith(("Patient/", "urn:"))]
+
+
+ODD_REFERENCES = [
+    "Patient/p1",
+    "Patient/p1/_history/3",
+    "https://fhir.example.org/r4/Patient/p1",
+    "https://fhir.example.org/r4/Patient/p1/_history/2",
+    "http://example.org/fhir/Patient/p1/",
+    "urn:uuid:0b0f6f3c-6a2c-4f57-9d35-6a1d1e4d2d11",
+    "urn:oid:1.2.3",
+    "#contained-patient",
+    "Patient?identifier=http://example.org/mrn|123",
+    "Group/g1",
+    "Practitioner/pr1",
+    "Patient/",
+    "Patient/p1\n",
+    "patient/p1",
+    "",
+    "Patient/" + "x" * 65,
+]
+
+
+@pytest.mark.parametrize("ref", ODD_REFERENCES)
+@pytest.mark.parametrize(
+    "shape",
+    ["single", "repeated", "mixed list", "display only", "dict subclass", "not text"],
+)
+def test_patient_refs_agree_with_the_reference_rule(ref: str, shape: str) -> None:
+    value: Any
+    if shape == "single":
+        value = {"reference": ref, "display": "Ann"}
+    elif shape == "repeated":
+        value = [{"reference": ref}, {"reference": "Patient/other"}]
+    elif shape == "mixed list":
+        value = ["text", 3, None, {"display": "no reference"}, {"reference": ref}]
+    elif shape == "display only":
+        value = {"display": ref}
+    elif shape == "dict subclass":
+        value = OrderedDict(reference=ref)
+    else:
+        value = {"reference": [ref]}
+    resource = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": value,
+        "performer": [{"reference": "Practitioner/x"}],
+        "contained": [{"resourceType": "Patient", "id": "contained-patient"}],
+        "valueString": ref,
+    }
+    assert patient_refs(resource) == reference_rule(resource)
+    assert patient_refs(resource) == reference_rule(resource)  # from the cache this time
+    assert patient_refs({**resource, "resourceType": "Patient"}) == []
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["reference", "display", "x"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+reference_texts = st.sampled_from(ODD_REFERENCES) | st.text(
+    alphabet="Patient/_histoy:urn0123-.#?", max_size=30
+)
+
+
+@SETTINGS
+@given(
+    st.dictionaries(
+        st.sampled_from(["subject", "patient", "performer", "code", "focus", "note"]),
+        json_values
+        | st.builds(lambda r: {"reference": r}, reference_texts)
+        | st.lists(st.builds(lambda r: {"reference": r}, reference_texts), max_size=3),
+        max_size=5,
+    )
+)
+def test_patient_refs_agree_on_arbitrary_resources(elements: dict[str, Any]) -> None:
+    resource = {"resourceType": "Condition", **elements}
+    assert patient_refs(resource) == reference_rule(resource)
+
+
+def test_patient_refs_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_common, "_MAX_CACHED_REFS", 4)
+    _common._PATIENT_REF_OF.clear()
+    for number in range(10):
+        resource = {"resourceType": "Condition", "subject": {"reference": f"Patient/p{number}"}}
+        assert patient_refs(resource) == [f"Patient/p{number}"]
+        assert len(_common._PATIENT_REF_OF) <= 4
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Observation",
+        "Patient",
+        "observation",
+        "NotAType",
+        "Observation ",
+        "",
+        None,
+        3,
+        ["Observation"],
+        {"x": 1},
+    ],
+)
+def test_is_known_type_remembers_what_the_rule_says(value: Any) -> None:
+    assert is_known_type(value) == _common._is_known_type(value)
+    assert is_known_type(value) == _common._is_known_type(value)
+
+
+DATES = [
+    "2024",
+    "2024-02",
+    "2024-02-29",
+    "2023-02-29",
+    "2024-03-05T10:00:00Z",
+    "2024-03-05T23:59:59+14:00",
+    "2024-03-05 10:00",
+    "2024-03-05X10:00",
+    " 2024-03-05T10:00",
+    "2024-03-0 T10:00",
+    "2024-03   T10:00",
+    "2024      T10:00",
+    "2024-03-05T",
+    "2024-03-05     ",
+    "2024-03-05\u3000T",
+    "\u20002024-03-05T10:00",
+    "2024-13-05T10:00",
+    "abcd-ef-ghT10:00",
+    "",
+    "20",
+]
+
+
+@pytest.mark.parametrize("value", DATES)
+def test_parse_span_agrees_with_the_full_rule(value: str) -> None:
+    assert parse_span(value) == _read_span(value)
+    assert parse_span(value) == _read_span(value)  # from the cache this time
+
+
+@SETTINGS
+@given(
+    st.text(alphabet="0123456789-T :Z+. \t\u3000", max_size=25)
+    | st.dates().map(lambda d: d.isoformat() + "T10:00:00Z")
+    | st.text(max_size=14)
+)
+def test_parse_span_agrees_on_arbitrary_text(value: str) -> None:
+    assert parse_span(value) == _read_span(value)
+
+
+@pytest.mark.parametrize("value", [None, 2024, 2024.5, ["2024"], {"start": "2024"}])
+def test_parse_span_refuses_what_is_not_text(value: Any) -> None:
+    assert parse_span(value) is None
+
+
+@pytest.mark.parametrize(
+    ("system", "code"),
+    [
+        ("http://snomed.info/sct", "55464009"),
+        ("urn:oid:2.16.840.1.113883.6.96", " 55464009 "),
+        (ICD10, "M32.14"),
+        ("http://fhir.de/CodeSystem/bfarm/icd-10-gm", "M32.1†"),
+        ("http://www.whocc.no/atc", "j01ca04"),
+        (None, "123"),
+        ("http://snomed.info/sct", 55464009),
+        ("http://snomed.info/sct", ""),
+        ("http://snomed.info/sct", {"x": 1}),
+        ({"not": "a system"}, "123"),
+    ],
+)
+def test_record_code_keys_are_lookup_keys(system: Any, code: Any) -> None:
+    assert record_code_keys(system, code) == tuple(lookup_keys(system, code))
+    assert record_code_keys(system, code) == tuple(lookup_keys(system, code))
+
+
+# ----------------------------------------------------------------------------- medications
+def _order(rid: str, concept: Any = None, route: Any = None, **more: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationRequest",
+        "id": rid,
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2026-01-01",
+        **more,
+    }
+    if concept is not None:
+        resource["medicationCodeableConcept"] = concept
+    if route is not None:
+        resource["dosageInstruction"] = [{"route": route, "text": rid}]
+    return resource
+
+
+PRED = {
+    "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640"}],
+    "text": "prednisone",
+}
+PRED_NAMED = {
+    "coding": [
+        {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640", "display": "x"}
+    ]
+}
+ORAL = {"coding": [{"system": "http://snomed.info/sct", "code": "26643006"}], "text": "Oral"}
+TOPICAL = {"coding": [{"system": "http://snomed.info/sct", "code": "6064005"}], "text": "Topical"}
+
+
+def _odd_medication_records() -> list[dict[str, Any]]:
+    import datetime as dt
+
+    return [
+        {"resourceType": "Patient", "id": "p1"},
+        _order("a", PRED, ORAL),
+        _order("b", PRED, ORAL),  # the same drug the same way: shared
+        _order("c", PRED, TOPICAL),  # same drug, another route
+        _order("d", PRED),  # no route
+        _order("e", PRED_NAMED, ORAL),
+        _order("f", {**PRED, "text": "Prednison 5 mg Tabletten"}, ORAL),
+        _order("g", {"coding": [{"system": PRED["coding"][0]["system"], "code": 8640}]}),
+        _order("h", {"coding": [{"system": PRED["coding"][0]["system"], "code": 8640.0}]}),
+        _order("i", {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "8640"}]}),
+        _order("j", {"text": dt.date(2026, 1, 1)}),  # not plain JSON: the general rule
+        _order("k", {"text": "2026-01-01"}),
+        _order("k1", {"coding": [{**PRED["coding"][0], "display": None}]}, ORAL),
+        _order("k2", {"coding": [{**PRED["coding"][0], "display": float("nan")}]}, ORAL),
+        _order("l", None, None, medicationReference={"reference": "Medication/m1"}),
+        _order("m", PRED, None, medicationReference={"reference": "Medication/m1"}),
+        _order(
+            "n",
+            None,
+            None,
+            medicationReference={"reference": "#c1"},
+            contained=[{"resourceType": "Medication", "id": "c1", "code": PRED}],
+        ),
+        _order("o", None, None, medicationReference={"display": "prednisone 5 mg"}),
+        _order("p", None, None, medicationReference=None),
+        _order("q", {}, ORAL),
+        _order("r", PRED, "oral"),  # a damaged route
+        {**_order("s", PRED, None), "dosage": {"route": ORAL}},
+        {
+            "resourceType": "MedicationStatement",
+            "id": "a",
+            "status": "active",
+            "subject": {"reference": "Patient/p1"},
+            "medicationCodeableConcept": PRED,
+            "dosage": [{"route": ORAL}],
+        },
+        {"resourceType": "Medication", "id": "m1", "code": PRED},
+    ]
+
+
+def test_drug_records_shared_between_records_are_what_each_record_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fhir_trial import medications
+    from fhir_trial.record import PatientRecord
+
+    record = PatientRecord()
+    record.add_all(_odd_medication_records())
+    shared = medications.drug_records(record)
+    a, b = (shared[id(r)] for r in record.resources("MedicationRequest")[:2])
+    assert a.codings is b.codings  # read once for both
+    assert a.reference != b.reference
+    # Every record read by the general rule alone gives the same drug records.
+    monkeypatch.setattr(medications, "_same_drug_key", lambda resource, routes: None)
+    alone = medications.drug_records(record)
+    assert list(shared) == list(alone)
+    for rid, drug in shared.items():
+        assert drug == alone[rid], drug.reference
+        assert type(drug) is type(alone[rid])
+
+
+# ----------------------------------------------------------------------------- Bundles
+def _bundle_with_odd_references(patient_url: str) -> dict[str, Any]:
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"}
+    subjects: list[Any] = [
+        {"reference": "Patient/p1"},
+        {"reference": "Patient/p1/_history/2"},
+        {"reference": "https://ehr.example.org/fhir/Patient/p1"},
+        {"reference": patient_url},
+        {"reference": "Patient/p2"},  # another patient, not in the Bundle
+        {"reference": "#p1"},  # contained
+        {"display": "Ann Example"},  # display only
+        {"reference": ["Patient/p1"]},  # damaged
+        "Patient/p1",  # damaged
+        None,
+    ]
+    entries = [{"fullUrl": patient_url, "resource": patient}]
+    for number, subject in enumerate(subjects):
+        for extra in (
+            {},
+            {"performer": [{"reference": "Patient/p2"}]},
+            {"focus": [{"reference": "Patient/p1"}]},
+        ):
+            condition: dict[str, Any] = {
+                "resourceType": "Condition",
+                "id": f"c{number}-{len(extra)}-{len(entries)}",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55464009"}]},
+                **extra,
+            }
+            if subject is not None:
+                condition["subject"] = subject
+            entries.append({"resource": condition})
+            entries.append({"resource": {**condition, "id": condition["id"] + "-p"}})
+            entries[-1]["resource"]["patient"] = entries[-1]["resource"].pop("subject", None)
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+@pytest.mark.parametrize(
+    "patient_url",
+    ["urn:uuid:7d1c4f0e-3b0b-4a53-9d89-4ef0d4a1a6c2", "https://ehr.example.org/fhir/Patient/p1"],
+)
+def test_one_patient_bundle_shortcut_keeps_what_the_full_rule_keeps(
+    patient_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_trial.sources import bundle
+
+    data = _bundle_with_odd_references(patient_url)
+    fast = bundle.record_from_bundle(data)
+    monkeypatch.setattr(bundle, "_names_the_patient", lambda resource, keys: False)
+    general = bundle.record_from_bundle(data)
+    kept = [c["id"] for c in fast.resources("Condition")]
+    assert kept == [c["id"] for c in general.resources("Condition")]
+    assert 0 < len(kept) < len(data["entry"]) - 1  # the odd shapes go both ways
+
+
+# ----------------------------------------------------------------------------- worker start
+def test_population_workers_do_not_import_the_http_client() -> None:
+    """Each population worker imports the NDJSON screening code; the FHIR client and its HTTP
+    stack (about 75 ms a worker) come only when used, and stay reachable from the package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import fhir_trial.sources.ndjson_screen; "
+        "print('requests' in sys.modules); "
+        "from fhir_trial.sources import FhirClient, PatientNotFoundError; "
+        "print(FhirClient.__name__, PatientNotFoundError.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split("\n")
+    assert out[:2] == ["False", "FhirClient PatientNotFoundError"]
