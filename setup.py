@@ -32,6 +32,9 @@ class BuildPyWithData(build_py):
             return  # an editable install reads the checkout itself
         target = Path(self.build_lib) / "fhir_trial" / "_data"
         for folder, patterns in DATA.items():
+            # The build tree outlives a build: a file renamed or removed in the checkout (a Library
+            # split in several) would otherwise still ship. The copy mirrors the checkout exactly.
+            shutil.rmtree(target / folder, ignore_errors=True)
             for pattern in patterns:
                 for source in sorted((HERE / folder).glob(pattern)):
                     destination = target / folder / source.relative_to(HERE / folder)

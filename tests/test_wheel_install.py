@@ -53,6 +53,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_the_wheel_carries_resources_terminology_and_cql() -> None:
     """Package data: every published resource, every terminology source and the CQL with its ELM."""
     out = CHECKOUT / "build" / "wheel-content-test"
+    # A file left in the build tree by an earlier build (a resource since renamed) must not ship.
+    stale = CHECKOUT / "build" / "lib" / "fhir_trial" / "_data" / "resources" / "Library-stale.json"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("{}", encoding="utf-8")
     built = _run(
         [sys.executable, "-m", "pip", "wheel", str(CHECKOUT), "--no-deps", "-q", "-w", str(out)],
         cwd=CHECKOUT,
@@ -60,8 +64,11 @@ def test_the_wheel_carries_resources_terminology_and_cql() -> None:
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = out.glob("fhir_trial-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in (CHECKOUT / "resources").glob("*.json"):
-        assert f"fhir_trial/_data/resources/{path.name}" in names
+    shipped = {n for n in names if n.startswith("fhir_trial/_data/resources/")}
+    assert shipped == {
+        f"fhir_trial/_data/resources/{path.name}"
+        for path in (CHECKOUT / "resources").glob("*.json")
+    }
     for path in (CHECKOUT / "terminology" / "valuesets").glob("*.json"):
         assert f"fhir_trial/_data/terminology/valuesets/{path.name}" in names
     # every CQL library (the main one, the clinical areas, Common, FHIRHelpers) with its ELM
