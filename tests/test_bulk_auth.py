@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fake_bulk_server import FakeBulkServer, make_jwks
+from header_trickle import HeaderTrickle
 
-from fhir_trial.errors import AuthenticationError, ConfigurationError
+from fhir_trial.config import Settings
+from fhir_trial.errors import AuthenticationError, ConfigurationError, ServerUnreachableError
 from fhir_trial.population.bulk.auth.backend_services import (
     ASSERTION_TYPE,
     BackendServicesAuth,
@@ -212,15 +215,38 @@ def test_server_refusing_our_algorithm(server: FakeBulkServer, tmp_path: Path, m
     auth = BackendServicesAuth(
         server.base_url, "app", load_signing_key(write(tmp_path / "j", private))
     )
-    real = auth.session.get
+    real = auth.session.request
 
-    def only_rs384(url: str, **kwargs: Any) -> Any:
-        response = real(url, **kwargs)
-        config = response.json()
-        config["token_endpoint_auth_signing_alg_values_supported"] = ["RS384"]
-        response._content = json.dumps(config).encode()
+    def only_rs384(method: str, url: str, **kwargs: Any) -> Any:
+        response = real(method, url, **kwargs)
+        if url.endswith("/.well-known/smart-configuration"):
+            config = response.json()
+            config["token_endpoint_auth_signing_alg_values_supported"] = ["RS384"]
+            response._content = json.dumps(config).encode()
         return response
 
-    monkeypatch.setattr(auth.session, "get", only_rs384)
+    monkeypatch.setattr(auth.session, "request", only_rs384)
     with pytest.raises(ConfigurationError, match="accepts RS384, not ES384"):
         auth.token()
+
+
+@pytest.mark.parametrize("step", ["discovery", "token"])
+def test_a_trickling_auth_server_is_given_up_on_within_the_read_timeout(tmp_path: Path, step: str):
+    # The SMART configuration or the token endpoint sends its status line and headers a byte every
+    # 0.2 s: the per-read timeout alone would wait for as long as the server goes on.
+    private, _ = make_jwks("RS384", "k1")
+    key = load_signing_key(write(tmp_path / "j", private))
+    with HeaderTrickle(interval=0.2, max_s=10.0) as trickling:
+        endpoint = {} if step == "discovery" else {"token_endpoint": f"{trickling.base_url}/token"}
+        auth = BackendServicesAuth(
+            trickling.base_url,
+            "app",
+            key,
+            scope="system/*.rs",
+            settings=Settings(read_timeout_s=1.0),
+            **endpoint,
+        )
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError, match=r"within 1 s \(read_timeout_s\)"):
+            auth.token()
+        assert time.monotonic() - started < 2.5

@@ -39,6 +39,7 @@ from fhir_trial.errors import (
     ServerResponseError,
     ServerUnreachableError,
 )
+from fhir_trial.http_watchdog import guard_session, watch
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -183,6 +184,8 @@ class BackendServicesAuth:
         self.token_endpoint = token_endpoint
         self.settings = settings or Settings()
         self.session = session or requests.Session()
+        if isinstance(self.session, requests.Session):
+            guard_session(self.session)  # lets _exchange bound the wait for a whole answer
         self._clock = clock
         self._token: str | None = None
         self._expires_at = 0.0
@@ -196,17 +199,32 @@ class BackendServicesAuth:
     def _timeout(self) -> tuple[float, float]:
         return (self.settings.connect_timeout_s, self.settings.read_timeout_s)
 
+    def _exchange(self, method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
+        """One call, its whole answer within ``read_timeout_s`` (the read timeout alone applies
+        per socket read: a server trickling its headers a byte at a time would never trip it)."""
+        seconds = self.settings.read_timeout_s
+        late = ServerUnreachableError(
+            f"{what}: no complete answer within {seconds:g} s (read_timeout_s)", url=url
+        )
+        with watch(seconds) as watchdog:
+            try:
+                response = self.session.request(method, url, timeout=self._timeout, **kwargs)
+                _ = response.content  # the (small) body too, inside the watch
+            except requests.RequestException as exc:
+                if watchdog is not None and watchdog.fired:
+                    raise late from exc
+                raise ServerUnreachableError(f"{what} ({type(exc).__name__})", url=url) from exc
+        if watchdog is not None and watchdog.fired:
+            response.close()
+            raise late
+        return response
+
     def discover(self) -> dict[str, Any]:
         """``[base]/.well-known/smart-configuration`` as a dict (token endpoint required)."""
         url = f"{self.base_url}/.well-known/smart-configuration"
-        try:
-            response = self.session.get(
-                url, headers={"Accept": "application/json"}, timeout=self._timeout
-            )
-        except requests.RequestException as exc:
-            raise ServerUnreachableError(
-                f"cannot read {url} ({type(exc).__name__})", url=url
-            ) from exc
+        response = self._exchange(
+            "GET", url, f"cannot read {url}", headers={"Accept": "application/json"}
+        )
         try:
             config = response.json() if response.status_code == 200 else None
         except ValueError:
@@ -250,14 +268,13 @@ class BackendServicesAuth:
             "client_assertion": assertion,
         }
         self.requests_made += 1
-        try:
-            response = self.session.post(
-                endpoint, data=form, headers={"Accept": "application/json"}, timeout=self._timeout
-            )
-        except requests.RequestException as exc:
-            raise ServerUnreachableError(
-                f"cannot reach the token endpoint {endpoint} ({type(exc).__name__})", url=endpoint
-            ) from exc
+        response = self._exchange(
+            "POST",
+            endpoint,
+            f"cannot reach the token endpoint {endpoint}",
+            data=form,
+            headers={"Accept": "application/json"},
+        )
         try:
             body = response.json()
         except ValueError:
