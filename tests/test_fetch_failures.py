@@ -244,24 +244,33 @@ class Recorder:
         return self.report
 
 
+def _post_hook(
+    tmp_path: Path, shared_dir: Path, base_url: str, recorder: Recorder, **settings_kw: Any
+) -> Any:
+    """A hook without prefetch, the service fetching from ``base_url``; the Flask response."""
+    issuer = sandbox_issuer(shared_dir, fhir_servers=[base_url])
+    path = write_issuers(tmp_path / "issuers.json", [issuer])
+    settings = base_settings(tmp_path, cds_trusted_issuers_file=path, **settings_kw)
+    client = make_app(settings, evaluator=recorder).test_client()
+    body = hook_request(None, fhirServer=base_url)
+    body["context"]["patientId"] = PATIENT_ID
+    body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer"}
+    return client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
+
+
 def _hook(
     tmp_path: Path, shared_dir: Path, server: FakeFhirServer, recorder: Recorder
 ) -> dict[str, Any]:
-    issuer = sandbox_issuer(shared_dir, fhir_servers=[server.base_url])
-    path = write_issuers(tmp_path / "issuers.json", [issuer])
-    settings = base_settings(
+    response = _post_hook(
         tmp_path,
-        cds_trusted_issuers_file=path,
+        shared_dir,
+        server.base_url,
+        recorder,
         cds_deadline_s=3.0,
         read_timeout_s=0.6,
         max_pages=3,
         max_retries=0,
     )
-    client = make_app(settings, evaluator=recorder).test_client()
-    body = hook_request(None, fhirServer=server.base_url)
-    body["context"]["patientId"] = PATIENT_ID
-    body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer"}
-    response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()  # type: ignore[no-any-return]
 
@@ -362,21 +371,17 @@ def test_cds_headers_trickled_for_one_category_stop_at_the_deadline(
 ) -> None:
     server.batch = False
     with HeaderTrickle(server.base_url, match="GET /fhir/Condition?", max_s=15.0) as trickling:
-        issuer = sandbox_issuer(shared_dir, fhir_servers=[trickling.base_url])
-        settings = base_settings(
+        recorder = Recorder()
+        started = time.monotonic()
+        response = _post_hook(
             tmp_path,
-            cds_trusted_issuers_file=write_issuers(tmp_path / "issuers.json", [issuer]),
+            shared_dir,
+            trickling.base_url,
+            recorder,
             cds_deadline_s=1.5,
             read_timeout_s=5.0,
             max_retries=0,
         )
-        recorder = Recorder()
-        client = make_app(settings, evaluator=recorder).test_client()
-        body = hook_request(None, fhirServer=trickling.base_url)
-        body["context"]["patientId"] = PATIENT_ID
-        body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer"}
-        started = time.monotonic()
-        response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
         elapsed = time.monotonic() - started
         assert trickling.dripped >= 1
         _wait_until_closed(trickling)
@@ -396,21 +401,17 @@ def test_cds_endless_next_links_are_cut_off_in_requests(
     # Every searchset page links to another, forever; the page cap is out of reach, so only the
     # request cap of the hook (fhir_max_requests, shared by all its fetches) stops the paging.
     server.endless_next = True
-    issuer = sandbox_issuer(shared_dir, fhir_servers=[server.base_url])
-    settings = base_settings(
+    recorder = Recorder()
+    response = _post_hook(
         tmp_path,
-        cds_trusted_issuers_file=write_issuers(tmp_path / "issuers.json", [issuer]),
+        shared_dir,
+        server.base_url,
+        recorder,
         cds_deadline_s=5.0,
         max_pages=1000,
         fhir_max_requests=40,
         max_retries=0,
     )
-    recorder = Recorder()
-    client = make_app(settings, evaluator=recorder).test_client()
-    body = hook_request(None, fhirServer=server.base_url)
-    body["context"]["patientId"] = PATIENT_ID
-    body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer"}
-    response = client.post(SERVICE_PATH, json=body, headers=bearer(sandbox_token(shared_dir)))
     assert response.status_code == 200
     assert len(server.requests) <= 40  # the cap, and not one request more
     assert recorder.report is not None and recorder.record is not None
