@@ -1,6 +1,8 @@
 """Long contract-fuzzing run: schemathesis against /openapi.json, 2,000 requests per operation.
 
-Run: ``.venv/bin/python benchmarks/fuzz_api.py [--examples 2000] [--seed N]``
+Run: ``.venv/bin/python benchmarks/fuzz_api.py [--examples 2000] [--seed N] [--only TEXT]``
+(``--only ^/smart`` fuzzes the operations whose path matches that regular expression, e.g. the
+SMART app's).
 
 The same test as CI's (``tests/test_contract_fuzz.py``: every schemathesis check, a fresh valid
 token on most calls so the fuzzing reaches the code behind authentication, the random header on
@@ -26,6 +28,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000, help="requests per operation")
     parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (random if not)")
+    parser.add_argument("--only", default=None, help="paths matching this regular expression")
     args = parser.parse_args()
     env = dict(os.environ, FHIR_TRIAL_FUZZ_EXAMPLES=str(args.examples))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -40,6 +43,8 @@ def main() -> int:
     ]
     if args.seed is not None:
         command.append(f"--hypothesis-seed={args.seed}")
+    if args.only:
+        env["FHIR_TRIAL_FUZZ_PATHS"] = args.only
     started = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, env=env, check=False)
     elapsed = time.monotonic() - started
