@@ -5,7 +5,8 @@ are the CQL library's own; ``content`` holds the ``text/cql`` source first (byte
 the ``application/elm+json`` translation (re-serialised without indentation); ``relatedArtifact``
 lists as ``depends-on`` every library the CQL includes and every ValueSet (and the project's
 CodeSystem) its logic uses, each as ``canonical|version``; ``dataRequirement`` is read from its own
-ELM and ``parameter`` lists the parameters it declares. A library stays ``draft`` until its ELM
+ELM (the main library's from every library it reaches: the data needed to run it) and
+``parameter`` lists the parameters it declares. A library stays ``draft`` until its ELM
 exists. As Using CQL with FHIR requires (4.2), the url is ``<base>/Library/<CQL library name>``, so
 the id is the name (``NCT06010472Eligibility``, the main library, which the PlanDefinition names;
 ``NCT06010472<Area>`` for the clinical areas; ``FHIRHelpers``), and ``subject`` is the library's
@@ -145,6 +146,44 @@ def _dependencies(
     return related
 
 
+def _included_elm(
+    elm: Mapping[str, Any], by_name: Mapping[str, CqlLibrary]
+) -> dict[str, Mapping[str, Any]]:
+    """Alias -> ELM of the shipped libraries an ELM library includes (translated ones only)."""
+    included: dict[str, Mapping[str, Any]] = {}
+    for alias, name in elm_include_aliases(elm).items():
+        target_elm = by_name[name].elm() if name in by_name else None
+        if target_elm is not None:
+            included[alias] = target_elm
+    return included
+
+
+def _effective_requirements(
+    cql: CqlLibrary, by_name: Mapping[str, CqlLibrary]
+) -> list[dict[str, Any]]:
+    """The data requirements of a library and of every library it includes, directly or not."""
+    seen: set[str] = set()
+    pending = [cql.name]
+    found: dict[str, dict[str, Any]] = {}
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in by_name:
+            continue
+        seen.add(name)
+        elm = by_name[name].elm()
+        if elm is None:
+            continue
+        for requirement in data_requirements(elm, _included_elm(elm, by_name)):
+            found.setdefault(json.dumps(requirement, sort_keys=True), requirement)
+        pending.extend(elm_include_aliases(elm).values())
+
+    def order(requirement: Mapping[str, Any]) -> tuple[str, str, str]:  # as data_requirements
+        code_filter = (requirement.get("codeFilter") or [{}])[0]
+        return (requirement["type"], code_filter.get("path", ""), code_filter.get("valueSet", ""))
+
+    return sorted(found.values(), key=order)
+
+
 def library(cql: CqlLibrary, shipped: list[CqlLibrary], versions: Mapping[str, str]) -> JsonDict:
     """The Library resource of one CQL library.
 
@@ -153,12 +192,7 @@ def library(cql: CqlLibrary, shipped: list[CqlLibrary], versions: Mapping[str, s
     """
     by_name = {lib.name: lib for lib in shipped}
     elm = cql.elm()
-    included: dict[str, Mapping[str, Any]] = {}
-    if elm is not None:
-        for alias, name in elm_include_aliases(elm).items():
-            target_elm = by_name[name].elm() if name in by_name else None
-            if target_elm is not None:
-                included[alias] = target_elm
+    included = _included_elm(elm, by_name) if elm is not None else {}
     lib_id = resource_id(cql.name)
     status = "active" if elm is not None else "draft"
     metadata = canonical_metadata("Library", lib_id, status=status)
@@ -195,8 +229,14 @@ def library(cql: CqlLibrary, shipped: list[CqlLibrary], versions: Mapping[str, s
         parameters = parameter_definitions(elm)
         if parameters:
             resource["parameter"] = parameters
-        # What data the logic retrieves, read from its own ELM (resource types, ValueSet filters).
-        requirements = data_requirements(elm, included)
+        # What data the logic retrieves, read from its own ELM (resource types, ValueSet filters);
+        # the main library's are those of every library it reaches (it re-exports every criterion,
+        # so an implementer reading the PlanDefinition's library sees all the data it needs).
+        requirements = (
+            _effective_requirements(cql, by_name)
+            if cql.name == MAIN_LIBRARY_NAME
+            else data_requirements(elm, included)
+        )
         if requirements:
             resource["dataRequirement"] = requirements
     resource["content"] = library_content(cql)
