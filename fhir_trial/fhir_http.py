@@ -41,6 +41,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,13 +54,12 @@ from fhir_trial.elements import child, objects
 from fhir_trial.errors import (
     AuthenticationError,
     ConfigurationError,
-    FhirServerError,
     NotFhirResponseError,
     ScreeningLimitError,
     ServerResponseError,
     ServerUnreachableError,
 )
-from fhir_trial.http_watchdog import guard_session, watch
+from fhir_trial.http_watchdog import CutOff, guard_session, within
 from fhir_trial.json_input import parse_json
 
 __all__ = ["FHIR_JSON", "FhirHttp", "FhirResponse", "origin_of"]
@@ -218,27 +218,38 @@ class FhirHttp:
         attempt = 0
         while True:
             timeout = self._timeouts(what, url)
-            retry: float | None = None
+            exchange = partial(
+                self._attempt, method, url, params, data, send_headers, timeout, what, attempt
+            )
             # The deadline is enforced on the socket too (fhir_trial.http_watchdog): a server
             # that trickles its status line and headers never trips a per-read timeout.
-            with watch(self._watch_seconds()) as watchdog:
-                try:
-                    response = self._send(method, url, params, data, send_headers, timeout, what)
-                    retry = self._retry_delay_for(response, attempt, what)
-                    if retry is None:
-                        self._read_body(response, what, url, timeout[1])
-                except FhirServerError as exc:
-                    if watchdog is not None and watchdog.fired:
-                        raise self._cut_off(what, url) from exc
-                    raise
-            if watchdog is not None and watchdog.fired:
-                response.close()
-                raise self._cut_off(what, url)
+            try:
+                response, retry = within(self._watch_seconds(), exchange)
+            except CutOff as exc:
+                raise self._cut_off(what, url) from exc
             if retry is not None:
                 self._sleep(retry)
                 attempt += 1
                 continue
             return self._answer(response, what, url)
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        data: bytes | None,
+        headers: Mapping[str, str],
+        timeout: tuple[float, float],
+        what: str,
+        attempt: int,
+    ) -> tuple[requests.Response, float | None]:
+        """One exchange: the answer, and the delay before a retry (None: its body was read)."""
+        response = self._send(method, url, params, data, headers, timeout, what)
+        retry = self._retry_delay_for(response, attempt, what)
+        if retry is None:
+            self._read_body(response, what, url, timeout[1])
+        return response, retry
 
     def _send(
         self,

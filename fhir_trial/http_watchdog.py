@@ -6,6 +6,9 @@ where none of our code runs between them: only something outside the reading thr
 wait. So :func:`watch` arms a timer for the deadline; when it fires it shuts down the socket of
 every connection the exchange used. The blocked read returns at once, ``requests`` raises (or
 returns an answer cut short), and the caller, seeing :attr:`Watch.fired`, reports the limit.
+:func:`within` does all of this for one exchange and raises :class:`CutOff`: the callers (the
+FHIR client, the Bulk client and its token calls, the SMART app, the JWK Set fetch) only say
+what was cut off.
 
 Why this design: a thread that makes the request while the caller stops waiting at the deadline
 would leave that thread reading (and a connection open) for as long as the server trickles, which
@@ -28,16 +31,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-__all__ = ["Watch", "guard_session", "watch"]
+__all__ = ["CutOff", "Watch", "guard_session", "watch", "within"]
+
+T = TypeVar("T")
 
 _local = threading.local()
 
@@ -46,6 +51,7 @@ class Watch:
     """A timer over one exchange: at ``seconds`` it shuts down the sockets enrolled so far."""
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self._end = time.monotonic() + max(0.0, seconds)
         self._lock = threading.Lock()
         self._connections: list[HTTPConnection] = []
@@ -113,6 +119,35 @@ def watch(seconds: float | None) -> Iterator[Watch | None]:
     finally:
         _local.watch = previous
         armed.close()
+
+
+class CutOff(Exception):
+    """The watch cut an exchange off: its answer did not arrive complete within ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no complete answer within {seconds:g} s")
+        self.seconds = seconds
+
+
+def within(seconds: float | None, exchange: Callable[[], T]) -> T:
+    """Run ``exchange`` (requests sent, and answers read, in this thread) under a :class:`Watch`.
+
+    Raises :class:`CutOff` when the watch fired, whether the exchange then failed (the shut
+    socket's error) or returned (an answer cut short may look complete: a returned
+    :class:`requests.Response` is closed). Any other error of the exchange passes through.
+    """
+    with watch(seconds) as armed:
+        try:
+            result = exchange()
+        except Exception as exc:
+            if armed is not None and armed.fired:
+                raise CutOff(armed.seconds) from exc
+            raise
+    if armed is not None and armed.fired:
+        if isinstance(result, requests.Response):
+            result.close()
+        raise CutOff(armed.seconds)
+    return result
 
 
 def _enrol(connection: HTTPConnection) -> None:

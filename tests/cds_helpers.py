@@ -28,6 +28,7 @@ from fhir_trial.canonical import STUDY_ID
 from fhir_trial.cds_hooks import create_cds_blueprint
 from fhir_trial.cds_hooks.validation import validator
 from fhir_trial.config import Settings
+from fhir_trial.evaluate import evaluate
 from fhir_trial.record import PatientRecord
 from fhir_trial.report import CriterionResult, EligibilityReport, Status
 
@@ -383,3 +384,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class Recorder:
+    """The real evaluator, remembering the record and report of the last call (give it to
+    :func:`make_app` as ``evaluator``)."""
+
+    def __init__(self) -> None:
+        self.record: PatientRecord | None = None
+        self.report: EligibilityReport | None = None
+
+    def __call__(self, record: PatientRecord, settings: Settings) -> EligibilityReport:
+        self.record = record
+        self.report = evaluate(record, settings)
+        return self.report
+
+    def status(self, criterion: str) -> str:
+        """The status of one criterion in the last report."""
+        assert self.report is not None
+        return next(r.status for r in self.report.criteria if r.id == criterion)

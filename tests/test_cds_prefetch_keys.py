@@ -10,6 +10,7 @@ import pytest
 from cds_helpers import (
     PATIENT_ID,
     SERVICE_PATH,
+    Recorder,
     assert_valid,
     base_settings,
     bearer,
@@ -27,9 +28,7 @@ from fake_fhir_server import FakeFhirServer
 
 from fhir_trial.cds_hooks.prefetch import apply_prefetch
 from fhir_trial.config import Settings
-from fhir_trial.evaluate import evaluate
 from fhir_trial.record import NYHA_FINDINGS, OBSERVATION_COMPONENTS, PatientRecord
-from fhir_trial.report import EligibilityReport
 from fhir_trial.searches import plan_searches
 from fhir_trial.terminology import LOINC, Terminology, load_terminology
 
@@ -78,23 +77,6 @@ def nyha_iii(terminology: Terminology) -> dict[str, Any]:
         code={"text": "NYHA functional class"},
         valueCodeableConcept={"coding": [{"system": system, "code": code}]},
     )
-
-
-class Recorder:
-    """The real evaluator, remembering the record and report of the last call."""
-
-    def __init__(self) -> None:
-        self.record: PatientRecord | None = None
-        self.report: EligibilityReport | None = None
-
-    def __call__(self, record: PatientRecord, settings: Settings) -> EligibilityReport:
-        self.record = record
-        self.report = evaluate(record, settings)
-        return self.report
-
-    def status(self, criterion: str) -> str:
-        assert self.report is not None
-        return next(r.status for r in self.report.criteria if r.id == criterion)
 
 
 @pytest.fixture()

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from cds_helpers import (
     SERVICE_PATH,
+    Recorder,
     base_settings,
     bearer,
     hook_request,
@@ -40,8 +41,7 @@ from header_trickle import HeaderTrickle
 from fhir_trial.cli import main
 from fhir_trial.config import Settings
 from fhir_trial.evaluate import evaluate
-from fhir_trial.record import NYHA_FINDINGS, PatientRecord
-from fhir_trial.report import EligibilityReport
+from fhir_trial.record import NYHA_FINDINGS
 
 AS_OF = "2026-11-26"
 TOKEN = "fhir-access-token"
@@ -231,19 +231,6 @@ def test_cli_nyha_search_failing_alone_makes_heart_failure_unknown(
 
 
 # ------------------------------------------------------------------------------ CDS Hooks
-class Recorder:
-    """The real evaluator, remembering the record and report of the last call."""
-
-    def __init__(self) -> None:
-        self.record: PatientRecord | None = None
-        self.report: EligibilityReport | None = None
-
-    def __call__(self, record: PatientRecord, settings: Settings) -> EligibilityReport:
-        self.record = record
-        self.report = evaluate(record, settings)
-        return self.report
-
-
 def _post_hook(
     tmp_path: Path, shared_dir: Path, base_url: str, recorder: Recorder, **settings_kw: Any
 ) -> Any:

@@ -55,7 +55,7 @@ from fhir_trial.cds_hooks.store import Database, ExpiryPurge
 from fhir_trial.config import Settings
 from fhir_trial.errors import ConfigurationError
 from fhir_trial.fhir_http import origin_of
-from fhir_trial.http_watchdog import guard_session, watch
+from fhir_trial.http_watchdog import CutOff, guard_session, within
 
 __all__ = [
     "ACCESS_TOKEN_ALGORITHMS",
@@ -268,29 +268,25 @@ class JwksCache:
     def _fetch(self, url: str, timeout: float) -> list[Mapping[str, Any]]:
         # ``timeout`` bounds each socket read; the watchdog the whole fetch (a JWK Set URL that
         # trickles its answer would otherwise hold the hook call's thread as long as it goes on).
-        watchdog = None
-        try:
-            with (
-                watch(timeout) as watchdog,
-                self._session.get(
-                    url,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    stream=True,
-                    headers={"Accept": "application/json"},
-                ) as response,
-            ):
+
+        def exchange() -> bytes:
+            with self._session.get(
+                url,
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,
+                headers={"Accept": "application/json"},
+            ) as response:
                 if response.status_code != 200:
                     raise AuthError(f"JWK Set URL answered HTTP {response.status_code}")
-                body = response.raw.read(JWKS_MAX_BYTES + 1, decode_content=True)
+                return response.raw.read(JWKS_MAX_BYTES + 1, decode_content=True)
+
+        try:
+            body = within(timeout, exchange)
+        except CutOff as exc:
+            raise AuthError(f"JWK Set URL sent {exc}") from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if watchdog is not None and watchdog.fired:
-                raise AuthError(
-                    f"JWK Set URL sent no complete answer within {timeout:g} s"
-                ) from exc
             raise AuthError(f"JWK Set URL could not be fetched ({type(exc).__name__})") from exc
-        if watchdog is not None and watchdog.fired:
-            raise AuthError(f"JWK Set URL sent no complete answer within {timeout:g} s")
         if len(body) > JWKS_MAX_BYTES:
             raise AuthError("JWK Set too large")
         try:

@@ -35,7 +35,7 @@ import jwt
 import requests
 import urllib3
 
-from fhir_trial.http_watchdog import watch
+from fhir_trial.http_watchdog import CutOff, within
 from fhir_trial.smart.config import Registration
 
 __all__ = [
@@ -148,32 +148,25 @@ def _capped_request(
     """
     # TIMEOUT_S bounds each socket read; the watchdog the whole exchange (a server trickling its
     # headers or body would otherwise hold this thread for as long as it goes on).
-    watchdog = None
+
+    def exchange() -> tuple[int, bytes]:
+        with session.request(
+            method,
+            url,
+            data=data,
+            timeout=TIMEOUT_S,
+            allow_redirects=False,
+            stream=True,
+            headers={"Accept": "application/json"},
+        ) as response:
+            return response.status_code, response.raw.read(MAX_BYTES + 1, decode_content=True)
+
     try:
-        with (
-            watch(TIMEOUT_S) as watchdog,
-            session.request(
-                method,
-                url,
-                data=data,
-                timeout=TIMEOUT_S,
-                allow_redirects=False,
-                stream=True,
-                headers={"Accept": "application/json"},
-            ) as response,
-        ):
-            status, body = (
-                response.status_code,
-                response.raw.read(MAX_BYTES + 1, decode_content=True),
-            )
+        return within(TIMEOUT_S, exchange)
+    except CutOff as exc:
+        raise LaunchError(f"{unreachable} ({exc})", 502) from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        if watchdog is not None and watchdog.fired:
-            late = f"{unreachable} (no complete answer within {TIMEOUT_S:g} s)"
-            raise LaunchError(late, 502) from exc
         raise LaunchError(f"{unreachable} ({type(exc).__name__})", 502) from exc
-    if watchdog is not None and watchdog.fired:
-        raise LaunchError(f"{unreachable} (no complete answer within {TIMEOUT_S:g} s)", 502)
-    return status, body
 
 
 def _get_json(session: requests.Session, url: str, what: str) -> Mapping[str, Any]:

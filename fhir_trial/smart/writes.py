@@ -25,7 +25,7 @@ from typing import Any
 import requests
 
 from fhir_trial.canonical import NCT_SYSTEM, STUDY_ID, STUDY_RESOURCE_ID
-from fhir_trial.http_watchdog import watch
+from fhir_trial.http_watchdog import CutOff, within
 
 __all__ = ["WriteOutcome", "capability_problem", "write_decision"]
 
@@ -83,19 +83,17 @@ def _call(
     # TIMEOUT_S bounds each socket read; the watchdog bounds the whole answer (a server trickling
     # its headers would otherwise hold this thread, and the decision in "writing", for as long as
     # it goes on). The answer is not streamed: its body is read inside the watch too.
-    late = f"{what}: the FHIR server sent no complete answer within {TIMEOUT_S:g} s"
-    watchdog = None
     try:
-        with watch(TIMEOUT_S) as watchdog:
-            response = http.request(method, url, timeout=TIMEOUT_S, allow_redirects=False, **kwargs)
+        response = within(
+            TIMEOUT_S,
+            lambda: http.request(method, url, timeout=TIMEOUT_S, allow_redirects=False, **kwargs),
+        )
+    except CutOff as exc:
+        raise _WriteFailed(f"{what}: the FHIR server sent {exc}") from exc
     except requests.RequestException as exc:
-        if watchdog is not None and watchdog.fired:
-            raise _WriteFailed(late) from exc
         raise _WriteFailed(
             f"{what}: the FHIR server could not be reached ({type(exc).__name__})"
         ) from exc
-    if watchdog is not None and watchdog.fired:
-        raise _WriteFailed(late)
     body: Any = None
     if response.content and len(response.content) <= MAX_BYTES:
         try:

@@ -43,6 +43,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
@@ -58,7 +59,7 @@ from fhir_trial.errors import (
     ServerUnreachableError,
 )
 from fhir_trial.fhir_http import first_diagnostics, origin_of, parse_retry_after
-from fhir_trial.http_watchdog import guard_session, watch
+from fhir_trial.http_watchdog import CutOff, guard_session, within
 from fhir_trial.population.bulk.auth import StaticToken, TokenProvider
 from fhir_trial.population.bulk.state import DoneFile, ExportState
 from fhir_trial.record import CATEGORIES
@@ -351,28 +352,30 @@ class BulkClient:
             # The read timeout applies per socket read: a server trickling its status line and
             # headers would hold the export forever. So the answer (its headers; and its body,
             # small, when it is not a streamed download) must arrive within read_timeout_s in all.
-            late = ServerUnreachableError(
-                f"{what}: no complete answer within {timeout[1]:g} s (read_timeout_s)",
-                url=_strip_query(url),
-            )
-            with watch(timeout[1]) as watchdog:
-                try:
-                    response = self.session.request(
-                        method, url, headers=headers, timeout=timeout, stream=stream
-                    )
-                except requests.exceptions.Timeout as exc:
-                    raise ServerUnreachableError(
-                        f"{what}: no answer in time", url=_strip_query(url)
-                    ) from exc
-                except requests.RequestException as exc:
-                    if watchdog is not None and watchdog.fired:
-                        raise late from exc
-                    raise ServerUnreachableError(
-                        f"{what}: cannot connect ({type(exc).__name__})", url=_strip_query(url)
-                    ) from exc
-            if watchdog is not None and watchdog.fired:
-                response.close()
-                raise late
+            try:
+                response = within(
+                    timeout[1],
+                    partial(
+                        self.session.request,
+                        method,
+                        url,
+                        headers=headers,
+                        timeout=timeout,
+                        stream=stream,
+                    ),
+                )
+            except CutOff as exc:
+                raise ServerUnreachableError(
+                    f"{what}: {exc} (read_timeout_s)", url=_strip_query(url)
+                ) from exc
+            except requests.exceptions.Timeout as exc:
+                raise ServerUnreachableError(
+                    f"{what}: no answer in time", url=_strip_query(url)
+                ) from exc
+            except requests.RequestException as exc:
+                raise ServerUnreachableError(
+                    f"{what}: cannot connect ({type(exc).__name__})", url=_strip_query(url)
+                ) from exc
             status = response.status_code
             if status == 401 and with_token and not renewed and self.auth.invalidate():
                 response.close()

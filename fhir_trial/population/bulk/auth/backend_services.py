@@ -39,7 +39,7 @@ from fhir_trial.errors import (
     ServerResponseError,
     ServerUnreachableError,
 )
-from fhir_trial.http_watchdog import guard_session, watch
+from fhir_trial.http_watchdog import CutOff, guard_session, within
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -202,22 +202,18 @@ class BackendServicesAuth:
     def _exchange(self, method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
         """One call, its whole answer within ``read_timeout_s`` (the read timeout alone applies
         per socket read: a server trickling its headers a byte at a time would never trip it)."""
-        seconds = self.settings.read_timeout_s
-        late = ServerUnreachableError(
-            f"{what}: no complete answer within {seconds:g} s (read_timeout_s)", url=url
-        )
-        with watch(seconds) as watchdog:
-            try:
-                response = self.session.request(method, url, timeout=self._timeout, **kwargs)
-                _ = response.content  # the (small) body too, inside the watch
-            except requests.RequestException as exc:
-                if watchdog is not None and watchdog.fired:
-                    raise late from exc
-                raise ServerUnreachableError(f"{what} ({type(exc).__name__})", url=url) from exc
-        if watchdog is not None and watchdog.fired:
-            response.close()
-            raise late
-        return response
+
+        def exchange() -> requests.Response:
+            response = self.session.request(method, url, timeout=self._timeout, **kwargs)
+            _ = response.content  # the (small) body too, inside the watch
+            return response
+
+        try:
+            return within(self.settings.read_timeout_s, exchange)
+        except CutOff as exc:
+            raise ServerUnreachableError(f"{what}: {exc} (read_timeout_s)", url=url) from exc
+        except requests.RequestException as exc:
+            raise ServerUnreachableError(f"{what} ({type(exc).__name__})", url=url) from exc
 
     def discover(self) -> dict[str, Any]:
         """``[base]/.well-known/smart-configuration`` as a dict (token endpoint required)."""
