@@ -85,6 +85,7 @@ __all__ = [
     "MAX_PATIENT_ID_CHARS",
     "NO_WORDS_SEARCH_WARNING",
     "SEARCHES",
+    "UNSUPPORTED_SEARCH_STATUSES",
     "PlannedSearch",
     "SearchSpec",
     "chunk_tokens",
@@ -95,6 +96,8 @@ __all__ = [
 
 MAX_PATIENT_ID_CHARS = 64  # a FHIR id: what the patient parameter adds to a query at most
 PAGE_SIZE_PARAM = "&_count=200"  # what the REST client adds to every search
+# How a server says it does not support a search parameter or modifier (combo-code, code:text).
+UNSUPPORTED_SEARCH_STATUSES = frozenset({400, 422, 501})
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from fhir_trial.errors import (
     ServerUnreachableError,
 )
 from fhir_trial.fhir_http import FhirHttp, origin_of
+from fhir_trial.searches import UNSUPPORTED_SEARCH_STATUSES
 
 __all__ = ["CategoryResult", "FetchJob", "FhirFetcher", "forget_batch_refusals", "same_base"]
 
@@ -62,8 +63,6 @@ _RETRY_RESERVE_S = 0.05
 # unidentified, which the criteria review rather than read as absence).
 MAX_MEDICATION_READS = 100
 _EVALUATION_RESERVE_S = 0.15
-# Answers that mean "this server cannot run combo-code".
-_UNSUPPORTED_PARAMETER = frozenset({400, 422, 501})
 # Why a fetch stopped at the hook's time budget: names the setting, as the request limit's does.
 TIMED_OUT = "timed out at the hook's time budget, cds_deadline_s"
 # Marks a batch entry the server refused for combo-code (its search runs by code).
@@ -118,7 +117,7 @@ class CategoryResult:
     @property
     def refused_as_unsupported(self) -> bool:
         """Whether the server answered that it does not support the search (400, 422, 501)."""
-        return self.status in _UNSUPPORTED_PARAMETER
+        return self.status in UNSUPPORTED_SEARCH_STATUSES
 
 
 def same_base(url: str, base_url: str) -> bool:
@@ -252,7 +251,7 @@ class FhirFetcher:
             resource = entry.get("resource")
             if 200 <= status < 300 and isinstance(resource, dict):
                 pages[key] = resource
-            elif status in _UNSUPPORTED_PARAMETER and job.fallback_url:
+            elif status in UNSUPPORTED_SEARCH_STATUSES and job.fallback_url:
                 pages[key] = _REFUSED  # combo-code refused: run by code, straight away
             elif status in (401, 403):
                 failed[key] = CategoryResult(
@@ -365,7 +364,7 @@ class FhirFetcher:
                 f"the FHIR server answered HTTP {exc.status}" if exc.status else exc.message
             )
             result.status = exc.status
-            if exc.status in _UNSUPPORTED_PARAMETER and job.fallback_url:
+            if exc.status in UNSUPPORTED_SEARCH_STATUSES and job.fallback_url:
                 result.error = "unsupported:" + result.error
         except FhirServerError as exc:
             result.error = exc.message

@@ -85,7 +85,12 @@ from fhir_trial.record import (
     OBSERVATION_COMPONENTS,
     PatientRecord,
 )
-from fhir_trial.searches import NO_WORDS_SEARCH_WARNING, PlannedSearch, plan_searches
+from fhir_trial.searches import (
+    NO_WORDS_SEARCH_WARNING,
+    UNSUPPORTED_SEARCH_STATUSES,
+    PlannedSearch,
+    plan_searches,
+)
 from fhir_trial.sources._common import search_bundle_entries
 from fhir_trial.terminology import Terminology, load_terminology
 
@@ -93,7 +98,6 @@ Resource = dict[str, Any]
 
 PAGE_SIZE = 200  # the default of Settings.search_page_size
 # Answers that mean "this server cannot run combo-code" (HAPI and most servers: 400).
-UNSUPPORTED_PARAMETER = frozenset({400, 422, 501})
 
 NO_COMPONENTS_WARNING = (
     "this server cannot search inside panels (combo-code); values sent only as panel "
@@ -150,7 +154,7 @@ def _refused_words_search(result: SearchResult) -> bool:
         planned is not None
         and planned.searches_words
         and result.error is not None
-        and result.error.status in UNSUPPORTED_PARAMETER
+        and result.error.status in UNSUPPORTED_SEARCH_STATUSES
     )
 
 
@@ -304,7 +308,7 @@ class FhirClient:
             if result.search.planned is not None
             and result.search.planned.uses_combo_code
             and result.error is not None
-            and result.error.status in UNSUPPORTED_PARAMETER
+            and result.error.status in UNSUPPORTED_SEARCH_STATUSES
         ]
         if not refused:
             return results
