@@ -93,22 +93,28 @@ class PatientRecord:
         self.obtained: set[str] = set()
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
+        # Resources add() left out (no text resourceType, or a Type/id or object already held):
+        # while 0, the record holds every resource given, each once.
+        self.left_out = 0
 
     # ------------------------------------------------------------------ building
     def add(self, resource: Resource, full_url: str | None = None) -> None:
         """Add one resource (duplicates by type/id are kept once)."""
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str):
+            self.left_out += 1
             return
         rid = resource.get("id")
         by_reference = self._by_reference
         key = f"{rtype}/{rid}" if rid else None
         if key:
             if key in by_reference:
+                self.left_out += 1
                 return
             by_reference[key] = resource
         else:  # no id: the same dict object is still kept once
             if id(resource) in self._seen:
+                self.left_out += 1
                 return
             self._seen.add(id(resource))
         self._by_type[rtype].append(resource)

@@ -380,3 +380,66 @@ def test_population_workers_do_not_import_the_http_client() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.split("\n")
     assert out[:2] == ["False", "FhirClient PatientNotFoundError"]
+
+
+# ------------------------------------------------------------------ the split's one-patient test
+def _named_once_by_two_scans(line: bytes) -> bytes | None:
+    """The general rule: the first reference's id, when "Patient" occurs exactly once."""
+    from fhir_trial.sources.ndjson_buckets import PATIENT_REF
+
+    match = PATIENT_REF.search(line)
+    return match.group(1) if match is not None and line.count(b"Patient") == 1 else None
+
+
+def _named_once_by_one_scan(line: bytes) -> bytes | None:
+    """What split_range does (one findall over the line)."""
+    from fhir_trial.sources.ndjson_buckets import PATIENT_WORD
+
+    found = PATIENT_WORD.findall(line)
+    return found[0] if len(found) == 1 and found[0] and b"Patient" not in found[0] else None
+
+
+_LINE_PIECES = st.sampled_from(
+    [
+        b"Patient",
+        b"Patient/",
+        b"Patient\\/",
+        b"/",
+        b"\\",
+        b'"',
+        b"a",
+        b"Z9",
+        b"-",
+        b".",
+        b"Patient/Patient",
+        b'{"subject":{"reference":"',
+        b'"}}',
+        b"patient",
+        b"Pat",
+        b"ient",
+        b" ",
+        "患者".encode(),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_LINE_PIECES, max_size=12).map(b"".join))
+def test_split_one_scan_names_the_same_patient_as_two(line: bytes) -> None:
+    assert _named_once_by_one_scan(line) == _named_once_by_two_scans(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"subject":{"reference":"Patient/a-1"}}',
+        b'{"subject":{"reference":"Patient\\/a-1"}}',
+        b'{"resourceType":"Patient","id":"a"}',
+        b'{"subject":{"reference":"Patient/Patient"}}',  # "Patient" twice: not the fast path
+        b'{"subject":{"reference":"Patient/a"},"asserter":{"reference":"Patient/b"}}',
+        b'{"subject":{"reference":"Group/g"}}',
+        b'{"subject":{"reference":"Patient/' + b"x" * 70 + b'"}}',  # id longer than 64
+    ],
+)
+def test_split_one_scan_on_known_shapes(line: bytes) -> None:
+    assert _named_once_by_one_scan(line) == _named_once_by_two_scans(line)

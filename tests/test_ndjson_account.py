@@ -334,3 +334,38 @@ def test_cli_synthea_export_without_observations(
     # Told the export is complete for Observation, the same criteria follow the absence rules.
     assert main([*args, "--complete", "Observation", "--format", "json", "--no-progress"]) == 0
     assert "MISSING Observation" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("small_blocks", [False, True])
+def test_lines_routed_alone_keep_their_place_among_a_patients_run(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, small_blocks: bool
+) -> None:
+    # A line naming its patient twice (subject and asserter) is routed on its own; the lines
+    # naming it once travel in the patient's run. The first version of an id must still be the
+    # one earliest in the file, whichever way each version travelled.
+    def asserted(cid: str, pid: str, code: dict[str, Any]) -> dict[str, Any]:
+        return condition(cid, pid, code) | {"asserter": {"reference": f"Patient/{pid}"}}
+
+    filler = [condition(f"f{n}", "ab"[n % 2]) for n in range(40)]
+    write(
+        folder / "Condition.001.ndjson",
+        [
+            asserted("c9", "a", LUNG_CANCER),  # line 1, alone: first, decides met
+            *filler[:20],
+            condition("c9", "a"),  # line 22, in a's run
+            condition("c8", "b"),  # line 23, in b's run: first, decides not-met
+            *filler[20:],
+            asserted("c8", "b", LUNG_CANCER),  # line 44, alone
+        ],
+    )
+    if small_blocks:  # runs cut into several flushes and ranges
+        monkeypatch.setattr(ndjson_buckets, "RANGE_BYTES", 1500)
+        monkeypatch.setattr(ndjson_buckets, "BLOCK_BYTES", 300)
+        monkeypatch.setattr(ndjson_buckets, "FLUSH_BYTES", 600)
+    reports, _ = screen(folder, complete_types=CATEGORIES)
+    a = reports["Patient/a"].criterion("exc-malignancy").reason
+    b = reports["Patient/b"].criterion("exc-malignancy").reason
+    assert "Condition/c9 at Condition.001.ndjson:1 gives met" in a
+    assert "other version at Condition.001.ndjson:22 gives not-met" in a
+    assert "Condition/c8 at Condition.001.ndjson:23 gives not-met" in b
+    assert "other version at Condition.001.ndjson:44 gives met" in b

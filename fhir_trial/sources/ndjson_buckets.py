@@ -7,14 +7,16 @@ parsed once, in parallel, and memory does not grow with the export:
 1. **Split** (:func:`split_range`, one task per file range, in parallel): each line is routed
    without parsing it, by a byte-level search for ``Patient/<id>`` (a superset of the top-level
    patient references the full rule looks at), to the bucket ``crc32(id) % buckets`` of each
-   patient it names. Only lines naming no patient, and lines that may be a Patient (they hold the
+   patient it names. A line naming one patient once (nearly all) joins that patient's *run*
+   (its lines and their numbers, written as one record per flush), so neither this step nor the
+   next handles it on its own. Only lines naming no patient, and lines that may be a Patient (they hold the
    string ``"Patient"``), are parsed here (Patients, shared Medications, orphans, OperationOutcomes:
    a small share). Files of types the criteria do not read are counted, not parsed. Each task
    writes its lines grouped by bucket into one file (``segments`` says where each bucket's lines
    are); a line longer than ``Settings.ndjson_max_line_bytes`` is refused without being held
    whole in memory.
 2. **Screen** (:func:`bucket_patients`, one task per bucket, in parallel): a bucket's lines (a few
-   MiB) are read, grouped per patient, parsed once, checked against the full rule
+   MiB) are read, grouped per patient (a run is sliced, not read record by record), parsed once, checked against the full rule
    (:func:`fhir_trial.sources._common.patient_refs`: a resource joins a patient only when a
    top-level reference names it) and turned into records, in export order within the bucket.
 
@@ -27,11 +29,14 @@ turns ranges into line numbers, merges the accounts and reads the export's own r
 from __future__ import annotations
 
 import gzip
+import heapq
 import re
 import sqlite3
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +49,9 @@ from fhir_trial.sources.ndjson_account import InputAccount, RejectedLine
 
 PATIENT_REF = re.compile(rb"Patient\\?/([A-Za-z0-9\-.]{1,64})")
 PATIENT_REF_TEXT = re.compile(PATIENT_REF.pattern.decode())  # the same, for text (Spark)
+# Every "Patient" in a line, with the id when it starts a reference: one scan tells the split
+# both whether the line names one patient once and which (an id holding "Patient" goes slow).
+PATIENT_WORD = re.compile(rb"Patient(?:\\?/([A-Za-z0-9\-.]{1,64}))?")
 PATIENT_ID = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
 MAY_BE_PATIENT = b'"Patient"'
 RANGE_BYTES = 48 * 1024 * 1024  # one split task per this much of a plain file
@@ -58,6 +66,7 @@ MIN_BUCKETS = 1
 PRIMARY = 1  # the copy that counts the line in the account (a line may go to several buckets)
 PATIENT_LINE = 2  # parsed in the split: a Patient resource, routed by its own id
 SINGLE = 4  # the line names one patient (once): the worker may check ownership cheaply
+RUN_MARK = ord("+")  # first byte of a run record (a routed line's header starts with a digit)
 
 Order = tuple[int, int, int]  # (file index, range index, line within the range), 1-based line
 
@@ -199,15 +208,36 @@ def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[list[bytes | None]]:
         yield [carry]
 
 
-class _Writer:
-    """Buckets of one split task, written to one file in segments."""
+Run = tuple[list[int], list[bytes]]  # one patient's line numbers and lines, in order
 
-    def __init__(self, result: SplitResult) -> None:
+
+class _Writer:
+    """Buckets of one split task, written to one file in segments.
+
+    A segment holds, for its bucket, one run record per patient (``+<file> <range> <id> <size>``,
+    then ``<n>,<n>,...,`` and the lines, each ending in a newline; ``size`` counts both), then
+    the lines routed one by one (``<file> <range> <number> <flags> <ids>\t<line>``).
+    """
+
+    def __init__(self, result: SplitResult, file_index: int, range_index: int) -> None:
         self.result = result
         self.pending: dict[int, list[bytes]] = {}
+        self.runs: dict[int, dict[bytes, Run]] = {}
         self.size = 0
         self.handle = open(result.out_path, "wb")  # noqa: SIM115 - closed in close()
         self.offset = 0
+        self.run_head = b"+%d %d " % (file_index, range_index) + b"%s %d\n"
+
+    def run(self, pid: bytes, buckets: int) -> Run:
+        """The run of one patient (kept across flushes: flush empties it in place)."""
+        bucket = bucket_of(pid, buckets)
+        by_pid = self.runs.get(bucket)
+        if by_pid is None:
+            by_pid = self.runs[bucket] = {}
+        run = by_pid.get(pid)
+        if run is None:
+            run = by_pid[pid] = ([], [])
+        return run
 
     def add(self, bucket: int, record: bytes) -> None:
         self.pending.setdefault(bucket, []).append(record)
@@ -216,11 +246,22 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        for bucket, records in sorted(self.pending.items()):
-            if not records:
+        for bucket in sorted(self.pending.keys() | self.runs.keys()):
+            chunks: list[bytes] = []
+            for pid, (numbers, lines) in self.runs.get(bucket, {}).items():
+                if not numbers:
+                    continue
+                body = (b"%d," * len(numbers)) % tuple(numbers) + b"\n" + b"\n".join(lines) + b"\n"
+                chunks += (self.run_head % (pid, len(body)), body)
+                numbers.clear()  # in place: the split loop keeps references to these lists
+                lines.clear()
+            records = self.pending.get(bucket)
+            if records:
+                chunks += records
+                records.clear()
+            if not chunks:
                 continue
-            data = b"".join(records)
-            records.clear()  # in place: the split loop keeps references to these lists
+            data = b"".join(chunks)
             self.handle.write(data)
             self.result.segments.setdefault(bucket, []).append((self.offset, len(data)))
             self.offset += len(data)
@@ -236,7 +277,7 @@ def split_range(task: SplitTask) -> SplitResult:
     from fhir_trial.sources.ndjson import classify_line  # the one set of rules for a line
 
     result = SplitResult(task.file_index, task.range_index, task.out_path)
-    writer = _Writer(result)
+    writer = _Writer(result, task.file_index, task.range_index)
     ftype = task.ftype
     looked_at = reads(ftype)
     buckets = task.buckets
@@ -253,13 +294,9 @@ def split_range(task: SplitTask) -> SplitResult:
             mark = flags | (PRIMARY if bucket == primary else 0)
             writer.add(bucket, head % (number, mark) + b"|".join(pids) + b"\t" + line + b"\n")
 
-    # The common line names one patient once: routed with a few C-level operations.
-    fast_head = (
-        b"%d %d " % (task.file_index, task.range_index) + b"%d " + (b"%d " % (PRIMARY | SINGLE))
-    )
-    bucket_cache: dict[bytes, list[bytes]] = {}
-    pending = writer.pending
-    search = PATIENT_REF.search
+    # The common line names one patient once: it joins that patient's run (two appends).
+    run_of: dict[bytes, Run] = {}
+    each_patient_word = PATIENT_WORD.findall
     number = blocks = nonempty = 0
     with _open_binary(task.path) as handle:
         for block in _blocks(task, handle):
@@ -272,18 +309,15 @@ def split_range(task: SplitTask) -> SplitResult:
                 nonempty += 1
                 if not looked_at:
                     continue
-                match = search(line)
-                # "Patient" once: the reference found; no second patient, nor a Patient resource.
-                if match is not None and line.count(b"Patient") == 1:
-                    pid = match.group(1)
-                    target = bucket_cache.get(pid)
-                    if target is None:
-                        bucket = bucket_of(pid, buckets)
-                        target = pending.get(bucket)
-                        if target is None:
-                            target = pending[bucket] = []
-                        bucket_cache[pid] = target
-                    target += (fast_head % number, pid, b"\t", line, b"\n")
+                # "Patient" once, as a reference: no second patient, nor a Patient resource.
+                found = each_patient_word(line)
+                if len(found) == 1 and found[0] and b"Patient" not in found[0]:
+                    pid = found[0]
+                    run = run_of.get(pid)
+                    if run is None:
+                        run = run_of[pid] = writer.run(pid, buckets)
+                    run[0].append(number)
+                    run[1].append(line)
                     continue
                 stripped = line.strip()
                 if not stripped:  # spaces only: an empty line
@@ -374,16 +408,25 @@ class BucketJob:
             f"{self.file_names[file_index]}:{self.lines_before[(file_index, range_index)] + number}"
         )
 
-    def where(self, header: bytes) -> str:
-        """``<file>:<line>`` of a bucket line, from its header."""
-        return self.place(header_order(header))
+    def where(self, order: Order) -> str:
+        """``<file>:<line>`` of a line (the place a screened resource carries)."""
+        return self.place(order)
+
+
+# (file index, range index, "<n>,<n>,...," line numbers, the lines each ending in a newline)
+RunSlice = tuple[int, int, bytes, bytes]
 
 
 @dataclass
 class PatientLines:
-    """One patient's lines in a bucket, raw (header, body), in export order; parsed later."""
+    """One patient's lines in a bucket, raw, in export order within each list; parsed later.
+
+    ``runs`` hold the lines naming this patient only, once; ``lines`` those routed one by one
+    (header, body, flags), which may interleave with the runs (see :func:`_in_order`).
+    """
 
     patients: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # header, body, flags
+    runs: list[RunSlice] = field(default_factory=list)
     lines: list[tuple[bytes, bytes, int]] = field(default_factory=list)
 
 
@@ -411,9 +454,21 @@ def _read_bucket(job: BucketJob) -> dict[bytes, PatientLines]:
         with open(path, "rb") as handle:
             for offset, length in segments:
                 handle.seek(offset)
-                for record in handle.read(length).split(b"\n"):
-                    if not record:
+                data = handle.read(length)
+                position = 0
+                while position < length:
+                    end = data.index(b"\n", position)
+                    if data[position] == RUN_MARK:
+                        file_index, range_index, pid, size = data[position + 1 : end].split(b" ")
+                        position = end + 1 + int(size)
+                        numbers, _, lines = data[end + 1 : position].partition(b"\n")
+                        group = groups.get(pid)
+                        if group is None:
+                            group = groups[pid] = PatientLines()
+                        group.runs.append((int(file_index), int(range_index), numbers, lines))
                         continue
+                    record = data[position:end]
+                    position = end + 1
                     header, _, body = record.partition(b"\t")
                     head, _, pids = header.rpartition(b" ")
                     mark = int(head[head.rfind(b" ") + 1 :])
@@ -464,7 +519,30 @@ def bucket_patients(
 
 
 def _first_order(lines: PatientLines) -> Order:
-    return header_order((lines.patients or lines.lines)[0][0])
+    if lines.patients:
+        return header_order(lines.patients[0][0])
+    firsts = [header_order(lines.lines[0][0])] if lines.lines else []
+    if lines.runs:
+        file_index, range_index, numbers, _ = lines.runs[0]
+        firsts.append((file_index, range_index, int(numbers[: numbers.index(b",")])))
+    return min(firsts)
+
+
+def _run_entries(run: RunSlice) -> Iterator[tuple[Order, bytes, None, int]]:
+    """``(order, line, None, flags)`` of every line of one run, in order (iterated in C)."""
+    file_index, range_index, numbers, lines = run
+    orders = zip(repeat(file_index), repeat(range_index), map(int, numbers[:-1].split(b",")))
+    return zip(orders, lines[:-1].split(b"\n"), repeat(None), repeat(PRIMARY | SINGLE))
+
+
+def _in_order(lines: PatientLines) -> Iterator[tuple[Order, bytes, bytes | None, int]]:
+    """``(order, body, header or None, flags)`` of a patient's non-Patient lines, in export order:
+    runs and lines routed one by one merged by position (only when the patient has both)."""
+    runs = chain.from_iterable(map(_run_entries, lines.runs))
+    if not lines.lines:
+        return runs
+    single = ((header_order(h), body, h, mark) for h, body, mark in lines.lines)
+    return heapq.merge(runs, single, key=itemgetter(0))
 
 
 def _parse_group(
@@ -493,7 +571,7 @@ def _parse_group(
     counts: dict[str, int] = {}
     fast = patient is not None
     loads = orjson.loads
-    for header, body, mark in lines.lines:
+    for order, body, header, mark in _in_order(lines):
         if fast and mark & SINGLE:
             # One patient named once, and it is this one: ownership is a dict lookup.
             try:
@@ -511,10 +589,14 @@ def _parse_group(
                     and rtype != "Patient"
                 ):
                     counts[rtype] = counts.get(rtype, 0) + 1
-                    resources.append((header, resource))
+                    resources.append((order, resource))
                     continue
+        # A run's line names only this patient; a line routed alone counts where it is primary.
+        accounts = header is None or (
+            bool(mark & PRIMARY) and header.rsplit(b" ", 1)[1].split(b"|")[0] == pid.encode()
+        )
         _slow_resource(
-            job, pid, patient, header, body, mark, account, classify_line, resources, failed_for
+            job, pid, patient, order, body, accounts, account, classify_line, resources, failed_for
         )
     for rtype, count in counts.items():
         account.type(rtype).resources += count
@@ -527,21 +609,23 @@ def _slow_resource(
     job: BucketJob,
     pid: str,
     patient: Resource | None,
-    header: bytes,
+    order: Order,
     body: bytes,
-    mark: int,
+    accounts: bool,
     account: InputAccount,
     classify_line: Any,
     resources: list[tuple[Any, Resource]],
     failed_for: dict[str, str],
 ) -> None:
-    """The full rule for one line (several patients, odd references, unreadable, orphan)."""
-    accounts = bool(mark & PRIMARY) and header.rsplit(b" ", 1)[1].split(b"|")[0] == pid.encode()
-    ftype = job.file_types[header_order(header)[0]]
+    """The full rule for one line (several patients, odd references, unreadable, orphan).
+
+    ``accounts``: this copy of the line is the one that counts it in the account.
+    """
+    ftype = job.file_types[order[0]]
     parsed = classify_line(body)
     kind = parsed.kind
     if kind == "bad":
-        place = job.where(header)
+        place = job.where(order)
         category = parsed.blame or ftype
         if category in CATEGORIES and category != "Patient":
             failed_for.setdefault(category, f"an unreadable line in the export ({place})")
@@ -559,7 +643,7 @@ def _slow_resource(
         if pid in parsed.owners:
             if patient is None and pid == parsed.owners[0]:
                 account.orphan(rtype, rid, f"Patient/{pid} is not in the export")
-            resources.append((header, resource))
+            resources.append((order, resource))
         elif accounts and not parsed.owners:
             account.orphan(rtype, rid, "no reference to a patient")
     elif accounts and kind == "other":

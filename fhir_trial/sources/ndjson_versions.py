@@ -72,6 +72,11 @@ def screen_patient(
     ``needs-review``. ``build`` turns the patient's resources (in order) into its record;
     ``where`` names a resource's place (``<file>:<line>``) from the first item of its pair.
     """
+    record = build([r for _, r in resources])
+    if record.left_out == 0:
+        # Every resource was taken, each once: no id comes twice, so there is nothing to split
+        # (what split_versions would find; the common case costs one build and no extra pass).
+        return evaluate(record, settings, terminology), PatientNotes(), record
     kept, versions, same = split_versions(resources)
     notes = PatientNotes(duplicates_same=same)
     record = build([r for _, r in kept])
