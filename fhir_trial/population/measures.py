@@ -92,8 +92,12 @@ class Feasibility:
             return
         out: list[str] = []
         missing: set[str] = set()
+        statuses = self.statuses
         for result in report.criteria:
-            self.statuses.setdefault(result.id, Counter())[result.status] += 1
+            counter = statuses.get(result.id)
+            if counter is None:  # not setdefault: that would build a Counter per criterion
+                counter = statuses[result.id] = Counter()
+            counter[result.status] += 1
             if result.part_of is None and rules_out(result.kind, result.status):
                 self.removes[result.id] += 1
                 out.append(result.id)

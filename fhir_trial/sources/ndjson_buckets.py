@@ -33,6 +33,7 @@ import heapq
 import re
 import sqlite3
 import zlib
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -208,15 +209,18 @@ def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[list[bytes | None]]:
         yield [carry]
 
 
-Run = tuple[list[int], list[bytes]]  # one patient's line numbers and lines, in order
+Run = tuple["array[int]", list[bytes]]  # one patient's line numbers and lines, in order
+NUMBER = "q"  # a line number in a run record: 8 bytes, machine order (written and read here)
+NUMBER_BYTES = array(NUMBER).itemsize
 
 
 class _Writer:
     """Buckets of one split task, written to one file in segments.
 
-    A segment holds, for its bucket, one run record per patient (``+<file> <range> <id> <size>``,
-    then ``<n>,<n>,...,`` and the lines, each ending in a newline; ``size`` counts both), then
-    the lines routed one by one (``<file> <range> <number> <flags> <ids>\t<line>``).
+    A segment holds, for its bucket, one run record per patient (``+<file> <range> <id> <count>
+    <size>``, then ``count`` line numbers as 8-byte integers and the lines, each ending in a
+    newline; ``size`` counts both), then the lines routed one by one
+    (``<file> <range> <number> <flags> <ids>\t<line>``).
     """
 
     def __init__(self, result: SplitResult, file_index: int, range_index: int) -> None:
@@ -226,7 +230,7 @@ class _Writer:
         self.size = 0
         self.handle = open(result.out_path, "wb")  # noqa: SIM115 - closed in close()
         self.offset = 0
-        self.run_head = b"+%d %d " % (file_index, range_index) + b"%s %d\n"
+        self.run_head = b"+%d %d " % (file_index, range_index) + b"%s %d %d\n"
 
     def run(self, pid: bytes, buckets: int) -> Run:
         """The run of one patient (kept across flushes: flush empties it in place)."""
@@ -236,7 +240,7 @@ class _Writer:
             by_pid = self.runs[bucket] = {}
         run = by_pid.get(pid)
         if run is None:
-            run = by_pid[pid] = ([], [])
+            run = by_pid[pid] = (array(NUMBER), [])
         return run
 
     def add(self, bucket: int, record: bytes) -> None:
@@ -251,9 +255,9 @@ class _Writer:
             for pid, (numbers, lines) in self.runs.get(bucket, {}).items():
                 if not numbers:
                     continue
-                body = (b"%d," * len(numbers)) % tuple(numbers) + b"\n" + b"\n".join(lines) + b"\n"
-                chunks += (self.run_head % (pid, len(body)), body)
-                numbers.clear()  # in place: the split loop keeps references to these lists
+                body = numbers.tobytes() + b"\n".join(lines) + b"\n"
+                chunks += (self.run_head % (pid, len(numbers), len(body)), body)
+                del numbers[:]  # in place: the split loop keeps references to these
                 lines.clear()
             records = self.pending.get(bucket)
             if records:
@@ -413,8 +417,8 @@ class BucketJob:
         return self.place(order)
 
 
-# (file index, range index, "<n>,<n>,...," line numbers, the lines each ending in a newline)
-RunSlice = tuple[int, int, bytes, bytes]
+# (file index, range index, line numbers, the lines each ending in a newline)
+RunSlice = tuple[int, int, "array[int]", bytes]
 
 
 @dataclass
@@ -459,9 +463,14 @@ def _read_bucket(job: BucketJob) -> dict[bytes, PatientLines]:
                 while position < length:
                     end = data.index(b"\n", position)
                     if data[position] == RUN_MARK:
-                        file_index, range_index, pid, size = data[position + 1 : end].split(b" ")
+                        file_index, range_index, pid, count, size = data[position + 1 : end].split(
+                            b" "
+                        )
                         position = end + 1 + int(size)
-                        numbers, _, lines = data[end + 1 : position].partition(b"\n")
+                        split_at = end + 1 + int(count) * NUMBER_BYTES
+                        numbers = array(NUMBER)
+                        numbers.frombytes(data[end + 1 : split_at])
+                        lines = data[split_at:position]
                         group = groups.get(pid)
                         if group is None:
                             group = groups[pid] = PatientLines()
@@ -524,14 +533,14 @@ def _first_order(lines: PatientLines) -> Order:
     firsts = [header_order(lines.lines[0][0])] if lines.lines else []
     if lines.runs:
         file_index, range_index, numbers, _ = lines.runs[0]
-        firsts.append((file_index, range_index, int(numbers[: numbers.index(b",")])))
+        firsts.append((file_index, range_index, numbers[0]))
     return min(firsts)
 
 
 def _run_entries(run: RunSlice) -> Iterator[tuple[Order, bytes, None, int]]:
     """``(order, line, None, flags)`` of every line of one run, in order (iterated in C)."""
     file_index, range_index, numbers, lines = run
-    orders = zip(repeat(file_index), repeat(range_index), map(int, numbers[:-1].split(b",")))
+    orders = zip(repeat(file_index), repeat(range_index), numbers)
     return zip(orders, lines[:-1].split(b"\n"), repeat(None), repeat(PRIMARY | SINGLE))
 
 
