@@ -1,0 +1,281 @@
+"""The evaluator's fast paths give what the general rules give (issue 17, "Speed").
+
+Evaluation runs 29 criteria for every patient of a population, so some helpers remember their
+answers (per record, per drug, across patients) or read the usual shape flat. Each is checked
+here against the rule it stands for, on ordinary and odd inputs (Mappings that are not dicts,
+NaN, null, strings where objects belong, missing elements, unusual casing, Chinese and European
+texts), with hypothesis where the inputs are open-ended. The whole evaluation is also compared
+with and without the fast paths on every clinical case (test_reports_are_the_same_without_the_fast_paths).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import pytest
+from clinical_cases import all_cases
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_trial import medications
+from fhir_trial.config import Settings
+from fhir_trial.fhirdates import DateSpan
+from fhir_trial.record import PatientRecord
+from fhir_trial.report import frozen_instance
+from fhir_trial.terminology import ValueSet, load_terminology
+
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
+TERMINOLOGY = load_terminology(Settings().resources_dir)
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SNOMED = "http://snomed.info/sct"
+
+
+# ----------------------------------------------------------------------------- frozen_instance
+def _sample_fields(cls: type) -> dict[str, Any]:
+    span = DateSpan(dt.date(2026, 1, 1), dt.date(2026, 1, 31))
+    values: dict[str, Any] = {
+        "reference": "MedicationRequest/a",
+        "resource_type": "MedicationRequest",
+        "drug": "prednisone",
+        "codings": ({"system": RXNORM, "code": "8640"},),
+        "routes": (),
+        "keys": frozenset({(RXNORM, "8640")}),
+        "names": ("prednisone",),
+        "has_name": True,
+        "_named": {},
+        "_matches": {},
+        "local_use": "",
+        "start": span,
+        "end": span,
+        "basis": "dosage bounds",
+        "open_ended": True,
+        "why": "it has no readable date",
+    }
+    return {f.name: values[f.name] for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("cls", [medications.DrugRecord, medications.Exposure, medications.Undated])
+def test_frozen_instance_is_what_the_constructor_builds(cls: type) -> None:
+    fields = _sample_fields(cls)
+    fast = frozen_instance(cls, dict(fields))
+    slow = cls(**fields)
+    assert type(fast) is cls
+    assert vars(fast) == vars(slow)
+    assert fast == slow
+    # What makes the shortcut valid: __init__ only stores the fields.
+    assert not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.reference = "changed"  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- medications
+def _request(rid: str, concept: Any = None, route: Any = None, **more: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationRequest",
+        "id": rid,
+        "status": "active",
+        "intent": "order",
+        "authoredOn": "2026-01-01",
+        **more,
+    }
+    if concept is not None:
+        resource["medicationCodeableConcept"] = concept
+    if route is not None:
+        resource["dosageInstruction"] = [{"route": route}]
+    return resource
+
+
+PRED = {"coding": [{"system": RXNORM, "code": "8640", "display": "prednisone"}]}
+ORAL = {"coding": [{"system": SNOMED, "code": "26643006", "display": "Oral route"}]}
+# Odd drug concepts: bare codes, a local code named in Chinese or German, a number as code,
+# NaN and null displays, text only, a string where a concept belongs, a Mapping-like list.
+ODD_CONCEPTS: list[Any] = [
+    PRED,
+    {"coding": [{"system": RXNORM, "code": "8640"}]},
+    {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": " 8640 "}]},
+    {
+        "coding": [
+            {"system": "http://hospital.example.cn/drug", "code": "X1", "display": "泼尼松片"}
+        ]
+    },
+    {"coding": [{"system": "http://hospital.example.cn/drug", "code": "X1"}]},
+    {
+        "coding": [
+            {
+                "system": "http://ehr.example.de/pzn",
+                "code": "P1",
+                "display": "PREDNISOLON 5 MG TABLETTEN",
+            }
+        ]
+    },
+    {"coding": [{"system": RXNORM, "code": 6851, "display": "Methotrexate"}]},
+    {"coding": [{"system": RXNORM, "code": "6851", "display": float("nan")}]},
+    {"coding": [{"system": RXNORM, "code": "6851", "display": None}]},
+    {"text": "Cellcept 500 mg"},
+    {"coding": "8640"},
+    {"coding": [{"system": RXNORM, "code": "121191", "display": "rituximab"}], "text": "美罗华"},
+    {
+        "coding": [
+            {"system": RXNORM, "code": "42316", "display": "Tacrolimus 0.1 % Topical Ointment"}
+        ]
+    },
+]
+ODD_ROUTES: list[Any] = [None, ORAL, {"text": "IV"}, "oral", {"coding": [{"code": "C38288"}]}]
+
+
+def _patient_with(concepts: list[Any], prefix: str) -> PatientRecord:
+    record = PatientRecord()
+    record.add({"resourceType": "Patient", "id": prefix})
+    number = 0
+    for concept in concepts:
+        for route in ODD_ROUTES:
+            for _ in range(2):  # the same drug written the same way twice: shared
+                number += 1
+                record.add(_request(f"{prefix}-{number}", concept, route))
+    return record
+
+
+def _general_drug_records(record: PatientRecord, monkeypatch: pytest.MonkeyPatch) -> dict[int, Any]:
+    with monkeypatch.context() as patch:
+        patch.setattr(medications, "_same_drug_key", lambda resource, routes: None)
+        return medications.drug_records(record)
+
+
+def test_drugs_remembered_across_patients_are_what_each_record_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    medications._DRUG_OF_KEY.clear()
+    first = _patient_with(ODD_CONCEPTS, "p1")
+    second = _patient_with(ODD_CONCEPTS[::-1], "p2")
+    seen = medications.drug_records(first)
+    assert medications._DRUG_OF_KEY  # the second patient reads the first one's drugs
+    again = medications.drug_records(second)
+    for record, fast in ((first, seen), (second, again)):
+        general = _general_drug_records(record, monkeypatch)
+        assert list(fast) == list(general)
+        for rid, drug in fast.items():
+            assert drug == general[rid], drug.reference
+            assert type(drug) is type(general[rid])
+    # Cached answers stay with their patient (ValueSet ids are unique only within a screening).
+    named_dicts = {id(d._named) for d in seen.values()}
+    assert not named_dicts & {id(d._named) for d in again.values()}
+    assert not {id(d._matches) for d in seen.values()} & {id(d._matches) for d in again.values()}
+
+
+def test_drug_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(medications, "_MAX_CACHED_DRUGS", 3)
+    medications._DRUG_OF_KEY.clear()
+    medications.drug_records(_patient_with(ODD_CONCEPTS, "p1"))
+    assert 0 < len(medications._DRUG_OF_KEY) <= 3
+
+
+def _valueset(vs_id: str, codes: set[tuple[str, str]], names: dict[str, str]) -> ValueSet:
+    return ValueSet(vs_id, f"urn:test:{vs_id}", vs_id, frozenset(codes), {}, names)
+
+
+def test_drug_answers_are_not_carried_to_a_patient_screened_with_other_valuesets() -> None:
+    medications._DRUG_OF_KEY.clear()
+    one = _valueset("drugs", set(), {"Prednisone": "prednisone"})  # matches by name
+    other = _valueset("drugs", set(), {})  # same id, another screening's terminology
+    (first,) = medications.drug_records(_single(PRED, "p1")).values()
+    assert first.matches(one) and first.named_as(one) == ("prednisone", "prednisone")
+    (second,) = medications.drug_records(_single(PRED, "p2")).values()
+    assert not second.matches(other) and second.named_as(other) is None
+
+
+def test_matches_tells_apart_valuesets_sharing_an_id() -> None:
+    (drug,) = medications.drug_records(_single(PRED, "p1")).values()
+    listed = _valueset("test", {(RXNORM, "8640")}, {})
+    other = _valueset("test", {(RXNORM, "1")}, {})
+    assert drug.matches(listed) and not drug.matches(other) and drug.matches(listed)
+
+
+def _single(concept: Any, prefix: str) -> PatientRecord:
+    record = PatientRecord()
+    record.add(_request(f"{prefix}-1", concept, ORAL))
+    return record
+
+
+DRUG_VALUESETS = [
+    TERMINOLOGY.get(vs_id)
+    for vs_id in (*medications.KNOWN_DRUG_VALUESETS, "route-oral", "route-local")
+]
+
+
+def test_matches_remembers_what_the_rule_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    medications._DRUG_OF_KEY.clear()
+    record = _patient_with(ODD_CONCEPTS, "p1")
+    drugs = list(medications.drug_records(record).values())
+    answers = [[drug.matches(vs) for vs in DRUG_VALUESETS] for drug in drugs]
+    assert any(any(row) for row in answers) and not all(all(row) for row in answers)
+    # Asked again (answered from the cache, shared between records of the same drug), and
+    # against the rule itself on records built without any sharing.
+    general = list(_general_drug_records(record, monkeypatch).values())
+    for drug, plain, row in zip(drugs, general, answers, strict=True):
+        assert [drug.matches(vs) for vs in DRUG_VALUESETS] == row
+        rule = [
+            vs.contains_any(plain.keys) or plain.named_as(vs) is not None for vs in DRUG_VALUESETS
+        ]
+        assert rule == row, drug.reference
+
+
+_DATE_TEXTS = [
+    "2026-01-01",
+    "2025-12",
+    "2024",
+    "2026-02-30",
+    "2026-01-01T10:00:00Z",
+    " 2026-01-05",
+    "",
+    "x",
+]
+_PERIOD_VALUES = st.one_of(
+    st.sampled_from(_DATE_TEXTS), st.none(), st.integers(), st.floats(), st.text(max_size=12)
+)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["start", "end", "other"]), _PERIOD_VALUES, max_size=3))
+def test_one_period_is_read_as_the_general_rule_reads_it(period: dict[str, Any]) -> None:
+    assert medications._bounds_of_one(period) == medications._bounds_of([period])
+
+
+# ----------------------------------------------------------------------------- whole reports
+def use_general_rules(patch: pytest.MonkeyPatch) -> None:
+    """Every fast path of the evaluator replaced by the rule it stands for."""
+    patch.setattr(
+        medications,
+        "_drug_record_of_key",
+        lambda key, record, resource, routes: medications._drug_record(record, resource, routes),
+    )
+    patch.setattr(medications, "_bounds_of_one", lambda period: medications._bounds_of([period]))
+    patch.setattr(medications, "frozen_instance", lambda cls, fields: cls(**fields))
+    patch.setattr(
+        medications.DrugRecord,
+        "matches",
+        lambda self, vs: vs.contains_any(self.keys) or self.named_as(vs) is not None,
+    )
+
+
+def _reports(cases: list[Any]) -> list[str]:
+    import json
+
+    from fhir_trial.evaluate import evaluate
+
+    return [
+        json.dumps(evaluate(case.record(), case.settings_object()).to_json(), ensure_ascii=False)
+        for case in cases
+    ]
+
+
+def test_reports_are_the_same_without_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = all_cases()
+    medications._DRUG_OF_KEY.clear()
+    fast = _reports(cases)
+    with monkeypatch.context() as patch:
+        use_general_rules(patch)
+        general = _reports(cases)
+    for case, one, other in zip(cases, fast, general, strict=True):
+        assert one == other, case.name
