@@ -257,6 +257,15 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
         "matches",
         lambda self, vs: vs.contains_any(self.keys) or self.named_as(vs) is not None,
     )
+    from fhir_trial import evaluate
+    from fhir_trial.criteria import comorbidity, labs, reproductive
+
+    patch.setattr(evaluate, "frozen_instance", lambda cls, fields: cls(**fields))
+    patch.setattr(comorbidity, "_nyha_candidates", lambda results, coded: list(results))
+    patch.setattr(comorbidity, "_names_nyha", _names_nyha_rule)
+    patch.setattr(labs, "split_by_window", _split_rule)
+    patch.setattr(reproductive, "split_by_window", _split_rule)
+    patch.setattr(PatientRecord, "with_code", _with_code_rule)
 
 
 def _reports(cases: list[Any]) -> list[str]:
@@ -279,3 +288,312 @@ def test_reports_are_the_same_without_the_fast_paths(monkeypatch: pytest.MonkeyP
         general = _reports(cases)
     for case, one, other in zip(cases, fast, general, strict=True):
         assert one == other, case.name
+
+
+# ----------------------------------------------------------------------------- record lookups
+def _with_code_rule(record: PatientRecord, rtype: str, valueset: ValueSet) -> list[Any]:
+    """with_code as first written: every indexed resource under a code of the ValueSet, each
+    once, sorted by its position in the record."""
+    index = record._by_code.get(rtype) or {}
+    found = {id(r): r for key in valueset.codes for r in index.get(key, ())}
+    return sorted(found.values(), key=lambda r: record._position[id(r)])
+
+
+LOINC = "http://loinc.org"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+_CODINGS = [
+    {"system": LOINC, "code": "718-7"},
+    {"system": LOINC, "code": "751-8", "display": "Neutrophils"},
+    {"system": "urn:oid:2.16.840.1.113883.6.1", "code": "718-7"},
+    {"system": LOINC, "code": 7187},
+    {"system": ICD10, "code": "M32.1"},
+    {"system": ICD10, "code": "M321"},
+    {"system": "http://fhir.de/CodeSystem/bfarm/icd-10-gm", "code": "M32.14†"},
+    {"system": SNOMED, "code": "55464009"},
+    {"system": SNOMED, "code": "55464009", "display": "SLE"},
+    "718-7",
+    None,
+]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Observation", "Condition"]),
+            st.lists(st.sampled_from(_CODINGS), max_size=3),
+            st.lists(st.lists(st.sampled_from(_CODINGS), max_size=2), max_size=2),
+        ),
+        max_size=12,
+    )
+)
+def test_with_code_answers_in_record_order(items: list[Any]) -> None:
+    record = PatientRecord()
+    for number, (rtype, codings, components) in enumerate(items):
+        resource: dict[str, Any] = {"resourceType": rtype, "id": f"r{number}"}
+        resource["code"] = {"coding": codings}
+        if rtype == "Observation" and components:
+            resource["component"] = [{"code": {"coding": c}} for c in components]
+        record.add(resource)
+    for vs_id in ("hemoglobin", "neutrophils-absolute", "sle", "lupus-unspecified-or-cutaneous"):
+        valueset = TERMINOLOGY.get(vs_id)
+        for rtype in ("Observation", "Condition"):
+            assert record.with_code(rtype, valueset) == _with_code_rule(record, rtype, valueset)
+
+
+# ----------------------------------------------------------------------------- Observations
+_TIMES = st.one_of(
+    st.sampled_from(
+        [
+            "2026-11-01",
+            "2026-11-01T10:00:00Z",
+            "2026-10",
+            "2026",
+            "2025-01-02T00:00:00+01:00",
+            " 2026-11-01",
+            "2026-11-01 ",
+            "2026-11-01x",
+            "",
+            "2027-01-01",
+        ]
+    ),
+    st.none(),
+    st.integers(),
+    st.just(float("nan")),
+    st.just({"start": "2026-11-01"}),
+)
+_STATUSES = st.one_of(
+    st.sampled_from(["final", "amended", "corrected", "preliminary", "FINAL", "cancelled", ""]),
+    st.none(),
+    st.integers(),
+    st.just(["final"]),
+)
+
+
+class _Text(str):
+    """A str subclass (not what a JSON parser gives)."""
+
+
+@st.composite
+def _observations(draw: Any) -> dict[str, Any]:
+    observation: dict[str, Any] = {"resourceType": "Observation"}
+    status = draw(_STATUSES)
+    if draw(st.booleans()) and isinstance(status, str):
+        status = _Text(status)
+    if status is not None or draw(st.booleans()):
+        observation["status"] = status
+    for name in ("effectiveDateTime", "effectiveInstant", "issued"):
+        if draw(st.booleans()):
+            observation[name] = draw(_TIMES)
+    if draw(st.booleans()):
+        observation["effectivePeriod"] = draw(st.one_of(_TIMES, st.builds(dict, start=_TIMES)))
+    return observation
+
+
+def _split_rule(observations: list[Any], start: dt.date | None, end: dt.date) -> Any:
+    """split_by_window as first written: observation_status, observation_time, place_in_window."""
+    from fhir_trial.observations import (
+        Dated,
+        WindowSplit,
+        observation_status,
+        observation_time,
+        place_in_window,
+    )
+
+    split = WindowSplit([], [], [], [], [], [])
+    for observation in observations:
+        status = observation_status(observation)
+        if status == "ignored":
+            split.ignored.append(observation)
+            continue
+        span = observation_time(observation)
+        placement = place_in_window(span, start or dt.date.min, end)
+        getattr(split, "undated" if placement == "undated" else placement).append(
+            Dated(observation, span, status)
+        )
+    return split
+
+
+@SETTINGS
+@given(st.lists(_observations(), max_size=8), st.sampled_from([None, dt.date(2026, 10, 15)]))
+def test_split_by_window_agrees_with_the_status_and_time_rules(
+    observations: list[Any], start: dt.date | None
+) -> None:
+    from fhir_trial.observations import split_by_window
+
+    end = dt.date(2026, 11, 26)
+    fast = split_by_window(observations, start, end)
+    rule = _split_rule(observations, start, end)
+    assert fast == rule
+    for name in ("inside", "ambiguous", "before", "after", "undated"):
+        assert all(
+            type(item) is type(other)
+            for item, other in zip(getattr(fast, name), getattr(rule, name), strict=True)
+        )
+
+
+def _odd_observations() -> list[dict[str, Any]]:
+    """Each shape the written-out reading of split_by_window must hand to the general rules."""
+    base = {"resourceType": "Observation", "status": "final"}
+    return [
+        {**base, "effectiveDateTime": "2026-11-01T10:00:00Z"},
+        {**base, "effectiveDateTime": "", "issued": "2026-11-01"},
+        {**base, "effectiveDateTime": None, "effectiveInstant": "2026-11-02T00:00:00Z"},
+        {**base, "effectiveDateTime": 20261101, "issued": "2026-11-03"},
+        {**base, "effectivePeriod": {"start": "2026-10"}},
+        {**base, "effectivePeriod": "2026-11-01", "issued": "2026-11-04"},
+        {**base, "effectiveDateTime": _Text("2026-11-05"), "issued": "2025-01-01"},
+        {**base, "effectiveDateTime": " 2026-11-06T10:00:00Z"},
+        {**base, "effectiveDateTime": "2026-11-07 10:00"},
+        {**base, "effectiveDateTime": "2026-13-01"},
+        {**base, "effectiveDateTime": "2027-01-01"},
+        {**base, "effectiveDateTime": "2024"},
+        {**base, "status": "FINAL", "effectiveDateTime": "2026-11-01"},
+        {**base, "status": _Text("preliminary"), "effectiveDateTime": "2026-11-01"},
+        {**base, "status": ["final"], "effectiveDateTime": "2026-11-01"},
+        {**base, "status": None, "effectiveDateTime": "2026-11-01"},
+        {"resourceType": "Observation", "effectiveDateTime": "2026-11-01"},
+        {**base, "status": "amended"},
+    ]
+
+
+@pytest.mark.parametrize("start", [None, dt.date(2026, 10, 15)])
+def test_split_by_window_reads_odd_results_as_the_rules_do(start: dt.date | None) -> None:
+    from fhir_trial.observations import split_by_window
+
+    observations = _odd_observations()
+    assert split_by_window(observations, start, dt.date(2026, 11, 26)) == _split_rule(
+        observations, start, dt.date(2026, 11, 26)
+    )
+
+
+# ----------------------------------------------------------------------------- exc-heart-failure
+_NYHA_LABELS = [
+    "NYHA class",
+    "nyha",
+    "NyHa functional classification",
+    "New York Heart Association Functional Classification",
+    "NEW YORK HEART ASSOCIATION",
+    "new  york heart association",
+    "Capacité fonctionnelle NYHA",
+    "NYHA-Klassifikation",
+    "纽约心脏协会心功能分级",
+    "NYHAclass",
+    "Hemoglobin [Mass/volume] in Blood",
+    "",
+]
+_LABELS = st.one_of(st.sampled_from(_NYHA_LABELS), st.none(), st.integers(), st.text(max_size=8))
+_CODINGS_NYHA = st.one_of(
+    st.builds(
+        dict,
+        system=st.sampled_from([LOINC, SNOMED, None]),
+        code=st.sampled_from(["88020-3", "718-7", "420913000", "422293003", "LA28404-4"]),
+        display=_LABELS,
+    ),
+    _LABELS,
+)
+
+
+def _mapping(value: Any, as_proxy: bool) -> Any:
+    from types import MappingProxyType
+
+    return MappingProxyType(value) if as_proxy and isinstance(value, dict) else value
+
+
+@st.composite
+def _nyha_observations(draw: Any) -> dict[str, Any]:
+    code: Any = {}
+    if draw(st.booleans()):
+        code["text"] = draw(_LABELS)
+    if draw(st.booleans()):
+        code["coding"] = draw(st.one_of(st.lists(_CODINGS_NYHA, max_size=3), _LABELS))
+    code = draw(st.sampled_from([code, _mapping(code, True), "NYHA class III", None]))
+    observation: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": draw(st.sampled_from(["final", "preliminary", "cancelled", None])),
+        "effectiveDateTime": draw(st.sampled_from(["2026-10-01", "2026-11", "2025", None])),
+        "code": code,
+    }
+    value = draw(
+        st.sampled_from(
+            [
+                None,
+                {},
+                "Class III",
+                {"coding": [{"system": SNOMED, "code": "420913000"}]},
+                {"coding": [{"system": SNOMED, "code": "422293003"}]},
+                {"coding": [{"system": LOINC, "code": "LA28404-4"}]},
+                {"text": "class 3"},
+            ]
+        )
+    )
+    if value is not None:
+        observation["valueCodeableConcept"] = value
+    return observation
+
+
+def _names_nyha_rule(observation: Any) -> bool:
+    """_names_nyha as its careful path reads any Observation."""
+    from collections.abc import Mapping
+
+    from fhir_trial.criteria.comorbidity import _label_names_nyha
+    from fhir_trial.terminology import codings
+
+    code = observation.get("code")
+    if not isinstance(code, Mapping):
+        return False
+    labels = [code.get("text")] + [c.get("display") for c in codings(code)]
+    return any(isinstance(label, str) and _label_names_nyha(label) for label in labels)
+
+
+def _context(record: PatientRecord) -> Any:
+    from fhir_trial.criteria.context import Context
+    from fhir_trial.record import CATEGORIES
+
+    record.mark_obtained(*CATEGORIES)
+    as_of = dt.date(2026, 11, 26)
+    return Context(record, Settings(as_of=as_of), TERMINOLOGY, as_of, as_of)
+
+
+_ASSESSMENT = {"coding": [{"system": LOINC, "code": "88020-3"}]}
+_CLASS_III = {"coding": [{"system": SNOMED, "code": "420913000"}]}
+_ODD_NYHA = [
+    [{"code": _ASSESSMENT}],  # coded assessment, no value, no words: unread
+    [{"code": _ASSESSMENT, "valueString": "III"}],
+    [{"code": {"text": "nyha functional class"}}],
+    [{"code": _mapping({"coding": [{"display": "New York Heart Association"}]}, True)}],
+    [{"code": {"coding": [{"code": "x", "display": "NYHA"}], "text": "NYHA"}}],
+    [{"code": {"coding": ["NYHA", {"display": "Nyha III"}]}}],
+    [{"code": "NYHA class III"}],
+    [{"code": {"text": "纽约心脏协会 NYHA"}, "valueCodeableConcept": {"text": "III级"}}],
+    [{"code": {"text": "x"}, "valueCodeableConcept": _CLASS_III, "status": "cancelled"}],
+    [{"code": {"text": "x"}, "valueCodeableConcept": _CLASS_III}, {"code": _ASSESSMENT}],
+]
+
+
+@pytest.mark.parametrize("observations", _ODD_NYHA)
+def test_heart_failure_reads_odd_results_as_the_full_loop_does(observations: list[Any]) -> None:
+    defaults = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2026-10-01"}
+    test_heart_failure_reads_only_the_results_that_can_matter.hypothesis.inner_test(  # type: ignore[attr-defined]
+        [{**defaults, **o} for o in observations]
+    )
+
+
+@SETTINGS
+@given(st.lists(_nyha_observations(), max_size=6))
+def test_heart_failure_reads_only_the_results_that_can_matter(observations: list[Any]) -> None:
+    from fhir_trial.criteria import comorbidity
+
+    record = PatientRecord()
+    for number, observation in enumerate(observations):
+        record.add({**observation, "id": f"o{number}"})
+    for observation in record.observation_results():
+        assert comorbidity._names_nyha(observation) == _names_nyha_rule(observation)
+    ctx = _context(record)
+    fast = comorbidity.heart_failure(ctx)
+    original = comorbidity._nyha_candidates
+    try:
+        comorbidity._nyha_candidates = lambda results, coded: list(results)  # type: ignore[assignment]
+        assert comorbidity.heart_failure(ctx) == fast
+    finally:
+        comorbidity._nyha_candidates = original
