@@ -348,11 +348,16 @@ def describe_quantity(quantity: Quantity) -> str:
 def interpretations(observation: Resource) -> list[Mapping[str, Any]]:
     """Observation.interpretation as a list of CodeableConcepts (malformed entries dropped)."""
     value = observation.get("interpretation")
-    if isinstance(value, Mapping):
-        value = [value]
-    if not isinstance(value, list):
-        return []
-    return [c for c in value if isinstance(c, Mapping) and isinstance(c.get("coding", []), list)]
+    if type(value) is not list:  # the usual list skips the Mapping ABC check
+        if isinstance(value, Mapping):
+            value = [value]
+        if not isinstance(value, list):
+            return []
+    return [
+        c
+        for c in value
+        if (type(c) is dict or isinstance(c, Mapping)) and isinstance(c.get("coding", []), list)
+    ]
 
 
 def interpretation_in(observation: Resource, valueset: ValueSet) -> Mapping[str, Any] | None:

@@ -597,3 +597,21 @@ def test_heart_failure_reads_only_the_results_that_can_matter(observations: list
         assert comorbidity.heart_failure(ctx) == fast
     finally:
         comorbidity._nyha_candidates = original
+
+
+# ----------------------------------------------------------------------------- per-evaluation memo
+def test_context_remembers_once_per_evaluation() -> None:
+    from fhir_trial.criteria import therapy
+
+    medications._DRUG_OF_KEY.clear()
+    record = _patient_with(ODD_CONCEPTS[:3], "p1")
+    ctx = _context(record)
+    hist = therapy.history(ctx)
+    assert therapy.history(ctx) is hist  # every medication criterion reads the same history
+    assert hist == medications.build_history(record, ctx.as_of, ctx.settings.default_supply_days)
+    assert therapy.known_drugs(ctx) == tuple(
+        TERMINOLOGY.get(vs_id) for vs_id in medications.KNOWN_DRUG_VALUESETS
+    )
+    # A new evaluation (a new Context) of the same record sees what the record holds now.
+    record.add(_request("p1-new", PRED, ORAL))
+    assert therapy.history(_context(record)).retrieved == hist.retrieved + 1

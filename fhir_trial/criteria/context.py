@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from fhir_trial.config import Settings
 from fhir_trial.elements import child
@@ -28,6 +28,7 @@ GM_CERTAINTY_URLS = frozenset(
 GM_RULED_OUT, GM_SUSPECTED, GM_STATUS_AFTER = "A", "V", "Z"
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,19 @@ class Context:
     terminology: Terminology
     as_of: dt.date
     infusion_date: dt.date
+    # What several criteria derive from the record alike (the medication history, the drug
+    # ValueSets), kept for the life of this Context: one evaluate() call, during which the
+    # record does not change. See :meth:`remember`.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def remember(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, once per Context and ``key`` (the same ``key`` must always mean the
+        same computation)."""
+        memo = self.memo
+        if key in memo:
+            return cast(T, memo[key])
+        found = memo[key] = compute()
+        return found
 
     def valueset(self, valueset_id: str) -> ValueSet:
         """A ValueSet by id (codes come only from the shipped ValueSets)."""
@@ -51,7 +65,7 @@ class Context:
 
 def first_code(concept: Mapping[str, Any] | None) -> str:
     """``code`` of the first coding, or the text: for readable reasons."""
-    if not isinstance(concept, Mapping):
+    if not (type(concept) is dict or isinstance(concept, Mapping)):
         return "?"
     for coding in codings(concept):
         label = coding.get("display") or coding.get("code")
@@ -77,7 +91,9 @@ def gm_certainty(condition: Mapping[str, Any]) -> str | None:
     concept = condition.get("code")
     holders: list[Any] = [condition, *codings(concept)]
     for holder in holders:
-        extensions = holder.get("extension") if isinstance(holder, Mapping) else None
+        # type() first: isinstance against the Mapping ABC costs a Python-level call.
+        is_object = type(holder) is dict or isinstance(holder, Mapping)
+        extensions = holder.get("extension") if is_object else None
         if not isinstance(extensions, list):
             continue
         for extension in extensions:
