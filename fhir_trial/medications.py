@@ -152,11 +152,13 @@ class DrugRecord:
     _named: dict[str, tuple[str, str] | None] = field(
         default_factory=dict, repr=False, compare=False, kw_only=True
     )
-    # matches per ValueSet, filled on first use and shared like ``_named``: an inc-prior-therapy
-    # decision asks each record about the same few ValueSets a hundred times. Keyed by the
-    # ValueSet's identity (two ValueSets may share an id), which it holds so the identity stays
-    # its own while the answer is kept.
-    _matches: dict[int, tuple[ValueSet, bool]] = field(
+    # Answers of matches, route_in and local_use_in, filled on first use: an inc-prior-therapy
+    # decision asks each record about the same few ValueSets a hundred times. They depend on the
+    # keys, names and routes only, so records that write the same drug the same way share them,
+    # within a patient and across patients (_drug_record_of_key). Keyed by the question and the
+    # ValueSet's identity (two ValueSets may share an id), whose ValueSet is kept with the
+    # answer so that the identity stays its own.
+    _answers: dict[tuple[str, int], tuple[ValueSet, Any]] = field(
         default_factory=dict, repr=False, compare=False, kw_only=True
     )
     # The words of the drug's names or stated route that say it is for local use ("Topical",
@@ -187,12 +189,12 @@ class DrugRecord:
 
     def matches(self, valueset: ValueSet) -> bool:
         """Whether the drug, or one of its ingredients, is in the ValueSet (by code or by name)."""
-        known = self._matches.get(id(valueset))
+        key = ("matches", id(valueset))
+        known = self._answers.get(key)
         if known is not None:
-            return known[1]
-        # The answer depends on the keys and names only, as named_as's does.
+            return bool(known[1])
         found = valueset.contains_any(self.keys) or self.named_as(valueset) is not None
-        self._matches[id(valueset)] = (valueset, found)
+        self._answers[key] = (valueset, found)
         return found
 
     def label(self, valueset: ValueSet | None = None) -> str:
@@ -220,6 +222,16 @@ class DrugRecord:
         """
         if self.local_use:
             return self.local_use
+        key = ("local_use_in", id(local_routes))
+        known = self._answers.get(key)
+        if known is not None:
+            return str(known[1])
+        found = self._local_route_label(local_routes)
+        self._answers[key] = (local_routes, found)
+        return found
+
+    def _local_route_label(self, local_routes: ValueSet) -> str:
+        """The label of the first stated route coded in ``local_routes``, else ""."""
         for route in self.routes:
             coding = local_routes.matching_coding(route)
             if coding is not None:
@@ -256,7 +268,13 @@ class DrugRecord:
 
     def route_in(self, valueset: ValueSet) -> bool:
         """Whether a stated route is in the ValueSet (False when no route is stated)."""
-        return any(valueset.matches(route) for route in self.routes)
+        key = ("route_in", id(valueset))
+        known = self._answers.get(key)
+        if known is not None:
+            return bool(known[1])
+        found = any(valueset.matches(route) for route in self.routes)
+        self._answers[key] = (valueset, found)
+        return found
 
     def route_unreadable(self, known: Sequence[ValueSet]) -> bool:
         """Whether a route is stated but the screening cannot place it: no stated route is in any
@@ -498,7 +516,7 @@ def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
         else:
             names_ = gained[group] = _names_with_shared(drug.names, keys, uses, named)
         if names_ is not None:
-            drug = replace(drug, names=names_, _named={}, _matches={})
+            drug = replace(drug, names=names_, _named={}, _answers={})
         drugs[rid] = drug
     return drugs
 
@@ -537,10 +555,10 @@ def _drug_record_of_key(
 
     Why the same: a record with a key holds its drug inline (no ``medicationReference``, nothing
     resolved through the record), so its DrugRecord depends on the key's content alone but for
-    its own reference and type, which :func:`_as_record_of` sets. The cached answers of
-    :meth:`DrugRecord.named_as` and :meth:`DrugRecord.matches` are never carried from one
-    patient to the next (fresh dicts each time): they are keyed by ValueSet id, which is unique
-    only within one screening.
+    its own reference and type, which :func:`_as_record_of` sets. The answers of matches,
+    route_in and local_use_in (keyed by ValueSet identity) go with it to every patient; those
+    of :meth:`DrugRecord.named_as` never do (a fresh dict each time): they are keyed by ValueSet
+    id, which is unique only within one screening.
     """
     if same_key is None:
         return _drug_record(record, resource, routes)
@@ -595,14 +613,14 @@ def _as_record_of(
 ) -> DrugRecord:
     """``drug`` (read from a record with the same :func:`_same_drug_key`) as ``resource``'s.
 
-    named_as and matches depend on the names and keys only: their answers are shared too,
-    unless ``fresh`` asks for empty caches (a record of another patient).
+    Its cached answers depend on the names, keys and routes only: they are shared too, but for
+    those of named_as when ``fresh`` (a record of another patient: see _drug_record_of_key).
     """
     fields = dict(vars(drug))
     fields["reference"] = record.reference_to(resource)
     fields["resource_type"] = str(resource.get("resourceType"))
     if fresh:
-        fields["_named"], fields["_matches"] = {}, {}
+        fields["_named"] = {}
     return frozen_instance(DrugRecord, fields)
 
 

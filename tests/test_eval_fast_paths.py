@@ -45,7 +45,7 @@ def _sample_fields(cls: type) -> dict[str, Any]:
         "names": ("prednisone",),
         "has_name": True,
         "_named": {},
-        "_matches": {},
+        "_answers": {},
         "local_use": "",
         "start": span,
         "end": span,
@@ -161,7 +161,6 @@ def test_drugs_remembered_across_patients_are_what_each_record_says(
     # Cached answers stay with their patient (ValueSet ids are unique only within a screening).
     named_dicts = {id(d._named) for d in seen.values()}
     assert not named_dicts & {id(d._named) for d in again.values()}
-    assert not {id(d._matches) for d in seen.values()} & {id(d._matches) for d in again.values()}
 
 
 def test_drug_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,17 +207,40 @@ def test_matches_remembers_what_the_rule_answers(monkeypatch: pytest.MonkeyPatch
     medications._DRUG_OF_KEY.clear()
     record = _patient_with(ODD_CONCEPTS, "p1")
     drugs = list(medications.drug_records(record).values())
-    answers = [[drug.matches(vs) for vs in DRUG_VALUESETS] for drug in drugs]
+    answers = [_answers(drug) for drug in drugs]
     assert any(any(row) for row in answers) and not all(all(row) for row in answers)
+    # A second patient with the same drugs reads the answers kept since the first one.
+    again = list(medications.drug_records(_patient_with(ODD_CONCEPTS, "p2")).values())
     # Asked again (answered from the cache, shared between records of the same drug), and
-    # against the rule itself on records built without any sharing.
+    # against the rules themselves on records built without any sharing.
     general = list(_general_drug_records(record, monkeypatch).values())
-    for drug, plain, row in zip(drugs, general, answers, strict=True):
-        assert [drug.matches(vs) for vs in DRUG_VALUESETS] == row
+    for drug, other, plain, row in zip(drugs, again, general, answers, strict=True):
+        assert _answers(drug) == row == _answers(other)
         rule = [
-            vs.contains_any(plain.keys) or plain.named_as(vs) is not None for vs in DRUG_VALUESETS
+            *(
+                vs.contains_any(plain.keys) or plain.named_as(vs) is not None
+                for vs in DRUG_VALUESETS
+            ),
+            *(_route_in_rule(plain, vs) for vs in DRUG_VALUESETS),
+            *(_local_use_in_rule(plain, vs) for vs in DRUG_VALUESETS),
         ]
         assert rule == row, drug.reference
+
+
+def _answers(drug: Any) -> list[Any]:
+    return [
+        *(drug.matches(vs) for vs in DRUG_VALUESETS),
+        *(drug.route_in(vs) for vs in DRUG_VALUESETS),
+        *(drug.local_use_in(vs) for vs in DRUG_VALUESETS),
+    ]
+
+
+def _route_in_rule(drug: Any, valueset: ValueSet) -> bool:
+    return any(valueset.matches(route) for route in drug.routes)
+
+
+def _local_use_in_rule(drug: Any, valueset: ValueSet) -> str:
+    return str(drug.local_use or drug._local_route_label(valueset))
 
 
 _DATE_TEXTS = [
@@ -257,6 +279,8 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
         "matches",
         lambda self, vs: vs.contains_any(self.keys) or self.named_as(vs) is not None,
     )
+    patch.setattr(medications.DrugRecord, "route_in", _route_in_rule)
+    patch.setattr(medications.DrugRecord, "local_use_in", _local_use_in_rule)
     from fhir_trial import evaluate
     from fhir_trial.criteria import comorbidity, labs, reproductive
 
@@ -615,3 +639,21 @@ def test_context_remembers_once_per_evaluation() -> None:
     # A new evaluation (a new Context) of the same record sees what the record holds now.
     record.add(_request("p1-new", PRED, ORAL))
     assert therapy.history(_context(record)).retrieved == hist.retrieved + 1
+
+
+def test_names_from_other_records_do_not_travel_to_another_patient() -> None:
+    medications._DRUG_OF_KEY.clear()
+    local = "http://hospital.example.cn/drug"
+    bare = {"coding": [{"system": local, "code": "X1"}]}
+    named = {"coding": [{"system": local, "code": "X1", "display": "泼尼松片"}]}
+    ocs = TERMINOLOGY.get("oral-corticosteroids")
+    first = PatientRecord()
+    first.add(_request("a", bare, ORAL))
+    first.add(_request("b", named, ORAL))
+    drugs = medications.drug_records(first)
+    # The bare record takes the name of the other record with its code: prednisone by name.
+    assert drugs[id(first.resources("MedicationRequest")[0])].matches(ocs)
+    second = PatientRecord()
+    second.add(_request("c", bare, ORAL))  # written like the first patient's bare record
+    (alone,) = medications.drug_records(second).values()
+    assert not alone.names and not alone.matches(ocs)
