@@ -657,3 +657,47 @@ def test_names_from_other_records_do_not_travel_to_another_patient() -> None:
     second.add(_request("c", bare, ORAL))  # written like the first patient's bare record
     (alone,) = medications.drug_records(second).values()
     assert not alone.names and not alone.matches(ocs)
+
+
+def test_only_y_and_capital_y_match_y_ignoring_case() -> None:
+    """What _may_name_nyha rests on, over every code point (Python's re folds a few
+    non-ASCII letters onto ASCII ones: the Kelvin sign K onto k, the long s onto s)."""
+    import re
+
+    from fhir_trial.criteria.comorbidity import _NYHA_WORDS
+
+    everything = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert sorted(set(re.findall("y", everything, re.IGNORECASE))) == ["Y", "y"]
+    assert all("y" in phrase for phrase in _NYHA_WORDS.pattern.split("|"))
+    assert re.findall("k", "\u212a", re.IGNORECASE)  # the kind of folding that would matter
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "NYHA",
+        "nYhA class",
+        "New York Heart Association",
+        "NEW YORK HEART ASSOCIATION",
+        "new york heart aſſociation",
+        "NEW \u0130ORK",
+        "纽约心脏协会 NYHA",
+        "Hemoglobin",
+        "",
+    ],
+)
+def test_may_name_nyha_never_hides_a_label_that_names_nyha(label: str) -> None:
+    from fhir_trial.criteria.comorbidity import _label_names_nyha, _may_name_nyha
+
+    assert _may_name_nyha(label) or not _label_names_nyha(label)
+
+
+@SETTINGS
+@given(
+    st.text(
+        alphabet=st.sampled_from("nNyYhHaA \u212a\u017fewWorRkKtTsScCi\u0130\u0131-"),
+        max_size=30,
+    )
+)
+def test_may_name_nyha_on_arbitrary_text(label: str) -> None:
+    test_may_name_nyha_never_hides_a_label_that_names_nyha(label)

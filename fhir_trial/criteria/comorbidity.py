@@ -194,12 +194,20 @@ def _label_names_nyha(label: str) -> bool:
     return _NYHA_WORDS.search(label) is not None
 
 
+def _may_name_nyha(label: str) -> bool:
+    """False for a label that cannot name NYHA: both phrases of _NYHA_WORDS hold a "y", and
+    the only characters re.IGNORECASE matches with "y" are "y" and "Y" (tests check it over
+    all of Unicode). Two character searches cost less than hashing a fresh label for the cache,
+    and most result names (Hemoglobin, Creatinine, ...) hold no "y"."""
+    return "y" in label or "Y" in label
+
+
 def _names_nyha(observation: Mapping[str, Any]) -> bool:
     """Whether an Observation's code names NYHA in its text or a display."""
     code = observation.get("code")
     if type(code) is dict:  # plain JSON, the usual case: no Mapping checks or generators
         text = code.get("text")
-        if type(text) is str and _label_names_nyha(text):
+        if type(text) is str and _may_name_nyha(text) and _label_names_nyha(text):
             return True
         found = code.get("coding")
         if type(found) is list:
@@ -208,7 +216,12 @@ def _names_nyha(observation: Mapping[str, Any]) -> bool:
                     break  # damaged: the careful path below
                 display = coding.get("display")
                 # A display equal to the text (the usual coding) was answered just above.
-                if type(display) is str and display != text and _label_names_nyha(display):
+                if (
+                    type(display) is str
+                    and display != text
+                    and _may_name_nyha(display)
+                    and _label_names_nyha(display)
+                ):
                     return True
             else:
                 return False
