@@ -290,6 +290,10 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(labs, "split_by_window", _split_rule)
     patch.setattr(reproductive, "split_by_window", _split_rule)
     patch.setattr(PatientRecord, "with_code", _with_code_rule)
+    from fhir_trial.criteria import context
+
+    patch.setattr(context, "gm_certainty", lambda c: context._gm_certainty_of(c, c.get("code")))
+    patch.setattr(context, "_code_of", context._first_coded)
 
 
 def _reports(cases: list[Any]) -> list[str]:
@@ -701,3 +705,76 @@ def test_may_name_nyha_never_hides_a_label_that_names_nyha(label: str) -> None:
 )
 def test_may_name_nyha_on_arbitrary_text(label: str) -> None:
     test_may_name_nyha_never_hides_a_label_that_names_nyha(label)
+
+
+# ----------------------------------------------------------------------------- Conditions
+_GM = "http://fhir.de/StructureDefinition/icd-10-gm-diagnosesicherheit"
+_EXTENSIONS = st.one_of(
+    st.none(),
+    st.just([]),
+    st.just("A"),
+    st.lists(
+        st.one_of(
+            st.builds(dict, url=st.just(_GM), valueCode=st.sampled_from(["A", "v", "Z", "", 5])),
+            st.builds(
+                dict,
+                url=st.just(_GM),
+                valueCoding=st.builds(dict, code=st.sampled_from(["G", "z"])),
+            ),
+            st.builds(dict, url=st.just("http://example.org/other"), valueCode=st.just("A")),
+            st.just("damaged"),
+        ),
+        max_size=2,
+    ),
+)
+
+
+@st.composite
+def _conditions(draw: Any) -> dict[str, Any]:
+    def coding() -> Any:
+        item: Any = {"system": ICD10, "code": draw(st.sampled_from(["M32.1", "", 5, None]))}
+        if draw(st.booleans()):
+            item["extension"] = draw(_EXTENSIONS)
+        return draw(st.sampled_from([item, _mapping(item, True), "M32.1", None]))
+
+    condition: dict[str, Any] = {"resourceType": "Condition"}
+    if draw(st.booleans()):
+        condition["extension"] = draw(_EXTENSIONS)
+    code: Any = {"coding": [coding() for _ in range(draw(st.integers(0, 2)))]}
+    condition["code"] = draw(st.sampled_from([code, _mapping(code, True), {"text": "SLE"}, "x"]))
+    status: Any = {"coding": [coding() for _ in range(draw(st.integers(0, 2)))]}
+    condition["clinicalStatus"] = draw(st.sampled_from([status, _mapping(status, True), None]))
+    return condition
+
+
+@SETTINGS
+@given(_conditions())
+def test_condition_readers_agree_with_their_rules(condition: dict[str, Any]) -> None:
+    from fhir_trial.criteria import context
+
+    assert context.gm_certainty(condition) == context._gm_certainty_of(
+        condition, condition.get("code")
+    )
+    status = condition.get("clinicalStatus")
+    assert context._code_of(status) == context._first_coded(status)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"code": {"coding": [{"code": "M32.1", "extension": [{"url": _GM, "valueCode": "a"}]}]}},
+        {"extension": [{"url": _GM, "valueCode": "v"}], "code": {"coding": [{"code": "M32.1"}]}},
+        {"code": {"coding": ["x", {"extension": [{"url": _GM, "valueCode": "Z"}]}]}},
+        {"code": {"coding": [{"code": "M32.1"}], "extension": [{"url": _GM, "valueCode": "A"}]}},
+        {"code": {"coding": [{"code": "M32.1"}, {"code": "M32.8"}]}},
+        {"code": {"text": "SLE"}},
+    ],
+)
+def test_gm_certainty_reads_odd_conditions_as_the_rule(condition: dict[str, Any]) -> None:
+    from fhir_trial.criteria import context
+
+    assert context.gm_certainty(condition) == context._gm_certainty_of(
+        condition, condition.get("code")
+    )
+    status = {"coding": [{"code": ""}, {"code": "active"}]}
+    assert context._code_of(status) == context._first_coded(status) == "active"

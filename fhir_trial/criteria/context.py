@@ -75,6 +75,19 @@ def first_code(concept: Mapping[str, Any] | None) -> str:
 
 
 def _code_of(concept: Mapping[str, Any] | None) -> str | None:
+    if type(concept) is dict:
+        # The usual status concept: its first coding, a plain object with a code, is the first
+        # coding codings() gives and has the code the loop below returns.
+        found = concept.get("coding")
+        if type(found) is list and found and type(found[0]) is dict:
+            code = found[0].get("code")
+            if code:
+                return str(code)
+    return _first_coded(concept)
+
+
+def _first_coded(concept: Mapping[str, Any] | None) -> str | None:
+    """The ``code`` of the first coding that has one (the rule behind :func:`_code_of`)."""
     for coding in codings(concept):
         if coding.get("code"):
             return str(coding["code"])
@@ -89,6 +102,22 @@ def gm_certainty(condition: Mapping[str, Any]) -> str | None:
     exporters write it, on the Condition itself; its value a Coding or a bare code.
     """
     concept = condition.get("code")
+    if "extension" not in condition and type(concept) is dict:
+        # The usual Condition carries no extension at all: nothing to read, and no need to
+        # gather its codings (only the ones below a plain object are looked at here; any other
+        # shape takes the rule in _gm_certainty_of).
+        found = concept.get("coding")
+        if type(found) is list:
+            for coding in found:
+                if type(coding) is not dict or "extension" in coding:
+                    break
+            else:
+                return None
+    return _gm_certainty_of(condition, concept)
+
+
+def _gm_certainty_of(condition: Mapping[str, Any], concept: Any) -> str | None:
+    """The rule behind :func:`gm_certainty`: the extension on the Condition or a coding."""
     holders: list[Any] = [condition, *codings(concept)]
     for holder in holders:
         # type() first: isinstance against the Mapping ABC costs a Python-level call.

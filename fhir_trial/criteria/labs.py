@@ -372,9 +372,7 @@ def abnormal_labs(ctx: Context) -> Finding:
     # Only results with an interpretation can be flagged: sifted first, so that the result
     # list (hundreds) is walked once; both lists keep record order.
     interpreted = [o for o in ctx.record.observation_results() if o.get("interpretation")]
-    flags = {
-        id(o): flag for o in interpreted if (flag := critical_flag(o, critical)) is not None
-    }
+    flags = {id(o): flag for o in interpreted if (flag := critical_flag(o, critical)) is not None}
     flagged = [o for o in interpreted if id(o) in flags]
     split = split_by_window(flagged, start, ctx.as_of)
     listed = sorted(
