@@ -207,7 +207,8 @@ def _names_nyha(observation: Mapping[str, Any]) -> bool:
     code = observation.get("code")
     if type(code) is dict:  # plain JSON, the usual case: no Mapping checks or generators
         text = code.get("text")
-        if type(text) is str and _may_name_nyha(text) and _label_names_nyha(text):
+        # _may_name_nyha(label) written out below: a call per label costs more than its test.
+        if type(text) is str and ("y" in text or "Y" in text) and _label_names_nyha(text):
             return True
         found = code.get("coding")
         if type(found) is list:
@@ -219,7 +220,7 @@ def _names_nyha(observation: Mapping[str, Any]) -> bool:
                 if (
                     type(display) is str
                     and display != text
-                    and _may_name_nyha(display)
+                    and ("y" in display or "Y" in display)
                     and _label_names_nyha(display)
                 ):
                     return True
