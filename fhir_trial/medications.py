@@ -281,7 +281,7 @@ class DrugRecord:
         of the ``known`` route ValueSets (text only, or a code none of them lists). Such a route
         is not evidence of "another route"; criteria treat it as unknown, never as non-oral/non-IV.
         """
-        return self.route_stated() and not any(self.route_in(vs) for vs in known)
+        return self.route_stated() and not any(map(self.route_in, known))
 
     def route_unreadable_text(self) -> str:
         """Why the stated route cannot be placed, for reasons: "route 'IV' (text only)" or

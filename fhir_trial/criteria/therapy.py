@@ -307,7 +307,7 @@ class _Found:
 
 def _is_partner(record: DrugRecord, partner_vs: Sequence[ValueSet]) -> bool:
     """An immunosuppressant or a biologic."""
-    return any(record.matches(vs) for vs in partner_vs)
+    return any(map(record.matches, partner_vs))  # map, not a generator: asked for every record
 
 
 def _maybe_oral(record: DrugRecord, oral_vs: ValueSet, known: Sequence[ValueSet]) -> bool:
