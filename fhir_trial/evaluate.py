@@ -25,11 +25,18 @@ from fhir_trial.criteria import (
     therapy,
     trials,
 )
-from fhir_trial.criteria.catalog import CRITERIA
+from fhir_trial.criteria.catalog import CRITERIA, CriterionSpec
 from fhir_trial.criteria.context import Context
 from fhir_trial.deceased import VitalStatus, vital_status
 from fhir_trial.record import PatientRecord
-from fhir_trial.report import CriterionResult, EligibilityReport, Finding, Status, Verdict
+from fhir_trial.report import (
+    CriterionResult,
+    EligibilityReport,
+    Finding,
+    Status,
+    Verdict,
+    frozen_instance,
+)
 from fhir_trial.terminology import Terminology, load_terminology
 
 CriterionFunction = Callable[[Context], Finding]
@@ -131,19 +138,7 @@ def evaluate(
         findings[spec.id] = _safely(FUNCTIONS[spec.id], ctx)
     findings[DERIVED] = derive_autoantibody(findings)
 
-    results = tuple(
-        CriterionResult(
-            id=spec.id,
-            kind=spec.kind,
-            ref=spec.ref,
-            status=findings[spec.id].status,
-            reason=findings[spec.id].reason,
-            evidence=findings[spec.id].evidence,
-            missing=findings[spec.id].missing,
-            part_of=spec.part_of,
-        )
-        for spec in CRITERIA
-    )
+    results = tuple(_result(spec, findings[spec.id]) for spec in CRITERIA)
     vital = vital_status(record.patient, as_of)
     warnings = (
         tuple(record.warnings)
@@ -163,6 +158,27 @@ def evaluate(
         deceased=vital.deceased,
         reason=vital.reason,
         not_obtained=tuple(sorted(record.failed)),
+    )
+
+
+def _result(spec: CriterionSpec, finding: Finding) -> CriterionResult:
+    """The report entry of one criterion: its spec's identity, its finding's decision.
+
+    Built with :func:`~fhir_trial.report.frozen_instance` (the frozen dataclass's ``__init__``
+    without its per-field ``object.__setattr__``): 29 per patient.
+    """
+    return frozen_instance(
+        CriterionResult,
+        {
+            "id": spec.id,
+            "kind": spec.kind,
+            "ref": spec.ref,
+            "status": finding.status,
+            "reason": finding.reason,
+            "evidence": finding.evidence,
+            "missing": finding.missing,
+            "part_of": spec.part_of,
+        },
     )
 
 

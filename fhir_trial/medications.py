@@ -52,6 +52,7 @@ import orjson
 from fhir_trial.elements import child, objects
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
+from fhir_trial.report import frozen_instance
 from fhir_trial.terminology import (
     Code,
     ValueSet,
@@ -151,6 +152,15 @@ class DrugRecord:
     _named: dict[str, tuple[str, str] | None] = field(
         default_factory=dict, repr=False, compare=False, kw_only=True
     )
+    # Answers of matches, route_in and local_use_in, filled on first use: an inc-prior-therapy
+    # decision asks each record about the same few ValueSets a hundred times. They depend on the
+    # keys, names and routes only, so records that write the same drug the same way share them,
+    # within a patient and across patients (_drug_record_of_key). Keyed by the question and the
+    # ValueSet's identity (two ValueSets may share an id), whose ValueSet is kept with the
+    # answer so that the identity stays its own.
+    _answers: dict[tuple[str, int], tuple[ValueSet, Any]] = field(
+        default_factory=dict, repr=False, compare=False, kw_only=True
+    )
     # The words of the drug's names or stated route that say it is for local use ("Topical",
     # "Ophthalmic", ...; :func:`local_use_word`), or "" when none does.
     local_use: str
@@ -179,7 +189,13 @@ class DrugRecord:
 
     def matches(self, valueset: ValueSet) -> bool:
         """Whether the drug, or one of its ingredients, is in the ValueSet (by code or by name)."""
-        return valueset.contains_any(self.keys) or self.named_as(valueset) is not None
+        key = ("matches", id(valueset))
+        known = self._answers.get(key)
+        if known is not None:
+            return bool(known[1])
+        found = valueset.contains_any(self.keys) or self.named_as(valueset) is not None
+        self._answers[key] = (valueset, found)
+        return found
 
     def label(self, valueset: ValueSet | None = None) -> str:
         """A readable drug name: the matching coding's display when there is one.
@@ -206,6 +222,16 @@ class DrugRecord:
         """
         if self.local_use:
             return self.local_use
+        key = ("local_use_in", id(local_routes))
+        known = self._answers.get(key)
+        if known is not None:
+            return str(known[1])
+        found = self._local_route_label(local_routes)
+        self._answers[key] = (local_routes, found)
+        return found
+
+    def _local_route_label(self, local_routes: ValueSet) -> str:
+        """The label of the first stated route coded in ``local_routes``, else ""."""
         for route in self.routes:
             coding = local_routes.matching_coding(route)
             if coding is not None:
@@ -242,14 +268,20 @@ class DrugRecord:
 
     def route_in(self, valueset: ValueSet) -> bool:
         """Whether a stated route is in the ValueSet (False when no route is stated)."""
-        return any(valueset.matches(route) for route in self.routes)
+        key = ("route_in", id(valueset))
+        known = self._answers.get(key)
+        if known is not None:
+            return bool(known[1])
+        found = any(valueset.matches(route) for route in self.routes)
+        self._answers[key] = (valueset, found)
+        return found
 
     def route_unreadable(self, known: Sequence[ValueSet]) -> bool:
         """Whether a route is stated but the screening cannot place it: no stated route is in any
         of the ``known`` route ValueSets (text only, or a code none of them lists). Such a route
         is not evidence of "another route"; criteria treat it as unknown, never as non-oral/non-IV.
         """
-        return self.route_stated() and not any(self.route_in(vs) for vs in known)
+        return self.route_stated() and not any(map(self.route_in, known))
 
     def route_unreadable_text(self) -> str:
         """Why the stated route cannot be placed, for reasons: "route 'IV' (text only)" or
@@ -424,20 +456,17 @@ def build_history(
             ):
                 ignored += 1
                 continue
-            drug = drugs[id(resource)]
+            fields = dict(vars(drugs[id(resource)]))
             placed = _place(resource, as_of, default_supply_days)
+            # frozen_instance is Undated(**fields) / Exposure(**fields) without the per-field
+            # object.__setattr__ of a frozen dataclass's __init__ (one per medication record).
             if isinstance(placed, str):
-                undated.append(Undated(**vars(drug), why=placed))
+                fields["why"] = placed
+                undated.append(frozen_instance(Undated, fields))
             else:
-                exposures.append(
-                    Exposure(
-                        **vars(drug),
-                        start=placed.start,
-                        end=placed.end,
-                        basis=placed.basis,
-                        open_ended=placed.open_ended,
-                    )
-                )
+                fields["start"], fields["end"] = placed.start, placed.end
+                fields["basis"], fields["open_ended"] = placed.basis, placed.open_ended
+                exposures.append(frozen_instance(Exposure, fields))
     return MedicationHistory(tuple(exposures), tuple(undated), ignored, retrieved)
 
 
@@ -466,7 +495,7 @@ def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
                 drug = _as_record_of(known[0], record, resource)
                 keys = known[1]
             else:
-                drug = _drug_record(record, resource, routes)
+                drug = _drug_record_of_key(same_key, record, resource, routes)
                 keys = _exact_keys(drug)
                 if same_key is not None:
                     same[same_key] = (drug, keys)
@@ -476,15 +505,70 @@ def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
                 if drug.names:
                     named.setdefault(key, []).extend(drug.names)
     drugs: dict[int, DrugRecord] = {}
+    # Records sharing a _same_drug_key share their ``keys`` list and their names, so the names
+    # they gain from other records are the same: computed once per list (by its identity; every
+    # list stays alive in ``found`` meanwhile).
+    gained: dict[int, tuple[str, ...] | None] = {}
     for rid, (drug, keys) in found.items():
-        # Only a code that other records use too can bring names (most codes are used once).
-        shared = [n for k in keys if uses[k] > 1 for n in named.get(k, ())]
-        if shared:
-            names = tuple(dict.fromkeys((*drug.names, *shared)))
-            if names != drug.names:
-                drug = replace(drug, names=names, _named={})
+        group = id(keys)
+        if group in gained:
+            names_ = gained[group]
+        else:
+            names_ = gained[group] = _names_with_shared(drug.names, keys, uses, named)
+        if names_ is not None:
+            drug = replace(drug, names=names_, _named={}, _answers={})
         drugs[rid] = drug
     return drugs
+
+
+def _names_with_shared(
+    names: tuple[str, ...],
+    keys: list[Code],
+    uses: Mapping[Code, int],
+    named: Mapping[Code, list[str]],
+) -> tuple[str, ...] | None:
+    """A record's names followed by those of the other records sharing one of its codes, or None
+    when that adds nothing."""
+    # Only a code that other records use too can bring names (most codes are used once).
+    shared = [n for k in keys if uses[k] > 1 for n in named.get(k, ())]
+    if shared:
+        merged = tuple(dict.fromkeys((*names, *shared)))
+        if merged != names:
+            return merged
+    return None
+
+
+# What each drug written the same way says (_same_drug_key -> DrugRecord), for every patient of
+# a screening: the same few hundred drug concepts recur across a population. Bounded: emptied when
+# full (a long-running service meets an open-ended set of local drug codes).
+_DRUG_OF_KEY: dict[bytes, DrugRecord] = {}
+_MAX_CACHED_DRUGS = 4096
+
+
+def _drug_record_of_key(
+    same_key: bytes | None,
+    record: PatientRecord,
+    resource: Resource,
+    routes: tuple[Mapping[str, Any], ...],
+) -> DrugRecord:
+    """:func:`_drug_record`, remembered across patients by :func:`_same_drug_key`.
+
+    Why the same: a record with a key holds its drug inline (no ``medicationReference``, nothing
+    resolved through the record), so its DrugRecord depends on the key's content alone but for
+    its own reference and type, which :func:`_as_record_of` sets. The answers of matches,
+    route_in and local_use_in (keyed by ValueSet identity) go with it to every patient; those
+    of :meth:`DrugRecord.named_as` never do (a fresh dict each time): they are keyed by ValueSet
+    id, which is unique only within one screening.
+    """
+    if same_key is None:
+        return _drug_record(record, resource, routes)
+    template = _DRUG_OF_KEY.get(same_key)
+    if template is None:
+        template = _drug_record(record, resource, routes)
+        if len(_DRUG_OF_KEY) >= _MAX_CACHED_DRUGS:
+            _DRUG_OF_KEY.clear()
+        _DRUG_OF_KEY[same_key] = template
+    return _as_record_of(template, record, resource, fresh=True)
 
 
 def _exact_keys(drug: DrugRecord) -> list[Code]:
@@ -521,21 +605,23 @@ def _same_drug_key(resource: Resource, routes: tuple[Mapping[str, Any], ...]) ->
     return None if b"null" in key else key
 
 
-def _as_record_of(drug: DrugRecord, record: PatientRecord, resource: Resource) -> DrugRecord:
-    """``drug`` (read from a record with the same :func:`_same_drug_key`) as ``resource``'s."""
-    return DrugRecord(
-        reference=record.reference_to(resource),
-        resource_type=str(resource.get("resourceType")),
-        drug=drug.drug,
-        codings=drug.codings,
-        routes=drug.routes,
-        keys=drug.keys,
-        names=drug.names,
-        has_name=drug.has_name,
-        local_use=drug.local_use,
-        # named_as depends on the names and keys only: the answers are shared too.
-        _named=drug._named,
-    )
+def _as_record_of(
+    drug: DrugRecord,
+    record: PatientRecord,
+    resource: Resource,
+    fresh: bool = False,
+) -> DrugRecord:
+    """``drug`` (read from a record with the same :func:`_same_drug_key`) as ``resource``'s.
+
+    Its cached answers depend on the names, keys and routes only: they are shared too, but for
+    those of named_as when ``fresh`` (a record of another patient: see _drug_record_of_key).
+    """
+    fields = dict(vars(drug))
+    fields["reference"] = record.reference_to(resource)
+    fields["resource_type"] = str(resource.get("resourceType"))
+    if fresh:
+        fields["_named"] = {}
+    return frozen_instance(DrugRecord, fields)
 
 
 def _drug_record(
@@ -768,15 +854,12 @@ def _from_periods(
     candidates: Sequence[Any], status: Any, as_of: dt.date, supply: int, what: str
 ) -> Placed | None:
     periods = [p for p in candidates if isinstance(p, dict)]  # a damaged one is no period
-    starts = [s for s in (parse_span(p.get("start")) for p in periods) if s is not None]
-    if not starts:
+    bounds = _bounds_of_one(periods[0]) if len(periods) == 1 else _bounds_of(periods)
+    if bounds is None:
         return None
-    start = min(starts, key=lambda s: s.start)
-    ends = [parse_span(p.get("end")) for p in periods]
-    if ends and all(e is not None for e in ends):
-        end = max((e for e in ends if e is not None), key=lambda e: e.end)
-        if end.end >= start.start:
-            return Placed(start, end, f"{what} {_span_text(start)} to {_span_text(end)}")
+    start, end = bounds
+    if end is not None and end.end >= start.start:
+        return Placed(start, end, f"{what} {_span_text(start)} to {_span_text(end)}")
     if status == "active":
         return _until(start, as_of, f"{what} from {_span_text(start)}, still active")
     return _covering(
@@ -784,6 +867,28 @@ def _from_periods(
         supply,
         f"{what} from {_span_text(start)} with no end: default {supply}-day supply",
     )
+
+
+def _bounds_of(periods: Sequence[Mapping[str, Any]]) -> tuple[DateSpan, DateSpan | None] | None:
+    """The earliest start of some periods and, when every one has a readable end, the latest
+    end (else None); None when no start can be read."""
+    starts = [s for s in (parse_span(p.get("start")) for p in periods) if s is not None]
+    if not starts:
+        return None
+    start = min(starts, key=lambda s: s.start)
+    ends = [parse_span(p.get("end")) for p in periods]
+    if ends and all(e is not None for e in ends):
+        return start, max((e for e in ends if e is not None), key=lambda e: e.end)
+    return start, None
+
+
+def _bounds_of_one(period: Mapping[str, Any]) -> tuple[DateSpan, DateSpan | None] | None:
+    """:func:`_bounds_of` for one period (the usual order): its own start and end, read flat,
+    without the lists and extremes of the general rule (tests/test_eval_fast_paths.py)."""
+    start = parse_span(period.get("start"))
+    if start is None:
+        return None
+    return start, parse_span(period.get("end"))
 
 
 def _until(start: DateSpan, as_of: dt.date, basis: str) -> Placed:

@@ -64,6 +64,11 @@ Outcome = Literal["positive", "negative", "unreadable"]
 Placement = Literal["inside", "before", "after", "ambiguous", "undated"]
 
 _FINAL = frozenset({"final", "amended", "corrected"})
+# observation_status of a text status, as one lookup ("ignored" for any other text).
+_STATUS_CLASS: Mapping[str, StatusClass] = {
+    **dict.fromkeys(_FINAL, "final"),
+    "preliminary": "preliminary",
+}
 _COMPARATORS: Mapping[str, Comparator] = {
     "": "",
     "<": "<",
@@ -153,6 +158,11 @@ def place_in_window(span: DateSpan | None, start: dt.date, end: dt.date) -> Plac
     return "ambiguous"
 
 
+# tuple.__new__(Dated, (resource, span, status)) is what Dated(resource, span, status) returns
+# (a NamedTuple's __new__ does nothing else), without the Python-level call in between.
+_new_tuple = tuple.__new__
+
+
 class Dated(NamedTuple):
     """An Observation with its time span and status class, ready for window decisions.
 
@@ -189,12 +199,21 @@ def split_by_window(
     lower = start or dt.date.min
     inside, ambiguous, before, after = split.inside, split.ambiguous, split.before, split.after
     for observation in observations:
-        status = observation_status(observation)
+        # observation_status and observation_time written out for the usual result (a text
+        # status, an effectiveDateTime): this runs for every result of every window criterion.
+        # Any other shape takes the functions themselves (test_eval_fast_paths.py compares).
+        status: Any = observation.get("status")
+        status = (
+            _STATUS_CLASS.get(status, "ignored")
+            if type(status) is str
+            else observation_status(observation)
+        )
         if status == "ignored":
             split.ignored.append(observation)
             continue
-        span = observation_time(observation)
-        item = Dated(observation, span, status)
+        when = observation.get("effectiveDateTime")
+        span = parse_span(when) if type(when) is str and when else observation_time(observation)
+        item = _new_tuple(Dated, (observation, span, status))  # Dated(...) without its frame
         # place_in_window, written out: this runs for every result of every window criterion.
         if span is None:
             split.undated.append(item)
@@ -329,11 +348,16 @@ def describe_quantity(quantity: Quantity) -> str:
 def interpretations(observation: Resource) -> list[Mapping[str, Any]]:
     """Observation.interpretation as a list of CodeableConcepts (malformed entries dropped)."""
     value = observation.get("interpretation")
-    if isinstance(value, Mapping):
-        value = [value]
-    if not isinstance(value, list):
-        return []
-    return [c for c in value if isinstance(c, Mapping) and isinstance(c.get("coding", []), list)]
+    if type(value) is not list:  # the usual list skips the Mapping ABC check
+        if isinstance(value, Mapping):
+            value = [value]
+        if not isinstance(value, list):
+            return []
+    return [
+        c
+        for c in value
+        if (type(c) is dict or isinstance(c, Mapping)) and isinstance(c.get("coding", []), list)
+    ]
 
 
 def interpretation_in(observation: Resource, valueset: ValueSet) -> Mapping[str, Any] | None:

@@ -267,10 +267,16 @@ class PatientRecord:
         codes = valueset.codes
         # Walk whichever side is smaller: a record's few codes, or a short ValueSet.
         keys = codes.intersection(index) if len(index) < len(codes) else codes
+        lists = 0
         for key in keys:
-            for resource in index.get(key, ()):
-                found[id(resource)] = resource
-        if len(found) < 2:
+            listed = index.get(key)
+            if listed:
+                lists += 1
+                for resource in listed:
+                    found[id(resource)] = resource
+        if len(found) < 2 or lists == 1:
+            # One index list (one code matched, the usual case) is in record order already:
+            # resources are indexed as they are added, so its order is their positions' order.
             return list(found.values())
         # Set iteration order depends on string hashing, which differs between processes: sort,
         # so reasons and evidence list the same resources in the same order everywhere.

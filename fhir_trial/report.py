@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Status = Literal["met", "not-met", "unknown", "needs-review", "not-applicable"]
 Verdict = Literal["eligible", "ineligible", "potentially-eligible"]
 Kind = Literal["inclusion", "exclusion"]
 
 STATUSES: tuple[Status, ...] = ("met", "not-met", "unknown", "needs-review", "not-applicable")
+
+T = TypeVar("T")
+
+
+def frozen_instance(cls: type[T], fields: dict[str, Any]) -> T:
+    """``cls(**fields)`` for a frozen dataclass given every one of its fields, built faster.
+
+    Why faster: a frozen dataclass's ``__init__`` stores each field through
+    ``object.__setattr__`` (about 0.15 µs a field); the evaluator makes dozens of these per
+    patient (a result per criterion, an exposure per medication record). Why the same: for a
+    dataclass without ``__post_init__``, ``__slots__`` or init-only fields, ``__init__`` does
+    nothing but store the fields in the instance's ``__dict__``, which this does at once
+    (tests/test_eval_fast_paths.py compares both on every class it is used for). ``fields`` is
+    taken over: the caller must not use it afterwards.
+    """
+    instance = object.__new__(cls)
+    object.__setattr__(instance, "__dict__", fields)
+    return instance
 
 
 @dataclass(frozen=True)

@@ -194,12 +194,21 @@ def _label_names_nyha(label: str) -> bool:
     return _NYHA_WORDS.search(label) is not None
 
 
+def _may_name_nyha(label: str) -> bool:
+    """False for a label that cannot name NYHA: both phrases of _NYHA_WORDS hold a "y", and
+    the only characters re.IGNORECASE matches with "y" are "y" and "Y" (tests check it over
+    all of Unicode). Two character searches cost less than hashing a fresh label for the cache,
+    and most result names (Hemoglobin, Creatinine, ...) hold no "y"."""
+    return "y" in label or "Y" in label
+
+
 def _names_nyha(observation: Mapping[str, Any]) -> bool:
     """Whether an Observation's code names NYHA in its text or a display."""
     code = observation.get("code")
     if type(code) is dict:  # plain JSON, the usual case: no Mapping checks or generators
         text = code.get("text")
-        if type(text) is str and _label_names_nyha(text):
+        # _may_name_nyha(label) written out below: a call per label costs more than its test.
+        if type(text) is str and ("y" in text or "Y" in text) and _label_names_nyha(text):
             return True
         found = code.get("coding")
         if type(found) is list:
@@ -207,7 +216,13 @@ def _names_nyha(observation: Mapping[str, Any]) -> bool:
                 if type(coding) is not dict:
                     break  # damaged: the careful path below
                 display = coding.get("display")
-                if type(display) is str and _label_names_nyha(display):
+                # A display equal to the text (the usual coding) was answered just above.
+                if (
+                    type(display) is str
+                    and display != text
+                    and ("y" in display or "Y" in display)
+                    and _label_names_nyha(display)
+                ):
                     return True
             else:
                 return False
@@ -215,6 +230,22 @@ def _names_nyha(observation: Mapping[str, Any]) -> bool:
         return False
     labels = [code.get("text")] + [c.get("display") for c in codings(code)]
     return any(isinstance(label, str) and _label_names_nyha(label) for label in labels)
+
+
+def _nyha_candidates(results: list[Resource], coded_assessments: set[int]) -> list[Resource]:
+    """The results :func:`heart_failure` must look at, in record order: those with a
+    valueCodeableConcept, the coded NYHA assessments, and those naming NYHA in words.
+
+    Why: a chart holds hundreds of results and almost none of them is either; sifting them in
+    one comprehension costs a fraction of the full loop body per result. Why the same: for any
+    other result both branches of that loop are false (no value, not an assessment), so it
+    adds nothing to the findings (tests/test_eval_fast_paths.py runs the loop on all results).
+    """
+    return [
+        o
+        for o in results
+        if o.get("valueCodeableConcept") or id(o) in coded_assessments or _names_nyha(o)
+    ]
 
 
 @dataclass(frozen=True)
@@ -369,7 +400,7 @@ def heart_failure(ctx: Context) -> Finding:
                     findings.append((condition_onset(condition), "Condition", condition))
     if ctx.record.usable("Observation"):
         # A class finding may be a component of an assessment panel: it counts as a result.
-        for observation in ctx.record.observation_results():
+        for observation in _nyha_candidates(ctx.record.observation_results(), coded_assessments):
             value = observation.get("valueCodeableConcept")
             # Observation status rule: final/amended/corrected count, preliminary needs review,
             # anything else (cancelled, entered-in-error, registered, unknown) is ignored.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from fhir_trial.config import Settings
 from fhir_trial.elements import child
@@ -28,6 +28,7 @@ GM_CERTAINTY_URLS = frozenset(
 GM_RULED_OUT, GM_SUSPECTED, GM_STATUS_AFTER = "A", "V", "Z"
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,19 @@ class Context:
     terminology: Terminology
     as_of: dt.date
     infusion_date: dt.date
+    # What several criteria derive from the record alike (the medication history, the drug
+    # ValueSets), kept for the life of this Context: one evaluate() call, during which the
+    # record does not change. See :meth:`remember`.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def remember(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, once per Context and ``key`` (the same ``key`` must always mean the
+        same computation)."""
+        memo = self.memo
+        if key in memo:
+            return cast(T, memo[key])
+        found = memo[key] = compute()
+        return found
 
     def valueset(self, valueset_id: str) -> ValueSet:
         """A ValueSet by id (codes come only from the shipped ValueSets)."""
@@ -51,7 +65,7 @@ class Context:
 
 def first_code(concept: Mapping[str, Any] | None) -> str:
     """``code`` of the first coding, or the text: for readable reasons."""
-    if not isinstance(concept, Mapping):
+    if not (type(concept) is dict or isinstance(concept, Mapping)):
         return "?"
     for coding in codings(concept):
         label = coding.get("display") or coding.get("code")
@@ -61,6 +75,19 @@ def first_code(concept: Mapping[str, Any] | None) -> str:
 
 
 def _code_of(concept: Mapping[str, Any] | None) -> str | None:
+    if type(concept) is dict:
+        # The usual status concept: its first coding, a plain object with a code, is the first
+        # coding codings() gives and has the code the loop below returns.
+        found = concept.get("coding")
+        if type(found) is list and found and type(found[0]) is dict:
+            code = found[0].get("code")
+            if code:
+                return str(code)
+    return _first_coded(concept)
+
+
+def _first_coded(concept: Mapping[str, Any] | None) -> str | None:
+    """The ``code`` of the first coding that has one (the rule behind :func:`_code_of`)."""
     for coding in codings(concept):
         if coding.get("code"):
             return str(coding["code"])
@@ -75,9 +102,27 @@ def gm_certainty(condition: Mapping[str, Any]) -> str | None:
     exporters write it, on the Condition itself; its value a Coding or a bare code.
     """
     concept = condition.get("code")
+    if "extension" not in condition and type(concept) is dict:
+        # The usual Condition carries no extension at all: nothing to read, and no need to
+        # gather its codings (only the ones below a plain object are looked at here; any other
+        # shape takes the rule in _gm_certainty_of).
+        found = concept.get("coding")
+        if type(found) is list:
+            for coding in found:
+                if type(coding) is not dict or "extension" in coding:
+                    break
+            else:
+                return None
+    return _gm_certainty_of(condition, concept)
+
+
+def _gm_certainty_of(condition: Mapping[str, Any], concept: Any) -> str | None:
+    """The rule behind :func:`gm_certainty`: the extension on the Condition or a coding."""
     holders: list[Any] = [condition, *codings(concept)]
     for holder in holders:
-        extensions = holder.get("extension") if isinstance(holder, Mapping) else None
+        # type() first: isinstance against the Mapping ABC costs a Python-level call.
+        is_object = type(holder) is dict or isinstance(holder, Mapping)
+        extensions = holder.get("extension") if is_object else None
         if not isinstance(extensions, list):
             continue
         for extension in extensions:

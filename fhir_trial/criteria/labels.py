@@ -94,7 +94,7 @@ def suggesting_label(
 def naming_label(concept: Any, words: str, qualifiers: str = NOT_A_DIAGNOSIS) -> str | None:
     """The first coding display or text of a CodeableConcept that names ``words`` (unqualified)."""
     labels = [c.get("display") for c in codings(concept)]
-    if isinstance(concept, Mapping):
+    if type(concept) is dict or isinstance(concept, Mapping):  # type() first: no ABC call
         labels.append(concept.get("text"))
     for label in labels:
         if isinstance(label, str) and label_suggests(label, words, qualifiers):

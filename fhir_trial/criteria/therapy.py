@@ -66,13 +66,19 @@ ALL_TYPES = ", ".join(MEDICATION_TYPES)
 
 
 def history(ctx: Context) -> MedicationHistory:
-    """The patient's medication exposures for this screening."""
-    return medication_history(ctx.record, ctx.as_of, ctx.settings.default_supply_days)
+    """The patient's medication exposures for this screening (once per evaluation: five
+    criteria read it, and medication_history's own cache costs a key and a weak lookup)."""
+    return ctx.remember(
+        "medication history",
+        lambda: medication_history(ctx.record, ctx.as_of, ctx.settings.default_supply_days),
+    )
 
 
 def known_drugs(ctx: Context) -> tuple[ValueSet, ...]:
     """The drug ValueSets: a record coded in one of them is identified even without a name."""
-    return tuple(ctx.valueset(vs_id) for vs_id in KNOWN_DRUG_VALUESETS)
+    return ctx.remember(
+        "known drugs", lambda: tuple(ctx.valueset(vs_id) for vs_id in KNOWN_DRUG_VALUESETS)
+    )
 
 
 def no_medication_record(ctx: Context, what: str) -> Finding:
@@ -301,7 +307,7 @@ class _Found:
 
 def _is_partner(record: DrugRecord, partner_vs: Sequence[ValueSet]) -> bool:
     """An immunosuppressant or a biologic."""
-    return any(record.matches(vs) for vs in partner_vs)
+    return any(map(record.matches, partner_vs))  # map, not a generator: asked for every record
 
 
 def _maybe_oral(record: DrugRecord, oral_vs: ValueSet, known: Sequence[ValueSet]) -> bool:

@@ -1,0 +1,780 @@
+"""The evaluator's fast paths give what the general rules give (issue 17, "Speed").
+
+Evaluation runs 29 criteria for every patient of a population, so some helpers remember their
+answers (per record, per drug, across patients) or read the usual shape flat. Each is checked
+here against the rule it stands for, on ordinary and odd inputs (Mappings that are not dicts,
+NaN, null, strings where objects belong, missing elements, unusual casing, Chinese and European
+texts), with hypothesis where the inputs are open-ended. The whole evaluation is also compared
+with and without the fast paths on every clinical case (test_reports_are_the_same_without_the_fast_paths).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import pytest
+from clinical_cases import all_cases
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_trial import medications
+from fhir_trial.config import Settings
+from fhir_trial.fhirdates import DateSpan
+from fhir_trial.record import PatientRecord
+from fhir_trial.report import frozen_instance
+from fhir_trial.terminology import ValueSet, load_terminology
+
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
+TERMINOLOGY = load_terminology(Settings().resources_dir)
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SNOMED = "http://snomed.info/sct"
+
+
+# ----------------------------------------------------------------------------- frozen_instance
+def _sample_fields(cls: type) -> dict[str, Any]:
+    span = DateSpan(dt.date(2026, 1, 1), dt.date(2026, 1, 31))
+    values: dict[str, Any] = {
+        "reference": "MedicationRequest/a",
+        "resource_type": "MedicationRequest",
+        "drug": "prednisone",
+        "codings": ({"system": RXNORM, "code": "8640"},),
+        "routes": (),
+        "keys": frozenset({(RXNORM, "8640")}),
+        "names": ("prednisone",),
+        "has_name": True,
+        "_named": {},
+        "_answers": {},
+        "local_use": "",
+        "start": span,
+        "end": span,
+        "basis": "dosage bounds",
+        "open_ended": True,
+        "why": "it has no readable date",
+    }
+    return {f.name: values[f.name] for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("cls", [medications.DrugRecord, medications.Exposure, medications.Undated])
+def test_frozen_instance_is_what_the_constructor_builds(cls: type) -> None:
+    fields = _sample_fields(cls)
+    fast = frozen_instance(cls, dict(fields))
+    slow = cls(**fields)
+    assert type(fast) is cls
+    assert vars(fast) == vars(slow)
+    assert fast == slow
+    # What makes the shortcut valid: __init__ only stores the fields.
+    assert not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.reference = "changed"  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- medications
+def _request(rid: str, concept: Any = None, route: Any = None, **more: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationRequest",
+        "id": rid,
+        "status": "active",
+        "intent": "order",
+        "authoredOn": "2026-01-01",
+        **more,
+    }
+    if concept is not None:
+        resource["medicationCodeableConcept"] = concept
+    if route is not None:
+        resource["dosageInstruction"] = [{"route": route}]
+    return resource
+
+
+PRED = {"coding": [{"system": RXNORM, "code": "8640", "display": "prednisone"}]}
+ORAL = {"coding": [{"system": SNOMED, "code": "26643006", "display": "Oral route"}]}
+# Odd drug concepts: bare codes, a local code named in Chinese or German, a number as code,
+# NaN and null displays, text only, a string where a concept belongs, a Mapping-like list.
+ODD_CONCEPTS: list[Any] = [
+    PRED,
+    {"coding": [{"system": RXNORM, "code": "8640"}]},
+    {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": " 8640 "}]},
+    {
+        "coding": [
+            {"system": "http://hospital.example.cn/drug", "code": "X1", "display": "泼尼松片"}
+        ]
+    },
+    {"coding": [{"system": "http://hospital.example.cn/drug", "code": "X1"}]},
+    {
+        "coding": [
+            {
+                "system": "http://ehr.example.de/pzn",
+                "code": "P1",
+                "display": "PREDNISOLON 5 MG TABLETTEN",
+            }
+        ]
+    },
+    {"coding": [{"system": RXNORM, "code": 6851, "display": "Methotrexate"}]},
+    {"coding": [{"system": RXNORM, "code": "6851", "display": float("nan")}]},
+    {"coding": [{"system": RXNORM, "code": "6851", "display": None}]},
+    {"text": "Cellcept 500 mg"},
+    {"coding": "8640"},
+    {"coding": [{"system": RXNORM, "code": "121191", "display": "rituximab"}], "text": "美罗华"},
+    {
+        "coding": [
+            {"system": RXNORM, "code": "42316", "display": "Tacrolimus 0.1 % Topical Ointment"}
+        ]
+    },
+]
+ODD_ROUTES: list[Any] = [None, ORAL, {"text": "IV"}, "oral", {"coding": [{"code": "C38288"}]}]
+
+
+def _patient_with(concepts: list[Any], prefix: str) -> PatientRecord:
+    record = PatientRecord()
+    record.add({"resourceType": "Patient", "id": prefix})
+    number = 0
+    for concept in concepts:
+        for route in ODD_ROUTES:
+            for _ in range(2):  # the same drug written the same way twice: shared
+                number += 1
+                record.add(_request(f"{prefix}-{number}", concept, route))
+    return record
+
+
+def _general_drug_records(record: PatientRecord, monkeypatch: pytest.MonkeyPatch) -> dict[int, Any]:
+    with monkeypatch.context() as patch:
+        patch.setattr(medications, "_same_drug_key", lambda resource, routes: None)
+        return medications.drug_records(record)
+
+
+def test_drugs_remembered_across_patients_are_what_each_record_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    medications._DRUG_OF_KEY.clear()
+    first = _patient_with(ODD_CONCEPTS, "p1")
+    second = _patient_with(ODD_CONCEPTS[::-1], "p2")
+    seen = medications.drug_records(first)
+    assert medications._DRUG_OF_KEY  # the second patient reads the first one's drugs
+    again = medications.drug_records(second)
+    for record, fast in ((first, seen), (second, again)):
+        general = _general_drug_records(record, monkeypatch)
+        assert list(fast) == list(general)
+        for rid, drug in fast.items():
+            assert drug == general[rid], drug.reference
+            assert type(drug) is type(general[rid])
+    # Cached answers stay with their patient (ValueSet ids are unique only within a screening).
+    named_dicts = {id(d._named) for d in seen.values()}
+    assert not named_dicts & {id(d._named) for d in again.values()}
+
+
+def test_drug_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(medications, "_MAX_CACHED_DRUGS", 3)
+    medications._DRUG_OF_KEY.clear()
+    medications.drug_records(_patient_with(ODD_CONCEPTS, "p1"))
+    assert 0 < len(medications._DRUG_OF_KEY) <= 3
+
+
+def _valueset(vs_id: str, codes: set[tuple[str, str]], names: dict[str, str]) -> ValueSet:
+    return ValueSet(vs_id, f"urn:test:{vs_id}", vs_id, frozenset(codes), {}, names)
+
+
+def test_drug_answers_are_not_carried_to_a_patient_screened_with_other_valuesets() -> None:
+    medications._DRUG_OF_KEY.clear()
+    one = _valueset("drugs", set(), {"Prednisone": "prednisone"})  # matches by name
+    other = _valueset("drugs", set(), {})  # same id, another screening's terminology
+    (first,) = medications.drug_records(_single(PRED, "p1")).values()
+    assert first.matches(one) and first.named_as(one) == ("prednisone", "prednisone")
+    (second,) = medications.drug_records(_single(PRED, "p2")).values()
+    assert not second.matches(other) and second.named_as(other) is None
+
+
+def test_matches_tells_apart_valuesets_sharing_an_id() -> None:
+    (drug,) = medications.drug_records(_single(PRED, "p1")).values()
+    listed = _valueset("test", {(RXNORM, "8640")}, {})
+    other = _valueset("test", {(RXNORM, "1")}, {})
+    assert drug.matches(listed) and not drug.matches(other) and drug.matches(listed)
+
+
+def _single(concept: Any, prefix: str) -> PatientRecord:
+    record = PatientRecord()
+    record.add(_request(f"{prefix}-1", concept, ORAL))
+    return record
+
+
+DRUG_VALUESETS = [
+    TERMINOLOGY.get(vs_id)
+    for vs_id in (*medications.KNOWN_DRUG_VALUESETS, "route-oral", "route-local")
+]
+
+
+def test_matches_remembers_what_the_rule_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    medications._DRUG_OF_KEY.clear()
+    record = _patient_with(ODD_CONCEPTS, "p1")
+    drugs = list(medications.drug_records(record).values())
+    answers = [_answers(drug) for drug in drugs]
+    assert any(any(row) for row in answers) and not all(all(row) for row in answers)
+    # A second patient with the same drugs reads the answers kept since the first one.
+    again = list(medications.drug_records(_patient_with(ODD_CONCEPTS, "p2")).values())
+    # Asked again (answered from the cache, shared between records of the same drug), and
+    # against the rules themselves on records built without any sharing.
+    general = list(_general_drug_records(record, monkeypatch).values())
+    for drug, other, plain, row in zip(drugs, again, general, answers, strict=True):
+        assert _answers(drug) == row == _answers(other)
+        rule = [
+            *(
+                vs.contains_any(plain.keys) or plain.named_as(vs) is not None
+                for vs in DRUG_VALUESETS
+            ),
+            *(_route_in_rule(plain, vs) for vs in DRUG_VALUESETS),
+            *(_local_use_in_rule(plain, vs) for vs in DRUG_VALUESETS),
+        ]
+        assert rule == row, drug.reference
+
+
+def _answers(drug: Any) -> list[Any]:
+    return [
+        *(drug.matches(vs) for vs in DRUG_VALUESETS),
+        *(drug.route_in(vs) for vs in DRUG_VALUESETS),
+        *(drug.local_use_in(vs) for vs in DRUG_VALUESETS),
+    ]
+
+
+def _route_in_rule(drug: Any, valueset: ValueSet) -> bool:
+    return any(valueset.matches(route) for route in drug.routes)
+
+
+def _local_use_in_rule(drug: Any, valueset: ValueSet) -> str:
+    return str(drug.local_use or drug._local_route_label(valueset))
+
+
+_DATE_TEXTS = [
+    "2026-01-01",
+    "2025-12",
+    "2024",
+    "2026-02-30",
+    "2026-01-01T10:00:00Z",
+    " 2026-01-05",
+    "",
+    "x",
+]
+_PERIOD_VALUES = st.one_of(
+    st.sampled_from(_DATE_TEXTS), st.none(), st.integers(), st.floats(), st.text(max_size=12)
+)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["start", "end", "other"]), _PERIOD_VALUES, max_size=3))
+def test_one_period_is_read_as_the_general_rule_reads_it(period: dict[str, Any]) -> None:
+    assert medications._bounds_of_one(period) == medications._bounds_of([period])
+
+
+# ----------------------------------------------------------------------------- whole reports
+def use_general_rules(patch: pytest.MonkeyPatch) -> None:
+    """Every fast path of the evaluator replaced by the rule it stands for."""
+    patch.setattr(
+        medications,
+        "_drug_record_of_key",
+        lambda key, record, resource, routes: medications._drug_record(record, resource, routes),
+    )
+    patch.setattr(medications, "_bounds_of_one", lambda period: medications._bounds_of([period]))
+    patch.setattr(medications, "frozen_instance", lambda cls, fields: cls(**fields))
+    patch.setattr(
+        medications.DrugRecord,
+        "matches",
+        lambda self, vs: vs.contains_any(self.keys) or self.named_as(vs) is not None,
+    )
+    patch.setattr(medications.DrugRecord, "route_in", _route_in_rule)
+    patch.setattr(medications.DrugRecord, "local_use_in", _local_use_in_rule)
+    from fhir_trial import evaluate
+    from fhir_trial.criteria import comorbidity, labs, reproductive
+
+    patch.setattr(evaluate, "frozen_instance", lambda cls, fields: cls(**fields))
+    patch.setattr(comorbidity, "_nyha_candidates", lambda results, coded: list(results))
+    patch.setattr(comorbidity, "_names_nyha", _names_nyha_rule)
+    patch.setattr(labs, "split_by_window", _split_rule)
+    patch.setattr(reproductive, "split_by_window", _split_rule)
+    patch.setattr(PatientRecord, "with_code", _with_code_rule)
+    from fhir_trial.criteria import context
+
+    patch.setattr(context, "gm_certainty", lambda c: context._gm_certainty_of(c, c.get("code")))
+    patch.setattr(context, "_code_of", context._first_coded)
+
+
+def _reports(cases: list[Any]) -> list[str]:
+    import json
+
+    from fhir_trial.evaluate import evaluate
+
+    return [
+        json.dumps(evaluate(case.record(), case.settings_object()).to_json(), ensure_ascii=False)
+        for case in cases
+    ]
+
+
+def test_reports_are_the_same_without_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = all_cases()
+    medications._DRUG_OF_KEY.clear()
+    fast = _reports(cases)
+    with monkeypatch.context() as patch:
+        use_general_rules(patch)
+        general = _reports(cases)
+    for case, one, other in zip(cases, fast, general, strict=True):
+        assert one == other, case.name
+
+
+# ----------------------------------------------------------------------------- record lookups
+def _with_code_rule(record: PatientRecord, rtype: str, valueset: ValueSet) -> list[Any]:
+    """with_code as first written: every indexed resource under a code of the ValueSet, each
+    once, sorted by its position in the record."""
+    index = record._by_code.get(rtype) or {}
+    found = {id(r): r for key in valueset.codes for r in index.get(key, ())}
+    return sorted(found.values(), key=lambda r: record._position[id(r)])
+
+
+LOINC = "http://loinc.org"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+_CODINGS = [
+    {"system": LOINC, "code": "718-7"},
+    {"system": LOINC, "code": "751-8", "display": "Neutrophils"},
+    {"system": "urn:oid:2.16.840.1.113883.6.1", "code": "718-7"},
+    {"system": LOINC, "code": 7187},
+    {"system": ICD10, "code": "M32.1"},
+    {"system": ICD10, "code": "M321"},
+    {"system": "http://fhir.de/CodeSystem/bfarm/icd-10-gm", "code": "M32.14†"},
+    {"system": SNOMED, "code": "55464009"},
+    {"system": SNOMED, "code": "55464009", "display": "SLE"},
+    "718-7",
+    None,
+]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Observation", "Condition"]),
+            st.lists(st.sampled_from(_CODINGS), max_size=3),
+            st.lists(st.lists(st.sampled_from(_CODINGS), max_size=2), max_size=2),
+        ),
+        max_size=12,
+    )
+)
+def test_with_code_answers_in_record_order(items: list[Any]) -> None:
+    record = PatientRecord()
+    for number, (rtype, codings, components) in enumerate(items):
+        resource: dict[str, Any] = {"resourceType": rtype, "id": f"r{number}"}
+        resource["code"] = {"coding": codings}
+        if rtype == "Observation" and components:
+            resource["component"] = [{"code": {"coding": c}} for c in components]
+        record.add(resource)
+    for vs_id in ("hemoglobin", "neutrophils-absolute", "sle", "lupus-unspecified-or-cutaneous"):
+        valueset = TERMINOLOGY.get(vs_id)
+        for rtype in ("Observation", "Condition"):
+            assert record.with_code(rtype, valueset) == _with_code_rule(record, rtype, valueset)
+
+
+# ----------------------------------------------------------------------------- Observations
+_TIMES = st.one_of(
+    st.sampled_from(
+        [
+            "2026-11-01",
+            "2026-11-01T10:00:00Z",
+            "2026-10",
+            "2026",
+            "2025-01-02T00:00:00+01:00",
+            " 2026-11-01",
+            "2026-11-01 ",
+            "2026-11-01x",
+            "",
+            "2027-01-01",
+        ]
+    ),
+    st.none(),
+    st.integers(),
+    st.just(float("nan")),
+    st.just({"start": "2026-11-01"}),
+)
+_STATUSES = st.one_of(
+    st.sampled_from(["final", "amended", "corrected", "preliminary", "FINAL", "cancelled", ""]),
+    st.none(),
+    st.integers(),
+    st.just(["final"]),
+)
+
+
+class _Text(str):
+    """A str subclass (not what a JSON parser gives)."""
+
+
+@st.composite
+def _observations(draw: Any) -> dict[str, Any]:
+    observation: dict[str, Any] = {"resourceType": "Observation"}
+    status = draw(_STATUSES)
+    if draw(st.booleans()) and isinstance(status, str):
+        status = _Text(status)
+    if status is not None or draw(st.booleans()):
+        observation["status"] = status
+    for name in ("effectiveDateTime", "effectiveInstant", "issued"):
+        if draw(st.booleans()):
+            observation[name] = draw(_TIMES)
+    if draw(st.booleans()):
+        observation["effectivePeriod"] = draw(st.one_of(_TIMES, st.builds(dict, start=_TIMES)))
+    return observation
+
+
+def _split_rule(observations: list[Any], start: dt.date | None, end: dt.date) -> Any:
+    """split_by_window as first written: observation_status, observation_time, place_in_window."""
+    from fhir_trial.observations import (
+        Dated,
+        WindowSplit,
+        observation_status,
+        observation_time,
+        place_in_window,
+    )
+
+    split = WindowSplit([], [], [], [], [], [])
+    for observation in observations:
+        status = observation_status(observation)
+        if status == "ignored":
+            split.ignored.append(observation)
+            continue
+        span = observation_time(observation)
+        placement = place_in_window(span, start or dt.date.min, end)
+        getattr(split, "undated" if placement == "undated" else placement).append(
+            Dated(observation, span, status)
+        )
+    return split
+
+
+@SETTINGS
+@given(st.lists(_observations(), max_size=8), st.sampled_from([None, dt.date(2026, 10, 15)]))
+def test_split_by_window_agrees_with_the_status_and_time_rules(
+    observations: list[Any], start: dt.date | None
+) -> None:
+    from fhir_trial.observations import split_by_window
+
+    end = dt.date(2026, 11, 26)
+    fast = split_by_window(observations, start, end)
+    rule = _split_rule(observations, start, end)
+    assert fast == rule
+    for name in ("inside", "ambiguous", "before", "after", "undated"):
+        assert all(
+            type(item) is type(other)
+            for item, other in zip(getattr(fast, name), getattr(rule, name), strict=True)
+        )
+
+
+def _odd_observations() -> list[dict[str, Any]]:
+    """Each shape the written-out reading of split_by_window must hand to the general rules."""
+    base = {"resourceType": "Observation", "status": "final"}
+    return [
+        {**base, "effectiveDateTime": "2026-11-01T10:00:00Z"},
+        {**base, "effectiveDateTime": "", "issued": "2026-11-01"},
+        {**base, "effectiveDateTime": None, "effectiveInstant": "2026-11-02T00:00:00Z"},
+        {**base, "effectiveDateTime": 20261101, "issued": "2026-11-03"},
+        {**base, "effectivePeriod": {"start": "2026-10"}},
+        {**base, "effectivePeriod": "2026-11-01", "issued": "2026-11-04"},
+        {**base, "effectiveDateTime": _Text("2026-11-05"), "issued": "2025-01-01"},
+        {**base, "effectiveDateTime": " 2026-11-06T10:00:00Z"},
+        {**base, "effectiveDateTime": "2026-11-07 10:00"},
+        {**base, "effectiveDateTime": "2026-13-01"},
+        {**base, "effectiveDateTime": "2027-01-01"},
+        {**base, "effectiveDateTime": "2024"},
+        {**base, "status": "FINAL", "effectiveDateTime": "2026-11-01"},
+        {**base, "status": _Text("preliminary"), "effectiveDateTime": "2026-11-01"},
+        {**base, "status": ["final"], "effectiveDateTime": "2026-11-01"},
+        {**base, "status": None, "effectiveDateTime": "2026-11-01"},
+        {"resourceType": "Observation", "effectiveDateTime": "2026-11-01"},
+        {**base, "status": "amended"},
+    ]
+
+
+@pytest.mark.parametrize("start", [None, dt.date(2026, 10, 15)])
+def test_split_by_window_reads_odd_results_as_the_rules_do(start: dt.date | None) -> None:
+    from fhir_trial.observations import split_by_window
+
+    observations = _odd_observations()
+    assert split_by_window(observations, start, dt.date(2026, 11, 26)) == _split_rule(
+        observations, start, dt.date(2026, 11, 26)
+    )
+
+
+# ----------------------------------------------------------------------------- exc-heart-failure
+_NYHA_LABELS = [
+    "NYHA class",
+    "nyha",
+    "NyHa functional classification",
+    "New York Heart Association Functional Classification",
+    "NEW YORK HEART ASSOCIATION",
+    "new  york heart association",
+    "Capacité fonctionnelle NYHA",
+    "NYHA-Klassifikation",
+    "纽约心脏协会心功能分级",
+    "NYHAclass",
+    "Hemoglobin [Mass/volume] in Blood",
+    "",
+]
+_LABELS = st.one_of(st.sampled_from(_NYHA_LABELS), st.none(), st.integers(), st.text(max_size=8))
+_CODINGS_NYHA = st.one_of(
+    st.builds(
+        dict,
+        system=st.sampled_from([LOINC, SNOMED, None]),
+        code=st.sampled_from(["88020-3", "718-7", "420913000", "422293003", "LA28404-4"]),
+        display=_LABELS,
+    ),
+    _LABELS,
+)
+
+
+def _mapping(value: Any, as_proxy: bool) -> Any:
+    from types import MappingProxyType
+
+    return MappingProxyType(value) if as_proxy and isinstance(value, dict) else value
+
+
+@st.composite
+def _nyha_observations(draw: Any) -> dict[str, Any]:
+    code: Any = {}
+    if draw(st.booleans()):
+        code["text"] = draw(_LABELS)
+    if draw(st.booleans()):
+        code["coding"] = draw(st.one_of(st.lists(_CODINGS_NYHA, max_size=3), _LABELS))
+    code = draw(st.sampled_from([code, _mapping(code, True), "NYHA class III", None]))
+    observation: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": draw(st.sampled_from(["final", "preliminary", "cancelled", None])),
+        "effectiveDateTime": draw(st.sampled_from(["2026-10-01", "2026-11", "2025", None])),
+        "code": code,
+    }
+    value = draw(
+        st.sampled_from(
+            [
+                None,
+                {},
+                "Class III",
+                {"coding": [{"system": SNOMED, "code": "420913000"}]},
+                {"coding": [{"system": SNOMED, "code": "422293003"}]},
+                {"coding": [{"system": LOINC, "code": "LA28404-4"}]},
+                {"text": "class 3"},
+            ]
+        )
+    )
+    if value is not None:
+        observation["valueCodeableConcept"] = value
+    return observation
+
+
+def _names_nyha_rule(observation: Any) -> bool:
+    """_names_nyha as its careful path reads any Observation."""
+    from collections.abc import Mapping
+
+    from fhir_trial.criteria.comorbidity import _label_names_nyha
+    from fhir_trial.terminology import codings
+
+    code = observation.get("code")
+    if not isinstance(code, Mapping):
+        return False
+    labels = [code.get("text")] + [c.get("display") for c in codings(code)]
+    return any(isinstance(label, str) and _label_names_nyha(label) for label in labels)
+
+
+def _context(record: PatientRecord) -> Any:
+    from fhir_trial.criteria.context import Context
+    from fhir_trial.record import CATEGORIES
+
+    record.mark_obtained(*CATEGORIES)
+    as_of = dt.date(2026, 11, 26)
+    return Context(record, Settings(as_of=as_of), TERMINOLOGY, as_of, as_of)
+
+
+_ASSESSMENT = {"coding": [{"system": LOINC, "code": "88020-3"}]}
+_CLASS_III = {"coding": [{"system": SNOMED, "code": "420913000"}]}
+_ODD_NYHA = [
+    [{"code": _ASSESSMENT}],  # coded assessment, no value, no words: unread
+    [{"code": _ASSESSMENT, "valueString": "III"}],
+    [{"code": {"text": "nyha functional class"}}],
+    [{"code": _mapping({"coding": [{"display": "New York Heart Association"}]}, True)}],
+    [{"code": {"coding": [{"code": "x", "display": "NYHA"}], "text": "NYHA"}}],
+    [{"code": {"coding": ["NYHA", {"display": "Nyha III"}]}}],
+    [{"code": "NYHA class III"}],
+    [{"code": {"text": "纽约心脏协会 NYHA"}, "valueCodeableConcept": {"text": "III级"}}],
+    [{"code": {"text": "x"}, "valueCodeableConcept": _CLASS_III, "status": "cancelled"}],
+    [{"code": {"text": "x"}, "valueCodeableConcept": _CLASS_III}, {"code": _ASSESSMENT}],
+]
+
+
+@pytest.mark.parametrize("observations", _ODD_NYHA)
+def test_heart_failure_reads_odd_results_as_the_full_loop_does(observations: list[Any]) -> None:
+    defaults = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2026-10-01"}
+    test_heart_failure_reads_only_the_results_that_can_matter.hypothesis.inner_test(  # type: ignore[attr-defined]
+        [{**defaults, **o} for o in observations]
+    )
+
+
+@SETTINGS
+@given(st.lists(_nyha_observations(), max_size=6))
+def test_heart_failure_reads_only_the_results_that_can_matter(observations: list[Any]) -> None:
+    from fhir_trial.criteria import comorbidity
+
+    record = PatientRecord()
+    for number, observation in enumerate(observations):
+        record.add({**observation, "id": f"o{number}"})
+    for observation in record.observation_results():
+        assert comorbidity._names_nyha(observation) == _names_nyha_rule(observation)
+    ctx = _context(record)
+    fast = comorbidity.heart_failure(ctx)
+    original = comorbidity._nyha_candidates
+    try:
+        comorbidity._nyha_candidates = lambda results, coded: list(results)  # type: ignore[assignment]
+        assert comorbidity.heart_failure(ctx) == fast
+    finally:
+        comorbidity._nyha_candidates = original
+
+
+# ----------------------------------------------------------------------------- per-evaluation memo
+def test_context_remembers_once_per_evaluation() -> None:
+    from fhir_trial.criteria import therapy
+
+    medications._DRUG_OF_KEY.clear()
+    record = _patient_with(ODD_CONCEPTS[:3], "p1")
+    ctx = _context(record)
+    hist = therapy.history(ctx)
+    assert therapy.history(ctx) is hist  # every medication criterion reads the same history
+    assert hist == medications.build_history(record, ctx.as_of, ctx.settings.default_supply_days)
+    assert therapy.known_drugs(ctx) == tuple(
+        TERMINOLOGY.get(vs_id) for vs_id in medications.KNOWN_DRUG_VALUESETS
+    )
+    # A new evaluation (a new Context) of the same record sees what the record holds now.
+    record.add(_request("p1-new", PRED, ORAL))
+    assert therapy.history(_context(record)).retrieved == hist.retrieved + 1
+
+
+def test_names_from_other_records_do_not_travel_to_another_patient() -> None:
+    medications._DRUG_OF_KEY.clear()
+    local = "http://hospital.example.cn/drug"
+    bare = {"coding": [{"system": local, "code": "X1"}]}
+    named = {"coding": [{"system": local, "code": "X1", "display": "泼尼松片"}]}
+    ocs = TERMINOLOGY.get("oral-corticosteroids")
+    first = PatientRecord()
+    first.add(_request("a", bare, ORAL))
+    first.add(_request("b", named, ORAL))
+    drugs = medications.drug_records(first)
+    # The bare record takes the name of the other record with its code: prednisone by name.
+    assert drugs[id(first.resources("MedicationRequest")[0])].matches(ocs)
+    second = PatientRecord()
+    second.add(_request("c", bare, ORAL))  # written like the first patient's bare record
+    (alone,) = medications.drug_records(second).values()
+    assert not alone.names and not alone.matches(ocs)
+
+
+def test_only_y_and_capital_y_match_y_ignoring_case() -> None:
+    """What _may_name_nyha rests on, over every code point (Python's re folds a few
+    non-ASCII letters onto ASCII ones: the Kelvin sign K onto k, the long s onto s)."""
+    import re
+
+    from fhir_trial.criteria.comorbidity import _NYHA_WORDS
+
+    everything = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert sorted(set(re.findall("y", everything, re.IGNORECASE))) == ["Y", "y"]
+    assert all("y" in phrase for phrase in _NYHA_WORDS.pattern.split("|"))
+    assert re.findall("k", "\u212a", re.IGNORECASE)  # the kind of folding that would matter
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "NYHA",
+        "nYhA class",
+        "New York Heart Association",
+        "NEW YORK HEART ASSOCIATION",
+        "new york heart aſſociation",
+        "NEW \u0130ORK",
+        "纽约心脏协会 NYHA",
+        "Hemoglobin",
+        "",
+    ],
+)
+def test_may_name_nyha_never_hides_a_label_that_names_nyha(label: str) -> None:
+    from fhir_trial.criteria.comorbidity import _label_names_nyha, _may_name_nyha
+
+    assert _may_name_nyha(label) or not _label_names_nyha(label)
+
+
+@SETTINGS
+@given(
+    st.text(
+        alphabet=st.sampled_from("nNyYhHaA \u212a\u017fewWorRkKtTsScCi\u0130\u0131-"),
+        max_size=30,
+    )
+)
+def test_may_name_nyha_on_arbitrary_text(label: str) -> None:
+    test_may_name_nyha_never_hides_a_label_that_names_nyha(label)
+
+
+# ----------------------------------------------------------------------------- Conditions
+_GM = "http://fhir.de/StructureDefinition/icd-10-gm-diagnosesicherheit"
+_EXTENSIONS = st.one_of(
+    st.none(),
+    st.just([]),
+    st.just("A"),
+    st.lists(
+        st.one_of(
+            st.builds(dict, url=st.just(_GM), valueCode=st.sampled_from(["A", "v", "Z", "", 5])),
+            st.builds(
+                dict,
+                url=st.just(_GM),
+                valueCoding=st.builds(dict, code=st.sampled_from(["G", "z"])),
+            ),
+            st.builds(dict, url=st.just("http://example.org/other"), valueCode=st.just("A")),
+            st.just("damaged"),
+        ),
+        max_size=2,
+    ),
+)
+
+
+@st.composite
+def _conditions(draw: Any) -> dict[str, Any]:
+    def coding() -> Any:
+        item: Any = {"system": ICD10, "code": draw(st.sampled_from(["M32.1", "", 5, None]))}
+        if draw(st.booleans()):
+            item["extension"] = draw(_EXTENSIONS)
+        return draw(st.sampled_from([item, _mapping(item, True), "M32.1", None]))
+
+    condition: dict[str, Any] = {"resourceType": "Condition"}
+    if draw(st.booleans()):
+        condition["extension"] = draw(_EXTENSIONS)
+    code: Any = {"coding": [coding() for _ in range(draw(st.integers(0, 2)))]}
+    condition["code"] = draw(st.sampled_from([code, _mapping(code, True), {"text": "SLE"}, "x"]))
+    status: Any = {"coding": [coding() for _ in range(draw(st.integers(0, 2)))]}
+    condition["clinicalStatus"] = draw(st.sampled_from([status, _mapping(status, True), None]))
+    return condition
+
+
+@SETTINGS
+@given(_conditions())
+def test_condition_readers_agree_with_their_rules(condition: dict[str, Any]) -> None:
+    from fhir_trial.criteria import context
+
+    assert context.gm_certainty(condition) == context._gm_certainty_of(
+        condition, condition.get("code")
+    )
+    status = condition.get("clinicalStatus")
+    assert context._code_of(status) == context._first_coded(status)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"code": {"coding": [{"code": "M32.1", "extension": [{"url": _GM, "valueCode": "a"}]}]}},
+        {"extension": [{"url": _GM, "valueCode": "v"}], "code": {"coding": [{"code": "M32.1"}]}},
+        {"code": {"coding": ["x", {"extension": [{"url": _GM, "valueCode": "Z"}]}]}},
+        {"code": {"coding": [{"code": "M32.1"}], "extension": [{"url": _GM, "valueCode": "A"}]}},
+        {"code": {"coding": [{"code": "M32.1"}, {"code": "M32.8"}]}},
+        {"code": {"text": "SLE"}},
+    ],
+)
+def test_gm_certainty_reads_odd_conditions_as_the_rule(condition: dict[str, Any]) -> None:
+    from fhir_trial.criteria import context
+
+    assert context.gm_certainty(condition) == context._gm_certainty_of(
+        condition, condition.get("code")
+    )
+    status = {"coding": [{"code": ""}, {"code": "active"}]}
+    assert context._code_of(status) == context._first_coded(status) == "active"
