@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
@@ -463,3 +464,44 @@ def test_a_write_after_the_token_ran_out_asks_for_a_new_launch_and_sends_nothing
     assert [r for r in ehr.requests if r.method in ("POST", "PUT") and r.path] == []
     stored = smart_app(app).store.decision(url.rsplit("/", 1)[1])
     assert stored is not None and stored.write_state == "failed"
+
+
+def test_two_decisions_written_back_at_once_make_one_research_subject(
+    app: Flask, ehr: FakeSmartEhr
+) -> None:
+    # Two coordinators confirm the write-back of their decisions for one patient at the same
+    # moment, while the EHR is slow to answer the ResearchSubject search: both used to find none
+    # and create one each.
+    pages = []
+    for decision in ("refer", "needs-data"):
+        client = _client(app)
+        _launch(client, ehr)
+        answer, _ = _record(client, decision=decision)
+        url = answer.headers["Location"]
+        pages.append((client, url, _csrf(client.get(url).get_data(as_text=True))))
+    ehr.delay(0.5, times=2, match="ResearchSubject")
+    writers = [
+        threading.Thread(target=client.post, args=(f"{url}/write",), kwargs={"data": {"csrf": c}})
+        for client, url, c in pages
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=30)
+    assert len(ehr.resources("ResearchSubject")) == 1
+    states = {url: smart_app(app).store.decision(url.rsplit("/", 1)[1]) for _, url, _ in pages}
+    held = [url for url, d in states.items() if d is not None and d.write_state == "failed"]
+    assert len(held) == 1 and [d.write_state for d in states.values()].count("written") == 1
+    client, url, csrf = next(p for p in pages if p[1] == held[0])
+    page = unescape(client.get(url).get_data(as_text=True))
+    assert "another decision for this patient was being written" in page
+    # Its retry finds the ResearchSubject the first one made and updates it.
+    client.post(f"{url}/write", data={"csrf": csrf})
+    subjects = ehr.resources("ResearchSubject")
+    assert len(subjects) == 1 and len(ehr.resources("QuestionnaireResponse")) == 2
+    expected = (
+        "candidate"
+        if "refer" in smart_app(app).store.decision(url.rsplit("/", 1)[1]).decision
+        else "screening"
+    )
+    assert subjects[0]["status"] == expected

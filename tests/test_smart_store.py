@@ -62,3 +62,36 @@ def test_a_decision_is_committed_with_synchronous_full_before_it_is_acknowledged
 def test_the_worksheet_app_keeps_its_decisions_on_a_durable_connection(tmp_path: Path) -> None:
     app = SmartApp(Settings(database_path=str(tmp_path / "db.sqlite3")))
     assert app.store.database.durable  # synchronous=FULL, as for CDS feedback
+
+
+def test_one_write_back_at_a_time_per_patient_and_ehr(tmp_path: Path) -> None:
+    # Two decisions for one patient written back at once would each find no ResearchSubject and
+    # create one each: the second waits until the first is no longer being written.
+    path = tmp_path / "db.sqlite3"
+    store = SmartStore(Database(str(path)))
+    first, second = _record(store, "form-1"), _record(store, "form-2")
+    other_patient = store.record_decision(
+        form_key="form-3",
+        fhir_base="https://ehr.example/fhir",
+        patient="Patient/p2",
+        decision="refer",
+        comment="",
+        answers=[],
+        author=None,
+        decided_at="2026-12-07T10:00:00+00:00",
+        verdict="potentially-eligible",
+        report={},
+    )
+    assert store.claim_write(first)
+    assert not store.claim_write(second)
+    assert store.claim_write(other_patient)  # another patient is not held up
+    store.finish_write(first, "failed", None, "HTTP 500")
+    assert store.claim_write(second)
+    store.finish_write(second, "written", {"steps": []}, None)
+    # A write stuck in "writing" (its worker died) holds nobody up once it is stale.
+    assert store.claim_write(first)
+    with sqlite3.connect(path) as other:
+        other.execute("UPDATE smart_decision SET updated = 0 WHERE id = ?", (first,))
+    third = _record(store, "form-4")
+    assert store.claim_write(third)
+    assert _stored(path)[first] == "writing" and _stored(path)[third] == "writing"

@@ -491,6 +491,17 @@ def create_smart_blueprint(settings: Settings, evaluator: Evaluator | None = Non
                 )
             return back
         if not state.store.claim_write(found.id):
+            latest = state.store.decision(found.id)
+            if latest is not None and latest.write_state in ("recorded", "failed"):
+                # Refused because another decision for this patient is being written right now:
+                # nothing was sent; the coordinator retries once that one is done.
+                state.store.finish_write(
+                    found.id,
+                    "failed",
+                    latest.write_result,
+                    "another decision for this patient was being written to the EHR at that "
+                    "moment: nothing was sent; retry in a moment",
+                )
             return back  # already written, or being written by an earlier click
         response = questionnaire_response(
             patient=found.patient,

@@ -340,13 +340,23 @@ class SmartStore:
         return [d for d in found if d is not None]
 
     def claim_write(self, decision_id: str) -> bool:
-        """Move a decision to ``writing`` if it is recorded or failed (or stuck); False otherwise."""
+        """Move a decision to ``writing`` if it is recorded or failed (or stuck); False otherwise.
+
+        Also False while another decision for the same patient on the same EHR is being written
+        (and not stuck): two write-backs at once would each find no ResearchSubject and create
+        one each. One statement, so two workers cannot both pass the check.
+        """
         now = time.time()
+        stale = now - STALE_WRITE_S
         cursor = self._conn().execute(
             "UPDATE smart_decision SET write_state = 'writing', updated = ?, "
             "write_attempts = write_attempts + 1 WHERE id = ? AND (write_state IN "
-            "('recorded', 'failed') OR (write_state = 'writing' AND updated < ?))",
-            (now, decision_id, now - STALE_WRITE_S),
+            "('recorded', 'failed') OR (write_state = 'writing' AND updated < ?)) "
+            "AND NOT EXISTS (SELECT 1 FROM smart_decision AS other "
+            "WHERE other.fhir_base = smart_decision.fhir_base "
+            "AND other.patient = smart_decision.patient AND other.id != smart_decision.id "
+            "AND other.write_state = 'writing' AND other.updated >= ?)",
+            (now, decision_id, stale, stale),
         )
         return cursor.rowcount == 1
 
