@@ -369,3 +369,44 @@ def test_lines_routed_alone_keep_their_place_among_a_patients_run(
     assert "other version at Condition.001.ndjson:22 gives not-met" in a
     assert "Condition/c8 at Condition.001.ndjson:23 gives not-met" in b
     assert "other version at Condition.001.ndjson:44 gives met" in b
+
+
+# ----------------------------------------------------------------------------- what-if runs
+def _placed(resources: list[dict[str, Any]]) -> list[tuple[Any, dict[str, Any]]]:
+    return [(f"Condition.000.ndjson:{n}", r) for n, r in enumerate(resources, 1)]
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        [condition("c1", "a"), condition("c2", "a", LUNG_CANCER)],  # nothing twice
+        [condition("c1", "a"), condition("c1", "a")],  # the same copy twice
+        [condition("c1", "a"), condition("c1", "a", LUNG_CANCER)],  # two versions
+        [condition("c1", "a"), {"resourceType": 7, "id": "x"}],  # one the record leaves out
+    ],
+    ids=["clean", "identical-copy", "two-versions", "left-out"],
+)
+def test_what_if_runs_give_what_building_the_record_again_gives(
+    resources: list[dict[str, Any]],
+) -> None:
+    from fhir_trial.sources.ndjson import assemble_record
+    from fhir_trial.sources.ndjson_versions import screen_patient, screen_with_what_if
+
+    builds: list[int] = []
+
+    def build(items: list[dict[str, Any]]) -> Any:
+        builds.append(len(items))
+        return assemble_record(patient("a", birthDate="1950-01-01"), items, lambda ref: None)
+
+    what_if = (SETTINGS.replace(max_age=120), SETTINGS.replace(min_age=80))
+    placed = _placed(resources)
+    report, variants, notes = screen_with_what_if(build, placed, SETTINGS, what_if)
+    built_for_all = len(builds)
+    again = [screen_patient(build, placed, variant)[0] for variant in what_if]
+    assert [v.to_json() for v in variants] == [v.to_json() for v in again]
+    assert report.to_json() == screen_patient(build, placed, SETTINGS)[0].to_json()
+    assert variants[0].criterion("inc-age").status != report.criterion("inc-age").status
+    if notes.duplicates_same == 0 and not notes.duplicates_different and len(resources) == 2:
+        clean = all(isinstance(r["resourceType"], str) for r in resources)
+        # The clean patient's record is built once for all three runs.
+        assert built_for_all == (1 if clean else 2 + 2 * len(what_if))

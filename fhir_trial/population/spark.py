@@ -83,7 +83,7 @@ from fhir_trial.sources.ndjson_account import (
     requested_types_from_manifest,
 )
 from fhir_trial.sources.ndjson_buckets import PATIENT_REF_TEXT, reads
-from fhir_trial.sources.ndjson_versions import screen_patient
+from fhir_trial.sources.ndjson_versions import screen_with_what_if
 from fhir_trial.terminology import Terminology, load_terminology
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -387,9 +387,8 @@ def _screen_group(
         return
     patient, placed, medications, failed_for, order = parts
     build = _builder(patient, medications, failed_for, shared)
-    report, _notes, _record = screen_patient(build, placed, shared.settings, shared.terminology)
-    variants = tuple(
-        screen_patient(build, placed, variant, shared.terminology)[0] for variant in shared.what_if
+    report, variants, _notes = screen_with_what_if(
+        build, placed, shared.settings, shared.what_if, shared.terminology
     )
     yield order, Screened(report, "", variants)
 

@@ -27,7 +27,7 @@ from fhir_trial.report import EligibilityReport
 from fhir_trial.sources.ndjson import NdjsonExport
 from fhir_trial.sources.ndjson_account import InputAccount
 from fhir_trial.sources.ndjson_buckets import BucketJob, Order, bucket_patients
-from fhir_trial.sources.ndjson_versions import screen_patient
+from fhir_trial.sources.ndjson_versions import screen_with_what_if
 from fhir_trial.terminology import load_terminology
 
 
@@ -57,10 +57,8 @@ def screen_bucket(
     with open(path, "wb") as sink, _no_gc():
         for group, medications in bucket_patients(job, account):
             build = export.builder(group, medications)
-            report, notes, _ = screen_patient(build, group.resources, settings, where=job.where)
-            variants = tuple(
-                screen_patient(build, group.resources, variant, where=job.where)[0]
-                for variant in what_if
+            report, variants, notes = screen_with_what_if(
+                build, group.resources, settings, what_if, where=job.where
             )
             account.patients += 1
             account.duplicates_same += notes.duplicates_same

@@ -105,6 +105,30 @@ def screen_patient(
     return _with_reviews(report, record.patient, disputes), notes, record
 
 
+def screen_with_what_if(
+    build: Callable[[list[Resource]], PatientRecord],
+    resources: Sequence[Placed],
+    settings: Settings,
+    what_if: Sequence[Settings],
+    terminology: Terminology | None = None,
+    where: Callable[[Any], str] = str,
+) -> tuple[EligibilityReport, tuple[EligibilityReport, ...], PatientNotes]:
+    """:func:`screen_patient` under ``settings``, then under each what-if Settings.
+
+    A patient whose resources were all taken, each once, is evaluated again on the same record
+    (evaluation reads a record and never changes it): what building it again would give, without
+    the cost of building it per what-if run. Any other patient goes through screen_patient again.
+    """
+    report, notes, record = screen_patient(build, resources, settings, terminology, where)
+    if record.left_out == 0 and notes == PatientNotes():
+        variants = tuple(evaluate(record, variant, terminology) for variant in what_if)
+    else:
+        variants = tuple(
+            screen_patient(build, resources, variant, terminology, where)[0] for variant in what_if
+        )
+    return report, variants, notes
+
+
 def _with_reviews(
     report: EligibilityReport, patient: Mapping[str, object] | None, disputes: dict[str, list[str]]
 ) -> EligibilityReport:
