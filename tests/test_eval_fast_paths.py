@@ -868,3 +868,57 @@ def test_report_entries_carry_their_spec() -> None:
     assert [(r.id, r.kind, r.ref, r.part_of) for r in report.criteria] == [
         (s.id, s.kind, s.ref, s.part_of) for s in CRITERIA
     ]
+
+
+def _synthetic_and_synthea_records() -> list[tuple[str, Any, Settings]]:
+    """Charts shaped like real ones: the benchmark's synthetic patients (years of orders and
+    labs) and the Synthea bundles of ../shared, each at three screening dates."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from fhir_trial.sources.bundle import record_from_bundle
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("synthetic", root / "benchmarks" / "synthetic.py")
+    assert spec is not None and spec.loader is not None
+    synthetic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synthetic)
+    bundles = [
+        (f"synthetic-{seed}", synthetic.synthetic_bundle(seed, 150 + 40 * seed))
+        for seed in range(8)
+    ]
+    synthea = root.parent / "shared" / "fixtures" / "synthea" / "bundles"
+    for path in sorted(synthea.glob("*.json"))[:4]:
+        bundles.append((path.name, json.loads(path.read_text(encoding="utf-8"))))
+    return [
+        (name, lambda b=bundle: record_from_bundle(b), Settings(as_of=dt.date.fromisoformat(day)))
+        for name, bundle in bundles
+        for day in ("2026-11-26", "2023-02-15", "2019-06-01")
+    ]
+
+
+def test_real_shaped_reports_are_the_same_without_the_fast_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from fhir_trial.evaluate import evaluate
+
+    charts = _synthetic_and_synthea_records()
+    assert len(charts) > 24
+
+    def reports() -> list[str]:
+        return [
+            json.dumps(evaluate(build(), screening).to_json(), ensure_ascii=False)
+            for _, build, screening in charts
+        ]
+
+    medications._DRUG_OF_KEY.clear()
+    fast = reports()
+    again = reports()  # drugs remembered from the first round
+    with monkeypatch.context() as patch:
+        use_general_rules(patch)
+        general = reports()
+    for (name, _, screening), one, two, other in zip(charts, fast, again, general, strict=True):
+        assert one == two == other, (name, screening.as_of)
