@@ -632,7 +632,8 @@ def test_context_remembers_once_per_evaluation() -> None:
     from fhir_trial.criteria import therapy
 
     medications._DRUG_OF_KEY.clear()
-    record = _patient_with(ODD_CONCEPTS[:3], "p1")
+    ndc = {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "50242-051-21"}]}
+    record = _patient_with([*ODD_CONCEPTS[:3], ndc], "p1")
     ctx = _context(record)
     hist = therapy.history(ctx)
     assert therapy.history(ctx) is hist  # every medication criterion reads the same history
@@ -640,6 +641,8 @@ def test_context_remembers_once_per_evaluation() -> None:
     assert therapy.known_drugs(ctx) == tuple(
         TERMINOLOGY.get(vs_id) for vs_id in medications.KNOWN_DRUG_VALUESETS
     )
+    assert therapy.unidentified(ctx) == hist.unidentified(therapy.known_drugs(ctx))
+    assert therapy.unidentified(ctx)  # the bare NDC code
     # A new evaluation (a new Context) of the same record sees what the record holds now.
     record.add(_request("p1-new", PRED, ORAL))
     assert therapy.history(_context(record)).retrieved == hist.retrieved + 1
@@ -778,3 +781,144 @@ def test_gm_certainty_reads_odd_conditions_as_the_rule(condition: dict[str, Any]
     )
     status = {"coding": [{"code": ""}, {"code": "active"}]}
     assert context._code_of(status) == context._first_coded(status) == "active"
+
+
+# ----------------------------------------------------------------------------- in-place rewrites
+def _frozen_mappings(value: Any) -> Any:
+    """The same JSON with every object a read-only Mapping that is not a dict."""
+    from types import MappingProxyType
+
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen_mappings(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_frozen_mappings(v) for v in value]
+    return value
+
+
+_MAPPING_SAMPLES: list[dict[str, Any]] = [
+    {
+        "resourceType": "Condition",
+        "code": {
+            "coding": [
+                {
+                    "system": ICD10,
+                    "code": "C50.9",
+                    "display": "Malignant neoplasm of breast",
+                    "extension": [{"url": _GM, "valueCode": "v"}],
+                }
+            ],
+            "text": "Mammakarzinom",
+        },
+        "interpretation": [{"coding": [{"code": "HH"}], "text": "critical"}],
+    },
+    {
+        "resourceType": "Condition",
+        "extension": [{"url": _GM, "valueCode": "z"}],
+        "code": {"text": "Lymphoma, history of"},
+        "interpretation": {"coding": [{"code": "LL"}]},
+    },
+]
+
+
+@pytest.mark.parametrize("resource", _MAPPING_SAMPLES)
+def test_mappings_that_are_not_dicts_read_like_dicts(resource: dict[str, Any]) -> None:
+    """type() is dict is tried before the Mapping ABC in the hot readers: a Mapping that is not
+    a dict must still be read."""
+    from fhir_trial.criteria.context import first_code, gm_certainty
+    from fhir_trial.criteria.labels import MALIGNANCY_WORDS, naming_label
+    from fhir_trial.observations import interpretations
+
+    frozen = _frozen_mappings(resource)
+    assert gm_certainty(frozen) == gm_certainty(resource) is not None
+    assert first_code(frozen["code"]) == first_code(resource["code"]) != "?"
+    assert naming_label(frozen["code"], MALIGNANCY_WORDS) == naming_label(
+        resource["code"], MALIGNANCY_WORDS
+    )
+    assert naming_label(resource["code"], MALIGNANCY_WORDS) is not None
+    assert len(interpretations(frozen)) == len(interpretations(resource)) == 1
+
+
+def test_latest_earlier_lab_result_is_the_one_starting_last() -> None:
+    """The key of exc/inc lab reasons' "latest earlier result" (_SPAN_START) is the span's start:
+    a result dated only "2025" (any day of it) is not later than one of 2025-06-15."""
+    from fhir_trial.criteria import labs
+
+    record = PatientRecord()
+    record.add({"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1990"})
+    for number, when in enumerate(["2025", "2025-06-15"]):
+        record.add(
+            {
+                "resourceType": "Observation",
+                "id": f"hb{number}",
+                "status": "final",
+                "code": {"coding": [{"system": LOINC, "code": "718-7"}]},
+                "effectiveDateTime": when,
+                "valueQuantity": {"value": 12 + number, "unit": "g/dL"},
+            }
+        )
+    reason = labs.hemoglobin(_context(record)).reason
+    assert "the latest earlier result, 13 g/dL (130 g/L) on 2025-06-15" in reason
+
+
+def test_report_entries_carry_their_spec() -> None:
+    from fhir_trial.criteria.catalog import CRITERIA
+    from fhir_trial.evaluate import evaluate
+
+    report = evaluate(_patient_with([PRED], "p1"), Settings(as_of=dt.date(2026, 11, 26)))
+    assert [(r.id, r.kind, r.ref, r.part_of) for r in report.criteria] == [
+        (s.id, s.kind, s.ref, s.part_of) for s in CRITERIA
+    ]
+
+
+def _synthetic_and_synthea_records() -> list[tuple[str, Any, Settings]]:
+    """Charts shaped like real ones: the benchmark's synthetic patients (years of orders and
+    labs) and the Synthea bundles of ../shared, each at three screening dates."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from fhir_trial.sources.bundle import record_from_bundle
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("synthetic", root / "benchmarks" / "synthetic.py")
+    assert spec is not None and spec.loader is not None
+    synthetic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synthetic)
+    bundles = [
+        (f"synthetic-{seed}", synthetic.synthetic_bundle(seed, 150 + 40 * seed))
+        for seed in range(8)
+    ]
+    synthea = root.parent / "shared" / "fixtures" / "synthea" / "bundles"
+    for path in sorted(synthea.glob("*.json"))[:4]:
+        bundles.append((path.name, json.loads(path.read_text(encoding="utf-8"))))
+    return [
+        (name, lambda b=bundle: record_from_bundle(b), Settings(as_of=dt.date.fromisoformat(day)))
+        for name, bundle in bundles
+        for day in ("2026-11-26", "2023-02-15", "2019-06-01")
+    ]
+
+
+def test_real_shaped_reports_are_the_same_without_the_fast_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from fhir_trial.evaluate import evaluate
+
+    charts = _synthetic_and_synthea_records()
+    assert len(charts) > 24
+
+    def reports() -> list[str]:
+        return [
+            json.dumps(evaluate(build(), screening).to_json(), ensure_ascii=False)
+            for _, build, screening in charts
+        ]
+
+    medications._DRUG_OF_KEY.clear()
+    fast = reports()
+    again = reports()  # drugs remembered from the first round
+    with monkeypatch.context() as patch:
+        use_general_rules(patch)
+        general = reports()
+    for (name, _, screening), one, two, other in zip(charts, fast, again, general, strict=True):
+        assert one == two == other, (name, screening.as_of)

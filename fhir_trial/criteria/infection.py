@@ -37,7 +37,7 @@ from fhir_trial.criteria.context import (
     first_code,
     none_found,
 )
-from fhir_trial.criteria.therapy import history, known_drugs, medication_unknown
+from fhir_trial.criteria.therapy import history, medication_unknown, unidentified
 from fhir_trial.elements import child
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.medications import Exposure, Period, overlaps, unidentified_text
@@ -156,7 +156,7 @@ def iv_antibiotics(ctx: Context) -> Finding:
     # it, as for an antibiotic without a route.
     unnamed = [
         e
-        for e in hist.unidentified(known_drugs(ctx))
+        for e in unidentified(ctx)
         if overlaps(e.possible(), window)
         and (
             e.route_in(iv_vs)
@@ -341,11 +341,7 @@ def recent_herpes_zoster(ctx: Context) -> Finding:
             )
             evidence.append(exposure.reference)
     # A drug the record does not identify by code started in the window may be an antiviral.
-    unnamed = [
-        e
-        for e in hist.unidentified(known_drugs(ctx))
-        if place_in_window(e.start, window) != "outside"
-    ]
+    unnamed = [e for e in unidentified(ctx) if place_in_window(e.start, window) != "outside"]
     if unnamed:
         review.append(
             "medication started within the window whose drug the screening cannot identify "

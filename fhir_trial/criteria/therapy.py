@@ -81,6 +81,12 @@ def known_drugs(ctx: Context) -> tuple[ValueSet, ...]:
     )
 
 
+def unidentified(ctx: Context) -> list[Exposure]:
+    """The dated records whose drug the screening cannot identify (MedicationHistory.unidentified
+    against :func:`known_drugs`), once per evaluation: four criteria ask. Do not mutate."""
+    return ctx.remember("unidentified", lambda: history(ctx).unidentified(known_drugs(ctx)))
+
+
 def no_medication_record(ctx: Context, what: str) -> Finding:
     """Absence rule 4 over the four medication types."""
     hist = history(ctx)
@@ -244,7 +250,7 @@ def prior_therapy(ctx: Context) -> Finding:
     # combination, a person reads them (never not-met, never met). One record cannot be both,
     # so both sides take them only when there are several.
     known = known_drugs(ctx)
-    unnamed = [e for e in hist.unidentified(known) if not e.local_use_in(local_vs)]
+    unnamed = [e for e in unidentified(ctx) if not e.local_use_in(local_vs)]
     if unnamed:
         unnamed_oral = [e for e in unnamed if _maybe_oral(e, oral_vs, known_routes)]
         sides = [
@@ -445,7 +451,7 @@ def b_cell_therapy(ctx: Context) -> Finding:
     unnamed = [
         *(
             e
-            for e in hist.unidentified(known)
+            for e in unidentified(ctx)
             if e.start.start <= ctx.as_of and overlaps(e.possible(), window)
         ),
         *hist.undated_unidentified(known),
