@@ -17,6 +17,13 @@ ELIGIBILITY_LIBRARY = "NCT06010472Eligibility"
 REGISTRY_URL = "https://clinicaltrials.gov/study/NCT06010472"
 NCT_SYSTEM = "https://clinicaltrials.gov"
 CODESYSTEM_URL = f"{BASE}/CodeSystem/fhir-trial"
+# Canonical urls the project published once and no longer does: ``publish`` retires the copies a
+# server still holds as active, so nothing finds two libraries by one name and version.
+SUPERSEDED: tuple[tuple[str, str], ...] = (
+    # The single Library of the CQL before it was split into one Library per CQL library; it
+    # shares the name NCT06010472Eligibility and the version 0.1.0 with the main Library now.
+    ("Library", f"{BASE}/Library/nct06010472-eligibility"),
+)
 
 
 def canonical(resource_type: str, resource_id: str) -> str:

@@ -29,6 +29,11 @@ servers that accept the client's ids (HAPI FHIR), atomic or not. Four steps:
 4. **Report** per resource created / updated / unchanged / failed (with the server's reason, its
    OperationOutcome diagnostics). When the transaction fails, the read-back tells what a server
    that does not roll transactions back (Medplum) left behind: :attr:`PublishResult.left_behind`.
+5. **Retire** what the project no longer publishes (:data:`fhir_trial.canonical.SUPERSEDED`,
+   looked up in the same batch as step 1): once everything else is published, the copies the
+   server holds that are not ``retired`` are updated to ``status: retired`` (content kept; CRMI
+   retires artifacts, it does not delete them), in one transaction, each with ``ifMatch`` on the
+   version read: :attr:`PublishResult.retired`.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlencode
 
-from fhir_trial.canonical import BASE, canonical
+from fhir_trial.canonical import BASE, SUPERSEDED, canonical
 from fhir_trial.config import Settings
 from fhir_trial.elements import child, objects
 from fhir_trial.errors import FhirServerError, InputError, NotFhirResponseError, ServerResponseError
@@ -73,7 +78,7 @@ class EntryResult:
 
     resource: str  # the local Type/id, e.g. "Organization/changhai-hospital"
     key: str  # the search that finds it on the server, e.g. "Organization?identifier=..."
-    action: str = "failed"  # created | updated | unchanged | failed
+    action: str = "failed"  # created | updated | unchanged | failed (| retired, see retire_all)
     reason: str = ""  # why it failed (the server's diagnostics), empty otherwise
     server_id: str | None = None  # the server's Type/id once known
     status: str = ""  # the server's response.status for a written entry
@@ -94,6 +99,8 @@ class PublishResult:
     transaction_error: str | None = None  # the server's reason when it refused the transaction
     left_behind: list[EntryResult] = field(default_factory=list)  # written despite that refusal
     references_checked: int = 0
+    # Copies of superseded artifacts set to retired (or that failed to be): step 5.
+    retired: list[EntryResult] = field(default_factory=list)
 
     def count(self, action: str) -> int:
         """How many resources had this action."""
@@ -101,16 +108,17 @@ class PublishResult:
 
     @property
     def failures(self) -> list[EntryResult]:
-        """The resources that failed (in publishing order)."""
-        return [e for e in self.entries if e.action == "failed"]
+        """The resources that failed (in publishing order), then the retirements that failed."""
+        return [e for e in (*self.entries, *self.retired) if e.action == "failed"]
 
     def summary(self) -> str:
-        """``N resources: a created, b updated, c unchanged, d failed``."""
+        """``N resources: a created, b updated, c unchanged, d failed`` (``; r retired``)."""
+        retired = sum(1 for e in self.retired if e.action == "retired")
         return (
             f"{len(self.entries)} resources: {self.count('created')} created, "
             f"{self.count('updated')} updated, {self.count('unchanged')} unchanged, "
             f"{self.count('failed')} failed"
-        )
+        ) + (f"; {retired} superseded copies retired" if retired else "")
 
 
 # --- keys, fullUrls, order -----------------------------------------------------------------------
@@ -565,6 +573,48 @@ def _verify(
     return left_behind, checked
 
 
+def superseded_key(resource_type: str, url: str) -> str:
+    """The search for every copy of a superseded artifact (any version)."""
+    return f"{resource_type}?{urlencode([('url', url)])}"
+
+
+def retire_all(http: FhirHttp, copies: Sequence[Mapping[str, Any]]) -> list[EntryResult]:
+    """Set each copy to ``status: retired`` in one transaction (``ifMatch`` on its version)."""
+    results = []
+    entries = []
+    for copy in copies:
+        rtype, rid = str(copy.get("resourceType")), str(copy.get("id"))
+        results.append(
+            EntryResult(f"{rtype}/{rid}", f"{rtype}?{urlencode([('url', str(copy.get('url')))])}")
+        )
+        request: JsonDict = {"method": "PUT", "url": f"{rtype}/{rid}"}
+        version = child(copy.get("meta"), "versionId")
+        if isinstance(version, str) and version:
+            request["ifMatch"] = f'W/"{version}"'
+        entries.append({"resource": {**copy, "status": "retired"}, "request": request})
+    if not entries:
+        return results
+    try:
+        answer = http.request(
+            "POST", "", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        )
+    except ServerResponseError as exc:
+        for result in results:
+            result.reason = f"retiring it was refused: {_error_reason(exc)}"
+        return results
+    items = [_Item(dict(copy), result) for copy, result in zip(copies, results, strict=True)]
+    try:
+        _read_response(answer.body, items)
+    except NotFhirResponseError as exc:
+        for result in results:
+            result.action, result.reason = "failed", f"retiring it: {exc}"
+        return results
+    for result in results:
+        if result.action != "failed":
+            result.action = "retired"
+    return results
+
+
 def publish(
     resources: Sequence[Mapping[str, Any]],
     base_url: str,
@@ -592,10 +642,16 @@ def publish(
     client = http or FhirHttp(base_url, token=token, settings=settings)
     try:
         client_types = client_id_types(client) if ids == "auto" else set()
-        for item, copies in zip(
-            items, find_all(client, [i.result.key for i in items]), strict=True
-        ):
+        keys = [i.result.key for i in items]
+        found = find_all(client, keys + [superseded_key(t, url) for t, url in SUPERSEDED])
+        for item, copies in zip(items, found[: len(keys)], strict=True):
             item.copies = copies
+        active_superseded = [
+            copy
+            for copies in found[len(keys) :]
+            for copy in copies
+            if copy.get("status") != "retired"
+        ]
         to_send = _plan(items, client_types, ids)
         result = PublishResult([item.result for item in items])
         if to_send:
@@ -614,10 +670,14 @@ def publish(
             refused=result.transaction_error is not None,
             incomplete=any(item.result.action == "failed" for item in to_send),
         )
+        if active_superseded and not result.failures:
+            # Only once the current artifacts are all in place: retiring the old ones earlier
+            # could leave a server with neither.
+            result.retired = retire_all(client, active_superseded)
     finally:
         if http is None:
             client.close()
     if on_entry:
-        for entry in result.entries:
+        for entry in (*result.entries, *result.retired):
             on_entry(entry)
     return result

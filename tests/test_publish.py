@@ -20,7 +20,7 @@ from publish_servers import BASE as SIM_BASE
 from publish_servers import MIB, SimulatedServer, hapi_like, medplum_like
 
 from fhir_trial import publish as publish_module
-from fhir_trial.canonical import BASE
+from fhir_trial.canonical import BASE, SUPERSEDED
 from fhir_trial.cli import main
 from fhir_trial.fhir_api.store import load_resources
 from fhir_trial.fhir_http import FhirHttp
@@ -258,7 +258,8 @@ def test_a_server_without_batch_is_searched_one_key_at_a_time(
     assert code == 0
     assert set(outcome_of(out).values()) == {"unchanged"}
     searches = [path for method, path in server.requests if method == "GET" and "?" in path]
-    assert len(searches) == 2 * len(SAMPLE)  # looked up and read back, one by one
+    # looked up and read back, one by one; and each superseded artifact looked up
+    assert len(searches) == 2 * len(SAMPLE) + len(SUPERSEDED)
     assert len(server.resources()) == len(SAMPLE)
 
 
@@ -649,3 +650,63 @@ def test_duplicate_resource(sample_dir: Path, capsys: pytest.CaptureFixture[str]
     shutil.copy(sample_dir / "Location-site.json", sample_dir / "Location-copy.json")
     code, out, err = run(capsys, "--dry-run", "--resources-dir", str(sample_dir))
     assert_one_line_failure(code, out, err, 2, "Location/site")
+
+
+# --- artifacts the project no longer publishes ---------------------------------------------------
+@pytest.mark.parametrize("make_server", [medplum_like, hapi_like], ids=["medplum", "hapi"])
+def test_a_superseded_library_still_active_on_the_server_is_retired(
+    use_server: Callable[[SimulatedServer], None],
+    resources_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_server: Callable[[], SimulatedServer],
+) -> None:
+    # What an earlier release published: one Library for the whole CQL, with the name and
+    # version the main Library has now. Left active, a consumer looking a library up by
+    # name|version finds two.
+    server = make_server()
+    old_id = "0f3c9a51-2b7e-4c11-9a0e-5d2f8e6b7a10" if server.uuid_ids else "71"
+    (rtype, url), *_ = SUPERSEDED
+    old = {
+        "resourceType": rtype,
+        "id": old_id,
+        "url": url,
+        "name": "NCT06010472Eligibility",
+        "version": "0.1.0",
+        "status": "active",
+        "meta": {"versionId": "3"},
+    }
+    server.store.setdefault(rtype, {})[old_id] = dict(old)
+    use_server(server)
+    code, out, err = publish_sim(capsys, resources_dir)
+    assert (code, err) == (0, ""), err
+    assert f"retired   {rtype}/{old_id}" in out and "1 superseded copies retired" in out
+    (kept,) = server.copies(f"{rtype}?url={url}")
+    assert kept["status"] == "retired" and kept["name"] == old["name"]  # content kept
+    assert kept["meta"]["versionId"] == "4"
+    # Published again: nothing left to retire, nothing written.
+    server.requests.clear()
+    code, out, err = publish_sim(capsys, resources_dir)
+    assert (code, err) == (0, "") and "retired" not in out
+    assert [m for m, _ in server.requests].count("POST") == 2  # the two batches of searches
+
+
+def test_a_superseded_library_is_not_retired_when_publishing_failed(
+    use_server: Callable[[SimulatedServer], None],
+    resources_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = hapi_like()
+    (rtype, url), *_ = SUPERSEDED
+    server.store.setdefault(rtype, {})["71"] = {
+        "resourceType": rtype,
+        "id": "71",
+        "url": url,
+        "status": "active",
+        "meta": {"versionId": "1"},
+    }
+    server.refuse("PlanDefinition", "PlanDefinition rejected by a validator")
+    use_server(server)
+    code, out, _ = publish_sim(capsys, resources_dir)
+    assert code == 5
+    assert server.copies(f"{rtype}?url={url}")[0]["status"] == "active"  # the old one still works
+    assert "retired" not in out

@@ -105,3 +105,36 @@ def test_publish_twice_one_copy_each_references_resolve(
         key = f"{resource['resourceType']}/{resource['id']}"
         copies = find(http, resource)
         assert [c["id"] for c in copies] == [server_ids[key]], key
+
+
+def test_a_superseded_library_left_active_is_retired(
+    http: FhirHttp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What an earlier release published (one Library for the whole CQL, the same name and
+    # version as the main Library now), created here as that release would have left it.
+    from fhir_trial.canonical import SUPERSEDED
+
+    (rtype, url), *_ = SUPERSEDED
+    old = http.request(
+        "POST",
+        rtype,
+        json={
+            "resourceType": rtype,
+            "url": url,
+            "name": "NCT06010472Eligibility",
+            "version": "0.1.0",
+            "status": "active",
+            "type": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/library-type",
+                        "code": "logic-library",
+                    }
+                ]
+            },
+        },
+    ).body
+    publish(capsys)
+    (copy,) = [c for c in find_copies(http, f"{rtype}?url={url}") if c["id"] == old["id"]]
+    assert copy["status"] == "retired" and copy["name"] == "NCT06010472Eligibility"
+    assert all(c["status"] == "retired" for c in find_copies(http, f"{rtype}?url={url}"))
