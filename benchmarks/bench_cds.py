@@ -145,6 +145,7 @@ _COMPONENT_PARAMS: Mapping[str, str] = {
     "combo-code": "code",
     "component-value-concept": "valueCodeableConcept",
 }
+_TEXT_PARAMS: Mapping[str, str] = {"code:text": "code"}
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
 _UNESCAPED_BAR = re.compile(r"(?<!\\)\|")
 
@@ -185,6 +186,15 @@ def _param_matches(resource: Mapping[str, Any], name: str, value: str) -> bool:
         if name == "combo-code":
             concepts.append(resource.get("code"))
         return any(_token_matches(c, alt) for c in concepts for alt in alternatives)
+    if name in _TEXT_PARAMS:
+        # :text on a token: the concept's text or a coding's display holds the words (servers
+        # differ; this matches as Medplum does: anywhere, ignoring case).
+        concept = resource.get(_TEXT_PARAMS[name])
+        if not isinstance(concept, dict):
+            return False
+        texts = [concept.get("text")] + [c.get("display") for c in concept.get("coding") or []]
+        words = [str(t).lower() for t in texts if t]
+        return any(alt.lower() in w for alt in map(_unescape, alternatives) for w in words)
     raise SystemExit(f"bench_cds: no matcher for search parameter {name!r}; add one")
 
 
