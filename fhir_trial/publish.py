@@ -584,9 +584,7 @@ def retire_all(http: FhirHttp, copies: Sequence[Mapping[str, Any]]) -> list[Entr
     entries = []
     for copy in copies:
         rtype, rid = str(copy.get("resourceType")), str(copy.get("id"))
-        results.append(
-            EntryResult(f"{rtype}/{rid}", f"{rtype}?{urlencode([('url', str(copy.get('url')))])}")
-        )
+        results.append(EntryResult(f"{rtype}/{rid}", superseded_key(rtype, str(copy.get("url")))))
         request: JsonDict = {"method": "PUT", "url": f"{rtype}/{rid}"}
         version = child(copy.get("meta"), "versionId")
         if isinstance(version, str) and version:
