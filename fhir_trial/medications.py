@@ -44,7 +44,7 @@ import datetime as dt
 import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
@@ -443,31 +443,32 @@ def build_history(
     exposures: list[Exposure] = []
     undated: list[Undated] = []
     ignored = 0
-    retrieved = 0
-    drugs = drug_records(record)
-    for rtype in MEDICATION_TYPES:
-        for resource in record.resources(rtype):
-            retrieved += 1
-            status, intent = resource.get("status"), resource.get("intent")
-            if (isinstance(status, str) and status in IGNORED_STATUSES_BY_TYPE[rtype]) or (
-                rtype == "MedicationRequest"
-                and isinstance(intent, str)
-                and intent in NOT_ORDERED_INTENTS
-            ):
-                ignored += 1
-                continue
-            fields = dict(vars(drugs[id(resource)]))
-            placed = _place(resource, as_of, default_supply_days)
-            # frozen_instance is Undated(**fields) / Exposure(**fields) without the per-field
-            # object.__setattr__ of a frozen dataclass's __init__ (one per medication record).
-            if isinstance(placed, str):
-                fields["why"] = placed
-                undated.append(frozen_instance(Undated, fields))
-            else:
-                fields["start"], fields["end"] = placed.start, placed.end
-                fields["basis"], fields["open_ended"] = placed.basis, placed.open_ended
-                exposures.append(frozen_instance(Exposure, fields))
-    return MedicationHistory(tuple(exposures), tuple(undated), ignored, retrieved)
+    found = _drug_fields(record)
+    for rtype, resource, drug in found:
+        status, intent = resource.get("status"), resource.get("intent")
+        if (isinstance(status, str) and status in IGNORED_STATUSES_BY_TYPE[rtype]) or (
+            rtype == "MedicationRequest"
+            and isinstance(intent, str)
+            and intent in NOT_ORDERED_INTENTS
+        ):
+            ignored += 1
+            continue
+        # The drug's fields as drug_records gives them to this record (the dict of a group of
+        # records writing the same drug the same way is shared: copied before it is changed).
+        fields = dict(drug)
+        fields["reference"] = record.reference_to(resource)
+        fields["resource_type"] = str(resource.get("resourceType"))
+        placed = _place(resource, as_of, default_supply_days)
+        # frozen_instance is Undated(**fields) / Exposure(**fields) without the per-field
+        # object.__setattr__ of a frozen dataclass's __init__ (one per medication record).
+        if isinstance(placed, str):
+            fields["why"] = placed
+            undated.append(frozen_instance(Undated, fields))
+        else:
+            fields["start"], fields["end"] = placed.start, placed.end
+            fields["basis"], fields["open_ended"] = placed.basis, placed.open_ended
+            exposures.append(frozen_instance(Exposure, fields))
+    return MedicationHistory(tuple(exposures), tuple(undated), ignored, len(found))
 
 
 def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
@@ -480,45 +481,67 @@ def drug_records(record: PatientRecord) -> dict[int, DrugRecord]:
     are its own followed by those of every other record sharing one of its codes (the CQL side
     adds a name-matched code to the ValueSet for the whole patient, which reads the same).
     """
-    found: dict[int, tuple[DrugRecord, list[Code]]] = {}
+    drugs: dict[int, DrugRecord] = {}
+    for _, resource, drug in _drug_fields(record):
+        fields = dict(drug)
+        fields["reference"] = record.reference_to(resource)
+        fields["resource_type"] = str(resource.get("resourceType"))
+        drugs[id(resource)] = frozen_instance(DrugRecord, fields)
+    return drugs
+
+
+def _drug_fields(record: PatientRecord) -> list[tuple[str, Resource, dict[str, Any]]]:
+    """(type, resource, the fields of its :class:`DrugRecord`) for every medication record, in
+    record order (by type): what :func:`drug_records` and :func:`build_history` build on.
+
+    The fields are those of the record's DrugRecord but for ``reference`` and
+    ``resource_type``, which are the first record's of its group: records that write the same
+    drug the same way (see _same_drug_key) share one dict, which callers copy before setting
+    their own. Why a dict and not a DrugRecord per record: build_history makes an Exposure of
+    each, and a DrugRecord in between cost an object and a copy per record.
+    """
+    found: list[tuple[str, Resource, dict[str, Any], list[Code]]] = []
     named: dict[Code, list[str]] = {}
     uses: dict[Code, int] = {}
     # A patient's hundreds of orders name a few dozen drugs: records that write the same drug
     # the same way (see _same_drug_key) share what is read from it.
-    same: dict[bytes, tuple[DrugRecord, list[Code]]] = {}
+    same: dict[bytes, tuple[dict[str, Any], list[Code]]] = {}
     for rtype in MEDICATION_TYPES:
         for resource in record.resources(rtype):
-            routes = tuple(_routes(resource))
+            routes = _routes_of(resource)
             same_key = _same_drug_key(resource, routes)
             known = same.get(same_key) if same_key is not None else None
-            if known is not None:
-                drug = _as_record_of(known[0], record, resource)
-                keys = known[1]
-            else:
+            if known is None:
                 drug = _drug_record_of_key(same_key, record, resource, routes)
-                keys = _exact_keys(drug)
+                known = (vars(drug), _exact_keys(drug))
                 if same_key is not None:
-                    same[same_key] = (drug, keys)
-            found[id(resource)] = (drug, keys)
+                    same[same_key] = known
+            fields, keys = known
+            found.append((rtype, resource, fields, keys))
+            names = fields["names"]
             for key in keys:
                 uses[key] = uses.get(key, 0) + 1
-                if drug.names:
-                    named.setdefault(key, []).extend(drug.names)
-    drugs: dict[int, DrugRecord] = {}
+                if names:
+                    named.setdefault(key, []).extend(names)
     # Records sharing a _same_drug_key share their ``keys`` list and their names, so the names
     # they gain from other records are the same: computed once per list (by its identity; every
-    # list stays alive in ``found`` meanwhile).
-    gained: dict[int, tuple[str, ...] | None] = {}
-    for rid, (drug, keys) in found.items():
+    # list stays alive in ``found`` meanwhile), and so are their fields.
+    gained: dict[int, dict[str, Any] | None] = {}
+    out: list[tuple[str, Resource, dict[str, Any]]] = []
+    for rtype, resource, fields, keys in found:
         group = id(keys)
         if group in gained:
-            names_ = gained[group]
+            more = gained[group]
         else:
-            names_ = gained[group] = _names_with_shared(drug.names, keys, uses, named)
-        if names_ is not None:
-            drug = replace(drug, names=names_, _named={}, _answers={})
-        drugs[rid] = drug
-    return drugs
+            names_ = _names_with_shared(fields["names"], keys, uses, named)
+            # Other names, so the answers remembered for the old ones do not hold: fresh dicts.
+            more = gained[group] = (
+                None
+                if names_ is None
+                else {**fields, "names": names_, "_named": {}, "_answers": {}}
+            )
+        out.append((rtype, resource, fields if more is None else more))
+    return out
 
 
 def _names_with_shared(
@@ -709,16 +732,21 @@ def _concept_label(concept: object) -> str:
     return str(child(concept, "text") or "")
 
 
-def _routes(resource: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+def _routes_of(resource: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
     """Route concepts from dosage (Statement), dosageInstruction (Request, Dispense) or dosage
     (Administration, a single object)."""
     dosages: Any = resource.get("dosage") or resource.get("dosageInstruction") or []
     if isinstance(dosages, dict):
         dosages = [dosages]
-    for dosage in dosages if isinstance(dosages, list) else []:
-        route = dosage.get("route") if isinstance(dosage, dict) else None
-        if isinstance(route, dict):
-            yield route
+    if not isinstance(dosages, list):
+        return ()
+    return tuple(
+        [
+            route
+            for dosage in dosages
+            if isinstance(dosage, dict) and isinstance(route := dosage.get("route"), dict)
+        ]
+    )
 
 
 class Placed(NamedTuple):
