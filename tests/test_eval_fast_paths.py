@@ -627,6 +627,99 @@ def test_heart_failure_reads_only_the_results_that_can_matter(observations: list
         comorbidity._nyha_candidates = original
 
 
+def _candidates_rule(results: list[Any], coded: set[int]) -> list[Any]:
+    """_nyha_candidates as first written: every result asked in turn."""
+    from fhir_trial.criteria.comorbidity import _names_nyha
+
+    return [o for o in results if o.get("valueCodeableConcept") or id(o) in coded or _names_nyha(o)]
+
+
+_PLAIN_NAMES = [
+    {"text": "Systolic blood pressure"},
+    {"coding": [{"system": LOINC, "code": "718-7", "display": "Hemoglobin"}], "text": "Hb"},
+    {"coding": [{"system": LOINC, "code": "x", "display": "Heart rate"}]},
+    {"coding": [{"code": "y", "display": "NYHA class"}], "text": "Herzinsuffizienz"},
+    {"coding": [{"code": "y", "display": "Leukocytes"}], "text": "new YORK heart association"},
+    {"coding": [{"code": "y", "display": "Heart class"}, {"display": "nYha"}]},
+    {"coding": [{"code": "y", "display": 5}], "text": None},
+    {"coding": [], "text": "纽约心脏协会 NYHA"},
+    {"coding": []},
+    {},
+]
+# Shapes the map() sift refuses (each is read by the rule instead).
+_UNPLAIN_NAMES: list[Any] = [
+    None,
+    "NYHA class III",
+    {"coding": None},
+    {"coding": {"display": "NYHA"}},
+    {"coding": ["NYHA"]},
+    {"coding": [{"display": {"text": "NYHA"}}]},
+    {"text": ["NYHA"]},
+]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_PLAIN_NAMES + _UNPLAIN_NAMES),
+            st.sampled_from([None, {}, _CLASS_III, {"text": "III"}]),
+            st.booleans(),
+        ),
+        max_size=8,
+    ),
+    st.booleans(),
+)
+def test_nyha_candidates_are_what_asking_each_result_gives(
+    results: list[tuple[Any, Any, bool]], coded_first: bool
+) -> None:
+    from fhir_trial.criteria import comorbidity
+
+    observations = []
+    for code, value, has_code in results:
+        observation: dict[str, Any] = {"resourceType": "Observation", "status": "final"}
+        if has_code:
+            observation["code"] = code
+        if value is not None:
+            observation["valueCodeableConcept"] = value
+        observations.append(observation)
+    coded = {id(observations[0])} if coded_first and observations else set()
+    assert comorbidity._nyha_candidates(observations, coded) == _candidates_rule(
+        observations, coded
+    )
+
+
+def test_nyha_candidates_sift_plain_results_by_their_distinct_names() -> None:
+    from fhir_trial.criteria import comorbidity
+
+    # The usual chart: plain results, none named NYHA, one with a coded value.
+    plain = [{"code": dict(code)} for code in _PLAIN_NAMES[:3] for _ in range(3)]
+    plain.append({"code": {"text": "x"}, "valueCodeableConcept": _CLASS_III})
+    assert comorbidity._valued_unless_named(plain) == [plain[-1]]
+    for code in _PLAIN_NAMES[3:6]:  # a name in the text or a display, any case
+        assert comorbidity._valued_unless_named([*plain, {"code": code}]) is None
+    for code in _UNPLAIN_NAMES:
+        assert comorbidity._valued_unless_named([*plain, {"code": code}]) is None
+    assert comorbidity._valued_unless_named([*plain, _mapping({"code": {}}, True)]) is None
+    # A dict subclass may answer get() otherwise than the dict it holds: the rule reads it.
+    odd = [
+        {"code": _Loud({"text": "Weight"})},
+        _Loud({"code": {}}),
+        {"code": {"coding": [_Loud({"display": "Weight"})]}},
+    ]
+    for result in odd:
+        assert comorbidity._valued_unless_named([*plain, result]) is None
+        assert comorbidity._nyha_candidates([result], set()) == [result]
+
+
+class _Loud(dict):  # type: ignore[type-arg]
+    """A dict whose get() says NYHA and holds a coded value whatever it stores."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        loud = {"text": "NYHA", "display": "NYHA", "valueCodeableConcept": _CLASS_III}
+        return loud.get(key, default)
+
+
 # ----------------------------------------------------------------------------- per-evaluation memo
 def test_context_remembers_once_per_evaluation() -> None:
     from fhir_trial.criteria import therapy
