@@ -19,6 +19,7 @@ reported in mmol/L (monomer basis), which a caller passes explicitly.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -153,6 +154,9 @@ def canonical_spelling(unit: str) -> str:
     return text
 
 
+# Cached: a handful of spellings recur across a population's results, and reading one takes
+# several regular expressions. Both are pure functions of their arguments.
+@functools.lru_cache(maxsize=1024)
 def _cell_count_factor(unit: str) -> float | None:
     """Factor to 10*9/L for a count-per-volume spelling, or None."""
     if unit.strip() in {"G/L", "Gpt/L", "Giga/L"}:  # giga per litre (European labs); g/L is grams
@@ -167,6 +171,7 @@ def _cell_count_factor(unit: str) -> float | None:
     return float(10**exponent) / _VOLUME_L[match["vol"]] / 1e9
 
 
+@functools.lru_cache(maxsize=1024)
 def _mass_factor(unit: str, grams_per_mmol: float | None) -> float | None:
     """Factor to g/L for a mass (or, with a molar mass, an amount) per volume spelling, or None."""
     spelled = canonical_spelling(unit)

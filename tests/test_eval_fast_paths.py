@@ -473,6 +473,9 @@ def _odd_observations() -> list[dict[str, Any]]:
         {**base, "effectiveDateTime": _Text("2026-11-05"), "issued": "2025-01-01"},
         {**base, "effectiveDateTime": " 2026-11-06T10:00:00Z"},
         {**base, "effectiveDateTime": "2026-11-07 10:00"},
+        {**base, "effectiveDateTime": "2026-11-08X10:00"},
+        {**base, "effectiveDateTime": "2026-11-09T"},
+        {**base, "effectiveDateTime": "2026-11-1T10:00"},
         {**base, "effectiveDateTime": "2026-13-01"},
         {**base, "effectiveDateTime": "2027-01-01"},
         {**base, "effectiveDateTime": "2024"},
@@ -1015,3 +1018,65 @@ def test_real_shaped_reports_are_the_same_without_the_fast_paths(
         general = reports()
     for (name, _, screening), one, two, other in zip(charts, fast, again, general, strict=True):
         assert one == two == other, (name, screening.as_of)
+
+
+# ----------------------------------------------------------------------------- units
+_UNIT_SPELLINGS = st.one_of(
+    st.sampled_from(
+        ["10*9/L", "K/uL", "x10E3/uL", "G/L", "g/L", "g/dL", "mg/dL", "mmol/L", "umol/l", "%", " "]
+    ),
+    st.text(alphabet="10*^E/uLgdmlμµxK{}cels% ", max_size=10),
+)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(_UNIT_SPELLINGS, st.sampled_from([None, 16.11, 1.0])), max_size=6))
+def test_unit_factors_are_remembered_per_spelling_and_molar_mass(
+    units: list[tuple[str, float | None]],
+) -> None:
+    from fhir_trial import units as u
+
+    for unit, grams_per_mmol in units:
+        assert u._cell_count_factor(unit) == u._cell_count_factor.__wrapped__(unit)
+        assert u._mass_factor(unit, grams_per_mmol) == u._mass_factor.__wrapped__(
+            unit, grams_per_mmol
+        )
+    # mmol/L is a mass only with a molar mass: the answer without one is not reused with one.
+    assert u._mass_factor("mmol/L", None) is None
+    assert u._mass_factor("mmol/L", 16.11) == pytest.approx(16.11)
+
+
+# ----------------------------------------------------------------------------- findings
+@dataclasses.dataclass(frozen=True)
+class _GeneratedFinding:
+    """Finding with the __init__ the dataclass decorator writes."""
+
+    status: str
+    reason: str
+    evidence: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        (("met", "why"), {}),
+        (("unknown", "why", ("Observation/1",)), {}),
+        (("unknown", "why"), {"missing": ("a lab",)}),
+        ((), {"status": "not-met", "reason": "r", "evidence": ("x",), "missing": ("y",)}),
+    ],
+)
+def test_finding_is_what_the_generated_init_builds(args: tuple[Any, ...], kwargs: Any) -> None:
+    from fhir_trial.report import Finding
+
+    fast = Finding(*args, **kwargs)
+    slow = _GeneratedFinding(*args, **kwargs)
+    assert vars(fast) == vars(slow)
+    assert list(vars(fast)) == [f.name for f in dataclasses.fields(Finding)]
+    assert repr(fast) == repr(slow).replace("_GeneratedFinding", "Finding")
+    assert fast == Finding(*args, **kwargs) and hash(fast) == hash(Finding(*args, **kwargs))
+    assert dataclasses.replace(fast, reason="other").reason == "other"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.status = "met"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Finding("met")  # type: ignore[call-arg]
