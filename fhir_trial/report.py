@@ -30,7 +30,7 @@ def frozen_instance(cls: type[T], fields: dict[str, Any]) -> T:
     return instance
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Finding:
     """What one criterion function decides: status, a readable reason, evidence, what is missing."""
 
@@ -38,6 +38,24 @@ class Finding:
     reason: str
     evidence: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        status: Status,
+        reason: str,
+        evidence: tuple[str, ...] = (),
+        missing: tuple[str, ...] = (),
+    ) -> None:
+        # The generated __init__ of a frozen dataclass, in one store instead of an
+        # object.__setattr__ per field (see frozen_instance): dozens of Findings per patient.
+        _set_attribute(
+            self,
+            "__dict__",
+            {"status": status, "reason": reason, "evidence": evidence, "missing": missing},
+        )
+
+
+_set_attribute = object.__setattr__
 
 
 @dataclass(frozen=True)
