@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from fhir_trial.fhirdates import DateSpan, parse_span
+from fhir_trial.fhirdates import DateSpan, day_span, parse_span
 from fhir_trial.record import COMPONENT_OF
 from fhir_trial.terminology import UCUM, ValueSet, codings, normalise_system
 
@@ -212,7 +212,20 @@ def split_by_window(
             split.ignored.append(observation)
             continue
         when = observation.get("effectiveDateTime")
-        span = parse_span(when) if type(when) is str and when else observation_time(observation)
+        if type(when) is str and when:
+            # parse_span(when) written out for a dateTime with a time (digits around its day:
+            # nothing to strip), the usual result; any other text takes parse_span.
+            if (
+                len(when) > 10
+                and when[10] == "T"
+                and "0" <= when[0] <= "9"
+                and "0" <= when[9] <= "9"
+            ):
+                span = day_span(when[:10])
+            else:
+                span = parse_span(when)
+        else:
+            span = observation_time(observation)
         item = _new_tuple(Dated, (observation, span, status))  # Dated(...) without its frame
         # place_in_window, written out: this runs for every result of every window criterion.
         if span is None:
