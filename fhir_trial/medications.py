@@ -157,8 +157,9 @@ class DrugRecord:
     # keys, names and routes only, so records that write the same drug the same way share them,
     # within a patient and across patients (_drug_record_of_key). Keyed by the question and the
     # ValueSet's identity (two ValueSets may share an id), whose ValueSet is kept with the
-    # answer so that the identity stays its own.
-    _answers: dict[tuple[str, int], tuple[ValueSet, Any]] = field(
+    # answer so that the identity stays its own; matches, asked most, by the identity alone
+    # (an int: no key tuple to build per question).
+    _answers: dict[int | tuple[str, int], tuple[ValueSet, Any]] = field(
         default_factory=dict, repr=False, compare=False, kw_only=True
     )
     # The words of the drug's names or stated route that say it is for local use ("Topical",
@@ -189,10 +190,10 @@ class DrugRecord:
 
     def matches(self, valueset: ValueSet) -> bool:
         """Whether the drug, or one of its ingredients, is in the ValueSet (by code or by name)."""
-        key = ("matches", id(valueset))
+        key = id(valueset)
         known = self._answers.get(key)
         if known is not None:
-            return bool(known[1])
+            return known[1] is True
         found = valueset.contains_any(self.keys) or self.named_as(valueset) is not None
         self._answers[key] = (valueset, found)
         return found

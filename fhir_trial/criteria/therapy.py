@@ -167,14 +167,20 @@ def prior_therapy(ctx: Context) -> Finding:
     local_vs = ctx.valueset("route-local")
     # A drug for local use (a cream, eye drops, an inhaler) is not systemic therapy: not counted.
     # Each is kept with what says so (a word, or a coded route), for the reason.
-    local = [
-        (e, why)
-        for e in hist.exposures
-        if (e.matches(ocs_vs) or _is_partner(e, partner_vs)) and (why := e.local_use_in(local_vs))
-    ]
-    # By identity: a resource without an id has the same reference as any other such resource.
-    local_ids = {id(e) for e, _ in local}
-    all_steroids = [e for e in hist.with_drug(ocs_vs) if id(e) not in local_ids]
+    local: list[tuple[Exposure, str]] = []
+    all_steroids: list[Exposure] = []
+    partners: list[Exposure] = []
+    # One pass (each record is asked once whether it is a steroid, once whether a partner).
+    for e in hist.exposures:
+        steroid = e.matches(ocs_vs)
+        partner = _is_partner(e, partner_vs)
+        if (steroid or partner) and (why := e.local_use_in(local_vs)):
+            local.append((e, why))
+            continue
+        if steroid:
+            all_steroids.append(e)
+        if partner:
+            partners.append(e)
     steroids = [e for e in all_steroids if not e.route_stated() or e.route_in(oral_vs)]
     # A route the screening cannot place (text only, an unlisted code) is not a stated non-oral
     # route: such a steroid may count, but only after a person confirms the route.
@@ -183,7 +189,6 @@ def prior_therapy(ctx: Context) -> Finding:
     non_oral: list[Exposure] = []
     for e in all_steroids:
         (maybe_oral if _maybe_oral(e, oral_vs, known_routes) else non_oral).append(e)
-    partners = [e for e in hist.exposures if _is_partner(e, partner_vs) and id(e) not in local_ids]
     hcq = hist.with_drug(hcq_vs)
     rule = (
         f"at least {settings.prior_therapy_min_days} days required, ending within "
