@@ -1080,3 +1080,113 @@ def test_finding_is_what_the_generated_init_builds(args: tuple[Any, ...], kwargs
         fast.status = "met"  # type: ignore[misc]
     with pytest.raises(TypeError):
         Finding("met")  # type: ignore[call-arg]
+
+
+# ----------------------------------------------------------------------------- label safety nets
+_CONDITION_LABELS = st.one_of(
+    st.sampled_from(
+        [
+            "Systemic lupus erythematosus",
+            "Lupus anticoagulant",
+            "SLE with lupus anticoagulant",
+            "Drug-induced lupus",
+            "Psoriasis",
+            "Family history of psoriasis",
+            "Malignant neoplasm of breast",
+            "Breast cancer",
+            "Carcinoma in situ",
+            "Plaque psoriasis",
+            "Lupus nephritis",
+            "HIV infection",
+            "AIDS",
+            "Hypertension",
+            "系统性红斑狼疮",
+        ]
+    ),
+    st.none(),
+    st.integers(),
+    st.floats(),
+)
+
+
+@st.composite
+def _labelled_concepts(draw: Any) -> Any:
+    codings_ = [
+        draw(
+            st.sampled_from(
+                [
+                    {"system": SNOMED, "code": "1", "display": draw(_CONDITION_LABELS)},
+                    {"system": SNOMED, "code": "2"},
+                    _mapping({"code": "3", "display": draw(_CONDITION_LABELS)}, True),
+                    "Psoriasis",
+                ]
+            )
+        )
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    concept: Any = {"coding": codings_}
+    if draw(st.booleans()):
+        concept["text"] = draw(_CONDITION_LABELS)
+    return draw(st.sampled_from([concept, _mapping(concept, True), "Psoriasis", None]))
+
+
+def _naming_label_rule(concept: Any, words: str, qualifiers: str) -> str | None:
+    """naming_label as first written: every label asked in turn."""
+    from collections.abc import Mapping
+
+    from fhir_trial.criteria.labels import label_suggests
+    from fhir_trial.terminology import codings
+
+    labels = [c.get("display") for c in codings(concept)]
+    if isinstance(concept, Mapping):
+        labels.append(concept.get("text"))
+    for label in labels:
+        if isinstance(label, str) and label_suggests(label, words, qualifiers):
+            return label
+    return None
+
+
+_TWO_NAMES = [
+    {"coding": [{"system": SNOMED, "code": "1", "display": "Breast cancer"}], "text": "Carcinoma"},
+    {"coding": [{"code": "1", "display": "Plaque psoriasis"}, {"display": "Psoriasis"}]},
+    {"coding": [{"code": "1", "display": "Lupus nephritis"}], "text": "SLE"},
+]
+
+
+@pytest.mark.parametrize("concept", _TWO_NAMES)
+def test_condition_label_table_keeps_the_order_of_labels(concept: Any) -> None:
+    test_condition_label_table_reads_as_each_label_asked_in_turn.hypothesis.inner_test(  # type: ignore[attr-defined]
+        [concept, {"coding": [{"display": "Hypertension"}], "text": "Hypertension"}]
+    )
+
+
+@SETTINGS
+@given(st.lists(_labelled_concepts(), max_size=5))
+def test_condition_label_table_reads_as_each_label_asked_in_turn(concepts: list[Any]) -> None:
+    from fhir_trial.criteria import comorbidity, labels
+
+    record = PatientRecord()
+    for number, concept in enumerate(concepts):
+        record.add({"resourceType": "Condition", "id": f"c{number}", "code": concept})
+    ctx = _context(record)
+    nets = [
+        (labels.MALIGNANCY_WORDS, labels.NOT_A_DIAGNOSIS),
+        (labels.SKIN_DISEASE_WORDS, labels.NOT_A_DIAGNOSIS),
+        (labels.IMMUNODEFICIENCY_WORDS, labels.NOT_A_DIAGNOSIS),
+        (labels.LUPUS_WORDS, labels.NOT_SLE),
+    ]
+    conditions = record.resources("Condition")
+    for words, qualifiers in nets:
+        for condition in conditions:
+            expected = _naming_label_rule(condition.get("code"), words, qualifiers)
+            assert labels.naming_label(condition.get("code"), words, qualifiers) == expected
+        rule = [
+            (c, label)
+            for c in conditions
+            if (label := _naming_label_rule(c.get("code"), words, qualifiers)) is not None
+        ]
+        assert labels.uncoded_suggestions(ctx, words, (), qualifiers) == rule
+    lupus = {id(c) for c in conditions if _naming_label_rule(c.get("code"), *nets[3]) is not None}
+    assert comorbidity._active_conditions(ctx, exclude_lupus=True) == [
+        c for c in comorbidity._active_conditions(ctx, exclude_lupus=False) if id(c) not in lupus
+    ]

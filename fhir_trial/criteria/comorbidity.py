@@ -68,7 +68,8 @@ from fhir_trial.criteria.labels import (
     MALIGNANCY_WORDS,
     NOT_SLE,
     SKIN_DISEASE_WORDS,
-    suggesting_label,
+    condition_labels,
+    first_suggesting,
     uncoded_suggestions,
 )
 from fhir_trial.fhirdates import DateSpan
@@ -685,8 +686,8 @@ def _active_conditions(ctx: Context, exclude_lupus: bool) -> list[Resource]:
         # Lupus written only in words is still the lupus the protocol excepts, not a comorbidity.
         lupus_ids.update(
             id(c)
-            for c in ctx.record.resources("Condition")
-            if suggesting_label(c, LUPUS_WORDS, NOT_SLE) is not None
+            for c, labels in condition_labels(ctx)
+            if first_suggesting(labels, LUPUS_WORDS, NOT_SLE) is not None
         )
     return [
         c

@@ -93,13 +93,35 @@ def suggesting_label(
 
 def naming_label(concept: Any, words: str, qualifiers: str = NOT_A_DIAGNOSIS) -> str | None:
     """The first coding display or text of a CodeableConcept that names ``words`` (unqualified)."""
+    return first_suggesting(concept_labels(concept), words, qualifiers)
+
+
+def concept_labels(concept: Any) -> tuple[str, ...]:
+    """The labels :func:`naming_label` reads, in its order (coding displays, then the text),
+    each text once: whatever the words, the first label naming them is the same."""
     labels = [c.get("display") for c in codings(concept)]
     if type(concept) is dict or isinstance(concept, Mapping):  # type() first: no ABC call
         labels.append(concept.get("text"))
+    return tuple(dict.fromkeys(label for label in labels if isinstance(label, str)))
+
+
+def first_suggesting(
+    labels: Sequence[str], words: str, qualifiers: str = NOT_A_DIAGNOSIS
+) -> str | None:
+    """The first of ``labels`` that names ``words`` without a qualifier, else None."""
     for label in labels:
-        if isinstance(label, str) and label_suggests(label, words, qualifiers):
+        if label_suggests(label, words, qualifiers):
             return label
     return None
+
+
+def condition_labels(ctx: Context) -> list[tuple[Resource, tuple[str, ...]]]:
+    """Every Condition of the record with its :func:`concept_labels`, once per evaluation: six
+    safety nets read the same Conditions' labels (do not mutate)."""
+    return ctx.remember(
+        "condition labels",
+        lambda: [(c, concept_labels(c.get("code"))) for c in ctx.record.resources("Condition")],
+    )
 
 
 @functools.lru_cache(maxsize=8192)
@@ -124,9 +146,9 @@ def uncoded_suggestions(
     ValueSets, so its text is read like any display.
     """
     found = []
-    for condition in ctx.record.resources("Condition"):
+    for condition, labels in condition_labels(ctx):
         # The label first: most labels name no such disease.
-        label = suggesting_label(condition, words, qualifiers)
+        label = first_suggesting(labels, words, qualifiers)
         if label is None or not condition_counts(condition):
             continue
         if not any(vs.matches(condition.get("code")) for vs in valuesets):
