@@ -413,9 +413,10 @@ def _bare_code_note(record: DrugRecord) -> str:
 
 
 def _span_text(span: DateSpan) -> str:
-    if span.exact:
-        return span.start.isoformat()
-    return f"{span.start.isoformat()}..{span.end.isoformat()}"
+    start, end = span.start, span.end
+    if start == end:  # span.exact, without the property's call
+        return start.isoformat()
+    return f"{start.isoformat()}..{end.isoformat()}"
 
 
 # ----------------------------------------------------------------------------- building
@@ -791,6 +792,9 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
             f"{verb} {_span_text(handed)}, no days supply: default {supply}-day supply",
         )
     # MedicationRequest
+    placed = _one_closed_bounds(resource)
+    if placed is not None:
+        return placed
     bounds = [
         child(child(child(d, "timing"), "repeat"), "boundsPeriod")
         for d in objects(resource.get("dosageInstruction"))
@@ -831,6 +835,31 @@ def _place(resource: Resource, as_of: dt.date, supply: int) -> Placed | str:
     return _covering(
         authored, supply, f"authored {_span_text(authored)}, default {supply}-day supply"
     )
+
+
+def _one_closed_bounds(request: Resource) -> Placed | None:
+    """What _place reads from a MedicationRequest with one dosage whose timing bounds period has
+    a readable start and an end not before it (the usual order), read flat; None for any other
+    request (then the general rule reads it).
+
+    Why the same: that dosage gives the one period _from_periods sees (a truthy dict), whose
+    start and end :func:`_bounds_of_one` reads as here, and a readable end not before the start
+    is the first case of _from_periods (tests/test_eval_fast_paths.py compares).
+    """
+    dosages = request.get("dosageInstruction")
+    if type(dosages) is not list or len(dosages) != 1:
+        return None
+    dosage = dosages[0]
+    timing = dosage.get("timing") if type(dosage) is dict else None
+    repeat = timing.get("repeat") if type(timing) is dict else None
+    period = repeat.get("boundsPeriod") if type(repeat) is dict else None
+    if type(period) is not dict:
+        return None
+    start = parse_span(period.get("start"))
+    end = parse_span(period.get("end"))
+    if start is None or end is None or end.end < start.start:
+        return None
+    return Placed(start, end, f"dosage bounds {_span_text(start)} to {_span_text(end)}")
 
 
 def _asserted_by(statement: Resource, as_of: dt.date) -> dt.date:

@@ -264,6 +264,73 @@ def test_one_period_is_read_as_the_general_rule_reads_it(period: dict[str, Any])
     assert medications._bounds_of_one(period) == medications._bounds_of([period])
 
 
+_BOUNDS = st.one_of(
+    st.dictionaries(st.sampled_from(["start", "end", "other"]), _PERIOD_VALUES, max_size=3),
+    _PERIOD_VALUES,
+)
+_DOSAGES = st.one_of(
+    st.builds(
+        lambda bounds, shape: shape(bounds),
+        _BOUNDS,
+        st.sampled_from(
+            [
+                lambda b: {"timing": {"repeat": {"boundsPeriod": b}}},
+                lambda b: {"timing": {"repeat": b}},
+                lambda b: {"timing": b},
+                lambda b: {"timing": {"repeat": {"boundsPeriod": b, "boundsDuration": {}}}},
+                lambda b: _mapping({"timing": {"repeat": {"boundsPeriod": b}}}, True),
+            ]
+        ),
+    ),
+    st.just("oral"),
+    st.none(),
+)
+
+
+@SETTINGS
+@given(
+    st.one_of(st.lists(_DOSAGES, max_size=3), _DOSAGES),
+    st.sampled_from(["active", "completed", "stopped"]),
+    st.one_of(st.none(), st.builds(dict, validityPeriod=_BOUNDS)),
+)
+def test_one_closed_bounds_period_is_placed_as_the_general_rule_places_it(
+    dosages: Any, status: str, dispense: Any
+) -> None:
+    request: dict[str, Any] = {**_request("r", PRED), "status": status}
+    request["dosageInstruction"] = dosages
+    if dispense is not None:
+        request["dispenseRequest"] = dispense
+    as_of = dt.date(2026, 11, 26)
+    fast = medications._place(request, as_of, 90)
+    original = medications._one_closed_bounds
+    try:
+        medications._one_closed_bounds = lambda request: None  # type: ignore[assignment]
+        assert medications._place(request, as_of, 90) == fast
+    finally:
+        medications._one_closed_bounds = original
+
+
+def test_one_closed_bounds_period_reads_the_usual_request() -> None:
+    bounds = {"start": "2026-01-05", "end": "2026-03-01T10:00:00Z"}
+    request = {**_request("r", PRED), "dosageInstruction": [{"timing": {"repeat": {}}}]}
+    request["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"] = bounds
+    placed = medications._one_closed_bounds(request)
+    assert placed == medications._place(request, dt.date(2026, 11, 26), 90)
+    assert placed is not None and placed.basis == "dosage bounds 2026-01-05 to 2026-03-01"
+    for period in ({"start": "2026-03-01", "end": "2026-01-05"}, {"start": "2026-01"}, {}):
+        request["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"] = period
+        assert medications._one_closed_bounds(request) is None
+    # Two dosages (a taper): the general rule spans both, earliest start to latest end.
+    taper = [
+        {"timing": {"repeat": {"boundsPeriod": {"start": "2026-01-05", "end": "2026-02-01"}}}},
+        {"timing": {"repeat": {"boundsPeriod": {"start": "2026-02-02", "end": "2026-04-01"}}}},
+    ]
+    assert medications._one_closed_bounds({**request, "dosageInstruction": taper}) is None
+    test_one_closed_bounds_period_is_placed_as_the_general_rule_places_it.hypothesis.inner_test(  # type: ignore[attr-defined]
+        taper, "completed", None
+    )
+
+
 # ----------------------------------------------------------------------------- whole reports
 def use_general_rules(patch: pytest.MonkeyPatch) -> None:
     """Every fast path of the evaluator replaced by the rule it stands for."""
@@ -273,6 +340,7 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
         lambda key, record, resource, routes: medications._drug_record(record, resource, routes),
     )
     patch.setattr(medications, "_bounds_of_one", lambda period: medications._bounds_of([period]))
+    patch.setattr(medications, "_one_closed_bounds", lambda request: None)
     patch.setattr(medications, "frozen_instance", lambda cls, fields: cls(**fields))
     patch.setattr(
         medications.DrugRecord,
