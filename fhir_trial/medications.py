@@ -155,7 +155,7 @@ class DrugRecord:
     # Answers of matches, route_in and local_use_in, filled on first use: an inc-prior-therapy
     # decision asks each record about the same few ValueSets a hundred times. They depend on the
     # keys, names and routes only, so records that write the same drug the same way share them,
-    # within a patient and across patients (_drug_record_of_key). Keyed by the question and the
+    # within a patient and across patients (_group_of_key). Keyed by the question and the
     # ValueSet's identity (two ValueSets may share an id), whose ValueSet is kept with the
     # answer so that the identity stays its own; matches, asked most, by the identity alone
     # (an int: no key tuple to build per question).
@@ -514,8 +514,7 @@ def _drug_fields(record: PatientRecord) -> list[tuple[str, Resource, dict[str, A
             same_key = _same_drug_key(resource, routes)
             known = same.get(same_key) if same_key is not None else None
             if known is None:
-                drug = _drug_record_of_key(same_key, record, resource, routes)
-                known = (vars(drug), _exact_keys(drug))
+                known = _group_of_key(same_key, record, resource, routes)
                 if same_key is not None:
                     same[same_key] = known
             fields, keys = known
@@ -563,37 +562,43 @@ def _names_with_shared(
     return None
 
 
-# What each drug written the same way says (_same_drug_key -> DrugRecord), for every patient of
-# a screening: the same few hundred drug concepts recur across a population. Bounded: emptied when
-# full (a long-running service meets an open-ended set of local drug codes).
-_DRUG_OF_KEY: dict[bytes, DrugRecord] = {}
+# What each drug written the same way says (_same_drug_key -> its DrugRecord and exact code
+# keys), for every patient of a screening: the same few hundred drug concepts recur across a
+# population. Bounded: emptied when full (a long-running service meets an open-ended set of
+# local drug codes).
+_DRUG_OF_KEY: dict[bytes, tuple[DrugRecord, list[Code]]] = {}
 _MAX_CACHED_DRUGS = 4096
 
 
-def _drug_record_of_key(
+def _group_of_key(
     same_key: bytes | None,
     record: PatientRecord,
     resource: Resource,
     routes: tuple[Mapping[str, Any], ...],
-) -> DrugRecord:
-    """:func:`_drug_record`, remembered across patients by :func:`_same_drug_key`.
+) -> tuple[dict[str, Any], list[Code]]:
+    """The fields of :func:`_drug_record` for a record that starts a group in _drug_fields, and
+    its exact code keys; remembered across patients by :func:`_same_drug_key`.
 
     Why the same: a record with a key holds its drug inline (no ``medicationReference``, nothing
     resolved through the record), so its DrugRecord depends on the key's content alone but for
-    its own reference and type, which :func:`_as_record_of` sets. The answers of matches,
-    route_in and local_use_in (keyed by ValueSet identity) go with it to every patient; those
-    of :meth:`DrugRecord.named_as` never do (a fresh dict each time): they are keyed by ValueSet
-    id, which is unique only within one screening.
+    its own reference and type, which every caller of _drug_fields sets per record. The answers
+    of matches, route_in and local_use_in (keyed by ValueSet identity) go with it to every
+    patient; those of :meth:`DrugRecord.named_as` never do (a fresh dict each time): they are
+    keyed by ValueSet id, which is unique only within one screening. The keys list is the
+    group's identity within a patient: never changed once made.
     """
     if same_key is None:
-        return _drug_record(record, resource, routes)
-    template = _DRUG_OF_KEY.get(same_key)
-    if template is None:
+        drug = _drug_record(record, resource, routes)
+        return vars(drug), _exact_keys(drug)
+    known = _DRUG_OF_KEY.get(same_key)
+    if known is None:
         template = _drug_record(record, resource, routes)
+        known = (template, _exact_keys(template))
         if len(_DRUG_OF_KEY) >= _MAX_CACHED_DRUGS:
             _DRUG_OF_KEY.clear()
-        _DRUG_OF_KEY[same_key] = template
-    return _as_record_of(template, record, resource, fresh=True)
+        _DRUG_OF_KEY[same_key] = known
+    template, keys = known
+    return {**vars(template), "_named": {}}, keys
 
 
 def _exact_keys(drug: DrugRecord) -> list[Code]:
@@ -628,25 +633,6 @@ def _same_drug_key(resource: Resource, routes: tuple[Mapping[str, Any], ...]) ->
         return None
     # orjson writes NaN and infinities as null: FHIR JSON has no null, so any is left to the rule.
     return None if b"null" in key else key
-
-
-def _as_record_of(
-    drug: DrugRecord,
-    record: PatientRecord,
-    resource: Resource,
-    fresh: bool = False,
-) -> DrugRecord:
-    """``drug`` (read from a record with the same :func:`_same_drug_key`) as ``resource``'s.
-
-    Its cached answers depend on the names, keys and routes only: they are shared too, but for
-    those of named_as when ``fresh`` (a record of another patient: see _drug_record_of_key).
-    """
-    fields = dict(vars(drug))
-    fields["reference"] = record.reference_to(resource)
-    fields["resource_type"] = str(resource.get("resourceType"))
-    if fresh:
-        fields["_named"] = {}
-    return frozen_instance(DrugRecord, fields)
 
 
 def _drug_record(

@@ -336,8 +336,11 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
     """Every fast path of the evaluator replaced by the rule it stands for."""
     patch.setattr(
         medications,
-        "_drug_record_of_key",
-        lambda key, record, resource, routes: medications._drug_record(record, resource, routes),
+        "_group_of_key",
+        lambda key, record, resource, routes: (
+            vars(drug := medications._drug_record(record, resource, routes)),
+            medications._exact_keys(drug),
+        ),
     )
     patch.setattr(medications, "_bounds_of_one", lambda period: medications._bounds_of([period]))
     patch.setattr(medications, "_one_closed_bounds", lambda request: None)
