@@ -353,12 +353,13 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(medications.DrugRecord, "route_in", _route_in_rule)
     patch.setattr(medications.DrugRecord, "local_use_in", _local_use_in_rule)
     from fhir_trial import evaluate
-    from fhir_trial.criteria import comorbidity, labs, reproductive
+    from fhir_trial.criteria import comorbidity, labs, reproductive, therapy
 
     patch.setattr(evaluate, "frozen_instance", lambda cls, fields: cls(**fields))
     patch.setattr(comorbidity, "_nyha_candidates", lambda results, coded: list(results))
     patch.setattr(comorbidity, "_names_nyha", _names_nyha_rule)
     patch.setattr(labs, "split_by_window", _split_rule)
+    patch.setattr(therapy, "_all_exact", lambda *groups: False)
     patch.setattr(reproductive, "split_by_window", _split_rule)
     patch.setattr(PatientRecord, "with_code", _with_code_rule)
     from fhir_trial.criteria import context
@@ -1261,3 +1262,47 @@ def test_condition_label_table_reads_as_each_label_asked_in_turn(concepts: list[
     assert comorbidity._active_conditions(ctx, exclude_lupus=True) == [
         c for c in comorbidity._active_conditions(ctx, exclude_lupus=False) if id(c) not in lupus
     ]
+
+
+# ----------------------------------------------------------------------------- inc-prior-therapy
+def _bounded(rid: str, concept: Any, start: str, end: str) -> dict[str, Any]:
+    period = {"start": start, "end": end}
+    return {
+        **_request(rid, concept),
+        "status": "completed",
+        "dosageInstruction": [{"timing": {"repeat": {"boundsPeriod": period}}, "route": ORAL}],
+    }
+
+
+MYCOPHENOLATE = {"coding": [{"system": RXNORM, "code": "68149", "display": "mycophenolate"}]}
+
+
+@pytest.mark.parametrize("partial", ["steroid", "partner", "neither"])
+def test_prior_therapy_weighs_partial_dates_of_either_drug(partial: str) -> None:
+    from fhir_trial.criteria import therapy
+
+    # One drug from 1 May, the other from some day in May: certainly 180 days together (from
+    # 31 May), possibly 210 (from 1 May); 182 are needed. Neither partial: 180 days.
+    record = PatientRecord()
+    record.add({"resourceType": "Patient", "id": "p"})
+    steroid_start = {"steroid": "2026-05", "partner": "2026-05-01", "neither": "2026-05-31"}[
+        partial
+    ]
+    partner_start = {"steroid": "2026-05-01", "partner": "2026-05", "neither": "2026-05-31"}[
+        partial
+    ]
+    record.add(_bounded("s", PRED, steroid_start, "2026-11-26"))
+    record.add(_bounded("m", MYCOPHENOLATE, partner_start, "2026-11-26"))
+    ctx = _context(record)
+    finding = therapy.prior_therapy(ctx)
+    if partial == "neither":
+        assert finding.status == "not-met", finding.reason
+    else:
+        assert finding.status == "needs-review", finding.reason
+        assert "with partial dates" in finding.reason
+    original = therapy._all_exact
+    try:
+        therapy._all_exact = lambda *groups: False  # type: ignore[assignment]
+        assert therapy.prior_therapy(_context(record)) == finding
+    finally:
+        therapy._all_exact = original

@@ -241,8 +241,10 @@ def prior_therapy(ctx: Context) -> Finding:
             f"was oral ({rule})",
             evidence,
         )
-    maybe = _combine(ctx, maybe_oral, partners, certain=False)
-    if maybe.long_enough and maybe.current is not None:
+    # Every date exact: the possible periods are the certain ones, whose combination (if_oral)
+    # was not long enough; only a partial date can make this one differ.
+    maybe = None if _all_exact(maybe_oral, partners) else _combine(ctx, maybe_oral, partners, False)
+    if maybe is not None and maybe.long_enough and maybe.current is not None:
         partial = [e.reference for e in (*maybe_oral, *partners) if e.partial]
         return Finding(
             "needs-review",
@@ -319,6 +321,13 @@ class _Found:
 def _is_partner(record: DrugRecord, partner_vs: Sequence[ValueSet]) -> bool:
     """An immunosuppressant or a biologic."""
     return any(map(record.matches, partner_vs))  # map, not a generator: asked for every record
+
+
+def _all_exact(*groups: Sequence[Exposure]) -> bool:
+    """Whether every exposure's first and last day are exact (none is partial): then each one's
+    certain period is its possible period, and _combine reads both alike
+    (tests/test_eval_fast_paths.py compares with combining both)."""
+    return not any(e.partial for group in groups for e in group)
 
 
 def _maybe_oral(record: DrugRecord, oral_vs: ValueSet, known: Sequence[ValueSet]) -> bool:
