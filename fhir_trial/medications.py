@@ -497,10 +497,10 @@ def _drug_fields(record: PatientRecord) -> list[tuple[str, Resource, dict[str, A
     record order (by type): what :func:`drug_records` and :func:`build_history` build on.
 
     The fields are those of the record's DrugRecord but for ``reference`` and
-    ``resource_type``, which are the first record's of its group: records that write the same
-    drug the same way (see _same_drug_key) share one dict, which callers copy before setting
-    their own. Why a dict and not a DrugRecord per record: build_history makes an Exposure of
-    each, and a DrugRecord in between cost an object and a copy per record.
+    ``resource_type``, which are those of the record the drug was first read from: records
+    that write the same drug the same way (see _same_drug_key) share one dict, which callers
+    copy before setting their own. Why a dict and not a DrugRecord per record: build_history
+    makes an Exposure of each, and a DrugRecord in between cost an object and a copy per record.
     """
     found: list[tuple[str, Resource, dict[str, Any], list[Code]]] = []
     named: dict[Code, list[str]] = {}

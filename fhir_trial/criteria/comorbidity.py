@@ -254,9 +254,8 @@ def _nyha_candidates(results: list[Resource], coded_assessments: set[int]) -> li
     ]
 
 
-_get: Callable[..., Any] = (
-    dict.get
-)  # dict.get(d, key): what d.get(key) gives, callable from map() for a plain dict
+# dict.get(d, key) is what d.get(key) gives for a plain dict, callable from map().
+_get: Callable[..., Any] = dict.get
 
 
 def _valued_unless_named(results: list[Resource]) -> list[Resource] | None:
