@@ -10,8 +10,10 @@ with and without the fast paths on every clinical case (test_reports_are_the_sam
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
+import pickle
 from typing import Any
 
 import pytest
@@ -1148,6 +1150,7 @@ def test_finding_is_what_the_generated_init_builds(args: tuple[Any, ...], kwargs
     assert repr(fast) == repr(slow).replace("_GeneratedFinding", "Finding")
     assert fast == Finding(*args, **kwargs) and hash(fast) == hash(Finding(*args, **kwargs))
     assert dataclasses.replace(fast, reason="other").reason == "other"
+    assert pickle.loads(pickle.dumps(fast)) == fast == copy.deepcopy(fast)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.status = "met"  # type: ignore[misc]
     with pytest.raises(TypeError):
