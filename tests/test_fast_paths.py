@@ -392,11 +392,23 @@ def _named_once_by_two_scans(line: bytes) -> bytes | None:
 
 
 def _named_once_by_one_scan(line: bytes) -> bytes | None:
-    """What split_range does (one findall over the line)."""
+    """The one-scan rule, line by line (one findall over the line)."""
     from fhir_trial.sources.ndjson_buckets import PATIENT_WORD
 
     found = PATIENT_WORD.findall(line)
     return found[0] if len(found) == 1 and found[0] and b"Patient" not in found[0] else None
+
+
+def _named_once_by_stretches(block: list[bytes]) -> list[bytes | None]:
+    """What split_range does: the rule decided once per stretch of a block, one id per line."""
+    from fhir_trial.sources.ndjson_buckets import stretches
+
+    out: list[bytes | None] = []
+    for start, stop, pid in stretches(block):
+        assert start == len(out) and stop > start  # stretches cover the block, in order
+        out += [pid or None] * (stop - start)
+    assert len(out) == len(block)
+    return out
 
 
 _LINE_PIECES = st.sampled_from(
@@ -427,6 +439,36 @@ _LINE_PIECES = st.sampled_from(
 @given(st.lists(_LINE_PIECES, max_size=12).map(b"".join))
 def test_split_one_scan_names_the_same_patient_as_two(line: bytes) -> None:
     assert _named_once_by_one_scan(line) == _named_once_by_two_scans(line)
+    assert _named_once_by_stretches([line]) == [_named_once_by_one_scan(line)]
+
+
+# Lines that find the same thing come in stretches (a patient's lines), with odd ones between.
+_BLOCK_LINES = st.one_of(
+    st.lists(_LINE_PIECES, max_size=8).map(b"".join),
+    st.sampled_from(
+        [
+            b'{"subject":{"reference":"Patient/a"}}',
+            b'{"subject":{"reference":"Patient/a"},"v":1}',
+            b'{"subject":{"reference":"Patient/b"}}',
+            b'{"subject":{"reference":"Patient\\/a"}}',
+            b'{"subject":{"reference":"Patient/a"},"performer":[{"reference":"Patient/a"}]}',
+            b'{"resourceType":"Patient","id":"a"}',
+            b'{"subject":{"reference":"Patient/aPatient"}}',
+            b"",
+            b"  ",
+        ]
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(_BLOCK_LINES, min_size=1, max_size=3), max_size=8))
+def test_split_stretches_name_each_line_as_the_one_scan_rule(
+    chunks: list[list[bytes]],
+) -> None:
+    # Each drawn line repeated a few times: the stretches of real exports.
+    block = [line for chunk in chunks for line in chunk for _ in range(1 + len(line) % 3)]
+    assert _named_once_by_stretches(block) == [_named_once_by_one_scan(line) for line in block]
 
 
 @pytest.mark.parametrize(

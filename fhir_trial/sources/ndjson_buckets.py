@@ -9,7 +9,8 @@ parsed once, in parallel, and memory does not grow with the export:
    patient references the full rule looks at), to the bucket ``crc32(id) % buckets`` of each
    patient it names. A line naming one patient once (nearly all) joins that patient's *run*
    (its lines and their numbers, written as one record per flush), so neither this step nor the
-   next handles it on its own. Only lines naming no patient, and lines that may be a Patient (they hold the
+   next handles it on its own; the search runs over a block of lines in C and a patient's
+   consecutive lines join its run as one slice (:func:`stretches`). Only lines naming no patient, and lines that may be a Patient (they hold the
    string ``"Patient"``), are parsed here (Patients, shared Medications, orphans, OperationOutcomes:
    a small share). Files of types the criteria do not read are counted, not parsed. Each task
    writes its lines grouped by bucket into one file (``segments`` says where each bucket's lines
@@ -36,8 +37,8 @@ import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain, repeat
-from operator import itemgetter
+from itertools import chain, compress, islice, repeat
+from operator import itemgetter, ne
 from pathlib import Path
 from typing import IO, Any
 
@@ -276,6 +277,30 @@ class _Writer:
         self.handle.close()
 
 
+def stretches(block: list[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    """``(start, stop, id)`` for consecutive stretches of a block's lines, in order: ``id`` is the
+    patient each line of ``block[start:stop]`` names once, or ``b""`` for lines that do not.
+
+    The rule (one scan per line): ``"Patient"`` occurs once, as the start of a reference
+    (``Patient/<id>`` or ``Patient\\/<id>``), and the id does not hold ``"Patient"``. The scans
+    run in C over the block and cut it where what a line found changes (a patient's lines are
+    usually consecutive); the rule is then decided once per stretch, not once per line.
+    """
+    size = len(block)
+    if not size:
+        return
+    found = list(map(PATIENT_WORD.findall, block))
+    cuts = compress(range(1, size), map(ne, islice(found, 1, None), found))
+    start = 0
+    for stop in chain(cuts, (size,)):
+        words = found[start]
+        if len(words) == 1 and words[0] and b"Patient" not in words[0]:
+            yield start, stop, words[0]
+        else:
+            yield start, stop, b""
+        start = stop
+
+
 def split_range(task: SplitTask) -> SplitResult:
     """Split one range of a data file into per-patient buckets (see the module docstring)."""
     from fhir_trial.sources.ndjson import classify_line  # the one set of rules for a line
@@ -298,36 +323,43 @@ def split_range(task: SplitTask) -> SplitResult:
             mark = flags | (PRIMARY if bucket == primary else 0)
             writer.add(bucket, head % (number, mark) + b"|".join(pids) + b"\t" + line + b"\n")
 
-    # The common line names one patient once: it joins that patient's run (two appends).
+    # The common line names one patient once: it joins that patient's run. Consecutive lines of
+    # the same patient (the usual export order) join it as one slice.
     run_of: dict[bytes, Run] = {}
-    each_patient_word = PATIENT_WORD.findall
     number = blocks = nonempty = 0
     with _open_binary(task.path) as handle:
         for block in _blocks(task, handle):
-            for line in block:
-                number += 1
-                if not line:
-                    if line is None:
-                        result.oversized.append(number)
-                    continue
-                nonempty += 1
-                if not looked_at:
-                    continue
-                # "Patient" once, as a reference: no second patient, nor a Patient resource.
-                found = each_patient_word(line)
-                if len(found) == 1 and found[0] and b"Patient" not in found[0]:
-                    pid = found[0]
+            size = len(block)
+            if not looked_at:
+                parts: Iterator[tuple[int, int, bytes]] = iter([(0, size, b"")])
+            elif None in block:  # a line too long: it is looked at below (as an empty one here)
+                parts = stretches([line or b"" for line in block])
+            else:
+                parts = stretches(block)  # type: ignore[arg-type]
+            for start, stop, pid in parts:
+                if pid:
                     run = run_of.get(pid)
                     if run is None:
                         run = run_of[pid] = writer.run(pid, buckets)
-                    run[0].append(number)
-                    run[1].append(line)
+                    run[0].extend(range(number + start + 1, number + stop + 1))
+                    run[1].extend(block[start:stop])  # type: ignore[arg-type]
+                    nonempty += stop - start
                     continue
-                stripped = line.strip()
-                if not stripped:  # spaces only: an empty line
-                    nonempty -= 1
-                    continue
-                _slow_line(stripped, number, ftype, result, route, classify_line)
+                for at in range(start, stop):
+                    line = block[at]
+                    if not line:
+                        if line is None:
+                            result.oversized.append(number + at + 1)
+                        continue
+                    nonempty += 1
+                    if not looked_at:
+                        continue
+                    stripped = line.strip()
+                    if not stripped:  # spaces only: an empty line
+                        nonempty -= 1
+                        continue
+                    _slow_line(stripped, number + at + 1, ftype, result, route, classify_line)
+            number += size
             blocks += 1
             if blocks * BLOCK_BYTES >= FLUSH_BYTES:
                 writer.flush()
