@@ -485,3 +485,161 @@ def test_split_stretches_name_each_line_as_the_one_scan_rule(
 )
 def test_split_one_scan_on_known_shapes(line: bytes) -> None:
     assert _named_once_by_one_scan(line) == _named_once_by_two_scans(line)
+
+
+# ------------------------------------------------------------- the worker's whole-run test
+_RUN_LINES = st.sampled_from(
+    [
+        b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/a"},"x":[1]}',
+        b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/a"},"v":2}',
+        b'{"resourceType":"Observation","id":"o2","subject":{"reference":"Patient/b"}}',
+        b'{"resourceType":"AllergyIntolerance","id":"ai","patient":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","subject":{},"patient":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","subject":"Patient/a"}',
+        b'{"resourceType":"Condition","subject":[{"reference":"Patient/a"}]}',
+        b'{"resourceType":"Patient","id":"p","subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Encounter","id":"e","subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":["Condition"],"subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":{"a":1},"subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":5,"subject":{"reference":"Patient/a"}}',
+        b'{"id":"n","subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","id":"t","subject":{"reference":"Patient/a"}',
+        b'["Patient/a"]',
+        b'"Patient/a"',
+        b'{"resourceType":"Observation","id":"o3","subject":{"reference":"Patient/a "}}',
+    ]
+)
+
+
+def _group_both_ways(
+    runs: list[list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[Any]]:
+    from array import array
+
+    from fhir_trial.sources import ndjson_buckets as nb
+    from fhir_trial.sources.ndjson import classify_line
+    from fhir_trial.sources.ndjson_account import InputAccount
+
+    job = nb.BucketJob(0, (), ("Observation.000.ndjson",), ("Observation",), {(0, 0): 0}, None)
+    patient = (b"0 0 1 2 a", b'{"resourceType":"Patient","id":"a"}', nb.PATIENT_LINE)
+    slices: list[Any] = []
+    number = 1
+    for run in runs:
+        numbers = array(nb.NUMBER, range(number + 1, number + 1 + len(run)))
+        slices.append((0, 0, numbers, b"\n".join(run) + b"\n"))
+        number += len(run) + 3  # runs of a patient are apart in the file
+    outcomes = []
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(nb, "_take_run", lambda *args: False)
+        account = InputAccount()
+        lines = nb.PatientLines(patients=[patient], runs=list(slices))
+        group = nb._parse_group(job, "a", lines, account, classify_line)
+        assert group is not None
+        outcomes.append([group.resources, group.failed_for, account.to_json()])
+    return outcomes[0], outcomes[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_RUN_LINES, min_size=1, max_size=5), min_size=1, max_size=3))
+def test_runs_taken_whole_give_what_the_line_by_line_test_gives(runs: list[list[bytes]]) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        whole, by_line = _group_both_ways(runs, monkeypatch)
+    assert whole == by_line
+
+
+def test_runs_taken_whole_on_known_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = b'{"resourceType":"Observation","id":"o%d","subject":{"reference":"Patient/a"}}'
+    mixed = [good % 1, b'{"resourceType":"Condition","id":"c","subject":{"reference":"Patient/a"}}']
+    runs = [mixed, [good % 2, b"{broken Patient/a"], [good % 3, good % 4]]
+    whole, by_line = _group_both_ways(runs, monkeypatch)
+    assert whole == by_line
+    assert [order[2] for order, _ in whole[0]] == [2, 3, 7, 12, 13]  # the broken line is left out
+    assert whole[2]["types"]["Observation"]["resources"] == 4
+
+
+# ------------------------------------------------------------------ PatientRecord.add_all
+def _record_state(record: Any) -> Any:
+    """Everything add() leaves in a record, with resources named by identity (the derived
+    component results by their place among them)."""
+    derived = {id(c): ("component", n) for n, c in enumerate(record._components)}
+
+    def ids(resource: Any) -> Any:
+        return derived.get(id(resource), id(resource))
+
+    return (
+        {t: [ids(r) for r in rs] for t, rs in record._by_type.items()},
+        {k: ids(r) for k, r in record._by_reference.items()},
+        {
+            t: {k: [ids(r) for r in rs] for k, rs in index.items() if rs}
+            for t, index in record._by_code.items()
+        },
+        [(c, record._position[id(c)]) for c in record._components],
+        sorted(record._position.values()) == list(range(len(record._position))),
+        [record._position.get(ids(r)) for rs in record._by_type.values() for r in rs],
+        record.warnings,
+        record.left_out,
+    )
+
+
+_CODINGS = st.sampled_from(
+    [
+        {"system": "http://loinc.org", "code": "718-7"},
+        {"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin"},
+        {"system": "http://snomed.info/sct", "code": "55464009"},
+        {"system": ICD10, "code": "M32.14"},
+        {"system": "urn:oid:2.16.840.1.113883.6.96", "code": " 55464009 "},
+        {"code": "123"},
+        {"system": "http://loinc.org", "code": 7187},
+        {"system": "http://loinc.org", "code": True},
+        {"system": "http://loinc.org", "code": 1},
+        {"system": "http://loinc.org", "code": ""},
+        {"system": {"x": 1}, "code": "718-7"},
+        {"system": "http://loinc.org", "code": ["718-7"]},
+        OrderedDict(system="http://loinc.org", code="718-7"),
+        "718-7",
+        None,
+    ]
+)
+_CONCEPTS = st.one_of(
+    st.builds(lambda cs: {"coding": cs}, st.lists(_CODINGS, max_size=3)),
+    st.sampled_from([None, "text", {"text": "x"}, {"coding": "718-7"}, [{"code": "1"}]]),
+    st.builds(lambda cs: OrderedDict(coding=cs), st.lists(_CODINGS, max_size=2)),
+)
+_RECORD_RESOURCES = st.builds(
+    lambda rtype, rid, element, concept, parts: {
+        k: v
+        for k, v in {
+            "resourceType": rtype,
+            "id": rid,
+            element: concept,
+            "component": parts,
+        }.items()
+        if v is not None
+    },
+    st.sampled_from(
+        ["Observation", "Condition", "MedicationRequest", "Medication", "Encounter", 5, None]
+    ),
+    st.sampled_from(["a", "b", "", None, 3]),
+    st.sampled_from(["code", "medicationCodeableConcept"]),
+    _CONCEPTS,
+    st.one_of(
+        st.none(),
+        st.lists(st.builds(lambda c: {"code": c, "valueInteger": 1}, _CONCEPTS), max_size=2),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_RECORD_RESOURCES, max_size=8), st.integers(0, 3))
+def test_add_all_leaves_what_add_leaves(resources: list[dict[str, Any]], again: int) -> None:
+    from fhir_trial.record import PatientRecord
+
+    # The same objects given twice too (kept once when they have no id).
+    given_ = resources + resources[:again]
+    one_by_one, at_once = PatientRecord(), PatientRecord()
+    for resource in given_:
+        one_by_one.add(resource)
+    at_once.add_all(given_)
+    assert _record_state(at_once) == _record_state(one_by_one)

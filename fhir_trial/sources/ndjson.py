@@ -535,10 +535,10 @@ def assemble_record(
     record = PatientRecord()
     record.warnings.extend(warnings)
     record.add(patient)
+    resources = resources if isinstance(resources, list) else list(resources)
+    record.add_all(resources)
     medication_refs: set[str] = set()
-    add = record.add
     for resource in resources:
-        add(resource)
         holder = resource.get("medicationReference")  # absent from all but a few resources
         if holder is not None:
             ref = child(holder, "reference")

@@ -612,7 +612,8 @@ def _parse_group(
     counts: dict[str, int] = {}
     fast = patient is not None
     loads = orjson.loads
-    for order, body, header, mark in _in_order(lines):
+
+    def one(order: Order, body: bytes, header: bytes | None, mark: int) -> None:
         if fast and mark & SINGLE:
             # One patient named once, and it is this one: ownership is a dict lookup.
             try:
@@ -631,7 +632,7 @@ def _parse_group(
                 ):
                     counts[rtype] = counts.get(rtype, 0) + 1
                     resources.append((order, resource))
-                    continue
+                    return
         # A run's line names only this patient; a line routed alone counts where it is primary.
         accounts = header is None or (
             bool(mark & PRIMARY) and header.rsplit(b" ", 1)[1].split(b"|")[0] == pid.encode()
@@ -639,11 +640,56 @@ def _parse_group(
         _slow_resource(
             job, pid, patient, order, body, accounts, account, classify_line, resources, failed_for
         )
+
+    if fast and not lines.lines:
+        # Only runs (the usual patient): each taken whole when every line passes the one-line
+        # test above, else line by line.
+        for run in lines.runs:
+            if not _take_run(run, reference, resources, counts):
+                for order, body, _, mark in _run_entries(run):
+                    one(order, body, None, mark)
+    else:
+        for order, body, header, mark in _in_order(lines):
+            one(order, body, header, mark)
     for rtype, count in counts.items():
         account.type(rtype).resources += count
     if patient is None or clash:
         return None
     return PatientGroup(header_order(lines.patients[0][0]), pid, patient, resources, failed_for)
+
+
+FAST_TYPES = KEPT_TYPES - {"Patient"}  # what a patient's line may be to be taken whole
+
+
+def _take_run(
+    run: RunSlice,
+    reference: str,
+    resources: list[tuple[Any, Resource]],
+    counts: dict[str, int],
+) -> bool:
+    """Take a whole run when every line passes the test :func:`_parse_group` makes of one line
+    (JSON, an object, ``subject`` (or else ``patient``) referencing ``reference``, a kept type
+    other than Patient); else take nothing and say so. The tests run in C over the run."""
+    file_index, range_index, numbers, lines = run
+    try:
+        parsed = list(map(orjson.loads, lines[:-1].split(b"\n")))
+        get: Any = dict.get  # raises TypeError on anything not a dict
+        holders = list(map(get, parsed, repeat("subject")))
+        # A line whose patient is in ``patient`` (or whose subject is empty) fails here: the run
+        # is taken line by line, where the test reads ``patient`` too.
+        if list(map(get, holders, repeat("reference"))).count(reference) != len(holders):
+            return False
+        rtypes: list[Any] = list(map(get, parsed, repeat("resourceType")))
+        kinds = dict.fromkeys(rtypes)  # in order of first line; TypeError on a list or object
+    except (orjson.JSONDecodeError, TypeError):
+        return False
+    if not FAST_TYPES.issuperset(kinds):  # also refuses what is not text: all of them are
+        return False
+    for rtype in kinds:
+        counts[rtype] = counts.get(rtype, 0) + rtypes.count(rtype)
+    orders = zip(repeat(file_index), repeat(range_index), numbers)
+    resources.extend(zip(orders, parsed, strict=True))  # a number per line
+    return True
 
 
 def _slow_resource(
