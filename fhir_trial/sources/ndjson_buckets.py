@@ -56,7 +56,7 @@ PATIENT_REF_TEXT = re.compile(PATIENT_REF.pattern.decode())  # the same, for tex
 PATIENT_WORD = re.compile(rb"Patient(?:\\?/([A-Za-z0-9\-.]{1,64}))?")
 PATIENT_ID = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
 MAY_BE_PATIENT = b'"Patient"'
-RANGE_BYTES = 48 * 1024 * 1024  # one split task per this much of a plain file
+RANGE_BYTES = 16 * 1024 * 1024  # one split task per this much of a plain file
 FLUSH_BYTES = 16 * 1024 * 1024
 BLOCK_BYTES = (
     4 * 1024 * 1024
