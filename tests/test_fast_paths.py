@@ -643,3 +643,17 @@ def test_add_all_leaves_what_add_leaves(resources: list[dict[str, Any]], again: 
         one_by_one.add(resource)
     at_once.add_all(given_)
     assert _record_state(at_once) == _record_state(one_by_one)
+
+
+def test_a_clean_run_is_taken_whole() -> None:
+    from array import array
+
+    from fhir_trial.sources.ndjson_buckets import NUMBER, _take_run
+
+    line = b'{"resourceType":"Observation","id":"o%d","subject":{"reference":"Patient/a"}}'
+    run = (0, 1, array(NUMBER, [4, 9]), line % 1 + b"\n" + line % 2 + b"\n")
+    resources: list[Any] = []
+    counts: dict[str, int] = {}
+    assert _take_run(run, "Patient/a", resources, counts)
+    assert [(order, r["id"]) for order, r in resources] == [((0, 1, 4), "o1"), ((0, 1, 9), "o2")]
+    assert counts == {"Observation": 2}

@@ -137,3 +137,55 @@ def test_young_collection_after_each_bucket_full_one_now_and_then(
         with ndjson_screen._no_gc():
             pass
     assert old_ref() is None
+
+
+def test_buckets_go_to_the_workers_largest_first(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from fhir_trial.config import Settings
+    from fhir_trial.record import CATEGORIES
+    from fhir_trial.sources import ndjson_buckets
+    from fhir_trial.sources.ndjson import NdjsonExport
+
+    folder = Path(tmp_path)
+    lines = [f'{{"resourceType":"Patient","id":"p{n}"}}' for n in range(30)]
+    conditions = [
+        f'{{"resourceType":"Condition","id":"c{n}-{k}","subject":{{"reference":"Patient/p{n}"}}}}'
+        for n in range(30)
+        for k in range(n % 7)
+    ]
+    (folder / "Patient.ndjson").write_text("\n".join(lines) + "\n")
+    (folder / "Condition.ndjson").write_text("\n".join(conditions) + "\n")
+    monkeypatch.setattr(ndjson_buckets, "BUCKET_BYTES", 400)  # many buckets of unequal sizes
+    sizes: list[int] = []
+
+    class Recording(ProcessPoolExecutor):
+        def submit(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+            job = args[-1] if args else None
+            if isinstance(job, ndjson_buckets.BucketJob):
+                sizes.append(job.size)
+            return super().submit(function, *args, **kwargs)
+
+    monkeypatch.setattr(
+        ndjson_screen,
+        "_pool",
+        lambda workers: Recording(max_workers=workers, mp_context=worker_context()),
+    )
+    settings = Settings(as_of=__import__("datetime").date(2026, 1, 1))
+    two = [
+        r.to_json()
+        for r, _ in ndjson_screen.screen_export(
+            NdjsonExport(folder, complete_types=CATEGORIES), settings, workers=2
+        )
+    ]
+    one = [
+        r.to_json()
+        for r, _ in ndjson_screen.screen_export(
+            NdjsonExport(folder, complete_types=CATEGORIES), settings, workers=1
+        )
+    ]
+    assert two == one and len(one) == 30
+    assert len(sizes) > 3 and len(set(sizes)) > 1
+    assert sizes == sorted(sizes, reverse=True)

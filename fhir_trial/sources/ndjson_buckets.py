@@ -437,6 +437,11 @@ class BucketJob:
     lines_before: dict[tuple[int, int], int]  # (file, range) -> lines of the file before it
     medications_db: str | None
 
+    @property
+    def size(self) -> int:
+        """Bytes of its lines (with headers): what screening it costs, roughly."""
+        return sum(length for _, segments in self.parts for _, length in segments)
+
     def place(self, order: Order) -> str:
         """``<file>:<line>`` of a line."""
         file_index, range_index, number = order
@@ -672,7 +677,9 @@ def _take_run(
     other than Patient); else take nothing and say so. The tests run in C over the run."""
     file_index, range_index, numbers, lines = run
     try:
-        parsed = list(map(orjson.loads, lines[:-1].split(b"\n")))
+        texts = lines.split(b"\n")
+        texts.pop()  # after the last newline (slicing it off first would copy the run)
+        parsed = list(map(orjson.loads, texts))
         get: Any = dict.get  # raises TypeError on anything not a dict
         holders = list(map(get, parsed, repeat("subject")))
         # A line whose patient is in ``patient`` (or whose subject is empty) fails here: the run

@@ -161,7 +161,10 @@ def screen_export(
                 if progress:
                     progress(done[-1].account.patients)
         else:
-            futures = [pool.submit(run, job) for job in export.jobs]
+            # The largest buckets first: the last ones, small, end at about the same time.
+            largest_first = sorted(export.jobs, key=lambda job: -job.size)
+            submitted = {job.bucket: pool.submit(run, job) for job in largest_first}
+            futures = [submitted[job.bucket] for job in export.jobs]
             for future in as_completed(futures):
                 if progress:
                     progress(future.result().account.patients)
