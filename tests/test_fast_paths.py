@@ -657,3 +657,40 @@ def test_a_clean_run_is_taken_whole() -> None:
     assert _take_run(run, "Patient/a", resources, counts)
     assert [(order, r["id"]) for order, r in resources] == [((0, 1, 4), "o1"), ((0, 1, 9), "o2")]
     assert counts == {"Observation": 2}
+
+
+def test_add_all_gives_the_same_reports_as_add_on_real_shaped_charts() -> None:
+    # The clinical cases, the benchmark's synthetic charts and the Synthea bundles: their
+    # resources (in record order) given to add() one by one and to add_all, then evaluated.
+    import json
+
+    from clinical_cases import all_cases
+    from test_eval_fast_paths import _synthetic_and_synthea_records
+
+    from fhir_trial.evaluate import evaluate
+    from fhir_trial.record import PatientRecord
+
+    charts = [(case.name, case.record, case.settings_object()) for case in all_cases()]
+    charts += _synthetic_and_synthea_records()
+    assert len(charts) > 100
+    for name, build, screening in charts:
+        source = build()
+        position = source._position
+        given_ = sorted(
+            (r for rs in source._by_type.values() for r in rs), key=lambda r: position[id(r)]
+        )
+        records = []
+        for at_once in (False, True):
+            record = PatientRecord()
+            if at_once:
+                record.add_all(given_)
+            else:
+                for resource in given_:
+                    record.add(resource)
+            record.obtained = set(source.obtained)
+            record.failed = dict(source.failed)
+            record.warnings[:0] = [w for w in source.warnings if w not in record.warnings]
+            records.append(record)
+        one, other = (json.dumps(evaluate(r, screening).to_json()) for r in records)
+        assert one == other, name
+        assert _record_state(records[0]) == _record_state(records[1]), name
