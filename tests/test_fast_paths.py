@@ -148,6 +148,27 @@ def test_is_known_type_remembers_what_the_rule_says(value: Any) -> None:
     assert is_known_type(value) == _common._is_known_type(value)
 
 
+def test_known_type_names_read_from_the_folder_are_those_of_the_package() -> None:
+    names = _common._known_type_names()
+    assert len(names) > 140 and {"observation", "patient", "medicationrequest"} <= names
+    assert names == _common._imported_type_names()
+
+
+def test_known_type_names_without_importing_the_models() -> None:
+    """The NDJSON reader asks for them before splitting (file names): the models and pydantic
+    (about 80 ms) are not imported for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fhir_trial.sources import _common; "
+        "assert _common.is_known_type('Observation'); "
+        "print('pydantic' in sys.modules, 'fhir.resources.R4B' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
 DATES = [
     "2024",
     "2024-02",
