@@ -4,6 +4,7 @@ and when they collect garbage (each test fails when its rule is broken)."""
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -98,6 +99,7 @@ def _in_worker() -> tuple[bool, bool]:
     return screen is not None, bool(screen and screen._SETTLED)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spawned elsewhere")
 def test_workers_start_with_the_screening_code_and_the_valuesets() -> None:
     # Forked from the fork server, which imported the code and loaded the default ValueSets
     # (spawned workers would do both again, each).
@@ -189,3 +191,15 @@ def test_buckets_go_to_the_workers_largest_first(
     assert two == one and len(one) == 30
     assert len(sizes) > 3 and len(set(sizes)) > 1
     assert sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("platform", "method"), [("linux", "forkserver"), ("darwin", "spawn"), ("win32", "spawn")]
+)
+def test_workers_come_from_a_fork_server_on_linux_only(
+    platform: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if method == "forkserver" and not sys.platform.startswith("linux"):
+        pytest.skip("no fork server here")
+    monkeypatch.setattr(sys, "platform", platform)
+    assert worker_context().get_start_method() == method

@@ -1,6 +1,6 @@
 """The worker processes of an NDJSON screening, and this process's share of the split.
 
-Workers start from a fork server (where the platform has one, else they are spawned): a clean
+Workers start from a fork server (on Linux; elsewhere they are spawned): a clean
 process, started once, that imports the screening code and loads the ValueSets, then forks each
 worker ready to run. Spawned workers each paid that import and load again (about 0.1 s of CPU
 apiece), and both cores were busy with it while the split waited. Nothing is forked from the
@@ -14,6 +14,7 @@ this process takes the ones no worker has started, smallest first, until none is
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,8 +31,12 @@ PRELOAD = ["__main__", "fhir_trial.sources.ndjson_warm"]
 
 
 def worker_context() -> BaseContext:
-    """The fork server context with the screening code preloaded, or spawn where there is none."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    """The fork server context with the screening code preloaded (Linux), else spawn.
+
+    Elsewhere the workers are spawned: Windows has no fork server, and on macOS system libraries
+    may not survive a fork (Python spawns there by default for that reason).
+    """
+    if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
