@@ -149,6 +149,15 @@ class PatientRecord:
                 for key_ in keys:
                     index[key_].append(resource)
 
+    def _code_lists(
+        self, index: dict[tuple[str, str], list[Resource]], rtype: str, system: Any, code: Any
+    ) -> list[list[Resource]]:
+        """The index lists a resource coded (system, code) joins (what _index_code appends to)."""
+        keys = record_code_keys(system, code)
+        if not keys:
+            self._note_unusable_code(rtype)
+        return [index[key_] for key_ in keys]
+
     def _add_components(self, parent: Resource, parts: list[Any]) -> None:
         """Index each coded component as an Observation of its own (CRITERIA.md, Real-world records).
 
@@ -186,9 +195,72 @@ class PatientRecord:
             self.warnings.append(warning)
 
     def add_all(self, resources: Iterable[Resource]) -> None:
-        """Add many resources."""
+        """Add many resources: what :meth:`add` does for each, in order (written out flat).
+
+        A record holds a few hundred resources coded with a few dozen codings: the index lists
+        a coding's resource goes to are found once per distinct (system, code) and type here,
+        not once per resource.
+        """
+        by_reference = self._by_reference
+        by_type = self._by_type
+        by_code = self._by_code
+        position = self._position
+        seen = self._seen
+        code_element = _CODE_ELEMENT
+        # (type, system, code) -> the index lists a resource with that coding joins
+        targets_of: dict[tuple[str, str | None, str], list[list[Resource]]] = {}
         for resource in resources:
-            self.add(resource)
+            rtype = resource.get("resourceType")
+            if not isinstance(rtype, str):
+                self.left_out += 1
+                continue
+            rid = resource.get("id")
+            if rid:
+                key = f"{rtype}/{rid}"
+                if key in by_reference:
+                    self.left_out += 1
+                    continue
+                by_reference[key] = resource
+            else:  # no id: the same dict object is still kept once
+                if id(resource) in seen:
+                    self.left_out += 1
+                    continue
+                seen.add(id(resource))
+            by_type[rtype].append(resource)
+            position[id(resource)] = len(position)
+            element = code_element.get(rtype)
+            if not element:
+                continue
+            concept = resource.get(element)
+            found = concept.get("coding") if type(concept) is dict else None
+            if type(found) is not list:
+                self._index_code(rtype, resource, concept)  # odd shapes: the general walk
+            else:
+                index = by_code[rtype]
+                for coding in found:
+                    if type(coding) is not dict:
+                        if isinstance(coding, Mapping):
+                            self._index_code(rtype, resource, {"coding": [coding]})
+                        continue
+                    code = coding.get("code")
+                    if not code:
+                        continue
+                    system = coding.get("system")
+                    if type(code) is str and (system is None or type(system) is str):
+                        pair = (rtype, system, code)
+                        targets = targets_of.get(pair)
+                        if targets is None:
+                            targets = targets_of[pair] = self._code_lists(
+                                index, rtype, system, code
+                            )
+                    else:  # not text: never remembered (1 and True would be one key)
+                        targets = self._code_lists(index, rtype, system, code)
+                    for listed in targets:
+                        listed.append(resource)
+            if rtype == "Observation":
+                parts = resource.get("component")
+                if parts and type(parts) is list:
+                    self._add_components(resource, parts)
 
     def mark_obtained(self, *categories: str) -> None:
         """Record that these categories were retrieved completely (absence is meaningful)."""

@@ -148,6 +148,27 @@ def test_is_known_type_remembers_what_the_rule_says(value: Any) -> None:
     assert is_known_type(value) == _common._is_known_type(value)
 
 
+def test_known_type_names_read_from_the_folder_are_those_of_the_package() -> None:
+    names = _common._known_type_names()
+    assert len(names) > 140 and {"observation", "patient", "medicationrequest"} <= names
+    assert names == _common._imported_type_names()
+
+
+def test_known_type_names_without_importing_the_models() -> None:
+    """The NDJSON reader asks for them before splitting (file names): the models and pydantic
+    (about 80 ms) are not imported for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fhir_trial.sources import _common; "
+        "assert _common.is_known_type('Observation'); "
+        "print('pydantic' in sys.modules, 'fhir.resources.R4B' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
 DATES = [
     "2024",
     "2024-02",
@@ -392,11 +413,23 @@ def _named_once_by_two_scans(line: bytes) -> bytes | None:
 
 
 def _named_once_by_one_scan(line: bytes) -> bytes | None:
-    """What split_range does (one findall over the line)."""
+    """The one-scan rule, line by line (one findall over the line)."""
     from fhir_trial.sources.ndjson_buckets import PATIENT_WORD
 
     found = PATIENT_WORD.findall(line)
     return found[0] if len(found) == 1 and found[0] and b"Patient" not in found[0] else None
+
+
+def _named_once_by_stretches(block: list[bytes]) -> list[bytes | None]:
+    """What split_range does: the rule decided once per stretch of a block, one id per line."""
+    from fhir_trial.sources.ndjson_buckets import stretches
+
+    out: list[bytes | None] = []
+    for start, stop, pid in stretches(block):
+        assert start == len(out) and stop > start  # stretches cover the block, in order
+        out += [pid or None] * (stop - start)
+    assert len(out) == len(block)
+    return out
 
 
 _LINE_PIECES = st.sampled_from(
@@ -427,6 +460,36 @@ _LINE_PIECES = st.sampled_from(
 @given(st.lists(_LINE_PIECES, max_size=12).map(b"".join))
 def test_split_one_scan_names_the_same_patient_as_two(line: bytes) -> None:
     assert _named_once_by_one_scan(line) == _named_once_by_two_scans(line)
+    assert _named_once_by_stretches([line]) == [_named_once_by_one_scan(line)]
+
+
+# Lines that find the same thing come in stretches (a patient's lines), with odd ones between.
+_BLOCK_LINES = st.one_of(
+    st.lists(_LINE_PIECES, max_size=8).map(b"".join),
+    st.sampled_from(
+        [
+            b'{"subject":{"reference":"Patient/a"}}',
+            b'{"subject":{"reference":"Patient/a"},"v":1}',
+            b'{"subject":{"reference":"Patient/b"}}',
+            b'{"subject":{"reference":"Patient\\/a"}}',
+            b'{"subject":{"reference":"Patient/a"},"performer":[{"reference":"Patient/a"}]}',
+            b'{"resourceType":"Patient","id":"a"}',
+            b'{"subject":{"reference":"Patient/aPatient"}}',
+            b"",
+            b"  ",
+        ]
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(_BLOCK_LINES, min_size=1, max_size=3), max_size=8))
+def test_split_stretches_name_each_line_as_the_one_scan_rule(
+    chunks: list[list[bytes]],
+) -> None:
+    # Each drawn line repeated a few times: the stretches of real exports.
+    block = [line for chunk in chunks for line in chunk for _ in range(1 + len(line) % 3)]
+    assert _named_once_by_stretches(block) == [_named_once_by_one_scan(line) for line in block]
 
 
 @pytest.mark.parametrize(
@@ -443,3 +506,212 @@ def test_split_one_scan_names_the_same_patient_as_two(line: bytes) -> None:
 )
 def test_split_one_scan_on_known_shapes(line: bytes) -> None:
     assert _named_once_by_one_scan(line) == _named_once_by_two_scans(line)
+
+
+# ------------------------------------------------------------- the worker's whole-run test
+_RUN_LINES = st.sampled_from(
+    [
+        b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/a"},"x":[1]}',
+        b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/a"},"v":2}',
+        b'{"resourceType":"Observation","id":"o2","subject":{"reference":"Patient/b"}}',
+        b'{"resourceType":"AllergyIntolerance","id":"ai","patient":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","subject":{},"patient":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","subject":"Patient/a"}',
+        b'{"resourceType":"Condition","subject":[{"reference":"Patient/a"}]}',
+        b'{"resourceType":"Patient","id":"p","subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Encounter","id":"e","subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":["Condition"],"subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":{"a":1},"subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":5,"subject":{"reference":"Patient/a"}}',
+        b'{"id":"n","subject":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","id":"t","subject":{"reference":"Patient/a"}',
+        b'["Patient/a"]',
+        b'"Patient/a"',
+        b'{"resourceType":"Observation","id":"o3","subject":{"reference":"Patient/a "}}',
+    ]
+)
+
+
+def _group_both_ways(
+    runs: list[list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[Any]]:
+    from array import array
+
+    from fhir_trial.sources import ndjson_buckets as nb
+    from fhir_trial.sources.ndjson import classify_line
+    from fhir_trial.sources.ndjson_account import InputAccount
+
+    job = nb.BucketJob(0, (), ("Observation.000.ndjson",), ("Observation",), {(0, 0): 0}, None)
+    patient = (b"0 0 1 2 a", b'{"resourceType":"Patient","id":"a"}', nb.PATIENT_LINE)
+    slices: list[Any] = []
+    number = 1
+    for run in runs:
+        numbers = array(nb.NUMBER, range(number + 1, number + 1 + len(run)))
+        slices.append((0, 0, numbers, b"\n".join(run) + b"\n"))
+        number += len(run) + 3  # runs of a patient are apart in the file
+    outcomes = []
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(nb, "_take_run", lambda *args: False)
+        account = InputAccount()
+        lines = nb.PatientLines(patients=[patient], runs=list(slices))
+        group = nb._parse_group(job, "a", lines, account, classify_line)
+        assert group is not None
+        outcomes.append([group.resources, group.failed_for, account.to_json()])
+    return outcomes[0], outcomes[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_RUN_LINES, min_size=1, max_size=5), min_size=1, max_size=3))
+def test_runs_taken_whole_give_what_the_line_by_line_test_gives(runs: list[list[bytes]]) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        whole, by_line = _group_both_ways(runs, monkeypatch)
+    assert whole == by_line
+
+
+def test_runs_taken_whole_on_known_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = b'{"resourceType":"Observation","id":"o%d","subject":{"reference":"Patient/a"}}'
+    mixed = [good % 1, b'{"resourceType":"Condition","id":"c","subject":{"reference":"Patient/a"}}']
+    runs = [mixed, [good % 2, b"{broken Patient/a"], [good % 3, good % 4]]
+    whole, by_line = _group_both_ways(runs, monkeypatch)
+    assert whole == by_line
+    assert [order[2] for order, _ in whole[0]] == [2, 3, 7, 12, 13]  # the broken line is left out
+    assert whole[2]["types"]["Observation"]["resources"] == 4
+
+
+# ------------------------------------------------------------------ PatientRecord.add_all
+def _record_state(record: Any) -> Any:
+    """Everything add() leaves in a record, with resources named by identity (the derived
+    component results by their place among them)."""
+    derived = {id(c): ("component", n) for n, c in enumerate(record._components)}
+
+    def ids(resource: Any) -> Any:
+        return derived.get(id(resource), id(resource))
+
+    return (
+        {t: [ids(r) for r in rs] for t, rs in record._by_type.items()},
+        {k: ids(r) for k, r in record._by_reference.items()},
+        {
+            t: {k: [ids(r) for r in rs] for k, rs in index.items() if rs}
+            for t, index in record._by_code.items()
+        },
+        [(c, record._position[id(c)]) for c in record._components],
+        sorted(record._position.values()) == list(range(len(record._position))),
+        [record._position.get(ids(r)) for rs in record._by_type.values() for r in rs],
+        record.warnings,
+        record.left_out,
+    )
+
+
+_CODINGS = st.sampled_from(
+    [
+        {"system": "http://loinc.org", "code": "718-7"},
+        {"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin"},
+        {"system": "http://snomed.info/sct", "code": "55464009"},
+        {"system": ICD10, "code": "M32.14"},
+        {"system": "urn:oid:2.16.840.1.113883.6.96", "code": " 55464009 "},
+        {"code": "123"},
+        {"system": "http://loinc.org", "code": 7187},
+        {"system": "http://loinc.org", "code": True},
+        {"system": "http://loinc.org", "code": 1},
+        {"system": "http://loinc.org", "code": ""},
+        {"system": {"x": 1}, "code": "718-7"},
+        {"system": "http://loinc.org", "code": ["718-7"]},
+        OrderedDict(system="http://loinc.org", code="718-7"),
+        "718-7",
+        None,
+    ]
+)
+_CONCEPTS = st.one_of(
+    st.builds(lambda cs: {"coding": cs}, st.lists(_CODINGS, max_size=3)),
+    st.sampled_from([None, "text", {"text": "x"}, {"coding": "718-7"}, [{"code": "1"}]]),
+    st.builds(lambda cs: OrderedDict(coding=cs), st.lists(_CODINGS, max_size=2)),
+)
+_RECORD_RESOURCES = st.builds(
+    lambda rtype, rid, element, concept, parts: {
+        k: v
+        for k, v in {
+            "resourceType": rtype,
+            "id": rid,
+            element: concept,
+            "component": parts,
+        }.items()
+        if v is not None
+    },
+    st.sampled_from(
+        ["Observation", "Condition", "MedicationRequest", "Medication", "Encounter", 5, None]
+    ),
+    st.sampled_from(["a", "b", "", None, 3]),
+    st.sampled_from(["code", "medicationCodeableConcept"]),
+    _CONCEPTS,
+    st.one_of(
+        st.none(),
+        st.lists(st.builds(lambda c: {"code": c, "valueInteger": 1}, _CONCEPTS), max_size=2),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_RECORD_RESOURCES, max_size=8), st.integers(0, 3))
+def test_add_all_leaves_what_add_leaves(resources: list[dict[str, Any]], again: int) -> None:
+    from fhir_trial.record import PatientRecord
+
+    # The same objects given twice too (kept once when they have no id).
+    given_ = resources + resources[:again]
+    one_by_one, at_once = PatientRecord(), PatientRecord()
+    for resource in given_:
+        one_by_one.add(resource)
+    at_once.add_all(given_)
+    assert _record_state(at_once) == _record_state(one_by_one)
+
+
+def test_a_clean_run_is_taken_whole() -> None:
+    from array import array
+
+    from fhir_trial.sources.ndjson_buckets import NUMBER, _take_run
+
+    line = b'{"resourceType":"Observation","id":"o%d","subject":{"reference":"Patient/a"}}'
+    run = (0, 1, array(NUMBER, [4, 9]), line % 1 + b"\n" + line % 2 + b"\n")
+    resources: list[Any] = []
+    counts: dict[str, int] = {}
+    assert _take_run(run, "Patient/a", resources, counts)
+    assert [(order, r["id"]) for order, r in resources] == [((0, 1, 4), "o1"), ((0, 1, 9), "o2")]
+    assert counts == {"Observation": 2}
+
+
+def test_add_all_gives_the_same_reports_as_add_on_real_shaped_charts() -> None:
+    # The clinical cases, the benchmark's synthetic charts and the Synthea bundles: their
+    # resources (in record order) given to add() one by one and to add_all, then evaluated.
+    import json
+
+    from clinical_cases import all_cases
+    from test_eval_fast_paths import _synthetic_and_synthea_records
+
+    from fhir_trial.evaluate import evaluate
+    from fhir_trial.record import PatientRecord
+
+    charts = [(case.name, case.record, case.settings_object()) for case in all_cases()]
+    charts += _synthetic_and_synthea_records()
+    assert len(charts) > 100
+    for name, build, screening in charts:
+        source = build()
+        position = source._position
+        given_ = sorted(
+            (r for rs in source._by_type.values() for r in rs), key=lambda r: position[id(r)]
+        )
+        records = []
+        for at_once in (False, True):
+            record = PatientRecord()
+            if at_once:
+                record.add_all(given_)
+            else:
+                for resource in given_:
+                    record.add(resource)
+            record.obtained = set(source.obtained)
+            record.failed = dict(source.failed)
+            record.warnings[:0] = [w for w in source.warnings if w not in record.warnings]
+            records.append(record)
+        one, other = (json.dumps(evaluate(r, screening).to_json()) for r in records)
+        assert one == other, name
+        assert _record_state(records[0]) == _record_state(records[1]), name

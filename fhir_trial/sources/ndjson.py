@@ -66,6 +66,7 @@ from fhir_trial.sources.ndjson_buckets import (
     reads,
     split_range,
 )
+from fhir_trial.sources.ndjson_pool import map_helped
 
 LOG_FILE = "log.ndjson"
 MANIFEST_FILE = "manifest.json"
@@ -330,7 +331,14 @@ class NdjsonExport:
             for index, (path, ftype, size) in enumerate(zip(self.files, types, sizes, strict=True))
             for range_index, (start, end) in enumerate(plan_ranges(path, size))
         ]
-        results = list(pool.map(split_range, tasks)) if pool else [split_range(t) for t in tasks]
+        if pool is None:
+            results = [split_range(task) for task in tasks]
+        else:  # this process splits too, while the workers start
+            costs = [
+                (task.end or sizes[task.file_index]) - task.start
+                for task in tasks  # a gzip file is one task
+            ]
+            results = map_helped(pool, split_range, tasks, costs)
         lines_before: dict[tuple[int, int], int] = {}
         running: dict[int, int] = {}
         for result in results:  # tasks are in file, then range order
@@ -535,10 +543,10 @@ def assemble_record(
     record = PatientRecord()
     record.warnings.extend(warnings)
     record.add(patient)
+    resources = resources if isinstance(resources, list) else list(resources)
+    record.add_all(resources)
     medication_refs: set[str] = set()
-    add = record.add
     for resource in resources:
-        add(resource)
         holder = resource.get("medicationReference")  # absent from all but a few resources
         if holder is not None:
             ref = child(holder, "reference")

@@ -9,7 +9,8 @@ parsed once, in parallel, and memory does not grow with the export:
    patient references the full rule looks at), to the bucket ``crc32(id) % buckets`` of each
    patient it names. A line naming one patient once (nearly all) joins that patient's *run*
    (its lines and their numbers, written as one record per flush), so neither this step nor the
-   next handles it on its own. Only lines naming no patient, and lines that may be a Patient (they hold the
+   next handles it on its own; the search runs over a block of lines in C and a patient's
+   consecutive lines join its run as one slice (:func:`stretches`). Only lines naming no patient, and lines that may be a Patient (they hold the
    string ``"Patient"``), are parsed here (Patients, shared Medications, orphans, OperationOutcomes:
    a small share). Files of types the criteria do not read are counted, not parsed. Each task
    writes its lines grouped by bucket into one file (``segments`` says where each bucket's lines
@@ -36,8 +37,8 @@ import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain, repeat
-from operator import itemgetter
+from itertools import chain, compress, islice, repeat
+from operator import itemgetter, ne
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,7 +56,7 @@ PATIENT_REF_TEXT = re.compile(PATIENT_REF.pattern.decode())  # the same, for tex
 PATIENT_WORD = re.compile(rb"Patient(?:\\?/([A-Za-z0-9\-.]{1,64}))?")
 PATIENT_ID = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
 MAY_BE_PATIENT = b'"Patient"'
-RANGE_BYTES = 48 * 1024 * 1024  # one split task per this much of a plain file
+RANGE_BYTES = 16 * 1024 * 1024  # one split task per this much of a plain file
 FLUSH_BYTES = 16 * 1024 * 1024
 BLOCK_BYTES = (
     4 * 1024 * 1024
@@ -276,6 +277,30 @@ class _Writer:
         self.handle.close()
 
 
+def stretches(block: list[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    """``(start, stop, id)`` for consecutive stretches of a block's lines, in order: ``id`` is the
+    patient each line of ``block[start:stop]`` names once, or ``b""`` for lines that do not.
+
+    The rule (one scan per line): ``"Patient"`` occurs once, as the start of a reference
+    (``Patient/<id>`` or ``Patient\\/<id>``), and the id does not hold ``"Patient"``. The scans
+    run in C over the block and cut it where what a line found changes (a patient's lines are
+    usually consecutive); the rule is then decided once per stretch, not once per line.
+    """
+    size = len(block)
+    if not size:
+        return
+    found = list(map(PATIENT_WORD.findall, block))
+    cuts = compress(range(1, size), map(ne, islice(found, 1, None), found))
+    start = 0
+    for stop in chain(cuts, (size,)):
+        words = found[start]
+        if len(words) == 1 and words[0] and b"Patient" not in words[0]:
+            yield start, stop, words[0]
+        else:
+            yield start, stop, b""
+        start = stop
+
+
 def split_range(task: SplitTask) -> SplitResult:
     """Split one range of a data file into per-patient buckets (see the module docstring)."""
     from fhir_trial.sources.ndjson import classify_line  # the one set of rules for a line
@@ -298,36 +323,43 @@ def split_range(task: SplitTask) -> SplitResult:
             mark = flags | (PRIMARY if bucket == primary else 0)
             writer.add(bucket, head % (number, mark) + b"|".join(pids) + b"\t" + line + b"\n")
 
-    # The common line names one patient once: it joins that patient's run (two appends).
+    # The common line names one patient once: it joins that patient's run. Consecutive lines of
+    # the same patient (the usual export order) join it as one slice.
     run_of: dict[bytes, Run] = {}
-    each_patient_word = PATIENT_WORD.findall
     number = blocks = nonempty = 0
     with _open_binary(task.path) as handle:
         for block in _blocks(task, handle):
-            for line in block:
-                number += 1
-                if not line:
-                    if line is None:
-                        result.oversized.append(number)
-                    continue
-                nonempty += 1
-                if not looked_at:
-                    continue
-                # "Patient" once, as a reference: no second patient, nor a Patient resource.
-                found = each_patient_word(line)
-                if len(found) == 1 and found[0] and b"Patient" not in found[0]:
-                    pid = found[0]
+            size = len(block)
+            if not looked_at:
+                parts: Iterator[tuple[int, int, bytes]] = iter([(0, size, b"")])
+            elif None in block:  # a line too long: it is looked at below (as an empty one here)
+                parts = stretches([line or b"" for line in block])
+            else:
+                parts = stretches(block)  # type: ignore[arg-type]
+            for start, stop, pid in parts:
+                if pid:
                     run = run_of.get(pid)
                     if run is None:
                         run = run_of[pid] = writer.run(pid, buckets)
-                    run[0].append(number)
-                    run[1].append(line)
+                    run[0].extend(range(number + start + 1, number + stop + 1))
+                    run[1].extend(block[start:stop])  # type: ignore[arg-type]
+                    nonempty += stop - start
                     continue
-                stripped = line.strip()
-                if not stripped:  # spaces only: an empty line
-                    nonempty -= 1
-                    continue
-                _slow_line(stripped, number, ftype, result, route, classify_line)
+                for at in range(start, stop):
+                    line = block[at]
+                    if not line:
+                        if line is None:
+                            result.oversized.append(number + at + 1)
+                        continue
+                    nonempty += 1
+                    if not looked_at:
+                        continue
+                    stripped = line.strip()
+                    if not stripped:  # spaces only: an empty line
+                        nonempty -= 1
+                        continue
+                    _slow_line(stripped, number + at + 1, ftype, result, route, classify_line)
+            number += size
             blocks += 1
             if blocks * BLOCK_BYTES >= FLUSH_BYTES:
                 writer.flush()
@@ -404,6 +436,11 @@ class BucketJob:
     file_types: tuple[str | None, ...]
     lines_before: dict[tuple[int, int], int]  # (file, range) -> lines of the file before it
     medications_db: str | None
+
+    @property
+    def size(self) -> int:
+        """Bytes of its lines (with headers): what screening it costs, roughly."""
+        return sum(length for _, segments in self.parts for _, length in segments)
 
     def place(self, order: Order) -> str:
         """``<file>:<line>`` of a line."""
@@ -580,7 +617,8 @@ def _parse_group(
     counts: dict[str, int] = {}
     fast = patient is not None
     loads = orjson.loads
-    for order, body, header, mark in _in_order(lines):
+
+    def one(order: Order, body: bytes, header: bytes | None, mark: int) -> None:
         if fast and mark & SINGLE:
             # One patient named once, and it is this one: ownership is a dict lookup.
             try:
@@ -599,7 +637,7 @@ def _parse_group(
                 ):
                     counts[rtype] = counts.get(rtype, 0) + 1
                     resources.append((order, resource))
-                    continue
+                    return
         # A run's line names only this patient; a line routed alone counts where it is primary.
         accounts = header is None or (
             bool(mark & PRIMARY) and header.rsplit(b" ", 1)[1].split(b"|")[0] == pid.encode()
@@ -607,11 +645,58 @@ def _parse_group(
         _slow_resource(
             job, pid, patient, order, body, accounts, account, classify_line, resources, failed_for
         )
+
+    if fast and not lines.lines:
+        # Only runs (the usual patient): each taken whole when every line passes the one-line
+        # test above, else line by line.
+        for run in lines.runs:
+            if not _take_run(run, reference, resources, counts):
+                for order, body, _, mark in _run_entries(run):
+                    one(order, body, None, mark)
+    else:
+        for order, body, header, mark in _in_order(lines):
+            one(order, body, header, mark)
     for rtype, count in counts.items():
         account.type(rtype).resources += count
     if patient is None or clash:
         return None
     return PatientGroup(header_order(lines.patients[0][0]), pid, patient, resources, failed_for)
+
+
+FAST_TYPES = KEPT_TYPES - {"Patient"}  # what a patient's line may be to be taken whole
+
+
+def _take_run(
+    run: RunSlice,
+    reference: str,
+    resources: list[tuple[Any, Resource]],
+    counts: dict[str, int],
+) -> bool:
+    """Take a whole run when every line passes the test :func:`_parse_group` makes of one line
+    (JSON, an object, ``subject`` (or else ``patient``) referencing ``reference``, a kept type
+    other than Patient); else take nothing and say so. The tests run in C over the run."""
+    file_index, range_index, numbers, lines = run
+    try:
+        texts = lines.split(b"\n")
+        texts.pop()  # after the last newline (slicing it off first would copy the run)
+        parsed = list(map(orjson.loads, texts))
+        get: Any = dict.get  # raises TypeError on anything not a dict
+        holders = list(map(get, parsed, repeat("subject")))
+        # A line whose patient is in ``patient`` (or whose subject is empty) fails here: the run
+        # is taken line by line, where the test reads ``patient`` too.
+        if list(map(get, holders, repeat("reference"))).count(reference) != len(holders):
+            return False
+        rtypes: list[Any] = list(map(get, parsed, repeat("resourceType")))
+        kinds = dict.fromkeys(rtypes)  # in order of first line; TypeError on a list or object
+    except (orjson.JSONDecodeError, TypeError):
+        return False
+    if not FAST_TYPES.issuperset(kinds):  # also refuses what is not text: all of them are
+        return False
+    for rtype in kinds:
+        counts[rtype] = counts.get(rtype, 0) + rtypes.count(rtype)
+    orders = zip(repeat(file_index), repeat(range_index), numbers)
+    resources.extend(zip(orders, parsed, strict=True))  # a number per line
+    return True
 
 
 def _slow_resource(
