@@ -92,11 +92,13 @@ def test_map_helped_raises_the_callers_error_and_stops_submitting() -> None:
     assert len(submitted) == 1  # the one it was submitting; then the thread stopped
 
 
-def _in_worker() -> tuple[bool, bool]:
-    import sys
-
-    screen = sys.modules.get("fhir_trial.sources.ndjson_screen")
-    return screen is not None, bool(screen and screen._SETTLED)
+# Evaluated in the worker: whether the screening code is imported and its ValueSets loaded. An
+# expression, not a function of this module: the worker may not be able to import the tests (CI
+# runs pytest without the checkout on PYTHONPATH).
+_IN_WORKER = (
+    "(lambda screen: (screen is not None, bool(screen and screen._SETTLED)))"
+    "(__import__('sys').modules.get('fhir_trial.sources.ndjson_screen'))"
+)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spawned elsewhere")
@@ -104,9 +106,7 @@ def test_workers_start_with_the_screening_code_and_the_valuesets() -> None:
     # Forked from the fork server, which imported the code and loaded the default ValueSets
     # (spawned workers would do both again, each).
     with ProcessPoolExecutor(max_workers=1, mp_context=worker_context()) as pool:
-        probe = pool.submit(
-            eval, "__import__('tests.test_ndjson_pool').test_ndjson_pool._in_worker()"
-        )
+        probe = pool.submit(eval, _IN_WORKER)
         assert probe.result() == (True, True)
 
 
