@@ -48,8 +48,10 @@ RATIO_TARGET = 3.0
 MEMORY_TARGET = 1.5
 RESOURCES_PER_PATIENT = 273  # the 1,000 patients = 273,500 lines
 CHUNK = 32 * 1024 * 1024
-# Set by --reading-alone in the measuring process; its worker processes (spawned: they import
-# this file as their main module) inherit it through the environment.
+# Set in the measuring process's environment for the reading-alone runs. Its worker processes
+# import this file as their main module (spawned ones themselves; on Linux the fork server they
+# fork from, which the measuring process starts and which inherits the environment), so the
+# replacement below is made in every process that evaluates.
 READING_ALONE = "FHIR_TRIAL_BENCH_READING_ALONE"
 
 
