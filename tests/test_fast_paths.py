@@ -517,6 +517,10 @@ _RUN_LINES = st.sampled_from(
         b'{"resourceType":"Observation","id":"o2","subject":{"reference":"Patient/b"}}',
         b'{"resourceType":"AllergyIntolerance","id":"ai","patient":{"reference":"Patient/a"}}',
         b'{"resourceType":"Condition","subject":{},"patient":{"reference":"Patient/a"}}',
+        b'{"resourceType":"Condition","subject":null,"patient":{"reference":"Patient/b"}}',
+        b'{"resourceType":"AllergyIntolerance","id":"a2","patient":"Patient/a"}',
+        b'{"resourceType":"Condition","id":"c9","subject":{"reference":"Patient/b"},'
+        b'"patient":{"reference":"Patient/a"}}',
         b'{"resourceType":"Condition","subject":"Patient/a"}',
         b'{"resourceType":"Condition","subject":[{"reference":"Patient/a"}]}',
         b'{"resourceType":"Patient","id":"p","subject":{"reference":"Patient/a"}}',

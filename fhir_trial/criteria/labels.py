@@ -80,17 +80,6 @@ def label_text(label: str) -> str:
     return re.sub(r"triple[- ]negative", "triple", text)
 
 
-def suggesting_label(
-    condition: Mapping[str, Any], words: str, qualifiers: str = NOT_A_DIAGNOSIS
-) -> str | None:
-    """The first coding display or code text that names the disease in ``words``, else None.
-
-    A label that also matches ``qualifiers`` (a mention that does not state the disease in the
-    patient) does not count.
-    """
-    return naming_label(condition.get("code"), words, qualifiers)
-
-
 def naming_label(concept: Any, words: str, qualifiers: str = NOT_A_DIAGNOSIS) -> str | None:
     """The first coding display or text of a CodeableConcept that names ``words`` (unqualified)."""
     return first_suggesting(concept_labels(concept), words, qualifiers)
