@@ -15,6 +15,10 @@ $(RUN_STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
+	# An editable install writes no bytecode, and where PYTHONDONTWRITEBYTECODE is set nothing
+	# writes it later: every command (and each population worker's fork server) would compile
+	# the package again. Installing the wheel compiles it the same way.
+	$(BIN)/python -m compileall -q fhir_trial >/dev/null
 	touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP)

@@ -25,7 +25,6 @@ prednisolone, is not read as 泼尼松, prednisone). Medication records use this
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from fhir_trial.canonical import BASE, CODESYSTEM_URL
 from fhir_trial.errors import ConfigurationError
@@ -483,11 +484,14 @@ def valueset_from_resource(resource: Mapping[str, Any]) -> ValueSet:
                 if entry.get("display"):
                     displays[key] = str(entry["display"])
                 # The first name is the ingredient's own; the others are its synonyms, unless a
-                # name says which ingredient it names (on a class entry).
-                recorded = ingredient_names(entry)
+                # name says which ingredient it names (on a class entry). Most entries have no
+                # designation: not asked (the worker's fork server loads every ValueSet).
+                recorded = ingredient_names(entry) if entry.get("designation") else []
                 for name, own in recorded:
                     names.setdefault(name.lower(), own or recorded[0][0])
-            walk(entry.get("contains", []))
+            inner = entry.get("contains")
+            if inner:
+                walk(inner)
 
     walk(resource.get("expansion", {}).get("contains", []))
     return ValueSet(
@@ -541,7 +545,7 @@ def load_terminology(resources_dir: str) -> Terminology:
     valuesets = []
     for path in files:
         try:
-            valuesets.append(valueset_from_resource(json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError) as exc:
+            valuesets.append(valueset_from_resource(orjson.loads(path.read_bytes())))
+        except (OSError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
             raise ConfigurationError(f"cannot read {path.name}: {exc}") from exc
     return Terminology(valuesets)
