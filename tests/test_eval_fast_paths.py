@@ -165,6 +165,111 @@ def test_drugs_remembered_across_patients_are_what_each_record_says(
     assert not named_dicts & {id(d._named) for d in again.values()}
 
 
+def _history_rule(record: PatientRecord, as_of: dt.date, supply: int) -> Any:
+    """build_history as first written: each record's own DrugRecord (nothing shared between
+    records), placed by the general rule, its reference and resourceType its own."""
+    drugs = _general_drug_records_plain(record)
+    exposures, undated, ignored, retrieved = [], [], 0, 0
+    for rtype in medications.MEDICATION_TYPES:
+        for resource in record.resources(rtype):
+            retrieved += 1
+            status, intent = resource.get("status"), resource.get("intent")
+            if (
+                isinstance(status, str) and status in medications.IGNORED_STATUSES_BY_TYPE[rtype]
+            ) or (
+                rtype == "MedicationRequest"
+                and isinstance(intent, str)
+                and intent in medications.NOT_ORDERED_INTENTS
+            ):
+                ignored += 1
+                continue
+            fields = {
+                f.name: getattr(drugs[id(resource)], f.name)
+                for f in dataclasses.fields(medications.DrugRecord)
+            }
+            fields["resource_type"] = str(resource.get("resourceType"))
+            original = medications._one_closed_bounds
+            try:
+                medications._one_closed_bounds = lambda request: None  # type: ignore[assignment]
+                placed = medications._place(resource, as_of, supply)
+            finally:
+                medications._one_closed_bounds = original
+            if isinstance(placed, str):
+                undated.append(medications.Undated(**fields, why=placed))
+            else:
+                exposures.append(
+                    medications.Exposure(
+                        **fields,
+                        start=placed.start,
+                        end=placed.end,
+                        basis=placed.basis,
+                        open_ended=placed.open_ended,
+                    )
+                )
+    return medications.MedicationHistory(tuple(exposures), tuple(undated), ignored, retrieved)
+
+
+def _general_drug_records_plain(record: PatientRecord) -> dict[int, Any]:
+    original = medications._same_drug_key
+    try:
+        medications._same_drug_key = lambda resource, routes: None  # type: ignore[assignment]
+        return medications.drug_records(record)
+    finally:
+        medications._same_drug_key = original
+
+
+_MEDICATION_SHAPES = [
+    ("MedicationRequest", {"status": "active"}),
+    ("MedicationRequest", {"status": "stopped", "intent": "proposal"}),
+    ("MedicationRequest", {"status": "cancelled"}),
+    ("MedicationStatement", {"status": "completed", "effectiveDateTime": "2026-03-01"}),
+    ("MedicationAdministration", {"status": "completed", "effectiveDateTime": "2026-11"}),
+    ("MedicationDispense", {"status": "completed", "whenHandedOver": "2026-10-01"}),
+    ("MedicationDispense", {"status": "in-progress", "whenHandedOver": "2026-10-01"}),
+]
+_BOUNDS_PERIODS = [
+    {"start": "2026-01-05", "end": "2026-03-01T10:00:00Z"},
+    {"start": "2026-03", "end": "2026-02-01"},
+    {"start": "2025-12", "end": "2026"},
+    {"start": "2026-02-30", "end": "2026-03-01"},
+    {"start": "2026-01-05"},
+    None,
+]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_MEDICATION_SHAPES),
+            st.sampled_from(ODD_CONCEPTS[:6]),
+            st.sampled_from(ODD_ROUTES[:3]),
+            st.sampled_from(_BOUNDS_PERIODS),
+        ),
+        max_size=10,
+    ),
+    st.booleans(),
+)
+def test_history_is_what_each_record_says(items: list[Any], remembered: bool) -> None:
+    if not remembered:
+        medications._DRUG_OF_KEY.clear()
+    record = PatientRecord()
+    for number, ((rtype, more), concept, route, bounds) in enumerate(items):
+        resource = {**_request(f"m{number}", concept, route), "resourceType": rtype, **more}
+        if bounds is not None and rtype == "MedicationRequest":
+            dosage = {"timing": {"repeat": {"boundsPeriod": bounds}}}
+            resource["dosageInstruction"] = [{**dosage, "route": route} if route else dosage]
+        record.add(resource)
+    as_of = dt.date(2026, 11, 26)
+    fast = medications.build_history(record, as_of, 90)
+    rule = _history_rule(record, as_of, 90)
+    assert fast == rule
+    for one, other in zip(
+        fast.exposures + fast.undated, rule.exposures + rule.undated, strict=True
+    ):
+        assert type(one) is type(other) and one.names == other.names, one.reference
+
+
 def test_drug_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(medications, "_MAX_CACHED_DRUGS", 3)
     medications._DRUG_OF_KEY.clear()
