@@ -158,8 +158,10 @@ class DrugRecord:
     # within a patient and across patients (_group_of_key). Keyed by the question and the
     # ValueSet's identity (two ValueSets may share an id), whose ValueSet is kept with the
     # answer so that the identity stays its own; matches, asked most, by the identity alone
-    # (an int: no key tuple to build per question).
-    _answers: dict[int | tuple[str, int], tuple[ValueSet, Any]] = field(
+    # (an int: no key tuple to build per question). Criteria may keep answers of their own
+    # here, under a key naming the question, with what keeps their key's identity (see
+    # fhir_trial.criteria.therapy.roles_of).
+    _answers: dict[int | tuple[str, int], tuple[object, Any]] = field(
         default_factory=dict, repr=False, compare=False, kw_only=True
     )
     # The words of the drug's names or stated route that say it is for local use ("Topical",
