@@ -72,6 +72,28 @@ def test_frozen_instance_is_what_the_constructor_builds(cls: type) -> None:
         fast.reference = "changed"  # type: ignore[misc]
 
 
+def test_evaluate_builds_what_the_constructors_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate() builds its Context, the report entries and the report with frozen_instance."""
+    from fhir_trial import evaluate as evaluation
+    from fhir_trial.criteria.context import Context
+    from fhir_trial.report import CriterionResult, EligibilityReport
+
+    built: list[tuple[type, dict[str, Any]]] = []
+
+    def spy(cls: type, fields: dict[str, Any]) -> Any:
+        built.append((cls, dict(fields)))
+        return frozen_instance(cls, fields)
+
+    monkeypatch.setattr(evaluation, "frozen_instance", spy)
+    report = evaluation.evaluate(_patient_with([PRED], "p1"), Settings(as_of=dt.date(2026, 11, 26)))
+    assert {cls for cls, _ in built} == {Context, CriterionResult, EligibilityReport}
+    for cls, fields in built:
+        slow = cls(**fields)
+        assert vars(frozen_instance(cls, dict(fields))) == vars(slow)
+        assert not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
+    assert report == EligibilityReport(**built[-1][1])
+
+
 # ----------------------------------------------------------------------------- medications
 def _request(rid: str, concept: Any = None, route: Any = None, **more: Any) -> dict[str, Any]:
     resource: dict[str, Any] = {
@@ -1180,6 +1202,44 @@ def test_report_entries_carry_their_spec() -> None:
     assert [(r.id, r.kind, r.ref, r.part_of) for r in report.criteria] == [
         (s.id, s.kind, s.ref, s.part_of) for s in CRITERIA
     ]
+
+
+def _verdict_rule(results: tuple[Any, ...]) -> str:
+    """verdict_of as first written: the voting results, then the rules one after the other."""
+    voting = [r for r in results if r.part_of is None]
+    if any(r.kind == "inclusion" and r.status == "not-met" for r in voting) or any(
+        r.kind == "exclusion" and r.status == "met" for r in voting
+    ):
+        return "ineligible"
+    fine_inclusion = {"met", "not-applicable"}
+    fine_exclusion = {"not-met", "not-applicable"}
+    if all(
+        r.status in (fine_inclusion if r.kind == "inclusion" else fine_exclusion) for r in voting
+    ):
+        return "eligible"
+    return "potentially-eligible"
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["inclusion", "exclusion", "other"]),
+            st.sampled_from(["met", "not-met", "unknown", "needs-review", "not-applicable"]),
+            st.sampled_from([None, "inc-autoantibody"]),
+        ),
+        max_size=8,
+    )
+)
+def test_verdict_is_what_the_rules_give_one_after_the_other(rows: list[Any]) -> None:
+    from fhir_trial.evaluate import verdict_of
+    from fhir_trial.report import CriterionResult
+
+    results = tuple(
+        CriterionResult(f"c{n}", kind, "ref", status, "why", part_of=part_of)
+        for n, (kind, status, part_of) in enumerate(rows)
+    )
+    assert verdict_of(results) == _verdict_rule(results)
 
 
 def _synthetic_and_synthea_records() -> list[tuple[str, Any, Settings]]:
