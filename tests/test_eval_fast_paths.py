@@ -25,7 +25,7 @@ from fhir_trial import medications
 from fhir_trial.config import Settings
 from fhir_trial.fhirdates import DateSpan
 from fhir_trial.record import PatientRecord
-from fhir_trial.report import frozen_instance
+from fhir_trial.report import EligibilityReport, frozen_instance
 from fhir_trial.terminology import ValueSet, load_terminology
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
@@ -1202,6 +1202,66 @@ def test_report_entries_carry_their_spec() -> None:
     assert [(r.id, r.kind, r.ref, r.part_of) for r in report.criteria] == [
         (s.id, s.kind, s.ref, s.part_of) for s in CRITERIA
     ]
+
+
+def _pickled_the_default_way(report: Any) -> Any:
+    """The report pickled as a dataclass without __reduce_ex__ is (a state dict per object)."""
+    import copyreg
+
+    def state(obj: Any) -> Any:
+        return (copyreg.__newobj__, (type(obj),), dict(vars(obj)))
+
+    import io
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = {  # type: ignore[attr-defined]
+        **copyreg.dispatch_table,
+        type(report): state,
+    }
+    pickler.dump(report)
+    return pickle.loads(buffer.getvalue())
+
+
+def test_reports_survive_pickling_as_they_were() -> None:
+    """Reports cross from the population workers to the caller pickled (__reduce_ex__)."""
+    import json
+
+    from fhir_trial.answers import apply_answers
+    from fhir_trial.evaluate import evaluate
+    from fhir_trial.report import Answer
+
+    reports = [evaluate(case.record(), case.settings_object()) for case in all_cases()[:60]]
+    unknown = next(
+        r for r in reports if any(c.status == "unknown" and c.part_of is None for c in r.criteria)
+    )
+    criterion = next(c.id for c in unknown.criteria if c.status == "unknown" and not c.part_of)
+    answered = apply_answers(
+        unknown, [Answer(criterion, "met", "seen in the chart", "Practitioner/1", "2026-11-26")]
+    )
+    assert answered.answers
+    for report in [*reports, answered]:
+        for protocol in (2, pickle.HIGHEST_PROTOCOL):
+            back = pickle.loads(pickle.dumps(report, protocol=protocol))
+            assert type(back) is EligibilityReport
+            assert back == report == _pickled_the_default_way(report)
+            assert list(vars(back).items()) == list(vars(report).items())  # in field order
+            assert [vars(c) for c in back.criteria] == [vars(c) for c in report.criteria]
+            assert json.dumps(back.to_json()) == json.dumps(report.to_json())
+            assert repr(back) == repr(report)
+    # What a worker writes: (order, report, what-if variants).
+    packed = (("Patient/x", 3), reports[0], tuple(reports[1:4]))
+    assert pickle.loads(pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)) == packed
+
+    other = _AnnotatedReport(
+        **{f.name: getattr(reports[0], f.name) for f in dataclasses.fields(reports[0])}
+    )
+    back = pickle.loads(pickle.dumps(other))
+    assert type(back) is _AnnotatedReport and back == other
+
+
+class _AnnotatedReport(EligibilityReport):
+    """A subclass: pickled the default way."""
 
 
 def _verdict_rule(results: tuple[Any, ...]) -> str:
