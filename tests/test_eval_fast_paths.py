@@ -488,6 +488,7 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(comorbidity, "_nyha_candidates", lambda results, coded: list(results))
     patch.setattr(comorbidity, "_names_nyha", _names_nyha_rule)
     patch.setattr(labs, "split_by_window", _split_rule)
+    patch.setattr(labs, "split_keeping_latest_before", _split_latest_before_rule)
     patch.setattr(therapy, "_all_exact", lambda *groups: False)
     patch.setattr(therapy, "roles_of", lambda record, ctx, vs: therapy._roles(record, vs))
     patch.setattr(reproductive, "split_by_window", _split_rule)
@@ -644,22 +645,36 @@ def _split_rule(observations: list[Any], start: dt.date | None, end: dt.date) ->
     return split
 
 
+def _split_latest_before_rule(observations: list[Any], start: dt.date | None, end: dt.date) -> Any:
+    """split_keeping_latest_before as the rule: split_by_window's rule, then of the results
+    before the window the latest by its span's start (max() keeps the first of equals)."""
+    split = _split_rule(observations, start, end)
+    if split.before:
+        split.before[:] = [max(split.before, key=lambda item: item.span.start)]
+    return split
+
+
 @SETTINGS
 @given(st.lists(_observations(), max_size=8), st.sampled_from([None, dt.date(2026, 10, 15)]))
 def test_split_by_window_agrees_with_the_status_and_time_rules(
     observations: list[Any], start: dt.date | None
 ) -> None:
-    from fhir_trial.observations import split_by_window
+    from fhir_trial.observations import split_by_window, split_keeping_latest_before
 
     end = dt.date(2026, 11, 26)
-    fast = split_by_window(observations, start, end)
-    rule = _split_rule(observations, start, end)
-    assert fast == rule
-    for name in ("inside", "ambiguous", "before", "after", "undated"):
-        assert all(
-            type(item) is type(other)
-            for item, other in zip(getattr(fast, name), getattr(rule, name), strict=True)
-        )
+    for fast, rule in (
+        (split_by_window(observations, start, end), _split_rule(observations, start, end)),
+        (
+            split_keeping_latest_before(observations, start, end),
+            _split_latest_before_rule(observations, start, end),
+        ),
+    ):
+        assert fast == rule
+        for name in ("inside", "ambiguous", "before", "after", "undated"):
+            assert all(
+                type(item) is type(other) and item[0] is other[0]
+                for item, other in zip(getattr(fast, name), getattr(rule, name), strict=True)
+            )
 
 
 def _odd_observations() -> list[dict[str, Any]]:
@@ -692,12 +707,21 @@ def _odd_observations() -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("start", [None, dt.date(2026, 10, 15)])
 def test_split_by_window_reads_odd_results_as_the_rules_do(start: dt.date | None) -> None:
-    from fhir_trial.observations import split_by_window
+    from fhir_trial.observations import split_by_window, split_keeping_latest_before
 
     observations = _odd_observations()
     assert split_by_window(observations, start, dt.date(2026, 11, 26)) == _split_rule(
         observations, start, dt.date(2026, 11, 26)
     )
+    # Several results before the window, two of them on its latest day: the first of those.
+    earlier = [
+        {"resourceType": "Observation", "status": "final", "effectiveDateTime": day, "id": n}
+        for n, day in enumerate(["2025-03-01", "2025-06-01T08:00:00Z", "2025-05", "2025-06-01"])
+    ]
+    for mixed in (earlier, [*observations, *earlier], [*earlier[::-1], *observations]):
+        assert split_keeping_latest_before(
+            mixed, start or dt.date(2026, 10, 15), dt.date(2026, 11, 26)
+        ) == _split_latest_before_rule(mixed, start or dt.date(2026, 10, 15), dt.date(2026, 11, 26))
 
 
 # ----------------------------------------------------------------------------- exc-heart-failure

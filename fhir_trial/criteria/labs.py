@@ -29,6 +29,7 @@ from fhir_trial.observations import (
     parse_number,
     quantity_of,
     split_by_window,
+    split_keeping_latest_before,
     value_beside_absent_reason,
 )
 from fhir_trial.report import Finding, Status
@@ -117,7 +118,8 @@ def latest_in_window(
         return unavailable
     judge = _judged_once(judge)
     start = ctx.days_before(window_days)
-    split = split_by_window(observations, start, ctx.as_of)
+    # Of the results before the window only the latest is named (below): the others are not kept.
+    split = split_keeping_latest_before(observations, start, ctx.as_of)
     window = f"window {window_days} days, from {start.isoformat()}"
     extra = list(notes)
     if split.after:
