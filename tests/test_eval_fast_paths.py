@@ -1288,6 +1288,27 @@ class _AnnotatedReport(EligibilityReport):
     """A subclass: pickled the default way."""
 
 
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_category_not_obtained_leaves_its_criteria_unknown(failed: bool) -> None:
+    """category_unavailable reads the record's states written out: a category never asked for
+    is as unavailable as one that failed (absence rule 1), never an empty one."""
+    from fhir_trial.criteria import labs
+    from fhir_trial.criteria.context import Context
+    from fhir_trial.record import CATEGORIES
+
+    record = PatientRecord()
+    record.add({"resourceType": "Patient", "id": "p"})
+    record.mark_obtained(*(c for c in CATEGORIES if c != "Observation"))
+    if failed:
+        record.mark_failed("Observation", "timeout")
+    as_of = dt.date(2026, 11, 26)
+    ctx = Context(record, Settings(as_of=as_of), TERMINOLOGY, as_of, as_of)
+    finding = labs.neutrophils(ctx)
+    assert finding.status == "unknown"
+    assert ("(timeout)" if failed else "(it was not requested)") in finding.reason
+    assert finding.missing == ("Observation resources",)
+
+
 def _verdict_rule(results: tuple[Any, ...]) -> str:
     """verdict_of as first written: the voting results, then the rules one after the other."""
     voting = [r for r in results if r.part_of is None]
