@@ -490,7 +490,11 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(labs, "split_by_window", _split_rule)
     patch.setattr(labs, "split_keeping_latest_before", _split_latest_before_rule)
     patch.setattr(therapy, "_all_exact", lambda *groups: False)
-    patch.setattr(therapy, "roles_of", lambda record, ctx, vs: therapy._roles(record, vs))
+    patch.setattr(
+        therapy,
+        "roles_of",
+        lambda record, ctx: therapy._roles(record, therapy.prior_therapy_valuesets(ctx)),
+    )
     patch.setattr(reproductive, "split_by_window", _split_rule)
     patch.setattr(PatientRecord, "with_code", _with_code_rule)
     from fhir_trial.criteria import context
@@ -970,40 +974,27 @@ def test_context_remembers_once_per_evaluation() -> None:
     assert therapy.history(_context(record)).retrieved == hist.retrieved + 1
 
 
-def _prior_therapy_valuesets(terminology: Any) -> Any:
-    oral = terminology.get("route-oral")
-    return (
-        terminology.get("oral-corticosteroids"),
-        (terminology.get("immunosuppressants"), terminology.get("sle-biologics")),
-        terminology.get("route-local"),
-        oral,
-        (oral, terminology.get("route-intravenous")),
-        terminology.get("hydroxychloroquine"),
-    )
-
-
 def test_prior_therapy_roles_are_remembered_per_drug_and_terminology() -> None:
     from fhir_trial.criteria import therapy
     from fhir_trial.terminology import Terminology
 
     medications._DRUG_OF_KEY.clear()
     concepts = [*ODD_CONCEPTS, {"coding": [{"system": RXNORM, "code": "5521"}]}]
-    valuesets = _prior_therapy_valuesets(TERMINOLOGY)
     for prefix in ("p1", "p2"):  # the second patient reads the first one's answers
         ctx = _context(_patient_with(concepts, prefix))
-        rows = [therapy.roles_of(e, ctx, valuesets) for e in therapy.history(ctx).exposures]
-        assert rows == [therapy._roles(e, valuesets) for e in therapy.history(ctx).exposures]
+        valuesets = therapy.prior_therapy_valuesets(ctx)
+        exposures = therapy.history(ctx).exposures
+        rows = [therapy.roles_of(e, ctx) for e in exposures]
+        assert rows == [therapy._roles(e, valuesets) for e in exposures]
         assert len(set(rows)) > 3  # steroids, partners, local, unplaced routes, hydroxychloroquine
     # Another terminology, where prednisone is no oral corticosteroid: its own answers.
     ocs = TERMINOLOGY.get("oral-corticosteroids")
     changed = _valueset(ocs.id, {(RXNORM, "1")}, {})
     other = Terminology([changed, *(TERMINOLOGY.get(i) for i in TERMINOLOGY.ids() if i != ocs.id)])
-    ctx = _context(_patient_with([PRED], "p3"))
-    ctx = dataclasses.replace(ctx, terminology=other)
-    valuesets = _prior_therapy_valuesets(other)
+    ctx = dataclasses.replace(_context(_patient_with([PRED], "p3")), terminology=other)
     (drug, *_) = therapy.history(ctx).exposures
-    assert therapy.roles_of(drug, ctx, valuesets) == therapy._roles(drug, valuesets)
-    assert not therapy.roles_of(drug, ctx, valuesets)[0]
+    assert therapy.roles_of(drug, ctx) == therapy._roles(drug, therapy.prior_therapy_valuesets(ctx))
+    assert not therapy.roles_of(drug, ctx)[0]
 
 
 def test_names_from_other_records_do_not_travel_to_another_patient() -> None:

@@ -162,7 +162,6 @@ def prior_therapy(ctx: Context) -> Finding:
     hist = history(ctx)
     ocs_vs, oral_vs = ctx.valueset("oral-corticosteroids"), ctx.valueset("route-oral")
     partner_vs = (ctx.valueset("immunosuppressants"), ctx.valueset("sle-biologics"))
-    hcq_vs = ctx.valueset("hydroxychloroquine")
 
     known_routes = (oral_vs, ctx.valueset("route-intravenous"))
     local_vs = ctx.valueset("route-local")
@@ -180,9 +179,8 @@ def prior_therapy(ctx: Context) -> Finding:
     hcq: list[Exposure] = []
     # One pass; what each record is (a steroid, a partner, for local use, its route) is asked
     # once per drug (_roles), whatever the number of its records.
-    valuesets = (ocs_vs, partner_vs, local_vs, oral_vs, known_routes, hcq_vs)
     for e in hist.exposures:
-        steroid, partner, why, oral, unplaced, may_be_oral, is_hcq = roles_of(e, ctx, valuesets)
+        steroid, partner, why, oral, unplaced, may_be_oral, is_hcq = roles_of(e, ctx)
         if is_hcq:
             hcq.append(e)
         if (steroid or partner) and why:
@@ -351,22 +349,35 @@ def _roles(record: DrugRecord, valuesets: _PriorTherapyValueSets) -> _Roles:
     )
 
 
-def roles_of(record: DrugRecord, ctx: Context, valuesets: _PriorTherapyValueSets) -> _Roles:
-    """:func:`_roles`, remembered with the record's other answers (:attr:`DrugRecord._answers`,
-    shared by the records that write the same drug the same way, within a patient and across
-    patients).
+def prior_therapy_valuesets(ctx: Context) -> _PriorTherapyValueSets:
+    """The ValueSets :func:`_roles` asks about, from the terminology by their fixed ids."""
+    oral = ctx.valueset("route-oral")
+    return (
+        ctx.valueset("oral-corticosteroids"),
+        (ctx.valueset("immunosuppressants"), ctx.valueset("sle-biologics")),
+        ctx.valueset("route-local"),
+        oral,
+        (oral, ctx.valueset("route-intravenous")),
+        ctx.valueset("hydroxychloroquine"),
+    )
+
+
+def roles_of(record: DrugRecord, ctx: Context) -> _Roles:
+    """:func:`_roles` against :func:`prior_therapy_valuesets`, remembered with the record's
+    other answers (:attr:`DrugRecord._answers`, shared by the records that write the same drug
+    the same way, within a patient and across patients).
 
     Why the same: every answer depends on the drug's codes, names and routes, which the records
-    sharing the answers share, and on the ValueSets, which are the terminology's own (ctx
-    gets them by fixed ids): the answers are kept under the terminology's identity, with the
-    terminology itself so that its identity stays its own (tests/test_eval_fast_paths.py).
+    sharing the answers share, and on the ValueSets, which are the terminology's own, got by
+    fixed ids: the answers are kept under the terminology's identity, with the terminology
+    itself so that its identity stays its own (tests/test_eval_fast_paths.py).
     """
     answers = record._answers
     key = ("inc-prior-therapy roles", id(ctx.terminology))
     known = answers.get(key)
     if known is not None:
         return cast(_Roles, known[1])
-    found = _roles(record, valuesets)
+    found = _roles(record, prior_therapy_valuesets(ctx))
     answers[key] = (ctx.terminology, found)
     return found
 
