@@ -33,7 +33,6 @@ from fhir_trial.report import (
     CriterionResult,
     EligibilityReport,
     Finding,
-    Status,
     Verdict,
     frozen_instance,
 )
@@ -92,18 +91,24 @@ def derive_autoantibody(parts: Mapping[str, Finding]) -> Finding:
 
 def verdict_of(results: tuple[CriterionResult, ...]) -> Verdict:
     """CRITERIA.md verdict rules; parts of inc-autoantibody do not vote on their own."""
-    voting = [r for r in results if r.part_of is None]
-    if any(r.kind == "inclusion" and r.status == "not-met" for r in voting) or any(
-        r.kind == "exclusion" and r.status == "met" for r in voting
-    ):
-        return "ineligible"
-    fine_inclusion: set[Status] = {"met", "not-applicable"}
-    fine_exclusion: set[Status] = {"not-met", "not-applicable"}
-    if all(
-        r.status in (fine_inclusion if r.kind == "inclusion" else fine_exclusion) for r in voting
-    ):
-        return "eligible"
-    return "potentially-eligible"
+    # One pass: a ruling result decides at once (ineligible); else eligible when every voting
+    # result is fine (inclusion met or not applicable, exclusion not met or not applicable).
+    all_fine = True
+    for r in results:
+        if r.part_of is not None:
+            continue
+        status = r.status
+        if r.kind == "inclusion":
+            if status == "not-met":
+                return "ineligible"
+            if status != "met" and status != "not-applicable":
+                all_fine = False
+        else:
+            if status == "met" and r.kind == "exclusion":
+                return "ineligible"
+            if status != "not-met" and status != "not-applicable":
+                all_fine = False
+    return "eligible" if all_fine else "potentially-eligible"
 
 
 def final_verdict(criteria_verdict: Verdict, vital: VitalStatus) -> Verdict:
@@ -129,16 +134,51 @@ def evaluate(
     settings = settings or Settings()
     terminology = terminology or load_terminology(settings.resources_dir)
     as_of = settings.screening_date()
-    ctx = Context(record, settings, terminology, as_of, settings.infusion_date or as_of)
+    # Context(...) without the per-field object.__setattr__ of its frozen __init__.
+    ctx = frozen_instance(
+        Context,
+        {
+            "record": record,
+            "settings": settings,
+            "terminology": terminology,
+            "as_of": as_of,
+            "infusion_date": settings.infusion_date or as_of,
+            "memo": {},
+        },
+    )
 
     findings: dict[str, Finding] = {}
-    for spec in CRITERIA:
-        if spec.id == DERIVED:
-            continue
-        findings[spec.id] = _safely(FUNCTIONS[spec.id], ctx)
+    functions = FUNCTIONS
+    for spec in _DECIDED:
+        criterion_id = spec.id
+        function = functions[criterion_id]
+        # What _safely does, written out: 28 criteria per patient.
+        try:
+            findings[criterion_id] = function(ctx)
+        except _UNREADABLE as exc:
+            findings[criterion_id] = _unreadable(exc)
     findings[DERIVED] = derive_autoantibody(findings)
 
-    results = tuple(_result(spec, findings[spec.id]) for spec in CRITERIA)
+    # Each criterion's report entry: its spec's identity, its finding's decision (29 per patient;
+    # frozen_instance is CriterionResult(**fields) without the per-field object.__setattr__).
+    results = tuple(
+        [
+            frozen_instance(
+                CriterionResult,
+                {
+                    "id": spec.id,
+                    "kind": spec.kind,
+                    "ref": spec.ref,
+                    "status": (finding := findings[spec.id]).status,
+                    "reason": finding.reason,
+                    "evidence": finding.evidence,
+                    "missing": finding.missing,
+                    "part_of": spec.part_of,
+                },
+            )
+            for spec in CRITERIA
+        ]
+    )
     vital = vital_status(record.patient, as_of)
     warnings = (
         tuple(record.warnings)
@@ -148,38 +188,28 @@ def evaluate(
         )
         + ((vital.warning,) if vital.warning else ())
     )
-    return EligibilityReport(
-        study=STUDY_ID,
-        patient=record.patient_reference,
-        as_of=as_of.isoformat(),
-        verdict=final_verdict(verdict_of(results), vital),
-        criteria=results,
-        warnings=warnings,
-        deceased=vital.deceased,
-        reason=vital.reason,
-        not_obtained=tuple(sorted(record.failed)),
-    )
-
-
-def _result(spec: CriterionSpec, finding: Finding) -> CriterionResult:
-    """The report entry of one criterion: its spec's identity, its finding's decision.
-
-    Built with :func:`~fhir_trial.report.frozen_instance` (the frozen dataclass's ``__init__``
-    without its per-field ``object.__setattr__``): 29 per patient.
-    """
+    # EligibilityReport(...) given every field, without the per-field object.__setattr__.
     return frozen_instance(
-        CriterionResult,
+        EligibilityReport,
         {
-            "id": spec.id,
-            "kind": spec.kind,
-            "ref": spec.ref,
-            "status": finding.status,
-            "reason": finding.reason,
-            "evidence": finding.evidence,
-            "missing": finding.missing,
-            "part_of": spec.part_of,
+            "study": STUDY_ID,
+            "patient": record.patient_reference,
+            "as_of": as_of.isoformat(),
+            "verdict": final_verdict(verdict_of(results), vital),
+            "criteria": results,
+            "warnings": warnings,
+            "deceased": vital.deceased,
+            "reason": vital.reason,
+            "answers": (),
+            "not_obtained": tuple(sorted(record.failed)),
         },
     )
+
+
+# Errors a criterion raises on data it cannot read (see _safely).
+_UNREADABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+# The criteria decided by a function of their own, in CRITERIA.md order.
+_DECIDED: tuple[CriterionSpec, ...] = tuple(spec for spec in CRITERIA if spec.id != DERIVED)
 
 
 def _safely(function: CriterionFunction, ctx: Context) -> Finding:
@@ -190,8 +220,13 @@ def _safely(function: CriterionFunction, ctx: Context) -> Finding:
     """
     try:
         return function(ctx)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        return Finding(
-            "needs-review",
-            f"the record holds data this criterion could not read ({type(exc).__name__}); review by hand",
-        )
+    except _UNREADABLE as exc:
+        return _unreadable(exc)
+
+
+def _unreadable(exc: Exception) -> Finding:
+    """The finding of a criterion that raised on data it could not read (see _safely)."""
+    return Finding(
+        "needs-review",
+        f"the record holds data this criterion could not read ({type(exc).__name__}); review by hand",
+    )

@@ -158,8 +158,10 @@ class DrugRecord:
     # within a patient and across patients (_group_of_key). Keyed by the question and the
     # ValueSet's identity (two ValueSets may share an id), whose ValueSet is kept with the
     # answer so that the identity stays its own; matches, asked most, by the identity alone
-    # (an int: no key tuple to build per question).
-    _answers: dict[int | tuple[str, int], tuple[ValueSet, Any]] = field(
+    # (an int: no key tuple to build per question). Criteria may keep answers of their own
+    # here, under a key naming the question, with what keeps their key's identity (see
+    # fhir_trial.criteria.therapy.roles_of).
+    _answers: dict[int | tuple[str, int], tuple[object, Any]] = field(
         default_factory=dict, repr=False, compare=False, kw_only=True
     )
     # The words of the drug's names or stated route that say it is for local use ("Topical",
@@ -446,30 +448,52 @@ def build_history(
     undated: list[Undated] = []
     ignored = 0
     found = _drug_fields(record)
+    ignored_by_type = IGNORED_STATUSES_BY_TYPE
     for rtype, resource, drug in found:
         status, intent = resource.get("status"), resource.get("intent")
-        if (isinstance(status, str) and status in IGNORED_STATUSES_BY_TYPE[rtype]) or (
+        if (isinstance(status, str) and status in ignored_by_type[rtype]) or (
             rtype == "MedicationRequest"
             and isinstance(intent, str)
             and intent in NOT_ORDERED_INTENTS
         ):
             ignored += 1
             continue
-        # The drug's fields as drug_records gives them to this record (the dict of a group of
-        # records writing the same drug the same way is shared: copied before it is changed).
-        fields = dict(drug)
-        fields["reference"] = record.reference_to(resource)
-        fields["resource_type"] = str(resource.get("resourceType"))
-        placed = _place(resource, as_of, default_supply_days)
+        # The usual order is read flat (_one_closed_bounds); any other record by _place.
+        placed = (_one_closed_bounds(resource) if rtype == "MedicationRequest" else None) or _place(
+            resource, as_of, default_supply_days
+        )
+        # The drug's fields as drug_records gives them to this record, in one new dict (the dict
+        # of a group of records writing the same drug the same way is shared, never changed).
+        # ``rtype`` is the record's resourceType: record.resources(rtype) lists only those.
         # frozen_instance is Undated(**fields) / Exposure(**fields) without the per-field
         # object.__setattr__ of a frozen dataclass's __init__ (one per medication record).
         if isinstance(placed, str):
-            fields["why"] = placed
-            undated.append(frozen_instance(Undated, fields))
+            undated.append(
+                frozen_instance(
+                    Undated,
+                    {
+                        **drug,
+                        "reference": record.reference_to(resource),
+                        "resource_type": rtype,
+                        "why": placed,
+                    },
+                )
+            )
         else:
-            fields["start"], fields["end"] = placed.start, placed.end
-            fields["basis"], fields["open_ended"] = placed.basis, placed.open_ended
-            exposures.append(frozen_instance(Exposure, fields))
+            exposures.append(
+                frozen_instance(
+                    Exposure,
+                    {
+                        **drug,
+                        "reference": record.reference_to(resource),
+                        "resource_type": rtype,
+                        "start": placed.start,
+                        "end": placed.end,
+                        "basis": placed.basis,
+                        "open_ended": placed.open_ended,
+                    },
+                )
+            )
     return MedicationHistory(tuple(exposures), tuple(undated), ignored, len(found))
 
 
@@ -502,47 +526,44 @@ def _drug_fields(record: PatientRecord) -> list[tuple[str, Resource, dict[str, A
     copy before setting their own. Why a dict and not a DrugRecord per record: build_history
     makes an Exposure of each, and a DrugRecord in between cost an object and a copy per record.
     """
-    found: list[tuple[str, Resource, dict[str, Any], list[Code]]] = []
-    named: dict[Code, list[str]] = {}
-    uses: dict[Code, int] = {}
     # A patient's hundreds of orders name a few dozen drugs: records that write the same drug
-    # the same way (see _same_drug_key) share what is read from it.
-    same: dict[bytes, tuple[dict[str, Any], list[Code]]] = {}
+    # the same way (see _same_drug_key) form one group, [fields, exact code keys], and share
+    # what is read from it. Groups are listed in the order of their first record.
+    rows: list[tuple[str, Resource, list[Any]]] = []
+    groups: list[list[Any]] = []
+    same: dict[bytes, list[Any]] = {}
     for rtype in MEDICATION_TYPES:
         for resource in record.resources(rtype):
             routes = _routes_of(resource)
             same_key = _same_drug_key(resource, routes)
-            known = same.get(same_key) if same_key is not None else None
-            if known is None:
-                known = _group_of_key(same_key, record, resource, routes)
+            group = same.get(same_key) if same_key is not None else None
+            if group is None:
+                group = list(_group_of_key(same_key, record, resource, routes))
+                groups.append(group)
                 if same_key is not None:
-                    same[same_key] = known
-            fields, keys = known
-            found.append((rtype, resource, fields, keys))
-            names = fields["names"]
-            for key in keys:
-                uses[key] = uses.get(key, 0) + 1
-                if names:
-                    named.setdefault(key, []).extend(names)
-    # Records sharing a _same_drug_key share their ``keys`` list and their names, so the names
-    # they gain from other records are the same: computed once per list (by its identity; every
-    # list stays alive in ``found`` meanwhile), and so are their fields.
-    gained: dict[int, dict[str, Any] | None] = {}
-    out: list[tuple[str, Resource, dict[str, Any]]] = []
-    for rtype, resource, fields, keys in found:
-        group = id(keys)
-        if group in gained:
-            more = gained[group]
-        else:
-            names_ = _names_with_shared(fields["names"], keys, uses, named)
+                    same[same_key] = group
+            rows.append((rtype, resource, group))
+    # How many groups use each code, and their names, code by code. Per group, not per record:
+    # the records of a group have the same codes and names, so each code's names list the same
+    # names in the same order of first appearance (the group of the first record naming a name
+    # is the first group naming it), which is all _names_with_shared reads of them (it keeps
+    # each name once); and a code used by one group only brings that group's own names.
+    named: dict[Code, list[str]] = {}
+    uses: dict[Code, int] = {}
+    for fields, keys in groups:
+        names = fields["names"]
+        for key in keys:
+            uses[key] = uses.get(key, 0) + 1
+            if names:
+                named.setdefault(key, []).extend(names)
+    # Each group's names gain those of the other records sharing one of its codes.
+    for group in groups:
+        fields = group[0]
+        names_ = _names_with_shared(fields["names"], group[1], uses, named)
+        if names_ is not None:
             # Other names, so the answers remembered for the old ones do not hold: fresh dicts.
-            more = gained[group] = (
-                None
-                if names_ is None
-                else {**fields, "names": names_, "_named": {}, "_answers": {}}
-            )
-        out.append((rtype, resource, fields if more is None else more))
-    return out
+            group[0] = {**fields, "names": names_, "_named": {}, "_answers": {}}
+    return [(rtype, resource, group[0]) for rtype, resource, group in rows]
 
 
 def _names_with_shared(
@@ -553,7 +574,7 @@ def _names_with_shared(
 ) -> tuple[str, ...] | None:
     """A record's names followed by those of the other records sharing one of its codes, or None
     when that adds nothing."""
-    # Only a code that other records use too can bring names (most codes are used once).
+    # Only a code that other groups use too can bring names (most codes are used by one group).
     shared = [n for k in keys if uses[k] > 1 for n in named.get(k, ())]
     if shared:
         merged = tuple(dict.fromkeys((*names, *shared)))
@@ -829,8 +850,9 @@ def _one_closed_bounds(request: Resource) -> Placed | None:
     request (then the general rule reads it).
 
     Why the same: that dosage gives the one period _from_periods sees (a truthy dict), whose
-    start and end :func:`_bounds_of_one` reads as here, and a readable end not before the start
-    is the first case of _from_periods (tests/test_eval_fast_paths.py compares).
+    start and end :func:`_bounds_of_one` reads as here (:func:`_day_read` is parse_span and
+    _span_text of a text), and a readable end not before the start is the first case of
+    _from_periods (tests/test_eval_fast_paths.py compares).
     """
     dosages = request.get("dosageInstruction")
     if type(dosages) is not list or len(dosages) != 1:
@@ -841,11 +863,33 @@ def _one_closed_bounds(request: Resource) -> Placed | None:
     period = repeat.get("boundsPeriod") if type(repeat) is dict else None
     if type(period) is not dict:
         return None
-    start = parse_span(period.get("start"))
-    end = parse_span(period.get("end"))
+    start_text, end_text = period.get("start"), period.get("end")
+    if type(start_text) is not str or type(end_text) is not str:
+        return None  # absent, or not plain text: the general rule
+    start, shown_start = _DAY_READS.get(start_text) or _day_read(start_text)
+    end, shown_end = _DAY_READS.get(end_text) or _day_read(end_text)
     if start is None or end is None or end.end < start.start:
         return None
-    return Placed(start, end, f"dosage bounds {_span_text(start)} to {_span_text(end)}")
+    # Placed(...) without the Python-level __new__ of a named tuple (one per order).
+    return _new_tuple(Placed, (start, end, f"dosage bounds {shown_start} to {shown_end}", False))
+
+
+_new_tuple = tuple.__new__
+# parse_span and _span_text of a date text, per text (medication orders of a population start
+# and end on the same days again and again): one lookup of a string whose hash the record's
+# indexes or parse_span's own cache often computed already. Bounded: emptied when full.
+_DAY_READS: dict[str, tuple[DateSpan | None, str]] = {}
+_MAX_DAY_READS = 16384
+
+
+def _day_read(text: str) -> tuple[DateSpan | None, str]:
+    """``(parse_span(text), _span_text of it)`` (``""`` when unreadable), remembered."""
+    span = parse_span(text)
+    found = (span, _span_text(span) if span is not None else "")
+    if len(_DAY_READS) >= _MAX_DAY_READS:
+        _DAY_READS.clear()
+    _DAY_READS[text] = found
+    return found
 
 
 def _asserted_by(statement: Resource, as_of: dt.date) -> dt.date:

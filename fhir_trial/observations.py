@@ -53,6 +53,7 @@ __all__ = [
     "read_titer",
     "reference_high",
     "split_by_window",
+    "split_keeping_latest_before",
     "unrecognised_interpretations",
     "value_beside_absent_reason",
 ]
@@ -195,9 +196,29 @@ def split_by_window(
     observations: Iterable[Resource], start: dt.date | None, end: dt.date
 ) -> WindowSplit:
     """Split Observations by window; ``start=None`` means "any time up to ``end``"."""
+    return _split(observations, start, end, True)
+
+
+def split_keeping_latest_before(
+    observations: Iterable[Resource], start: dt.date | None, end: dt.date
+) -> WindowSplit:
+    """:func:`split_by_window`, but ``before`` holds only the latest result dated before the
+    window (the first of those starting on the latest day), or nothing: what a criterion that
+    names "the latest earlier result" needs. Why: most of a chart's results lie before a
+    window of weeks, and each would otherwise be kept to be compared once."""
+    return _split(observations, start, end, False)
+
+
+def _split(
+    observations: Iterable[Resource], start: dt.date | None, end: dt.date, every_before: bool
+) -> WindowSplit:
     split = WindowSplit([], [], [], [], [], [])
     lower = start or dt.date.min
     inside, ambiguous, before, after = split.inside, split.ambiguous, split.before, split.after
+    # The latest result before the window so far (when not every one is kept): its fields and
+    # its span's start, replaced only by a later start (max() keeps the first of equals).
+    latest: tuple[Resource, DateSpan, StatusClass] | None = None
+    latest_start = dt.date.min
     for observation in observations:
         # observation_status and observation_time written out for the usual result (a text
         # status, an effectiveDateTime): this runs for every result of every window criterion.
@@ -226,18 +247,23 @@ def split_by_window(
                 span = parse_span(when)
         else:
             span = observation_time(observation)
-        item = _new_tuple(Dated, (observation, span, status))  # Dated(...) without its frame
         # place_in_window, written out: this runs for every result of every window criterion.
+        # tuple.__new__(Dated, ...) is Dated(...) without its frame.
         if span is None:
-            split.undated.append(item)
+            split.undated.append(_new_tuple(Dated, (observation, span, status)))
         elif span.start >= lower and span.end <= end:
-            inside.append(item)
+            inside.append(_new_tuple(Dated, (observation, span, status)))
         elif span.end < lower:
-            before.append(item)
+            if every_before:
+                before.append(_new_tuple(Dated, (observation, span, status)))
+            elif latest is None or span.start > latest_start:
+                latest, latest_start = (observation, span, status), span.start
         elif span.start > end:
-            after.append(item)
+            after.append(_new_tuple(Dated, (observation, span, status)))
         else:
-            ambiguous.append(item)
+            ambiguous.append(_new_tuple(Dated, (observation, span, status)))
+    if latest is not None:
+        before.append(_new_tuple(Dated, latest))
     return split
 
 

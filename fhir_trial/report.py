@@ -151,6 +151,33 @@ class EligibilityReport:
         """``{criterion id: status}`` for every criterion."""
         return {c.id: c.status for c in self.criteria}
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickled as its fields, each criterion's eight in one flat tuple (not as a dict of
+        state per object): the population screening pickles every report in a worker and
+        unpickles it in the caller. Rebuilt by :func:`_rebuilt_report`, equal to this one. A
+        subclass is pickled the default way."""
+        if type(self) is not EligibilityReport:
+            return object.__reduce_ex__(self, protocol)
+        flat: list[Any] = []
+        for c in self.criteria:
+            flat += (c.id, c.kind, c.ref, c.status, c.reason, c.evidence, c.missing, c.part_of)
+        return (
+            _rebuilt_report,
+            (
+                self.study,
+                self.patient,
+                self.as_of,
+                self.verdict,
+                tuple(flat),
+                self.warnings,
+                self.deceased,
+                self.reason,
+                self.answers,
+                self.not_obtained,
+                len(self.criteria),
+            ),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of CRITERIA.md: ``reason`` and ``deceased`` when set, ``complete: false``
         and ``notObtained`` when a category failed to load, ``warnings`` if any."""
@@ -173,3 +200,62 @@ class EligibilityReport:
         if self.answers:
             out["answers"] = [a.to_json() for a in self.answers]
         return out
+
+
+def _rebuilt_report(
+    study: str,
+    patient: str,
+    as_of: str,
+    verdict: Verdict,
+    flat: tuple[Any, ...],
+    warnings: tuple[str, ...],
+    deceased: str | bool | None,
+    reason: str | None,
+    answers: tuple[Answer, ...],
+    not_obtained: tuple[str, ...],
+    count: int,
+) -> EligibilityReport:
+    """The report :meth:`EligibilityReport.__reduce_ex__` took apart (each object built as
+    frozen_instance builds it: its fields in field order, stored at once)."""
+    if type(flat) is not tuple or len(flat) != 8 * count:
+        raise ValueError("a pickled EligibilityReport does not hold eight fields per criterion")
+    new = object.__new__
+    criteria = []
+    items = iter(flat)
+    for id_, kind, ref, status, why, evidence, missing, part_of in zip(
+        items, items, items, items, items, items, items, items, strict=True
+    ):
+        result = new(CriterionResult)
+        _set_attribute(
+            result,
+            "__dict__",
+            {
+                "id": id_,
+                "kind": kind,
+                "ref": ref,
+                "status": status,
+                "reason": why,
+                "evidence": evidence,
+                "missing": missing,
+                "part_of": part_of,
+            },
+        )
+        criteria.append(result)
+    report = new(EligibilityReport)
+    _set_attribute(
+        report,
+        "__dict__",
+        {
+            "study": study,
+            "patient": patient,
+            "as_of": as_of,
+            "verdict": verdict,
+            "criteria": tuple(criteria),
+            "warnings": warnings,
+            "deceased": deceased,
+            "reason": reason,
+            "answers": answers,
+            "not_obtained": not_obtained,
+        },
+    )
+    return report

@@ -25,7 +25,7 @@ from fhir_trial import medications
 from fhir_trial.config import Settings
 from fhir_trial.fhirdates import DateSpan
 from fhir_trial.record import PatientRecord
-from fhir_trial.report import frozen_instance
+from fhir_trial.report import EligibilityReport, frozen_instance
 from fhir_trial.terminology import ValueSet, load_terminology
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
@@ -70,6 +70,28 @@ def test_frozen_instance_is_what_the_constructor_builds(cls: type) -> None:
     assert not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.reference = "changed"  # type: ignore[misc]
+
+
+def test_evaluate_builds_what_the_constructors_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate() builds its Context, the report entries and the report with frozen_instance."""
+    from fhir_trial import evaluate as evaluation
+    from fhir_trial.criteria.context import Context
+    from fhir_trial.report import CriterionResult, EligibilityReport
+
+    built: list[tuple[type, dict[str, Any]]] = []
+
+    def spy(cls: type, fields: dict[str, Any]) -> Any:
+        built.append((cls, dict(fields)))
+        return frozen_instance(cls, fields)
+
+    monkeypatch.setattr(evaluation, "frozen_instance", spy)
+    report = evaluation.evaluate(_patient_with([PRED], "p1"), Settings(as_of=dt.date(2026, 11, 26)))
+    assert {cls for cls, _ in built} == {Context, CriterionResult, EligibilityReport}
+    for cls, fields in built:
+        slow = cls(**fields)
+        assert vars(frozen_instance(cls, dict(fields))) == vars(slow)
+        assert not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
+    assert report == EligibilityReport(**built[-1][1])
 
 
 # ----------------------------------------------------------------------------- medications
@@ -163,6 +185,111 @@ def test_drugs_remembered_across_patients_are_what_each_record_says(
     # Cached answers stay with their patient (ValueSet ids are unique only within a screening).
     named_dicts = {id(d._named) for d in seen.values()}
     assert not named_dicts & {id(d._named) for d in again.values()}
+
+
+def _history_rule(record: PatientRecord, as_of: dt.date, supply: int) -> Any:
+    """build_history as first written: each record's own DrugRecord (nothing shared between
+    records), placed by the general rule, its reference and resourceType its own."""
+    drugs = _general_drug_records_plain(record)
+    exposures, undated, ignored, retrieved = [], [], 0, 0
+    for rtype in medications.MEDICATION_TYPES:
+        for resource in record.resources(rtype):
+            retrieved += 1
+            status, intent = resource.get("status"), resource.get("intent")
+            if (
+                isinstance(status, str) and status in medications.IGNORED_STATUSES_BY_TYPE[rtype]
+            ) or (
+                rtype == "MedicationRequest"
+                and isinstance(intent, str)
+                and intent in medications.NOT_ORDERED_INTENTS
+            ):
+                ignored += 1
+                continue
+            fields = {
+                f.name: getattr(drugs[id(resource)], f.name)
+                for f in dataclasses.fields(medications.DrugRecord)
+            }
+            fields["resource_type"] = str(resource.get("resourceType"))
+            original = medications._one_closed_bounds
+            try:
+                medications._one_closed_bounds = lambda request: None  # type: ignore[assignment]
+                placed = medications._place(resource, as_of, supply)
+            finally:
+                medications._one_closed_bounds = original
+            if isinstance(placed, str):
+                undated.append(medications.Undated(**fields, why=placed))
+            else:
+                exposures.append(
+                    medications.Exposure(
+                        **fields,
+                        start=placed.start,
+                        end=placed.end,
+                        basis=placed.basis,
+                        open_ended=placed.open_ended,
+                    )
+                )
+    return medications.MedicationHistory(tuple(exposures), tuple(undated), ignored, retrieved)
+
+
+def _general_drug_records_plain(record: PatientRecord) -> dict[int, Any]:
+    original = medications._same_drug_key
+    try:
+        medications._same_drug_key = lambda resource, routes: None  # type: ignore[assignment]
+        return medications.drug_records(record)
+    finally:
+        medications._same_drug_key = original
+
+
+_MEDICATION_SHAPES = [
+    ("MedicationRequest", {"status": "active"}),
+    ("MedicationRequest", {"status": "stopped", "intent": "proposal"}),
+    ("MedicationRequest", {"status": "cancelled"}),
+    ("MedicationStatement", {"status": "completed", "effectiveDateTime": "2026-03-01"}),
+    ("MedicationAdministration", {"status": "completed", "effectiveDateTime": "2026-11"}),
+    ("MedicationDispense", {"status": "completed", "whenHandedOver": "2026-10-01"}),
+    ("MedicationDispense", {"status": "in-progress", "whenHandedOver": "2026-10-01"}),
+]
+_BOUNDS_PERIODS = [
+    {"start": "2026-01-05", "end": "2026-03-01T10:00:00Z"},
+    {"start": "2026-03", "end": "2026-02-01"},
+    {"start": "2025-12", "end": "2026"},
+    {"start": "2026-02-30", "end": "2026-03-01"},
+    {"start": "2026-01-05"},
+    None,
+]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_MEDICATION_SHAPES),
+            st.sampled_from(ODD_CONCEPTS[:6]),
+            st.sampled_from(ODD_ROUTES[:3]),
+            st.sampled_from(_BOUNDS_PERIODS),
+        ),
+        max_size=10,
+    ),
+    st.booleans(),
+)
+def test_history_is_what_each_record_says(items: list[Any], remembered: bool) -> None:
+    if not remembered:
+        medications._DRUG_OF_KEY.clear()
+    record = PatientRecord()
+    for number, ((rtype, more), concept, route, bounds) in enumerate(items):
+        resource = {**_request(f"m{number}", concept, route), "resourceType": rtype, **more}
+        if bounds is not None and rtype == "MedicationRequest":
+            dosage = {"timing": {"repeat": {"boundsPeriod": bounds}}}
+            resource["dosageInstruction"] = [{**dosage, "route": route} if route else dosage]
+        record.add(resource)
+    as_of = dt.date(2026, 11, 26)
+    fast = medications.build_history(record, as_of, 90)
+    rule = _history_rule(record, as_of, 90)
+    assert fast == rule
+    for one, other in zip(
+        fast.exposures + fast.undated, rule.exposures + rule.undated, strict=True
+    ):
+        assert type(one) is type(other) and one.names == other.names, one.reference
 
 
 def test_drug_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,7 +488,13 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(comorbidity, "_nyha_candidates", lambda results, coded: list(results))
     patch.setattr(comorbidity, "_names_nyha", _names_nyha_rule)
     patch.setattr(labs, "split_by_window", _split_rule)
+    patch.setattr(labs, "split_keeping_latest_before", _split_latest_before_rule)
     patch.setattr(therapy, "_all_exact", lambda *groups: False)
+    patch.setattr(
+        therapy,
+        "roles_of",
+        lambda record, ctx: therapy._roles(record, therapy.prior_therapy_valuesets(ctx)),
+    )
     patch.setattr(reproductive, "split_by_window", _split_rule)
     patch.setattr(PatientRecord, "with_code", _with_code_rule)
     from fhir_trial.criteria import context
@@ -516,22 +649,36 @@ def _split_rule(observations: list[Any], start: dt.date | None, end: dt.date) ->
     return split
 
 
+def _split_latest_before_rule(observations: list[Any], start: dt.date | None, end: dt.date) -> Any:
+    """split_keeping_latest_before as the rule: split_by_window's rule, then of the results
+    before the window the latest by its span's start (max() keeps the first of equals)."""
+    split = _split_rule(observations, start, end)
+    if split.before:
+        split.before[:] = [max(split.before, key=lambda item: item.span.start)]
+    return split
+
+
 @SETTINGS
 @given(st.lists(_observations(), max_size=8), st.sampled_from([None, dt.date(2026, 10, 15)]))
 def test_split_by_window_agrees_with_the_status_and_time_rules(
     observations: list[Any], start: dt.date | None
 ) -> None:
-    from fhir_trial.observations import split_by_window
+    from fhir_trial.observations import split_by_window, split_keeping_latest_before
 
     end = dt.date(2026, 11, 26)
-    fast = split_by_window(observations, start, end)
-    rule = _split_rule(observations, start, end)
-    assert fast == rule
-    for name in ("inside", "ambiguous", "before", "after", "undated"):
-        assert all(
-            type(item) is type(other)
-            for item, other in zip(getattr(fast, name), getattr(rule, name), strict=True)
-        )
+    for fast, rule in (
+        (split_by_window(observations, start, end), _split_rule(observations, start, end)),
+        (
+            split_keeping_latest_before(observations, start, end),
+            _split_latest_before_rule(observations, start, end),
+        ),
+    ):
+        assert fast == rule
+        for name in ("inside", "ambiguous", "before", "after", "undated"):
+            assert all(
+                type(item) is type(other) and item[0] is other[0]
+                for item, other in zip(getattr(fast, name), getattr(rule, name), strict=True)
+            )
 
 
 def _odd_observations() -> list[dict[str, Any]]:
@@ -564,12 +711,21 @@ def _odd_observations() -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("start", [None, dt.date(2026, 10, 15)])
 def test_split_by_window_reads_odd_results_as_the_rules_do(start: dt.date | None) -> None:
-    from fhir_trial.observations import split_by_window
+    from fhir_trial.observations import split_by_window, split_keeping_latest_before
 
     observations = _odd_observations()
     assert split_by_window(observations, start, dt.date(2026, 11, 26)) == _split_rule(
         observations, start, dt.date(2026, 11, 26)
     )
+    # Several results before the window, two of them on its latest day: the first of those.
+    earlier = [
+        {"resourceType": "Observation", "status": "final", "effectiveDateTime": day, "id": n}
+        for n, day in enumerate(["2025-03-01", "2025-06-01T08:00:00Z", "2025-05", "2025-06-01"])
+    ]
+    for mixed in (earlier, [*observations, *earlier], [*earlier[::-1], *observations]):
+        assert split_keeping_latest_before(
+            mixed, start or dt.date(2026, 10, 15), dt.date(2026, 11, 26)
+        ) == _split_latest_before_rule(mixed, start or dt.date(2026, 10, 15), dt.date(2026, 11, 26))
 
 
 # ----------------------------------------------------------------------------- exc-heart-failure
@@ -818,6 +974,29 @@ def test_context_remembers_once_per_evaluation() -> None:
     assert therapy.history(_context(record)).retrieved == hist.retrieved + 1
 
 
+def test_prior_therapy_roles_are_remembered_per_drug_and_terminology() -> None:
+    from fhir_trial.criteria import therapy
+    from fhir_trial.terminology import Terminology
+
+    medications._DRUG_OF_KEY.clear()
+    concepts = [*ODD_CONCEPTS, {"coding": [{"system": RXNORM, "code": "5521"}]}]
+    for prefix in ("p1", "p2"):  # the second patient reads the first one's answers
+        ctx = _context(_patient_with(concepts, prefix))
+        valuesets = therapy.prior_therapy_valuesets(ctx)
+        exposures = therapy.history(ctx).exposures
+        rows = [therapy.roles_of(e, ctx) for e in exposures]
+        assert rows == [therapy._roles(e, valuesets) for e in exposures]
+        assert len(set(rows)) > 3  # steroids, partners, local, unplaced routes, hydroxychloroquine
+    # Another terminology, where prednisone is no oral corticosteroid: its own answers.
+    ocs = TERMINOLOGY.get("oral-corticosteroids")
+    changed = _valueset(ocs.id, {(RXNORM, "1")}, {})
+    other = Terminology([changed, *(TERMINOLOGY.get(i) for i in TERMINOLOGY.ids() if i != ocs.id)])
+    ctx = dataclasses.replace(_context(_patient_with([PRED], "p3")), terminology=other)
+    (drug, *_) = therapy.history(ctx).exposures
+    assert therapy.roles_of(drug, ctx) == therapy._roles(drug, therapy.prior_therapy_valuesets(ctx))
+    assert not therapy.roles_of(drug, ctx)[0]
+
+
 def test_names_from_other_records_do_not_travel_to_another_patient() -> None:
     medications._DRUG_OF_KEY.clear()
     local = "http://hospital.example.cn/drug"
@@ -1038,6 +1217,125 @@ def test_report_entries_carry_their_spec() -> None:
     assert [(r.id, r.kind, r.ref, r.part_of) for r in report.criteria] == [
         (s.id, s.kind, s.ref, s.part_of) for s in CRITERIA
     ]
+
+
+def _pickled_the_default_way(report: Any) -> Any:
+    """The report pickled as a dataclass without __reduce_ex__ is (a state dict per object)."""
+    import copyreg
+
+    def state(obj: Any) -> Any:
+        return (copyreg.__newobj__, (type(obj),), dict(vars(obj)))
+
+    import io
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = {  # type: ignore[attr-defined]
+        **copyreg.dispatch_table,
+        type(report): state,
+    }
+    pickler.dump(report)
+    return pickle.loads(buffer.getvalue())
+
+
+def test_reports_survive_pickling_as_they_were() -> None:
+    """Reports cross from the population workers to the caller pickled (__reduce_ex__)."""
+    import json
+
+    from fhir_trial.answers import apply_answers
+    from fhir_trial.evaluate import evaluate
+    from fhir_trial.report import Answer
+
+    reports = [evaluate(case.record(), case.settings_object()) for case in all_cases()[:60]]
+    unknown = next(
+        r for r in reports if any(c.status == "unknown" and c.part_of is None for c in r.criteria)
+    )
+    criterion = next(c.id for c in unknown.criteria if c.status == "unknown" and not c.part_of)
+    answered = apply_answers(
+        unknown, [Answer(criterion, "met", "seen in the chart", "Practitioner/1", "2026-11-26")]
+    )
+    assert answered.answers
+    for report in [*reports, answered]:
+        for protocol in (2, pickle.HIGHEST_PROTOCOL):
+            back = pickle.loads(pickle.dumps(report, protocol=protocol))
+            assert type(back) is EligibilityReport
+            assert back == report == _pickled_the_default_way(report)
+            assert list(vars(back).items()) == list(vars(report).items())  # in field order
+            assert [vars(c) for c in back.criteria] == [vars(c) for c in report.criteria]
+            assert json.dumps(back.to_json()) == json.dumps(report.to_json())
+            assert repr(back) == repr(report)
+    # What a worker writes: (order, report, what-if variants).
+    packed = (("Patient/x", 3), reports[0], tuple(reports[1:4]))
+    assert pickle.loads(pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)) == packed
+
+    other = _AnnotatedReport(
+        **{f.name: getattr(reports[0], f.name) for f in dataclasses.fields(reports[0])}
+    )
+    back = pickle.loads(pickle.dumps(other))
+    assert type(back) is _AnnotatedReport and back == other
+
+
+class _AnnotatedReport(EligibilityReport):
+    """A subclass: pickled the default way."""
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_category_not_obtained_leaves_its_criteria_unknown(failed: bool) -> None:
+    """category_unavailable reads the record's states written out: a category never asked for
+    is as unavailable as one that failed (absence rule 1), never an empty one."""
+    from fhir_trial.criteria import labs
+    from fhir_trial.criteria.context import Context
+    from fhir_trial.record import CATEGORIES
+
+    record = PatientRecord()
+    record.add({"resourceType": "Patient", "id": "p"})
+    record.mark_obtained(*(c for c in CATEGORIES if c != "Observation"))
+    if failed:
+        record.mark_failed("Observation", "timeout")
+    as_of = dt.date(2026, 11, 26)
+    ctx = Context(record, Settings(as_of=as_of), TERMINOLOGY, as_of, as_of)
+    finding = labs.neutrophils(ctx)
+    assert finding.status == "unknown"
+    assert ("(timeout)" if failed else "(it was not requested)") in finding.reason
+    assert finding.missing == ("Observation resources",)
+
+
+def _verdict_rule(results: tuple[Any, ...]) -> str:
+    """verdict_of as first written: the voting results, then the rules one after the other."""
+    voting = [r for r in results if r.part_of is None]
+    if any(r.kind == "inclusion" and r.status == "not-met" for r in voting) or any(
+        r.kind == "exclusion" and r.status == "met" for r in voting
+    ):
+        return "ineligible"
+    fine_inclusion = {"met", "not-applicable"}
+    fine_exclusion = {"not-met", "not-applicable"}
+    if all(
+        r.status in (fine_inclusion if r.kind == "inclusion" else fine_exclusion) for r in voting
+    ):
+        return "eligible"
+    return "potentially-eligible"
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["inclusion", "exclusion", "other"]),
+            st.sampled_from(["met", "not-met", "unknown", "needs-review", "not-applicable"]),
+            st.sampled_from([None, "inc-autoantibody"]),
+        ),
+        max_size=8,
+    )
+)
+def test_verdict_is_what_the_rules_give_one_after_the_other(rows: list[Any]) -> None:
+    from fhir_trial.evaluate import verdict_of
+    from fhir_trial.report import CriterionResult
+
+    results = tuple(
+        CriterionResult(f"c{n}", kind, "ref", status, "why", part_of=part_of)
+        for n, (kind, status, part_of) in enumerate(rows)
+    )
+    assert verdict_of(results) == _verdict_rule(results)
 
 
 def _synthetic_and_synthea_records() -> list[tuple[str, Any, Settings]]:

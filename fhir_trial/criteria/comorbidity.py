@@ -44,7 +44,6 @@ import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, compress, repeat
 from typing import Any
 
 from fhir_trial.criteria.context import (
@@ -254,44 +253,44 @@ def _nyha_candidates(results: list[Resource], coded_assessments: set[int]) -> li
     ]
 
 
-# dict.get(d, key) is what d.get(key) gives for a plain dict, callable from map().
-_get: Callable[..., Any] = dict.get
-
-
 def _valued_unless_named(results: list[Resource]) -> list[Resource] | None:
     """The results with a valueCodeableConcept, in record order, when no result's name (code
     text or a coding display) names NYHA; None when one may, or when a result is not plain JSON
     (then :func:`_nyha_candidates` reads each one).
 
     Why: a chart's hundreds of results carry a dozen distinct names (Hemoglobin, Body
-    weight, ...), and each distinct one is asked once; gathering them with map() over the
-    results runs in C, where asking each result in turn runs Python for every one. Why the
-    same: :func:`_names_nyha` is true exactly when one of its result's labels names NYHA, and
-    these are all the labels of all the results. Only plain dicts are read (results, codes,
-    codings: a dict subclass may answer get() otherwise, and a coding list that is not a list
-    or a label that is not hashable raises TypeError): any other shape takes the rule.
+    weight, ...), and each distinct one is asked once; the results are walked once, each read
+    whole while it is at hand (the results were just parsed: several passes over them, each
+    reading one element, cost more than one). Why the same: :func:`_names_nyha` is true exactly
+    when one of its result's labels names NYHA, and these are all the labels of all the results.
+    Only plain dicts are read (results, codes, codings: a dict subclass may answer get()
+    otherwise; codings that are not a list of dicts, or a label that is not hashable, give
+    None): any other shape takes the rule.
     """
-    count = len(results)
+    labels: set[Any] = set()
+    add = labels.add
+    valued: list[Resource] = []
     try:
-        if set(map(type, results)) - {dict}:
-            return None
-        codes = list(map(_get, results, repeat("code", count)))
-        if set(map(type, codes)) - {dict}:
-            return None  # absent or damaged codes: the rule reads them
-        labels = set(map(_get, codes, repeat("text", count)))
-        codings_ = list(
-            chain.from_iterable(map(_get, codes, repeat("coding", count), repeat((), count)))
-        )
-        if set(map(type, codings_)) - {dict}:
-            return None
-        labels.update(map(_get, codings_, repeat("display")))
-    except TypeError:
+        for result in results:
+            if type(result) is not dict:
+                return None
+            code = result.get("code")
+            if type(code) is not dict:
+                return None  # absent or damaged codes: the rule reads them
+            add(code.get("text"))
+            for coding in code.get("coding", ()):
+                if type(coding) is not dict:
+                    return None
+                add(coding.get("display"))
+            if result.get("valueCodeableConcept"):
+                valued.append(result)
+    except TypeError:  # a coding list that is no list, a label that cannot be hashed
         return None
     for label in labels:
         # _may_name_nyha written out (see _names_nyha), then the cached pattern.
         if isinstance(label, str) and ("y" in label or "Y" in label) and _label_names_nyha(label):
             return None
-    return list(compress(results, map(_get, results, repeat("valueCodeableConcept", count))))
+    return valued
 
 
 @dataclass(frozen=True)

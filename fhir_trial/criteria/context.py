@@ -210,10 +210,11 @@ NO_MEASUREMENT = "a missing measurement leaves this unknown rather than not met"
 
 def category_unavailable(ctx: Context, *categories: str) -> Finding | None:
     """Rule 1: a needed category that could not be obtained makes the criterion unknown."""
+    record = ctx.record
     for category in categories:
-        state = ctx.record.state(category)
-        if state != "obtained":
-            why = ctx.record.failed.get(category, "it was not requested")
+        # record.state(category) != "obtained", written out: asked by most criteria.
+        if category in record.failed or category not in record.obtained:
+            why = record.failed.get(category, "it was not requested")
             return Finding(
                 "unknown",
                 f"{category} data could not be obtained ({why}), {NOT_OBTAINED}",

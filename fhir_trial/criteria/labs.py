@@ -29,6 +29,7 @@ from fhir_trial.observations import (
     parse_number,
     quantity_of,
     split_by_window,
+    split_keeping_latest_before,
     value_beside_absent_reason,
 )
 from fhir_trial.report import Finding, Status
@@ -117,8 +118,8 @@ def latest_in_window(
         return unavailable
     judge = _judged_once(judge)
     start = ctx.days_before(window_days)
-    split = split_by_window(observations, start, ctx.as_of)
-    window = f"window {window_days} days, from {start.isoformat()}"
+    # Of the results before the window only the latest is named (below): the others are not kept.
+    split = split_keeping_latest_before(observations, start, ctx.as_of)
     extra = list(notes)
     if split.after:
         extra.append(f"{_plural(len(split.after), 'result')} dated after {ctx.as_of} ignored")
@@ -128,12 +129,14 @@ def latest_in_window(
             f"{'/'.join(sorted({str(o.get('status')) for o in split.ignored}))} ignored"
         )
 
-    def outcome(item: Dated) -> tuple[Verdict, bool]:
-        return judge(item.resource).verdict, item.preliminary
-
     usable = [d for d in split.inside if not judge(d.resource).narrative]
     narrative = [d for d in split.inside if judge(d.resource).narrative]
     if usable:
+
+        def outcome(item: Dated) -> tuple[Verdict, bool]:
+            return judge(item.resource).verdict, item.preliminary
+
+        window = f"window {window_days} days, from {start.isoformat()}"
         best, conflicts = latest(usable + split.ambiguous, outcome)
         if best is not None:
             judged = judge(best.resource)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from fhir_trial.criteria.context import NOT_OBTAINED, Context
 from fhir_trial.medications import (
@@ -161,7 +162,6 @@ def prior_therapy(ctx: Context) -> Finding:
     hist = history(ctx)
     ocs_vs, oral_vs = ctx.valueset("oral-corticosteroids"), ctx.valueset("route-oral")
     partner_vs = (ctx.valueset("immunosuppressants"), ctx.valueset("sle-biologics"))
-    hcq_vs = ctx.valueset("hydroxychloroquine")
 
     known_routes = (oral_vs, ctx.valueset("route-intravenous"))
     local_vs = ctx.valueset("route-local")
@@ -170,26 +170,31 @@ def prior_therapy(ctx: Context) -> Finding:
     local: list[tuple[Exposure, str]] = []
     all_steroids: list[Exposure] = []
     partners: list[Exposure] = []
-    # One pass (each record is asked once whether it is a steroid, once whether a partner).
+    steroids: list[Exposure] = []  # oral or no route
+    # A route the screening cannot place (text only, an unlisted code) is not a stated non-oral
+    # route: such a steroid may count, but only after a person confirms the route.
+    unread: list[Exposure] = []
+    maybe_oral: list[Exposure] = []  # the oral or unrouted ones plus `unread`
+    non_oral: list[Exposure] = []
+    hcq: list[Exposure] = []
+    # One pass; what each record is (a steroid, a partner, for local use, its route) is asked
+    # once per drug (_roles), whatever the number of its records.
     for e in hist.exposures:
-        steroid = e.matches(ocs_vs)
-        partner = _is_partner(e, partner_vs)
-        if (steroid or partner) and (why := e.local_use_in(local_vs)):
+        steroid, partner, why, oral, unplaced, may_be_oral, is_hcq = roles_of(e, ctx)
+        if is_hcq:
+            hcq.append(e)
+        if (steroid or partner) and why:
             local.append((e, why))
             continue
         if steroid:
             all_steroids.append(e)
+            if oral:
+                steroids.append(e)
+            if unplaced:
+                unread.append(e)
+            (maybe_oral if may_be_oral else non_oral).append(e)
         if partner:
             partners.append(e)
-    steroids = [e for e in all_steroids if not e.route_stated() or e.route_in(oral_vs)]
-    # A route the screening cannot place (text only, an unlisted code) is not a stated non-oral
-    # route: such a steroid may count, but only after a person confirms the route.
-    unread = [e for e in all_steroids if e.route_unreadable(known_routes)]
-    maybe_oral: list[Exposure] = []  # the oral or unrouted ones plus `unread`
-    non_oral: list[Exposure] = []
-    for e in all_steroids:
-        (maybe_oral if _maybe_oral(e, oral_vs, known_routes) else non_oral).append(e)
-    hcq = hist.with_drug(hcq_vs)
     rule = (
         f"at least {settings.prior_therapy_min_days} days required, ending within "
         f"{settings.prior_therapy_max_gap_days} days of {ctx.as_of.isoformat()}, gaps of up to "
@@ -316,6 +321,65 @@ class _Found:
     hcq: Sequence[Exposure]
     # steroids and partners for local use (not systemic therapy), with what says so
     local: Sequence[tuple[Exposure, str]]
+
+
+_Roles = tuple[bool, bool, str, bool, bool, bool, bool]
+_PriorTherapyValueSets = tuple[
+    ValueSet, Sequence[ValueSet], ValueSet, ValueSet, Sequence[ValueSet], ValueSet
+]
+
+
+def _roles(record: DrugRecord, valuesets: _PriorTherapyValueSets) -> _Roles:
+    """What inc-prior-therapy asks of a record's drug: whether it is an oral corticosteroid, an
+    immunosuppressant or biologic, what says it is for local use ("" when nothing does),
+    whether its route counts as oral (oral or none stated), whether its stated route cannot be
+    placed, whether it may be oral (:func:`_maybe_oral`), and whether it is hydroxychloroquine.
+    """
+    ocs_vs, partner_vs, local_vs, oral_vs, known_routes, hcq_vs = valuesets
+    steroid = record.matches(ocs_vs)
+    partner = _is_partner(record, partner_vs)
+    return (
+        steroid,
+        partner,
+        record.local_use_in(local_vs) if steroid or partner else "",
+        not record.route_stated() or record.route_in(oral_vs),
+        record.route_unreadable(known_routes),
+        _maybe_oral(record, oral_vs, known_routes),
+        record.matches(hcq_vs),
+    )
+
+
+def prior_therapy_valuesets(ctx: Context) -> _PriorTherapyValueSets:
+    """The ValueSets :func:`_roles` asks about, from the terminology by their fixed ids."""
+    oral = ctx.valueset("route-oral")
+    return (
+        ctx.valueset("oral-corticosteroids"),
+        (ctx.valueset("immunosuppressants"), ctx.valueset("sle-biologics")),
+        ctx.valueset("route-local"),
+        oral,
+        (oral, ctx.valueset("route-intravenous")),
+        ctx.valueset("hydroxychloroquine"),
+    )
+
+
+def roles_of(record: DrugRecord, ctx: Context) -> _Roles:
+    """:func:`_roles` against :func:`prior_therapy_valuesets`, remembered with the record's
+    other answers (:attr:`DrugRecord._answers`, shared by the records that write the same drug
+    the same way, within a patient and across patients).
+
+    Why the same: every answer depends on the drug's codes, names and routes, which the records
+    sharing the answers share, and on the ValueSets, which are the terminology's own, got by
+    fixed ids: the answers are kept under the terminology's identity, with the terminology
+    itself so that its identity stays its own (tests/test_eval_fast_paths.py).
+    """
+    answers = record._answers
+    key = ("inc-prior-therapy roles", id(ctx.terminology))
+    known = answers.get(key)
+    if known is not None:
+        return cast(_Roles, known[1])
+    found = _roles(record, prior_therapy_valuesets(ctx))
+    answers[key] = (ctx.terminology, found)
+    return found
 
 
 def _is_partner(record: DrugRecord, partner_vs: Sequence[ValueSet]) -> bool:
