@@ -203,3 +203,55 @@ def test_workers_come_from_a_fork_server_on_linux_only(
         pytest.skip("no fork server here")
     monkeypatch.setattr(sys, "platform", platform)
     assert worker_context().get_start_method() == method
+
+
+_CALLER = """
+import sys
+from datetime import date
+from fhir_trial.config import Settings
+from fhir_trial.sources.ndjson import NdjsonExport
+from fhir_trial.sources.ndjson_screen import screen_export
+
+if __name__ == "__main__":  # the fork server imports this file again
+    export = NdjsonExport(sys.argv[1])
+    print(sum(1 for _ in screen_export(export, Settings(as_of=date(2026, 11, 26)), workers=2)))
+"""
+
+
+def test_workers_import_what_the_caller_imports_not_the_current_folder(tmp_path: Any) -> None:
+    """A ``fhir_trial`` folder where the command runs (another version's checkout) is not what
+    the workers import: they get the caller's import path, as the caller's own code does."""
+    import os
+    import subprocess
+
+    here = tmp_path / "runs-here"
+    shadow = here / "fhir_trial"
+    shadow.mkdir(parents=True)
+    marker = tmp_path / "shadow-imported"
+    (shadow / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('the folder, not the package')\n"
+    )
+    script = tmp_path / "script" / "screen.py"  # run as a file: its folder starts the caller's path
+    script.parent.mkdir()
+    script.write_text(_CALLER)
+    export = tmp_path / "export"
+    export.mkdir()
+    patients = [
+        f'{{"resourceType":"Patient","id":"p{n}","birthDate":"1990-01-01"}}' for n in range(4)
+    ]
+    (export / "Patient.ndjson").write_text("\n".join(patients) + "\n")
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(ndjson_screen.__file__)))
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.path.dirname(package_root)
+    environment.pop("PYTHONSAFEPATH", None)
+    run = subprocess.run(
+        [sys.executable, str(script), str(export)],
+        cwd=here,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "4"
+    assert not marker.exists(), "a worker imported fhir_trial from the current folder"

@@ -14,11 +14,13 @@ this process takes the ones no worker has started, smallest first, until none is
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
+from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 from typing import TypeVar
 
@@ -40,7 +42,37 @@ def worker_context() -> BaseContext:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
+    _start_fork_server()
     return context
+
+
+_START_LOCK = threading.Lock()
+
+
+def _start_fork_server() -> None:
+    """Start the fork server (once per process) importing from this process's import path.
+
+    Why: the server is a fresh ``python -c`` process, so its path starts with the current
+    folder, and Python 3.11 does not give it the caller's path (spawned workers got it). A
+    ``fhir_trial`` folder (another version's checkout) or any module named like one the workers
+    import, in the folder the command runs from, was then imported by the workers instead of
+    the code the caller runs. The server is started with ``PYTHONSAFEPATH`` (no current folder,
+    Python 3.11+) and ``PYTHONPATH`` set to this process's path, in order; the environment is
+    restored at once (the server keeps its own copy).
+    """
+    with _START_LOCK:
+        saved = {name: os.environ.get(name) for name in ("PYTHONSAFEPATH", "PYTHONPATH")}
+        path = [os.path.abspath(entry or os.curdir) for entry in sys.path]
+        os.environ["PYTHONSAFEPATH"] = "1"
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+        try:
+            forkserver.ensure_running()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def map_helped(
