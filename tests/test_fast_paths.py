@@ -552,7 +552,7 @@ def _group_both_ways(
     number = 1
     for run in runs:
         numbers = array(nb.NUMBER, range(number + 1, number + 1 + len(run)))
-        slices.append((0, 0, numbers, b"\n".join(run) + b"\n"))
+        slices.append((0, 0, numbers, b"\n".join(run)))
         number += len(run) + 3  # runs of a patient are apart in the file
     outcomes = []
     for whole in (True, False):
@@ -676,7 +676,7 @@ def test_a_clean_run_is_taken_whole() -> None:
     from fhir_trial.sources.ndjson_buckets import NUMBER, _take_run
 
     line = b'{"resourceType":"Observation","id":"o%d","subject":{"reference":"Patient/a"}}'
-    run = (0, 1, array(NUMBER, [4, 9]), line % 1 + b"\n" + line % 2 + b"\n")
+    run = (0, 1, array(NUMBER, [4, 9]), line % 1 + b"\n" + line % 2)
     resources: list[Any] = []
     counts: dict[str, int] = {}
     assert _take_run(run, "Patient/a", resources, counts)

@@ -308,7 +308,8 @@ class NdjsonExport:
         if self._prepared:
             return
         scratch = self.scratch
-        sizes = [p.stat().st_size for p in self.files]
+        stats = [p.stat() for p in self.files]
+        sizes = [stat.st_size for stat in stats]
         types = [file_type(p) for p in self.files]
         kept = sum(
             size * (8 if p.name.endswith(".gz") else 1)
@@ -409,6 +410,11 @@ class NdjsonExport:
         for category, why in missing.items():
             self.problems.failed.setdefault(category, why)
         file_types = tuple(types)
+        # Spans are read again from the data files: each worker checks they did not change.
+        sources = tuple(
+            (str(path), stat.st_size, stat.st_mtime_ns)
+            for path, stat in zip(self.files, stats, strict=True)
+        )
         self.jobs = [
             BucketJob(
                 bucket,
@@ -419,6 +425,8 @@ class NdjsonExport:
                 file_types,
                 lines_before,
                 str(medications),
+                sources,
+                sum(r.spanned.get(bucket, 0) for r in results),
             )
             for bucket in range(buckets)
         ]
