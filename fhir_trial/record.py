@@ -76,6 +76,9 @@ _CODE_ELEMENT: Mapping[str, str] = {
 }
 
 
+_NO_TYPE = object()  # equal to no resourceType
+
+
 class PatientRecord:
     """A patient's resources indexed by type, by reference and by code, with category states."""
 
@@ -86,10 +89,13 @@ class PatientRecord:
             lambda: defaultdict(list)
         )
         self._seen: set[int] = set()
-        # One derived Observation per coded component, in record order (see component_results).
+        # One derived Observation per coded component, in record order (see component_results),
+        # and the place of its parent among the Observations.
         self._components: list[Resource] = []
-        # Insertion order of every resource kept, so that lookups answer in record order.
-        self._position: dict[int, int] = {}
+        self._component_parents: list[int] = []
+        # Record order of one type's resources (with the components among the Observations),
+        # made when a lookup needs it: type -> (resources and components it counted, ranks).
+        self._ranks: dict[str, tuple[int, int, dict[int, int]]] = {}
         self.obtained: set[str] = set()
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -118,8 +124,6 @@ class PatientRecord:
                 return
             self._seen.add(id(resource))
         self._by_type[rtype].append(resource)
-        position = self._position
-        position[id(resource)] = len(position)
         # A fullUrl that is the resource's own ``Type/id`` (most Bundles) adds nothing.
         if full_url and full_url != key:
             by_reference[full_url] = resource
@@ -181,7 +185,7 @@ class PatientRecord:
                 if name not in ("id", "extension", "modifierExtension"):
                     derived[name] = value
             self._components.append(derived)
-            self._position[id(derived)] = len(self._position)
+            self._component_parents.append(len(self._by_type["Observation"]) - 1)
             self._index_code("Observation", derived, derived.get("code"))
 
     def _note_unusable_code(self, rtype: str) -> None:
@@ -197,23 +201,37 @@ class PatientRecord:
     def add_all(self, resources: Iterable[Resource]) -> None:
         """Add many resources: what :meth:`add` does for each, in order (written out flat).
 
-        A record holds a few hundred resources coded with a few dozen codings: the index lists
-        a coding's resource goes to are found once per distinct (system, code) and type here,
-        not once per resource.
+        A record holds a few hundred resources of a few types, coded with a few dozen codings:
+        what depends on the type is looked up when the type changes (resources come grouped by
+        type), and the index lists a coding's resource goes to are found once per distinct
+        (system, code) and type, not once per resource.
         """
         by_reference = self._by_reference
         by_type = self._by_type
         by_code = self._by_code
-        position = self._position
         seen = self._seen
         code_element = _CODE_ELEMENT
-        # (type, system, code) -> the index lists a resource with that coding joins
-        targets_of: dict[tuple[str, str | None, str], list[list[Resource]]] = {}
+        # type -> (system, code) -> the index lists a resource with that coding joins
+        targets_by_type: dict[str, dict[tuple[str | None, str], list[list[Resource]]]] = {}
+        last_type: Any = _NO_TYPE  # what follows is for resources of this type
+        kept: list[Resource] | None = None
+        element: str | None = None
+        index: dict[tuple[str, str], list[Resource]] = {}
+        targets_of: dict[tuple[str | None, str], list[list[Resource]]] = {}
+        observations = False
         for resource in resources:
             rtype = resource.get("resourceType")
-            if not isinstance(rtype, str):
-                self.left_out += 1
-                continue
+            if rtype != last_type:  # JSON never makes a non-text equal to a text
+                if not isinstance(rtype, str):
+                    self.left_out += 1
+                    continue
+                last_type = rtype
+                kept = by_type.get(rtype)  # made when one is kept (as add() does)
+                element = code_element.get(rtype)
+                if element:
+                    index = by_code[rtype]
+                    targets_of = targets_by_type.setdefault(rtype, {})
+                observations = rtype == "Observation"
             rid = resource.get("id")
             if rid:
                 key = f"{rtype}/{rid}"
@@ -226,9 +244,9 @@ class PatientRecord:
                     self.left_out += 1
                     continue
                 seen.add(id(resource))
-            by_type[rtype].append(resource)
-            position[id(resource)] = len(position)
-            element = code_element.get(rtype)
+            if kept is None:
+                kept = by_type[rtype]
+            kept.append(resource)
             if not element:
                 continue
             concept = resource.get(element)
@@ -236,7 +254,6 @@ class PatientRecord:
             if type(found) is not list:
                 self._index_code(rtype, resource, concept)  # odd shapes: the general walk
             else:
-                index = by_code[rtype]
                 for coding in found:
                     if type(coding) is not dict:
                         if isinstance(coding, Mapping):
@@ -247,7 +264,7 @@ class PatientRecord:
                         continue
                     system = coding.get("system")
                     if type(code) is str and (system is None or type(system) is str):
-                        pair = (rtype, system, code)
+                        pair = (system, code)
                         targets = targets_of.get(pair)
                         if targets is None:
                             targets = targets_of[pair] = self._code_lists(
@@ -257,7 +274,7 @@ class PatientRecord:
                         targets = self._code_lists(index, rtype, system, code)
                     for listed in targets:
                         listed.append(resource)
-            if rtype == "Observation":
+            if observations:
                 parts = resource.get("component")
                 if parts and type(parts) is list:
                     self._add_components(resource, parts)
@@ -352,8 +369,28 @@ class PatientRecord:
             return list(found.values())
         # Set iteration order depends on string hashing, which differs between processes: sort,
         # so reasons and evidence list the same resources in the same order everywhere.
-        position = self._position
-        return sorted(found.values(), key=lambda resource: position[id(resource)])
+        rank = self._rank(resource_type)
+        return sorted(found.values(), key=lambda resource: rank[id(resource)])
+
+    def _rank(self, resource_type: str) -> dict[int, int]:
+        """Record order of one type's resources (each component right after its parent, as
+        :meth:`add` adds them): ``id(resource) -> rank``. The index lists hold one type's
+        resources (and, for Observations, components), so that order is the record's."""
+        resources = self._by_type.get(resource_type, [])
+        components = self._components if resource_type == "Observation" else []
+        made = self._ranks.get(resource_type)
+        if made is not None and made[:2] == (len(resources), len(components)):
+            return made[2]
+        after: dict[int, list[Resource]] = {}
+        for parent, component in zip(self._component_parents, components, strict=False):
+            after.setdefault(parent, []).append(component)
+        rank: dict[int, int] = {}
+        for place, resource in enumerate(resources):
+            rank[id(resource)] = len(rank)
+            for component in after.get(place, ()):
+                rank[id(component)] = len(rank)
+        self._ranks[resource_type] = (len(resources), len(components), rank)
+        return rank
 
     def resolve(
         self, reference: str | None, container: Mapping[str, Any] | None = None

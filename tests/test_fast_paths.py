@@ -11,6 +11,7 @@ precision; malformed values), with hypothesis for the inputs nobody thought of.
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import zip_longest
 from typing import Any
 
 import pytest
@@ -593,6 +594,8 @@ def _record_state(record: Any) -> Any:
     def ids(resource: Any) -> Any:
         return derived.get(id(resource), id(resource))
 
+    ranks = [(t, record._rank(t)) for t in record._by_type]
+
     return (
         {t: [ids(r) for r in rs] for t, rs in record._by_type.items()},
         {k: ids(r) for k, r in record._by_reference.items()},
@@ -600,9 +603,8 @@ def _record_state(record: Any) -> Any:
             t: {k: [ids(r) for r in rs] for k, rs in index.items() if rs}
             for t, index in record._by_code.items()
         },
-        [(c, record._position[id(c)]) for c in record._components],
-        sorted(record._position.values()) == list(range(len(record._position))),
-        [record._position.get(ids(r)) for rs in record._by_type.values() for r in rs],
+        # Record order per type, the components among the Observations (what lookups sort by).
+        {t: [derived.get(k, k) for k in sorted(rank, key=rank.__getitem__)] for t, rank in ranks},
         record.warnings,
         record.left_out,
     )
@@ -687,35 +689,68 @@ def test_a_clean_run_is_taken_whole() -> None:
 def test_add_all_gives_the_same_reports_as_add_on_real_shaped_charts() -> None:
     # The clinical cases, the benchmark's synthetic charts and the Synthea bundles: their
     # resources (in record order) given to add() one by one and to add_all, then evaluated.
-    import json
 
     from clinical_cases import all_cases
     from test_eval_fast_paths import _synthetic_and_synthea_records
-
-    from fhir_trial.evaluate import evaluate
-    from fhir_trial.record import PatientRecord
 
     charts = [(case.name, case.record, case.settings_object()) for case in all_cases()]
     charts += _synthetic_and_synthea_records()
     assert len(charts) > 100
     for name, build, screening in charts:
         source = build()
-        position = source._position
-        given_ = sorted(
-            (r for rs in source._by_type.values() for r in rs), key=lambda r: position[id(r)]
-        )
-        records = []
-        for at_once in (False, True):
-            record = PatientRecord()
-            if at_once:
-                record.add_all(given_)
-            else:
-                for resource in given_:
-                    record.add(resource)
-            record.obtained = set(source.obtained)
-            record.failed = dict(source.failed)
-            record.warnings[:0] = [w for w in source.warnings if w not in record.warnings]
-            records.append(record)
-        one, other = (json.dumps(evaluate(r, screening).to_json()) for r in records)
-        assert one == other, name
-        assert _record_state(records[0]) == _record_state(records[1]), name
+        by_type = [source.resources(t) for t in source._by_type]
+        grouped = [r for rs in by_type for r in rs]
+        # Types interleaved (one of each in turn): add_all looks up a type's lists when it changes.
+        mixed = [r for turn in zip_longest(*by_type) for r in turn if r is not None]
+        for given_ in (grouped, mixed):
+            _same_both_ways(name, given_, source, screening)
+
+
+def _same_both_ways(name: str, given_: list[Any], source: Any, screening: Any) -> None:
+    import json
+
+    from fhir_trial.evaluate import evaluate
+    from fhir_trial.record import PatientRecord
+
+    records = []
+    for at_once in (False, True):
+        record = PatientRecord()
+        if at_once:
+            record.add_all(given_)
+        else:
+            for resource in given_:
+                record.add(resource)
+        record.obtained = set(source.obtained)
+        record.failed = dict(source.failed)
+        record.warnings[:0] = [w for w in source.warnings if w not in record.warnings]
+        records.append(record)
+    one, other = (json.dumps(evaluate(r, screening).to_json()) for r in records)
+    assert one == other, name
+    assert _record_state(records[0]) == _record_state(records[1]), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_RECORD_RESOURCES, max_size=10), st.integers(0, 3))
+def test_record_order_per_type_is_the_order_resources_were_added(
+    resources: list[dict[str, Any]], again: int
+) -> None:
+    """What with_code sorts by (made when needed) is the order add() kept the resources in,
+    each component right after its parent: what a position counted at each add gave."""
+    from fhir_trial.record import PatientRecord
+
+    record = PatientRecord()
+    order: list[Any] = []  # every resource kept and component made, as they come
+    for resource in resources + resources[:again]:
+        kept = sum(map(len, record._by_type.values()))
+        made = len(record._components)
+        record.add(resource)
+        if sum(map(len, record._by_type.values())) > kept:
+            order.append(resource)
+        order += record._components[made:]
+        record._rank("Observation")  # made early too: it must follow later additions
+    components = {id(c) for c in record._components}
+    for rtype, kept_ in record._by_type.items():
+        ids = {id(r) for r in kept_} | (components if rtype == "Observation" else set())
+        expected = [id(r) for r in order if id(r) in ids]
+        rank = record._rank(rtype)
+        assert sorted(rank, key=rank.__getitem__) == expected
