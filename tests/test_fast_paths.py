@@ -676,10 +676,11 @@ def test_a_clean_run_is_taken_whole() -> None:
     from array import array
 
     from fhir_trial.sources.ndjson_buckets import NUMBER, _take_run
+    from fhir_trial.sources.ndjson_versions import PlacedResources
 
     line = b'{"resourceType":"Observation","id":"o%d","subject":{"reference":"Patient/a"}}'
     run = (0, 1, array(NUMBER, [4, 9]), line % 1 + b"\n" + line % 2)
-    resources: list[Any] = []
+    resources = PlacedResources()
     counts: dict[str, int] = {}
     assert _take_run(run, "Patient/a", resources, counts)
     assert [(order, r["id"]) for order, r in resources] == [((0, 1, 4), "o1"), ((0, 1, 9), "o2")]

@@ -41,6 +41,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from operator import methodcaller
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -472,7 +473,7 @@ class NdjsonExport:
             for job in self.jobs:
                 for group, medications in bucket_patients(job, self.account):
                     self.account.patients += 1
-                    yield self.builder(group, medications)([r for _, r in group.resources])
+                    yield self.builder(group, medications)(group.resources.resources)
         finally:
             self.close()
 
@@ -532,6 +533,9 @@ def records_from_ndjson(
     )
 
 
+_MEDICATION_REFERENCE = methodcaller("get", "medicationReference")
+
+
 def assemble_record(
     patient: Resource,
     resources: Iterable[Resource],
@@ -554,12 +558,11 @@ def assemble_record(
     resources = resources if isinstance(resources, list) else list(resources)
     record.add_all(resources)
     medication_refs: set[str] = set()
-    for resource in resources:
-        holder = resource.get("medicationReference")  # absent from all but a few resources
-        if holder is not None:
-            ref = child(holder, "reference")
-            if isinstance(ref, str) and ref.startswith("Medication/"):
-                medication_refs.add(ref)
+    # Absent from all but a few resources: found in C (a falsy holder has no reference either).
+    for holder in filter(None, map(_MEDICATION_REFERENCE, resources)):
+        ref = child(holder, "reference")
+        if isinstance(ref, str) and ref.startswith("Medication/"):
+            medication_refs.add(ref)
     for ref in sorted(medication_refs):
         if record.resolve(ref) is None:
             medication = shared_medication(ref)

@@ -52,6 +52,7 @@ from fhir_trial.json_input import parse_json
 from fhir_trial.record import CATEGORIES, Resource
 from fhir_trial.sources._common import KEPT_TYPES
 from fhir_trial.sources.ndjson_account import InputAccount, RejectedLine
+from fhir_trial.sources.ndjson_versions import PlacedResources
 
 PATIENT_REF = re.compile(rb"Patient\\?/([A-Za-z0-9\-.]{1,64})")
 PATIENT_REF_TEXT = re.compile(PATIENT_REF.pattern.decode())  # the same, for text (Spark)
@@ -550,7 +551,7 @@ class PatientGroup:
     order: Order  # of its (first) Patient line
     patient_id: str
     patient: Resource
-    resources: list[tuple[Any, Resource]]  # (where: see BucketJob.where, resource), export order
+    resources: PlacedResources  # (where: see BucketJob.where, resource), export order
     failed_for: dict[str, str]  # category -> reason (unreadable lines naming this patient)
 
 
@@ -736,7 +737,7 @@ def _parse_group(
             clash = True
     if clash:
         account.clashing_patients.append(pid)
-    resources: list[tuple[Any, Resource]] = []
+    resources = PlacedResources()
     failed_for: dict[str, str] = {}
     reference = f"Patient/{pid}"
     counts: dict[str, int] = {}
@@ -794,7 +795,7 @@ FAST_TYPES = KEPT_TYPES - {"Patient"}  # what a patient's line may be to be take
 def _take_run(
     run: RunSlice,
     reference: str,
-    resources: list[tuple[Any, Resource]],
+    resources: PlacedResources,
     counts: dict[str, int],
 ) -> bool:
     """Take a whole run when every line passes the test :func:`_parse_group` makes of one line
@@ -819,8 +820,7 @@ def _take_run(
         return False
     for rtype in kinds:
         counts[rtype] = counts.get(rtype, 0) + rtypes.count(rtype)
-    orders = zip(repeat(file_index), repeat(range_index), numbers)
-    resources.extend(zip(orders, parsed, strict=True))  # a number per line
+    resources.add_run(file_index, range_index, numbers, parsed)  # a number per line
     return True
 
 
@@ -833,7 +833,7 @@ def _slow_resource(
     accounts: bool,
     account: InputAccount,
     classify_line: Any,
-    resources: list[tuple[Any, Resource]],
+    resources: PlacedResources,
     failed_for: dict[str, str],
 ) -> None:
     """The full rule for one line (several patients, odd references, unreadable, orphan).
