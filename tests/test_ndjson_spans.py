@@ -134,3 +134,18 @@ def test_a_data_file_changed_after_the_split_is_an_error(tmp_path: Path) -> None
         handle.write("\n")
     with pytest.raises(InputError, match="changed"):
         list(export)
+
+
+def test_the_split_gives_the_collector_back(tmp_path: Path) -> None:
+    import gc
+
+    _export(tmp_path / "plain")
+    assert gc.isenabled()
+    NdjsonExport(tmp_path / "plain").prepare()  # splits with the collector off
+    assert gc.isenabled()
+    gc.disable()
+    try:  # and leaves it off when it was off
+        NdjsonExport(tmp_path / "plain").prepare()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
