@@ -141,11 +141,13 @@ def test_the_split_gives_the_collector_back(tmp_path: Path) -> None:
 
     _export(tmp_path / "plain")
     assert gc.isenabled()
-    NdjsonExport(tmp_path / "plain").prepare()  # splits with the collector off
+    with NdjsonExport(tmp_path / "plain") as export:
+        export.prepare()  # splits with the collector off
     assert gc.isenabled()
     gc.disable()
     try:  # and leaves it off when it was off
-        NdjsonExport(tmp_path / "plain").prepare()
+        with NdjsonExport(tmp_path / "plain") as export:
+            export.prepare()
         assert not gc.isenabled()
     finally:
         gc.enable()
