@@ -755,3 +755,21 @@ def test_record_order_per_type_is_the_order_resources_were_added(
         expected = [id(r) for r in order if id(r) in ids]
         rank = record._rank(rtype)
         assert sorted(rank, key=rank.__getitem__) == expected
+
+
+# ----------------------------------------------------------------- Feasibility.add's shortcuts
+def test_feasibility_rules_out_as_the_rule_says() -> None:
+    from fhir_trial.population.measures import _RULING_OUT, rules_out
+    from fhir_trial.report import STATUSES
+
+    for kind in ("inclusion", "exclusion", "exclusion-deceased", ""):
+        for status in (*STATUSES, "", "Met"):
+            assert ((kind, status) in _RULING_OUT) == rules_out(kind, status), (kind, status)
+
+
+def test_feasibility_blanks_each_missing_item_as_the_pattern_does() -> None:
+    from fhir_trial.population import measures
+
+    items = ["score for Patient/abc-1 missing", "no Observation/x-2 in 90 days", "plain", ""]
+    for raw in items * 2:  # the second time from the memo
+        assert measures._shared_item(raw) == measures._REFERENCE.sub("<resource>", raw)
