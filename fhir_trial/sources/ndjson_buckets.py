@@ -162,9 +162,12 @@ def _skip_line(handle: IO[bytes]) -> None:
             return
 
 
-def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[tuple[int, list[bytes | None]]]:
+def _blocks(
+    task: SplitTask, handle: IO[bytes]
+) -> Iterator[tuple[int, list[bytes | None], list[int]]]:
     """The lines of the task's range, a block at a time (split in C, not line by line), each
-    block with the offset of its first line in the file (-1 in a gzip file).
+    block with the offset of its first line in the file (-1 in a gzip file) and the lengths of
+    its lines (when none is None).
 
     A line belongs to the range its first byte is in. Empty lines are kept (they count for line
     numbers); a line longer than ``max_line`` comes as None and is never held whole.
@@ -192,19 +195,20 @@ def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[tuple[int, list[byte
                 if len(carry) > limit:
                     carry, skipping = b"", True
             continue
-        lines: list[bytes | None] = list(pieces)
+        lines: list[bytes | None] = pieces  # type: ignore[assignment]
+        lengths = list(map(len, pieces))
         if skipping:
             lines[0] = None
             skipping = False
         elif carry:
             lines[0] = carry + pieces[0]
+            lengths[0] += len(carry)
         carry = last
         if len(carry) > limit:
             carry, skipping = b"", True
-        first = lines[0]
-        if max(map(len, pieces)) > limit or (first is not None and len(first) > limit):
+        if max(lengths) > limit:
             lines = [None if line is not None and len(line) > limit else line for line in lines]
-        yield line_at, lines
+        yield line_at, lines, lengths
         if plain:
             line_at = position - len(last)
     if task.end is not None and carry and not skipping:  # the range ends inside a line
@@ -221,9 +225,9 @@ def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[tuple[int, list[byte
                 break
         carry = carry.rstrip(b"\n")
     if skipping:
-        yield -1, [None]
+        yield -1, [None], [0]
     elif carry:
-        yield line_at, [carry]
+        yield line_at, [carry], [len(carry)]
 
 
 Run = tuple["array[int]", list[bytes]]  # one patient's line numbers and lines, in order
@@ -401,7 +405,7 @@ def _split_range(task: SplitTask) -> SplitResult:
     spanned = writer.result.spanned
     number = blocks = nonempty = 0
     with _open_binary(task.path) as handle:
-        for offset, block in _blocks(task, handle):
+        for offset, block, lengths in _blocks(task, handle):
             size = len(block)
             in_place = IN_PLACE and offset >= 0 and looked_at
             if not looked_at:
@@ -411,8 +415,6 @@ def _split_range(task: SplitTask) -> SplitResult:
                 in_place = False
             else:
                 parts = stretches(block)  # type: ignore[arg-type]
-            if in_place:
-                lengths = list(map(len, block))  # type: ignore[arg-type]
             for start, stop, pid in parts:
                 if in_place:
                     here = offset
