@@ -151,3 +151,33 @@ def test_the_split_gives_the_collector_back(tmp_path: Path) -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("block", [None, 300], ids=["one-block", "small-blocks"])
+def test_a_line_of_the_limit_is_read_one_byte_more_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int | None
+) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "Patient.000.ndjson").write_text(
+        json.dumps({"resourceType": "Patient", "id": "a", "birthDate": "1980-01-01"}) + "\n"
+    )
+    limit = 700
+
+    def padded(cid: str, size: int) -> str:
+        line = _condition(cid, "a")
+        return line[:-1] + " " * (size - len(line)) + "}"
+
+    lines = [
+        _condition("c0", "a"),
+        padded("c1", limit),
+        padded("c2", limit + 1),
+        padded("c3", limit),
+    ]
+    (folder / "Condition.000.ndjson").write_text("\n".join(lines) + "\n")
+    if block:
+        monkeypatch.setattr(ndjson_buckets, "BLOCK_BYTES", block)
+    export = NdjsonExport(folder, complete_types=CATEGORIES, max_line_bytes=limit)
+    list(screen_ndjson(export, SETTINGS, workers=1))
+    assert export.account.oversized == ["Condition.000.ndjson:3"]
+    assert export.account.types["Condition"].resources == 3
