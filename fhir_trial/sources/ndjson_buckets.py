@@ -677,11 +677,14 @@ class _Medications:
     """Shared Medications, looked up by ``Medication/<id>`` in the split's SQLite file."""
 
     def __init__(self, path: str | None) -> None:
-        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if path else None
+        self.path = path
+        self.db: sqlite3.Connection | None = None  # opened at the first lookup (most buckets: none)
 
     def __call__(self, ref: str) -> Resource | None:
-        if self.db is None:
+        if self.path is None:
             return None
+        if self.db is None:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         row = self.db.execute("SELECT body FROM shared WHERE ref = ?", (ref,)).fetchone()
         return parse_json(row[0]) if row else None
 
