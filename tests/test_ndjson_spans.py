@@ -126,14 +126,26 @@ def test_spans_give_what_copied_runs_give(
     ]
 
 
-def test_a_data_file_changed_after_the_split_is_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("change", ["appended", "removed"])
+def test_a_data_file_changed_after_the_split_is_an_error(tmp_path: Path, change: str) -> None:
     _export(tmp_path / "plain")
     export = NdjsonExport(tmp_path / "plain", complete_types=CATEGORIES)
     export.prepare()
-    with (tmp_path / "plain" / "Observation.000.ndjson").open("a") as handle:
-        handle.write("\n")
-    with pytest.raises(InputError, match="changed"):
+    path = tmp_path / "plain" / "Observation.000.ndjson"
+    if change == "removed":
+        path.unlink()
+    else:
+        with path.open("a") as handle:
+            handle.write("\n")
+    with pytest.raises(InputError, match="changed" if change == "appended" else "no longer"):
         list(export)
+
+
+def test_spans_read_without_pread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _export(tmp_path / "plain")
+    with_pread = _screen(tmp_path / "plain")
+    monkeypatch.setattr(ndjson_buckets, "_PREAD", None)  # as on Windows: seek and read
+    assert _screen(tmp_path / "plain")[:2] == with_pread[:2]
 
 
 def test_the_split_gives_the_collector_back(tmp_path: Path) -> None:

@@ -580,29 +580,48 @@ def header_order(header: bytes) -> Order:
 
 
 class _Sources:
-    """The data files a bucket's spans are read from, each opened once and checked unchanged."""
+    """The data file a bucket's spans are read from, checked unchanged since the split.
+
+    One is open at a time: a split file (one part of a bucket) holds spans of one data file, and
+    an export may have thousands of files.
+    """
 
     def __init__(self, job: BucketJob) -> None:
         self.job = job
-        self.open: dict[int, int] = {}
+        self.index = -1
+        self.handle: IO[bytes] | None = None
 
     def read(self, file_index: int, offset: int, size: int) -> bytes:
-        descriptor = self.open.get(file_index)
-        if descriptor is None:
-            path, length, modified = self.job.sources[file_index]
-            descriptor = self.open[file_index] = os.open(path, os.O_RDONLY)
-            now = os.fstat(descriptor)
+        """``size`` bytes at ``offset`` of a data file (an InputError if it changed)."""
+        path, length, modified = self.job.sources[file_index]
+        if file_index != self.index or self.handle is None:
+            self.close()
+            try:
+                self.handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise InputError(
+                    f"{path} can no longer be read ({exc.strerror}); screen it again"
+                ) from None
+            self.index = file_index
+            now = os.fstat(self.handle.fileno())
             if (now.st_size, now.st_mtime_ns) != (length, modified):
                 raise InputError(f"{path} changed while the export was read; screen it again")
-        data = os.pread(descriptor, size, offset)
+        if _PREAD is not None:
+            data = _PREAD(self.handle.fileno(), size, offset)
+        else:  # no pread (Windows)
+            self.handle.seek(offset)
+            data = self.handle.read(size)
         if len(data) != size:
-            raise InputError(f"{self.job.sources[file_index][0]} changed while it was read")
+            raise InputError(f"{path} changed while the export was read; screen it again")
         return data
 
     def close(self) -> None:
-        for descriptor in self.open.values():
-            os.close(descriptor)
-        self.open.clear()
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+_PREAD = getattr(os, "pread", None)
 
 
 def _read_bucket(job: BucketJob) -> dict[bytes, PatientLines]:
