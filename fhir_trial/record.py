@@ -84,7 +84,12 @@ class PatientRecord:
 
     def __init__(self) -> None:
         self._by_type: dict[str, list[Resource]] = defaultdict(list)
+        # What ``Type/id`` references (and fullUrls) name, in two parts: the resources add_all
+        # keeps (a type without "/", a text id) by type and id, without making a text key for
+        # each; the others (add(), fullUrls, odd ids) by their text (see _held, _hold, _lookup).
         self._by_reference: dict[str, Resource] = {}
+        self._by_id: dict[str, dict[str, Resource]] = {}
+        self._text_types: set[str] = set()  # the text keys' heads (before their first "/")
         self._by_code: dict[str, dict[tuple[str, str], list[Resource]]] = defaultdict(
             lambda: defaultdict(list)
         )
@@ -111,13 +116,12 @@ class PatientRecord:
             self.left_out += 1
             return
         rid = resource.get("id")
-        by_reference = self._by_reference
         key = f"{rtype}/{rid}" if rid else None
         if key:
-            if key in by_reference:
+            if self._held(key):
                 self.left_out += 1
                 return
-            by_reference[key] = resource
+            self._hold(key, resource)
         else:  # no id: the same dict object is still kept once
             if id(resource) in self._seen:
                 self.left_out += 1
@@ -126,10 +130,11 @@ class PatientRecord:
         self._by_type[rtype].append(resource)
         # A fullUrl that is the resource's own ``Type/id`` (most Bundles) adds nothing.
         if full_url and full_url != key:
-            by_reference[full_url] = resource
+            self._hold(full_url, resource)
             # Absolute server URLs ending in Type/id are also reachable by their relative form.
             tail = "/".join(full_url.rstrip("/").split("/")[-2:])
-            by_reference.setdefault(tail, resource)
+            if not self._held(tail):
+                self._hold(tail, resource)
         element = _CODE_ELEMENT.get(rtype)
         if element:
             self._index_code(rtype, resource, resource.get(element))
@@ -137,6 +142,41 @@ class PatientRecord:
                 parts = resource.get("component")
                 if parts and type(parts) is list:
                     self._add_components(resource, parts)
+
+    def _held(self, key: str) -> bool:
+        """Whether a text reference names something held (a resource's Type/id, a fullUrl)."""
+        if key in self._by_reference:
+            return True
+        rtype, _, rid = key.partition("/")
+        ids = self._by_id.get(rtype)
+        return ids is not None and rid in ids
+
+    def _hold(self, key: str, resource: Resource) -> None:
+        """Let a text reference name ``resource`` (replacing what it named, as a dict does)."""
+        rtype, _, rid = key.partition("/")
+        ids = self._by_id.get(rtype)
+        if ids is not None:
+            ids.pop(rid, None)  # a type has no "/": a key names one (type, id) pair at most
+        self._by_reference[key] = resource
+        self._text_types.add(rtype)
+
+    def _lookup(self, key: str) -> Resource | None:
+        """What a text reference names, if held."""
+        found = self._by_reference.get(key)
+        if found is None:
+            rtype, _, rid = key.partition("/")
+            ids = self._by_id.get(rtype)
+            if ids is not None:
+                found = ids.get(rid)
+        return found
+
+    def _references(self) -> dict[str, Resource]:
+        """Every text reference held and what it names (one dict; for tests)."""
+        out = dict(self._by_reference)
+        for rtype, ids in self._by_id.items():
+            for rid, resource in ids.items():
+                out[f"{rtype}/{rid}"] = resource
+        return out
 
     def _index_code(self, rtype: str, resource: Resource, concept: Any) -> None:
         index = self._by_code[rtype]
@@ -207,6 +247,8 @@ class PatientRecord:
         (system, code) and type, not once per resource.
         """
         by_reference = self._by_reference
+        by_id = self._by_id
+        text_types = self._text_types
         by_type = self._by_type
         by_code = self._by_code
         seen = self._seen
@@ -219,6 +261,8 @@ class PatientRecord:
         index: dict[tuple[str, str], list[Resource]] = {}
         targets_of: dict[tuple[str | None, str], list[list[Resource]]] = {}
         observations = False
+        ids: dict[str, Resource] | None = None  # this type's resources by id (None: by text)
+        by_text = False  # whether a text key of this type may be held
         for resource in resources:
             rtype = resource.get("resourceType")
             if rtype != last_type:  # JSON never makes a non-text equal to a text
@@ -226,6 +270,8 @@ class PatientRecord:
                     self.left_out += 1
                     continue
                 last_type = rtype
+                ids = None if "/" in rtype else by_id.setdefault(rtype, {})
+                by_text = rtype in text_types
                 kept = by_type.get(rtype)  # made when one is kept (as add() does)
                 element = code_element.get(rtype)
                 if element:
@@ -234,11 +280,19 @@ class PatientRecord:
                 observations = rtype == "Observation"
             rid = resource.get("id")
             if rid:
-                key = f"{rtype}/{rid}"
-                if key in by_reference:
-                    self.left_out += 1
-                    continue
-                by_reference[key] = resource
+                if ids is not None and type(rid) is str:
+                    # Type/id held: by (type, id), or by its text (added by add()).
+                    if rid in ids or (by_text and f"{rtype}/{rid}" in by_reference):
+                        self.left_out += 1
+                        continue
+                    ids[rid] = resource
+                else:  # a type with "/" or an id not text: by its text
+                    key = f"{rtype}/{rid}"
+                    if self._held(key):
+                        self.left_out += 1
+                        continue
+                    self._hold(key, resource)
+                    by_text = True
             else:  # no id: the same dict object is still kept once
                 if id(resource) in seen:
                     self.left_out += 1
@@ -403,9 +457,9 @@ class PatientRecord:
                 if contained.get("id") == reference[1:]:
                     return contained
             return None
-        found = self._by_reference.get(reference)
+        found = self._lookup(reference)
         if found is None and "/" in reference and not reference.startswith("urn:"):
-            found = self._by_reference.get("/".join(reference.rstrip("/").split("/")[-2:]))
+            found = self._lookup("/".join(reference.rstrip("/").split("/")[-2:]))
         return found
 
     def unresolved_medication_references(self) -> list[str]:

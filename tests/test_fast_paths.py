@@ -598,7 +598,7 @@ def _record_state(record: Any) -> Any:
 
     return (
         {t: [ids(r) for r in rs] for t, rs in record._by_type.items()},
-        {k: ids(r) for k, r in record._by_reference.items()},
+        {k: ids(r) for k, r in record._references().items()},
         {
             t: {k: [ids(r) for r in rs] for k, rs in index.items() if rs}
             for t, index in record._by_code.items()
@@ -773,3 +773,114 @@ def test_feasibility_blanks_each_missing_item_as_the_pattern_does() -> None:
     items = ["score for Patient/abc-1 missing", "no Observation/x-2 in 90 days", "plain", ""]
     for raw in items * 2:  # the second time from the memo
         assert measures._shared_item(raw) == measures._REFERENCE.sub("<resource>", raw)
+
+
+# What references name: the rule as first written (one dict of text keys), replayed on the same
+# additions, one by one (with fullUrls) and in batches.
+_REFERENCE_RESOURCES = st.builds(
+    lambda rtype, rid: {
+        k: v for k, v in {"resourceType": rtype, "id": rid}.items() if v is not None
+    },
+    st.sampled_from(["Observation", "Condition", "Medication", "A/b", "A", 5]),
+    st.sampled_from(["a", "b", "b/c", "", None, 3, "3", "x"]),
+)
+_FULL_URLS = st.sampled_from(
+    [None, "Observation/a", "urn:uuid:1", "http://s/fhir/Condition/b", "A/b/c", "Medication/x", "m"]
+)
+
+
+def _references_as_first_written(steps: list[tuple[bool, list[Any]]]) -> tuple[dict[str, Any], int]:
+    held: dict[str, Any] = {}
+    seen: set[int] = set()
+    left_out = 0
+    for _, items in steps:
+        for resource, full_url in items:
+            rtype, rid = resource.get("resourceType"), resource.get("id")
+            if not isinstance(rtype, str):
+                left_out += 1
+                continue
+            key = f"{rtype}/{rid}" if rid else None
+            if key:
+                if key in held:
+                    left_out += 1
+                    continue
+                held[key] = resource
+            elif id(resource) in seen:
+                left_out += 1
+                continue
+            else:
+                seen.add(id(resource))
+            if full_url and full_url != key:
+                held[full_url] = resource
+                held.setdefault("/".join(full_url.rstrip("/").split("/")[-2:]), resource)
+    return held, left_out
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # a batch for add_all (fullUrls only one by one)
+            st.lists(st.tuples(_REFERENCE_RESOURCES, _FULL_URLS), min_size=1, max_size=5),
+        ),
+        max_size=5,
+    )
+)
+def test_references_name_what_the_first_rule_names(steps: list[tuple[bool, list[Any]]]) -> None:
+    from fhir_trial.record import PatientRecord
+
+    steps = [(batch, [(r, None if batch else u) for r, u in items]) for batch, items in steps]
+    record = PatientRecord()
+    for batch, items in steps:
+        if batch:
+            record.add_all([resource for resource, _ in items])
+        else:
+            for resource, full_url in items:
+                record.add(resource, full_url)
+    held, left_out = _references_as_first_written(steps)
+    assert {k: id(r) for k, r in record._references().items()} == {
+        k: id(r) for k, r in held.items()
+    }
+    assert record.left_out == left_out
+    for key in [*held, "Observation/zz", "A/b/c", "urn:uuid:1", "http://s/fhir/Condition/b"]:
+        expected = held.get(key)
+        if expected is None and "/" in key and not key.startswith("urn:"):
+            expected = held.get("/".join(key.rstrip("/").split("/")[-2:]))
+        assert record.resolve(key) is expected, key
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        # an id not text, then the same Type/id as text, in one batch
+        [
+            (
+                True,
+                [
+                    ({"resourceType": "Condition", "id": 3}, None),
+                    ({"resourceType": "Condition", "id": "3"}, None),
+                ],
+            )
+        ],
+        # a type holding "/" and a type/id making the same text
+        [
+            (
+                True,
+                [
+                    ({"resourceType": "A/b", "id": "c"}, None),
+                    ({"resourceType": "A", "id": "b/c"}, None),
+                ],
+            )
+        ],
+        # added one by one, then again in a batch; a fullUrl naming a resource of a batch
+        [
+            (False, [({"resourceType": "Observation", "id": "a"}, None)]),
+            (True, [({"resourceType": "Observation", "id": "a"}, None)]),
+            (True, [({"resourceType": "Condition", "id": "b"}, None)]),
+            (False, [({"resourceType": "Medication", "id": "m"}, "Condition/b")]),
+        ],
+    ],
+    ids=["id-not-text-then-text", "type-with-slash", "one-by-one-then-batch"],
+)
+def test_references_on_known_shapes(steps: list[tuple[bool, list[Any]]]) -> None:
+    test_references_name_what_the_first_rule_names.hypothesis.inner_test(steps)  # type: ignore[attr-defined]
