@@ -76,20 +76,31 @@ _CODE_ELEMENT: Mapping[str, str] = {
 }
 
 
+_NO_TYPE = object()  # equal to no resourceType
+
+
 class PatientRecord:
     """A patient's resources indexed by type, by reference and by code, with category states."""
 
     def __init__(self) -> None:
         self._by_type: dict[str, list[Resource]] = defaultdict(list)
+        # What ``Type/id`` references (and fullUrls) name, in two parts: the resources add_all
+        # keeps (a type without "/", a text id) by type and id, without making a text key for
+        # each; the others (add(), fullUrls, odd ids) by their text (see _held, _hold, _lookup).
         self._by_reference: dict[str, Resource] = {}
+        self._by_id: dict[str, dict[str, Resource]] = {}
+        self._text_types: set[str] = set()  # the text keys' heads (before their first "/")
         self._by_code: dict[str, dict[tuple[str, str], list[Resource]]] = defaultdict(
             lambda: defaultdict(list)
         )
         self._seen: set[int] = set()
-        # One derived Observation per coded component, in record order (see component_results).
+        # One derived Observation per coded component, in record order (see component_results),
+        # and the place of its parent among the Observations.
         self._components: list[Resource] = []
-        # Insertion order of every resource kept, so that lookups answer in record order.
-        self._position: dict[int, int] = {}
+        self._component_parents: list[int] = []
+        # Record order of one type's resources (with the components among the Observations),
+        # made when a lookup needs it: type -> (resources and components it counted, ranks).
+        self._ranks: dict[str, tuple[int, int, dict[int, int]]] = {}
         self.obtained: set[str] = set()
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -105,27 +116,25 @@ class PatientRecord:
             self.left_out += 1
             return
         rid = resource.get("id")
-        by_reference = self._by_reference
         key = f"{rtype}/{rid}" if rid else None
         if key:
-            if key in by_reference:
+            if self._held(key):
                 self.left_out += 1
                 return
-            by_reference[key] = resource
+            self._hold(key, resource)
         else:  # no id: the same dict object is still kept once
             if id(resource) in self._seen:
                 self.left_out += 1
                 return
             self._seen.add(id(resource))
         self._by_type[rtype].append(resource)
-        position = self._position
-        position[id(resource)] = len(position)
         # A fullUrl that is the resource's own ``Type/id`` (most Bundles) adds nothing.
         if full_url and full_url != key:
-            by_reference[full_url] = resource
+            self._hold(full_url, resource)
             # Absolute server URLs ending in Type/id are also reachable by their relative form.
             tail = "/".join(full_url.rstrip("/").split("/")[-2:])
-            by_reference.setdefault(tail, resource)
+            if not self._held(tail):
+                self._hold(tail, resource)
         element = _CODE_ELEMENT.get(rtype)
         if element:
             self._index_code(rtype, resource, resource.get(element))
@@ -133,6 +142,41 @@ class PatientRecord:
                 parts = resource.get("component")
                 if parts and type(parts) is list:
                     self._add_components(resource, parts)
+
+    def _held(self, key: str) -> bool:
+        """Whether a text reference names something held (a resource's Type/id, a fullUrl)."""
+        if key in self._by_reference:
+            return True
+        rtype, _, rid = key.partition("/")
+        ids = self._by_id.get(rtype)
+        return ids is not None and rid in ids
+
+    def _hold(self, key: str, resource: Resource) -> None:
+        """Let a text reference name ``resource`` (replacing what it named, as a dict does)."""
+        rtype, _, rid = key.partition("/")
+        ids = self._by_id.get(rtype)
+        if ids is not None:
+            ids.pop(rid, None)  # a type has no "/": a key names one (type, id) pair at most
+        self._by_reference[key] = resource
+        self._text_types.add(rtype)
+
+    def _lookup(self, key: str) -> Resource | None:
+        """What a text reference names, if held."""
+        found = self._by_reference.get(key)
+        if found is None:
+            rtype, _, rid = key.partition("/")
+            ids = self._by_id.get(rtype)
+            if ids is not None:
+                found = ids.get(rid)
+        return found
+
+    def _references(self) -> dict[str, Resource]:
+        """Every text reference held and what it names (one dict; for tests)."""
+        out = dict(self._by_reference)
+        for rtype, ids in self._by_id.items():
+            for rid, resource in ids.items():
+                out[f"{rtype}/{rid}"] = resource
+        return out
 
     def _index_code(self, rtype: str, resource: Resource, concept: Any) -> None:
         index = self._by_code[rtype]
@@ -181,7 +225,7 @@ class PatientRecord:
                 if name not in ("id", "extension", "modifierExtension"):
                     derived[name] = value
             self._components.append(derived)
-            self._position[id(derived)] = len(self._position)
+            self._component_parents.append(len(self._by_type["Observation"]) - 1)
             self._index_code("Observation", derived, derived.get("code"))
 
     def _note_unusable_code(self, rtype: str) -> None:
@@ -197,38 +241,66 @@ class PatientRecord:
     def add_all(self, resources: Iterable[Resource]) -> None:
         """Add many resources: what :meth:`add` does for each, in order (written out flat).
 
-        A record holds a few hundred resources coded with a few dozen codings: the index lists
-        a coding's resource goes to are found once per distinct (system, code) and type here,
-        not once per resource.
+        A record holds a few hundred resources of a few types, coded with a few dozen codings:
+        what depends on the type is looked up when the type changes (resources come grouped by
+        type), and the index lists a coding's resource goes to are found once per distinct
+        (system, code) and type, not once per resource.
         """
         by_reference = self._by_reference
+        by_id = self._by_id
+        text_types = self._text_types
         by_type = self._by_type
         by_code = self._by_code
-        position = self._position
         seen = self._seen
         code_element = _CODE_ELEMENT
-        # (type, system, code) -> the index lists a resource with that coding joins
-        targets_of: dict[tuple[str, str | None, str], list[list[Resource]]] = {}
+        # type -> (system, code) -> the index lists a resource with that coding joins
+        targets_by_type: dict[str, dict[tuple[str | None, str], list[list[Resource]]]] = {}
+        last_type: Any = _NO_TYPE  # what follows is for resources of this type
+        kept: list[Resource] | None = None
+        element: str | None = None
+        index: dict[tuple[str, str], list[Resource]] = {}
+        targets_of: dict[tuple[str | None, str], list[list[Resource]]] = {}
+        observations = False
+        ids: dict[str, Resource] | None = None  # this type's resources by id (None: by text)
+        by_text = False  # whether a text key of this type may be held
         for resource in resources:
             rtype = resource.get("resourceType")
-            if not isinstance(rtype, str):
-                self.left_out += 1
-                continue
-            rid = resource.get("id")
-            if rid:
-                key = f"{rtype}/{rid}"
-                if key in by_reference:
+            if rtype != last_type:  # JSON never makes a non-text equal to a text
+                if not isinstance(rtype, str):
                     self.left_out += 1
                     continue
-                by_reference[key] = resource
+                last_type = rtype
+                ids = None if "/" in rtype else by_id.setdefault(rtype, {})
+                by_text = rtype in text_types
+                kept = by_type.get(rtype)  # made when one is kept (as add() does)
+                element = code_element.get(rtype)
+                if element:
+                    index = by_code[rtype]
+                    targets_of = targets_by_type.setdefault(rtype, {})
+                observations = rtype == "Observation"
+            rid = resource.get("id")
+            if rid:
+                if ids is not None and type(rid) is str:
+                    # Type/id held: by (type, id), or by its text (added by add()).
+                    if rid in ids or (by_text and f"{rtype}/{rid}" in by_reference):
+                        self.left_out += 1
+                        continue
+                    ids[rid] = resource
+                else:  # a type with "/" or an id not text: by its text
+                    key = f"{rtype}/{rid}"
+                    if self._held(key):
+                        self.left_out += 1
+                        continue
+                    self._hold(key, resource)
+                    by_text = True
             else:  # no id: the same dict object is still kept once
                 if id(resource) in seen:
                     self.left_out += 1
                     continue
                 seen.add(id(resource))
-            by_type[rtype].append(resource)
-            position[id(resource)] = len(position)
-            element = code_element.get(rtype)
+            if kept is None:
+                kept = by_type[rtype]
+            kept.append(resource)
             if not element:
                 continue
             concept = resource.get(element)
@@ -236,7 +308,6 @@ class PatientRecord:
             if type(found) is not list:
                 self._index_code(rtype, resource, concept)  # odd shapes: the general walk
             else:
-                index = by_code[rtype]
                 for coding in found:
                     if type(coding) is not dict:
                         if isinstance(coding, Mapping):
@@ -247,7 +318,7 @@ class PatientRecord:
                         continue
                     system = coding.get("system")
                     if type(code) is str and (system is None or type(system) is str):
-                        pair = (rtype, system, code)
+                        pair = (system, code)
                         targets = targets_of.get(pair)
                         if targets is None:
                             targets = targets_of[pair] = self._code_lists(
@@ -257,7 +328,7 @@ class PatientRecord:
                         targets = self._code_lists(index, rtype, system, code)
                     for listed in targets:
                         listed.append(resource)
-            if rtype == "Observation":
+            if observations:
                 parts = resource.get("component")
                 if parts and type(parts) is list:
                     self._add_components(resource, parts)
@@ -352,8 +423,28 @@ class PatientRecord:
             return list(found.values())
         # Set iteration order depends on string hashing, which differs between processes: sort,
         # so reasons and evidence list the same resources in the same order everywhere.
-        position = self._position
-        return sorted(found.values(), key=lambda resource: position[id(resource)])
+        rank = self._rank(resource_type)
+        return sorted(found.values(), key=lambda resource: rank[id(resource)])
+
+    def _rank(self, resource_type: str) -> dict[int, int]:
+        """Record order of one type's resources (each component right after its parent, as
+        :meth:`add` adds them): ``id(resource) -> rank``. The index lists hold one type's
+        resources (and, for Observations, components), so that order is the record's."""
+        resources = self._by_type.get(resource_type, [])
+        components = self._components if resource_type == "Observation" else []
+        made = self._ranks.get(resource_type)
+        if made is not None and made[:2] == (len(resources), len(components)):
+            return made[2]
+        after: dict[int, list[Resource]] = {}
+        for parent, component in zip(self._component_parents, components, strict=False):
+            after.setdefault(parent, []).append(component)
+        rank: dict[int, int] = {}
+        for place, resource in enumerate(resources):
+            rank[id(resource)] = len(rank)
+            for component in after.get(place, ()):
+                rank[id(component)] = len(rank)
+        self._ranks[resource_type] = (len(resources), len(components), rank)
+        return rank
 
     def resolve(
         self, reference: str | None, container: Mapping[str, Any] | None = None
@@ -366,9 +457,9 @@ class PatientRecord:
                 if contained.get("id") == reference[1:]:
                     return contained
             return None
-        found = self._by_reference.get(reference)
+        found = self._lookup(reference)
         if found is None and "/" in reference and not reference.startswith("urn:"):
-            found = self._by_reference.get("/".join(reference.rstrip("/").split("/")[-2:]))
+            found = self._lookup("/".join(reference.rstrip("/").split("/")[-2:]))
         return found
 
     def unresolved_medication_references(self) -> list[str]:

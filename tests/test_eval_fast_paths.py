@@ -531,7 +531,7 @@ def _with_code_rule(record: PatientRecord, rtype: str, valueset: ValueSet) -> li
     once, sorted by its position in the record."""
     index = record._by_code.get(rtype) or {}
     found = {id(r): r for key in valueset.codes for r in index.get(key, ())}
-    return sorted(found.values(), key=lambda r: record._position[id(r)])
+    return sorted(found.values(), key=lambda r: record._rank(rtype)[id(r)])
 
 
 LOINC = "http://loinc.org"

@@ -11,6 +11,7 @@ precision; malformed values), with hypothesis for the inputs nobody thought of.
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import zip_longest
 from typing import Any
 
 import pytest
@@ -552,7 +553,7 @@ def _group_both_ways(
     number = 1
     for run in runs:
         numbers = array(nb.NUMBER, range(number + 1, number + 1 + len(run)))
-        slices.append((0, 0, numbers, b"\n".join(run) + b"\n"))
+        slices.append((0, 0, numbers, b"\n".join(run)))
         number += len(run) + 3  # runs of a patient are apart in the file
     outcomes = []
     for whole in (True, False):
@@ -593,16 +594,17 @@ def _record_state(record: Any) -> Any:
     def ids(resource: Any) -> Any:
         return derived.get(id(resource), id(resource))
 
+    ranks = [(t, record._rank(t)) for t in record._by_type]
+
     return (
         {t: [ids(r) for r in rs] for t, rs in record._by_type.items()},
-        {k: ids(r) for k, r in record._by_reference.items()},
+        {k: ids(r) for k, r in record._references().items()},
         {
             t: {k: [ids(r) for r in rs] for k, rs in index.items() if rs}
             for t, index in record._by_code.items()
         },
-        [(c, record._position[id(c)]) for c in record._components],
-        sorted(record._position.values()) == list(range(len(record._position))),
-        [record._position.get(ids(r)) for rs in record._by_type.values() for r in rs],
+        # Record order per type, the components among the Observations (what lookups sort by).
+        {t: [derived.get(k, k) for k in sorted(rank, key=rank.__getitem__)] for t, rank in ranks},
         record.warnings,
         record.left_out,
     )
@@ -674,10 +676,11 @@ def test_a_clean_run_is_taken_whole() -> None:
     from array import array
 
     from fhir_trial.sources.ndjson_buckets import NUMBER, _take_run
+    from fhir_trial.sources.ndjson_versions import PlacedResources
 
     line = b'{"resourceType":"Observation","id":"o%d","subject":{"reference":"Patient/a"}}'
-    run = (0, 1, array(NUMBER, [4, 9]), line % 1 + b"\n" + line % 2 + b"\n")
-    resources: list[Any] = []
+    run = (0, 1, array(NUMBER, [4, 9]), line % 1 + b"\n" + line % 2)
+    resources = PlacedResources()
     counts: dict[str, int] = {}
     assert _take_run(run, "Patient/a", resources, counts)
     assert [(order, r["id"]) for order, r in resources] == [((0, 1, 4), "o1"), ((0, 1, 9), "o2")]
@@ -687,35 +690,197 @@ def test_a_clean_run_is_taken_whole() -> None:
 def test_add_all_gives_the_same_reports_as_add_on_real_shaped_charts() -> None:
     # The clinical cases, the benchmark's synthetic charts and the Synthea bundles: their
     # resources (in record order) given to add() one by one and to add_all, then evaluated.
-    import json
 
     from clinical_cases import all_cases
     from test_eval_fast_paths import _synthetic_and_synthea_records
-
-    from fhir_trial.evaluate import evaluate
-    from fhir_trial.record import PatientRecord
 
     charts = [(case.name, case.record, case.settings_object()) for case in all_cases()]
     charts += _synthetic_and_synthea_records()
     assert len(charts) > 100
     for name, build, screening in charts:
         source = build()
-        position = source._position
-        given_ = sorted(
-            (r for rs in source._by_type.values() for r in rs), key=lambda r: position[id(r)]
-        )
-        records = []
-        for at_once in (False, True):
-            record = PatientRecord()
-            if at_once:
-                record.add_all(given_)
+        by_type = [source.resources(t) for t in source._by_type]
+        grouped = [r for rs in by_type for r in rs]
+        # Types interleaved (one of each in turn): add_all looks up a type's lists when it changes.
+        mixed = [r for turn in zip_longest(*by_type) for r in turn if r is not None]
+        for given_ in (grouped, mixed):
+            _same_both_ways(name, given_, source, screening)
+
+
+def _same_both_ways(name: str, given_: list[Any], source: Any, screening: Any) -> None:
+    import json
+
+    from fhir_trial.evaluate import evaluate
+    from fhir_trial.record import PatientRecord
+
+    records = []
+    for at_once in (False, True):
+        record = PatientRecord()
+        if at_once:
+            record.add_all(given_)
+        else:
+            for resource in given_:
+                record.add(resource)
+        record.obtained = set(source.obtained)
+        record.failed = dict(source.failed)
+        record.warnings[:0] = [w for w in source.warnings if w not in record.warnings]
+        records.append(record)
+    one, other = (json.dumps(evaluate(r, screening).to_json()) for r in records)
+    assert one == other, name
+    assert _record_state(records[0]) == _record_state(records[1]), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_RECORD_RESOURCES, max_size=10), st.integers(0, 3))
+def test_record_order_per_type_is_the_order_resources_were_added(
+    resources: list[dict[str, Any]], again: int
+) -> None:
+    """What with_code sorts by (made when needed) is the order add() kept the resources in,
+    each component right after its parent: what a position counted at each add gave."""
+    from fhir_trial.record import PatientRecord
+
+    record = PatientRecord()
+    order: list[Any] = []  # every resource kept and component made, as they come
+    for resource in resources + resources[:again]:
+        kept = sum(map(len, record._by_type.values()))
+        made = len(record._components)
+        record.add(resource)
+        if sum(map(len, record._by_type.values())) > kept:
+            order.append(resource)
+        order += record._components[made:]
+        record._rank("Observation")  # made early too: it must follow later additions
+    components = {id(c) for c in record._components}
+    for rtype, kept_ in record._by_type.items():
+        ids = {id(r) for r in kept_} | (components if rtype == "Observation" else set())
+        expected = [id(r) for r in order if id(r) in ids]
+        rank = record._rank(rtype)
+        assert sorted(rank, key=rank.__getitem__) == expected
+
+
+# ----------------------------------------------------------------- Feasibility.add's shortcuts
+def test_feasibility_rules_out_as_the_rule_says() -> None:
+    from fhir_trial.population.measures import _RULING_OUT, rules_out
+    from fhir_trial.report import STATUSES
+
+    for kind in ("inclusion", "exclusion", "exclusion-deceased", ""):
+        for status in (*STATUSES, "", "Met"):
+            assert ((kind, status) in _RULING_OUT) == rules_out(kind, status), (kind, status)
+
+
+def test_feasibility_blanks_each_missing_item_as_the_pattern_does() -> None:
+    from fhir_trial.population import measures
+
+    items = ["score for Patient/abc-1 missing", "no Observation/x-2 in 90 days", "plain", ""]
+    for raw in items * 2:  # the second time from the memo
+        assert measures._shared_item(raw) == measures._REFERENCE.sub("<resource>", raw)
+
+
+# What references name: the rule as first written (one dict of text keys), replayed on the same
+# additions, one by one (with fullUrls) and in batches.
+_REFERENCE_RESOURCES = st.builds(
+    lambda rtype, rid: {
+        k: v for k, v in {"resourceType": rtype, "id": rid}.items() if v is not None
+    },
+    st.sampled_from(["Observation", "Condition", "Medication", "A/b", "A", 5]),
+    st.sampled_from(["a", "b", "b/c", "", None, 3, "3", "x"]),
+)
+_FULL_URLS = st.sampled_from(
+    [None, "Observation/a", "urn:uuid:1", "http://s/fhir/Condition/b", "A/b/c", "Medication/x", "m"]
+)
+
+
+def _references_as_first_written(steps: list[tuple[bool, list[Any]]]) -> tuple[dict[str, Any], int]:
+    held: dict[str, Any] = {}
+    seen: set[int] = set()
+    left_out = 0
+    for _, items in steps:
+        for resource, full_url in items:
+            rtype, rid = resource.get("resourceType"), resource.get("id")
+            if not isinstance(rtype, str):
+                left_out += 1
+                continue
+            key = f"{rtype}/{rid}" if rid else None
+            if key:
+                if key in held:
+                    left_out += 1
+                    continue
+                held[key] = resource
+            elif id(resource) in seen:
+                left_out += 1
+                continue
             else:
-                for resource in given_:
-                    record.add(resource)
-            record.obtained = set(source.obtained)
-            record.failed = dict(source.failed)
-            record.warnings[:0] = [w for w in source.warnings if w not in record.warnings]
-            records.append(record)
-        one, other = (json.dumps(evaluate(r, screening).to_json()) for r in records)
-        assert one == other, name
-        assert _record_state(records[0]) == _record_state(records[1]), name
+                seen.add(id(resource))
+            if full_url and full_url != key:
+                held[full_url] = resource
+                held.setdefault("/".join(full_url.rstrip("/").split("/")[-2:]), resource)
+    return held, left_out
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # a batch for add_all (fullUrls only one by one)
+            st.lists(st.tuples(_REFERENCE_RESOURCES, _FULL_URLS), min_size=1, max_size=5),
+        ),
+        max_size=5,
+    )
+)
+def test_references_name_what_the_first_rule_names(steps: list[tuple[bool, list[Any]]]) -> None:
+    from fhir_trial.record import PatientRecord
+
+    steps = [(batch, [(r, None if batch else u) for r, u in items]) for batch, items in steps]
+    record = PatientRecord()
+    for batch, items in steps:
+        if batch:
+            record.add_all([resource for resource, _ in items])
+        else:
+            for resource, full_url in items:
+                record.add(resource, full_url)
+    held, left_out = _references_as_first_written(steps)
+    assert {k: id(r) for k, r in record._references().items()} == {
+        k: id(r) for k, r in held.items()
+    }
+    assert record.left_out == left_out
+    for key in [*held, "Observation/zz", "A/b/c", "urn:uuid:1", "http://s/fhir/Condition/b"]:
+        expected = held.get(key)
+        if expected is None and "/" in key and not key.startswith("urn:"):
+            expected = held.get("/".join(key.rstrip("/").split("/")[-2:]))
+        assert record.resolve(key) is expected, key
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        # an id not text, then the same Type/id as text, in one batch
+        [
+            (
+                True,
+                [
+                    ({"resourceType": "Condition", "id": 3}, None),
+                    ({"resourceType": "Condition", "id": "3"}, None),
+                ],
+            )
+        ],
+        # a type holding "/" and a type/id making the same text
+        [
+            (
+                True,
+                [
+                    ({"resourceType": "A/b", "id": "c"}, None),
+                    ({"resourceType": "A", "id": "b/c"}, None),
+                ],
+            )
+        ],
+        # added one by one, then again in a batch; a fullUrl naming a resource of a batch
+        [
+            (False, [({"resourceType": "Observation", "id": "a"}, None)]),
+            (True, [({"resourceType": "Observation", "id": "a"}, None)]),
+            (True, [({"resourceType": "Condition", "id": "b"}, None)]),
+            (False, [({"resourceType": "Medication", "id": "m"}, "Condition/b")]),
+        ],
+    ],
+    ids=["id-not-text-then-text", "type-with-slash", "one-by-one-then-batch"],
+)
+def test_references_on_known_shapes(steps: list[tuple[bool, list[Any]]]) -> None:
+    test_references_name_what_the_first_rule_names.hypothesis.inner_test(steps)  # type: ignore[attr-defined]

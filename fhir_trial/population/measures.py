@@ -42,6 +42,23 @@ VOTING: tuple[str, ...] = tuple(spec.id for spec in CRITERIA if spec.part_of is 
 # A missing item is the criterion's wording, the same for everyone; should one ever name a
 # resource (``Patient/123``), the shared report must not: the reference is blanked.
 _REFERENCE = re.compile(r"\b[A-Z][A-Za-z]{2,63}/[A-Za-z0-9\-.]{1,64}")
+# Missing items as shared (references blanked): the same few wordings for every patient, so each
+# is blanked once. Bounded: emptied when full (should items ever differ per patient).
+_SHARED_ITEM: dict[str, str] = {}
+_MAX_SHARED_ITEMS = 4096
+
+
+def _shared_item(raw: str) -> str:
+    item = _SHARED_ITEM.get(raw)
+    if item is None:
+        if len(_SHARED_ITEM) >= _MAX_SHARED_ITEMS:
+            _SHARED_ITEM.clear()
+        item = _SHARED_ITEM[raw] = _REFERENCE.sub("<resource>", raw)
+    return item
+
+
+# (kind, status) pairs that remove a patient: what rules_out says yes to (Feasibility.add's loop).
+_RULING_OUT = frozenset({("inclusion", "not-met"), ("exclusion", "met")})
 
 
 def rules_out(kind: str, status: str) -> bool:
@@ -94,16 +111,17 @@ class Feasibility:
         missing: set[str] = set()
         statuses = self.statuses
         for result in report.criteria:
+            status = result.status
             counter = statuses.get(result.id)
             if counter is None:  # not setdefault: that would build a Counter per criterion
                 counter = statuses[result.id] = Counter()
-            counter[result.status] += 1
-            if result.part_of is None and rules_out(result.kind, result.status):
+            counter[status] += 1
+            if (result.kind, status) in _RULING_OUT and result.part_of is None:
                 self.removes[result.id] += 1
                 out.append(result.id)
-            if result.status == "unknown":
+            if status == "unknown":
                 for raw in result.missing:
-                    item = _REFERENCE.sub("<resource>", raw)
+                    item = _shared_item(raw)
                     missing.add(item)
                     self.missing_criteria.setdefault(item, set()).add(result.id)
         if out:

@@ -41,6 +41,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from operator import methodcaller
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -308,7 +309,8 @@ class NdjsonExport:
         if self._prepared:
             return
         scratch = self.scratch
-        sizes = [p.stat().st_size for p in self.files]
+        stats = [p.stat() for p in self.files]
+        sizes = [stat.st_size for stat in stats]
         types = [file_type(p) for p in self.files]
         kept = sum(
             size * (8 if p.name.endswith(".gz") else 1)
@@ -409,6 +411,11 @@ class NdjsonExport:
         for category, why in missing.items():
             self.problems.failed.setdefault(category, why)
         file_types = tuple(types)
+        # Spans are read again from the data files: each worker checks they did not change.
+        sources = tuple(
+            (str(path), stat.st_size, stat.st_mtime_ns)
+            for path, stat in zip(self.files, stats, strict=True)
+        )
         self.jobs = [
             BucketJob(
                 bucket,
@@ -419,6 +426,8 @@ class NdjsonExport:
                 file_types,
                 lines_before,
                 str(medications),
+                sources,
+                sum(r.spanned.get(bucket, 0) for r in results),
             )
             for bucket in range(buckets)
         ]
@@ -464,7 +473,7 @@ class NdjsonExport:
             for job in self.jobs:
                 for group, medications in bucket_patients(job, self.account):
                     self.account.patients += 1
-                    yield self.builder(group, medications)([r for _, r in group.resources])
+                    yield self.builder(group, medications)(group.resources.resources)
         finally:
             self.close()
 
@@ -524,6 +533,9 @@ def records_from_ndjson(
     )
 
 
+_MEDICATION_REFERENCE = methodcaller("get", "medicationReference")
+
+
 def assemble_record(
     patient: Resource,
     resources: Iterable[Resource],
@@ -546,12 +558,11 @@ def assemble_record(
     resources = resources if isinstance(resources, list) else list(resources)
     record.add_all(resources)
     medication_refs: set[str] = set()
-    for resource in resources:
-        holder = resource.get("medicationReference")  # absent from all but a few resources
-        if holder is not None:
-            ref = child(holder, "reference")
-            if isinstance(ref, str) and ref.startswith("Medication/"):
-                medication_refs.add(ref)
+    # Absent from all but a few resources: found in C (a falsy holder has no reference either).
+    for holder in filter(None, map(_MEDICATION_REFERENCE, resources)):
+        ref = child(holder, "reference")
+        if isinstance(ref, str) and ref.startswith("Medication/"):
+            medication_refs.add(ref)
     for ref in sorted(medication_refs):
         if record.resolve(ref) is None:
             medication = shared_medication(ref)

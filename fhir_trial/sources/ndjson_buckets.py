@@ -14,8 +14,10 @@ parsed once, in parallel, and memory does not grow with the export:
    string ``"Patient"``), are parsed here (Patients, shared Medications, orphans, OperationOutcomes:
    a small share). Files of types the criteria do not read are counted, not parsed. Each task
    writes its lines grouped by bucket into one file (``segments`` says where each bucket's lines
-   are); a line longer than ``Settings.ndjson_max_line_bytes`` is refused without being held
-   whole in memory.
+   are); in a plain (not gzip) file a run stays where it is: the bucket gets only where it lies
+   (a *span*: offset, size, first line, count) and the worker reads it there, so most of the
+   export is neither joined, written nor read back. A line longer than
+   ``Settings.ndjson_max_line_bytes`` is refused without being held whole in memory.
 2. **Screen** (:func:`bucket_patients`, one task per bucket, in parallel): a bucket's lines (a few
    MiB) are read, grouped per patient (a run is sliced, not read record by record), parsed once, checked against the full rule
    (:func:`fhir_trial.sources._common.patient_refs`: a resource joins a patient only when a
@@ -29,8 +31,10 @@ turns ranges into line numbers, merges the accounts and reads the export's own r
 
 from __future__ import annotations
 
+import gc
 import gzip
 import heapq
+import os
 import re
 import sqlite3
 import zlib
@@ -44,10 +48,12 @@ from typing import IO, Any
 
 import orjson
 
+from fhir_trial.errors import InputError
 from fhir_trial.json_input import parse_json
 from fhir_trial.record import CATEGORIES, Resource
 from fhir_trial.sources._common import KEPT_TYPES
 from fhir_trial.sources.ndjson_account import InputAccount, RejectedLine
+from fhir_trial.sources.ndjson_versions import PlacedResources
 
 PATIENT_REF = re.compile(rb"Patient\\?/([A-Za-z0-9\-.]{1,64})")
 PATIENT_REF_TEXT = re.compile(PATIENT_REF.pattern.decode())  # the same, for text (Spark)
@@ -57,6 +63,9 @@ PATIENT_WORD = re.compile(rb"Patient(?:\\?/([A-Za-z0-9\-.]{1,64}))?")
 PATIENT_ID = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
 MAY_BE_PATIENT = b'"Patient"'
 RANGE_BYTES = 16 * 1024 * 1024  # one split task per this much of a plain file
+# A patient's consecutive lines in a plain file stay there (a span the worker reads in place);
+# False copies them into the buckets as a gzip file's are (the tests compare both ways).
+IN_PLACE = True
 FLUSH_BYTES = 16 * 1024 * 1024
 BLOCK_BYTES = (
     4 * 1024 * 1024
@@ -69,6 +78,7 @@ PRIMARY = 1  # the copy that counts the line in the account (a line may go to se
 PATIENT_LINE = 2  # parsed in the split: a Patient resource, routed by its own id
 SINGLE = 4  # the line names one patient (once): the worker may check ownership cheaply
 RUN_MARK = ord("+")  # first byte of a run record (a routed line's header starts with a digit)
+SPAN_MARK = ord("=")  # first byte of a span record: a run left in the source file
 
 Order = tuple[int, int, int]  # (file index, range index, line within the range), 1-based line
 
@@ -125,6 +135,7 @@ class SplitResult:
     orphans: list[tuple[str, str, str]] = field(default_factory=list)  # (type, id, why)
     resources: dict[str, int] = field(default_factory=dict)  # parsed here, per type
     oversized: list[int] = field(default_factory=list)
+    spanned: dict[int, int] = field(default_factory=dict)  # bucket -> bytes its spans cover
 
 
 def plan_ranges(path: Path, size: int) -> list[tuple[int, int | None]]:
@@ -151,8 +162,12 @@ def _skip_line(handle: IO[bytes]) -> None:
             return
 
 
-def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[list[bytes | None]]:
-    """The lines of the task's range, a block at a time (split in C, not line by line).
+def _blocks(
+    task: SplitTask, handle: IO[bytes]
+) -> Iterator[tuple[int, list[bytes | None], list[int]]]:
+    """The lines of the task's range, a block at a time (split in C, not line by line), each
+    block with the offset of its first line in the file (-1 in a gzip file) and the lengths of
+    its lines (when none is None).
 
     A line belongs to the range its first byte is in. Empty lines are kept (they count for line
     numbers); a line longer than ``max_line`` comes as None and is never held whole.
@@ -160,7 +175,9 @@ def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[list[bytes | None]]:
     if task.start:
         handle.seek(task.start - 1)
         _skip_line(handle)  # the line straddling the start belongs to the previous range
-    position = handle.tell() if task.end is not None else 0
+    plain = not task.path.endswith(".gz")
+    position = handle.tell() if plain else 0
+    line_at = position if plain else -1  # where the line in progress (``carry``) starts
     limit = task.max_line
     carry = b""  # the start of a line whose end is in a later block
     skipping = False  # inside a line longer than the limit
@@ -178,19 +195,22 @@ def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[list[bytes | None]]:
                 if len(carry) > limit:
                     carry, skipping = b"", True
             continue
-        lines: list[bytes | None] = list(pieces)
+        lines: list[bytes | None] = pieces  # type: ignore[assignment]
+        lengths = list(map(len, pieces))
         if skipping:
             lines[0] = None
             skipping = False
         elif carry:
             lines[0] = carry + pieces[0]
+            lengths[0] += len(carry)
         carry = last
         if len(carry) > limit:
             carry, skipping = b"", True
-        first = lines[0]
-        if max(map(len, pieces)) > limit or (first is not None and len(first) > limit):
+        if max(lengths) > limit:
             lines = [None if line is not None and len(line) > limit else line for line in lines]
-        yield lines
+        yield line_at, lines, lengths
+        if plain:
+            line_at = position - len(last)
     if task.end is not None and carry and not skipping:  # the range ends inside a line
         while True:
             chunk = handle.readline(1024 * 1024)
@@ -205,44 +225,81 @@ def _blocks(task: SplitTask, handle: IO[bytes]) -> Iterator[list[bytes | None]]:
                 break
         carry = carry.rstrip(b"\n")
     if skipping:
-        yield [None]
+        yield -1, [None], [0]
     elif carry:
-        yield [carry]
+        yield line_at, [carry], [len(carry)]
 
 
 Run = tuple["array[int]", list[bytes]]  # one patient's line numbers and lines, in order
+Span = list[int]  # [first line number, lines, offset in the source file, bytes]: lines in place
 NUMBER = "q"  # a line number in a run record: 8 bytes, machine order (written and read here)
 NUMBER_BYTES = array(NUMBER).itemsize
+
+
+class _PatientRuns:
+    """One patient's lines in one split task since the last flush, in order: runs copied
+    (line numbers and lines) and spans (consecutive lines left in place in the source file)."""
+
+    __slots__ = ("bucket", "pieces")
+
+    def __init__(self, bucket: int) -> None:
+        self.bucket = bucket
+        self.pieces: list[Run | Span] = []
+
+    def copied(self) -> Run:
+        """The run to add copied lines to (a new one after a span)."""
+        pieces = self.pieces
+        last = pieces[-1] if pieces else None
+        if isinstance(last, tuple):
+            return last
+        run: Run = (array(NUMBER), [])
+        pieces.append(run)
+        return run
+
+    def span(self, first: int, count: int, offset: int, size: int) -> int:
+        """Add ``count`` lines from ``first``, ``size`` bytes at ``offset`` of the source file
+        (joined to the last span when they follow it there); the bytes added to the bucket."""
+        pieces = self.pieces
+        last = pieces[-1] if pieces else None
+        if type(last) is list and last[0] + last[1] == first and last[2] + last[3] + 1 == offset:
+            last[1] += count
+            last[3] += size + 1
+            return size + 1
+        pieces.append([first, count, offset, size])
+        return size
 
 
 class _Writer:
     """Buckets of one split task, written to one file in segments.
 
-    A segment holds, for its bucket, one run record per patient (``+<file> <range> <id> <count>
-    <size>``, then ``count`` line numbers as 8-byte integers and the lines, each ending in a
-    newline; ``size`` counts both), then the lines routed one by one
-    (``<file> <range> <number> <flags> <ids>\t<line>``).
+    A segment holds, for its bucket, the runs of each patient in order: a copied run is
+    ``+<file> <range> <id> <count> <size>``, then ``count`` line numbers as 8-byte integers and
+    the lines, each ending in a newline (``size`` counts both); a span is
+    ``=<file> <range> <id> <first> <count> <offset> <size>``: ``count`` lines from line ``first``
+    of the range, ``size`` bytes at ``offset`` in the source file, read there by the worker.
+    Then the lines routed one by one (``<file> <range> <number> <flags> <ids>\t<line>``).
     """
 
     def __init__(self, result: SplitResult, file_index: int, range_index: int) -> None:
         self.result = result
         self.pending: dict[int, list[bytes]] = {}
-        self.runs: dict[int, dict[bytes, Run]] = {}
+        self.runs: dict[int, dict[bytes, _PatientRuns]] = {}
         self.size = 0
         self.handle = open(result.out_path, "wb")  # noqa: SIM115 - closed in close()
         self.offset = 0
         self.run_head = b"+%d %d " % (file_index, range_index) + b"%s %d %d\n"
+        self.span_record = b"=%d %d " % (file_index, range_index) + b"%s %d %d %d %d\n"
 
-    def run(self, pid: bytes, buckets: int) -> Run:
-        """The run of one patient (kept across flushes: flush empties it in place)."""
+    def run(self, pid: bytes, buckets: int) -> _PatientRuns:
+        """The runs of one patient (kept across flushes: flush empties them in place)."""
         bucket = bucket_of(pid, buckets)
         by_pid = self.runs.get(bucket)
         if by_pid is None:
             by_pid = self.runs[bucket] = {}
-        run = by_pid.get(pid)
-        if run is None:
-            run = by_pid[pid] = (array(NUMBER), [])
-        return run
+        runs = by_pid.get(pid)
+        if runs is None:
+            runs = by_pid[pid] = _PatientRuns(bucket)
+        return runs
 
     def add(self, bucket: int, record: bytes) -> None:
         self.pending.setdefault(bucket, []).append(record)
@@ -253,13 +310,15 @@ class _Writer:
     def flush(self) -> None:
         for bucket in sorted(self.pending.keys() | self.runs.keys()):
             chunks: list[bytes] = []
-            for pid, (numbers, lines) in self.runs.get(bucket, {}).items():
-                if not numbers:
-                    continue
-                body = numbers.tobytes() + b"\n".join(lines) + b"\n"
-                chunks += (self.run_head % (pid, len(numbers), len(body)), body)
-                del numbers[:]  # in place: the split loop keeps references to these
-                lines.clear()
+            for pid, runs in self.runs.get(bucket, {}).items():
+                for piece in runs.pieces:
+                    if isinstance(piece, list):
+                        chunks.append(self.span_record % (pid, *piece))
+                        continue
+                    numbers, lines = piece
+                    body = numbers.tobytes() + b"\n".join(lines) + b"\n"
+                    chunks += (self.run_head % (pid, len(numbers), len(body)), body)
+                runs.pieces.clear()  # in place: the split loop keeps references to these
             records = self.pending.get(bucket)
             if records:
                 chunks += records
@@ -302,7 +361,22 @@ def stretches(block: list[bytes]) -> Iterator[tuple[int, int, bytes]]:
 
 
 def split_range(task: SplitTask) -> SplitResult:
-    """Split one range of a data file into per-patient buckets (see the module docstring)."""
+    """Split one range of a data file into per-patient buckets (see the module docstring).
+
+    Without cyclic garbage collection while it runs: it makes a list per line (what the scan
+    found), which would start a collection every few hundred lines (a tenth of its time), and
+    it makes no cycles (its memory is bounded by a block and a flush, freed as it goes).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _split_range(task)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _split_range(task: SplitTask) -> SplitResult:
     from fhir_trial.sources.ndjson import classify_line  # the one set of rules for a line
 
     result = SplitResult(task.file_index, task.range_index, task.out_path)
@@ -325,24 +399,38 @@ def split_range(task: SplitTask) -> SplitResult:
 
     # The common line names one patient once: it joins that patient's run. Consecutive lines of
     # the same patient (the usual export order) join it as one slice.
-    run_of: dict[bytes, Run] = {}
+    # In a plain file, a stretch stays where it is (the worker reads it there: a span); in a
+    # gzip file, or in a block holding a line too long (whose length is not known), it is copied.
+    run_of: dict[bytes, _PatientRuns] = {}
+    spanned = writer.result.spanned
     number = blocks = nonempty = 0
     with _open_binary(task.path) as handle:
-        for block in _blocks(task, handle):
+        for offset, block, lengths in _blocks(task, handle):
             size = len(block)
+            in_place = IN_PLACE and offset >= 0 and looked_at
             if not looked_at:
                 parts: Iterator[tuple[int, int, bytes]] = iter([(0, size, b"")])
             elif None in block:  # a line too long: it is looked at below (as an empty one here)
                 parts = stretches([line or b"" for line in block])
+                in_place = False
             else:
                 parts = stretches(block)  # type: ignore[arg-type]
             for start, stop, pid in parts:
+                if in_place:
+                    here = offset
+                    length = sum(lengths[start:stop]) + stop - start - 1
+                    offset += length + 1
                 if pid:
-                    run = run_of.get(pid)
-                    if run is None:
-                        run = run_of[pid] = writer.run(pid, buckets)
-                    run[0].extend(range(number + start + 1, number + stop + 1))
-                    run[1].extend(block[start:stop])  # type: ignore[arg-type]
+                    runs = run_of.get(pid)
+                    if runs is None:
+                        runs = run_of[pid] = writer.run(pid, buckets)
+                    if in_place:
+                        added = runs.span(number + start + 1, stop - start, here, length)
+                        spanned[runs.bucket] = spanned.get(runs.bucket, 0) + added
+                    else:
+                        run = runs.copied()
+                        run[0].extend(range(number + start + 1, number + stop + 1))
+                        run[1].extend(block[start:stop])  # type: ignore[arg-type]
                     nonempty += stop - start
                     continue
                 for at in range(start, stop):
@@ -436,11 +524,14 @@ class BucketJob:
     file_types: tuple[str | None, ...]
     lines_before: dict[tuple[int, int], int]  # (file, range) -> lines of the file before it
     medications_db: str | None
+    # (path, size, modification time in ns) of each data file, for the spans read there
+    sources: tuple[tuple[str, int, int], ...] = ()
+    spanned: int = 0  # bytes of its spans
 
     @property
     def size(self) -> int:
         """Bytes of its lines (with headers): what screening it costs, roughly."""
-        return sum(length for _, segments in self.parts for _, length in segments)
+        return self.spanned + sum(length for _, segments in self.parts for _, length in segments)
 
     def place(self, order: Order) -> str:
         """``<file>:<line>`` of a line."""
@@ -454,8 +545,8 @@ class BucketJob:
         return self.place(order)
 
 
-# (file index, range index, line numbers, the lines each ending in a newline)
-RunSlice = tuple[int, int, "array[int]", bytes]
+# (file index, range index, line numbers, the lines joined by newlines)
+RunSlice = tuple[int, int, "array[int] | range", bytes]
 
 
 @dataclass
@@ -478,7 +569,7 @@ class PatientGroup:
     order: Order  # of its (first) Patient line
     patient_id: str
     patient: Resource
-    resources: list[tuple[Any, Resource]]  # (where: see BucketJob.where, resource), export order
+    resources: PlacedResources  # (where: see BucketJob.where, resource), export order
     failed_for: dict[str, str]  # category -> reason (unreadable lines naming this patient)
 
 
@@ -488,56 +579,131 @@ def header_order(header: bytes) -> Order:
     return int(file_index), int(range_index), int(number)
 
 
+class _Sources:
+    """The data file a bucket's spans are read from, checked unchanged since the split.
+
+    One is open at a time: a split file (one part of a bucket) holds spans of one data file, and
+    an export may have thousands of files.
+    """
+
+    def __init__(self, job: BucketJob) -> None:
+        self.job = job
+        self.index = -1
+        self.handle: IO[bytes] | None = None
+
+    def read(self, file_index: int, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of a data file (an InputError if it changed)."""
+        path, length, modified = self.job.sources[file_index]
+        if file_index != self.index or self.handle is None:
+            self.close()
+            try:
+                self.handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise InputError(
+                    f"{path} can no longer be read ({exc.strerror}); screen it again"
+                ) from None
+            self.index = file_index
+            now = os.fstat(self.handle.fileno())
+            if (now.st_size, now.st_mtime_ns) != (length, modified):
+                raise InputError(f"{path} changed while the export was read; screen it again")
+        if _PREAD is not None:
+            data = _PREAD(self.handle.fileno(), size, offset)
+        else:  # no pread (Windows)
+            self.handle.seek(offset)
+            data = self.handle.read(size)
+        if len(data) != size:
+            raise InputError(f"{path} changed while the export was read; screen it again")
+        return data
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+_PREAD = getattr(os, "pread", None)
+
+
 def _read_bucket(job: BucketJob) -> dict[bytes, PatientLines]:
     """A bucket's lines grouped per patient id (parts are in export order, and so are lines)."""
     groups: dict[bytes, PatientLines] = {}
-    for path, segments in job.parts:
-        with open(path, "rb") as handle:
-            for offset, length in segments:
-                handle.seek(offset)
-                data = handle.read(length)
-                position = 0
-                while position < length:
-                    end = data.index(b"\n", position)
-                    if data[position] == RUN_MARK:
-                        file_index, range_index, pid, count, size = data[position + 1 : end].split(
-                            b" "
-                        )
-                        position = end + 1 + int(size)
-                        split_at = end + 1 + int(count) * NUMBER_BYTES
-                        numbers = array(NUMBER)
-                        numbers.frombytes(data[end + 1 : split_at])
-                        lines = data[split_at:position]
-                        group = groups.get(pid)
-                        if group is None:
-                            group = groups[pid] = PatientLines()
-                        group.runs.append((int(file_index), int(range_index), numbers, lines))
-                        continue
-                    record = data[position:end]
-                    position = end + 1
-                    header, _, body = record.partition(b"\t")
-                    head, _, pids = header.rpartition(b" ")
-                    mark = int(head[head.rfind(b" ") + 1 :])
-                    for pid in pids.split(b"|"):
-                        group = groups.get(pid)
-                        if group is None:
-                            group = groups[pid] = PatientLines()
-                        if mark & PATIENT_LINE:
-                            group.patients.append((header, body, mark))
-                        else:
-                            group.lines.append((header, body, mark))
+    sources = _Sources(job)
+    try:
+        for path, segments in job.parts:
+            _read_part(path, segments, groups, sources)
+    finally:
+        sources.close()
     return groups
+
+
+def _read_part(
+    path: str,
+    segments: tuple[tuple[int, int], ...],
+    groups: dict[bytes, PatientLines],
+    sources: _Sources,
+) -> None:
+    """The records of one split file's segments, added to ``groups``."""
+    with open(path, "rb") as handle:
+        for offset, length in segments:
+            handle.seek(offset)
+            data = handle.read(length)
+            position = 0
+            while position < length:
+                end = data.index(b"\n", position)
+                record_kind = data[position]
+                if record_kind == SPAN_MARK:
+                    file_index, range_index, pid, first, count, at, size = data[
+                        position + 1 : end
+                    ].split(b" ")
+                    position = end + 1
+                    start = int(first)
+                    lines = sources.read(int(file_index), int(at), int(size))
+                    group = groups.get(pid)
+                    if group is None:
+                        group = groups[pid] = PatientLines()
+                    group.runs.append(
+                        (int(file_index), int(range_index), range(start, start + int(count)), lines)
+                    )
+                    continue
+                if record_kind == RUN_MARK:
+                    file_index, range_index, pid, count, size = data[position + 1 : end].split(b" ")
+                    position = end + 1 + int(size)
+                    split_at = end + 1 + int(count) * NUMBER_BYTES
+                    numbers = array(NUMBER)
+                    numbers.frombytes(data[end + 1 : split_at])
+                    lines = data[split_at : position - 1]
+                    group = groups.get(pid)
+                    if group is None:
+                        group = groups[pid] = PatientLines()
+                    group.runs.append((int(file_index), int(range_index), numbers, lines))
+                    continue
+                record = data[position:end]
+                position = end + 1
+                header, _, body = record.partition(b"\t")
+                head, _, pids = header.rpartition(b" ")
+                mark = int(head[head.rfind(b" ") + 1 :])
+                for pid in pids.split(b"|"):
+                    group = groups.get(pid)
+                    if group is None:
+                        group = groups[pid] = PatientLines()
+                    if mark & PATIENT_LINE:
+                        group.patients.append((header, body, mark))
+                    else:
+                        group.lines.append((header, body, mark))
 
 
 class _Medications:
     """Shared Medications, looked up by ``Medication/<id>`` in the split's SQLite file."""
 
     def __init__(self, path: str | None) -> None:
-        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if path else None
+        self.path = path
+        self.db: sqlite3.Connection | None = None  # opened at the first lookup (most buckets: none)
 
     def __call__(self, ref: str) -> Resource | None:
-        if self.db is None:
+        if self.path is None:
             return None
+        if self.db is None:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         row = self.db.execute("SELECT body FROM shared WHERE ref = ?", (ref,)).fetchone()
         return parse_json(row[0]) if row else None
 
@@ -578,7 +744,7 @@ def _run_entries(run: RunSlice) -> Iterator[tuple[Order, bytes, None, int]]:
     """``(order, line, None, flags)`` of every line of one run, in order (iterated in C)."""
     file_index, range_index, numbers, lines = run
     orders = zip(repeat(file_index), repeat(range_index), numbers)
-    return zip(orders, lines[:-1].split(b"\n"), repeat(None), repeat(PRIMARY | SINGLE))
+    return zip(orders, lines.split(b"\n"), repeat(None), repeat(PRIMARY | SINGLE))
 
 
 def _in_order(lines: PatientLines) -> Iterator[tuple[Order, bytes, bytes | None, int]]:
@@ -611,7 +777,7 @@ def _parse_group(
             clash = True
     if clash:
         account.clashing_patients.append(pid)
-    resources: list[tuple[Any, Resource]] = []
+    resources = PlacedResources()
     failed_for: dict[str, str] = {}
     reference = f"Patient/{pid}"
     counts: dict[str, int] = {}
@@ -669,7 +835,7 @@ FAST_TYPES = KEPT_TYPES - {"Patient"}  # what a patient's line may be to be take
 def _take_run(
     run: RunSlice,
     reference: str,
-    resources: list[tuple[Any, Resource]],
+    resources: PlacedResources,
     counts: dict[str, int],
 ) -> bool:
     """Take a whole run when every line passes the test :func:`_parse_group` makes of one line
@@ -678,7 +844,6 @@ def _take_run(
     file_index, range_index, numbers, lines = run
     try:
         texts = lines.split(b"\n")
-        texts.pop()  # after the last newline (slicing it off first would copy the run)
         parsed = list(map(orjson.loads, texts))
         get: Any = dict.get  # raises TypeError on anything not a dict
         holders = list(map(get, parsed, repeat("subject")))
@@ -695,8 +860,7 @@ def _take_run(
         return False
     for rtype in kinds:
         counts[rtype] = counts.get(rtype, 0) + rtypes.count(rtype)
-    orders = zip(repeat(file_index), repeat(range_index), numbers)
-    resources.extend(zip(orders, parsed, strict=True))  # a number per line
+    resources.add_run(file_index, range_index, numbers, parsed)  # a number per line
     return True
 
 
@@ -709,7 +873,7 @@ def _slow_resource(
     accounts: bool,
     account: InputAccount,
     classify_line: Any,
-    resources: list[tuple[Any, Resource]],
+    resources: PlacedResources,
     failed_for: dict[str, str],
 ) -> None:
     """The full rule for one line (several patients, odd references, unreadable, orphan).

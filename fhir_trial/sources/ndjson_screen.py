@@ -15,7 +15,7 @@ import heapq
 import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -126,6 +126,31 @@ def _reports(
                 return
 
 
+# Reports the caller may read ahead, while the last buckets are screened, from buckets already
+# done: at most this many are held at once (memory stays flat whatever the export's size).
+READ_AHEAD_REPORTS = 512
+
+
+def _read_ahead(
+    futures: list[Future[BucketDone]], read_ahead: dict[int, list[Any]], room: int
+) -> int:
+    """Read the reports of finished buckets while others still run (what the merge would read
+    after them, on a core otherwise idle), each bucket whole, within ``room`` reports; returns
+    the room left. Stops as soon as every bucket is done: the merge then reads the rest."""
+    running = [future for future in futures if not future.done()]
+    for index, future in enumerate(futures):
+        if not any(not other.done() for other in running):
+            break
+        if index in read_ahead or not future.done() or future.exception() is not None:
+            continue
+        part = future.result()
+        count = part.account.patients  # one report per patient screened
+        if count <= room:
+            read_ahead[index] = list(_reports(part.results_path))
+            room -= count
+    return room
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     # Forked from a fork server, never from this process (which may hold threads or open SQLite
     # handles): see ndjson_pool.
@@ -155,6 +180,7 @@ def screen_export(
         job_export = _shippable(export)
         run = partial(screen_bucket, job_export, settings, tuple(what_if))
         done: list[BucketDone] = []
+        read_ahead: dict[int, list[Any]] = {}  # bucket (index in done) -> its reports, read
         if pool is None:
             for job in export.jobs:
                 done.append(run(job))
@@ -165,16 +191,24 @@ def screen_export(
             largest_first = sorted(export.jobs, key=lambda job: -job.size)
             submitted = {job.bucket: pool.submit(run, job) for job in largest_first}
             futures = [submitted[job.bucket] for job in export.jobs]
+            room = READ_AHEAD_REPORTS
+            left = len(futures)
             for future in as_completed(futures):
+                left -= 1
                 if progress:
                     progress(future.result().account.patients)
+                if 0 < left < workers:  # a worker is idle until the last buckets end
+                    room = _read_ahead(futures, read_ahead, room)
             done = [future.result() for future in futures]
         if pool is not None:
             stack.pop_all().close()  # free the workers before the merge
     for part in done:
         export.account.merge(part.account)
     export.account.sort()
-    streams = [_reports(part.results_path) for part in done]
+    streams = [
+        iter(read_ahead[index]) if index in read_ahead else _reports(part.results_path)
+        for index, part in enumerate(done)
+    ]
     try:
         for _, report, variants in heapq.merge(*streams, key=lambda item: item[0]):
             yield report, variants

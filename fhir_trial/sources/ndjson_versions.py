@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import chain, repeat
+from typing import Any, overload
 
 from fhir_trial.config import Settings
 from fhir_trial.deceased import vital_status
@@ -25,6 +26,76 @@ from fhir_trial.report import CriterionResult, EligibilityReport
 from fhir_trial.terminology import Terminology
 
 Placed = tuple[Any, Resource]  # (where it is, resource): ``where`` makes it "<file>:<line>"
+
+
+class PlacedResources(Sequence[Placed]):
+    """A patient's resources with their places, as the NDJSON worker gathers them: the resources
+    in one list (what the record is built from), the places kept per run of lines and made into
+    ``(place, resource)`` pairs only when asked (the rare patient with an id twice).
+
+    A place is ``(file index, range index, line number)`` (see ``BucketJob.where``).
+    """
+
+    __slots__ = ("_places", "resources")
+
+    def __init__(self) -> None:
+        self.resources: list[Resource] = []
+        # (file index, range index, line numbers) of a run taken whole, or (place,) of one line
+        self._places: list[tuple[Any, ...]] = []
+
+    def add_run(
+        self, file_index: int, range_index: int, numbers: Any, parsed: list[Resource]
+    ) -> None:
+        """A run's resources, one per line number (``numbers`` is kept, not copied)."""
+        self.resources.extend(parsed)
+        self._places.append((file_index, range_index, numbers))
+
+    def append(self, placed: Placed) -> None:
+        """One resource at its place."""
+        self._places.append((placed[0],))
+        self.resources.append(placed[1])
+
+    def places(self) -> list[Any]:
+        """The place of each resource, in order."""
+        return list(
+            chain.from_iterable(
+                part if len(part) == 1 else zip(repeat(part[0]), repeat(part[1]), part[2])
+                for part in self._places
+            )
+        )
+
+    def __iter__(self) -> Iterator[Placed]:
+        return zip(self.places(), self.resources, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+    @overload
+    def __getitem__(self, index: int) -> Placed: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Placed]: ...
+
+    def __getitem__(self, index: int | slice) -> Placed | list[Placed]:
+        return list(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (PlacedResources, list)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PlacedResources({list(self)!r})"
+
+
+def resources_of(placed: Sequence[Placed]) -> list[Resource]:
+    """The resources of ``(place, resource)`` pairs, in order (not to be changed: it may be the
+    list a :class:`PlacedResources` holds)."""
+    if type(placed) is PlacedResources:
+        return placed.resources
+    return [resource for _, resource in placed]
 
 
 @dataclass
@@ -72,7 +143,7 @@ def screen_patient(
     ``needs-review``. ``build`` turns the patient's resources (in order) into its record;
     ``where`` names a resource's place (``<file>:<line>``) from the first item of its pair.
     """
-    record = build([r for _, r in resources])
+    record = build(resources_of(resources))
     if record.left_out == 0:
         # Every resource was taken, each once: no id comes twice, so there is nothing to split
         # (what split_versions would find; the common case costs one build and no extra pass).
