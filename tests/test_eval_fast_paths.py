@@ -560,16 +560,25 @@ _CODINGS = [
             st.lists(st.lists(st.sampled_from(_CODINGS), max_size=2), max_size=2),
         ),
         max_size=12,
-    )
+    ),
+    st.booleans(),
 )
-def test_with_code_answers_in_record_order(items: list[Any]) -> None:
+def test_with_code_answers_in_record_order(items: list[Any], at_once: bool) -> None:
+    # Codings repeat (a resource coded twice alike is in one index list once: with_code returns
+    # a single list as it is); built one by one and by add_all (each path fills the lists).
     record = PatientRecord()
+    resources = []
     for number, (rtype, codings, components) in enumerate(items):
         resource: dict[str, Any] = {"resourceType": rtype, "id": f"r{number}"}
         resource["code"] = {"coding": codings}
         if rtype == "Observation" and components:
             resource["component"] = [{"code": {"coding": c}} for c in components]
-        record.add(resource)
+        resources.append(resource)
+    if at_once:
+        record.add_all(resources)
+    else:
+        for resource in resources:
+            record.add(resource)
     for vs_id in ("hemoglobin", "neutrophils-absolute", "sle", "lupus-unspecified-or-cutaneous"):
         valueset = TERMINOLOGY.get(vs_id)
         for rtype in ("Observation", "Condition"):
