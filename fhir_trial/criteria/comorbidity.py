@@ -249,12 +249,14 @@ def _nyha_candidates(
     """
     if not coded_assessments:
         if labels is not None:
+            # What _valued_unless_named answers, its labels already gathered (when one names
+            # NYHA it answers None: the results naming it are found below).
             if not any(map(_label_may_name_nyha, labels)):
                 return [o for o in results if o.get("valueCodeableConcept")]
-            labels = None  # a label names NYHA: the results naming it are found below
-        found = _valued_unless_named(results)
-        if found is not None:
-            return found
+        else:
+            found = _valued_unless_named(results)
+            if found is not None:
+                return found
     return [
         o
         for o in results
