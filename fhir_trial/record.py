@@ -101,6 +101,11 @@ class PatientRecord:
         # Record order of one type's resources (with the components among the Observations),
         # made when a lookup needs it: type -> (resources and components it counted, ranks).
         self._ranks: dict[str, tuple[int, int, dict[int, int]]] = {}
+        # Per coded type, the distinct labels (code.text and coding displays, as written) of its
+        # resources and of the component results, gathered while indexing (see
+        # observation_labels); the types with a resource whose shape is not plain JSON.
+        self._labels: dict[str, set[Any]] = defaultdict(set)
+        self._unplain: set[str] = set()
         self.obtained: set[str] = set()
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -138,6 +143,7 @@ class PatientRecord:
         element = _CODE_ELEMENT.get(rtype)
         if element:
             self._index_code(rtype, resource, resource.get(element))
+            self._note_labels(rtype, resource, resource.get(element))
             if rtype == "Observation":
                 parts = resource.get("component")
                 if parts and type(parts) is list:
@@ -193,6 +199,28 @@ class PatientRecord:
                 for key_ in keys:
                     index[key_].append(resource)
 
+    def _note_labels(self, rtype: str, resource: Any, concept: Any) -> None:
+        """Keep the labels of one resource's concept (see :meth:`observation_labels`); a shape
+        that is not plain JSON (a resource or concept that is no dict, codings that are no list
+        of dicts, a label that cannot be hashed) marks its type instead."""
+        if type(resource) is not dict or type(concept) is not dict:
+            self._unplain.add(rtype)
+            return
+        labels = self._labels[rtype]
+        found = concept.get("coding") if "coding" in concept else []
+        try:
+            labels.add(concept.get("text"))
+            if type(found) is not list:
+                self._unplain.add(rtype)
+                return
+            for coding in found:
+                if type(coding) is not dict:
+                    self._unplain.add(rtype)
+                    return
+                labels.add(coding.get("display"))
+        except TypeError:  # a label that cannot be hashed
+            self._unplain.add(rtype)
+
     def _code_lists(
         self, index: dict[tuple[str, str], list[Resource]], rtype: str, system: Any, code: Any
     ) -> list[list[Resource]]:
@@ -227,6 +255,7 @@ class PatientRecord:
             self._components.append(derived)
             self._component_parents.append(len(self._by_type["Observation"]) - 1)
             self._index_code("Observation", derived, derived.get("code"))
+            self._note_labels("Observation", derived, derived.get("code"))
 
     def _note_unusable_code(self, rtype: str) -> None:
         # Said once per resource type: the reviewer learns that some codes could not be matched
@@ -252,6 +281,7 @@ class PatientRecord:
         by_type = self._by_type
         by_code = self._by_code
         seen = self._seen
+        unplain = self._unplain
         code_element = _CODE_ELEMENT
         # type -> (system, code) -> the index lists a resource with that coding joins
         targets_by_type: dict[str, dict[tuple[str | None, str], list[list[Resource]]]] = {}
@@ -259,6 +289,7 @@ class PatientRecord:
         kept: list[Resource] | None = None
         element: str | None = None
         index: dict[tuple[str, str], list[Resource]] = {}
+        add_label: Any = None  # this type's label set's add (see _note_labels)
         targets_of: dict[tuple[str | None, str], list[list[Resource]]] = {}
         observations = False
         ids: dict[str, Resource] | None = None  # this type's resources by id (None: by text)
@@ -276,6 +307,7 @@ class PatientRecord:
                 element = code_element.get(rtype)
                 if element:
                     index = by_code[rtype]
+                    add_label = self._labels[rtype].add
                     targets_of = targets_by_type.setdefault(rtype, {})
                 observations = rtype == "Observation"
             rid = resource.get("id")
@@ -303,16 +335,27 @@ class PatientRecord:
             kept.append(resource)
             if not element:
                 continue
-            concept = resource.get(element)
+            concept: Any = resource.get(element)
             found = concept.get("coding") if type(concept) is dict else None
-            if type(found) is not list:
+            if type(found) is not list or type(resource) is not dict:
                 self._index_code(rtype, resource, concept)  # odd shapes: the general walk
+                self._note_labels(rtype, resource, concept)
             else:
+                # _note_labels written out: the labels of plain JSON (the usual case).
+                try:
+                    add_label(concept.get("text"))
+                except TypeError:
+                    unplain.add(rtype)
                 for coding in found:
                     if type(coding) is not dict:
+                        unplain.add(rtype)
                         if isinstance(coding, Mapping):
                             self._index_code(rtype, resource, {"coding": [coding]})
                         continue
+                    try:
+                        add_label(coding.get("display"))
+                    except TypeError:
+                        unplain.add(rtype)
                     code = coding.get("code")
                     if not code:
                         continue
@@ -394,6 +437,18 @@ class PatientRecord:
         if not self._components:
             return self.resources("Observation")
         return [*self.resources("Observation"), *self._components]
+
+    def observation_labels(self) -> set[Any] | None:
+        """The distinct labels of every result :meth:`observation_results` gives: each one's
+        ``code.text`` and its codings' displays, as written (None and other values included);
+        None when a result's shape is not plain JSON (a result or code that is no dict, codings
+        that are no list of dicts, a label that cannot be hashed): then read each result.
+
+        Gathered while the record indexes its resources, which reads these codings anyway.
+        """
+        if "Observation" in self._unplain:
+            return None
+        return self._labels.get("Observation", set())
 
     def with_code(self, resource_type: str, valueset: ValueSet) -> list[Resource]:
         """Resources of a type whose code element has a coding in the ValueSet (index lookup).

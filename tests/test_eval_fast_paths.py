@@ -485,7 +485,9 @@ def use_general_rules(patch: pytest.MonkeyPatch) -> None:
     from fhir_trial.criteria import comorbidity, labs, reproductive, therapy
 
     patch.setattr(evaluate, "frozen_instance", lambda cls, fields: cls(**fields))
-    patch.setattr(comorbidity, "_nyha_candidates", lambda results, coded: list(results))
+    patch.setattr(
+        comorbidity, "_nyha_candidates", lambda results, coded, labels=None: list(results)
+    )
     patch.setattr(comorbidity, "_names_nyha", _names_nyha_rule)
     patch.setattr(labs, "split_by_window", _split_rule)
     patch.setattr(labs, "split_keeping_latest_before", _split_latest_before_rule)
@@ -560,16 +562,25 @@ _CODINGS = [
             st.lists(st.lists(st.sampled_from(_CODINGS), max_size=2), max_size=2),
         ),
         max_size=12,
-    )
+    ),
+    st.booleans(),
 )
-def test_with_code_answers_in_record_order(items: list[Any]) -> None:
+def test_with_code_answers_in_record_order(items: list[Any], at_once: bool) -> None:
+    # Codings repeat (a resource coded twice alike is in one index list once: with_code returns
+    # a single list as it is); built one by one and by add_all (each path fills the lists).
     record = PatientRecord()
+    resources = []
     for number, (rtype, codings, components) in enumerate(items):
         resource: dict[str, Any] = {"resourceType": rtype, "id": f"r{number}"}
         resource["code"] = {"coding": codings}
         if rtype == "Observation" and components:
             resource["component"] = [{"code": {"coding": c}} for c in components]
-        record.add(resource)
+        resources.append(resource)
+    if at_once:
+        record.add_all(resources)
+    else:
+        for resource in resources:
+            record.add(resource)
     for vs_id in ("hemoglobin", "neutrophils-absolute", "sle", "lupus-unspecified-or-cutaneous"):
         valueset = TERMINOLOGY.get(vs_id)
         for rtype in ("Observation", "Condition"):
@@ -854,7 +865,7 @@ def test_heart_failure_reads_only_the_results_that_can_matter(observations: list
     fast = comorbidity.heart_failure(ctx)
     original = comorbidity._nyha_candidates
     try:
-        comorbidity._nyha_candidates = lambda results, coded: list(results)  # type: ignore[assignment]
+        comorbidity._nyha_candidates = lambda results, coded, labels=None: list(results)  # type: ignore[assignment]
         assert comorbidity.heart_failure(ctx) == fast
     finally:
         comorbidity._nyha_candidates = original
@@ -917,9 +928,64 @@ def test_nyha_candidates_are_what_asking_each_result_gives(
             observation["valueCodeableConcept"] = value
         observations.append(observation)
     coded = {id(observations[0])} if coded_first and observations else set()
-    assert comorbidity._nyha_candidates(observations, coded) == _candidates_rule(
-        observations, coded
-    )
+    rule = _candidates_rule(observations, coded)
+    assert comorbidity._nyha_candidates(observations, coded) == rule
+    # Given the results' labels (as the record gathers them): the same.
+    labels = _labels_rule(observations)
+    assert comorbidity._nyha_candidates(observations, coded, labels) == rule
+
+
+def _labels_rule(results: list[Any]) -> set[Any] | None:
+    """The labels of all results gathered one result at a time (as _valued_unless_named
+    does): each code.text and coding display as written; None for a shape it refuses."""
+    labels: set[Any] = set()
+    try:
+        for result in results:
+            if type(result) is not dict or type(code := result.get("code")) is not dict:
+                return None
+            labels.add(code.get("text"))
+            for coding in code.get("coding", ()):
+                if type(coding) is not dict:
+                    return None
+                labels.add(coding.get("display"))
+    except TypeError:
+        return None
+    return labels
+
+
+# Mostly plain names: one odd shape among a record's results makes it read them one by one.
+_NAMES = st.sampled_from(_PLAIN_NAMES * 6 + _UNPLAIN_NAMES + [_mapping({"text": "Weight"}, True)])
+
+
+@st.composite
+def _labelled_resources(draw: Any) -> Any:
+    rtype = draw(st.sampled_from(["Observation", "Observation", "Condition"]))
+    resource: dict[str, Any] = {"resourceType": rtype, "id": draw(st.sampled_from("abcd"))}
+    if draw(st.integers(0, 9)):  # a result without a code: rarely
+        resource["code"] = draw(_NAMES)
+    if draw(st.booleans()):
+        parts = draw(
+            st.lists(st.one_of(st.builds(lambda c: {"code": c}, _NAMES), _NAMES), max_size=3)
+        )
+        resource["component"] = parts
+    return _mapping(resource, draw(st.integers(0, 15)) == 0)
+
+
+@SETTINGS
+@given(st.lists(_labelled_resources(), max_size=6), st.integers(0, 6))
+def test_the_record_gathers_the_labels_of_its_results(resources: list[Any], split: int) -> None:
+    # Added one by one, then the rest at once; repeated ids are left out (so are their labels).
+    record = PatientRecord()
+    for resource in resources[:split]:
+        record.add(resource)
+    record.add_all(resources[split:])
+    assert record.observation_labels() == _labels_rule(record.observation_results())
+    # The heart-failure net given the record's labels reads what asking each result gives.
+    from fhir_trial.criteria import comorbidity
+
+    results = record.observation_results()
+    labels = record.observation_labels()
+    assert comorbidity._nyha_candidates(results, set(), labels) == _candidates_rule(results, set())
 
 
 def test_nyha_candidates_sift_plain_results_by_their_distinct_names() -> None:

@@ -607,6 +607,12 @@ def _record_state(record: Any) -> Any:
         {t: [derived.get(k, k) for k in sorted(rank, key=rank.__getitem__)] for t, rank in ranks},
         record.warnings,
         record.left_out,
+        # Per type, the labels gathered while indexing (or that a shape was not plain).
+        {
+            t: "not plain" if t in record._unplain else record._labels[t]
+            for t in {*record._labels, *record._unplain}
+            if record._labels.get(t) or t in record._unplain
+        },
     )
 
 

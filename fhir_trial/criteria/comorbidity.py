@@ -233,9 +233,14 @@ def _names_nyha(observation: Mapping[str, Any]) -> bool:
     return any(isinstance(label, str) and _label_names_nyha(label) for label in labels)
 
 
-def _nyha_candidates(results: list[Resource], coded_assessments: set[int]) -> list[Resource]:
+def _nyha_candidates(
+    results: list[Resource], coded_assessments: set[int], labels: set[Any] | None = None
+) -> list[Resource]:
     """The results :func:`heart_failure` must look at, in record order: those with a
     valueCodeableConcept, the coded NYHA assessments, and those naming NYHA in words.
+
+    ``labels``: all the labels of ``results``, as PatientRecord.observation_labels gives them
+    (None: not known, or a result whose shape is not plain; then each result is read).
 
     Why: a chart holds hundreds of results and almost none of them is either; sifting them in
     one comprehension costs a fraction of the full loop body per result. Why the same: for any
@@ -243,9 +248,15 @@ def _nyha_candidates(results: list[Resource], coded_assessments: set[int]) -> li
     adds nothing to the findings (tests/test_eval_fast_paths.py runs the loop on all results).
     """
     if not coded_assessments:
-        found = _valued_unless_named(results)
-        if found is not None:
-            return found
+        if labels is not None:
+            # What _valued_unless_named answers, its labels already gathered (when one names
+            # NYHA it answers None: the results naming it are found below).
+            if not any(map(_label_may_name_nyha, labels)):
+                return [o for o in results if o.get("valueCodeableConcept")]
+        else:
+            found = _valued_unless_named(results)
+            if found is not None:
+                return found
     return [
         o
         for o in results
@@ -286,11 +297,15 @@ def _valued_unless_named(results: list[Resource]) -> list[Resource] | None:
                 valued.append(result)
     except TypeError:  # a coding list that is no list, a label that cannot be hashed
         return None
-    for label in labels:
-        # _may_name_nyha written out (see _names_nyha), then the cached pattern.
-        if isinstance(label, str) and ("y" in label or "Y" in label) and _label_names_nyha(label):
-            return None
+    if any(map(_label_may_name_nyha, labels)):
+        return None
     return valued
+
+
+def _label_may_name_nyha(label: Any) -> bool:
+    """Whether one label (code.text or a display, as written) names NYHA."""
+    # _may_name_nyha written out (see _names_nyha), then the cached pattern.
+    return isinstance(label, str) and ("y" in label or "Y" in label) and _label_names_nyha(label)
 
 
 @dataclass(frozen=True)
@@ -445,7 +460,10 @@ def heart_failure(ctx: Context) -> Finding:
                     findings.append((condition_onset(condition), "Condition", condition))
     if ctx.record.usable("Observation"):
         # A class finding may be a component of an assessment panel: it counts as a result.
-        for observation in _nyha_candidates(ctx.record.observation_results(), coded_assessments):
+        # The record's labels spare reading every result's names (see _nyha_candidates).
+        results = ctx.record.observation_results()
+        labels = ctx.record.observation_labels()
+        for observation in _nyha_candidates(results, coded_assessments, labels):
             value = observation.get("valueCodeableConcept")
             # Observation status rule: final/amended/corrected count, preliminary needs review,
             # anything else (cancelled, entered-in-error, registered, unknown) is ignored.
