@@ -152,7 +152,7 @@ def evaluate(
     for spec in _DECIDED:
         criterion_id = spec.id
         function = functions[criterion_id]
-        # What _safely does, written out: 28 criteria per patient.
+        # Malformed data a criterion cannot read becomes needs-review, never a crash.
         try:
             findings[criterion_id] = function(ctx)
         except _UNREADABLE as exc:
@@ -206,26 +206,16 @@ def evaluate(
     )
 
 
-# Errors a criterion raises on data it cannot read (see _safely).
+# Errors a criterion raises on data it cannot read. Criterion code is written to handle bad
+# values itself; catching these is the last line of defence, so that one unreadable resource
+# cannot take down the whole screening (and never turns into not-met): see evaluate().
 _UNREADABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 # The criteria decided by a function of their own, in CRITERIA.md order.
 _DECIDED: tuple[CriterionSpec, ...] = tuple(spec for spec in CRITERIA if spec.id != DERIVED)
 
 
-def _safely(function: CriterionFunction, ctx: Context) -> Finding:
-    """Run one criterion; malformed data it cannot read becomes needs-review, never a crash.
-
-    Criterion code is written to handle bad values itself; this is the last line of defence so one
-    unreadable resource cannot take down the whole screening (and never turns into not-met).
-    """
-    try:
-        return function(ctx)
-    except _UNREADABLE as exc:
-        return _unreadable(exc)
-
-
 def _unreadable(exc: Exception) -> Finding:
-    """The finding of a criterion that raised on data it could not read (see _safely)."""
+    """The finding of a criterion that raised on data it could not read (see _UNREADABLE)."""
     return Finding(
         "needs-review",
         f"the record holds data this criterion could not read ({type(exc).__name__}); review by hand",

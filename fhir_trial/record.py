@@ -207,7 +207,7 @@ class PatientRecord:
             self._unplain.add(rtype)
             return
         labels = self._labels[rtype]
-        found = concept.get("coding") if "coding" in concept else []
+        found = concept.get("coding", [])
         try:
             labels.add(concept.get("text"))
             if type(found) is not list:

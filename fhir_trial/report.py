@@ -215,36 +215,28 @@ def _rebuilt_report(
     not_obtained: tuple[str, ...],
     count: int,
 ) -> EligibilityReport:
-    """The report :meth:`EligibilityReport.__reduce_ex__` took apart (each object built as
-    frozen_instance builds it: its fields in field order, stored at once)."""
+    """The report :meth:`EligibilityReport.__reduce_ex__` took apart (each object built by
+    :func:`frozen_instance`: its fields in field order, stored at once)."""
     if type(flat) is not tuple or len(flat) != 8 * count:
         raise ValueError("a pickled EligibilityReport does not hold eight fields per criterion")
-    new = object.__new__
     criteria = []
     items = iter(flat)
     for id_, kind, ref, status, why, evidence, missing, part_of in zip(
         items, items, items, items, items, items, items, items, strict=True
     ):
-        result = new(CriterionResult)
-        _set_attribute(
-            result,
-            "__dict__",
-            {
-                "id": id_,
-                "kind": kind,
-                "ref": ref,
-                "status": status,
-                "reason": why,
-                "evidence": evidence,
-                "missing": missing,
-                "part_of": part_of,
-            },
-        )
-        criteria.append(result)
-    report = new(EligibilityReport)
-    _set_attribute(
-        report,
-        "__dict__",
+        fields = {
+            "id": id_,
+            "kind": kind,
+            "ref": ref,
+            "status": status,
+            "reason": why,
+            "evidence": evidence,
+            "missing": missing,
+            "part_of": part_of,
+        }
+        criteria.append(frozen_instance(CriterionResult, fields))
+    report = frozen_instance(
+        EligibilityReport,
         {
             "study": study,
             "patient": patient,

@@ -160,11 +160,7 @@ def prior_therapy(ctx: Context) -> Finding:
     """inc-prior-therapy: oral corticosteroid with an immunosuppressant or biologic, >= 182 days."""
     settings = ctx.settings
     hist = history(ctx)
-    ocs_vs, oral_vs = ctx.valueset("oral-corticosteroids"), ctx.valueset("route-oral")
-    partner_vs = (ctx.valueset("immunosuppressants"), ctx.valueset("sle-biologics"))
-
-    known_routes = (oral_vs, ctx.valueset("route-intravenous"))
-    local_vs = ctx.valueset("route-local")
+    ocs_vs, partner_vs, local_vs, oral_vs, known_routes, _ = prior_therapy_valuesets(ctx)
     # A drug for local use (a cream, eye drops, an inhaler) is not systemic therapy: not counted.
     # Each is kept with what says so (a word, or a coded route), for the reason.
     local: list[tuple[Exposure, str]] = []
