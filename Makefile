@@ -6,14 +6,22 @@ RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 NPM_DIR := tools/cql
 NPM_STAMP := $(NPM_DIR)/node_modules/.installed
+# The modules installing compiles with mypyc (fhir_trial/compiled.py): an edit to one installs again,
+# else the checkout would run them from source (fhir_trial.compiled says so) until the next install.
+COMPILED_SOURCES := $(shell $(PYTHON) -c "import runpy; print(' '.join(m.replace('.', '/') + '.py' for m in runpy.run_path('fhir_trial/compiled.py')['COMPILED_MODULES']))")
+
+PURE_PYTHON_TESTS := tests/test_eval_fast_paths.py tests/test_clinical_cases.py \
+	tests/test_no_reference_cycles.py tests/test_properties.py tests/test_medications.py \
+	tests/test_observations.py tests/test_fast_paths.py tests/test_record_components.py
 
 .PHONY: demo test check lint typecheck pytest resources cql bench bench-full clean
 
 # Running needs only the package and its run-time dependencies; the test toolchain (pytest, ruff,
 # mypy, pyspark, ...) is installed on top for `make test`.
-$(RUN_STAMP): setup.cfg setup.py pyproject.toml
+$(RUN_STAMP): setup.cfg setup.py pyproject.toml fhir_trial/compiled.py $(COMPILED_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# Compiles the evaluator with mypyc where a C compiler is found (setup.py), else pure Python.
 	$(BIN)/pip install --quiet -e .
 	# An editable install writes no bytecode, and where PYTHONDONTWRITEBYTECODE is set nothing
 	# writes it later: every command (and each population worker's fork server) would compile
@@ -21,8 +29,12 @@ $(RUN_STAMP): setup.cfg setup.py pyproject.toml
 	$(BIN)/python -m compileall -q fhir_trial >/dev/null
 	touch $(RUN_STAMP)
 
+# The dev extra's requirements, read from the installed package's metadata: `pip install -e
+# '.[dev]'` would build (and compile) the package a second time.
 $(STAMP): $(RUN_STAMP)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import importlib.metadata as m, subprocess, sys; \
+	  reqs = [r.split(';')[0].strip() for r in m.requires('fhir-trial') or [] if 'extra == \"dev\"' in r]; \
+	  subprocess.check_call([sys.executable, '-m', 'pip', 'install', '--quiet', *reqs])"
 	touch $(STAMP)
 
 $(NPM_STAMP): $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json
@@ -41,6 +53,10 @@ test: $(STAMP) $(NPM_STAMP)
 	$(BIN)/ruff format --check fhir_trial tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+	# The evaluator's own tests once more as pure Python: what an install without a C compiler runs
+	# (the whole suite ran the compiled build where there is one; tests/test_compiled_build.py
+	# compares the two builds' reports).
+	FHIR_TRIAL_PURE_PYTHON=1 $(BIN)/pytest -q $(PURE_PYTHON_TESTS)
 
 check: test
 
@@ -82,3 +98,6 @@ bench-full: $(STAMP) $(NPM_STAMP)
 
 clean:
 	rm -rf $(VENV) $(NPM_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	# the compiled evaluator (setup.py) and its build folder
+	rm -rf build fhir_trial__mypyc*.so
+	find fhir_trial -name "*.so" -delete

@@ -293,6 +293,13 @@ def main() -> int:
         return 0
 
     compile_package()
+    from fhir_trial.compiled import reason_to_run_source, running_compiled
+
+    print(
+        "evaluator: compiled with mypyc"
+        if running_compiled()
+        else f"evaluator: pure Python ({reason_to_run_source() or 'no compiled build installed'})"
+    )
     results = {}
 
     def run_measure(folder: Path, reading_alone: bool = False, repeat: int = 1) -> dict[str, Any]:

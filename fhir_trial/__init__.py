@@ -4,9 +4,14 @@ Public API: :func:`evaluate`, :class:`PatientRecord`, :class:`Settings`, :class:
 and the record builders in :mod:`fhir_trial.sources`.
 """
 
-from fhir_trial.config import Settings
-from fhir_trial.record import PatientRecord
-from fhir_trial.report import CriterionResult, EligibilityReport
+from fhir_trial.compiled import choose_build
+
+# Before anything imports the evaluator: compiled, or from source (see fhir_trial.compiled).
+choose_build()
+
+from fhir_trial.config import Settings  # noqa: E402
+from fhir_trial.record import PatientRecord  # noqa: E402
+from fhir_trial.report import CriterionResult, EligibilityReport  # noqa: E402
 
 __all__ = ["CriterionResult", "EligibilityReport", "PatientRecord", "Settings", "evaluate"]
 __version__ = "0.1.0"

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -52,7 +51,7 @@ import orjson
 from fhir_trial.elements import child, objects
 from fhir_trial.fhirdates import DateSpan, parse_span
 from fhir_trial.record import MEDICATION_TYPES, PatientRecord, Resource
-from fhir_trial.report import frozen_instance
+from fhir_trial.report import frozen_instance, instance_fields
 from fhir_trial.terminology import (
     Code,
     ValueSet,
@@ -422,9 +421,8 @@ def _span_text(span: DateSpan) -> str:
 
 
 # ----------------------------------------------------------------------------- building
-_CACHE: weakref.WeakKeyDictionary[PatientRecord, dict[tuple[Any, ...], MedicationHistory]] = (
-    weakref.WeakKeyDictionary()
-)
+# A record's histories live in its ``derived`` dict, under this key (they go with the record).
+_HISTORIES = "medication-history"
 
 
 def medication_history(
@@ -432,7 +430,7 @@ def medication_history(
 ) -> MedicationHistory:
     """The patient's medication exposures (built once per record, screening date and supply)."""
     key = (as_of, default_supply_days, *(record.count(t) for t in MEDICATION_TYPES))
-    per_record = _CACHE.setdefault(record, {})
+    per_record = record.derived.setdefault(_HISTORIES, {})
     found = per_record.get(key)
     if found is None:
         found = build_history(record, as_of, default_supply_days)
@@ -610,7 +608,7 @@ def _group_of_key(
     """
     if same_key is None:
         drug = _drug_record(record, resource, routes)
-        return vars(drug), _exact_keys(drug)
+        return instance_fields(drug), _exact_keys(drug)
     known = _DRUG_OF_KEY.get(same_key)
     if known is None:
         template = _drug_record(record, resource, routes)
@@ -619,7 +617,7 @@ def _group_of_key(
             _DRUG_OF_KEY.clear()
         _DRUG_OF_KEY[same_key] = known
     template, keys = known
-    return {**vars(template), "_named": {}}, keys
+    return {**instance_fields(template), "_named": {}}, keys
 
 
 def _exact_keys(drug: DrugRecord) -> list[Code]:

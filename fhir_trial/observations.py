@@ -219,6 +219,7 @@ def _split(
     # its span's start, replaced only by a later start (max() keeps the first of equals).
     latest: tuple[Resource, DateSpan, StatusClass] | None = None
     latest_start = dt.date.min
+    span: DateSpan | None
     for observation in observations:
         # observation_status and observation_time written out for the usual result (a text
         # status, an effectiveDateTime): this runs for every result of every window criterion.

@@ -76,7 +76,23 @@ _CODE_ELEMENT: Mapping[str, str] = {
 }
 
 
+def _code_index() -> defaultdict[tuple[str, str], list[Resource]]:
+    """One type's code index: (system, code) -> its resources. A function of the module, not a
+    lambda in ``__init__``: compiled (setup.py), a lambda there holds the record it is made in,
+    so the record would live in a reference cycle until the cyclic collector found it."""
+    return defaultdict(list)
+
+
 _NO_TYPE = object()  # equal to no resourceType
+
+
+def _as_resource(resource: Any) -> Any:
+    """A resource as the record keeps it: a JSON object is a dict; another mapping (a caller's
+    read-only view) is kept as a dict of its items, so that every resource the record holds is
+    a dict (the compiled build, see setup.py, checks that type where the record hands them on)."""
+    if type(resource) is dict or not isinstance(resource, Mapping):
+        return resource
+    return dict(resource)
 
 
 class PatientRecord:
@@ -90,9 +106,7 @@ class PatientRecord:
         self._by_reference: dict[str, Resource] = {}
         self._by_id: dict[str, dict[str, Resource]] = {}
         self._text_types: set[str] = set()  # the text keys' heads (before their first "/")
-        self._by_code: dict[str, dict[tuple[str, str], list[Resource]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
+        self._by_code: dict[str, dict[tuple[str, str], list[Resource]]] = defaultdict(_code_index)
         self._seen: set[int] = set()
         # One derived Observation per coded component, in record order (see component_results),
         # and the place of its parent among the Observations.
@@ -106,6 +120,9 @@ class PatientRecord:
         # observation_labels); the types with a resource whose shape is not plain JSON.
         self._labels: dict[str, set[Any]] = defaultdict(set)
         self._unplain: set[str] = set()
+        # What is computed from the record and kept with it (a medication history per screening
+        # date): it lives and dies with the record, and is never part of what the record says.
+        self.derived: dict[str, Any] = {}
         self.obtained: set[str] = set()
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -114,8 +131,9 @@ class PatientRecord:
         self.left_out = 0
 
     # ------------------------------------------------------------------ building
-    def add(self, resource: Resource, full_url: str | None = None) -> None:
+    def add(self, resource: Any, full_url: str | None = None) -> None:
         """Add one resource (duplicates by type/id are kept once)."""
+        resource = _as_resource(resource)
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str):
             self.left_out += 1
@@ -267,7 +285,7 @@ class PatientRecord:
         if warning not in self.warnings:
             self.warnings.append(warning)
 
-    def add_all(self, resources: Iterable[Resource]) -> None:
+    def add_all(self, resources: Iterable[Any]) -> None:
         """Add many resources: what :meth:`add` does for each, in order (written out flat).
 
         A record holds a few hundred resources of a few types, coded with a few dozen codings:
@@ -295,6 +313,8 @@ class PatientRecord:
         ids: dict[str, Resource] | None = None  # this type's resources by id (None: by text)
         by_text = False  # whether a text key of this type may be held
         for resource in resources:
+            if type(resource) is not dict:
+                resource = _as_resource(resource)
             rtype = resource.get("resourceType")
             if rtype != last_type:  # JSON never makes a non-text equal to a text
                 if not isinstance(rtype, str):

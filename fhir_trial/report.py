@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -25,9 +26,29 @@ def frozen_instance(cls: type[T], fields: dict[str, Any]) -> T:
     (tests/test_eval_fast_paths.py compares both on every class it is used for). ``fields`` is
     taken over: the caller must not use it afterwards.
     """
+    if cls in _COMPILED_CLASSES:
+        return cls(**fields)
+    if cls not in _INTERPRETED_CLASSES:
+        # A class compiled by mypyc (see setup.py) keeps its fields in slots, not in a __dict__;
+        # its own __init__ is compiled, and as fast as this.
+        (_COMPILED_CLASSES if hasattr(cls, "__mypyc_attrs__") else _INTERPRETED_CLASSES).add(cls)
+        return frozen_instance(cls, fields)
     instance = object.__new__(cls)
     object.__setattr__(instance, "__dict__", fields)
     return instance
+
+
+def instance_fields(instance: Any) -> dict[str, Any]:
+    """The fields of a dataclass instance by name (its ``__dict__`` itself when it has one, as
+    ``vars()``; a class compiled by mypyc keeps them in slots: a new dict of the same values)."""
+    found = getattr(instance, "__dict__", None)
+    if found is not None:
+        return found
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+
+
+_COMPILED_CLASSES: set[type] = set()
+_INTERPRETED_CLASSES: set[type] = set()
 
 
 @dataclass(frozen=True, init=False)

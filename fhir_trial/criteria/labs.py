@@ -264,16 +264,19 @@ def _quantity_judge(
 def _compare(
     quantity: Quantity, dimension: Dimension, threshold: float, grams_per_mmol: float | None
 ) -> Judgement:
-    errors: list[UnitError] = []
+    # The messages, not the errors: an error kept past its except block holds its traceback, whose
+    # frames hold this list (a reference cycle keeping the patient's record alive until the
+    # cyclic collector runs, which a population screening turns off while it screens a bucket).
+    problems: list[str] = []
     converted: Normalised | None = None
     for unit in quantity.units or ("",):
         try:
             converted = normalise(quantity.value, unit, dimension, grams_per_mmol=grams_per_mmol)
             break
         except UnitError as exc:
-            errors.append(exc)
+            problems.append(exc.message)
     if converted is None:
-        problem = errors[-1].message if errors else "no unit"
+        problem = problems[-1] if problems else "no unit"
         return Judgement("unreadable", f"{describe_quantity(quantity)}: {problem}")
     shown = f"{quantity.comparator}{converted.describe()}"
     if reads_like_fraction(converted.value, dimension):

@@ -14,6 +14,7 @@ needs-review: a planned pregnancy cannot be computed from the record, so this ex
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from fhir_trial.criteria.context import (
@@ -37,6 +38,7 @@ from fhir_trial.observations import (
 )
 from fhir_trial.record import OBSERVATION_COMPONENTS, Resource
 from fhir_trial.report import Finding
+from fhir_trial.terminology import ValueSet
 
 
 def pregnancy_lactation(ctx: Context) -> Finding:
@@ -69,69 +71,16 @@ def pregnancy_lactation(ctx: Context) -> Finding:
     met: list[tuple[Dated, str]] = []
     review: list[tuple[Dated, str]] = []
     seen: list[tuple[Dated, str]] = []
-
-    def sort(
-        items: list[Dated],
-        what: str,
-        is_positive: Callable[[Dated], str | None],
-        is_negative: Callable[[Dated], bool],
-        negative_said: str,
-    ) -> None:
-        for item in items:
-            found = is_positive(item)
-            said = f"{what} {found or _value_text(item.resource)} on {observed_on(item.resource)}"
-            if found is None:
-                seen.append((item, said))
-                continue
-            if item.preliminary:
-                review.append((item, f"preliminary {said}"))
-                continue
-            later = _later_negative(item, items, is_negative)
-            if later is None:
-                met.append((item, said))
-            else:
-                # A positive result contradicted by a later negative one (a false positive or a
-                # wrong answer, or a pregnancy or breastfeeding that has ended): a person decides
-                # which stands.
-                negative_on = date_text(later.resource)
-                review.append(
-                    (item, f"{said}, but a later {what} on {negative_on} {negative_said}")
-                )
-
-    def status_answer(item: Dated) -> str | None:
-        concept = coded_value(item.resource)
-        return "pregnant" if concept is not None and pregnant_answers.matches(concept) else None
-
-    def status_negative(item: Dated) -> bool:
-        concept = coded_value(item.resource)
-        return concept is not None and not_pregnant_answers.matches(concept)
-
-    def hcg_answer(item: Dated) -> str | None:
-        reading = above_normal(item.resource, above, positive, negative)
-        return f"positive ({reading.detail})" if reading.outcome == "positive" else None
-
-    def hcg_negative(item: Dated) -> bool:
-        return above_normal(item.resource, above, positive, negative).outcome == "negative"
-
-    def breastfeeding_answer(item: Dated) -> str | None:
-        obs = item.resource
-        concept = coded_value(obs)
-        if obs.get("valueBoolean") is True:
-            return "yes"
-        if concept is not None and breastfeeding.matches(concept):
-            return first_code(concept)
-        if concept is not None and yes_answers.matches(concept):  # 63895-7 answered "Yes"
-            return "yes"
-        reading = above_normal(obs, above, positive, negative)
-        return "yes" if reading.outcome == "positive" else None
-
-    def breastfeeding_negative(item: Dated) -> bool:
-        # Only an explicit "no" contradicts an earlier "yes"; an unreadable answer does not.
-        obs = item.resource
-        if obs.get("valueBoolean") is False:
-            return True
-        concept = coded_value(obs)
-        return concept is not None and no_answers.matches(concept)
+    # The answers below are functions of the module given their ValueSets (not functions nested
+    # here: compiled, see setup.py, a nested function and this frame would hold each other).
+    status_answer = partial(_status_answer, pregnant_answers)
+    status_negative = partial(_status_negative, not_pregnant_answers)
+    hcg_answer = partial(_hcg_answer, above, positive, negative)
+    hcg_negative = partial(_hcg_negative, above, positive, negative)
+    breastfeeding_answer = partial(
+        _breastfeeding_answer, breastfeeding, yes_answers, above, positive, negative
+    )
+    breastfeeding_negative = partial(_breastfeeding_negative, no_answers)
 
     record = ctx.record
     # (what, ValueSet, positive answer, negative answer that a later result may contradict with,
@@ -159,7 +108,7 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         split = split_by_window(
             record.with_code("Observation", ctx.valueset(valueset_id)), start, ctx.as_of
         )
-        sort(split.inside, what, answer, contradicts, contradiction)
+        _sort(split.inside, what, answer, contradicts, contradiction, met, review, seen)
         for item in split.ambiguous:
             if answer(item) is not None:
                 review.append(
@@ -259,6 +208,85 @@ def pregnancy_lactation(ctx: Context) -> Finding:
         tuple(reference(d.resource) for d, _ in seen),
         (f"pregnancy test within {days} days", "attestation: not lactating, no pregnancy planned"),
     )
+
+
+def _sort(
+    items: list[Dated],
+    what: str,
+    is_positive: Callable[[Dated], str | None],
+    is_negative: Callable[[Dated], bool],
+    negative_said: str,
+    met: list[tuple[Dated, str]],
+    review: list[tuple[Dated, str]],
+    seen: list[tuple[Dated, str]],
+) -> None:
+    """Sort the results in the window into ``met``, ``review`` and ``seen`` (each with its words)."""
+    for item in items:
+        found = is_positive(item)
+        said = f"{what} {found or _value_text(item.resource)} on {observed_on(item.resource)}"
+        if found is None:
+            seen.append((item, said))
+            continue
+        if item.preliminary:
+            review.append((item, f"preliminary {said}"))
+            continue
+        later = _later_negative(item, items, is_negative)
+        if later is None:
+            met.append((item, said))
+        else:
+            # A positive result contradicted by a later negative one (a false positive or a
+            # wrong answer, or a pregnancy or breastfeeding that has ended): a person decides
+            # which stands.
+            negative_on = date_text(later.resource)
+            review.append((item, f"{said}, but a later {what} on {negative_on} {negative_said}"))
+
+
+def _status_answer(pregnant_answers: ValueSet, item: Dated) -> str | None:
+    concept = coded_value(item.resource)
+    return "pregnant" if concept is not None and pregnant_answers.matches(concept) else None
+
+
+def _status_negative(not_pregnant_answers: ValueSet, item: Dated) -> bool:
+    concept = coded_value(item.resource)
+    return concept is not None and not_pregnant_answers.matches(concept)
+
+
+def _hcg_answer(above: ValueSet, positive: ValueSet, negative: ValueSet, item: Dated) -> str | None:
+    reading = above_normal(item.resource, above, positive, negative)
+    return f"positive ({reading.detail})" if reading.outcome == "positive" else None
+
+
+def _hcg_negative(above: ValueSet, positive: ValueSet, negative: ValueSet, item: Dated) -> bool:
+    return above_normal(item.resource, above, positive, negative).outcome == "negative"
+
+
+def _breastfeeding_answer(
+    breastfeeding: ValueSet,
+    yes_answers: ValueSet,
+    above: ValueSet,
+    positive: ValueSet,
+    negative: ValueSet,
+    item: Dated,
+) -> str | None:
+    obs = item.resource
+    concept = coded_value(obs)
+    if obs.get("valueBoolean") is True:
+        return "yes"
+    if concept is not None and breastfeeding.matches(concept):
+        return first_code(concept)
+    if concept is not None and yes_answers.matches(concept):  # 63895-7 answered "Yes"
+        return "yes"
+    reading = above_normal(obs, above, positive, negative)
+    return "yes" if reading.outcome == "positive" else None
+
+
+def _breastfeeding_negative(no_answers: ValueSet, item: Dated) -> bool:
+    # Only an explicit "no" contradicts an earlier "yes"; an unreadable answer does not.
+    obs = item.resource
+    if obs.get("valueBoolean") is False:
+        return True
+    concept = coded_value(obs)
+    return concept is not None and no_answers.matches(concept)
 
 
 def _later_negative(

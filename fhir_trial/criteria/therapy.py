@@ -127,19 +127,25 @@ def _combine(
     ctx: Context, steroids: Sequence[Exposure], partners: Sequence[Exposure], certain: bool
 ) -> _Combination:
     gap = ctx.settings.prior_therapy_max_gap_days
-
-    def periods(exposures: Sequence[Exposure]) -> list[Period]:
-        found = [p for p in (e.period(certain) for e in exposures) if p is not None]
-        return merge(clip(found, ctx.as_of), gap)
-
-    steroid = periods(steroids)
-    partner = periods(partners)
+    steroid = _periods(steroids, certain, ctx.as_of, gap)
+    partner = _periods(partners, certain, ctx.as_of, gap)
     combined = merge(intersect(steroid, partner), gap)
     current = None
     if combined and (ctx.as_of - combined[-1][1]).days <= gap:
         current = combined[-1]
     long_enough = current is not None and days_in(current) >= ctx.settings.prior_therapy_min_days
     return _Combination(steroid, partner, combined, current, long_enough)
+
+
+def _periods(
+    exposures: Sequence[Exposure], certain: bool, as_of: dt.date, gap: int
+) -> list[Period]:
+    """The exposures' periods (certain or possible) up to ``as_of``, merged across ``gap`` days.
+
+    A function of the module, not one nested in _combine: compiled (setup.py), a nested function
+    and the frame it closes over hold each other, and live until the cyclic collector runs."""
+    found = [p for p in (e.period(certain) for e in exposures) if p is not None]
+    return merge(clip(found, as_of), gap)
 
 
 def _names(exposures: Sequence[Exposure], valuesets: Sequence[ValueSet]) -> str:
