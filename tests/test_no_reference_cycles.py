@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 from clinical_cases import ClinicalCase, all_cases
@@ -25,30 +24,20 @@ from fhir_trial.terminology import load_terminology
 CASES = all_cases()
 
 
-@contextmanager
-def _collector_off() -> Iterator[None]:
-    was_enabled = gc.isenabled()
+def _garbage_after(work: Callable[[], object]) -> Counter[str]:
+    """The types of what the collector finds after ``work()`` ran with it off (empty: nothing was
+    left in a cycle)."""
     gc.collect()
-    gc.disable()
+    gc.disable()  # as in a screening's bucket
     try:
-        yield
+        work()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # keep what it frees, to name it
+        gc.collect()
+        return Counter(type(item).__name__ for item in gc.garbage)
     finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _garbage_after(work: object) -> Counter[str]:
-    """The types of what the collector finds after ``work()`` (nothing left in a cycle: empty)."""
-    with _collector_off():
-        work()  # type: ignore[operator]
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            gc.collect()
-            found = Counter(type(item).__name__ for item in gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-    return found
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 def test_the_collector_finds_what_a_cycle_leaves() -> None:
