@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,11 +23,16 @@ from pathlib import Path
 import pytest
 from cds_helpers import free_port
 
+from fhir_trial.compiled import COMPILED_MODULES, extension_paths
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
-def _run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], cwd: Path, timeout: float = 600, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "FHIR_TRIAL_"))}
+    env.update(extra_env or {})
     return subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -120,6 +126,45 @@ def test_screen_from_the_wheel(installed: Path, tmp_path: Path) -> None:
     statuses = {c["id"]: c["status"] for c in report["criteria"]}
     assert statuses["inc-age"] == "not-met"
     assert len(statuses) == 29
+
+
+def test_the_wheel_runs_the_evaluator_compiled(installed: Path, tmp_path: Path) -> None:
+    """Where this checkout's install compiled the evaluator (a C compiler is here), so did the
+    wheel's build, and the installed package runs it compiled."""
+    if not all(extension_paths(module) for module in COMPILED_MODULES):
+        pytest.skip("this checkout's evaluator is not compiled (no C compiler at install)")
+    script = (
+        "import fhir_trial.compiled as c; print(c.running_compiled(), c.reason_to_run_source())"
+    )
+    done = _run([str(installed / "python"), "-c", script], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "None"]
+
+
+def test_without_a_c_compiler_the_wheel_is_pure_python(tmp_path: Path) -> None:
+    """A failing C compiler leaves a working pure-Python wheel, and the build says why."""
+    # A copy of the sources: the checkout's build/ folder holds the compiled objects of its own
+    # install, which a build there would reuse without calling the compiler.
+    source = tmp_path / "source"
+    shutil.copytree(
+        CHECKOUT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "node_modules", "*.so", "*.pyd", "__pycache__", ".*_cache"
+        ),
+    )
+    out = tmp_path / "dist"
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-v", "-w", str(out)],
+        cwd=tmp_path,
+        extra_env={"CC": "false"},
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "installing it as pure Python" in built.stdout + built.stderr
+    (wheel,) = out.glob("fhir_trial-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [name for name in names if name.endswith((".so", ".pyd"))]
+    assert "fhir_trial/record.py" in names and "fhir_trial/compiled.py" in names
 
 
 def test_validate_and_build_check_from_the_wheel(installed: Path, tmp_path: Path) -> None:
