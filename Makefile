@@ -8,7 +8,7 @@ NPM_DIR := tools/cql
 NPM_STAMP := $(NPM_DIR)/node_modules/.installed
 # The modules installing compiles with mypyc (fhir_trial/compiled.py): an edit to one installs again,
 # else the checkout would run them from source (fhir_trial.compiled says so) until the next install.
-COMPILED_SOURCES := $(shell $(PYTHON) -c "import runpy; print(' '.join(m.replace('.', '/') + '.py' for m in runpy.run_path('fhir_trial/compiled.py')['COMPILED_MODULES']))")
+COMPILED_SOURCES := $(shell $(PYTHON) -c "import runpy; c = runpy.run_path('fhir_trial/compiled.py'); print(' '.join(map(c['source_file'], c['COMPILED_MODULES'])))")
 
 PURE_PYTHON_TESTS := tests/test_eval_fast_paths.py tests/test_clinical_cases.py \
 	tests/test_no_reference_cycles.py tests/test_properties.py tests/test_medications.py \

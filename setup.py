@@ -60,9 +60,7 @@ def compiled_extensions() -> list[Any]:
     listing = runpy.run_path(str(HERE / "fhir_trial" / "compiled.py"))
     if os.environ.get(listing["PURE_PYTHON_VARIABLE"], "") not in ("", "0"):
         return []
-    paths = [
-        str(Path(*module.split(".")).with_suffix(".py")) for module in listing["COMPILED_MODULES"]
-    ]
+    paths = [listing["source_file"](module) for module in listing["COMPILED_MODULES"]]
     try:
         from mypyc.build import mypycify
 

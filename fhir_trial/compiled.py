@@ -62,9 +62,15 @@ _WARNED_VARIABLE = "_FHIR_TRIAL_STALE_BUILD_WARNED"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def source_file(module: str) -> str:
+    """The ``.py`` file of one of :data:`COMPILED_MODULES`, from the folder holding the package
+    (``fhir_trial/criteria/labs.py``): what setup.py compiles and the Makefile depends on."""
+    return module.replace(".", "/") + ".py"
+
+
 def source_path(module: str) -> Path:
-    """The ``.py`` file of one of :data:`COMPILED_MODULES`."""
-    return _PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    """The ``.py`` file of one of :data:`COMPILED_MODULES`, where it is."""
+    return _PACKAGE_DIR.parent / source_file(module)
 
 
 def extension_paths(module: str) -> list[Path]:
@@ -80,15 +86,23 @@ def extension_paths(module: str) -> list[Path]:
 def reason_to_run_source(environ: dict[str, str] | None = None) -> str | None:
     """Why this process runs the listed modules from source although extensions exist, or None
     (compiled, or no extension at all: nothing to choose)."""
-    environ = dict(os.environ) if environ is None else environ
+    return _choice(dict(os.environ) if environ is None else environ)[0]
+
+
+def _choice(environ: dict[str, str]) -> tuple[str | None, bool]:
+    """:func:`reason_to_run_source`, and whether the reason is a stale checkout build (which
+    nobody asked for, so it is said)."""
     built = {module: extension_paths(module) for module in COMPILED_MODULES}
     if not any(built.values()):
-        return None
+        return None, False
     if environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
-        return f"{PURE_PYTHON_VARIABLE} is set"
+        return f"{PURE_PYTHON_VARIABLE} is set", False
     missing = [module for module, found in built.items() if not found]
     if missing:
-        return f"{len(missing)} of the compiled modules have no extension ({missing[0]}, ...)"
+        return (
+            f"{len(missing)} of the compiled modules have no extension ({missing[0]}, ...)",
+            False,
+        )
     if _is_checkout():
         stale = [
             module
@@ -96,11 +110,12 @@ def reason_to_run_source(environ: dict[str, str] | None = None) -> str | None:
             if source_path(module).stat().st_mtime_ns > min(p.stat().st_mtime_ns for p in found)
         ]
         if stale:
-            return (
+            why = (
                 f"{', '.join(stale)} changed since it was compiled: run `make` (or "
                 f"`pip install -e .`) to compile the changes"
             )
-    return None
+            return why, True
+    return None, False
 
 
 def _is_checkout() -> bool:
@@ -126,11 +141,11 @@ def choose_build() -> None:
     before it imports any of them."""
     if any(isinstance(finder, _SourceFirst) for finder in sys.meta_path):
         return
-    reason = reason_to_run_source()
+    reason, stale = _choice(dict(os.environ))
     if reason is None:
         return
     sys.meta_path.insert(0, _SourceFirst())
-    if "changed since" in reason and not os.environ.get(_WARNED_VARIABLE):
+    if stale and not os.environ.get(_WARNED_VARIABLE):
         os.environ[_WARNED_VARIABLE] = "1"
         print(f"fhir-trial: running from source: {reason}", file=sys.stderr)
 

@@ -76,7 +76,7 @@ def _fake_package(root: Path, *, built: set[str]) -> Path:
     (root / "setup.py").write_text("", encoding="utf-8")
     package = root / "fhir_trial"
     for module in COMPILED_MODULES:
-        source = package.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        source = root / compiled.source_file(module)
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text("", encoding="utf-8")
         if module in built:
